@@ -1,0 +1,51 @@
+"""HELLO negotiation rules per channel (protocol.md §6)."""
+
+from __future__ import annotations
+
+from .constants import (
+    CLIENT_PROTOCOL_VERSION,
+    MIN_AGENT_VERSION,
+    MIN_CLIENT_VERSION,
+    MIN_DATA_VERSION,
+    PROTOCOL_VERSION,
+)
+from .errors import RemoteProtocolError
+
+__all__ = ["own_max_version", "negotiate", "negotiate_control", "negotiate_data",
+           "check_client_hello"]
+
+
+def own_max_version(setting: str | None) -> tuple[int, str | None]:
+    """Own maximum version from `QREXEC_MAX_PROTOCOL_VERSION` and a warning, if any.
+
+    Values other than 2, 3, 4 are ignored with a warning (§1).
+    """
+    if setting is None or setting == "":
+        return PROTOCOL_VERSION, None
+    if setting in ("2", "3", "4"):
+        return int(setting), None
+    return PROTOCOL_VERSION, f"ignoring invalid QREXEC_MAX_PROTOCOL_VERSION={setting!r}"
+
+
+def negotiate(peer: int, own: int, minimum: int) -> int:
+    version = min(peer, own)
+    if version < minimum:
+        raise RemoteProtocolError(
+            f"Incompatible agent protocol version (remote {peer}, local {own})"
+        )
+    return version
+
+
+def negotiate_control(peer: int, own: int = PROTOCOL_VERSION) -> int:
+    return negotiate(peer, own, MIN_AGENT_VERSION)
+
+
+def negotiate_data(peer: int, own: int = PROTOCOL_VERSION) -> int:
+    return negotiate(peer, own, MIN_DATA_VERSION)
+
+
+def check_client_hello(peer: int) -> int:
+    """Daemon-socket HELLO: version >= 3, no upper bound; the channel runs at version 3."""
+    if peer < MIN_CLIENT_VERSION:
+        raise RemoteProtocolError(f"client protocol version {peer} < {MIN_CLIENT_VERSION}")
+    return CLIENT_PROTOCOL_VERSION

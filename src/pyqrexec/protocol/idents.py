@@ -1,0 +1,60 @@
+"""Request idents and name sanitising (protocol.md §10 steps 1-3, §14)."""
+
+from __future__ import annotations
+
+import re
+
+from .constants import IDENT_SIZE
+
+__all__ = [
+    "valid_ident",
+    "sanitize_name",
+    "agent_ident",
+    "parse_agent_ident",
+    "SERVICE_EXTRA",
+    "DOMAIN_EXTRA",
+]
+
+_IDENT_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.- ")
+_SAFE = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.-")
+SERVICE_EXTRA = frozenset(b"+")
+DOMAIN_EXTRA = frozenset(b"@:")
+_SOCKET_IDENT = re.compile(rb"SOCKET([0-9]{1,9})")
+
+
+def valid_ident(field: bytes) -> bool:
+    """A 32-byte ident field as the daemon accepts it (§14)."""
+    if len(field) != IDENT_SIZE:
+        return False
+    nul = field.find(b"\0")
+    if nul < 0:
+        return False
+    if any(b not in _IDENT_CHARS for b in field[:nul]):
+        return False
+    return not field[nul:].strip(b"\0")
+
+
+def sanitize_name(field: bytes, extra: frozenset[int] = frozenset()) -> bytes:
+    """Replace every byte before the first NUL outside `[A-Za-z0-9_.-]` + `extra` by `_`.
+
+    The field keeps its length; bytes from the first NUL on are left alone.
+    """
+    nul = field.find(b"\0")
+    end = len(field) if nul < 0 else nul
+    allowed = _SAFE | extra
+    head = bytes(b if b in allowed else 0x5F for b in field[:end])
+    return head + field[end:]
+
+
+def agent_ident(n: int) -> bytes:
+    """The zero-filled ident field the agent writes for trigger connection `n`."""
+    return f"SOCKET{n}".encode().ljust(IDENT_SIZE, b"\0")
+
+
+def parse_agent_ident(field: bytes) -> int | None:
+    """`n` of a `SOCKET<n>` ident, or None when the field is not one."""
+    nul = field.find(b"\0")
+    text = field if nul < 0 else field[:nul]
+    m = _SOCKET_IDENT.fullmatch(text)
+    return int(m.group(1)) if m else None
+
