@@ -1,0 +1,1 @@
+"""The VM side: qrexec-agent's control loop and its per-call handlers."""

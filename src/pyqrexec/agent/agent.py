@@ -1,0 +1,200 @@
+"""qrexec-agent's control loop (protocol.md §7, §11; cli.md qrexec-agent).
+
+One asyncio loop holds the control channel to the daemon. Each call gets a forked handler
+process (as upstream does), watched through a pidfd; when it ends the agent reports
+MSG_CONNECTION_TERMINATED so the daemon can free the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..aio import ChannelWriter, recv_exact
+from ..protocol.constants import VCHAN_BASE_PORT, MsgType
+from ..protocol.control import check_daemon_header
+from ..protocol.errors import RemoteProtocolError
+from ..protocol.handshake import negotiate_control
+from ..protocol.messages import (
+    HEADER,
+    hello,
+    pack_connection_terminated,
+    parse_exec,
+    parse_hello,
+)
+from ..transport import vchan
+from .handler import HandlerContext, run_handler
+
+__all__ = ["AgentOptions", "Agent"]
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    agent_socket: str
+    fork_server_socket: str | None
+    socket_dir: str
+    own_domain: int
+    own_version: int
+    own_user: str | None
+
+
+class Agent:
+    def __init__(self, opts: AgentOptions, log: Callable[[str], None]) -> None:
+        self.opts = opts
+        self.log = log
+        self.loop = asyncio.get_running_loop()
+        self.writer: ChannelWriter | None = None
+        self.version = 0
+        self.ctx = HandlerContext(opts.socket_dir, opts.own_domain, opts.own_version,
+                                  opts.own_user, log)
+
+    async def run(self) -> int:
+        stop = asyncio.Event()
+        self.loop.add_signal_handler(signal.SIGTERM, stop.set)
+        self.loop.add_signal_handler(signal.SIGINT, stop.set)
+        serve = asyncio.ensure_future(self._serve_forever())
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({serve, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if serve in done:
+            stopper.cancel()
+            return serve.result()
+        serve.cancel()
+        self._cleanup()
+        return 0
+
+    def _cleanup(self) -> None:
+        try:
+            os.unlink(self.opts.agent_socket)
+        except OSError:
+            pass
+
+    async def _accept_daemon(self) -> socket.socket:
+        listener, path = vchan.listen(self.opts.socket_dir, self.opts.own_domain, 0,
+                                      VCHAN_BASE_PORT)
+        listener.setblocking(False)
+        try:
+            conn, _ = await self.loop.sock_accept(listener)
+        finally:
+            listener.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        conn.setblocking(False)
+        return conn
+
+    async def _serve_forever(self) -> int:
+        first = True
+        while True:
+            conn = await self._accept_daemon()
+            try:
+                await self.loop.sock_sendall(conn, hello(self.opts.own_version))
+                head = await recv_exact(self.loop, conn, 8)
+                t, n = HEADER.unpack(head)
+                if t != MsgType.HELLO or n != 4:
+                    raise RemoteProtocolError(f"bad HELLO from daemon: type {t:#x} len {n}")
+                peer = parse_hello(t, await recv_exact(self.loop, conn, 4))
+                self.version = negotiate_control(peer, self.opts.own_version)
+            except (EOFError, OSError, RemoteProtocolError) as err:
+                self.log(f"control channel handshake failed: {err}")
+                return 1
+            self.writer = ChannelWriter(self.loop, conn)
+            if first:
+                first = False
+                self._notify_ready()
+            try:
+                await self._serve_control(conn)
+            except RemoteProtocolError as err:
+                self.log(f"fatal error from daemon: {err}")
+                return 1
+            self.log("control channel closed, waiting for a new daemon")
+            self.writer = None
+            conn.close()
+
+    def _notify_ready(self) -> None:
+        path = os.environ.get("NOTIFY_SOCKET")
+        if not path:
+            return
+        if path.startswith("@"):
+            path = "\0" + path[1:]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.sendto(b"READY=1", path)
+        except OSError as err:
+            self.log(f"cannot notify the service manager: {err}")
+
+    async def _serve_control(self, conn: socket.socket) -> None:
+        while True:
+            try:
+                head = await recv_exact(self.loop, conn, 8)
+            except (EOFError, OSError):
+                return
+            t, n = HEADER.unpack(head)
+            check_daemon_header(t, n)
+            try:
+                payload = await recv_exact(self.loop, conn, n)
+            except (EOFError, OSError):
+                return
+            if t in (MsgType.EXEC_CMDLINE, MsgType.JUST_EXEC):
+                self._start_handler(t, payload)
+            else:
+                self.log(f"message {t:#x} not handled yet")
+
+    def _start_handler(self, msgtype: int, payload: bytes) -> None:
+        params = parse_exec(payload)
+        cmdline = params.payload
+        if not cmdline.endswith(b"\0"):
+            cmdline = cmdline[:-1] + b"\0"
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            status = 1
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                os.closerange(3, 1 << 16)
+                status = run_handler(msgtype, params.connect_domain, params.connect_port,
+                                     cmdline, self.ctx)
+            except BaseException as err:  # noqa: BLE001 - last resort in a forked child
+                try:
+                    self.log(f"handler failed: {err!r}")
+                except BaseException:  # noqa: BLE001
+                    pass
+            finally:
+                sys.stderr.flush()
+                os._exit(status)
+        self._watch_child(pid, params.connect_domain, params.connect_port)
+
+    def _watch_child(self, pid: int, domain: int, port: int) -> None:
+        pidfd = os.pidfd_open(pid)
+
+        def reaped() -> None:
+            self.loop.remove_reader(pidfd)
+            os.close(pidfd)
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                status = 0
+            code = os.waitstatus_to_exitcode(status)
+            self.log(f"pid {pid} exited with {code}")
+            self._send_soon(pack_connection_terminated(domain, port))
+
+        self.loop.add_reader(pidfd, reaped)
+
+    def _send_soon(self, data: bytes) -> None:
+        writer = self.writer
+        if writer is None:
+            return
+
+        async def send() -> None:
+            try:
+                await writer.send(data)
+            except OSError as err:
+                self.log(f"cannot write to the control channel: {err}")
+
+        self.loop.create_task(send())

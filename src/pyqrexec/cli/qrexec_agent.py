@@ -1,0 +1,65 @@
+"""qrexec-agent: the VM side of the control channel (cli.md qrexec-agent)."""
+
+from __future__ import annotations
+
+import getopt
+import sys
+
+USAGE = """\
+usage: qrexec-agent [-h|--help] [-a|--agent-socket=PATH] [-s|--fork-server-socket=PATH] \
+[-S|--no-fork-server]
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    agent_socket = "/var/run/qubes/qrexec-agent"
+    fork_server: str | None = "/var/run/qubes/qrexec-server.%s.sock"
+    try:
+        opts, _rest = getopt.gnu_getopt(
+            args, "ha:s:S", ["help", "agent-socket=", "fork-server-socket=", "no-fork-server"]
+        )
+    except getopt.GetoptError as err:
+        sys.stderr.write(f"qrexec-agent: {err}\n{USAGE}")
+        return 2
+    for opt, val in opts:
+        if opt in ("-h", "--help"):
+            sys.stderr.write(USAGE)
+            return 2
+        if opt in ("-a", "--agent-socket"):
+            agent_socket = val
+        elif opt in ("-s", "--fork-server-socket"):
+            fork_server = val or None
+        elif opt in ("-S", "--no-fork-server"):
+            fork_server = None
+
+    import asyncio
+
+    from ..agent.agent import Agent, AgentOptions
+    from ..agent.handler import own_user_name
+    from ..log import Logger
+    from ..settings import max_protocol_version
+    from ..transport import vchan
+
+    log = Logger("qrexec-agent")
+    options = AgentOptions(
+        agent_socket=agent_socket,
+        fork_server_socket=fork_server,
+        socket_dir=vchan.socket_dir(),
+        own_domain=vchan.own_domain(),
+        own_version=max_protocol_version(log),
+        own_user=own_user_name(),
+    )
+
+    async def amain() -> int:
+        return await Agent(options, log).run()
+
+    return asyncio.run(amain())
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

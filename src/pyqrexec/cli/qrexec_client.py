@@ -1,0 +1,270 @@
+"""qrexec-client: dom0 runs a command or service in a domain (cli.md qrexec-client).
+
+Kept light: only what a call needs is imported, and only when it is needed.
+"""
+
+from __future__ import annotations
+
+import getopt
+import os
+import sys
+
+USAGE = """\
+usage: qrexec-client [options] -d DOMAIN [-l LOCAL_CMD | -c REQID,SRCNAME,SRCID | -e] USER:CMDLINE
+  -h, --help            this text
+  -d DOMAIN             target: name, uuid:UUID, domid, or dom0
+  -l LOCAL_CMD          run LOCAL_CMD (bash -c) connected to the remote side
+  -e                    just exec: report only whether the command started
+  -E, --no-exit-code    always exit 0 after the command ends
+  -c REQID,SRCNAME,SRCID  legacy connect mode
+  -t / -T               replace unsafe bytes on stdout / stderr
+  -w SECONDS            data connection timeout (0 = none; default 10)
+  -W                    with -c: wait for the connection to end
+  -k                    kill DOMAIN before exiting
+  --socket-dir=PATH     daemon socket directory (default /var/run/qubes)
+  -p, --prefix-data=DATA  send DATA before stdin
+  --use-stdin-socket    fd 0 is a socket used for both directions
+"""
+_DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
+_EXIT_PROBLEM = 125
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+
+
+def _strtol(text: str, what: str) -> int:
+    """C strtol base 0 with upstream's checks; ValueError carries the message."""
+    if not text[:1].isdigit():
+        raise ValueError(f"{what} does not start with an ASCII digit")
+    t = text.lower()
+    try:
+        if t.startswith("0x"):
+            return int(t, 16)
+        if t.startswith("0") and len(t) > 1:
+            return int(t, 8)
+        return int(t, 10)
+    except ValueError as err:
+        raise ValueError(f"{what}: trailing junk") from err
+
+
+class _Usage(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Args:
+    domain: str | None = None
+    local_cmd: str | None = None
+    connect: tuple[str, str, int] | None = None
+    just_exec = False
+    no_exit_code = False
+    filter_stdout = False
+    filter_stderr = False
+    timeout = 10.0
+    wait = False
+    kill = False
+    socket_dir = "/var/run/qubes"
+    prefix: bytes | None = None
+    stdin_socket = False
+    cmdline: str | None = None
+
+
+def _parse(argv: list[str]) -> _Args:
+    a = _Args()
+    try:
+        opts, pos = getopt.gnu_getopt(
+            argv, "hd:l:ec:tTEw:Wkp:",
+            ["help", "socket-dir=", "prefix-data=", "use-stdin-socket", "no-exit-code"],
+        )
+    except getopt.GetoptError as err:
+        raise _Usage(1, f"qrexec-client: {err}\n{USAGE}") from err
+    modes = 0
+    for opt, val in opts:
+        if opt in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            raise SystemExit(0)
+        if opt == "-d":
+            a.domain = val
+        elif opt == "-l":
+            a.local_cmd = val
+            modes += 1
+        elif opt == "-e":
+            a.just_exec = True
+            modes += 1
+        elif opt == "-c":
+            if a.connect is not None:
+                raise _Usage(1, "-c given twice")
+            a.connect = _parse_connect(val)
+            modes += 1
+        elif opt == "-t":
+            a.filter_stdout = True
+        elif opt == "-T":
+            a.filter_stderr = True
+        elif opt in ("-E", "--no-exit-code"):
+            a.no_exit_code = True
+        elif opt == "-w":
+            try:
+                a.timeout = float(_strtol(val, "timeout"))
+            except ValueError as err:
+                raise _Usage(1, str(err)) from err
+        elif opt == "-W":
+            a.wait = True
+        elif opt == "-k":
+            a.kill = True
+        elif opt == "--socket-dir":
+            a.socket_dir = val
+        elif opt in ("-p", "--prefix-data"):
+            if a.prefix is not None:
+                raise _Usage(2, "--prefix-data given twice")
+            a.prefix = os.fsencode(val)
+        elif opt == "--use-stdin-socket":
+            if a.stdin_socket:
+                raise _Usage(2, "--use-stdin-socket given twice")
+            a.stdin_socket = True
+    if modes > 1:
+        raise _Usage(1, "ERROR: only one of -e, -l, -c can be specified")
+    if a.local_cmd is not None and a.stdin_socket:
+        raise _Usage(1, "ERROR: cannot use --use-stdin-socket with -l")
+    if a.domain is None or not pos:
+        raise _Usage(1, USAGE)
+    a.cmdline = pos[0]
+    return a
+
+
+def _parse_connect(val: str) -> tuple[str, str, int]:
+    parts = val.split(",")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise _Usage(1, 'Invalid -c parameter (should be: "-c request_id,src_domain_name,'
+                        'src_domain_id")')
+    reqid, src_name, src_id_text = parts
+    if len(reqid) >= 32:
+        raise _Usage(1, "request id too long")
+    if src_name in _DOM0_NAMES:
+        raise _Usage(1, "ERROR: -c cannot be used for requests to dom0")
+    try:
+        src_id = _strtol(src_id_text, "source domain id")
+    except ValueError as err:
+        raise _Usage(1, str(err)) from err
+    if not 1 <= src_id <= 2**31 - 1:
+        raise _Usage(1, "source domain id out of range")
+    return reqid, src_name, src_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parse(sys.argv[1:] if argv is None else argv)
+    except _Usage as err:
+        _err(str(err).rstrip("\n"))
+        return err.status
+    stdin_sock = None
+    if args.stdin_socket:
+        import socket
+
+        try:
+            stdin_sock = socket.socket(fileno=os.dup(0))
+            if stdin_sock.type != socket.SOCK_STREAM:
+                raise OSError("not a stream socket")
+        except OSError:
+            _err("qrexec-client: --use-stdin-socket: stdin is not a stream socket")
+            return 2
+    assert args.domain is not None
+    if args.domain in _DOM0_NAMES:
+        _err("qrexec-client: calls to dom0 are not supported yet")
+        return _EXIT_PROBLEM
+    if args.connect is not None:
+        _err("qrexec-client: -c is not supported yet")
+        return 137
+    status = _call_vm(args, stdin_sock)
+    return 0 if args.no_exit_code and status != _EXIT_PROBLEM else status
+
+
+def _call_vm(args: _Args, stdin_sock: object) -> int:
+    import socket
+
+    from ..client.daemon_socket import DaemonNotRunning, connect_daemon, request
+    from ..log import Logger
+    from ..protocol.constants import MsgType
+    from ..transport import vchan
+
+    log = Logger("qrexec-client")
+    assert args.domain is not None and args.cmdline is not None
+    msgtype = MsgType.JUST_EXEC if args.just_exec else MsgType.EXEC_CMDLINE
+    try:
+        sock = connect_daemon(args.socket_dir, args.domain)
+    except DaemonNotRunning as err:
+        log(str(err.strerror))
+        return _EXIT_PROBLEM
+    except (OSError, EOFError, ValueError) as err:
+        log(f"cannot talk to the qrexec daemon: {err}")
+        return _EXIT_PROBLEM
+    try:
+        answer = request(sock, msgtype, 0, 0, os.fsencode(args.cmdline) + b"\0")
+    except (OSError, EOFError, ValueError) as err:
+        log(f"request failed: {err}")
+        return _EXIT_PROBLEM
+    finally:
+        sock.close()
+    assert answer is not None
+    remote_domid, port = answer
+    vdir = vchan.socket_dir()
+    own = vchan.own_domain()
+    listener, path = vchan.listen(vdir, own, remote_domid, port)
+    proc = None
+    local_in: int | None = 0
+    local_out: int | None = 1
+    in_sock = out_sock = None
+    pidfd = None
+    if args.local_cmd is not None:
+        import subprocess
+
+        prog_in_ours, prog_in_theirs = socket.socketpair()
+        prog_out_ours, prog_out_theirs = socket.socketpair()
+        env = dict(os.environ, QREXEC_REMOTE_DOMAIN=args.domain)
+        proc = subprocess.Popen(["/bin/bash", "-c", args.local_cmd], stdin=prog_in_theirs.fileno(),
+                                stdout=prog_out_theirs.fileno(), env=env)
+        prog_in_theirs.close()
+        prog_out_theirs.close()
+        in_sock, out_sock = prog_out_ours, prog_in_ours
+        local_in, local_out = prog_out_ours.fileno(), prog_in_ours.fileno()
+        pidfd = os.pidfd_open(proc.pid)
+    elif stdin_sock is not None:
+        assert isinstance(stdin_sock, socket.socket)
+        in_sock = stdin_sock
+        out_sock = socket.socket(fileno=os.dup(stdin_sock.fileno()))
+        local_in, local_out = stdin_sock.fileno(), out_sock.fileno()
+    try:
+        channel = vchan.accept_one(listener, path, args.timeout or None)
+    except OSError as err:
+        log(f"data vchan connection failed: {err}")
+        if proc is not None:
+            proc.kill()
+        return _EXIT_PROBLEM
+    from ..relay import run_caller
+    from ..settings import max_protocol_version
+
+    if args.just_exec:
+        local_in = None
+    result = run_caller(
+        channel, max_protocol_version(log), local_in, local_out, log,
+        in_sock=in_sock, out_sock=out_sock, prefix=args.prefix or b"",
+        filter_stdout=args.filter_stdout, filter_stderr=args.filter_stderr,
+        local_done=(lambda: proc.poll() is not None) if proc is not None else None,
+        local_wait_fd=pidfd,
+    )
+    channel.close()
+    status = 255 if result.status is None else result.status & 0xFF
+    if proc is not None:
+        local = proc.wait()
+        if status == 0:
+            status = 128 - local if local < 0 else local
+    return status
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,194 @@
+"""qrexec-daemon: dom0's daemon for one VM (cli.md qrexec-daemon)."""
+
+from __future__ import annotations
+
+import getopt
+import os
+import sys
+
+USAGE = """\
+usage: qrexec-daemon [-h|--help] [-q|--quiet] [--socket-dir=PATH] [-p|--policy-program=PATH] \
+[-D|--direct] -u|--uuid=UUID DOMID DOMNAME [DEFAULT_USER]
+"""
+_LOG_DIR = "/var/log/qubes"
+
+
+def _startup_timeout() -> float | None:
+    if "QREXEC_STARTUP_NOWAIT" in os.environ:
+        return None
+    text = os.environ.get("QREXEC_STARTUP_TIMEOUT", "")
+    try:
+        value = int(text)
+    except ValueError:
+        value = 60
+    return float(value if value > 0 else 60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        opts, pos = getopt.gnu_getopt(
+            args, "hqp:Du:",
+            ["help", "quiet", "socket-dir=", "policy-program=", "direct", "uuid="],
+        )
+    except getopt.GetoptError as err:
+        sys.stderr.write(f"qrexec-daemon: {err}\n{USAGE}")
+        return 1
+    quiet = direct = False
+    socket_dir = "/var/run/qubes"
+    policy_program = "/usr/bin/qrexec-policy-exec"
+    uuid = None
+    for opt, val in opts:
+        if opt in ("-h", "--help"):
+            sys.stderr.write(USAGE)
+            return 1
+        if opt in ("-q", "--quiet"):
+            quiet = True
+        elif opt == "--socket-dir":
+            socket_dir = val
+        elif opt in ("-p", "--policy-program"):
+            policy_program = val
+        elif opt in ("-D", "--direct"):
+            direct = True
+        elif opt in ("-u", "--uuid"):
+            uuid = val
+    if uuid is None:
+        sys.stderr.write("Domain UUID option missing!\n" + USAGE)
+        return 1
+    if len(pos) not in (2, 3):
+        sys.stderr.write(USAGE)
+        return 1
+    try:
+        domid = int(pos[0])
+    except ValueError:
+        domid = 0
+    if domid <= 0:
+        sys.stderr.write("domain id=0?\n")
+        return 1
+    name = pos[1]
+    default_user = pos[2] if len(pos) == 3 else "user"
+
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+
+    from ..daemon.daemon import DaemonOptions
+    from ..transport import vchan
+
+    options = DaemonOptions(
+        domid=domid, name=name, uuid=uuid, default_user=default_user, socket_dir=socket_dir,
+        vchan_dir=os.path.abspath(vchan.socket_dir()), policy_program=policy_program,
+        own_version=0, startup_timeout=_startup_timeout(),
+    )
+    if direct:
+        return _child(options, None)
+    return _launch(options, quiet)
+
+
+def _launch(options: object, quiet: bool) -> int:
+    """Fork: the child serves; the parent waits for its report (cli.md behaviour 2)."""
+    from ..daemon.daemon import DaemonOptions
+
+    assert isinstance(options, DaemonOptions)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        status = 1
+        try:
+            status = _child(options, wfd)
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    if os.environ.get("QREXEC_STARTUP_NOWAIT") is not None:
+        return 0
+    if not quiet:
+        sys.stderr.write("Waiting for VM's qrexec agent.")
+        sys.stderr.flush()
+    import select
+
+    while True:
+        ready, _, _ = select.select([rfd], [], [], 1.0)
+        if not ready:
+            if not quiet:
+                sys.stderr.write(".")
+                sys.stderr.flush()
+            continue
+        report = os.read(rfd, 1)
+        break
+    if not quiet:
+        sys.stderr.write("\n")
+    if report == b"0":
+        if not quiet:
+            sys.stderr.write("Connected to VM\n")
+        return 0
+    if report == b"3":
+        timeout = options.startup_timeout
+        sys.stderr.write(f"Cannot connect to '{options.name}' qrexec agent for "
+                         f"{int(timeout or 0)} seconds, giving up\n")
+        return 3
+    sys.stderr.write("Connection to the VM failed\n")
+    return 1
+
+
+def _child(options: object, report_fd: int | None) -> int:
+    import asyncio
+    import dataclasses
+    import signal
+
+    from ..daemon.daemon import Daemon, DaemonOptions, run_daemon
+    from ..log import Logger
+    from ..settings import max_protocol_version
+
+    assert isinstance(options, DaemonOptions)
+    log = Logger("qrexec-daemon")
+    os.chdir(options.socket_dir)
+    if report_fd is not None:
+        _open_log(options.name, log)
+        os.setsid()
+    options = dataclasses.replace(options, own_version=max_protocol_version(log))
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def ready() -> None:
+        nonlocal report_fd
+        try:
+            os.setgid(os.getgid())
+            os.setuid(os.getuid())
+        except OSError as err:
+            log(f"cannot drop privileges: {err}")
+            raise SystemExit(1) from err
+        if report_fd is not None:
+            os.write(report_fd, b"0")
+            os.close(report_fd)
+            report_fd = None
+
+    async def amain() -> int:
+        daemon = Daemon(options, log, None)
+        return await run_daemon(daemon, ready)
+
+    status = asyncio.run(amain())
+    if report_fd is not None:
+        os.write(report_fd, str(status).encode()[:1])
+    return status
+
+
+def _open_log(name: str, log: object) -> None:
+    path = os.path.join(os.environ.get("QREXEC_LOG_DIR", _LOG_DIR), f"qrexec.{name}.log")
+    old = os.umask(0o007)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
+    except OSError:
+        return
+    finally:
+        os.umask(old)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""dom0 and VM client programs' shared pieces."""

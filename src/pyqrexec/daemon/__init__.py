@@ -1,0 +1,1 @@
+"""dom0's per-VM daemon: control channel, client socket, port table, call requests."""

@@ -1,0 +1,388 @@
+"""qrexec-daemon's event loop (protocol.md §7-§10).
+
+One asyncio loop serves the control channel to the VM's agent and the dom0 client socket.
+Everything the agent sends is policed by `protocol.control`; a violation ends the daemon
+(status 1) as upstream does, because the agent is the only peer on that channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..aio import ChannelWriter, recv_exact
+from ..protocol.constants import (
+    CLIENT_PROTOCOL_VERSION,
+    MAX_CLIENTS,
+    MAX_QREXEC_CMD_LEN,
+    VCHAN_BASE_PORT,
+    MsgType,
+)
+from ..protocol.control import (
+    Refusal,
+    ServiceRequest,
+    check_agent_header,
+    valid_data_port,
+    validate_trigger,
+)
+from ..protocol.errors import RemoteProtocolError
+from ..protocol.handshake import check_client_hello, negotiate_control
+from ..protocol.messages import (
+    HEADER,
+    hello,
+    pack_exec,
+    pack_exec_params,
+    pack_header,
+    pack_service_refused,
+    parse_exec,
+    parse_hello,
+)
+from ..transport import vchan
+from .ports import PortTable
+
+__all__ = ["DaemonOptions", "Daemon", "Fatal", "PendingRequest"]
+
+_DEFAULT_PREFIX = b"DEFAULT:"
+
+
+class Fatal(Exception):
+    """The daemon must exit with `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    domid: int
+    name: str
+    uuid: str
+    default_user: str
+    socket_dir: str
+    vchan_dir: str
+    policy_program: str
+    own_version: int
+    #: seconds for the first control connection; None = wait forever
+    startup_timeout: float | None
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """A trigger waiting for its policy answer (§10 step 8)."""
+
+    ident: bytes
+    request: ServiceRequest
+    answered: bool = False
+    task: asyncio.Task[int] | None = None
+
+
+@dataclass(eq=False)
+class _Client:
+    writer: asyncio.StreamWriter
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+#: runs a call request; returns the worker status (0 = success)
+Worker = Callable[["Daemon", PendingRequest], Awaitable[int]]
+
+
+class Daemon:
+    def __init__(self, opts: DaemonOptions, log: Callable[[str], None],
+                 worker: Worker | None = None) -> None:
+        self.opts = opts
+        self.log = log
+        self.worker = worker
+        self.loop = asyncio.get_running_loop()
+        self.ports: PortTable[_Client] = PortTable(opts.domid)
+        self.clients: set[_Client] = set()
+        self.pending: dict[bytes, PendingRequest] = {}
+        self.control: socket.socket | None = None
+        self.writer: ChannelWriter | None = None
+        self.version = 0
+        self.server: asyncio.AbstractServer | None = None
+        self._paths: list[str] = []
+
+    # -- control channel ----------------------------------------------------------------
+    async def connect_agent(self, timeout: float | None) -> None:
+        try:
+            sock = await vchan.connect_async(self.opts.vchan_dir, self.opts.domid, 0,
+                                             VCHAN_BASE_PORT, timeout)
+        except vchan.VchanTimeout as err:
+            raise Fatal(3, "qrexec connection timeout") from err
+        except OSError as err:
+            raise Fatal(3, f"cannot connect to the agent: {err}") from err
+        sock.setblocking(False)
+        try:
+            head = await recv_exact(self.loop, sock, 8)
+            t, n = HEADER.unpack(head)
+            if t != MsgType.HELLO or n != 4:
+                raise RemoteProtocolError(f"bad HELLO: type {t:#x} len {n}")
+            peer = parse_hello(t, await recv_exact(self.loop, sock, 4))
+            try:
+                version = negotiate_control(peer, self.opts.own_version)
+            except RemoteProtocolError as err:
+                raise Fatal(1, f"Incompatible agent protocol version (remote {peer}, "
+                               f"local {self.opts.own_version})") from err
+            await self.loop.sock_sendall(sock, hello(version))
+        except (EOFError, OSError, RemoteProtocolError) as err:
+            sock.close()
+            raise Fatal(1, f"control channel handshake failed: {err}") from err
+        self.control = sock
+        self.version = version
+        self.writer = ChannelWriter(self.loop, sock)
+
+    async def serve(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve until the agent breaks the protocol (Fatal) or the task is cancelled."""
+        await self.start_socket()
+        if ready is not None:
+            ready()
+        while True:
+            assert self.control is not None
+            try:
+                await self._serve_control(self.control)
+            finally:
+                self._agent_gone()
+            await self.connect_agent(None)
+            await self.start_socket()
+            self.log("qrexec-agent has reconnected")
+
+    def _agent_gone(self) -> None:
+        self.stop_socket()
+        for client in list(self.clients):
+            client.writer.close()
+        for req in self.pending.values():
+            if req.task is not None:
+                req.task.cancel()
+        self.pending.clear()
+        if self.control is not None:
+            self.control.close()
+        self.control = None
+        self.writer = None
+
+    async def _serve_control(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                head = await recv_exact(self.loop, sock, 8)
+            except (EOFError, OSError):
+                self.log("qrexec-agent has disconnected")
+                return
+            t, n = HEADER.unpack(head)
+            try:
+                check_agent_header(t, n, self.version)
+            except RemoteProtocolError as err:
+                raise Fatal(1, str(err)) from err
+            try:
+                payload = await recv_exact(self.loop, sock, n)
+            except (EOFError, OSError) as err:
+                raise Fatal(1, f"short read from the agent: {err}") from err
+            if t == MsgType.CONNECTION_TERMINATED:
+                params = parse_exec(payload)
+                if not valid_data_port(params.connect_port):
+                    raise Fatal(1, "Invalid port in MSG_CONNECTION_TERMINATED")
+                self._release(params.connect_domain, params.connect_port)
+            else:
+                self._handle_trigger(t, payload)
+
+    def _release(self, peer: int, port: int) -> None:
+        released, client = self.ports.release(peer, port)
+        if released and client is not None:
+            client.writer.close()
+
+    async def send_to_agent(self, data: bytes) -> None:
+        if self.writer is None:
+            raise OSError("no agent connected")
+        await self.writer.send(data)
+
+    # -- call requests --------------------------------------------------------------------
+    def _handle_trigger(self, msgtype: int, payload: bytes) -> None:
+        result = validate_trigger(msgtype, payload, self.version)
+        if isinstance(result, Refusal):
+            self.log(f"refusing request: {result.reason}")
+            self._refuse(result.ident)
+            return
+        if len(self.pending) >= MAX_CLIENTS:
+            self.log("Service request denied, too many pending requests")
+            self._refuse(result.ident)
+            return
+        if result.ident in self.pending or self.worker is None:
+            if self.worker is None:
+                self.log(f"no policy worker: refusing {result.service}")
+            else:
+                self.log("duplicate request ident, refusing")
+            self._refuse(result.ident)
+            return
+        req = PendingRequest(result.ident, result)
+        self.pending[result.ident] = req
+        req.task = self.loop.create_task(self._run_worker(req))
+
+    async def _run_worker(self, req: PendingRequest) -> int:
+        assert self.worker is not None
+        try:
+            status = await self.worker(self, req)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a worker failure refuses the call
+            self.log(f"request worker failed: {err!r}")
+            status = 1
+        if self.pending.get(req.ident) is req:
+            del self.pending[req.ident]
+        if status != 0:
+            if req.answered:
+                self.log(f"request worker exited with code {status}, but the response "
+                         "(allow) was already sent")
+            else:
+                self._refuse(req.ident)
+        else:
+            req.answered = True
+        return status
+
+    def _refuse(self, ident: bytes) -> None:
+        data = pack_service_refused(ident)
+
+        async def send() -> None:
+            try:
+                await self.send_to_agent(data)
+            except OSError as err:
+                self.log(f"cannot send SERVICE_REFUSED: {err}")
+
+        self.loop.create_task(send())
+
+    # -- client socket ------------------------------------------------------------------
+    async def start_socket(self) -> None:
+        d = self.opts.socket_dir
+        main = os.path.join(d, f"qrexec.{self.opts.domid}")
+        links = [os.path.join(d, f"qrexec.{self.opts.name}")]
+        if self.opts.uuid:
+            links.append(os.path.join(d, f"qrexec.uuid:{self.opts.uuid}"))
+        for p in [main, *links]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        old = os.umask(0)
+        try:
+            self.server = await asyncio.start_unix_server(self._client, path=main, backlog=5)
+        finally:
+            os.umask(old)
+        for link in links:
+            os.symlink(f"qrexec.{self.opts.domid}", link)
+        self._paths = [main, *links]
+
+    def stop_socket(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for p in self._paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        self._paths = []
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.clients) >= MAX_CLIENTS:
+            self.log("too many clients, refusing a connection")
+            writer.close()
+            return
+        client = _Client(writer)
+        self.clients.add(client)
+        try:
+            await self._client_session(client, reader, writer)
+        except (EOFError, OSError, asyncio.IncompleteReadError, RemoteProtocolError) as err:
+            if str(err):
+                self.log(f"client connection closed: {err}")
+        finally:
+            self.clients.discard(client)
+            self.ports.forget_waiter(client)
+            writer.close()
+
+    async def _client_session(self, client: _Client, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        writer.write(hello(CLIENT_PROTOCOL_VERSION))
+        await writer.drain()
+        head = await reader.readexactly(8)
+        t, n = HEADER.unpack(head)
+        if t != MsgType.HELLO or n != 4:
+            raise RemoteProtocolError(f"bad client HELLO (type {t:#x} len {n})")
+        check_client_hello(parse_hello(t, await reader.readexactly(4)))
+        head = await reader.readexactly(8)
+        t, n = HEADER.unpack(head)
+        if t not in (MsgType.EXEC_CMDLINE, MsgType.JUST_EXEC, MsgType.SERVICE_CONNECT):
+            raise RemoteProtocolError(f"client sent message type {t:#x}")
+        if not 8 < n <= MAX_QREXEC_CMD_LEN:
+            raise RemoteProtocolError(f"client sent length {n}")
+        params = parse_exec(await reader.readexactly(n))
+        payload = params.payload
+        if not payload.endswith(b"\0"):
+            raise RemoteProtocolError("client payload not NUL-terminated")
+        if t == MsgType.SERVICE_CONNECT:
+            ident = payload[: payload.find(b"\0")]
+            req = self._pending_by_ident(ident)
+            if req is None or req.answered:
+                raise RemoteProtocolError("SERVICE_CONNECT for an unknown request")
+            req.answered = True
+        elif params.connect_port != 0:
+            self.log(f"client requested port {params.connect_port} itself")
+        port = params.connect_port
+        if port != 0 and not valid_data_port(port):
+            raise RemoteProtocolError(f"client requested invalid port {port}")
+        if port == 0:
+            allocated = self.ports.allocate(params.connect_domain, client)
+            if allocated is None:
+                raise RemoteProtocolError("Failed to allocate new vchan port, too many clients?")
+            port = allocated
+            try:
+                writer.write(pack_header(t, 8) + pack_exec_params(self.opts.domid, port))
+                await writer.drain()
+            except OSError:
+                self.ports.release(params.connect_domain, port)
+                raise
+        if t != MsgType.SERVICE_CONNECT and payload.startswith(_DEFAULT_PREFIX):
+            payload = self.opts.default_user.encode() + payload[len(_DEFAULT_PREFIX) - 1 :]
+        await self.send_to_agent(pack_exec(t, params.connect_domain, port, payload))
+        # RUNNING: nothing more may come; EOF (or a release) ends the connection
+        extra = await reader.read(1)
+        if extra:
+            self.log("Unexpected data received from client")
+
+    def _pending_by_ident(self, ident: bytes) -> PendingRequest | None:
+        for key, req in self.pending.items():
+            if key[: key.find(b"\0")] == ident:
+                return req
+        return None
+
+
+async def run_daemon(daemon: Daemon, ready: Callable[[], None] | None) -> int:
+    """Connect, serve, and turn SIGTERM into a clean exit 0."""
+    loop = daemon.loop
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    async def body() -> int:
+        await daemon.connect_agent(daemon.opts.startup_timeout)
+        await daemon.serve(ready)
+        return 0
+
+    task = loop.create_task(body())
+    stopper = loop.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if task.done():
+        stopper.cancel()
+        exc = task.exception()
+        if isinstance(exc, Fatal):
+            daemon.log(str(exc))
+            status = exc.status
+        elif exc is not None:
+            raise exc
+    else:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Fatal):
+            await task
+    daemon.stop_socket()
+    if daemon.control is not None:
+        daemon.control.close()
+    return status

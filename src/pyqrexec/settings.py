@@ -1,0 +1,20 @@
+"""Process-wide settings read from the environment (cli.md "Common environment")."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from .protocol.handshake import own_max_version
+
+__all__ = ["max_protocol_version", "DEFAULT_SOCKET_DIR"]
+
+#: qrexec-daemon's client socket directory
+DEFAULT_SOCKET_DIR = "/var/run/qubes"
+
+
+def max_protocol_version(log: Callable[[str], None] | None = None) -> int:
+    version, warning = own_max_version(os.environ.get("QREXEC_MAX_PROTOCOL_VERSION"))
+    if warning and log is not None:
+        log(warning)
+    return version

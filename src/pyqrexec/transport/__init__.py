@@ -1,0 +1,1 @@
+"""vchan over Unix sockets: naming, listening, connecting with retry. Bytes only."""
