@@ -409,7 +409,7 @@ def run_caller(
                 break
         elif relay.channel_eof:
             break
-        paused = (out is not None and out.pending_size > _PENDING_LIMIT) or bool(prefix_left)
+        paused = out is not None and out.pending_size > _PENDING_LIMIT
         extra: dict[int, int] = {}
         if local_wait_fd is not None and exit_seen:
             extra[local_wait_fd] = _POLLIN
