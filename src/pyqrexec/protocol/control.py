@@ -18,7 +18,7 @@ from .constants import (
 )
 from .errors import RemoteProtocolError
 from .idents import DOMAIN_EXTRA, SERVICE_EXTRA, sanitize_name, valid_ident
-from .messages import Trigger2, Trigger3, Trigger4, field_str
+from .messages import Trigger2, Trigger3, Trigger4, field_str, parse_exec_params_only
 
 __all__ = [
     "ServiceRequest",
@@ -26,6 +26,7 @@ __all__ = [
     "check_agent_header",
     "validate_trigger",
     "check_daemon_header",
+    "parse_connection_terminated",
     "valid_data_port",
 ]
 
@@ -56,6 +57,15 @@ class Refusal:
 
 def valid_data_port(port: int) -> bool:
     return FIRST_DATA_PORT <= port <= LAST_DATA_PORT
+
+
+def parse_connection_terminated(payload: bytes) -> tuple[int, int]:
+    """(domain, port) of a CONNECTION_TERMINATED payload; a port outside 513..768 is fatal
+    for the daemon (§8, §10)."""
+    domain, port = parse_exec_params_only(payload)
+    if not valid_data_port(port):
+        raise RemoteProtocolError(f"Invalid port in MSG_CONNECTION_TERMINATED ({port})")
+    return domain, port
 
 
 def check_agent_header(msgtype: int, length: int, version: int) -> None:
@@ -91,8 +101,15 @@ def _name_field(service: bytes) -> tuple[bytes | None, str]:
 
 
 def validate_trigger(msgtype: int, payload: bytes, version: int) -> ServiceRequest | Refusal:
-    """§10 steps 1-6 for a trigger whose header passed `check_agent_header`."""
+    """§10 steps 1-6 for a trigger message.
+
+    The header is checked again (`check_agent_header`), so a message the daemon must exit
+    over, including a non-trigger type, raises RemoteProtocolError here too.
+    """
+    check_agent_header(msgtype, len(payload), version)
     source: bytes | None = None
+    if msgtype == MsgType.CONNECTION_TERMINATED:
+        raise RemoteProtocolError("CONNECTION_TERMINATED is not a trigger message")
     if msgtype == MsgType.TRIGGER_SERVICE:
         t2 = Trigger2.parse(payload)
         ident = t2.ident
@@ -103,7 +120,7 @@ def validate_trigger(msgtype: int, payload: bytes, version: int) -> ServiceReque
         t3 = Trigger3.parse(payload)
         ident, target = t3.ident, _force_nul(t3.target_domain)
         service_field, error = _name_field(t3.service_name)
-    else:
+    else:  # TRIGGER_SERVICE4, the only type left after check_agent_header
         t4 = Trigger4.parse(payload)
         ident, target = t4.ident, _force_nul(t4.target_domain)
         source = _force_nul(t4.source_domain)
