@@ -18,9 +18,10 @@ __all__ = ["own_max_version", "negotiate", "negotiate_control", "negotiate_data"
 def own_max_version(setting: str | None) -> tuple[int, str | None]:
     """Own maximum version from `QREXEC_MAX_PROTOCOL_VERSION` and a warning, if any.
 
-    Values other than 2, 3, 4 are ignored with a warning (§1).
+    `setting` is None when the variable is unset. Any other value than 2, 3, 4, the empty
+    string included, is ignored with a warning (§1).
     """
-    if setting is None or setting == "":
+    if setting is None:
         return PROTOCOL_VERSION, None
     if setting in ("2", "3", "4"):
         return int(setting), None
