@@ -8,11 +8,19 @@ from .constants import (
     MIN_CLIENT_VERSION,
     MIN_DATA_VERSION,
     PROTOCOL_VERSION,
+    MsgType,
 )
 from .errors import RemoteProtocolError
 
 __all__ = ["own_max_version", "negotiate", "negotiate_control", "negotiate_data",
-           "check_client_hello"]
+           "check_client_hello", "check_hello_header"]
+
+
+def check_hello_header(msgtype: int, length: int) -> None:
+    """The first message of a channel must be a HELLO with len 4 (§6); as a header check
+    (framing.MessageReader) it refuses anything else before its payload is read."""
+    if msgtype != MsgType.HELLO or length != 4:
+        raise RemoteProtocolError(f"expected HELLO, got type {msgtype:#x} len {length}")
 
 
 def own_max_version(setting: str | None) -> tuple[int, str | None]:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pyqrexec.protocol.errors import RemoteProtocolError
 from pyqrexec.protocol.handshake import (
     check_client_hello,
+    check_hello_header,
     negotiate_control,
     negotiate_data,
     own_max_version,
@@ -75,3 +76,16 @@ def test_daemon_socket(peer: int, ok: bool) -> None:
     else:
         with pytest.raises(RemoteProtocolError):
             check_client_hello(peer)
+
+
+@pytest.mark.parametrize(
+    ("msgtype", "length", "ok"),
+    [(0x300, 4, True), (0x300, 3, False), (0x300, 5, False), (0x300, 0, False),
+     (0x200, 4, False), (0x190, 4, False)],
+)
+def test_hello_header(msgtype: int, length: int, ok: bool) -> None:
+    if ok:
+        check_hello_header(msgtype, length)
+    else:
+        with pytest.raises(RemoteProtocolError, match="expected HELLO"):
+            check_hello_header(msgtype, length)
