@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pyqrexec.protocol.cmdline import Command, ServiceCall, parse_command, split_user, strip_nul
+from pyqrexec.protocol.cmdline import (
+    Command,
+    ServiceCall,
+    check_fork_cmdline,
+    parse_command,
+    replace_default_user,
+    split_user,
+    strip_nul,
+)
 from pyqrexec.protocol.errors import RemoteProtocolError
 
 
@@ -133,3 +141,31 @@ def test_agent_pipeline() -> None:
     assert parse_command(command) == Command(
         True, call(b"test.Svc+arg", b"test.Svc", b"arg", b"src"), b"QUBESRPC test.Svc+arg src"
     )
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "text"),
+    [(b"QUBESRPC a b\0", b"QUBESRPC a b"), (b"\0", b""), (b"x\0", b"x"),
+     (b"", None), (b"ls", None), (b"a\0b\0", None), (b"\0\0", None)],
+)
+def test_fork_cmdline(cmdline: bytes, text: bytes | None) -> None:
+    if text is not None:
+        assert check_fork_cmdline(cmdline) == text
+    else:
+        with pytest.raises(RemoteProtocolError):
+            check_fork_cmdline(cmdline)
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "out"),
+    [
+        (b"DEFAULT:QUBESRPC a b\0", b"user:QUBESRPC a b\0"),
+        (b"DEFAULT:\0", b"user:\0"),
+        (b"DEFAULT\0", b"DEFAULT\0"),
+        (b"default:ls\0", b"default:ls\0"),
+        (b"root:DEFAULT:ls\0", b"root:DEFAULT:ls\0"),
+        (b" DEFAULT:ls\0", b" DEFAULT:ls\0"),
+    ],
+)
+def test_replace_default_user(cmdline: bytes, out: bytes) -> None:
+    assert replace_default_user(cmdline, b"user") == out

@@ -11,12 +11,16 @@ from pyqrexec.protocol.control import (
     Refusal,
     ServiceRequest,
     check_agent_header,
+    check_client_header,
     check_daemon_header,
+    check_trigger_socket_header,
+    parse_client_request,
     parse_connection_terminated,
     valid_data_port,
     validate_trigger,
 )
 from pyqrexec.protocol.errors import RemoteProtocolError
+from pyqrexec.protocol.messages import ExecParams
 
 T2, T3, T4 = MsgType.TRIGGER_SERVICE, MsgType.TRIGGER_SERVICE3, MsgType.TRIGGER_SERVICE4
 TERM = MsgType.CONNECTION_TERMINATED
@@ -350,3 +354,62 @@ def test_daemon_refused_length(length: int, ok: bool) -> None:
 def test_daemon_unknown_type(msgtype: int) -> None:
     with pytest.raises(RemoteProtocolError):
         check_daemon_header(msgtype, 32)
+
+
+# --- daemon socket (§9) and trigger socket (§15.1) -------------------------------------------
+
+@pytest.mark.parametrize(
+    ("msgtype", "length", "ok"),
+    [
+        *[(t, n, ok) for t in EXEC_TYPES
+          for n, ok in ((0, False), (8, False), (9, True), (65535, True), (65536, False))],
+        *[(t, 16, False) for t in (0x1FF, 0x203, 0x210, 0x213, 0x300, 0x190)],
+    ],
+)
+def test_client_header(msgtype: int, length: int, ok: bool) -> None:
+    if ok:
+        check_client_header(msgtype, length)
+    else:
+        with pytest.raises(RemoteProtocolError):
+            check_client_header(msgtype, length)
+
+
+def le(*values: int) -> bytes:
+    return b"".join(v.to_bytes(4, "little") for v in values)
+
+
+@pytest.mark.parametrize(
+    ("payload", "ok"),
+    [
+        (le(0, 0) + b"user:id\0", True),
+        (le(7, 513) + b"SOCKET3\0", True),
+        (le(7, 768) + b"\0", True),
+        (le(0, 0) + b"user:id", False),
+        (le(0, 0) + b"user:\0id", False),
+        (le(0, 512) + b"x\0", False),
+        (le(0, 769) + b"x\0", False),
+        (le(0, 1) + b"x\0", False),
+    ],
+)
+def test_client_request(payload: bytes, ok: bool) -> None:
+    if ok:
+        assert parse_client_request(payload) == ExecParams(
+            int.from_bytes(payload[:4], "little"), int.from_bytes(payload[4:8], "little"),
+            payload[8:],
+        )
+    else:
+        with pytest.raises(RemoteProtocolError):
+            parse_client_request(payload)
+
+
+@pytest.mark.parametrize(
+    ("msgtype", "length", "ok"),
+    [(T4, 160, False), (T4, 161, True), (T4, 65160, True), (T4, 65161, False),
+     (T3, 128, False), (T2, 128, False), (0, 128, False)],
+)
+def test_trigger_socket_header(msgtype: int, length: int, ok: bool) -> None:
+    if ok:
+        check_trigger_socket_header(msgtype, length)
+    else:
+        with pytest.raises(RemoteProtocolError, match="is it outdated"):
+            check_trigger_socket_header(msgtype, length)

@@ -9,13 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyqrexec.protocol.cmdline import parse_command, split_user
+from pyqrexec.protocol.cmdline import check_fork_cmdline, parse_command, split_user
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.control import (
     Refusal,
     ServiceRequest,
     check_agent_header,
+    check_client_header,
     check_daemon_header,
+    check_trigger_socket_header,
+    parse_client_request,
     parse_connection_terminated,
     validate_trigger,
 )
@@ -87,7 +90,8 @@ def test_parse_command(command: bytes) -> None:
 @given(st.binary(max_size=64))
 def test_small_parsers(data: bytes) -> None:
     for fn in (parse_exec, parse_exec_params_only, parse_cmd_info_head, unpack_header,
-               parse_connection_terminated, parse_exit_code):
+               parse_connection_terminated, parse_exit_code, parse_client_request,
+               check_fork_cmdline):
         accepts_or_remote_error(lambda fn=fn: fn(data))  # type: ignore[misc]
 
 
@@ -100,3 +104,5 @@ def test_parse_hello(msgtype: int, payload: bytes) -> None:
 def test_header_checks(msgtype: int, length: int, version: int) -> None:
     accepts_or_remote_error(lambda: check_agent_header(msgtype, length, version))
     accepts_or_remote_error(lambda: check_daemon_header(msgtype, length))
+    accepts_or_remote_error(lambda: check_client_header(msgtype, length))
+    accepts_or_remote_error(lambda: check_trigger_socket_header(msgtype, length))
