@@ -119,9 +119,9 @@ def validate_trigger(msgtype: int, payload: bytes, version: int) -> ServiceReque
     over, including a non-trigger type, raises RemoteProtocolError here too.
     """
     check_agent_header(msgtype, len(payload), version)
-    source: bytes | None = None
     if msgtype == MsgType.CONNECTION_TERMINATED:
         raise RemoteProtocolError("CONNECTION_TERMINATED is not a trigger message")
+    source: bytes | None = None
     if msgtype == MsgType.TRIGGER_SERVICE:
         t2 = Trigger2.parse(payload)
         ident = t2.ident
