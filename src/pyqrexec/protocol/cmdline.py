@@ -7,7 +7,17 @@ from dataclasses import dataclass
 from .constants import MAX_SERVICE_NAME_LEN, NOGUI_CMD_PREFIX, RPC_REQUEST_COMMAND
 from .errors import RemoteProtocolError
 
-__all__ = ["Command", "ServiceCall", "split_user", "parse_command", "strip_nul"]
+__all__ = [
+    "Command",
+    "ServiceCall",
+    "split_user",
+    "parse_command",
+    "strip_nul",
+    "check_fork_cmdline",
+    "replace_default_user",
+]
+
+_DEFAULT_USER_PREFIX = b"DEFAULT:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +54,22 @@ def strip_nul(cmdline: bytes) -> bytes:
     """The command up to its terminating NUL (or all of it if none)."""
     nul = cmdline.find(b"\0")
     return cmdline if nul < 0 else cmdline[:nul]
+
+
+def check_fork_cmdline(cmdline: bytes) -> bytes:
+    """A fork-server cmdline (§15.2): non-empty, its only NUL at the last byte; the text
+    without the NUL. Anything else means: close the connection."""
+    if not cmdline or cmdline.find(b"\0") != len(cmdline) - 1:
+        raise RemoteProtocolError("cmdline empty, not NUL-terminated or with an interior NUL")
+    return cmdline[:-1]
+
+
+def replace_default_user(cmdline: bytes, user: bytes) -> bytes:
+    """§9 step 5: a cmdline starting with exactly `DEFAULT:` gets the daemon's default user
+    in place of `DEFAULT` (the colon stays); any other cmdline is returned unchanged."""
+    if not cmdline.startswith(_DEFAULT_USER_PREFIX):
+        return cmdline
+    return user + cmdline[len(_DEFAULT_USER_PREFIX) - 1 :]
 
 
 def split_user(cmdline: bytes) -> tuple[bytes, bytes]:

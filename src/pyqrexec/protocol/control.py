@@ -13,12 +13,21 @@ from dataclasses import dataclass
 from .constants import (
     FIRST_DATA_PORT,
     LAST_DATA_PORT,
+    MAX_QREXEC_CMD_LEN,
     MAX_SERVICE_NAME_LEN,
     MsgType,
 )
 from .errors import RemoteProtocolError
 from .idents import DOMAIN_EXTRA, SERVICE_EXTRA, sanitize_name, valid_ident
-from .messages import Trigger2, Trigger3, Trigger4, field_str
+from .messages import (
+    ExecParams,
+    Trigger2,
+    Trigger3,
+    Trigger4,
+    field_str,
+    parse_exec,
+    parse_exec_params_only,
+)
 
 __all__ = [
     "ServiceRequest",
@@ -26,6 +35,10 @@ __all__ = [
     "check_agent_header",
     "validate_trigger",
     "check_daemon_header",
+    "check_client_header",
+    "parse_client_request",
+    "check_trigger_socket_header",
+    "parse_connection_terminated",
     "valid_data_port",
 ]
 
@@ -56,6 +69,15 @@ class Refusal:
 
 def valid_data_port(port: int) -> bool:
     return FIRST_DATA_PORT <= port <= LAST_DATA_PORT
+
+
+def parse_connection_terminated(payload: bytes) -> tuple[int, int]:
+    """(domain, port) of a CONNECTION_TERMINATED payload; a port outside 513..768 is fatal
+    for the daemon (§8, §10)."""
+    domain, port = parse_exec_params_only(payload)
+    if not valid_data_port(port):
+        raise RemoteProtocolError(f"Invalid port in MSG_CONNECTION_TERMINATED ({port})")
+    return domain, port
 
 
 def check_agent_header(msgtype: int, length: int, version: int) -> None:
@@ -91,7 +113,14 @@ def _name_field(service: bytes) -> tuple[bytes | None, str]:
 
 
 def validate_trigger(msgtype: int, payload: bytes, version: int) -> ServiceRequest | Refusal:
-    """§10 steps 1-6 for a trigger whose header passed `check_agent_header`."""
+    """§10 steps 1-6 for a trigger message.
+
+    The header is checked again (`check_agent_header`), so a message the daemon must exit
+    over, including a non-trigger type, raises RemoteProtocolError here too.
+    """
+    check_agent_header(msgtype, len(payload), version)
+    if msgtype == MsgType.CONNECTION_TERMINATED:
+        raise RemoteProtocolError("CONNECTION_TERMINATED is not a trigger message")
     source: bytes | None = None
     if msgtype == MsgType.TRIGGER_SERVICE:
         t2 = Trigger2.parse(payload)
@@ -103,7 +132,7 @@ def validate_trigger(msgtype: int, payload: bytes, version: int) -> ServiceReque
         t3 = Trigger3.parse(payload)
         ident, target = t3.ident, _force_nul(t3.target_domain)
         service_field, error = _name_field(t3.service_name)
-    else:
+    else:  # TRIGGER_SERVICE4, the only type left after check_agent_header
         t4 = Trigger4.parse(payload)
         ident, target = t4.ident, _force_nul(t4.target_domain)
         source = _force_nul(t4.source_domain)
@@ -135,3 +164,39 @@ def check_daemon_header(msgtype: int, length: int) -> None:
             raise RemoteProtocolError(f"SERVICE_REFUSED with length {length}")
     else:
         raise RemoteProtocolError(f"unknown message type {msgtype:#x} from daemon")
+
+
+_CLIENT_TYPES = (MsgType.EXEC_CMDLINE, MsgType.JUST_EXEC, MsgType.SERVICE_CONNECT)
+
+
+def check_client_header(msgtype: int, length: int) -> None:
+    """Daemon side of its Unix socket (§9 step 3): type 0x200-0x202, 8 < len <= 65535.
+
+    RemoteProtocolError means: close the connection, forward nothing.
+    """
+    if msgtype not in _CLIENT_TYPES:
+        raise RemoteProtocolError(f"invalid message type {msgtype:#x} from client")
+    if not 8 < length <= MAX_QREXEC_CMD_LEN:
+        raise RemoteProtocolError(f"invalid message length {length} from client")
+
+
+def parse_client_request(payload: bytes) -> ExecParams:
+    """A client request whose header passed `check_client_header` (§9 step 3): the payload
+    must end with NUL and a non-zero port must be a data port. Ident matching and the
+    allocation of port 0 are the daemon's business."""
+    request = parse_exec(payload)
+    if not request.payload.endswith(b"\0"):
+        raise RemoteProtocolError("client request not NUL-terminated")
+    if request.connect_port != 0 and not valid_data_port(request.connect_port):
+        raise RemoteProtocolError(f"invalid port {request.connect_port} from client")
+    return request
+
+
+def check_trigger_socket_header(msgtype: int, length: int) -> None:
+    """Agent side of its trigger socket (§15.1): TRIGGER_SERVICE4 with 160 < len <= 65160."""
+    if msgtype != MsgType.TRIGGER_SERVICE4 or not (
+        _TRIGGER4_HEAD < length <= _TRIGGER4_HEAD + MAX_SERVICE_NAME_LEN
+    ):
+        raise RemoteProtocolError(
+            "Invalid request received from qrexec-client-vm, is it outdated?"
+        )

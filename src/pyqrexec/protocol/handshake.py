@@ -8,19 +8,28 @@ from .constants import (
     MIN_CLIENT_VERSION,
     MIN_DATA_VERSION,
     PROTOCOL_VERSION,
+    MsgType,
 )
 from .errors import RemoteProtocolError
 
 __all__ = ["own_max_version", "negotiate", "negotiate_control", "negotiate_data",
-           "check_client_hello"]
+           "check_client_hello", "check_hello_header"]
+
+
+def check_hello_header(msgtype: int, length: int) -> None:
+    """The first message of a channel must be a HELLO with len 4 (§6); as a header check
+    (framing.MessageReader) it refuses anything else before its payload is read."""
+    if msgtype != MsgType.HELLO or length != 4:
+        raise RemoteProtocolError(f"expected HELLO, got type {msgtype:#x} len {length}")
 
 
 def own_max_version(setting: str | None) -> tuple[int, str | None]:
     """Own maximum version from `QREXEC_MAX_PROTOCOL_VERSION` and a warning, if any.
 
-    Values other than 2, 3, 4 are ignored with a warning (§1).
+    `setting` is None when the variable is unset. Any other value than 2, 3, 4, the empty
+    string included, is ignored with a warning (§1).
     """
-    if setting is None or setting == "":
+    if setting is None:
         return PROTOCOL_VERSION, None
     if setting in ("2", "3", "4"):
         return int(setting), None

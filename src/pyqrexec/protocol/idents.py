@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from .constants import IDENT_SIZE
+from .errors import LocalProtocolError
 
 __all__ = [
     "valid_ident",
@@ -19,7 +20,8 @@ _IDENT_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq
 _SAFE = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.-")
 SERVICE_EXTRA = frozenset(b"+")
 DOMAIN_EXTRA = frozenset(b"@:")
-_SOCKET_IDENT = re.compile(rb"SOCKET([0-9]{1,9})")
+_SOCKET_IDENT = re.compile(rb"SOCKET([0-9]{1,10})")
+_INT_MAX = 2**31 - 1
 
 
 def valid_ident(field: bytes) -> bool:
@@ -48,7 +50,10 @@ def sanitize_name(field: bytes, extra: frozenset[int] = frozenset()) -> bytes:
 
 def agent_ident(n: int) -> bytes:
     """The zero-filled ident field the agent writes for trigger connection `n`."""
-    return f"SOCKET{n}".encode().ljust(IDENT_SIZE, b"\0")
+    text = f"SOCKET{n}".encode()
+    if n < 0 or len(text) >= IDENT_SIZE:
+        raise LocalProtocolError(f"SOCKET{n} does not fit the {IDENT_SIZE}-byte ident field")
+    return text.ljust(IDENT_SIZE, b"\0")
 
 
 def parse_agent_ident(field: bytes) -> int | None:
@@ -56,5 +61,7 @@ def parse_agent_ident(field: bytes) -> int | None:
     nul = field.find(b"\0")
     text = field if nul < 0 else field[:nul]
     m = _SOCKET_IDENT.fullmatch(text)
-    return int(m.group(1)) if m else None
+    if m is None or int(m.group(1)) > _INT_MAX:
+        return None
+    return int(m.group(1))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .constants import IDENT_SIZE, MsgType
+from .constants import IDENT_SIZE, MAX_SERVICE_NAME_LEN, MsgType
 from .errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -103,6 +103,14 @@ class ExecParams:
     #: cmdline (or ident) bytes as sent, normally NUL-terminated
     payload: bytes = b""
 
+    @property
+    def cmdline(self) -> bytes:
+        """The payload as the agent reads it: last byte forced to NUL (§17), text up to the
+        first NUL. An unterminated payload thus loses its last byte, as upstream's does."""
+        payload = self.payload[:-1]
+        nul = payload.find(b"\0")
+        return payload if nul < 0 else payload[:nul]
+
 
 def pack_exec_params(domain: int, port: int) -> bytes:
     return _EXEC_HEAD.pack(domain, port)
@@ -194,22 +202,28 @@ def pack_trigger2(service: bytes, target: bytes, ident: bytes) -> bytes:
     return HEADER.pack(MsgType.TRIGGER_SERVICE, len(body)) + body
 
 
+def _name_field(service: bytes) -> bytes:
+    """The v3/v4 service-name field: the name and its NUL, at most 65000 bytes (§2)."""
+    if b"\0" in service or len(service) >= MAX_SERVICE_NAME_LEN:
+        raise LocalProtocolError(f"service name of {len(service)} bytes does not fit")
+    return service + b"\0"
+
+
 def pack_trigger3(service: bytes, target: bytes, ident: bytes) -> bytes:
+    name = _name_field(service)
     body = (
-        _TRIGGER3_HEAD.pack(fixed_field(target, 64), fixed_field(ident, IDENT_SIZE))
-        + service
-        + b"\0"
+        _TRIGGER3_HEAD.pack(fixed_field(target, 64), fixed_field(ident, IDENT_SIZE)) + name
     )
     return HEADER.pack(MsgType.TRIGGER_SERVICE3, len(body)) + body
 
 
 def pack_trigger4(service: bytes, target: bytes, ident: bytes, source: bytes = b"") -> bytes:
+    name = _name_field(service)
     body = (
         _TRIGGER4_HEAD.pack(
             fixed_field(source, 64), fixed_field(target, 64), fixed_field(ident, IDENT_SIZE)
         )
-        + service
-        + b"\0"
+        + name
     )
     return HEADER.pack(MsgType.TRIGGER_SERVICE4, len(body)) + body
 
@@ -233,8 +247,19 @@ def pack_cmd_info(info: CmdInfo) -> bytes:
     )
 
 
+_MAX_CMD_INFO_LEN = 0x7FFF_FFFF
+
+
 def parse_cmd_info_head(data: bytes) -> tuple[int, int, int, int]:
+    """(type, domain, port, cmdline_len) of a 16-byte `qrexec_cmd_info` head.
+
+    The fork server refuses `cmdline_len` 0 or > 2^31-1 (§15.2) before reading the cmdline.
+    """
+    if len(data) != CMD_INFO_HEAD.size:
+        raise RemoteProtocolError(f"qrexec_cmd_info head must be 16 bytes, got {len(data)}")
     t, d, p, n = CMD_INFO_HEAD.unpack(data)
+    if not 0 < n <= _MAX_CMD_INFO_LEN:
+        raise RemoteProtocolError(f"invalid cmdline_len {n} in qrexec_cmd_info")
     return int(t), int(d), int(p), int(n)
 
 
