@@ -13,6 +13,7 @@ import shutil
 import sys
 
 from ..services.launch import DEVNULL, launch
+from ..services.syslogcopy import open_syslog_writer
 
 __all__ = ["main", "run"]
 
@@ -22,13 +23,10 @@ _UNSET = (
     b"QREXEC_REQUESTED_TARGET_KEYWORD",
     b"QREXEC_SERVICE_ARGUMENT",
 )
-#: `tee` copies the service's stderr (descriptor 4) to the caller's stderr (2) and to `logger`
-#: (through descriptor 5, read by logger on 3). Both run in the background of a shell that
-#: exits at once, and neither holds the service's stdin or stdout. Names are positional
-#: parameters, never shell text.
-_COPY_STDERR = (
-    b'"$0" -t "$1" <&3 3<&- 4<&- 5>&- >/dev/null 2>&1 &\ntee /dev/fd/5 <&4 3<&- 4<&- >&2 &\n'
-)
+#: `tee` copies the service's stderr (descriptor 4) to the caller's stderr and to the system
+#: log (descriptor 3); it runs in the background of a shell that exits at once, so it is no
+#: child of the service and holds neither the service's stdin nor its stdout
+_COPY_STDERR = b'"$0" /dev/fd/3 <&4 4<&- &'
 
 
 def _find_handler(service_full: str, path: str) -> str | None:
@@ -64,24 +62,24 @@ def _environment(argv: list[str]) -> dict[bytes, bytes]:
 
 def _copy_stderr_to_syslog(tag: str) -> None:
     """Point our stderr at a pipe read by `tee` (to the old stderr) and `logger`; best effort."""
-    logger, tee = shutil.which("logger"), shutil.which("tee")
-    if logger is None or tee is None:
+    tee = shutil.which("tee")
+    logger_fd = open_syslog_writer(tag) if tee is not None else None
+    if tee is None or logger_fd is None:
         return
     to_tee_read, to_tee_write = os.pipe()
-    to_logger_read, to_logger_write = os.pipe()
     try:
         pid = launch(
             b"/bin/sh",
-            [b"sh", b"-c", _COPY_STDERR, os.fsencode(logger), os.fsencode(tag)],
+            [b"sh", b"-c", _COPY_STDERR, os.fsencode(tee)],
             os.environb,
-            (DEVNULL, DEVNULL, 2, to_logger_read, to_tee_read, to_logger_write),
+            (DEVNULL, 2, 2, logger_fd, to_tee_read),
         )
         os.waitpid(pid, 0)
         os.dup2(to_tee_write, 2)
     except OSError:
         pass
     finally:
-        for fd in (to_tee_read, to_tee_write, to_logger_read, to_logger_write):
+        for fd in (to_tee_read, to_tee_write, logger_fd):
             os.close(fd)
 
 

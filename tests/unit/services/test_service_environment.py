@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from pyqrexec.protocol.cmdline import ServiceCall, parse_command
+from pyqrexec.protocol.cmdline import ServiceCall
 from pyqrexec.services.environment import (
     call_variables,
     inherited_environment,
@@ -13,11 +15,7 @@ from pyqrexec.services.environment import (
     valid_token_count,
 )
 
-
-def call(text: bytes) -> ServiceCall:
-    service = parse_command(text).service
-    assert service is not None
-    return service
+Call = Callable[[bytes], ServiceCall]
 
 
 @pytest.mark.parametrize(
@@ -31,18 +29,18 @@ def call(text: bytes) -> ServiceCall:
         (b"QUBESRPC svc src a b c", False),
     ],
 )
-def test_token_count(text: bytes, ok: bool) -> None:
+def test_token_count(call: Call, text: bytes, ok: bool) -> None:
     assert valid_token_count(call(text)) is ok
 
 
-def test_argv() -> None:
+def test_argv(call: Call) -> None:
     assert service_argv(b"/p/s", call(b"QUBESRPC s+a src")) == [b"/p/s", b"a"]
     assert service_argv(b"/p/s", call(b"QUBESRPC s+ src")) == [b"/p/s"]
     assert service_argv(b"/p/s", call(b"QUBESRPC s src")) == [b"/p/s"]
     assert service_argv(b"/p/s", call(b"QUBESRPC s+-rf src")) == [b"/p/s", b"-rf"]
 
 
-def test_vm_call_variables() -> None:
+def test_vm_call_variables(call: Call) -> None:
     assert dict(call_variables(call(b"QUBESRPC s+a src"))) == {
         b"QREXEC_SERVICE_FULL_NAME": b"s+a",
         b"QREXEC_REMOTE_DOMAIN": b"src",
@@ -51,14 +49,14 @@ def test_vm_call_variables() -> None:
     }
 
 
-def test_no_plus_means_no_argument_variable() -> None:
+def test_no_plus_means_no_argument_variable(call: Call) -> None:
     variables = dict(call_variables(call(b"QUBESRPC s src")))
     assert variables[b"QREXEC_SERVICE_FULL_NAME"] == b"s"
     assert b"QREXEC_SERVICE_ARGUMENT" not in variables
     assert dict(call_variables(call(b"QUBESRPC s+ src")))[b"QREXEC_SERVICE_ARGUMENT"] == b""
 
 
-def test_dom0_name_and_keyword() -> None:
+def test_dom0_name_and_keyword(call: Call) -> None:
     named = dict(call_variables(call(b"QUBESRPC s+ src name dom0")))
     assert named[b"QREXEC_REQUESTED_TARGET_TYPE"] == b"name"
     assert named[b"QREXEC_REQUESTED_TARGET"] == b"dom0"
@@ -69,7 +67,7 @@ def test_dom0_name_and_keyword() -> None:
     assert b"QREXEC_REQUESTED_TARGET" not in keyword
 
 
-def test_inherited_qrexec_variables_are_stripped() -> None:
+def test_inherited_qrexec_variables_are_stripped(call: Call) -> None:
     base = {
         b"PATH": b"/bin",
         b"QREXECFOO": b"1",
@@ -94,7 +92,7 @@ def test_inherited_qrexec_variables_are_stripped() -> None:
     }
 
 
-def test_extra_variables_and_call_variables_win() -> None:
+def test_extra_variables_and_call_variables_win(call: Call) -> None:
     env = service_environment(
         {b"HOME": b"/root"}, call(b"QUBESRPC s src"), None, {b"HOME": b"/home/u"}
     )
@@ -102,7 +100,7 @@ def test_extra_variables_and_call_variables_win() -> None:
     assert b"QREXEC_AGENT_PID" not in env
 
 
-def test_login_wrapper_passes_values_as_parameters() -> None:
+def test_login_wrapper_passes_values_as_parameters(call: Call) -> None:
     argv = login_wrapper_argv([b"/p/s", b"$(x)"], call(b"QUBESRPC s+$(x) src"))
     assert argv[:3] == [b"/bin/sh", b"-l", b"-c"]
     assert b"$(x)" not in argv[3]
@@ -118,6 +116,6 @@ def test_login_wrapper_passes_values_as_parameters() -> None:
     ]
 
 
-def test_log_tag() -> None:
+def test_log_tag(call: Call) -> None:
     assert log_tag(call(b"QUBESRPC test.Svc+arg work")) == "test.Svc+arg-work"
     assert log_tag(call(b"QUBESRPC test.Svc work")) == "test.Svc-work"

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from pyqrexec.protocol.cmdline import ServiceCall, parse_command
+from pyqrexec.protocol.cmdline import ServiceCall
 from pyqrexec.services.lookup import (
     DEFAULT_SERVICE_PATH,
     Entry,
@@ -21,11 +22,7 @@ from pyqrexec.services.lookup import (
 )
 from pyqrexec.services.rpcconfig import DEFAULT_CONFIG, ParsedConfig
 
-
-def call(text: bytes) -> ServiceCall:
-    service = parse_command(text).service
-    assert service is not None
-    return service
+Call = Callable[[bytes], ServiceCall]
 
 
 def executable(path: Path) -> Path:
@@ -51,7 +48,7 @@ def test_long_names_are_skipped() -> None:
     assert list(candidates(["/a"], [b"x" * 256, b"S"])) == [b"/a/S"]
 
 
-def test_argument_specific_before_general(tmp_path: Path) -> None:
+def test_argument_specific_before_general(call: Call, tmp_path: Path) -> None:
     first, second = tmp_path / "1", tmp_path / "2"
     first.mkdir()
     second.mkdir()
@@ -64,45 +61,45 @@ def test_argument_specific_before_general(tmp_path: Path) -> None:
     assert isinstance(other, Entry) and other.path == os.fsencode(first / "test.Svc")
 
 
-def test_no_argument_looks_up_plus_form_first(tmp_path: Path) -> None:
+def test_no_argument_looks_up_plus_form_first(call: Call, tmp_path: Path) -> None:
     executable(tmp_path / "test.Svc")
     plus = executable(tmp_path / "test.Svc+")
     found = find_service(call(b"QUBESRPC test.Svc src"), [str(tmp_path)])
     assert isinstance(found, Entry) and found.path == os.fsencode(plus)
 
 
-def test_not_found_is_127(tmp_path: Path) -> None:
+def test_not_found_is_127(call: Call, tmp_path: Path) -> None:
     found = find_service(call(b"QUBESRPC test.Foo src"), [str(tmp_path)])
     assert found == LookupFailure(127, "Service not found: test.Foo+")
 
 
-def test_dangling_symlink_is_skipped(tmp_path: Path) -> None:
+def test_dangling_symlink_is_skipped(call: Call, tmp_path: Path) -> None:
     (tmp_path / "test.Svc+a").symlink_to(tmp_path / "missing")
     general = executable(tmp_path / "test.Svc")
     found = find_service(call(b"QUBESRPC test.Svc+a src"), [str(tmp_path)])
     assert isinstance(found, Entry) and found.path == os.fsencode(general)
 
 
-def test_symlink_error_is_125(tmp_path: Path) -> None:
+def test_symlink_error_is_125(call: Call, tmp_path: Path) -> None:
     (tmp_path / "test.Svc+a").symlink_to("/dev/null/x")
     executable(tmp_path / "test.Svc")
     found = find_service(call(b"QUBESRPC test.Svc+a src"), [str(tmp_path)])
     assert isinstance(found, LookupFailure) and found.status == 125
 
 
-def test_lstat_error_is_125(tmp_path: Path) -> None:
+def test_lstat_error_is_125(call: Call, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     found = find_service(call(b"QUBESRPC test.Svc src"), [str(tmp_path / "file")])
     assert isinstance(found, LookupFailure) and found.status == 125
 
 
-def test_path_too_long_is_125(tmp_path: Path) -> None:
+def test_path_too_long_is_125(call: Call, tmp_path: Path) -> None:
     directory = str(tmp_path) + "/" + "d" * (1024 - len(str(tmp_path)))
     found = find_service(call(b"QUBESRPC test.Svc src"), [directory])
     assert isinstance(found, LookupFailure) and found.status == 125
 
 
-def test_kinds(tmp_path: Path) -> None:
+def test_kinds(call: Call, tmp_path: Path) -> None:
     (tmp_path / "tcp").symlink_to("/dev/tcp/127.0.0.1/1")
     (tmp_path / "plain").write_text("")
     (tmp_path / "dir").mkdir()
@@ -130,19 +127,19 @@ def test_kinds(tmp_path: Path) -> None:
     }
 
 
-def test_config_defaults_when_absent(tmp_path: Path) -> None:
+def test_config_defaults_when_absent(call: Call, tmp_path: Path) -> None:
     loaded = load_service_config(call(b"QUBESRPC test.Svc src"), [str(tmp_path)])
     assert loaded == ParsedConfig(DEFAULT_CONFIG, ())
 
 
-def test_config_argument_specific_first(tmp_path: Path) -> None:
+def test_config_argument_specific_first(call: Call, tmp_path: Path) -> None:
     (tmp_path / "test.Svc").write_text("wait-for-session = false\n")
     (tmp_path / "test.Svc+a").write_text("wait-for-session = true\n")
     loaded = load_service_config(call(b"QUBESRPC test.Svc+a src"), [str(tmp_path)])
     assert isinstance(loaded, ParsedConfig) and loaded.config.wait_for_session
 
 
-def test_config_read_callable_and_errors(tmp_path: Path) -> None:
+def test_config_read_callable_and_errors(call: Call, tmp_path: Path) -> None:
     (tmp_path / "test.Svc").write_text("")
     svc = call(b"QUBESRPC test.Svc src")
     loaded = load_service_config(svc, [str(tmp_path)], lambda path: b"force-user = 'x'\n")
@@ -158,7 +155,7 @@ def test_config_read_callable_and_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("entry", ["dir", "link"])
-def test_config_lookup_errors(tmp_path: Path, entry: str) -> None:
+def test_config_lookup_errors(call: Call, tmp_path: Path, entry: str) -> None:
     if entry == "dir":
         (tmp_path / "test.Svc").mkdir()
     else:
