@@ -1,0 +1,419 @@
+"""Starting what a command asks for: an executable, a socket or a TCP service (services.md §3-§4).
+
+This is the I/O edge the relays call. `start_command` never blocks on the service itself; the
+result is either the streams of a started service, a detached start (just-exec), or a failure
+detected before anything was started (the relay logs `Failed.message` and reports the status).
+Failures of the started program itself (execve error, token count, user checks) are reported,
+as upstream does, as the exit status of a real process so the relay handles a single case.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import pwd
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..protocol.cmdline import Command, ServiceCall
+from ..protocol.constants import EXIT_PROBLEM, EXIT_SERVICE_NOT_FOUND, RPC_REQUEST_COMMAND
+from .environment import (
+    inherited_environment,
+    log_tag,
+    login_wrapper_argv,
+    service_argv,
+    service_environment,
+    valid_token_count,
+)
+from .launch import DEVNULL, launch
+from .lookup import Entry, LookupFailure, ServiceKind, find_service, load_service_config
+from .rpcconfig import DEFAULT_CONFIG, ServiceConfig
+from .syslogcopy import open_syslog_writer
+from .tcptarget import TcpTargetError, tcp_target
+
+__all__ = [
+    "Executor",
+    "SpawnContext",
+    "Started",
+    "Detached",
+    "Failed",
+    "service_config_for",
+    "start_command",
+    "service_header",
+]
+
+
+class Executor(enum.Enum):
+    """Who runs the service (services.md §1); decides user handling and how shells are started."""
+
+    #: VM agent running as root: switches to the requested user's login context
+    ROOT_AGENT = "root-agent"
+    #: VM agent running as an ordinary user: the requested user must be that user
+    USER_AGENT = "user-agent"
+    #: fork server inside the user's session: no user switch, `$SHELL -c`
+    FORK_SERVER = "fork-server"
+    #: dom0 request worker or qrexec-client: stderr inherited, `/bin/bash -c`, no force-user
+    DOM0 = "dom0"
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class SpawnContext:
+    executor: Executor
+    service_path: Sequence[str]
+    #: rpc-config directories; empty: no configuration is read (fork server)
+    rpc_config_path: Sequence[str] = ()
+    #: value of QREXEC_AGENT_PID: the per-call handler
+    handler_pid: int | None = None
+    #: JUST_EXEC: stdin/stdout on /dev/null, stderr to the system log, nothing to relay
+    just_exec: bool = False
+    #: dom0 -> dom0 calls (`qrexec-client -d dom0`): socket and TCP services are refused
+    executables_only: bool = False
+    #: USER_AGENT: the agent's own user name; None: looked up from the effective uid
+    own_user: str | None = None
+    log: Callable[[str], None] = _ignore
+    #: environment the service inherits (filtered, §4.1); None: this process's environment
+    environ: Mapping[bytes, bytes] | None = None
+    #: ROOT_AGENT: the program that switches to the target user (util-linux)
+    setpriv: str = "setpriv"
+
+
+@dataclass
+class Started:
+    #: None for socket/TCP services
+    pid: int | None
+    #: write service input here; EOF = stdin.shutdown(SHUT_WR)
+    stdin: socket.socket
+    #: read service output (the same socket object as stdin for socket/TCP services)
+    stdout: socket.socket
+    #: read end of a pipe carrying service stderr (None: no separate stderr stream)
+    stderr: int | None
+    #: the rpc-config settings applied (exit-on-client-eof and exit-on-service-eof are the
+    #: relay's to honour)
+    config: ServiceConfig = field(default=DEFAULT_CONFIG)
+
+
+@dataclass
+class Detached:
+    """Just-exec: the service was started (pid) or its socket written to and closed (None)."""
+
+    pid: int | None
+
+
+@dataclass
+class Failed:
+    #: 125 or 127
+    status: int
+    #: log line, e.g. "Service not found: test.Foo+"
+    message: str
+
+
+Result = Started | Detached | Failed
+
+
+def service_config_for(command: Command, ctx: SpawnContext) -> ServiceConfig | Failed:
+    """The rpc-config that applies to `command` (defaults when none); warnings are logged.
+
+    Agents call this first: it decides wait-for-session, force-user and the fork server.
+    """
+    call = command.service
+    if call is None or not ctx.rpc_config_path:
+        return DEFAULT_CONFIG
+    if command.nogui and ctx.executor is Executor.DOM0:
+        return DEFAULT_CONFIG
+    loaded = load_service_config(call, ctx.rpc_config_path)
+    if isinstance(loaded, LookupFailure):
+        return Failed(loaded.status, loaded.message)
+    for warning in loaded.warnings:
+        ctx.log(warning)
+    return loaded.config
+
+
+def service_header(command: Command) -> bytes:
+    """What a socket or TCP service reads first: the text after `QUBESRPC `, then NUL."""
+    return command.text[len(RPC_REQUEST_COMMAND) + 1 :] + b"\0"
+
+
+def start_command(
+    command: Command, user: str, ctx: SpawnContext, config: ServiceConfig | None = None
+) -> Result:
+    """Start what `command` asks for as `user`; `config` when the caller already loaded it."""
+    call = command.service
+    if call is None:
+        return _start_shell_command(command.text, user, ctx)
+    if config is None:
+        loaded = service_config_for(command, ctx)
+        if isinstance(loaded, Failed):
+            return loaded
+        config = loaded
+    if config.force_user is not None and ctx.executor is not Executor.DOM0:
+        user = config.force_user
+    found = find_service(call, ctx.service_path)
+    if isinstance(found, LookupFailure):
+        return Failed(found.status, found.message)
+    if found.kind is ServiceKind.EXECUTABLE:
+        for key in config.socket_only_keys:
+            ctx.log(f"ignoring {key} for executable service {os.fsdecode(found.path)}")
+        return _start_service(found.path, call, user, ctx)
+    if ctx.executables_only:
+        return Failed(
+            EXIT_PROBLEM, f"{found.kind.value} services not supported for dom0 -> dom0 calls"
+        )
+    return _start_connected(command, call, found, config, ctx)
+
+
+# --- socket and TCP services -------------------------------------------------------------
+
+
+def _connect_unix(path: bytes) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if len(path) < 108:
+            sock.connect(path)
+            return sock
+        # sun_path holds 108 bytes: reach longer paths through a short private symlink
+        directory = tempfile.mkdtemp(prefix="qrexec-", dir="/tmp")
+        link = os.path.join(os.fsencode(directory), b"s")
+        try:
+            os.symlink(path, link)
+            sock.connect(link)
+        finally:
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.rmdir(directory)
+        return sock
+    except OSError:
+        sock.close()
+        raise
+
+
+def _connect_tcp(link_text: bytes, argument: bytes | None) -> socket.socket:
+    target = tcp_target(link_text, argument)
+    family = socket.AF_INET6 if target.ipv6_only else socket.AF_UNSPEC
+    try:
+        infos = socket.getaddrinfo(
+            target.host,
+            target.port,
+            family,
+            socket.SOCK_STREAM,
+            0,
+            socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+        )
+    except socket.gaierror as err:
+        raise TcpTargetError(f"Invalid host {target.host!r}: {err.strerror}") from err
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _start_connected(
+    command: Command, call: ServiceCall, found: Entry, config: ServiceConfig, ctx: SpawnContext
+) -> Result:
+    try:
+        if found.kind is ServiceKind.TCP:
+            assert found.link_text is not None
+            sock = _connect_tcp(found.link_text, call.argument)
+        else:
+            sock = _connect_unix(found.path)
+    except TcpTargetError as err:
+        return Failed(EXIT_PROBLEM, f"{os.fsdecode(found.path)}: {err}")
+    except OSError as err:
+        return Failed(EXIT_PROBLEM, f"Failed to connect to {os.fsdecode(found.path)}: {err}")
+    try:
+        if not config.skip_service_descriptor:
+            sock.sendall(service_header(command))
+    except OSError as err:
+        sock.close()
+        return Failed(EXIT_PROBLEM, f"Failed to write to {os.fsdecode(found.path)}: {err}")
+    if ctx.just_exec:
+        sock.close()
+        return Detached(None)
+    return Started(None, sock, sock, None, config)
+
+
+# --- executables ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Stdio:
+    """The child's descriptors 0-2 and the handler's ends of them."""
+
+    child: tuple[int, int, int]
+    stdin: socket.socket | None = None
+    stdout: socket.socket | None = None
+    stderr: int | None = None
+    #: ours to close once the child has them
+    to_close: list[int] = field(default_factory=list)
+
+    def close_child_ends(self) -> None:
+        for fd in self.to_close:
+            os.close(fd)
+        self.to_close.clear()
+
+    def close_all(self) -> None:
+        self.close_child_ends()
+        for sock in (self.stdin, self.stdout):
+            if sock is not None:
+                sock.close()
+        if self.stderr is not None:
+            os.close(self.stderr)
+
+
+def _open_stdio(ctx: SpawnContext, tag: str | None) -> _Stdio:
+    if ctx.just_exec:
+        writer = open_syslog_writer(tag) if tag is not None else None
+        if writer is None:
+            return _Stdio((DEVNULL, DEVNULL, 2))
+        return _Stdio((DEVNULL, DEVNULL, writer), to_close=[writer])
+    ours_in, child_in = socket.socketpair()
+    ours_out, child_out = socket.socketpair()
+    to_close = [child_in.detach(), child_out.detach()]
+    if ctx.executor is Executor.DOM0:
+        return _Stdio((to_close[0], to_close[1], 2), ours_in, ours_out, None, to_close)
+    err_read, err_write = os.pipe()
+    to_close.append(err_write)
+    return _Stdio((to_close[0], to_close[1], err_write), ours_in, ours_out, err_read, to_close)
+
+
+def _result(pid: int, stdio: _Stdio) -> Result:
+    stdio.close_child_ends()
+    if stdio.stdin is None or stdio.stdout is None:
+        return Detached(pid)
+    return Started(pid, stdio.stdin, stdio.stdout, stdio.stderr)
+
+
+def _exit_with(status: int, message: str, stdio: _Stdio, ctx: SpawnContext) -> Result:
+    """A process that only exits with `status`, `message` first written to its stderr."""
+    ctx.log(message)
+    error_fd = stdio.child[2]
+    if error_fd >= 3:
+        try:
+            os.write(error_fd, message.encode(errors="replace") + b"\n")
+        except OSError:
+            pass
+    try:
+        pid = launch(b"/bin/sh", [b"sh", b"-c", b"exit %d" % status], {}, stdio.child)
+    except OSError as err:
+        stdio.close_all()
+        return Failed(status, f"{message} (and cannot start a process: {err.strerror})")
+    return _result(pid, stdio)
+
+
+def _exec(
+    path: bytes,
+    argv: Sequence[bytes],
+    env: Mapping[bytes, bytes],
+    stdio: _Stdio,
+    ctx: SpawnContext,
+    *,
+    setsid: bool = False,
+) -> Result:
+    try:
+        pid = launch(path, argv, env, stdio.child, setsid=setsid)
+    except OSError as err:
+        status = EXIT_SERVICE_NOT_FOUND if isinstance(err, FileNotFoundError) else EXIT_PROBLEM
+        message = f"failed to execute {os.fsdecode(path)}: {err.strerror}"
+        return _exit_with(status, message, stdio, ctx)
+    return _result(pid, stdio)
+
+
+def _own_user(ctx: SpawnContext) -> str:
+    if ctx.own_user is not None:
+        return ctx.own_user
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _base_env(ctx: SpawnContext) -> Mapping[bytes, bytes]:
+    return os.environb if ctx.environ is None else ctx.environ
+
+
+def _user_problem(user: str, ctx: SpawnContext) -> str | None:
+    """Why the call cannot run as `user` in this context, or None."""
+    if ctx.executor is Executor.USER_AGENT:
+        own = _own_user(ctx)
+        if user != own:
+            return f"requested user {user}, but qrexec-agent is running as user {own}"
+    elif ctx.executor is Executor.ROOT_AGENT:
+        entry = _passwd(user)
+        if entry is None or not entry.pw_name or not entry.pw_dir:
+            return f"user {user} does not exist"
+    return None
+
+
+def _passwd(user: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        return None
+
+
+def _login_variables(entry: pwd.struct_passwd) -> dict[bytes, bytes]:
+    return {
+        b"HOME": os.fsencode(entry.pw_dir),
+        b"SHELL": os.fsencode(entry.pw_shell or "/bin/sh"),
+        b"USER": os.fsencode(entry.pw_name),
+        b"LOGNAME": os.fsencode(entry.pw_name),
+    }
+
+
+def _switch_user_prefix(entry: pwd.struct_passwd, ctx: SpawnContext) -> list[bytes]:
+    """argv prefix that runs the rest as `entry`'s user with its groups (empty: already so)."""
+    if entry.pw_uid == os.geteuid() and entry.pw_gid == os.getegid():
+        return []
+    setpriv = shutil.which(ctx.setpriv) or ctx.setpriv
+    return [
+        os.fsencode(setpriv),
+        b"--reuid=%d" % entry.pw_uid,
+        b"--regid=%d" % entry.pw_gid,
+        b"--init-groups",
+        b"--",
+    ]
+
+
+def _start_service(path: bytes, call: ServiceCall, user: str, ctx: SpawnContext) -> Result:
+    stdio = _open_stdio(ctx, log_tag(call))
+    if not valid_token_count(call):
+        return _exit_with(EXIT_PROBLEM, "invalid number of arguments", stdio, ctx)
+    problem = _user_problem(user, ctx)
+    if problem is not None:
+        return _exit_with(EXIT_PROBLEM, problem, stdio, ctx)
+    argv = service_argv(path, call)
+    if ctx.executor is not Executor.ROOT_AGENT:
+        env = service_environment(_base_env(ctx), call, ctx.handler_pid)
+        return _exec(path, argv, env, stdio, ctx)
+    entry = _passwd(user)
+    assert entry is not None
+    env = service_environment(_base_env(ctx), call, ctx.handler_pid, _login_variables(entry))
+    full = _switch_user_prefix(entry, ctx) + login_wrapper_argv(argv, call)
+    return _exec(full[0], full, env, stdio, ctx, setsid=True)
+
+
+def _start_shell_command(text: bytes, user: str, ctx: SpawnContext) -> Result:
+    stdio = _open_stdio(ctx, None)
+    problem = _user_problem(user, ctx)
+    if problem is not None:
+        return _exit_with(EXIT_PROBLEM, problem, stdio, ctx)
+    env = inherited_environment(_base_env(ctx))
+    if ctx.handler_pid is not None:
+        env[b"QREXEC_AGENT_PID"] = str(ctx.handler_pid).encode()
+    if ctx.executor is Executor.ROOT_AGENT:
+        # no PAM here: su gives the login shell (argv0 "-shell"), home and groups
+        argv = [b"/bin/su", b"-", os.fsencode(user), b"-c", text]
+        return _exec(argv[0], argv, env, stdio, ctx, setsid=True)
+    if ctx.executor is Executor.FORK_SERVER:
+        shell = env.get(b"SHELL") or b"/bin/sh"
+        return _exec(shell, [os.path.basename(shell), b"-c", text], env, stdio, ctx)
+    shell = b"/bin/bash" if ctx.executor is Executor.DOM0 else b"/bin/sh"
+    return _exec(shell, [os.path.basename(shell), b"-c", text], env, stdio, ctx)
