@@ -76,8 +76,8 @@ def test_just_exec(host: QrexecHost, work: Domain) -> None:
 
 def test_local_program(host: QrexecHost, work: Domain) -> None:
     out = host.root / "local-out"
-    r = host.client("-d", "work", "-l", f"echo ping; read line; echo \"$line $QREXEC_REMOTE_DOMAIN\" > {out}",
-                    "root:read x; echo pong-$x")
+    local = f'echo ping; read line; echo "$line $QREXEC_REMOTE_DOMAIN" > {out}'
+    r = host.client("-d", "work", "-l", local, "root:read x; echo pong-$x")
     assert r.returncode == 0
     assert out.read_text() == "pong-ping work\n"
 
