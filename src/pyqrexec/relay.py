@@ -19,14 +19,16 @@ import select
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .protocol.constants import MsgType
 from .protocol.data import Action, CallerStream, ServiceStream
 from .protocol.errors import RemoteProtocolError
 from .protocol.handshake import negotiate_data
-from .protocol.messages import HEADER, hello, parse_exit_code, parse_hello
+from .protocol.wire import HEADER, hello, parse_exit_code, parse_hello
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["Source", "Sink", "Relay", "run_caller", "run_service", "unsafe_filter"]
 
@@ -65,36 +67,42 @@ def _grow_pipe(fd: int) -> None:
         pass
 
 
-@dataclass(eq=False)
 class Source:
     """A local fd whose bytes become messages of `msgtype`; EOF becomes an empty one."""
 
-    fd: int
-    msgtype: int
-    #: the socket object owning `fd`, if any (kept alive; used for shutdown)
-    sock: socket.socket | None = None
-    eof: bool = False
-    #: messages of this stream queued on the channel and not yet fully sent
-    inflight: int = 0
-    buf: bytearray = field(default_factory=lambda: bytearray(_READ_BATCH * 65536))
-    #: stop reading without sending EOF (e.g. single-socket mode, exit code seen)
-    stopped: bool = False
+    __slots__ = ("fd", "msgtype", "sock", "eof", "inflight", "buf", "stopped")
+
+    def __init__(self, fd: int, msgtype: int, sock: socket.socket | None = None) -> None:
+        self.fd = fd
+        self.msgtype = msgtype
+        #: the socket object owning `fd`, if any (kept alive; used for shutdown)
+        self.sock = sock
+        self.eof = False
+        #: messages of this stream queued on the channel and not yet fully sent
+        self.inflight = 0
+        self.buf = bytearray(_READ_BATCH * 65536)
+        #: stop reading without sending EOF (e.g. exit code seen)
+        self.stopped = False
 
 
-@dataclass(eq=False)
 class Sink:
     """A local fd the relay writes received payloads to."""
 
-    fd: int
-    sock: socket.socket | None = None
-    pending: deque[bytes] = field(default_factory=deque)
-    pending_size: int = 0
-    closed: bool = False
-    #: close once pending bytes are written
-    closing: bool = False
-    #: a socket end is shut down for writing instead of being closed
-    shutdown_only: bool = False
-    filter: bool = False
+    __slots__ = ("fd", "sock", "pending", "pending_size", "closed", "closing",
+                 "shutdown_only", "filter")
+
+    def __init__(self, fd: int, sock: socket.socket | None = None, shutdown_only: bool = False,
+                 filter: bool = False) -> None:
+        self.fd = fd
+        self.sock = sock
+        self.pending: deque[bytes] = deque()
+        self.pending_size = 0
+        self.closed = False
+        #: close once pending bytes are written
+        self.closing = False
+        #: a socket end is shut down for writing instead of being closed
+        self.shutdown_only = shutdown_only
+        self.filter = filter
 
 
 class Relay:
@@ -338,10 +346,12 @@ def _pump_source(relay: Relay, src: Source) -> None:
     relay.queue_from_source(src, n)
 
 
-@dataclass
 class CallerResult:
-    #: remote status, None when the channel closed before EXIT_CODE
-    status: int | None
+    __slots__ = ("status",)
+
+    def __init__(self, status: int | None) -> None:
+        #: remote status, None when the channel closed before EXIT_CODE
+        self.status = status
 
 
 def run_caller(
@@ -480,19 +490,27 @@ def _finish_sinks(sinks: list[Sink]) -> None:
             _drain_sink(sink)
 
 
-@dataclass
 class ServiceEnd:
     """What the service side relays: the started process or socket."""
 
-    stdin: socket.socket | None
-    stdout: socket.socket | None
-    stderr: int | None
-    #: pidfd of the process (None for socket services)
-    pidfd: int | None
-    #: returns the status once the process has exited (called after pidfd is readable)
-    reap: Callable[[], int]
-    #: copy stderr text to a log (None: no copy)
-    stderr_log: Callable[[bytes], None] | None = None
+    def __init__(
+        self,
+        stdin: socket.socket | None,
+        stdout: socket.socket | None,
+        stderr: int | None,
+        pidfd: int | None,
+        reap: Callable[[], int],
+        stderr_log: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        #: pidfd of the process (None for socket services)
+        self.pidfd = pidfd
+        #: returns the status once the process has exited (called after pidfd is readable)
+        self.reap = reap
+        #: copy stderr text to a log (None: no copy)
+        self.stderr_log = stderr_log
 
 
 def run_service(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .protocol.handshake import own_max_version
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["max_protocol_version", "DEFAULT_SOCKET_DIR"]
 

@@ -9,7 +9,7 @@ import socket
 from ..protocol.constants import CLIENT_PROTOCOL_VERSION
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.handshake import check_client_hello
-from ..protocol.messages import HEADER, hello, pack_exec, parse_exec_params_only, parse_hello
+from ..protocol.wire import HEADER, hello, pack_exec, parse_exec_params_only, parse_hello
 
 __all__ = ["DaemonNotRunning", "connect_daemon", "request", "recv_exact"]
 
