@@ -27,6 +27,7 @@ from ..protocol.messages import (
     parse_exec,
     parse_hello,
 )
+from ..services.lookup import rpc_config_path_from_env, service_path_from_env
 from ..transport import vchan
 from .handler import HandlerContext, run_handler
 
@@ -51,7 +52,8 @@ class Agent:
         self.writer: ChannelWriter | None = None
         self.version = 0
         self.ctx = HandlerContext(opts.socket_dir, opts.own_domain, opts.own_version,
-                                  opts.own_user, log)
+                                  opts.own_user, log, service_path_from_env(os.environ),
+                                  rpc_config_path_from_env(os.environ))
 
     async def run(self) -> int:
         stop = asyncio.Event()
@@ -147,9 +149,7 @@ class Agent:
 
     def _start_handler(self, msgtype: int, payload: bytes) -> None:
         params = parse_exec(payload)
-        cmdline = params.payload
-        if not cmdline.endswith(b"\0"):
-            cmdline = cmdline[:-1] + b"\0"
+        cmdline = params.cmdline
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             status = 1

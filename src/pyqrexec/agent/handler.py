@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pwd
 import socket
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +15,9 @@ from ..protocol.errors import RemoteProtocolError
 from ..protocol.handshake import negotiate_data
 from ..protocol.messages import HEADER, hello, pack_exit_code, parse_hello
 from ..relay import ServiceEnd, run_service
+from ..services.environment import log_tag
+from ..services.rpcconfig import ServiceConfig
+from ..services.spawn import Detached, Executor, Failed, SpawnContext, Started, start_command
 from ..transport import vchan
 
 __all__ = ["HandlerContext", "run_handler", "own_user_name"]
@@ -32,6 +34,14 @@ class HandlerContext:
     #: None when the agent runs as root (switches users per call)
     own_user: str | None
     log: Callable[[str], None]
+    service_path: tuple[str, ...]
+    rpc_config_path: tuple[str, ...]
+    #: rpc-config already loaded by the agent (None: the handler loads it)
+    config: ServiceConfig | None = None
+
+    @property
+    def executor(self) -> Executor:
+        return Executor.ROOT_AGENT if self.own_user is None else Executor.USER_AGENT
 
 
 def own_user_name() -> str | None:
@@ -73,58 +83,6 @@ def _read_peer_hello(channel: socket.socket, ctx: HandlerContext) -> None:
         ctx.log(f"data channel: {err}")
 
 
-def _user_env(user: pwd.struct_passwd) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(HOME=user.pw_dir, SHELL=user.pw_shell or "/bin/sh", USER=user.pw_name,
-               LOGNAME=user.pw_name)
-    return env
-
-
-def _start_shell(
-    text: bytes, user: str, ctx: HandlerContext, just_exec: bool
-) -> tuple[subprocess.Popen[bytes], socket.socket | None, socket.socket | None, int | None]:
-    """Start a shell command (§4.3): /bin/sh -c in non-root mode, a login shell as root."""
-    kwargs: dict[str, object] = {}
-    env = dict(os.environ)
-    env["QREXEC_AGENT_PID"] = str(os.getpid())
-    if ctx.own_user is None:
-        pw = pwd.getpwnam(user)
-        shell = pw.pw_shell or "/bin/sh"
-        argv = ["-" + os.path.basename(shell), "-c", os.fsdecode(text)]
-        executable: str | None = shell
-        env.update(_user_env(pw))
-        kwargs.update(user=pw.pw_uid, group=pw.pw_gid,
-                      extra_groups=os.getgrouplist(pw.pw_name, pw.pw_gid))
-        if os.path.isdir(pw.pw_dir):
-            kwargs["cwd"] = pw.pw_dir
-    else:
-        argv = ["/bin/sh", "-c", os.fsdecode(text)]
-        executable = None
-    if just_exec:
-        proc = subprocess.Popen(
-            argv, executable=executable, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env=env, start_new_session=True, **kwargs,  # type: ignore[call-overload]
-        )
-        return proc, None, None, None
-    in_ours, in_theirs = socket.socketpair()
-    out_ours, out_theirs = socket.socketpair()
-    err_r, err_w = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            argv, executable=executable, stdin=in_theirs.fileno(), stdout=out_theirs.fileno(),
-            stderr=err_w, env=env, start_new_session=True, **kwargs,  # type: ignore[call-overload]
-        )
-    finally:
-        in_theirs.close()
-        out_theirs.close()
-        os.close(err_w)
-    return proc, in_ours, out_ours, err_r
-
-
-def _exit_status(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode
-
-
 def run_handler(
     msgtype: int, domain: int, port: int, cmdline: bytes, ctx: HandlerContext
 ) -> int:
@@ -145,39 +103,67 @@ def run_handler(
         log(f"cannot parse command {text!r}: {err}")
         _send_status_only(channel, ctx, EXIT_PROBLEM, just_exec)
         return EXIT_PROBLEM
-    user = os.fsdecode(user_b)
-    if ctx.own_user is not None and user != ctx.own_user:
-        log(f"requested user {user}, but qrexec-agent is running as user {ctx.own_user}")
-        _send_status_only(channel, ctx, EXIT_PROBLEM, just_exec)
-        return EXIT_PROBLEM
-    if ctx.own_user is None:
-        try:
-            pw = pwd.getpwnam(user)
-        except KeyError:
-            pw = None
-        if pw is None or not user or not pw.pw_dir:
-            log(f"user {user} does not exist")
-            _send_status_only(channel, ctx, EXIT_PROBLEM, just_exec)
-            return EXIT_PROBLEM
-    try:
-        proc, stdin, stdout, stderr = _start_shell(command.text, user, ctx, just_exec)
-    except OSError as err:
-        log(f"failed to start {text!r}: {err}")
-        _send_status_only(channel, ctx, EXIT_PROBLEM, just_exec)
-        return EXIT_PROBLEM
-    log(f"executed: {os.fsdecode(text)} (pid {proc.pid})")
-    if just_exec:
+    spawn_ctx = SpawnContext(
+        executor=ctx.executor,
+        service_path=ctx.service_path,
+        rpc_config_path=ctx.rpc_config_path,
+        handler_pid=os.getpid(),
+        just_exec=just_exec,
+        own_user=ctx.own_user,
+        log=log,
+    )
+    result = start_command(command, os.fsdecode(user_b), spawn_ctx, ctx.config)
+    if isinstance(result, Failed):
+        log(result.message)
+        log(f"failed to spawn process (exited {result.status}): {os.fsdecode(text)}")
+        _send_status_only(channel, ctx, result.status, just_exec)
+        return result.status
+    if isinstance(result, Detached):
+        if result.pid is not None:
+            log(f"executed (nowait): {os.fsdecode(text)} (pid {result.pid})")
         _send_status_only(channel, ctx, 0, True)
         channel.close()
         return 0
-    pidfd = os.pidfd_open(proc.pid)
-    end = ServiceEnd(stdin=stdin, stdout=stdout, stderr=stderr, pidfd=pidfd,
-                     reap=lambda: _exit_status(proc.wait()))
+    return _relay_started(channel, result, command, text, ctx)
+
+
+def _relay_started(channel: socket.socket, started: Started, command: Command, text: bytes,
+                   ctx: HandlerContext) -> int:
+    log = ctx.log
+    pid = started.pid
+    pidfd = None
+    reap = _no_process
+    if pid is not None:
+        log(f"executed: {os.fsdecode(text)} (pid {pid})")
+        pidfd = os.pidfd_open(pid)
+
+        def reap() -> int:
+            _, wstatus = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(wstatus)
+            return 128 - code if code < 0 else code
+
+    stderr_log = None
+    if command.service is not None and started.stderr is not None:
+        tag = log_tag(command.service)
+
+        def stderr_log(data: bytes) -> None:
+            for line in data.decode(errors="replace").splitlines():
+                log(f"{tag}: {line}")
+
+    end = ServiceEnd(stdin=started.stdin, stdout=started.stdout, stderr=started.stderr,
+                     pidfd=pidfd, reap=reap, stderr_log=stderr_log)
     status = run_service(channel, ctx.own_version, end, log)
-    os.close(pidfd)
+    if pidfd is not None:
+        os.close(pidfd)
     channel.close()
     if status < 0:
-        proc.poll()
         return 1
-    log(f"pid {proc.pid} exited with {status}")
+    if pid is not None:
+        log(f"pid {pid} exited with {status}")
+    else:
+        log("Socket service closed")
     return status & 0xFF
+
+
+def _no_process() -> int:
+    return 0
