@@ -26,6 +26,7 @@ from .protocol.data import Action, CallerStream, ServiceStream
 from .protocol.errors import RemoteProtocolError
 from .protocol.handshake import negotiate_data
 from .protocol.wire import HEADER, hello, parse_exit_code, parse_hello
+from .transport.vchan import tune
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -525,6 +526,9 @@ def run_service(
     sources: list[Source] = []
     out_src: Source | None = None
     err_src: Source | None = None
+    for sock in (end.stdin, end.stdout):
+        if sock is not None:
+            tune(sock)
     if end.stdout is not None:
         end.stdout.setblocking(False)
         out_src = Source(end.stdout.fileno(), MsgType.DATA_STDOUT, sock=end.stdout)

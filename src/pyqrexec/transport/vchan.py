@@ -79,8 +79,15 @@ def listen(directory: str, own: int, peer: int, port: int) -> tuple[socket.socke
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
+        # The peer may run as another user (a non-root agent); which domain may reach
+        # which socket is the host's business (directory layout, sandboxes). The socket
+        # appears under its name only once connectable: a peer retrying on ENOENT must not
+        # meet it half-made and fail with EACCES.
+        staging = f"{path}.{os.getpid()}.new"
+        sock.bind(staging)
+        os.chmod(staging, 0o666)
         sock.listen(1)
+        os.rename(staging, path)
     except BaseException:
         sock.close()
         raise

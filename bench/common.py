@@ -1,0 +1,38 @@
+"""Shared helpers of the benchmark scripts (not a test: they print figures and ratios)."""
+
+from __future__ import annotations
+
+import compileall
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def compile_package() -> None:
+    """Start-up is measured with bytecode compiled, as a normal install has it."""
+    import pyqrexec
+
+    compileall.compile_dir(str(Path(pyqrexec.__file__).parent), quiet=1)
+
+
+def timed(argv: list[str] | str, n: int, **kw: object) -> float:
+    """Seconds per run of `argv`, run `n` times sequentially."""
+    shell = isinstance(argv, str)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        subprocess.run(argv, shell=shell, check=True, **kw)  # type: ignore[call-overload]
+    return (time.perf_counter() - t0) / n
+
+
+def fork_exec_true(n: int) -> float:
+    """Seconds per fork+exec+wait of /bin/true (posix_spawn, no shell)."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        pid = os.posix_spawn("/bin/true", ["true"], os.environ)
+        os.waitpid(pid, 0)
+    return (time.perf_counter() - t0) / n

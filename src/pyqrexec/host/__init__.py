@@ -1,0 +1,1 @@
+"""The host layer upstream lacks: domains as process trees on one Linux machine."""

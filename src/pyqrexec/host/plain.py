@@ -1,0 +1,121 @@
+"""Domains as plain processes sharing one filesystem (spec README, "Host model: Plain").
+
+Used by the local demo and the benchmarks: each domain is a `qrexec-agent` with its own
+`VCHAN_DOMAIN` and a `qrexec-daemon` in dom0, all under one temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+__all__ = ["PlainHost", "PlainDomain", "program_argv"]
+
+
+def program_argv(name: str) -> list[str]:
+    """How to start program `name`: the installed script beside this Python, else -m."""
+    script = Path(sys.executable).parent / name
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", f"pyqrexec.cli.{name.replace('-', '_')}"]
+
+
+class PlainDomain:
+    def __init__(self, host: PlainHost, name: str, domid: int, user: str) -> None:
+        self.host = host
+        self.name = name
+        self.domid = domid
+        self.user = user
+        self.uuid = str(uuidlib.uuid4())
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, agent_env: dict[str, str] | None = None,
+              agent_wrapper: list[str] | None = None) -> PlainDomain:
+        """Start agent and daemon; `agent_wrapper` prefixes the agent's argv (e.g. setpriv)."""
+        h = self.host
+        log = open(h.root / f"{self.name}.log", "ab")  # noqa: SIM115 - handed to children
+        env = h.env(self.domid, **(agent_env or {}))
+        argv = program_argv("qrexec-agent")
+        if agent_wrapper:
+            # an unprivileged agent may not read the install location (e.g. under /root):
+            # run it from the package's own directory, which it must be able to read
+            argv = [sys.executable, "-m", "pyqrexec.cli.qrexec_agent"]
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+        agent = subprocess.Popen(
+            [*(agent_wrapper or []), *argv, "-a", str(h.root / f"agent.{self.name}"), "-S"],
+            env=env, stdout=log, stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+        daemon = subprocess.Popen(
+            [*program_argv("qrexec-daemon"), "--direct", f"--uuid={self.uuid}",
+             f"--socket-dir={h.socket_dir}", str(self.domid), self.name, self.user],
+            env=h.env(0), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        self.procs = [agent, daemon]
+        sock = h.socket_dir / f"qrexec.{self.name}"
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"domain {self.name} did not start; see {log.name}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = []
+
+
+class PlainHost:
+    """A temporary directory holding the vchan sockets and dom0's daemon sockets."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = Path(root or tempfile.mkdtemp(prefix="qrexec-"))
+        self.vchan_dir = self.root / "vchan"
+        self.socket_dir = self.root / "qubes"
+        self.vchan_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        # agents may run unprivileged: they create sockets in the root and vchan dirs
+        for d in (self.root, self.vchan_dir):
+            os.chmod(d, 0o1777)
+        self.domains: list[PlainDomain] = []
+
+    def env(self, domid: int, **extra: str) -> dict[str, str]:
+        e = {k: v for k, v in os.environ.items() if not k.startswith(("QREXEC", "VCHAN"))}
+        e.update(VCHAN_SOCKET_DIR=str(self.vchan_dir), VCHAN_DOMAIN=str(domid))
+        e.update(extra)
+        return e
+
+    def add(self, name: str, domid: int, user: str = "root") -> PlainDomain:
+        dom = PlainDomain(self, name, domid, user)
+        self.domains.append(dom)
+        return dom
+
+    def client_argv(self, *args: str) -> list[str]:
+        return [*program_argv("qrexec-client"), f"--socket-dir={self.socket_dir}", *args]
+
+    def close(self) -> None:
+        for d in self.domains:
+            d.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PlainHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
