@@ -11,13 +11,8 @@ from .constants import (
 )
 from .errors import RemoteProtocolError
 
-__all__ = [
-    "own_max_version",
-    "negotiate",
-    "negotiate_control",
-    "negotiate_data",
-    "check_client_hello",
-]
+__all__ = ["own_max_version", "negotiate", "negotiate_control", "negotiate_data",
+           "check_client_hello"]
 
 
 def own_max_version(setting: str | None) -> tuple[int, str | None]:

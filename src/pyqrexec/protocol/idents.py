@@ -57,3 +57,4 @@ def parse_agent_ident(field: bytes) -> int | None:
     text = field if nul < 0 else field[:nul]
     m = _SOCKET_IDENT.fullmatch(text)
     return int(m.group(1)) if m else None
+

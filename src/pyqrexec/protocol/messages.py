@@ -226,7 +226,9 @@ class CmdInfo:
 
 def pack_cmd_info(info: CmdInfo) -> bytes:
     return (
-        CMD_INFO_HEAD.pack(info.msgtype, info.connect_domain, info.connect_port, len(info.cmdline))
+        CMD_INFO_HEAD.pack(
+            info.msgtype, info.connect_domain, info.connect_port, len(info.cmdline)
+        )
         + info.cmdline
     )
 
