@@ -436,6 +436,11 @@ class Evaluation:
         except _Deny as deny:
             return self._denied(deny)
 
+    def ask_failed(self, message: str) -> Outcome:
+        """The dialog could not be shown (agent unreachable, failed call): deny."""
+        assert self.rule is not None
+        return self._denied(_Deny(f"policy.Ask failed: {message}", self.rule.action.notifies))
+
     @staticmethod
     def system_info_failed(request: Request, message: str) -> Outcome:
         """Step 1: no system info, no notification."""

@@ -53,6 +53,7 @@ class DiskFiles:
 
     def __init__(self) -> None:
         self.started_ns = time.time_ns()
+        self.read: list[str] = []  # every file opened, for `PolicyWatch`
         self.racy: dict[str, tuple[int, bytes]] = {}
 
     def resolve(self, path: str) -> str:
@@ -68,6 +69,7 @@ class DiskFiles:
         return os.listdir(path)
 
     def read_bytes(self, path: str) -> bytes:
+        self.read.append(path)
         with open(path, "rb") as f:
             mtime = os.fstat(f.fileno()).st_mtime_ns
             data = f.read()
@@ -124,7 +126,6 @@ class _Loader:
         self.files = files
         self.legacy_dir = legacy_dir
         self.rules: list[Rule] = []
-        self.read: list[str] = []
         self.messages: list[tuple[str, str]] = []
 
     def _lines(self, path: str) -> list[str]:
@@ -132,7 +133,6 @@ class _Loader:
             data = self.files.read_bytes(path)
         except OSError as err:
             raise PolicyLoadError(f"failed to load {path} file: {err}") from err
-        self.read.append(path)
         return split_lines(data, path)
 
     def select(self, directory: str) -> list[str]:
@@ -250,7 +250,7 @@ def load_policy(
     """Load the whole policy; raises `PolicySyntaxError` or `PolicyLoadError`."""
     loader = _Loader(files, legacy_dir)
     loader.load_dirs(policy_dirs)
-    return LoadResult(Policy(loader.rules, loader.read), loader.messages)
+    return LoadResult(Policy(loader.rules), loader.messages)
 
 
 _Stat = tuple[int, int, int, int, int] | None
@@ -285,9 +285,9 @@ class PolicyWatch:
     their timestamps.
     """
 
-    def __init__(self, dirs: Sequence[str], files: DiskFiles, read: Iterable[str]) -> None:
+    def __init__(self, dirs: Sequence[str], files: DiskFiles) -> None:
         self.dirs = list(dirs)
-        self.read = sorted(set(read))
+        self.read = sorted(set(files.read))
         self.racy = dict(files.racy)
         self.state = self._state()
 

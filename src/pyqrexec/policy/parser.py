@@ -117,9 +117,8 @@ class Directive:
 class Policy:
     """The parsed policy: every rule in order, indexed by service for evaluation."""
 
-    def __init__(self, rules: Sequence[Rule], files: Sequence[str] = ()) -> None:
+    def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = list(rules)
-        self.files = list(files)  # every file read, for reload checks
         self._by_service: dict[str, list[Rule]] = {}
         self._wildcard = [r for r in self.rules if r.service == "*"]
 

@@ -1,0 +1,1 @@
+"""One module per installed program; each has `main(argv) -> int` and `run()`."""

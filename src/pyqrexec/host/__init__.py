@@ -1,0 +1,1 @@
+"""The OS edge of dom0: the qubesd sockets and other host services."""
