@@ -35,7 +35,7 @@ class FakeServer(socketserver.ThreadingUnixStreamServer):
         self.requests: list[bytes] = []
         self.lock = threading.Lock()
         super().__init__(path, _Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        threading.Thread(target=self.serve_forever, args=(0.02,), daemon=True).start()
 
     def close(self) -> None:
         self.shutdown()
