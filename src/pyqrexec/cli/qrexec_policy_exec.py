@@ -35,14 +35,16 @@ def _logger() -> logging.Logger:
     """Log to syslog (`/dev/log`), or to stderr when there is none."""
     import logging
     import logging.handlers
+    import os
 
     log = logging.getLogger("qrexec-policy-exec")
     handler: logging.Handler
-    handler = logging.handlers.SysLogHandler(address="/dev/log")
-    if handler.socket.fileno() >= 0:  # connected (the handler hides a failure)
+    try:
+        if not os.path.exists("/dev/log"):
+            raise FileNotFoundError("/dev/log")
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
         handler.setFormatter(logging.Formatter("qrexec-policy-exec: %(message)s"))
-    else:
-        handler.close()
+    except OSError:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
