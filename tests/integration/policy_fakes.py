@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyqrexec
@@ -36,6 +37,12 @@ class FakeServer(socketserver.ThreadingUnixStreamServer):
         self.lock = threading.Lock()
         super().__init__(path, _Handler)
         threading.Thread(target=self.serve_forever, args=(0.02,), daemon=True).start()
+
+    def wait(self, count: int) -> None:
+        """Wait until `count` requests arrived (background sends are not ordered with answers)."""
+        deadline = time.monotonic() + 30
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def close(self) -> None:
         self.shutdown()
@@ -124,3 +131,47 @@ def query(path: str, data: bytes) -> bytes:
 
 def program(module: str) -> list[str]:
     return [sys.executable, "-m", f"pyqrexec.cli.{module}"]
+
+
+@dataclass
+class DaemonSetup:
+    tmp: Path
+    etc: Path  # the persistent policy directory
+    run: Path  # the runtime policy directory
+    legacy: Path
+    qubesd: FakeQubesd
+    agent: FakeAgent
+    env: dict[str, str]
+    socket: str = ""
+    eval_socket: str = ""
+    gui_socket: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def write(self, name: str, text: str, directory: Path | None = None) -> Path:
+        path = (directory or self.etc) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def start(self) -> None:
+        self.socket = str(self.tmp / "policy.sock")
+        self.eval_socket = str(self.tmp / "rpc" / "policy.EvalSimple")
+        self.gui_socket = str(self.tmp / "rpc" / "policy.EvalGUI")
+        args = program("qrexec_policy_daemon") + [
+            f"--policy-path={self.run}",
+            f"--policy-path={self.etc}",
+            f"--socket-path={self.socket}",
+            f"--eval-socket-path={self.eval_socket}",
+            f"--gui-socket-path={self.gui_socket}",
+        ]
+        self.proc = subprocess.Popen(args, env=self.env, stderr=subprocess.PIPE)
+        for path in (self.socket, self.eval_socket, self.gui_socket):
+            wait_for(path, self.proc)
+
+    def stop(self) -> str:
+        """Stop the daemon and return what it logged."""
+        assert self.proc is not None
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=10)
+        self.proc = None
+        return err.decode()

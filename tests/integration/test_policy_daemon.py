@@ -6,8 +6,7 @@ import json
 import socket
 import threading
 
-from conftest import DaemonSetup
-from policy_fakes import query
+from policy_fakes import DaemonSetup, query
 
 W1 = (
     b"user=DEFAULT\nresult=allow\ntarget=vault\n"
@@ -27,6 +26,7 @@ def test_allow_and_deny(setup: DaemonSetup) -> None:
     setup.start()
     assert query(setup.socket, req("work", "vault", "test.Svc")) == W1
     assert query(setup.socket, req("personal", "vault", "test.Svc")) == b"result=deny"
+    setup.agent.wait(1)
     log = setup.stop()
     assert "qrexec: test.Svc+: work -> vault: allowed to vault" in log
     assert "qrexec: test.Svc: personal -> vault: denied: no matching rule found" in log

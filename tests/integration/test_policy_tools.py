@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DaemonSetup
-from policy_fakes import program
+from policy_fakes import DaemonSetup, program
 
 W1_LINES = (
     "user=DEFAULT\nresult=allow\ntarget=vault\n"

@@ -256,25 +256,33 @@ def load_policy(
 _Stat = tuple[int, int, int, int, int] | None
 
 
-def _stat(path: str) -> _Stat:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
+def _signature(st: os.stat_result) -> _Stat:
     return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _walk(directory: str, out: list[tuple[str, _Stat]]) -> None:
-    out.append((directory, _stat(directory)))
+def _stat(path: str) -> _Stat:
+    try:
+        return _signature(os.stat(path))
+    except OSError:
+        return None
+
+
+def _walk(directory: str, out: dict[str, _Stat]) -> None:
+    """Every entry under `directory` with its stat data (symlinks followed, not recursed)."""
     try:
         entries = list(os.scandir(directory))
     except OSError:
+        out[directory] = None
         return
+    out[directory] = (0, 0, 0, 0, 0)
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             _walk(entry.path, out)
         else:
-            out.append((entry.path, _stat(entry.path)))
+            try:
+                out[entry.path] = _signature(entry.stat())
+            except OSError:
+                out[entry.path] = None
 
 
 class PolicyWatch:
@@ -291,11 +299,13 @@ class PolicyWatch:
         self.racy = dict(files.racy)
         self.state = self._state()
 
-    def _state(self) -> list[tuple[str, _Stat]]:
-        out: list[tuple[str, _Stat]] = []
+    def _state(self) -> dict[str, _Stat]:
+        out: dict[str, _Stat] = {}
         for directory in self.dirs:
             _walk(directory, out)
-        out.extend((path, _stat(path)) for path in self.read)
+        for path in self.read:
+            if path not in out:
+                out[path] = _stat(path)
         return out
 
     def changed(self) -> bool:
