@@ -1,4 +1,6 @@
-"""Client of the qubesd sockets (protocol.md §16), blocking and asyncio flavours.
+"""Client of the qubesd sockets (protocol.md §16): the wire format and a blocking call.
+
+`qubesd_async` has the asyncio flavour.
 
 Request: `METHOD+ARG dom0 name DEST\\0PAYLOAD` (`keyword KW` for a destination starting with
 `@`), then shutdown of the write side. Response until EOF: `0\\0DATA`, or
@@ -20,7 +22,6 @@ __all__ = [
     "encode_call",
     "decode_response",
     "call",
-    "call_async",
 ]
 
 QUBESD_SOCKET = "/run/qubesd.sock"
@@ -86,24 +87,3 @@ def call(
     except OSError as err:
         raise QubesdError(f"cannot call qubesd: {err}") from err
     return decode_response(b"".join(chunks))
-
-
-async def call_async(
-    method: str, dest: str, arg: str = "", payload: bytes = b"", path: str | None = None
-) -> bytes:
-    """The same call for asyncio programs."""
-    import asyncio
-
-    try:
-        reader, writer = await asyncio.open_unix_connection(path or socket_path())
-        try:
-            writer.write(encode_call(method, dest, arg, payload))
-            writer.write_eof()
-            data = await reader.read(MAX_RESPONSE + 1)
-            while data and len(data) <= MAX_RESPONSE and (chunk := await reader.read(65536)):
-                data += chunk
-        finally:
-            writer.close()
-    except OSError as err:
-        raise QubesdError(f"cannot call qubesd: {err}") from err
-    return decode_response(data)

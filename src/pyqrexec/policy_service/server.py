@@ -1,6 +1,7 @@
 """The policy daemon's sockets: requests (policy.md §7) and policy.EvalSimple/EvalGUI (§9).
 
-One task per connection, so an open ask dialog never holds up another request.
+One task per request, so an open ask dialog never holds up another request. The request socket
+is the hot path and uses a bare protocol; the Eval sockets use streams.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Coroutine
+from typing import Any
 
 from ..policy.errors import SystemInfoError
 from ..policy.evaluation import Request
@@ -28,19 +31,6 @@ __all__ = ["PolicyServer"]
 _MAX_HEADER = 4096
 
 
-async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    """Bytes up to the empty line that ends a request, or up to EOF."""
-    buffer = b""
-    while (end := request_end(buffer)) is None:
-        chunk = await reader.read(65536)
-        if not chunk:
-            return buffer
-        buffer += chunk
-        if len(buffer) > MAX_REQUEST_SIZE + 2:
-            raise RequestError("request too long")
-    return buffer[:end]
-
-
 async def _read_eval(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     """The service header (up to its NUL) and at most `MAX_EVAL_BODY` bytes of body."""
     try:
@@ -55,27 +45,70 @@ async def _read_eval(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return header[:-1], body
 
 
+class _RequestProtocol(asyncio.Protocol):
+    """One policy request per connection (policy.md §7), answered without stream objects."""
+
+    def __init__(self, server: PolicyServer) -> None:
+        self.server = server
+        self.buffer = b""
+        self.started = False
+        self.transport: asyncio.WriteTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.started:
+            return  # bytes after the request are ignored
+        self.buffer += data
+        end = request_end(self.buffer)
+        if end is not None:
+            self._start(self.buffer[:end])
+        elif len(self.buffer) > MAX_REQUEST_SIZE:
+            self._reject(RequestError("request too long"))
+
+    def eof_received(self) -> bool:
+        if not self.started:
+            self._start(self.buffer)
+        return True  # keep the write side open for the answer
+
+    def _reject(self, err: RequestError) -> None:
+        self.started = True
+        self.server.log.warning("error parsing policy request: %s", err)
+        assert self.transport is not None
+        self.transport.close()
+
+    def _start(self, data: bytes) -> None:
+        try:
+            request = parse_request(data)
+        except RequestError as err:
+            self._reject(err)
+            return
+        self.started = True
+        self.server.spawn(self._answer(request))
+
+    async def _answer(self, request: Request) -> None:
+        assert self.transport is not None
+        try:
+            outcome = await self.server.engine.evaluate(request)
+            if not self.transport.is_closing():
+                self.transport.write(outcome.answer.encode() if outcome.lines else b"result=deny\n")
+        finally:
+            self.transport.close()
+
+
 class PolicyServer:
     def __init__(self, engine: PolicyEngine, log: logging.Logger) -> None:
         self.engine = engine
         self.log = log
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def handle_request(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            try:
-                request = parse_request(await _read_request(reader))
-            except RequestError as err:
-                self.log.warning("error parsing policy request: %s", err)
-                return
-            outcome = await self.engine.evaluate(request)
-            writer.write(outcome.answer.encode() if outcome.lines else b"result=deny\n")
-            await writer.drain()
-        except OSError as err:
-            self.log.warning("policy request connection failed: %s", err)
-        finally:
-            writer.close()
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task that is kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def handle_eval(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gui: bool
@@ -114,17 +147,20 @@ class PolicyServer:
 
     async def serve(self, policy_socket: str, eval_socket: str, gui_socket: str) -> None:
         """Listen on the three sockets (mode 0660, stale files removed) and serve forever."""
-        servers = []
-        handlers = (
-            (policy_socket, self.handle_request),
-            (eval_socket, lambda r, w: self.handle_eval(r, w, gui=False)),
-            (gui_socket, lambda r, w: self.handle_eval(r, w, gui=True)),
-        )
-        for path, handler in handlers:
+        loop = asyncio.get_running_loop()
+        for path in (policy_socket, eval_socket, gui_socket):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            server = await asyncio.start_unix_server(handler, path, limit=_MAX_HEADER)
+        servers = [
+            await loop.create_unix_server(lambda: _RequestProtocol(self), policy_socket),
+            await asyncio.start_unix_server(
+                lambda r, w: self.handle_eval(r, w, gui=False), eval_socket, limit=_MAX_HEADER
+            ),
+            await asyncio.start_unix_server(
+                lambda r, w: self.handle_eval(r, w, gui=True), gui_socket, limit=_MAX_HEADER
+            ),
+        ]
+        for path in (policy_socket, eval_socket, gui_socket):
             os.chmod(path, 0o660)
-            servers.append(server)
         self.log.info("policy daemon listening on %s", policy_socket)
         await asyncio.gather(*(s.serve_forever() for s in servers))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from ..host.qubesd import QubesdError, call_async
+from ..host.qubesd import QubesdError
+from ..host.qubesd_async import call_async
 from ..policy.errors import SystemInfoError
 from ..policy.system_info import SystemInfo
 
