@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,10 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-import pyqrexec
-
-SRC = str(Path(pyqrexec.__file__).resolve().parents[1])
-FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "policy-system-info.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+from policy_fakes import FIXTURE, SRC, query, wait_for  # noqa: E402
 
 # A server in its own process: answers every connection with `REPLY` once the client has sent
 # everything (echo mode: the request itself).
@@ -60,24 +57,6 @@ def write_policy(directory: Path) -> None:
         (directory / f"{f + 10:02d}-bench.policy").write_text("\n".join(lines) + "\n")
 
 
-def wait_for(path: str, proc: subprocess.Popen[bytes]) -> None:
-    while not os.path.exists(path):
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
-        time.sleep(0.01)
-
-
-def round_trip(path: str, data: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(path)
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(4096):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def sequential(path: str, data: bytes, count: int) -> tuple[float, float, bytes]:
     """(requests/s, median latency in ms, last answer)."""
     latencies = []
@@ -85,7 +64,7 @@ def sequential(path: str, data: bytes, count: int) -> tuple[float, float, bytes]
     start = time.perf_counter()
     for _ in range(count):
         t = time.perf_counter()
-        answer = round_trip(path, data)
+        answer = query(path, data)
         latencies.append(time.perf_counter() - t)
     elapsed = time.perf_counter() - start
     return count / elapsed, statistics.median(latencies) * 1000, answer
@@ -97,7 +76,7 @@ def concurrent(path: str, data: bytes, count: int, clients: int) -> float:
 
     def client() -> None:
         for _ in range(per_client):
-            round_trip(path, data)
+            query(path, data)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     start = time.perf_counter()

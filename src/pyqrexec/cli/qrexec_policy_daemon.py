@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import grp
     import os
 
-    from ..policy_service.config import engine_config, stderr_logger
+    from ..policy_service.config import engine_config, logger
     from ..policy_service.engine import PolicyEngine
     from ..policy_service.server import PolicyServer
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             os.setgid(grp.getgrnam("qubes").gr_gid)
         except (KeyError, OSError) as err:
             print(f"qrexec-policy-daemon: cannot switch to group qubes: {err}", file=sys.stderr)
-    log = stderr_logger("qrexec-policy-daemon")
+    log = logger("qrexec-policy-daemon")
     engine = PolicyEngine(engine_config(args.policy_path), log)
     engine.reload()  # a broken policy is logged here and denies every call until fixed
     server = PolicyServer(engine, log)

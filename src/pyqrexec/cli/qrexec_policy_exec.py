@@ -12,8 +12,6 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import logging
-
     from ..policy.evaluation import Outcome
 
 __all__ = ["main", "run"]
@@ -31,37 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _logger() -> logging.Logger:
-    """Log to syslog (`/dev/log`), or to stderr when there is none."""
-    import logging
-    import logging.handlers
-    import os
-
-    log = logging.getLogger("qrexec-policy-exec")
-    handler: logging.Handler
-    try:
-        if not os.path.exists("/dev/log"):
-            raise FileNotFoundError("/dev/log")
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
-        handler.setFormatter(logging.Formatter("qrexec-policy-exec: %(message)s"))
-    except OSError:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    return log
-
-
 def _evaluate(args: argparse.Namespace, source: str, target: str, service: str) -> Outcome:
     import asyncio
 
     from ..policy.evaluation import Request
-    from ..policy_service.config import engine_config
+    from ..policy_service.config import engine_config, logger
     from ..policy_service.engine import PolicyEngine
 
     request = Request(source, target, service, "", args.assume_yes_for_ask, args.just_evaluate)
-    engine = PolicyEngine(engine_config(args.path), _logger())
+    engine = PolicyEngine(engine_config(args.path), logger("qrexec-policy-exec", syslog=True))
 
     async def evaluate() -> Outcome:
         outcome = await engine.evaluate(request)

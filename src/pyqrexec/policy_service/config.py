@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from ..host.qubesd import internal_socket_path
 from ..policy.loaders import DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS
 from .engine import EngineConfig
 
-__all__ = ["DEFAULT_SERVICE_PATH", "engine_config", "stderr_logger"]
+__all__ = ["DEFAULT_SERVICE_PATH", "engine_config", "logger"]
 
 DEFAULT_SERVICE_PATH = "/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc"
 
@@ -26,10 +27,16 @@ def engine_config(policy_dirs: Sequence[str] | None) -> EngineConfig:
     )
 
 
-def stderr_logger(name: str) -> logging.Logger:
+def logger(name: str, syslog: bool = False) -> logging.Logger:
+    """Messages as they are, on stderr; with `syslog`, to `/dev/log` when it exists."""
     log = logging.getLogger(name)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler: logging.Handler
+    if syslog and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.setFormatter(logging.Formatter(f"{name}: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
