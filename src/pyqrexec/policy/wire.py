@@ -6,6 +6,8 @@ the daemon closes the connection without an answer.
 
 from __future__ import annotations
 
+import re
+
 from .evaluation import Request
 
 __all__ = [
@@ -32,6 +34,7 @@ _KEYS = frozenset(
 )
 _REQUIRED = ("source", "intended_target", "service_and_arg")
 _BOOLEANS = {"yes": True, "no": False}
+_UNEXPECTED_BYTE = re.compile(rb"[^\x20-\x7e\n]")
 _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@-")
 
 
@@ -51,7 +54,7 @@ def parse_request(data: bytes) -> Request:
     """Parse `key=value\\n` lines (the ending empty line already removed)."""
     if len(data) > MAX_REQUEST_SIZE:
         raise RequestError("request too long")
-    if any(b < 0x20 and b != 0x0A or b >= 0x7F for b in data):
+    if _UNEXPECTED_BYTE.search(data):
         raise RequestError("non-ASCII or control byte in request")
     text = data.decode("ascii")
     lines = text.split("\n")

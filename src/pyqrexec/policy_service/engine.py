@@ -65,11 +65,15 @@ class PolicyEngine:
         self._watch = PolicyWatch([*cfg.policy_dirs, cfg.legacy_dir], files)
 
     async def evaluate(self, request: Request) -> Outcome:
+        # The reload check runs while qubesd prepares its answer; a system-info failure still
+        # takes precedence over a broken policy (policy.md §5 steps 1, 2).
+        fetch = asyncio.ensure_future(self.system_info.get())
+        policy = self.policy()
         try:
-            info = await self.system_info.get()
+            info = await fetch
         except SystemInfoError as err:
             return self._emit(Evaluation.system_info_failed(request, str(err)))
-        evaluation = Evaluation(request, info, self.policy())
+        evaluation = Evaluation(request, info, policy)
         outcome = self._emit(evaluation.run())
         if outcome.ask is not None:
             try:
