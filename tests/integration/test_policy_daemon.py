@@ -180,3 +180,17 @@ def test_legacy_only_host(setup: DaemonSetup) -> None:
     assert answer.startswith(b"user=DEFAULT\nresult=allow\ntarget=personal\n")
     assert query(setup.socket, req("work", "dom0", "test.Add")) == b"result=deny"
     assert query(setup.socket, req("work", "personal", "test.Other")) == b"result=deny"
+
+
+def test_reload_follows_includes_outside_the_directories(setup: DaemonSetup) -> None:
+    outside = setup.tmp / "outside"
+    setup.write("30-user.policy", f"!include-dir {outside}\n!include {outside}-file\n")
+    setup.start()
+    assert query(setup.socket, req("work", "vault", "test.Svc")) == b"result=deny"  # not a dir
+    outside.mkdir()
+    assert query(setup.socket, req("work", "vault", "test.Svc")) == b"result=deny"  # not a file
+    (setup.tmp / "outside-file").write_text("")
+    assert query(setup.socket, req("work", "vault", "test.Svc")) == b"result=deny"  # no rule
+    (outside / "a.policy").write_text("test.Svc * work vault allow\n")
+    assert query(setup.socket, req("work", "vault", "test.Svc")) == W1
+    assert "not a directory" in setup.stop()

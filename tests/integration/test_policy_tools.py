@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from policy_fakes import DaemonSetup, program
+from policy_fakes import SRC, DaemonSetup, program
 
 W1_LINES = (
     "user=DEFAULT\nresult=allow\ntarget=vault\n"
@@ -165,7 +165,7 @@ def test_explain(setup: DaemonSetup) -> None:
 def lint(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         program("qubes_policy_lint") + list(args),
-        env={**os.environ, "PYTHONPATH": program.__globals__["SRC"]},
+        env={**os.environ, "PYTHONPATH": SRC},
         cwd=tmp,
         capture_output=True,
         text=True,

@@ -53,23 +53,28 @@ class DiskFiles:
 
     def __init__(self) -> None:
         self.started_ns = time.time_ns()
-        self.read: list[str] = []  # every file opened, for `PolicyWatch`
+        # What the policy depends on, for `PolicyWatch`: files opened or probed, dirs listed.
+        self.read: set[str] = set()
+        self.listed: set[str] = set()
         self.racy: dict[str, tuple[int, bytes]] = {}
 
     def resolve(self, path: str) -> str:
         return os.path.realpath(path)
 
     def is_file(self, path: str) -> bool:
+        self.read.add(path)
         return os.path.isfile(path)
 
     def is_dir(self, path: str) -> bool:
+        self.read.add(path)
         return os.path.isdir(path)
 
     def list_dir(self, path: str) -> list[str]:
+        self.listed.add(path)
         return os.listdir(path)
 
     def read_bytes(self, path: str) -> bytes:
-        self.read.append(path)
+        self.read.add(path)
         with open(path, "rb") as f:
             mtime = os.fstat(f.fileno()).st_mtime_ns
             data = f.read()
@@ -294,8 +299,8 @@ class PolicyWatch:
     """
 
     def __init__(self, dirs: Sequence[str], files: DiskFiles) -> None:
-        self.dirs = list(dirs)
-        self.read = sorted(set(files.read))
+        self.dirs = sorted({*dirs, *files.listed})
+        self.read = sorted(files.read)
         self.racy = dict(files.racy)
         self.state = self._state()
 
