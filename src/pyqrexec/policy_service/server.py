@@ -90,11 +90,16 @@ class _RequestProtocol(asyncio.Protocol):
 
     async def _answer(self, request: Request) -> None:
         assert self.transport is not None
+        answer = b"result=deny\n"
         try:
             outcome = await self.server.engine.evaluate(request)
-            if not self.transport.is_closing():
-                self.transport.write(outcome.answer.encode() if outcome.lines else b"result=deny\n")
+            if outcome.lines:
+                answer = outcome.answer.encode()
+        except Exception:  # a bug must not leave the caller waiting: deny, and say why
+            self.server.log.exception("error evaluating %s", request)
         finally:
+            if not self.transport.is_closing():
+                self.transport.write(answer)
             self.transport.close()
 
 
