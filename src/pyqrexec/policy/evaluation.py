@@ -117,10 +117,6 @@ class Evaluation:
             )
         return self._outcome(False, ["result=deny"], deny.reason)
 
-    def _where(self) -> str:
-        assert self.rule is not None
-        return self.rule.where
-
     # -- the algorithm -------------------------------------------------------------------
 
     def run(self) -> Outcome:
@@ -252,7 +248,11 @@ class Evaluation:
         domain = None if admin else self.info.get(target[len("@dispvm:") :] if disp else target)
         if not admin and domain is None:
             raise _Deny(f"target {target} does not exist", False)
-        if not disp and _same(domain, self.source_domain) or target == self.source:
+        if not disp and (
+            target == self.source
+            or (admin and self.source in ADMIN_FORMS)
+            or _same(domain, self.source_domain)
+        ):
             raise _Deny("loopback qrexec connection not supported", True)
         r = self.request
         self._log.append(

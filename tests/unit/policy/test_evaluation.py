@@ -102,8 +102,9 @@ def test_remote_vm_without_relay() -> None:
 def test_source_may_be_dom0(run: Run) -> None:
     _, out = run("test.Svc * dom0 @anyvm allow", "dom0", "vault", "test.Svc")
     assert out.allowed
-    _, out = run("test.Svc * dom0 * allow", "dom0", "dom0", "test.Svc")
-    assert out.reason == "loopback qrexec connection not supported"
+    for target in ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000"):
+        _, out = run("test.Svc * dom0 * allow", "dom0", target, "test.Svc")
+        assert out.reason == "loopback qrexec connection not supported", target
 
 
 def test_system_info_failure() -> None:
