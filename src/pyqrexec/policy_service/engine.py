@@ -67,7 +67,7 @@ class PolicyEngine:
     async def evaluate(self, request: Request) -> Outcome:
         # The reload check runs while qubesd prepares its answer; a system-info failure still
         # takes precedence over a broken policy (policy.md §5 steps 1, 2).
-        fetch = asyncio.ensure_future(self.system_info.get())
+        fetch = self.system_info.get()
         policy = self.policy()
         try:
             info = await fetch

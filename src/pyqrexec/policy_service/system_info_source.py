@@ -24,15 +24,17 @@ class SystemInfoSource:
         self._info: SystemInfo | None = None
         self._waiting: list[asyncio.Future[SystemInfo]] = []
         self._fetching = False
+        self._task: asyncio.Task[None] | None = None
 
-    async def get(self) -> SystemInfo:
-        """System info fetched after this call started; raises `SystemInfoError`."""
-        future: asyncio.Future[SystemInfo] = asyncio.get_running_loop().create_future()
+    def get(self) -> asyncio.Future[SystemInfo]:
+        """System info fetched after this call; the future may hold a `SystemInfoError`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[SystemInfo] = loop.create_future()
         self._waiting.append(future)
         if not self._fetching:
             self._fetching = True
-            asyncio.ensure_future(self._serve_waiters())
-        return await future
+            self._task = loop.create_task(self._serve_waiters())
+        return future
 
     async def _serve_waiters(self) -> None:
         try:
