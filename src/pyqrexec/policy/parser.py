@@ -100,9 +100,6 @@ class Rule:
     def __str__(self) -> str:
         return f"{self.service}\t{self.argument}\t{self.source}\t{self.target}\t{self.action}"
 
-    def applies_to(self, service: str, argument: str) -> bool:
-        return self.service in ("*", service) and self.argument in ("*", argument)
-
 
 @dataclass(frozen=True, slots=True)
 class Directive:

@@ -20,7 +20,6 @@ __all__ = [
     "Token",
     "UndecidableDispVM",
     "expand",
-    "is_admin",
     "matches_source",
     "matches_target",
     "parse_token",
@@ -82,10 +81,6 @@ class Token:
 
 class UndecidableDispVM(Exception):
     """A `@dispvm:NAME` rule met a `@dispvm` request from a caller without `default_dispvm`."""
-
-
-def is_admin(value: str) -> bool:
-    return value in ADMIN_FORMS
 
 
 def parse_token(text: str, column: Column, file: str | None, line: int | None) -> Token:
