@@ -1,0 +1,66 @@
+"""qrexec-policy-daemon: the resident policy evaluator (cli.md, policy.md §7, §9)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main", "run"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    import os
+
+    parser = argparse.ArgumentParser(prog="qrexec-policy-daemon")
+    parser.add_argument(
+        "--policy-path",
+        action="append",
+        metavar="PATH",
+        help="policy directory (repeatable; replaces both defaults)",
+    )
+    parser.add_argument(
+        "--socket-path",
+        default=os.environ.get("QREXEC_POLICY_SOCKET", "/var/run/qubes/policy.sock"),
+    )
+    parser.add_argument("--eval-socket-path", default="/etc/qubes-rpc/policy.EvalSimple")
+    parser.add_argument("--gui-socket-path", default="/etc/qubes-rpc/policy.EvalGUI")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    import asyncio
+    import grp
+    import os
+
+    from ..policy_service.config import engine_config, logger
+    from ..policy_service.engine import PolicyEngine
+    from ..policy_service.server import PolicyServer
+
+    os.umask(0o007)
+    if os.geteuid() == 0:
+        try:
+            os.setgid(grp.getgrnam("qubes").gr_gid)
+        except (KeyError, OSError) as err:
+            print(f"qrexec-policy-daemon: cannot switch to group qubes: {err}", file=sys.stderr)
+    log = logger("qrexec-policy-daemon")
+    engine = PolicyEngine(engine_config(args.policy_path), log)
+    engine.reload()  # a broken policy is logged here and denies every call until fixed
+    server = PolicyServer(engine, log)
+    try:
+        asyncio.run(server.serve(args.socket_path, args.eval_socket_path, args.gui_socket_path))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as err:
+        print(f"qrexec-policy-daemon: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

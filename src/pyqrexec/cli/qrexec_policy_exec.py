@@ -1,0 +1,163 @@
+"""qrexec-policy-exec (also installed as qrexec-policy): one-shot policy evaluation.
+
+3 arguments: evaluate and print the answer (policy.md §8). 5 arguments (deprecated): evaluate and
+run the allowed call through `qrexec-client -c` (cli.md). `--explain`: show how the decision was
+reached, without dialogs, notifications or log lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..policy.evaluation import Outcome
+
+__all__ = ["main", "run"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qrexec-policy-exec")
+    parser.add_argument("--assume-yes-for-ask", action="store_true")
+    parser.add_argument("--just-evaluate", action="store_true")
+    parser.add_argument("--path", action="append", metavar="PATH", help="policy directory")
+    parser.add_argument(
+        "--explain", action="store_true", help="show the deciding rule and the rules before it"
+    )
+    parser.add_argument("args", nargs="*", metavar="ARG")
+    return parser
+
+
+def _evaluate(args: argparse.Namespace, source: str, target: str, service: str) -> Outcome:
+    import asyncio
+
+    from ..policy.evaluation import Request
+    from ..policy_service.config import engine_config, logger
+    from ..policy_service.engine import PolicyEngine
+
+    request = Request(source, target, service, "", args.assume_yes_for_ask, args.just_evaluate)
+    engine = PolicyEngine(engine_config(args.path), logger("qrexec-policy-exec", syslog=True))
+
+    async def evaluate() -> Outcome:
+        outcome = await engine.evaluate(request)
+        await engine.drain()
+        return outcome
+
+    return asyncio.run(evaluate())
+
+
+def _explain(args: argparse.Namespace, source: str, target: str, service: str) -> int:
+    from ..host.qubesd import QubesdError, call
+    from ..policy.errors import AccessDenied, SystemInfoError
+    from ..policy.evaluation import Evaluation, Request
+    from ..policy.loaders import DiskFiles, load_policy
+    from ..policy.system_info import SystemInfo
+    from ..policy_service.config import engine_config
+
+    config = engine_config(args.path)
+    try:
+        info = SystemInfo.from_json(
+            call("internal.GetSystemInfo", "dom0", path=config.qubesd_internal_socket)
+        )
+    except (QubesdError, SystemInfoError) as err:
+        print(f"qrexec-policy-exec: error getting system info: {err}", file=sys.stderr)
+        return 1
+    try:
+        policy = load_policy(DiskFiles(), config.policy_dirs, config.legacy_dir).policy
+    except AccessDenied as err:
+        print(f"decision: deny\nreason: {err}")
+        return 1
+    request = Request(source, target, service, "", args.assume_yes_for_ask, False)
+    evaluation = Evaluation(request, info, policy)
+    outcome = evaluation.run()
+    if outcome.ask is not None:
+        print("decision: ask")
+        print(f"candidates: {' '.join(outcome.ask.targets)}")
+        if outcome.ask.default_target:
+            print(f"default target: {outcome.ask.default_target}")
+    else:
+        print(f"decision: {'allow' if outcome.allowed else 'deny'}")
+        if outcome.reason:
+            print(f"reason: {outcome.reason}")
+        for line in outcome.lines:
+            print(f"answer: {line}")
+    rule = outcome.rule
+    print(f"rule: {rule.where}: {rule}" if rule else "rule: no matching rule")
+    print(f"considered before ({len(evaluation.considered)}):")
+    for passed, why in evaluation.considered:
+        print(f"  {passed.where}: {passed}  ({why})")
+    return 0 if outcome.allowed else 1
+
+
+def _execute(args: argparse.Namespace, outcome: Outcome) -> int:
+    """Run an allowed call the deprecated way: `qrexec-client -c` (cli.md, 5 arguments)."""
+    import os
+
+    from ..host.qubesd import QubesdError, call
+    from ..policy.evaluation import split_service
+
+    domid, source, target, service_and_arg, ident = args.args
+    answer = dict(line.split("=", 1) for line in outcome.lines)
+    service, argument = split_service(service_and_arg)
+    flags = "-Ed"
+    if answer["target"] == "dom0":
+        requested = target or "@default"
+        keyword = requested.startswith("@")
+        name = requested[1:] if keyword else requested
+        destination = "dom0"
+        command = f"QUBESRPC {service}{argument} {source} {'keyword' if keyword else 'name'} {name}"
+    else:
+        destination = answer["target_uuid"]
+        command = f"{answer['user']}:QUBESRPC {service}{argument} {source}"
+        try:
+            if destination.startswith("@dispvm:"):
+                template = destination[len("@dispvm:") :]
+                destination = call("admin.vm.CreateDisposable", template, payload=b"uuid").decode()
+                flags = "-EWkd"
+            if answer["autostart"] == "True" or flags == "-EWkd":
+                try:
+                    call("admin.vm.Start", destination)
+                except QubesdError as err:
+                    if err.exc_type != "QubesVMNotHaltedError":
+                        raise
+        except QubesdError as err:
+            print(f"qrexec-policy-exec: cannot start {destination}: {err}", file=sys.stderr)
+            return 1
+    argv = ["qrexec-client", flags, destination, "-c", f"{ident},{source},{domid}", "--", command]
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as err:
+        print(f"qrexec-policy-exec: cannot run qrexec-client: {err}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    count = len(args.args)
+    if args.explain:
+        if count != 3:
+            parser.error(f"--explain takes 3 positional arguments, not {count}")
+        return _explain(args, *args.args)
+    if count not in (3, 5):
+        parser.error(f"Must have 3 or 5 positional arguments, not {count}")
+    source, target, service = args.args[-4:-1] if count == 5 else args.args
+    outcome = _evaluate(args, source, target, service)
+    if count == 3:
+        if not args.just_evaluate:
+            sys.stdout.write(outcome.answer + "\n")
+        return 0 if outcome.allowed else 1
+    if not outcome.allowed:
+        return 1
+    if args.just_evaluate:
+        return 0
+    return _execute(args, outcome)
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,87 @@
+"""qubes-policy-lint: check policy files line by line (cli.md).
+
+Includes are not followed; each line is parsed on its own (`-i`: as a legacy line, the content of
+an `!include-service * *` file). Every file is checked, even after one with errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main", "run"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qubes-policy-lint")
+    parser.add_argument(
+        "-s", "--show-line", action="store_true", help="append the offending line to each error"
+    )
+    parser.add_argument(
+        "-i",
+        "--include-service",
+        action="store_true",
+        help="read the files in the legacy syntax of !include-service files",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help="policy file, - for stdin")
+    return parser
+
+
+def _read(path: str) -> bytes | str:
+    """The file's content, or the error line to print."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return f"{path}:0: error: File does not exist."
+    except OSError as err:
+        return f"{path}:0: error: cannot read file: {err.strerror}"
+
+
+def lint(path: str, data: bytes, legacy: bool, show_line: bool) -> list[str]:
+    """The error lines for one file's content."""
+    from ..policy.errors import PolicySyntaxError
+    from ..policy.legacy import translate_line
+    from ..policy.parser import parse_line, split_lines
+
+    errors = []
+    try:
+        lines = split_lines(data, path)
+    except PolicySyntaxError as err:
+        return [f"{path}:{err.line}: error: {err.msg}"]
+    for lineno, text in enumerate(lines, 1):
+        try:
+            if legacy:
+                translate_line(text, path, lineno, "*", "*")
+            else:
+                parse_line(text, path, lineno)
+        except PolicySyntaxError as err:
+            suffix = f": {text.strip()}" if show_line else ""
+            errors.append(f"{path}:{lineno}: error: {err.msg}{suffix}")
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    failed = False
+    for path in args.files:
+        data = _read(path)
+        if isinstance(data, str):
+            errors = [data]
+        else:
+            errors = lint(path, data, args.include_service, args.show_line)
+        if errors:
+            failed = True
+            sys.stdout.write("".join(line + "\n" for line in errors))
+            sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

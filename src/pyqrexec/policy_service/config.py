@@ -1,0 +1,43 @@
+"""Paths of the policy engine from options and environment (cli.md "Common environment")."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Sequence
+
+from ..host.qubesd import internal_socket_path
+from ..policy.loaders import DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS
+from .engine import EngineConfig
+
+__all__ = ["DEFAULT_SERVICE_PATH", "engine_config", "logger"]
+
+DEFAULT_SERVICE_PATH = "/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc"
+
+
+def engine_config(policy_dirs: Sequence[str] | None) -> EngineConfig:
+    """`policy_dirs` replaces both default directories when given (`--path`, `--policy-path`)."""
+    return EngineConfig(
+        policy_dirs=list(policy_dirs) if policy_dirs else list(DEFAULT_POLICY_DIRS),
+        legacy_dir=os.environ.get("QREXEC_LEGACY_POLICY_DIR", DEFAULT_LEGACY_DIR),
+        qubesd_internal_socket=internal_socket_path(),
+        service_path=os.environ.get("QREXEC_SERVICE_PATH", DEFAULT_SERVICE_PATH).split(":"),
+    )
+
+
+def logger(name: str, syslog: bool = False) -> logging.Logger:
+    """Messages as they are, on stderr; with `syslog`, to `/dev/log` when it exists."""
+    log = logging.getLogger(name)
+    handler: logging.Handler
+    if syslog and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.setFormatter(logging.Formatter(f"{name}: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log

@@ -1,0 +1,104 @@
+"""One policy engine shared by the daemon and qrexec-policy-exec (policy.md §5 steps 1–2, §3.7).
+
+It fetches system info, reloads the policy when anything changed, runs the pure evaluation,
+shows the ask dialog when one is needed, logs and sends notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..policy.dialogs import Notification
+from ..policy.errors import AccessDenied, SystemInfoError
+from ..policy.evaluation import Evaluation, Outcome, Request
+from ..policy.loaders import DiskFiles, PolicyWatch, load_policy
+from ..policy.parser import Policy
+from .agent_client import AgentClient, AgentError
+from .system_info_source import SystemInfoSource
+
+__all__ = ["EngineConfig", "PolicyEngine"]
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    policy_dirs: Sequence[str]
+    legacy_dir: str
+    qubesd_internal_socket: str
+    service_path: Sequence[str]
+    qrexec_client: str = "qrexec-client"
+
+
+class PolicyEngine:
+    def __init__(self, config: EngineConfig, log: logging.Logger) -> None:
+        self.config = config
+        self.log = log
+        self.system_info = SystemInfoSource(config.qubesd_internal_socket)
+        self.agent = AgentClient(config.service_path, config.qrexec_client)
+        self._policy: Policy | AccessDenied | None = None
+        self._watch: PolicyWatch | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    def policy(self) -> Policy | AccessDenied:
+        """The current policy, reloaded first if anything it depends on changed."""
+        if self._policy is None or self._watch is None or self._watch.changed():
+            self.reload()
+        assert self._policy is not None
+        return self._policy
+
+    def reload(self) -> None:
+        cfg = self.config
+        files = DiskFiles()
+        try:
+            result = load_policy(files, cfg.policy_dirs, cfg.legacy_dir)
+        except AccessDenied as err:
+            self._policy = err
+            self.log.error("error loading policy: %s", err)
+        else:
+            self._policy = result.policy
+            for level, text in result.messages:
+                self.log.log(_LEVELS.get(level, logging.INFO), "%s", text)
+        self._watch = PolicyWatch([*cfg.policy_dirs, cfg.legacy_dir], files)
+
+    async def evaluate(self, request: Request) -> Outcome:
+        # The reload check runs while qubesd prepares its answer; a system-info failure still
+        # takes precedence over a broken policy (policy.md §5 steps 1, 2).
+        fetch = self.system_info.get()
+        policy = self.policy()
+        try:
+            info = await fetch
+        except SystemInfoError as err:
+            return self._emit(Evaluation.system_info_failed(request, str(err)))
+        evaluation = Evaluation(request, info, policy)
+        outcome = self._emit(evaluation.run())
+        if outcome.ask is not None:
+            try:
+                reply = await self.agent.ask(outcome.ask)
+            except AgentError as err:
+                return self._emit(evaluation.ask_failed(str(err)))
+            outcome = self._emit(evaluation.resolve_ask(reply))
+        return outcome
+
+    def _emit(self, outcome: Outcome) -> Outcome:
+        for level, text in outcome.log:
+            self.log.log(_LEVELS.get(level, logging.INFO), "%s", text)
+        for note in outcome.notifications:
+            task = asyncio.ensure_future(self._notify(note))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return outcome
+
+    async def _notify(self, note: Notification) -> None:
+        try:
+            await self.agent.notify(note)
+        except AgentError as err:
+            self.log.warning("failed to send policy.Notify to %s: %s", note.guivm, err)
+
+    async def drain(self) -> None:
+        """Wait for the notifications still being sent."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
