@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..aio import ChannelWriter, recv_exact
-from ..protocol.constants import VCHAN_BASE_PORT, MsgType
+from ..protocol.constants import IDENT_SIZE, VCHAN_BASE_PORT, MsgType
 from ..protocol.control import check_daemon_header
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.handshake import negotiate_control
@@ -30,6 +30,7 @@ from ..protocol.messages import (
 from ..services.lookup import rpc_config_path_from_env, service_path_from_env
 from ..transport import vchan
 from .handler import HandlerContext, run_handler
+from .trigger import TriggerSocket
 
 __all__ = ["AgentOptions", "Agent"]
 
@@ -51,6 +52,7 @@ class Agent:
         self.loop = asyncio.get_running_loop()
         self.writer: ChannelWriter | None = None
         self.version = 0
+        self.trigger: TriggerSocket | None = None
         self.ctx = HandlerContext(opts.socket_dir, opts.own_domain, opts.own_version,
                                   opts.own_user, log, service_path_from_env(os.environ),
                                   rpc_config_path_from_env(os.environ))
@@ -70,10 +72,8 @@ class Agent:
         return 0
 
     def _cleanup(self) -> None:
-        try:
-            os.unlink(self.opts.agent_socket)
-        except OSError:
-            pass
+        if self.trigger is not None:
+            self.trigger.close()
 
     async def _accept_daemon(self) -> socket.socket:
         listener, path = vchan.listen(self.opts.socket_dir, self.opts.own_domain, 0,
@@ -108,6 +108,9 @@ class Agent:
             self.writer = ChannelWriter(self.loop, conn)
             if first:
                 first = False
+                self.trigger = TriggerSocket(self.opts.agent_socket, self._send_soon,
+                                             lambda: self.version, self.log)
+                self.trigger.start()
                 self._notify_ready()
             try:
                 await self._serve_control(conn)
@@ -116,6 +119,8 @@ class Agent:
                 return 1
             self.log("control channel closed, waiting for a new daemon")
             self.writer = None
+            if self.trigger is not None:
+                self.trigger.daemon_gone()
             conn.close()
 
     def _notify_ready(self) -> None:
@@ -144,8 +149,12 @@ class Agent:
                 return
             if t in (MsgType.EXEC_CMDLINE, MsgType.JUST_EXEC):
                 self._start_handler(t, payload)
-            else:
-                self.log(f"message {t:#x} not handled yet")
+            elif t == MsgType.SERVICE_CONNECT and self.trigger is not None:
+                params = parse_exec(payload)
+                self.trigger.connect(params.payload[:IDENT_SIZE].ljust(IDENT_SIZE, b"\0"),
+                                     params.connect_domain, params.connect_port)
+            elif t == MsgType.SERVICE_REFUSED and self.trigger is not None:
+                self.trigger.refused(payload)
 
     def _start_handler(self, msgtype: int, payload: bytes) -> None:
         params = parse_exec(payload)

@@ -137,6 +137,7 @@ def _child(options: object, report_fd: int | None) -> int:
     import signal
 
     from ..daemon.daemon import Daemon, DaemonOptions, run_daemon
+    from ..daemon.worker import call_worker
     from ..log import Logger
     from ..settings import max_protocol_version
 
@@ -163,7 +164,7 @@ def _child(options: object, report_fd: int | None) -> int:
             report_fd = None
 
     async def amain() -> int:
-        daemon = Daemon(options, log, None)
+        daemon = Daemon(options, log, call_worker)
         return await run_daemon(daemon, ready)
 
     status = asyncio.run(amain())

@@ -242,6 +242,20 @@ class Daemon:
             req.answered = True
         return status
 
+    async def service_connect(self, req: PendingRequest, domain: int, port: int) -> int | None:
+        """Answer `req` with an allow: SERVICE_CONNECT{domain, port} to the agent (§11.C step
+        8). Port 0 allocates one with peer `domain` (VM -> dom0, §11.D step 6); None when the
+        table is full."""
+        if port == 0:
+            allocated = self.ports.allocate(domain, None)
+            if allocated is None:
+                self.log("Failed to allocate new vchan port, too many clients?")
+                return None
+            port = allocated
+        req.answered = True
+        await self.send_to_agent(pack_exec(MsgType.SERVICE_CONNECT, domain, port, req.ident))
+        return port
+
     def _refuse(self, ident: bytes) -> None:
         data = pack_service_refused(ident)
 

@@ -1,0 +1,264 @@
+"""qrexec-client-vm: a VM calls a service in another domain (cli.md qrexec-client-vm).
+
+Kept light: only what a call needs is imported, and only when it is needed.
+"""
+
+from __future__ import annotations
+
+import getopt
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
+
+USAGE = """\
+usage: qrexec-client-vm [options] TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARG...]]
+  -h, --help                      this text
+  --buffer-size=N                 minimum data buffer per direction
+  -t, --filter-escape-chars-stdout   filter stdout
+  -T, --filter-escape-chars-stderr   filter the service's stderr
+  --no-filter-escape-chars-stdout, --no-filter-escape-chars-stderr
+  -a, --agent-socket=PATH         default /var/run/qubes/qrexec-agent
+  -p, --prefix-data=DATA          send DATA before stdin
+  --use-stdin-socket              fd 0 (a stream socket) for both directions
+  -s, --source-qube=NAME          requested source for relayed calls
+"""
+_LONG = [
+    "help", "buffer-size=", "filter-escape-chars-stdout", "filter-escape-chars-stderr",
+    "no-filter-escape-chars-stdout", "no-filter-escape-chars-stderr", "agent-socket=",
+    "prefix-data=", "use-stdin-socket", "source-qube=",
+]
+
+
+class _Usage(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _parse_size(text: str) -> int:
+    """C strtoul base 0 with upstream's checks."""
+    if not text[:1].isdigit():
+        raise _Usage(1, "Bad buffer size: does not begin with a number")
+    t = text.lower()
+    base = 16 if t.startswith("0x") else 8 if t.startswith("0") and len(t) > 1 else 10
+    try:
+        value = int(t, base)
+    except ValueError as err:
+        raise _Usage(1, "Bad buffer size: trailing junk") from err
+    if value > 2**31 - 1:
+        raise _Usage(1, "Bad buffer size: too large")
+    return value
+
+
+class _Args:
+    filter_stdout: bool | None = None
+    filter_stderr: bool | None = None
+    agent_socket = "/var/run/qubes/qrexec-agent"
+    prefix: bytes | None = None
+    stdin_socket = False
+    source: bytes | None = None
+    target = b""
+    service = b""
+    program: list[str] | None = None
+    saved: dict[str, int] | None = None
+
+
+def _parse(argv: list[str]) -> _Args:
+    a = _Args()
+    try:
+        opts, pos = getopt.getopt(argv, "htTa:p:s:", _LONG)
+    except getopt.GetoptError as err:
+        raise _Usage(2, f"qrexec-client-vm: {err}\n{USAGE}") from err
+    for opt, val in opts:
+        if opt in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            raise SystemExit(0)
+        if opt == "--buffer-size":
+            _parse_size(val)
+        elif opt in ("-t", "--filter-escape-chars-stdout"):
+            a.filter_stdout = True
+        elif opt in ("-T", "--filter-escape-chars-stderr"):
+            a.filter_stderr = True
+        elif opt == "--no-filter-escape-chars-stdout":
+            a.filter_stdout = False
+        elif opt == "--no-filter-escape-chars-stderr":
+            a.filter_stderr = False
+        elif opt in ("-a", "--agent-socket"):
+            a.agent_socket = val
+        elif opt in ("-p", "--prefix-data"):
+            if a.prefix is not None:
+                raise _Usage(2, "--prefix-data given twice")
+            a.prefix = os.fsencode(val)
+        elif opt == "--use-stdin-socket":
+            if a.stdin_socket:
+                raise _Usage(2, "--use-stdin-socket given twice")
+            a.stdin_socket = True
+        elif opt in ("-s", "--source-qube"):
+            if a.source is not None:
+                raise _Usage(2, "--source-qube given twice")
+            a.source = os.fsencode(val)[:63]
+    if len(pos) < 2:
+        raise _Usage(2, USAGE)
+    a.target = os.fsencode(pos[0]).replace(b"$", b"@")[:63]
+    a.service = os.fsencode(pos[1])
+    if len(pos) > 2:
+        a.program = pos[2:]
+        if a.stdin_socket:
+            raise _Usage(2, "cannot spawn a local process with --use-stdin-socket")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parse(sys.argv[1:] if argv is None else argv)
+    except _Usage as err:
+        sys.stderr.write(str(err).rstrip("\n") + "\n")
+        return err.status
+    if args.program is not None:
+        # before anything else is opened, so the numbers are small: services written for
+        # dash use `>&$SAVED_FD_1`, and dash accepts only one-digit descriptors
+        args.saved = {"SAVED_FD_0": os.dup(0), "SAVED_FD_1": os.dup(1)}
+        if "PASS_LOCAL_STDERR" in os.environ:
+            args.saved["SAVED_FD_2"] = os.dup(2)
+    import socket
+
+    from ..protocol.errors import LocalProtocolError
+    from ..protocol.messages import pack_trigger4
+
+    try:
+        request = pack_trigger4(args.service, args.target, b"SOCKET", args.source or b"")
+    except LocalProtocolError as err:
+        sys.stderr.write(f"qrexec-client-vm: {err}\n")
+        return 1
+    agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        agent.connect(args.agent_socket)
+        agent.sendall(request)
+        answer = b""
+        while len(answer) < 8:
+            chunk = agent.recv(8 - len(answer))
+            if not chunk:
+                break
+            answer += chunk
+    except OSError as err:
+        sys.stderr.write(f"qrexec-client-vm: cannot talk to the agent: {err}\n")
+        return 1
+    if not answer:
+        sys.stderr.write("Request refused\n")
+        return 126
+    if len(answer) < 8:
+        sys.stderr.write("qrexec-client-vm: short answer from the agent\n")
+        return 1
+    from ..protocol.wire import parse_exec_params_only
+
+    domain, port = parse_exec_params_only(answer)
+    try:
+        return _call(args, domain, port)
+    finally:
+        agent.close()
+
+
+def _call(args: _Args, domain: int, port: int) -> int:
+    import socket
+
+    from ..log import Logger
+    from ..transport import vchan
+
+    log = Logger("qrexec-client-vm")
+    listener, path = vchan.listen(vchan.socket_dir(), vchan.own_domain(), domain, port)
+    local_in: int | None = 0
+    local_out: int | None = 1
+    in_sock = out_sock = None
+    child = None
+    pidfd = None
+    if args.program is not None:
+        child, in_sock, out_sock = _spawn_local(args.program, args.saved or {})
+        local_in, local_out = in_sock.fileno(), out_sock.fileno()
+        pidfd = os.pidfd_open(child)
+    elif args.stdin_socket:
+        try:
+            in_sock = socket.socket(fileno=os.dup(0))
+            if in_sock.type != socket.SOCK_STREAM:
+                raise OSError("not a stream socket")
+        except OSError:
+            sys.stderr.write("qrexec-client-vm: --use-stdin-socket: stdin is not a socket\n")
+            return 2
+        out_sock = socket.socket(fileno=os.dup(in_sock.fileno()))
+        local_in, local_out = in_sock.fileno(), out_sock.fileno()
+    filter_stdout = args.filter_stdout
+    if filter_stdout is None:
+        filter_stdout = args.program is None and os.isatty(1)
+    filter_stderr = args.filter_stderr if args.filter_stderr is not None else os.isatty(2)
+    try:
+        channel = vchan.accept_one(listener, path, 120.0)
+    except OSError as err:
+        log(f"Data vchan connection failed: {err}")
+        return 1
+    from ..relay import run_caller
+    from ..settings import max_protocol_version
+
+    local_status: list[int] = []
+
+    def local_done() -> bool:
+        if child is None:
+            return True
+        if not local_status:
+            pid, status = os.waitpid(child, os.WNOHANG)
+            if pid == 0:
+                return False
+            code = os.waitstatus_to_exitcode(status)
+            local_status.append(128 - code if code < 0 else code)
+        return True
+
+    result = run_caller(
+        channel, max_protocol_version(log), local_in, local_out, log,
+        in_sock=in_sock, out_sock=out_sock, prefix=args.prefix or b"",
+        filter_stdout=filter_stdout, filter_stderr=filter_stderr,
+        local_done=local_done if child is not None else None, local_wait_fd=pidfd,
+    )
+    channel.close()
+    status = 255 if result.status is None else result.status & 0xFF
+    if child is not None:
+        while not local_done():
+            os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)
+        if status == 0:
+            status = local_status[0]
+    return status
+
+
+def _spawn_local(
+    program: list[str], saved_fds: dict[str, int]
+) -> tuple[int, socket.socket, socket.socket]:
+    """LOCAL_PROGRAM with socket pairs as stdin/stdout and the SAVED_FD_* variables."""
+    import socket
+
+    prog_in_ours, prog_in_theirs = socket.socketpair()
+    prog_out_ours, prog_out_theirs = socket.socketpair()
+    env = dict(os.environ)
+    env.update((k, str(v)) for k, v in saved_fds.items())
+    env["QREXEC_AGENT_PID"] = str(os.getpid())
+    saved = list(saved_fds.values())
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.dup2(prog_in_theirs.fileno(), 0)
+            os.dup2(prog_out_theirs.fileno(), 1)
+            for fd in saved:
+                os.set_inheritable(fd, True)
+            os.execve(program[0], [os.path.basename(program[0]), *program[1:]], env)
+        except BaseException:  # noqa: BLE001 - exec failure: the child exits 255
+            os._exit(255)
+    prog_in_theirs.close()
+    prog_out_theirs.close()
+    for fd in saved:
+        os.close(fd)
+    return pid, prog_out_ours, prog_in_ours
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,284 @@
+"""The request worker: from a validated trigger to a connected call (protocol.md §11.C-E).
+
+Upstream forks a process per request; here each request is an asyncio task of the daemon
+(the spec allows any mechanism with the same observable rules, §10). It asks the policy,
+then either has the target's daemon start the service and tells our agent where to connect
+(VM -> VM, disposables), or runs a dom0 service itself in a forked child (VM -> dom0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import socket
+import sys
+from typing import TYPE_CHECKING
+
+from ..host.qubesd import QubesdError
+from ..host.qubesd_async import call_async
+from ..protocol.constants import (
+    CLIENT_PROTOCOL_VERSION,
+    EXIT_PROBLEM,
+    EXIT_REQUEST_REFUSED,
+    MsgType,
+)
+from ..protocol.errors import RemoteProtocolError
+from ..protocol.handshake import check_client_hello
+from ..protocol.wire import HEADER, hello, pack_exec, parse_exec_params_only, parse_hello
+from .policy_answer import ANSWER_LIMIT, Malformed, PolicyAnswer, parse_answer, request_text
+
+if TYPE_CHECKING:
+    from .daemon import Daemon, PendingRequest
+
+__all__ = ["call_worker", "DOM0_NAMES"]
+
+DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
+DEFAULT_POLICY_SOCKET = "/run/qubes/policy.sock"
+#: dom0 worker data connect (protocol.md §18)
+DOM0_CONNECT_TIMEOUT = 5.0
+
+
+class WorkerFailure(Exception):
+    """The call cannot go on; the worker ends with `status` (REFUSED unless answered)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def call_worker(daemon: Daemon, pending: PendingRequest) -> int:
+    """Run one request; 0 = answered with an allow (or the dom0 service ran)."""
+    try:
+        answer = await _ask_policy(daemon, pending)
+        if not answer.allow:
+            return EXIT_REQUEST_REFUSED
+        for line in answer.ignored:
+            daemon.log(f"ignoring policy answer line {line!r}")
+        return await _execute(daemon, pending, answer)
+    except WorkerFailure as err:
+        daemon.log(str(err))
+        return err.status
+
+
+# -- asking the policy --------------------------------------------------------------------
+async def _ask_policy(daemon: Daemon, pending: PendingRequest) -> PolicyAnswer:
+    req = pending.request
+    text = request_text(daemon.opts.name, req.target, req.service, req.source)
+    path = os.environ.get("QREXEC_POLICY_SOCKET", DEFAULT_POLICY_SOCKET)
+    try:
+        reader, writer = await asyncio.open_unix_connection(path)
+    except OSError as err:
+        daemon.log(f"cannot connect to the policy daemon at {path}: {err.strerror}")
+    else:
+        try:
+            writer.write(text)
+            await writer.drain()
+            data = await reader.read(ANSWER_LIMIT + 1)
+            while len(data) <= ANSWER_LIMIT and (more := await reader.read(ANSWER_LIMIT)):
+                data += more
+            return parse_answer(data)
+        except (OSError, Malformed) as err:
+            daemon.log(f"bad answer from the policy daemon: {err}")
+        finally:
+            writer.close()
+    if req.source:
+        raise WorkerFailure(EXIT_REQUEST_REFUSED,
+                            "requested source given: not falling back to the policy program")
+    return await _ask_policy_program(daemon, req.target, req.service)
+
+
+async def _ask_policy_program(daemon: Daemon, target: str, service: str) -> PolicyAnswer:
+    ours, theirs = socket.socketpair()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            daemon.opts.policy_program, "--", daemon.opts.name, target, service,
+            stdin=theirs.fileno(), stdout=theirs.fileno(),
+        )
+    except OSError as err:
+        ours.close()
+        raise WorkerFailure(EXIT_PROBLEM,
+                            f"cannot run {daemon.opts.policy_program}: {err}") from err
+    finally:
+        theirs.close()
+    ours.setblocking(False)
+    loop = asyncio.get_running_loop()
+    data = b""
+    try:
+        while len(data) <= ANSWER_LIMIT and (chunk := await loop.sock_recv(ours, 4096)):
+            data += chunk
+    finally:
+        ours.close()
+    status = await proc.wait()
+    if status != 0:
+        raise WorkerFailure(EXIT_PROBLEM, f"policy program exited with {status}")
+    try:
+        return parse_answer(data)
+    except Malformed as err:
+        raise WorkerFailure(EXIT_PROBLEM,
+                            f"malformed answer of the policy program: {err}") from err
+
+
+# -- carrying out an allow -----------------------------------------------------------------
+async def _execute(daemon: Daemon, pending: PendingRequest, answer: PolicyAnswer) -> int:
+    assert answer.target is not None and answer.user is not None
+    service = answer.service or pending.request.service
+    target = answer.target
+    source = answer.policy_source or daemon.opts.name
+    if target in DOM0_NAMES and answer.target_uuid is None:
+        return await _call_dom0(daemon, pending, answer, service)
+    if "+" not in service:
+        service += "+"
+    cmd = f"{answer.user}:QUBESRPC {service} {source}".encode() + b"\0"
+    if target.startswith("@dispvm:"):
+        return await _call_dispvm(daemon, pending, answer, cmd)
+    dest = answer.target_uuid or target
+    domid, port, _reader, writer = await _exec_in(daemon, dest, cmd, answer.autostart)
+    writer.close()
+    await daemon.service_connect(pending, domid, port)
+    return 0
+
+
+async def _open_daemon(
+    daemon: Daemon, dest: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    path = os.path.join(daemon.opts.socket_dir, f"qrexec.{dest}")
+    try:
+        reader, writer = await asyncio.open_unix_connection(path)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ECONNREFUSED):
+            return None
+        raise WorkerFailure(EXIT_PROBLEM, f"cannot connect to {path}: {err}") from err
+    try:
+        head = await reader.readexactly(12)
+        t, _n = HEADER.unpack_from(head)
+        check_client_hello(parse_hello(t, head[8:]))
+        writer.write(hello(CLIENT_PROTOCOL_VERSION))
+    except (OSError, asyncio.IncompleteReadError, RemoteProtocolError) as err:
+        writer.close()
+        raise WorkerFailure(EXIT_PROBLEM, f"handshake with {path} failed: {err}") from err
+    return reader, writer
+
+
+async def _exec_in(
+    daemon: Daemon, dest: str, cmd: bytes, autostart: bool
+) -> tuple[int, int, asyncio.StreamReader, asyncio.StreamWriter]:
+    """EXEC_CMDLINE{own domid, 0} + cmd to `dest`'s daemon: target domid, port, socket."""
+    opened = await _open_daemon(daemon, dest)
+    if opened is None:
+        if not autostart:
+            raise WorkerFailure(EXIT_PROBLEM, f"target {dest} is not running")
+        await _qubesd(daemon, "admin.vm.Start", dest, ok_errors=("QubesVMNotHaltedError",))
+        opened = await _open_daemon(daemon, dest)
+        if opened is None:
+            raise WorkerFailure(EXIT_PROBLEM, f"target {dest} did not start")
+    reader, writer = opened
+    try:
+        writer.write(pack_exec(MsgType.EXEC_CMDLINE, daemon.opts.domid, 0, cmd))
+        head = await reader.readexactly(16)
+        t, n = HEADER.unpack_from(head)
+        if t != MsgType.EXEC_CMDLINE or n != 8:
+            raise RemoteProtocolError(f"answer type {t:#x} len {n}")
+        domid, port = parse_exec_params_only(head[8:])
+    except (OSError, asyncio.IncompleteReadError, RemoteProtocolError) as err:
+        writer.close()
+        raise WorkerFailure(EXIT_PROBLEM, f"exec request to {dest} failed: {err}") from err
+    return domid, port, reader, writer
+
+
+async def _qubesd(daemon: Daemon, method: str, dest: str, payload: bytes = b"",
+                  ok_errors: tuple[str, ...] = ()) -> bytes:
+    try:
+        return await call_async(method, dest, payload=payload)
+    except QubesdError as err:
+        if err.exc_type and err.exc_type in ok_errors:
+            return b""
+        raise WorkerFailure(EXIT_PROBLEM, f"{method} {dest} failed: {err}") from err
+
+
+async def _call_dispvm(daemon: Daemon, pending: PendingRequest, answer: PolicyAnswer,
+                       cmd: bytes) -> int:
+    if not answer.autostart:
+        raise WorkerFailure(EXIT_PROBLEM, "disposable target without autostart")
+    assert answer.target is not None
+    template = answer.target[len("@dispvm:"):]
+    tu = answer.target_uuid or ""
+    with_uuid = tu.startswith("@dispvm:uuid:")
+    dest = tu[len("@dispvm:"):] if with_uuid else template
+    created = await _qubesd(daemon, "admin.vm.CreateDisposable", dest,
+                            payload=b"uuid" if with_uuid else b"")
+    if b"\0" in created or not created or (
+        with_uuid and not (created.startswith(b"uuid:") and len(created) == 41)
+    ):
+        raise WorkerFailure(EXIT_PROBLEM, f"unexpected CreateDisposable answer {created!r}")
+    disp = created.decode("ascii", errors="replace")
+    try:
+        await _qubesd(daemon, "admin.vm.Start", disp, ok_errors=("QubesVMNotHaltedError",))
+        domid, port, reader, writer = await _exec_in(daemon, disp, cmd, False)
+        try:
+            await daemon.service_connect(pending, domid, port)
+            # the disposable's daemon closes this socket when the call's port is released
+            while await reader.read(4096):
+                pass
+        finally:
+            writer.close()
+    finally:
+        try:
+            await call_async("admin.vm.Kill", disp)
+        except QubesdError as err:
+            daemon.log(f"cannot kill disposable {disp}: {err}")
+    return 0
+
+
+async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnswer,
+                     service: str) -> int:
+    requested = answer.requested_target or "dom0"
+    kind, name = ("keyword", requested[1:]) if requested.startswith("@") else ("name", requested)
+    if "+" not in service:
+        service += "+"
+    cmd = f"QUBESRPC {service} {daemon.opts.name} {kind} {name}".encode()
+    port = await daemon.service_connect(pending, 0, 0)
+    if port is None:
+        raise WorkerFailure(EXIT_PROBLEM, "Failed to allocate new vchan port, too many clients?")
+    status = await _run_forked(daemon, cmd, port)
+    if status != 0:
+        daemon.log(f"dom0 service {service} from {daemon.opts.name} failed with {status}")
+    return 0
+
+
+async def _run_forked(daemon: Daemon, cmd: bytes, port: int) -> int:
+    """Run the dom0 side of a VM -> dom0 call in a child process; its exit status."""
+    from ..dom0.service_call import serve_dom0_call  # type: ignore[import-untyped]
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        status = EXIT_PROBLEM
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            os.closerange(3, 1 << 16)
+            status = serve_dom0_call(cmd, daemon.opts.domid, port, DOM0_CONNECT_TIMEOUT,
+                                     daemon.log)
+        except BaseException as err:  # noqa: BLE001 - last resort in a forked child
+            daemon.log(f"dom0 service failed: {err!r}")
+        finally:
+            sys.stderr.flush()
+            os._exit(status & 0xFF)
+    loop = asyncio.get_running_loop()
+    pidfd = os.pidfd_open(pid)
+    done: asyncio.Future[None] = loop.create_future()
+
+    def exited() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(pidfd, exited)
+    try:
+        await done
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    _, wstatus = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wstatus)

@@ -1,0 +1,73 @@
+"""A small world for VM -> VM tests: domains with their own service dirs and a policy program."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from .harness import Domain, QrexecHost, program
+
+ALLOW_ALL = """#!/bin/sh
+# test policy program: allow everything to the intended target (policy.md §8 answer lines)
+[ "$1" = "--" ] && shift
+target="$2"
+case "$target" in ''|@default) target=anotherVM ;; esac
+case "$target" in
+  dom0|@adminvm) printf 'user=DEFAULT\\nresult=allow\\ntarget=dom0\\nautostart=False\\nrequested_target=%s\\n' "$target" ;;
+  deny*) echo result=deny; exit 1 ;;
+  *) printf 'user=DEFAULT\\nresult=allow\\ntarget=%s\\nautostart=False\\nrequested_target=%s\\n' "$target" "$2" ;;
+esac
+"""
+
+
+def write_exe(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+class World:
+    """Domains whose agents see `<root>/<name>/rpc` as QREXEC_SERVICE_PATH."""
+
+    def __init__(self, host: QrexecHost, policy: str = ALLOW_ALL) -> None:
+        self.host = host
+        self.policy = write_exe(host.root / "policy-program", policy)
+
+    def rpc_dir(self, name: str) -> Path:
+        d = self.host.root / name / "rpc"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def service(self, vm: str, name: str, text: str) -> Path:
+        return write_exe(self.rpc_dir(vm) / name, text)
+
+    def domain(self, name: str, domid: int, *, start: bool = True,
+               agent_env: dict[str, str] | None = None) -> Domain:
+        dom = self.host.domain(name, domid)
+        dom.agent_env = {
+            "QREXEC_SERVICE_PATH": str(self.rpc_dir(name)),
+            "QUBES_RPC_CONFIG_PATH": str(self.host.root / name / "rpc-config"),
+            **(agent_env or {}),
+        }
+        dom.daemon_env = {
+            "QREXEC_POLICY_SOCKET": str(self.host.root / "no-policy.sock"),
+            "QREXEC_SERVICE_PATH": str(self.rpc_dir("dom0")),
+        }
+        if start:
+            dom.start_agent()
+            dom.start_daemon(extra=[f"--policy-program={self.policy}"])
+        return dom
+
+    def call(self, source: str, *args: str, input: bytes | None = None, timeout: float = 60,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        """qrexec-client-vm inside `source`."""
+        dom = self.host.domains[source]
+        argv = [*program("qrexec-client-vm"), "-a", dom.agent_socket, *args]
+        return subprocess.run(argv, input=input, capture_output=True, timeout=timeout,
+                              env=self.host.env(dom.domid, **(env or {})))
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))

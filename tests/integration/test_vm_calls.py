@@ -1,0 +1,87 @@
+"""VM -> VM and VM -> dom0 calls through real daemons and agents (flows 11.C, 11.D)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .calls import World, write_exe
+from .harness import QrexecHost
+
+
+@pytest.fixture
+def world(host: QrexecHost) -> World:
+    w = World(host)
+    w.domain("work", 5)
+    w.domain("anotherVM", 7)
+    return w
+
+
+def test_seed_howto_test_add(world: World) -> None:
+    root = world.host.root
+    server = write_exe(root / "our_test_add_server",
+                       "#!/bin/sh\nread arg1 arg2\necho $(($arg1+$arg2))\n")
+    world.service("anotherVM", "test.Add", f"#!/bin/sh\nexec {server}\n")
+    client = write_exe(root / "our_test_add_client",
+                       "#!/bin/sh\necho $1 $2\nexec cat >&$SAVED_FD_1\n")
+    r = world.call("work", "anotherVM", "test.Add", str(client), "11", "22")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"33\n"
+
+
+def test_stdin_stdout_and_status(world: World) -> None:
+    world.service("anotherVM", "test.Echo",
+                  "#!/bin/sh\necho \"$QREXEC_REMOTE_DOMAIN $QREXEC_SERVICE_FULL_NAME\"\n"
+                  "tr a-z A-Z\necho err >&2\nexit 3\n")
+    r = world.call("work", "anotherVM", "test.Echo+arg", input=b"hello\n")
+    assert r.returncode == 3
+    assert r.stdout == b"work test.Echo+arg\nHELLO\n"
+    assert r.stderr == b"err\n"
+
+
+def test_refused(world: World) -> None:
+    r = world.call("work", "deny-me", "test.Echo")
+    assert r.returncode == 126
+    assert r.stderr == b"Request refused\n"
+
+
+def test_service_not_found(world: World) -> None:
+    r = world.call("work", "anotherVM", "test.Missing")
+    assert r.returncode == 127
+
+
+def test_target_not_running(world: World) -> None:
+    r = world.call("work", "halted", "test.Echo")
+    assert r.returncode == 126
+
+
+def test_local_program_status(world: World) -> None:
+    world.service("anotherVM", "test.True", "#!/bin/sh\ncat >/dev/null\n")
+    prog = write_exe(world.host.root / "local", "#!/bin/sh\necho data\nexit 4\n")
+    r = world.call("work", "anotherVM", "test.True", str(prog))
+    assert r.returncode == 4
+
+
+def test_vm_to_dom0(world: World) -> None:
+    world.service("dom0", "test.Dom0",
+                  "#!/bin/sh\necho \"from $QREXEC_REMOTE_DOMAIN to $QREXEC_REQUESTED_TARGET"
+                  " ($QREXEC_REQUESTED_TARGET_TYPE)\"\ncat\nexit 5\n")
+    r = world.call("work", "dom0", "test.Dom0", input=b"payload\n")
+    assert r.returncode == 5, r.stderr
+    assert r.stdout == b"from work to dom0 (name)\npayload\n"
+    r = world.call("work", "@adminvm", "test.Dom0", input=b"")
+    assert r.returncode == 5
+
+
+def test_many_calls_do_not_leak(world: World) -> None:
+    world.service("anotherVM", "test.True", "#!/bin/sh\nexit 0\n")
+    work = world.host.domains["work"]
+    other = world.host.domains["anotherVM"]
+    procs = [p for p in (work.agent, work.daemon, other.agent, other.daemon) if p is not None]
+    from .calls import fd_count
+
+    assert world.call("work", "anotherVM", "test.True").returncode == 0
+    before = [fd_count(p.pid) for p in procs]
+    for _ in range(20):
+        assert world.call("work", "anotherVM", "test.True").returncode == 0
+        assert world.call("work", "deny-me", "test.True").returncode == 126
+    assert [fd_count(p.pid) for p in procs] == before
