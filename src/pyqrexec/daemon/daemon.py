@@ -167,11 +167,18 @@ class Daemon:
 
     async def _serve_control(self, sock: socket.socket) -> None:
         while True:
+            # EOF between two messages is a disconnect; inside one it is a short read (§17)
             try:
-                head = await recv_exact(self.loop, sock, 8)
-            except (EOFError, OSError):
+                head = await self.loop.sock_recv(sock, 8)
+            except OSError:
+                head = b""
+            if not head:
                 self.log("qrexec-agent has disconnected")
                 return
+            try:
+                head += await recv_exact(self.loop, sock, 8 - len(head))
+            except (EOFError, OSError) as err:
+                raise Fatal(1, f"short read from the agent (header): {err}") from err
             t, n = HEADER.unpack(head)
             try:
                 check_agent_header(t, n, self.version)
