@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from pyqrexec.protocol.constants import MsgType
-from pyqrexec.protocol.messages import HEADER, hello
+from pyqrexec.protocol.messages import HEADER, hello, pack_exec
 
 from .harness import Domain, QrexecHost, wait_for
 
@@ -59,6 +59,21 @@ def nothing_arrives(sock: socket.socket, wait: float = 0.5) -> bool:
         return True
     finally:
         sock.settimeout(old)
+
+
+def still_open(sock: socket.socket, wait: float = 0.3) -> bool:
+    """True when the peer neither sends nor closes within `wait` seconds."""
+    old = sock.gettimeout()
+    sock.settimeout(wait)
+    try:
+        sock.recv(1)
+    except TimeoutError:
+        return True
+    except ConnectionResetError:
+        return False
+    finally:
+        sock.settimeout(old)
+    return False
 
 
 def refused(ident: bytes) -> bytes:
@@ -191,6 +206,9 @@ class RawClient:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def request(self, msgtype: int, domain: int, port: int, payload: bytes) -> None:
+        self.sock.sendall(pack_exec(msgtype, domain, port, payload))
 
     def reply(self) -> tuple[int, int, int]:
         """(type, domid, port) of the daemon's answer to a port-0 request."""

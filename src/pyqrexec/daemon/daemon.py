@@ -338,7 +338,8 @@ class Daemon:
         if port == 0:
             allocated = self.ports.allocate(params.connect_domain, client)
             if allocated is None:
-                raise RemoteProtocolError("Failed to allocate new vchan port, too many clients?")
+                self.log("Failed to allocate new vchan port, too many clients?")
+                return
             port = allocated
             try:
                 writer.write(pack_header(t, 8) + pack_exec_params(self.opts.domid, port))
