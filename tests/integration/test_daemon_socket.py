@@ -12,6 +12,7 @@ import signal
 import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -415,6 +416,35 @@ def test_agent_restart_bad_hello_is_fatal(host: QrexecHost, vm: tuple[Domain, Fa
     agent.send(hello(1))
     assert wait_exit(dom) == 1
     assert "Incompatible agent protocol version (remote 1, local 4)" in dom.daemon_log.read_text()
+
+
+def test_agent_restart_connect_error_is_fatal(host: QrexecHost,
+                                              vm: tuple[Domain, FakeAgent]) -> None:
+    """Reconnect failure -> exit 1 (§7); only the first connection's failure is status 3."""
+    dom, agent = vm
+    agent.close()
+    wait_for(lambda: not socket_paths(dom)[0].exists(), TIMEOUT, "sockets removed")
+    agent.path.symlink_to(agent.path.name)  # connect() fails with ELOOP, not ENOENT
+    assert wait_exit(dom) == 1
+
+
+def test_startup_connect_error_is_3(host: QrexecHost) -> None:
+    dom = host.domain("vm", X)
+    path = host.vchan_dir / f"vchan.{X}.0.512.sock"
+    path.symlink_to(path.name)
+    dom.start_daemon(wait=False)
+    assert wait_exit(dom) == 3
+
+
+def test_client_request_byte_by_byte(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+    _, agent = vm
+    client = RawClient(host, "vm")
+    assert client.read_hello() == 3
+    for b in hello(3) + pack_exec(EXEC, 0, 0, b"DEFAULT:x\0"):
+        client.send(bytes([b]))
+        time.sleep(0.002)
+    assert client.reply() == (EXEC, X, 513)
+    assert agent.recv_message() == (EXEC, forwarded(0, 513, b"root:x\0"))
 
 
 def test_agent_restarts_twice(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:

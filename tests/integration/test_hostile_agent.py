@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 
 import pytest
 
@@ -78,7 +79,7 @@ def assert_alive_and_refusing(dom_agent: tuple[object, FakeAgent], version: int)
 
 
 # -- HELLO ----------------------------------------------------------------------------------
-@pytest.mark.parametrize(("announced", "reply"), [(2, 2), (3, 3), (4, 4), (7, 4)])
+@pytest.mark.parametrize(("announced", "reply"), [(2, 2), (3, 3), (4, 4), (7, 4), (0xFFFFFFFF, 4)])
 def test_hello_reply_is_min_of_versions(host: QrexecHost, announced: int, reply: int) -> None:
     dom = hostile_domain(host)
     agent = FakeAgent(host, dom.domid)
@@ -88,13 +89,39 @@ def test_hello_reply_is_min_of_versions(host: QrexecHost, announced: int, reply:
     assert dom.daemon is not None and dom.daemon.poll() is None
 
 
-def test_hello_capped_by_own_max_version(host: QrexecHost) -> None:
-    dom, agent = start_attacked_daemon(host, 4, env={"QREXEC_MAX_PROTOCOL_VERSION": "3"})
-    # negotiated 3: TRIGGER_SERVICE3 is fine, TRIGGER_SERVICE4 is fatal
-    agent.send(raw3(ident=PROBE))
+@pytest.mark.parametrize(("setting", "reply"), [("3", 3), ("2", 2), ("5", 4), ("", 4)])
+def test_hello_capped_by_own_max_version(host: QrexecHost, setting: str, reply: int) -> None:
+    dom = hostile_domain(host)
+    agent = FakeAgent(host, dom.domid)
+    dom.start_daemon(wait=False, env={"QREXEC_MAX_PROTOCOL_VERSION": setting})
+    assert agent.handshake(4) == reply
+    dom.wait_daemon_ready()
+    # the negotiated version is the one policed: its own trigger is fine, v4's is fatal
+    agent.send(trigger(reply, b"qubes.Svc\0", PROBE))
     assert agent.recv(40) == refused(PROBE)
-    agent.send(raw4())
-    assert wait_exit(dom) == 1
+    if reply < 4:
+        agent.send(raw4())
+        assert wait_exit(dom) == 1
+
+
+def test_hello_and_trigger_in_one_write(host: QrexecHost) -> None:
+    """The daemon reads exactly the 12 HELLO bytes; what follows is the first message."""
+    dom = hostile_domain(host)
+    agent = FakeAgent(host, dom.domid)
+    dom.start_daemon(wait=False)
+    agent.accept()
+    agent.send(hello(4) + raw4(ident=PROBE))
+    assert agent.recv(12) == hello(4)
+    assert agent.recv(40) == refused(PROBE)
+
+
+def test_message_byte_by_byte(host: QrexecHost) -> None:
+    dom, agent = start_attacked_daemon(host, 4)
+    for b in raw4(name=b"+x\0", ident=PROBE):
+        agent.send(bytes([b]))
+        time.sleep(0.002)
+    assert agent.recv(40) == refused(PROBE)
+    assert_alive_and_refusing((dom, agent), 4)
 
 
 @pytest.mark.parametrize(

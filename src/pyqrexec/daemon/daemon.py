@@ -148,7 +148,11 @@ class Daemon:
                 await self._serve_control(self.control)
             finally:
                 self._agent_gone()
-            await self.connect_agent(None)
+            try:
+                await self.connect_agent(None)
+            except Fatal as err:
+                # status 3 is for the first connection only; a failed reconnect is 1 (§7)
+                raise Fatal(1, f"cannot reconnect to the agent: {err}") from err
             await self.start_socket()
             self.log("qrexec-agent has reconnected")
 
