@@ -7,12 +7,14 @@ exactly what is forwarded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -517,47 +519,45 @@ def launcher(host: QrexecHost, *args: str, env: dict[str, str] | None = None,
                             stderr=subprocess.PIPE)
 
 
-def test_launcher_waits_for_agent(host: QrexecHost) -> None:
-    agent = FakeAgent(host, X)
-    proc = launcher(host, "--uuid=u-1", str(X), "vm")
+@contextlib.contextmanager
+def launched(host: QrexecHost, agent: FakeAgent, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """The launcher, and afterwards neither it nor the daemon it forked left running."""
+    proc = launcher(host, *args)
     try:
-        assert agent.handshake(4) == 4
-        out, err = proc.communicate(timeout=TIMEOUT * 2)
-        pid = agent.peer_pid()
-        try:
-            assert proc.returncode == 0, err
-            assert b"Waiting for VM's qrexec agent." in err
-            assert (host.socket_dir / f"qrexec.{X}").exists()
-            assert os.readlink(host.socket_dir / "qrexec.uuid:u-1") == f"qrexec.{X}"
-            assert (host.root / "qrexec.vm.log").exists()
-            # the daemon goes on serving after the launcher left
-            client = RawClient(host, "vm")
-            client.hello()
-            client.request(EXEC, 0, 0, b"DEFAULT:true\0")
-            assert client.reply() == (EXEC, X, 513)
-            assert agent.recv_message()[1][8:] == b"user:true\0"
-        finally:
-            terminate(pid)
-        wait_for(lambda: not (host.socket_dir / f"qrexec.{X}").exists(), TIMEOUT, "daemon exit")
+        yield proc
     finally:
+        if agent.conn is not None:
+            terminate(agent.peer_pid())
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_launcher_waits_for_agent(host: QrexecHost) -> None:
+    agent = FakeAgent(host, X)
+    with launched(host, agent, "--uuid=u-1", str(X), "vm") as proc:
+        assert agent.handshake(4) == 4
+        out, err = proc.communicate(timeout=TIMEOUT * 2)
+        assert proc.returncode == 0, err
+        assert b"Waiting for VM's qrexec agent." in err
+        assert (host.socket_dir / f"qrexec.{X}").exists()
+        assert os.readlink(host.socket_dir / "qrexec.uuid:u-1") == f"qrexec.{X}"
+        assert (host.root / "qrexec.vm.log").exists()
+        # the daemon goes on serving after the launcher left
+        client = RawClient(host, "vm")
+        client.hello()
+        client.request(EXEC, 0, 0, b"DEFAULT:true\0")
+        assert client.reply() == (EXEC, X, 513)
+        assert agent.recv_message()[1][8:] == b"user:true\0"
+    wait_for(lambda: not (host.socket_dir / f"qrexec.{X}").exists(), TIMEOUT, "daemon exit")
 
 
 def test_launcher_quiet(host: QrexecHost) -> None:
     agent = FakeAgent(host, X)
-    proc = launcher(host, "-q", "--uuid=u-1", str(X), "vm")
-    try:
+    with launched(host, agent, "-q", "--uuid=u-1", str(X), "vm") as proc:
         agent.handshake(4)
-        out, err = proc.communicate(timeout=TIMEOUT * 2)
-        terminate(agent.peer_pid())
+        assert proc.communicate(timeout=TIMEOUT * 2) == (b"", b"")
         assert proc.returncode == 0
-        assert (out, err) == (b"", b"")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_launcher_bad_agent_hello(host: QrexecHost) -> None:
