@@ -148,7 +148,11 @@ class Daemon:
                 await self._serve_control(self.control)
             finally:
                 self._agent_gone()
-            await self.connect_agent(None)
+            try:
+                await self.connect_agent(None)
+            except Fatal as err:
+                # status 3 is for the first connection only; a failed reconnect is 1 (§7)
+                raise Fatal(1, f"cannot reconnect to the agent: {err}") from err
             await self.start_socket()
             self.log("qrexec-agent has reconnected")
 
@@ -167,11 +171,18 @@ class Daemon:
 
     async def _serve_control(self, sock: socket.socket) -> None:
         while True:
+            # EOF between two messages is a disconnect; inside one it is a short read (§17)
             try:
-                head = await recv_exact(self.loop, sock, 8)
-            except (EOFError, OSError):
+                head = await self.loop.sock_recv(sock, 8)
+            except OSError:
+                head = b""
+            if not head:
                 self.log("qrexec-agent has disconnected")
                 return
+            try:
+                head += await recv_exact(self.loop, sock, 8 - len(head))
+            except (EOFError, OSError) as err:
+                raise Fatal(1, f"short read from the agent (header): {err}") from err
             t, n = HEADER.unpack(head)
             try:
                 check_agent_header(t, n, self.version)
@@ -345,7 +356,8 @@ class Daemon:
         if port == 0:
             allocated = self.ports.allocate(params.connect_domain, client)
             if allocated is None:
-                raise RemoteProtocolError("Failed to allocate new vchan port, too many clients?")
+                self.log("Failed to allocate new vchan port, too many clients?")
+                return
             port = allocated
             try:
                 writer.write(pack_header(t, 8) + pack_exec_params(self.opts.domid, port))
