@@ -13,10 +13,14 @@ ALLOW_ALL = """#!/bin/sh
 [ "$1" = "--" ] && shift
 target="$2"
 case "$target" in ''|@default) target=anotherVM ;; esac
+allow() {
+  printf 'user=DEFAULT\\nresult=allow\\ntarget=%s\\nautostart=False\\n' "$1"
+  printf 'requested_target=%s\\n' "$2"
+}
 case "$target" in
-  dom0|@adminvm) printf 'user=DEFAULT\\nresult=allow\\ntarget=dom0\\nautostart=False\\nrequested_target=%s\\n' "$target" ;;
+  dom0|@adminvm) allow dom0 "$target" ;;
   deny*) echo result=deny; exit 1 ;;
-  *) printf 'user=DEFAULT\\nresult=allow\\ntarget=%s\\nautostart=False\\nrequested_target=%s\\n' "$target" "$2" ;;
+  *) allow "$target" "$2" ;;
 esac
 """
 
