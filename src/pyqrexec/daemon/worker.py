@@ -16,6 +16,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
+from ..aio import open_unix
 from ..host.qubesd import QubesdError
 from ..host.qubesd_async import call_async
 from ..protocol.constants import (
@@ -68,7 +69,7 @@ async def _ask_policy(daemon: Daemon, pending: PendingRequest) -> PolicyAnswer:
     text = request_text(daemon.opts.name, req.target, req.service, req.source)
     path = os.environ.get("QREXEC_POLICY_SOCKET", DEFAULT_POLICY_SOCKET)
     try:
-        reader, writer = await asyncio.open_unix_connection(path)
+        reader, writer = await open_unix(path)
     except OSError as err:
         daemon.log(f"cannot connect to the policy daemon at {path}: {err.strerror}")
     else:
@@ -145,7 +146,7 @@ async def _open_daemon(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
     path = os.path.join(daemon.opts.socket_dir, f"qrexec.{dest}")
     try:
-        reader, writer = await asyncio.open_unix_connection(path)
+        reader, writer = await open_unix(path)
     except OSError as err:
         if err.errno in (errno.ENOENT, errno.ECONNREFUSED):
             return None

@@ -145,7 +145,6 @@ async def connect_async(
     """`connect` for asyncio programs: the retry pauses do not block the loop."""
     import asyncio
 
-    loop = asyncio.get_running_loop()
     path = vchan_path(directory, server, own, port)
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = _RETRY_PAUSE / 10
@@ -153,7 +152,12 @@ async def connect_async(
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, path)
+            sock.connect(path)
+        except BlockingIOError:
+            # full listen backlog: try again (a Unix connect never completes later)
+            sock.close()
+            await asyncio.sleep(pause)
+            continue
         except OSError as err:
             sock.close()
             if err.errno not in (errno.ENOENT, errno.ECONNREFUSED):
