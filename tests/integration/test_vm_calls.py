@@ -85,3 +85,16 @@ def test_many_calls_do_not_leak(world: World) -> None:
         assert world.call("work", "anotherVM", "test.True").returncode == 0
         assert world.call("work", "deny-me", "test.True").returncode == 126
     assert [fd_count(p.pid) for p in procs] == before
+
+
+def test_wait_for_session_runs_first(world: World) -> None:
+    marker = world.host.root / "session-up"
+    world.service("anotherVM", "qubes.WaitForSession",
+                  f"#!/bin/sh\nread user\nsleep 0.3\necho \"$user\" > {marker}\n")
+    world.service("anotherVM", "test.Session", f"#!/bin/sh\ncat {marker}\n")
+    config = world.host.root / "anotherVM" / "rpc-config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "test.Session").write_text("wait-for-session = 1\n")
+    r = world.call("work", "anotherVM", "test.Session")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"root\n"

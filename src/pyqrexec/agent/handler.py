@@ -36,8 +36,6 @@ class HandlerContext:
     log: Callable[[str], None]
     service_path: tuple[str, ...]
     rpc_config_path: tuple[str, ...]
-    #: rpc-config already loaded by the agent (None: the handler loads it)
-    config: ServiceConfig | None = None
 
     @property
     def executor(self) -> Executor:
@@ -84,9 +82,11 @@ def _read_peer_hello(channel: socket.socket, ctx: HandlerContext) -> None:
 
 
 def run_handler(
-    msgtype: int, domain: int, port: int, cmdline: bytes, ctx: HandlerContext
+    msgtype: int, domain: int, port: int, cmdline: bytes, ctx: HandlerContext,
+    config: ServiceConfig | None = None,
 ) -> int:
-    """Serve one call; returns the handler's exit status."""
+    """Serve one call; returns the handler's exit status. `config`: the rpc-config the agent
+    already read for it (None: read here)."""
     log = ctx.log
     just_exec = msgtype == MsgType.JUST_EXEC
     try:
@@ -112,7 +112,7 @@ def run_handler(
         own_user=ctx.own_user,
         log=log,
     )
-    result = start_command(command, os.fsdecode(user_b), spawn_ctx, ctx.config)
+    result = start_command(command, os.fsdecode(user_b), spawn_ctx, config)
     if isinstance(result, Failed):
         log(result.message)
         log(f"failed to spawn process (exited {result.status}): {os.fsdecode(text)}")

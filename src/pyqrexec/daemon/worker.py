@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import signal
 import socket
-import sys
 from typing import TYPE_CHECKING
 
 from ..aio import open_unix
+from ..forking import fork_call, wait_exit
 from ..host.qubesd import QubesdError
 from ..host.qubesd_async import call_async
 from ..protocol.constants import (
@@ -252,34 +251,9 @@ async def _run_forked(daemon: Daemon, cmd: bytes, port: int) -> int:
     """Run the dom0 side of a VM -> dom0 call in a child process; its exit status."""
     from ..dom0.service_call import serve_dom0_call  # type: ignore[import-untyped]
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        status = EXIT_PROBLEM
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            os.closerange(3, 1 << 16)
-            status = serve_dom0_call(cmd, daemon.opts.domid, port, DOM0_CONNECT_TIMEOUT,
-                                     daemon.log)
-        except BaseException as err:  # noqa: BLE001 - last resort in a forked child
-            daemon.log(f"dom0 service failed: {err!r}")
-        finally:
-            sys.stderr.flush()
-            os._exit(status & 0xFF)
-    loop = asyncio.get_running_loop()
-    pidfd = os.pidfd_open(pid)
-    done: asyncio.Future[None] = loop.create_future()
+    def body() -> int:
+        status: int = serve_dom0_call(cmd, daemon.opts.domid, port, DOM0_CONNECT_TIMEOUT,
+                                      daemon.log)
+        return status
 
-    def exited() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    loop.add_reader(pidfd, exited)
-    try:
-        await done
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-    _, wstatus = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(wstatus)
+    return await wait_exit(fork_call(body, daemon.log))
