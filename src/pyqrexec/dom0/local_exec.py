@@ -20,11 +20,11 @@ from ..services.lookup import (
     LookupFailure,
     ServiceKind,
     find_service,
+    load_service_config,
     rpc_config_path_from_env,
     service_path_from_env,
 )
 from ..services.session import run_session_waiter
-from ..services.spawn import Executor, Failed, SpawnContext, service_config_for
 
 __all__ = ["DEFAULT_PREFIX", "exec_dom0_service"]
 
@@ -56,14 +56,13 @@ def exec_dom0_service(cmdline: bytes, log: Callable[[str], None],
         log("dom0 -> dom0 commands must be QUBESRPC service calls")
         return EXIT_PROBLEM
     service_path = service_path_from_env(env)
-    ctx = SpawnContext(executor=Executor.DOM0, service_path=service_path,
-                       rpc_config_path=rpc_config_path_from_env(env), log=log)
-    config = service_config_for(command, ctx)
-    if isinstance(config, Failed):
-        log(config.message)
-        return config.status
-    if config.wait_for_session:
-        run_session_waiter(service_path, call.source, _quiet)
+    if not command.nogui:  # dom0 skips the rpc-config of nogui commands (services.md §5.1)
+        config = load_service_config(call, rpc_config_path_from_env(env))
+        if isinstance(config, LookupFailure):
+            log(config.message)
+            return config.status
+        if config.config.wait_for_session:
+            run_session_waiter(service_path, call.source, _quiet)
     found = find_service(call, service_path)
     if isinstance(found, LookupFailure):
         log(found.message)
