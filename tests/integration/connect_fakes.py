@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyqrexec.client.daemon_socket import recv_exact
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER, hello, pack_trigger4, parse_exec
 from pyqrexec.transport import vchan
@@ -22,16 +23,6 @@ from .harness import PYTHON, Domain, QrexecHost
 
 TIMEOUT = 20.0
 PENDING_DAEMON = str(Path(__file__).with_name("pending_daemon.py"))
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise AssertionError(f"EOF after {len(data)} of {n} bytes")
-        data += chunk
-    return bytes(data)
 
 
 class SourceAgent:

@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable
 
 USAGE = """\
@@ -224,9 +225,32 @@ def _ident_field(reqid: str) -> bytes:
     return os.fsencode(reqid).ljust(_IDENT_SIZE, b"\0")
 
 
+def _allocate(socket_dir: str, domain: str, msgtype: int, peer: int, payload: bytes,
+              log: Callable[[str], None]) -> tuple[socket.socket, int, int] | None:
+    """Connect DOMAIN's daemon and send one request with port 0 (§9): the still open
+    socket and the daemon's (domid, port) answer; None, after logging why, on failure."""
+    from ..client.daemon_socket import DaemonNotRunning, connect_daemon, request
+
+    try:
+        sock = connect_daemon(socket_dir, domain)
+    except DaemonNotRunning as err:
+        log(str(err.strerror))
+        return None
+    except (OSError, EOFError, ValueError) as err:
+        log(f"cannot talk to the qrexec daemon of {domain}: {err}")
+        return None
+    try:
+        answer = request(sock, msgtype, peer, 0, payload)
+    except (OSError, EOFError, ValueError) as err:
+        sock.close()
+        log(f"request to the qrexec daemon of {domain} failed: {err}")
+        return None
+    assert answer is not None
+    return sock, answer[0], answer[1]
+
+
 def _connect_dom0(args: _Args) -> int:
     """Legacy VM -> dom0 (protocol.md §11.F): §11.D steps 6-8 for the pending request."""
-    from ..client.daemon_socket import DaemonNotRunning, connect_daemon, request
     from ..dom0.service_call import run_dom0_service
     from ..protocol.constants import MsgType
 
@@ -236,23 +260,12 @@ def _connect_dom0(args: _Args) -> int:
     if not reqid:
         log("ERROR: request id must not be empty for calls to dom0")
         return _EXIT_PROBLEM
-    try:
-        sock = connect_daemon(args.socket_dir, src_name)
-    except DaemonNotRunning as err:
-        log(str(err.strerror))
+    got = _allocate(args.socket_dir, src_name, MsgType.SERVICE_CONNECT, 0,
+                    _ident_field(reqid), log)
+    if got is None:
         return _EXIT_PROBLEM
-    except (OSError, EOFError, ValueError) as err:
-        log(f"cannot talk to the qrexec daemon: {err}")
-        return _EXIT_PROBLEM
-    try:
-        answer = request(sock, MsgType.SERVICE_CONNECT, 0, 0, _ident_field(reqid))
-    except (OSError, EOFError, ValueError) as err:
-        log(f"service connect refused: {err}")
-        return _EXIT_PROBLEM
-    finally:
-        sock.close()
-    assert answer is not None
-    data_domain, port = answer
+    sock, data_domain, port = got
+    sock.close()
     result = run_dom0_service(os.fsencode(args.cmdline), data_domain, port,
                               timeout=args.timeout or None,
                               remote_domain=os.fsencode(src_name), log=log)
@@ -269,16 +282,12 @@ def _connect_vm(args: _Args) -> int:
     assert args.connect is not None and args.domain is not None and args.cmdline is not None
     reqid, src_name, src_id = args.connect
     log = _logger()
-    try:
-        target = connect_daemon(args.socket_dir, args.domain)
-    except (OSError, EOFError, ValueError) as err:
-        log(f"cannot connect to the qrexec daemon of {args.domain}: {err}")
+    got = _allocate(args.socket_dir, args.domain, MsgType.EXEC_CMDLINE, src_id,
+                    os.fsencode(args.cmdline) + b"\0", log)
+    if got is None:
         return _EXIT_CONNECT_FAILED
+    target, data_domain, port = got
     try:
-        answer = request(target, MsgType.EXEC_CMDLINE, src_id, 0,
-                         os.fsencode(args.cmdline) + b"\0")
-        assert answer is not None
-        data_domain, port = answer
         if not args.wait:
             target.close()
         source = connect_daemon(args.socket_dir, src_name)
@@ -302,31 +311,18 @@ def _connect_vm(args: _Args) -> int:
 def _call_vm(args: _Args, stdin_sock: object) -> int:
     import socket
 
-    from ..client.daemon_socket import DaemonNotRunning, connect_daemon, request
-    from ..log import Logger
     from ..protocol.constants import MsgType
     from ..transport import vchan
 
-    log = Logger("qrexec-client")
+    log = _logger()
     assert args.domain is not None and args.cmdline is not None
     msgtype = MsgType.JUST_EXEC if args.just_exec else MsgType.EXEC_CMDLINE
-    try:
-        sock = connect_daemon(args.socket_dir, args.domain)
-    except DaemonNotRunning as err:
-        log(str(err.strerror))
+    got = _allocate(args.socket_dir, args.domain, msgtype, 0,
+                    os.fsencode(args.cmdline) + b"\0", log)
+    if got is None:
         return _EXIT_PROBLEM
-    except (OSError, EOFError, ValueError) as err:
-        log(f"cannot talk to the qrexec daemon: {err}")
-        return _EXIT_PROBLEM
-    try:
-        answer = request(sock, msgtype, 0, 0, os.fsencode(args.cmdline) + b"\0")
-    except (OSError, EOFError, ValueError) as err:
-        log(f"request failed: {err}")
-        return _EXIT_PROBLEM
-    finally:
-        sock.close()
-    assert answer is not None
-    remote_domid, port = answer
+    sock, remote_domid, port = got
+    sock.close()
     vdir = vchan.socket_dir()
     own = vchan.own_domain()
     listener, path = vchan.listen(vdir, own, remote_domid, port)
