@@ -197,6 +197,13 @@ def test_dom0_to_dom0_bad_rpc_config(host: QrexecHost, rpc: Path) -> None:
     assert r.returncode == 125
 
 
+def test_dom0_to_dom0_nogui_skips_rpc_config(host: QrexecHost, rpc: Path) -> None:
+    (host.root / "rpc-config").mkdir()
+    (host.root / "rpc-config" / "test.Exit").write_text("wait-for-session = maybe\n")
+    r = _d0(host, rpc, "-d", "dom0", "DEFAULT:nogui:QUBESRPC test.Exit+2 dom0")
+    assert r.returncode == 2
+
+
 # --- the VM -> dom0 service call, driven by hand --------------------------------------------
 
 
