@@ -330,7 +330,7 @@ def test_service_call_connect_timeout(host: QrexecHost, rpc: Path) -> None:
 
 
 def test_service_call_caller_vanishes(host: QrexecHost, rpc: Path) -> None:
-    _service(rpc, "test.Slow", "#!/bin/sh\nsleep 30\n")
+    _service(rpc, "test.Slow", "#!/bin/sh\nexec cat\n")
     call = _Call(host, rpc, b"QUBESRPC test.Slow+ work name dom0")
     sock = accept_data(host, 7, 0, 513)
     sock.close()
