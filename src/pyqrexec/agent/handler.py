@@ -12,10 +12,7 @@ from dataclasses import dataclass
 from ..protocol.cmdline import Command, parse_command, split_user, strip_nul
 from ..protocol.constants import EXIT_PROBLEM, MsgType
 from ..protocol.errors import RemoteProtocolError
-from ..protocol.handshake import negotiate_data
-from ..protocol.messages import HEADER, hello, pack_exit_code, parse_hello
-from ..relay import ServiceEnd, run_service
-from ..services.environment import log_tag
+from ..service_side import VM_FAILURE_EOFS, relay_started, send_status_only
 from ..services.rpcconfig import ServiceConfig
 from ..services.spawn import Detached, Executor, Failed, SpawnContext, Started, start_command
 from ..transport import vchan
@@ -51,34 +48,6 @@ def own_user_name() -> str | None:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
-
-
-def _send_status_only(
-    channel: socket.socket, ctx: HandlerContext, status: int, just_exec: bool
-) -> None:
-    """HELLO, then (unless just-exec) STDOUT EOF, STDERR EOF, then EXIT_CODE (§13)."""
-    msgs = hello(ctx.own_version)
-    if not just_exec:
-        msgs += HEADER.pack(MsgType.DATA_STDOUT, 0) + HEADER.pack(MsgType.DATA_STDERR, 0)
-    msgs += pack_exit_code(status)
-    channel.sendall(msgs)
-    _read_peer_hello(channel, ctx)
-
-
-def _read_peer_hello(channel: socket.socket, ctx: HandlerContext) -> None:
-    """Best effort: consume the caller's HELLO so the caller sees an orderly close."""
-    channel.settimeout(10)
-    try:
-        data = b""
-        while len(data) < 12:
-            chunk = channel.recv(12 - len(data))
-            if not chunk:
-                return
-            data += chunk
-        t, n = HEADER.unpack_from(data)
-        negotiate_data(parse_hello(t, data[8:]), ctx.own_version)
-    except (OSError, RemoteProtocolError) as err:
-        ctx.log(f"data channel: {err}")
 
 
 def run_handler(
@@ -127,43 +96,14 @@ def run_handler(
     return _relay_started(channel, result, command, text, ctx)
 
 
+def _send_status_only(
+    channel: socket.socket, ctx: HandlerContext, status: int, just_exec: bool
+) -> None:
+    send_status_only(channel, ctx.own_version, status, ctx.log,
+                     () if just_exec else VM_FAILURE_EOFS)
+
+
 def _relay_started(channel: socket.socket, started: Started, command: Command, text: bytes,
                    ctx: HandlerContext) -> int:
-    log = ctx.log
-    pid = started.pid
-    pidfd = None
-    reap = _no_process
-    if pid is not None:
-        log(f"executed: {os.fsdecode(text)} (pid {pid})")
-        pidfd = os.pidfd_open(pid)
-
-        def reap() -> int:
-            _, wstatus = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(wstatus)
-            return 128 - code if code < 0 else code
-
-    stderr_log = None
-    if command.service is not None and started.stderr is not None:
-        tag = log_tag(command.service)
-
-        def stderr_log(data: bytes) -> None:
-            for line in data.decode(errors="replace").splitlines():
-                log(f"{tag}: {line}")
-
-    end = ServiceEnd(stdin=started.stdin, stdout=started.stdout, stderr=started.stderr,
-                     pidfd=pidfd, reap=reap, stderr_log=stderr_log)
-    status = run_service(channel, ctx.own_version, end, log)
-    if pidfd is not None:
-        os.close(pidfd)
-    channel.close()
-    if status < 0:
-        return 1
-    if pid is not None:
-        log(f"pid {pid} exited with {status}")
-    else:
-        log("Socket service closed")
-    return status & 0xFF
-
-
-def _no_process() -> int:
-    return 0
+    status = relay_started(channel, started, command, text, ctx.own_version, ctx.log)
+    return 1 if status < 0 else status
