@@ -36,8 +36,6 @@ __all__ = ["call_worker", "DOM0_NAMES"]
 
 DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 DEFAULT_POLICY_SOCKET = "/run/qubes/policy.sock"
-#: dom0 worker data connect (protocol.md §18)
-DOM0_CONNECT_TIMEOUT = 5.0
 
 
 class WorkerFailure(Exception):
@@ -243,17 +241,18 @@ async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnsw
         raise WorkerFailure(EXIT_PROBLEM, "Failed to allocate new vchan port, too many clients?")
     status = await _run_forked(daemon, cmd, port)
     if status != 0:
+        # the request is answered already: this only gets logged (§11.D step 8)
         daemon.log(f"dom0 service {service} from {daemon.opts.name} failed with {status}")
-    return 0
+    return status
 
 
 async def _run_forked(daemon: Daemon, cmd: bytes, port: int) -> int:
     """Run the dom0 side of a VM -> dom0 call in a child process; its exit status."""
-    from ..dom0.service_call import serve_dom0_call  # type: ignore[import-untyped]
+    from ..dom0.service_call import WORKER_CONNECT_TIMEOUT, run_dom0_service
 
     def body() -> int:
-        status: int = serve_dom0_call(cmd, daemon.opts.domid, port, DOM0_CONNECT_TIMEOUT,
-                                      daemon.log)
-        return status
+        result = run_dom0_service(cmd, daemon.opts.domid, port,
+                                  timeout=WORKER_CONNECT_TIMEOUT, log=daemon.log)
+        return result.worker_status
 
     return await wait_exit(fork_call(body, daemon.log))
