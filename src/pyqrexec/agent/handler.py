@@ -33,9 +33,15 @@ class HandlerContext:
     log: Callable[[str], None]
     service_path: tuple[str, ...]
     rpc_config_path: tuple[str, ...]
+    #: a fork-server handler (protocol.md §15.2): the command comes without `USER:`, runs as
+    #: this process's user (no switch, `$SHELL -c` for shell commands); give it an empty
+    #: `rpc_config_path`, as the fork server reads no rpc-config
+    fork_server: bool = False
 
     @property
     def executor(self) -> Executor:
+        if self.fork_server:
+            return Executor.FORK_SERVER
         return Executor.ROOT_AGENT if self.own_user is None else Executor.USER_AGENT
 
 
@@ -55,7 +61,10 @@ def run_handler(
     config: ServiceConfig | None = None,
 ) -> int:
     """Serve one call; returns the handler's exit status. `config`: the rpc-config the agent
-    already read for it (None: read here)."""
+    already read for it (None: read here).
+
+    `cmdline` is `USER:COMMAND` for an agent handler, `COMMAND` alone when `ctx.fork_server`.
+    """
     log = ctx.log
     just_exec = msgtype == MsgType.JUST_EXEC
     try:
@@ -66,7 +75,10 @@ def run_handler(
         return 1
     text = strip_nul(cmdline)
     try:
-        user_b, command_b = split_user(text)
+        if ctx.fork_server:
+            user_b, command_b = os.fsencode(ctx.own_user or ""), text
+        else:
+            user_b, command_b = split_user(text)
         command: Command = parse_command(command_b)
     except RemoteProtocolError as err:
         log(f"cannot parse command {text!r}: {err}")
