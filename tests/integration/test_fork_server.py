@@ -359,3 +359,9 @@ def test_handover_path_uses_the_template(server: ForkServer) -> None:
     os.symlink(server.socket_path, template % "fs2")
     h = prepare_handover(template, MsgType.EXEC_CMDLINE, 0, 1, b"fs2:true", DEFAULT_CONFIG)
     assert h == Handover(template % "fs2", pack_cmd_info(CmdInfo(0x200, 0, 1, b"true\0")))
+
+
+def test_socket_is_private_to_its_user(server: ForkServer) -> None:
+    # whoever can connect runs commands as the fork server's user
+    assert os.stat(server.socket_path).st_mode & 0o777 == 0o600
+    assert not [p for p in os.listdir(server.root) if p.endswith(".new")]

@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import time
+from typing import NoReturn
 
 from ..protocol.cmdline import check_fork_cmdline, parse_command
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import CMD_INFO_HEAD, CmdInfo, parse_cmd_info_head
-from .handler import HandlerContext, run_handler
+from ..transport.unixsock import listen_unix
+from .handler import HandlerContext, finish_child, run_handler
 
 __all__ = ["default_socket_path", "bind", "serve_forever", "read_request", "serve_connection"]
 
@@ -41,19 +42,9 @@ def default_socket_path(environ: dict[str, str] | None = None) -> str:
 
 
 def bind(path: str) -> socket.socket:
-    """A listening socket at `path`, a stale file there removed first."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        sock.listen(socket.SOMAXCONN)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """A listening socket at `path`, a stale file there removed first. Mode 0600: whoever
+    can connect runs commands as this user (the agent is root or this same user)."""
+    return listen_unix(path, mode=0o600, backlog=socket.SOMAXCONN)
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -91,25 +82,17 @@ def serve_connection(conn: socket.socket, ctx: HandlerContext) -> int:
     return run_handler(info.msgtype, info.connect_domain, info.connect_port, info.cmdline, ctx)
 
 
-def _child(listener: socket.socket, conn: socket.socket, ctx: HandlerContext) -> None:
-    """Body of a per-connection child; never returns."""
-    status = 1
-    try:
+def _child(listener: socket.socket, conn: socket.socket, ctx: HandlerContext) -> NoReturn:
+    """Body of a per-connection child."""
+
+    def body() -> int:
         listener.close()
         # the handler waits for the service it starts; SIGPIPE stays ignored so that a
         # vanished peer is an EPIPE error, not death
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        status = serve_connection(conn, ctx)
-    except BaseException as err:  # noqa: BLE001 - last resort in a forked child
-        try:
-            ctx.log(f"handler failed: {err!r}")
-        except BaseException:  # noqa: BLE001
-            pass
-    finally:
-        try:
-            sys.stderr.flush()
-        finally:
-            os._exit(status)
+        return serve_connection(conn, ctx)
+
+    finish_child(body, ctx.log)
 
 
 def serve_forever(listener: socket.socket, ctx: HandlerContext) -> None:
