@@ -11,14 +11,16 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 __all__ = ["fork_call", "on_exit", "wait_exit"]
 
 
-def fork_call(body: Callable[[], int], log: Callable[[str], None]) -> int:
-    """Fork; the child runs `body` with default signals and no inherited fds >= 3, then exits
-    with its status. Returns the child's pid."""
+def fork_call(
+    body: Callable[[], int], log: Callable[[str], None], keep: Sequence[int] = ()
+) -> int:
+    """Fork; the child runs `body` with default signals and no inherited fds >= 3 but those in
+    `keep`, then exits with its status. Returns the child's pid."""
     pid = os.fork()
     if pid:
         return pid
@@ -28,7 +30,11 @@ def fork_call(body: Callable[[], int], log: Callable[[str], None]) -> int:
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        os.closerange(3, 1 << 16)
+        low = 3
+        for fd in sorted(set(keep)):
+            os.closerange(low, fd)
+            low = max(low, fd + 1)
+        os.closerange(low, 1 << 16)
         status = body()
     except BaseException as err:  # noqa: BLE001 - last resort in a forked child
         try:

@@ -37,6 +37,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..aio import connect_unix
 from ..protocol.cmdline import Command, parse_command, split_user
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import CmdInfo, pack_cmd_info
@@ -140,21 +141,16 @@ async def hand_over(
 ) -> socket.socket | None:
     """Asyncio form of `connect_handover`; the socket it returns is non-blocking.
 
-    A Unix-socket connect completes at once or fails (`EAGAIN` only with the listen queue
-    full, then it is retried), and the request (at most 64 KiB and a bit) fits the socket
-    buffer of a fresh connection, so this hardly ever waits.
+    A Unix-socket connect completes at once or fails (a full listen queue is waited out by
+    `aio.connect_unix`), and the request (at most 64 KiB and a bit) fits the socket buffer
+    of a fresh connection, so this hardly ever waits.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
     try:
-        for _ in range(100):
-            try:
-                sock.connect(handover.path)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(0.01)
-        else:
-            raise OSError(errno.EAGAIN, "fork server does not accept connections")
+        sock = await connect_unix(handover.path)
+    except OSError as err:
+        _fallback(err, handover, log)
+        return None
+    try:
         await loop.sock_sendall(sock, handover.request)
     except OSError as err:
         sock.close()

@@ -14,13 +14,14 @@ import os
 import signal
 import socket
 import time
-from typing import NoReturn
+from functools import partial
 
+from ..forking import fork_call
 from ..protocol.cmdline import check_fork_cmdline, parse_command
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import CMD_INFO_HEAD, CmdInfo, parse_cmd_info_head
 from ..transport.unixsock import listen_unix
-from .handler import HandlerContext, finish_child, run_handler
+from .handler import HandlerContext, run_handler
 
 __all__ = ["default_socket_path", "bind", "serve_forever", "read_request", "serve_connection"]
 
@@ -82,19 +83,6 @@ def serve_connection(conn: socket.socket, ctx: HandlerContext) -> int:
     return run_handler(info.msgtype, info.connect_domain, info.connect_port, info.cmdline, ctx)
 
 
-def _child(listener: socket.socket, conn: socket.socket, ctx: HandlerContext) -> NoReturn:
-    """Body of a per-connection child."""
-
-    def body() -> int:
-        listener.close()
-        # the handler waits for the service it starts; SIGPIPE stays ignored so that a
-        # vanished peer is an EPIPE error, not death
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        return serve_connection(conn, ctx)
-
-    finish_child(body, ctx.log)
-
-
 def serve_forever(listener: socket.socket, ctx: HandlerContext) -> None:
     """Accept connections forever, one child each. SIGCHLD is ignored: children are not
     waited for (the kernel reaps them); SIGPIPE is ignored."""
@@ -110,11 +98,8 @@ def serve_forever(listener: socket.socket, ctx: HandlerContext) -> None:
             time.sleep(0.1)  # e.g. out of descriptors: do not spin
             continue
         try:
-            pid = os.fork()
+            # default signals in the child (its handler waits for the service it starts)
+            fork_call(partial(serve_connection, conn, ctx), ctx.log, keep=[conn.fileno()])
         except OSError as err:
             ctx.log(f"cannot fork a handler: {err}")
-            conn.close()
-            continue
-        if pid == 0:  # pragma: no cover - child
-            _child(listener, conn, ctx)
         conn.close()

@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import pwd
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
 
 from ..protocol.cmdline import Command, parse_command, split_user, strip_nul
 from ..protocol.constants import EXIT_PROBLEM, MsgType
@@ -19,7 +17,7 @@ from ..services.rpcconfig import ServiceConfig
 from ..services.spawn import Detached, Executor, Failed, SpawnContext, Started, start_command
 from ..transport import vchan
 
-__all__ = ["HandlerContext", "run_handler", "own_user_name", "finish_child"]
+__all__ = ["HandlerContext", "run_handler", "own_user_name"]
 
 #: agent handler / client-vm data connect timeout (protocol.md §18)
 DATA_CONNECT_TIMEOUT = 120.0
@@ -45,24 +43,6 @@ class HandlerContext:
         if self.fork_server:
             return Executor.FORK_SERVER
         return Executor.ROOT_AGENT if self.own_user is None else Executor.USER_AGENT
-
-
-def finish_child(body: Callable[[], int], log: Callable[[str], None]) -> NoReturn:
-    """Run `body` in a forked child and exit with its status (1 if it raised, after logging);
-    nothing of the parent's Python state (atexit, finally blocks) runs after it."""
-    status = 1
-    try:
-        status = body()
-    except BaseException as err:  # noqa: BLE001 - last resort in a forked child
-        try:
-            log(f"handler failed: {err!r}")
-        except BaseException:  # noqa: BLE001
-            pass
-    finally:
-        try:
-            sys.stderr.flush()
-        finally:
-            os._exit(status)
 
 
 def own_user_name() -> str | None:
