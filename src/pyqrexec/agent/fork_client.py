@@ -6,26 +6,30 @@ and its rpc-config keeps the service descriptor and sets neither `exit-on-client
 and keeps the socket: its EOF means the call is over. When no fork server listens (`ENOENT`,
 `ECONNREFUSED`) the agent runs the call in a handler of its own, as if there were none.
 
-How the agent wires it in, for each `EXEC_CMDLINE` / `JUST_EXEC` (`params = parse_exec(...)`),
-once it has the rpc-config and, when that asks for it, after wait-for-session::
+How the agent wires it in (agent.py as of the wait-for-session parking): in `_launch`, i.e.
+after `_plan` read the rpc-config and any parking for wait-for-session is over::
 
-    config = service_config_for(command, spawn_ctx)       # services.spawn
-    handover = None
-    if not isinstance(config, Failed):                    # a Failed: the agent handler reports 125
-        handover = prepare_handover(self.opts.fork_server_socket, msgtype,
-                                    params.connect_domain, params.connect_port,
-                                    params.cmdline, config, self.opts.own_user)
-    sock = None if handover is None else await hand_over(self.loop, handover, self.log)
-    if sock is None:
-        ...                                               # fork a handler, as today
-    else:
+    handover = prepare_handover(self.opts.fork_server_socket, call.msgtype, call.domain,
+                                call.port, call.cmdline, call.config, self.opts.own_user)
+    if handover is not None:
+        self.loop.create_task(self._hand_over(call, handover))
+        return
+    ...                                    # fork_call(run_handler ...), as today
+
+    async def _hand_over(self, call, handover):
+        sock = await hand_over(self.loop, handover, self.log)
+        if sock is None:                   # no fork server for that user
+            ...                            # the fork_call path above
+            return
         watch_until_eof(self.loop, sock, lambda: self._send_soon(
-            pack_connection_terminated(params.connect_domain, params.connect_port)))
+            pack_connection_terminated(call.domain, call.port)))
 
-`prepare_handover` takes `ExecParams.cmdline` as it is (`USER:COMMAND`, no NUL) and decides
-alone (template `None` = `-S` or `-s ''`); `hand_over` never raises and returns `None` for
-"run it in the agent". The agent sends nothing else on the socket. Hand a call over only after
-rpc-config and wait-for-session were applied: the fork server applies neither.
+`prepare_handover` takes `ExecParams.cmdline` as it is (`USER:COMMAND`, no NUL) and the
+config `_plan` left in `call.config`: `None` there means defaults for a shell command, but
+"not loaded" (a rpc-config error the handler must report, or nogui) for a `QUBESRPC` one,
+which therefore stays in the agent. A template of `None` (`-S`, `-s ''`) disables the fork
+server. `hand_over` never raises and returns `None` for "run it in the agent". The agent
+sends nothing else on the socket.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from ..aio import connect_unix
 from ..protocol.cmdline import Command, parse_command, split_user
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import CmdInfo, pack_cmd_info
-from ..services.rpcconfig import ServiceConfig
+from ..services.rpcconfig import DEFAULT_CONFIG, ServiceConfig
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -87,12 +91,13 @@ def prepare_handover(
     domain: int,
     port: int,
     cmdline: bytes,
-    config: ServiceConfig,
+    config: ServiceConfig | None,
     own_user: str | None = None,
 ) -> Handover | None:
     """What to send to which fork server, or None when the agent must handle the call.
 
-    `cmdline` is `USER:COMMAND` without its NUL; `config` the rpc-config the agent applied.
+    `cmdline` is `USER:COMMAND` without its NUL; `config` the rpc-config the agent applied
+    (None: the defaults for a shell command; for a `QUBESRPC` command, none could be read).
     The user is the one after `force-user`. `own_user` is the agent's user in non-root mode:
     then only that user's fork server is used, so that a call for another user still meets
     the agent's user check (services.md §4.2) instead of running in someone's session.
@@ -105,6 +110,10 @@ def prepare_handover(
         command = parse_command(command_b)
     except RemoteProtocolError:
         return None
+    if config is None:
+        if command.service is not None:
+            return None
+        config = DEFAULT_CONFIG
     if not fork_server_allowed(command, config):
         return None
     user = config.force_user if config.force_user is not None else os.fsdecode(user_b)

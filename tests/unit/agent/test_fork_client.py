@@ -28,7 +28,7 @@ from pyqrexec.services.rpcconfig import DEFAULT_CONFIG, ServiceConfig
 T = "/run/fs.%s.sock"
 
 
-def prepare(cmdline: bytes, config: ServiceConfig = DEFAULT_CONFIG, template: str | None = T,
+def prepare(cmdline: bytes, config: ServiceConfig | None = DEFAULT_CONFIG, template: str | None = T,
             own_user: str | None = None, msgtype: int = MsgType.EXEC_CMDLINE) -> Handover | None:
     return prepare_handover(template, msgtype, 3, 517, cmdline, config, own_user)
 
@@ -63,6 +63,13 @@ def test_socket_settings_keep_the_call_in_the_agent(key: str) -> None:
     config = ServiceConfig(**{key: True})  # type: ignore[arg-type]
     assert prepare(b"user:QUBESRPC test.Svc work", config) is None
     assert not fork_server_allowed(parse_command(b"QUBESRPC test.Svc work"), config)
+
+
+def test_config_not_loaded() -> None:
+    # shell commands have no rpc-config: the defaults
+    assert prepare(b"user:true", None) is not None
+    # a service whose rpc-config could not be read: the agent's handler reports 125
+    assert prepare(b"user:QUBESRPC test.Svc work", None) is None
 
 
 def test_wait_for_session_does_not_matter() -> None:
