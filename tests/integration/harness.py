@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,9 +62,12 @@ class Domain:
         return self.host.root / f"daemon.{self.name}.log"
 
     def start_agent(self, *, wrapper: list[str] | None = None, extra: list[str] | None = None,
-                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                    env: dict[str, str] | None = None,
+                    fork_server: str | None = None) -> subprocess.Popen[bytes]:
+        """Start the agent; `fork_server` is its `-s` template (default: `-S`, none)."""
         e = self.host.env(self.domid, **self.agent_env, **(env or {}))
-        argv = [*(wrapper or []), *program("qrexec-agent"), "-a", self.agent_socket, "-S",
+        fs = ["-S"] if fork_server is None else ["-s", fork_server]
+        argv = [*(wrapper or []), *program("qrexec-agent"), "-a", self.agent_socket, *fs,
                 *(extra or [])]
         log = open(self.agent_log, "ab")  # noqa: SIM115 - handed to the child
         self.agent = subprocess.Popen(argv, env=e, stdout=log, stderr=log,
@@ -137,6 +141,8 @@ class QrexecHost:
         for d in (root, self.vchan_dir, self.socket_dir):
             os.chmod(d, 0o777)
         self.domains: dict[str, Domain] = {}
+        #: run at close, after the domains are stopped
+        self.cleanups: list[Callable[[], object]] = []
 
     def env(self, domid: int, **extra: str) -> dict[str, str]:
         e = dict(os.environ)
@@ -162,6 +168,8 @@ class QrexecHost:
     def close(self) -> None:
         for dom in self.domains.values():
             dom.stop()
+        for cleanup in self.cleanups:
+            cleanup()
 
 
 def cleanup_dir(path: Path) -> None:

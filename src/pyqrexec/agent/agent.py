@@ -33,6 +33,7 @@ from ..services.rpcconfig import ServiceConfig
 from ..services.session import MAX_PARKED, start_session_waiter
 from ..services.spawn import Failed, SpawnContext, service_config_for
 from ..transport import vchan
+from .fork_client import Handover, hand_over, prepare_handover, watch_until_eof
 from .handler import HandlerContext, run_handler
 from .trigger import TriggerSocket
 
@@ -228,6 +229,22 @@ class Agent:
             self._launch(call)
 
     def _launch(self, call: _Call) -> None:
+        handover = prepare_handover(self.opts.fork_server_socket, call.msgtype, call.domain,
+                                    call.port, call.cmdline, call.config, self.opts.own_user)
+        if handover is not None:
+            self.loop.create_task(self._hand_over(call, handover))
+        else:
+            self._fork_handler(call)
+
+    async def _hand_over(self, call: _Call, handover: Handover) -> None:
+        """Give the call to the user's fork server; its socket's EOF ends the call."""
+        sock = await hand_over(self.loop, handover, self.log)
+        if sock is None:
+            self._fork_handler(call)
+            return
+        watch_until_eof(self.loop, sock, lambda: self._terminated(call))
+
+    def _fork_handler(self, call: _Call) -> None:
         def body() -> int:
             return run_handler(call.msgtype, call.domain, call.port, call.cmdline, self.ctx,
                                call.config)
@@ -236,9 +253,12 @@ class Agent:
 
         def ended(code: int) -> None:
             self.log(f"pid {pid} exited with {code}")
-            self._send_soon(pack_connection_terminated(call.domain, call.port))
+            self._terminated(call)
 
         on_exit(self.loop, pid, ended)
+
+    def _terminated(self, call: _Call) -> None:
+        self._send_soon(pack_connection_terminated(call.domain, call.port))
 
     def _send_soon(self, data: bytes) -> None:
         writer = self.writer
