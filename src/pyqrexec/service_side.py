@@ -16,7 +16,7 @@ from .protocol.constants import MsgType
 from .protocol.errors import RemoteProtocolError
 from .protocol.handshake import negotiate_data
 from .protocol.wire import HEADER, hello, pack_exit_code, parse_hello
-from .relay import ServiceEnd, run_service
+from .relay import ServiceEnd, SingleSocket, run_service
 from .services.environment import log_tag
 from .services.spawn import Started
 
@@ -70,6 +70,7 @@ def relay_started(
     text: bytes,
     own_version: int,
     log: Callable[[str], None],
+    single_socket: SingleSocket | None = None,
 ) -> int:
     """Relay a started service until it is over; closes the channel.
 
@@ -97,7 +98,7 @@ def relay_started(
 
     end = ServiceEnd(stdin=started.stdin, stdout=started.stdout, stderr=started.stderr,
                      pidfd=pidfd, reap=reap, stderr_log=stderr_log)
-    status = run_service(channel, own_version, end, log)
+    status = run_service(channel, own_version, end, log, single_socket)
     if pidfd is not None:
         os.close(pidfd)
     channel.close()

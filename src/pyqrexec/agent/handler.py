@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from ..protocol.cmdline import Command, parse_command, split_user, strip_nul
 from ..protocol.constants import EXIT_PROBLEM, MsgType
 from ..protocol.errors import RemoteProtocolError
+from ..relay import SingleSocket
 from ..service_side import VM_FAILURE_EOFS, relay_started, send_status_only
 from ..services.rpcconfig import ServiceConfig
-from ..services.spawn import Detached, Executor, Failed, SpawnContext, Started, start_command
+from ..services.spawn import Detached, Executor, Failed, SpawnContext, start_command
 from ..transport import vchan
 
 __all__ = ["HandlerContext", "run_handler", "own_user_name"]
@@ -93,6 +94,8 @@ def run_handler(
         own_user=ctx.own_user,
         log=log,
     )
+    # before the service exists: it may ask for single-socket mode at once
+    single = SingleSocket()
     result = start_command(command, os.fsdecode(user_b), spawn_ctx, config)
     if isinstance(result, Failed):
         log(result.message)
@@ -105,7 +108,8 @@ def run_handler(
         _send_status_only(channel, ctx, 0, True)
         channel.close()
         return 0
-    return _relay_started(channel, result, command, text, ctx)
+    status = relay_started(channel, result, command, text, ctx.own_version, ctx.log, single)
+    return 1 if status < 0 else status
 
 
 def _send_status_only(
@@ -113,9 +117,3 @@ def _send_status_only(
 ) -> None:
     send_status_only(channel, ctx.own_version, status, ctx.log,
                      () if just_exec else VM_FAILURE_EOFS)
-
-
-def _relay_started(channel: socket.socket, started: Started, command: Command, text: bytes,
-                   ctx: HandlerContext) -> int:
-    status = relay_started(channel, started, command, text, ctx.own_version, ctx.log)
-    return 1 if status < 0 else status

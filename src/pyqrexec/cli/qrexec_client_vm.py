@@ -174,7 +174,11 @@ def _call(args: _Args, domain: int, port: int) -> int:
     in_sock = out_sock = None
     child = None
     pidfd = None
+    single = None
     if args.program is not None:
+        from ..relay import SingleSocket
+
+        single = SingleSocket()  # before the program exists: it may signal at once
         child, in_sock, out_sock = _spawn_local(args.program, args.saved or {})
         local_in, local_out = in_sock.fileno(), out_sock.fileno()
         pidfd = os.pidfd_open(child)
@@ -218,6 +222,7 @@ def _call(args: _Args, domain: int, port: int) -> int:
         in_sock=in_sock, out_sock=out_sock, prefix=args.prefix or b"",
         filter_stdout=filter_stdout, filter_stderr=filter_stderr,
         local_done=local_done if child is not None else None, local_wait_fd=pidfd,
+        single_socket=single,
     )
     channel.close()
     status = 255 if result.status is None else result.status & 0xFF
