@@ -243,6 +243,18 @@ class Relay:
         self._consumed = pos
         return out
 
+    def read_messages(self) -> list[tuple[int, memoryview]] | None:
+        """Read what the channel has: its complete messages, or None when it broke."""
+        self.receive()
+        try:
+            return self.messages()
+        except RemoteProtocolError as exc:
+            self.log(f"data channel broken: {exc}")
+            return None
+
+    def broken(self, msgtype: int, payload: memoryview) -> None:
+        self.log(f"data channel broken: message {msgtype:#x} of {len(payload)} bytes")
+
     def consumed(self) -> None:
         pos = self._consumed
         if pos:
@@ -470,11 +482,8 @@ def run_caller(
             if ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped:
                 _pump_source(relay, s)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            relay.receive()
-            try:
-                msgs = relay.messages()
-            except RemoteProtocolError as exc:
-                log(f"data channel broken: {exc}")
+            msgs = relay.read_messages()
+            if msgs is None:
                 relay.channel_eof = True
                 break
             if msgs and stream is None:
@@ -492,7 +501,7 @@ def run_caller(
                     status = parse_exit_code(bytes(payload))
                     exit_seen = True
                 elif action is Action.BROKEN:
-                    log(f"data channel broken: message {t:#x} of {len(payload)} bytes")
+                    relay.broken(t, payload)
                     relay.channel_eof = True
                 for w in stream.warnings:
                     log(w)
@@ -643,11 +652,8 @@ def run_service(
                 else:
                     _pump_source(relay, s)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            relay.receive()
-            try:
-                msgs = relay.messages()
-            except RemoteProtocolError as exc:
-                log(f"data channel broken: {exc}")
+            msgs = relay.read_messages()
+            if msgs is None:
                 _close_end(end, sinks)
                 return -1
             if msgs and stream is None:
@@ -660,7 +666,7 @@ def run_service(
                 elif action is Action.OUTPUT_EOF and inp is not None:
                     _end_sink(inp)
                 elif action is Action.BROKEN:
-                    log(f"data channel broken: message {t:#x} of {len(payload)} bytes")
+                    relay.broken(t, payload)
                     _close_end(end, sinks)
                     return -1
                 for w in stream.warnings:

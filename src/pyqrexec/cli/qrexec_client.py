@@ -10,6 +10,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from ..cliargs import NOT_A_NUMBER, UsageError, c_number
+
 if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
@@ -43,23 +45,10 @@ def _err(msg: str) -> None:
 
 def _strtol(text: str, what: str) -> int:
     """C strtol base 0 with upstream's checks; ValueError carries the message."""
-    if not text[:1].isdigit():
-        raise ValueError(f"{what} does not start with an ASCII digit")
-    t = text.lower()
     try:
-        if t.startswith("0x"):
-            return int(t, 16)
-        if t.startswith("0") and len(t) > 1:
-            return int(t, 8)
-        return int(t, 10)
+        return c_number(text)
     except ValueError as err:
-        raise ValueError(f"{what}: trailing junk") from err
-
-
-class _Usage(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+        raise ValueError(f"{what} {err}" if str(err) == NOT_A_NUMBER else f"{what}: {err}") from err
 
 
 class _Args:
@@ -87,7 +76,7 @@ def _parse(argv: list[str]) -> _Args:
             ["help", "socket-dir=", "prefix-data=", "use-stdin-socket", "no-exit-code"],
         )
     except getopt.GetoptError as err:
-        raise _Usage(1, f"qrexec-client: {err}\n{USAGE}") from err
+        raise UsageError(1, f"qrexec-client: {err}\n{USAGE}") from err
     modes = 0
     for opt, val in opts:
         if opt in ("-h", "--help"):
@@ -103,7 +92,7 @@ def _parse(argv: list[str]) -> _Args:
             modes += 1
         elif opt == "-c":
             if a.connect is not None:
-                raise _Usage(1, "-c given twice")
+                raise UsageError(1, "-c given twice")
             a.connect = _parse_connect(val)
             modes += 1
         elif opt == "-t":
@@ -116,7 +105,7 @@ def _parse(argv: list[str]) -> _Args:
             try:
                 a.timeout = float(_strtol(val, "timeout"))
             except ValueError as err:
-                raise _Usage(1, str(err)) from err
+                raise UsageError(1, str(err)) from err
         elif opt == "-W":
             a.wait = True
         elif opt == "-k":
@@ -125,18 +114,18 @@ def _parse(argv: list[str]) -> _Args:
             a.socket_dir = val
         elif opt in ("-p", "--prefix-data"):
             if a.prefix is not None:
-                raise _Usage(2, "--prefix-data given twice")
+                raise UsageError(2, "--prefix-data given twice")
             a.prefix = os.fsencode(val)
         elif opt == "--use-stdin-socket":
             if a.stdin_socket:
-                raise _Usage(2, "--use-stdin-socket given twice")
+                raise UsageError(2, "--use-stdin-socket given twice")
             a.stdin_socket = True
     if modes > 1:
-        raise _Usage(1, "ERROR: only one of -e, -l, -c can be specified")
+        raise UsageError(1, "ERROR: only one of -e, -l, -c can be specified")
     if a.local_cmd is not None and a.stdin_socket:
-        raise _Usage(1, "ERROR: cannot use --use-stdin-socket with -l")
+        raise UsageError(1, "ERROR: cannot use --use-stdin-socket with -l")
     if a.domain is None or not pos:
-        raise _Usage(1, USAGE)
+        raise UsageError(1, USAGE)
     a.cmdline = pos[0]
     return a
 
@@ -144,26 +133,26 @@ def _parse(argv: list[str]) -> _Args:
 def _parse_connect(val: str) -> tuple[str, str, int]:
     parts = val.split(",")
     if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise _Usage(1, 'Invalid -c parameter (should be: "-c request_id,src_domain_name,'
+        raise UsageError(1, 'Invalid -c parameter (should be: "-c request_id,src_domain_name,'
                         'src_domain_id")')
     reqid, src_name, src_id_text = parts
     if len(reqid) >= 32:
-        raise _Usage(1, "Invalid -c parameter (request_id too long, max 31)")
+        raise UsageError(1, "Invalid -c parameter (request_id too long, max 31)")
     if src_name in _DOM0_NAMES:
-        raise _Usage(1, "ERROR: -c cannot be used for requests to dom0")
+        raise UsageError(1, "ERROR: -c cannot be used for requests to dom0")
     try:
         src_id = _strtol(src_id_text, "source domain id")
     except ValueError as err:
-        raise _Usage(1, str(err)) from err
+        raise UsageError(1, str(err)) from err
     if not 1 <= src_id <= 2**31 - 1:
-        raise _Usage(1, "source domain id out of range")
+        raise UsageError(1, "source domain id out of range")
     return reqid, src_name, src_id
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse(sys.argv[1:] if argv is None else argv)
-    except _Usage as err:
+    except UsageError as err:
         _err(str(err).rstrip("\n"))
         return err.status
     stdin_sock = None
