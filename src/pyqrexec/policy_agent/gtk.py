@@ -75,14 +75,15 @@ class AskDialog:
         source = GLib.markup_escape_text(request.source)
         heading = Gtk.Label(xalign=0)
         heading.set_markup(f"Allow <b>{source}</b> to call <b>{call}</b>?")
-        grid.attach(heading, 0, 0, 2, 1)
+        icon = Gtk.Image.new_from_icon_name("dialog-question", Gtk.IconSize.DIALOG)
+        grid.attach(icon, 0, 0, 1, 1)
+        grid.attach(heading, 1, 0, 1, 1)
         rows = [("Source:", request.source), ("Service:", request.service)]
         if argument:
             rows.append(("Argument:", argument))
         for row, (name, value) in enumerate(rows, 1):
             grid.attach(Gtk.Label(label=name, xalign=1), 0, row, 1, 1)
-            shown = Gtk.Label(label=value, xalign=0, selectable=True)
-            grid.attach(shown, 1, row, 1, 1)
+            grid.attach(Gtk.Label(label=value, xalign=0), 1, row, 1, 1)
 
         self.model = Gtk.ListStore(str, str, str)
         for target in request.targets:
