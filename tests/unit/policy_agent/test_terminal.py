@@ -45,6 +45,11 @@ class Pty:
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
 
+    async def reply(self, text: str) -> None:
+        """Type `text` once the question is shown."""
+        await self.expect(b"n = deny]: ")
+        self.type(text)
+
     def close(self) -> None:
         self.out.close()
         os.close(self.slave)
@@ -111,16 +116,13 @@ def test_invalid_then_default_then_deny(pty: Pty) -> None:
     async def main() -> None:
         frontend = pty.frontend()
         task = asyncio.create_task(frontend.answer(ask()))
-        await pty.expect(b"n = deny]: ")
-        pty.type("sys-usb\n")
+        await pty.reply("sys-usb\n")
         await pty.expect(b"Not a candidate.")
-        await pty.expect(b"n = deny]: ")
-        pty.type("\n")
+        await pty.reply("\n")
         assert await task == "allow:vault"
         await pty.expect(b"-> allow:vault")
         task = asyncio.create_task(frontend.answer(ask()))
-        await pty.expect(b"n = deny]: ")
-        pty.type("n\n")
+        await pty.reply("n\n")
         assert await task == "deny"
 
     run(main())
@@ -132,13 +134,11 @@ def test_one_prompt_at_a_time(pty: Pty) -> None:
         first = asyncio.create_task(frontend.answer(ask(source="work")))
         second = asyncio.create_task(frontend.answer(ask(source="personal")))
         await pty.expect(b"Source:   work")
-        await pty.expect(b"n = deny]: ")
+        await pty.reply("3\n")
         assert b"personal" not in pty.seen
-        pty.type("3\n")
         assert await first == "allow:vault"
         await pty.expect(b"Source:   personal")
-        await pty.expect(b"n = deny]: ")
-        pty.type("2\n")
+        await pty.reply("2\n")
         assert await second == "allow:personal"
 
     run(main())
