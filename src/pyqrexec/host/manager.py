@@ -388,6 +388,10 @@ class Manager:
             p.dom0_env(self.base_env), daemon_log)
         if not await _wait_path(p.socket_dir / f"qrexec.{d.name}", START_TIMEOUT,
                                 [d.daemon, d.agent]):
+            for log in (agent_log, daemon_log):  # a disposable's logs go with it
+                with contextlib.suppress(OSError):
+                    for line in log.read_text(errors="replace").splitlines()[-5:]:
+                        self.log(f"{log.name}: {line}")
             raise HostError("QubesException",
                             f"domain {d.name} did not start; see {agent_log} and {daemon_log}")
         d.state = "Running"

@@ -88,8 +88,9 @@ def bwrap_argv(spec: SandboxSpec, layout: HostLayout, command: Sequence[str],
         a += ["--symlink", target, link]
     a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
           "--dir", "/var", "--symlink", "/run", "/var/run", "--tmpfs", "/var/tmp"]
+    made = {"/", "/run", "/tmp", "/var"}
     for d in layout.extra_ro:
-        a += ["--ro-bind", d, d]
+        a += [*_parents(d, made), "--ro-bind", d, d]
     a += ["--ro-bind", str(spec.root), SANDBOX_ROOT,
           "--bind", str(spec.run_dir), SANDBOX_RUN,
           "--bind", str(spec.vchan_view), SANDBOX_VCHAN]
@@ -97,10 +98,22 @@ def bwrap_argv(spec: SandboxSpec, layout: HostLayout, command: Sequence[str],
         a += ["--bind", str(pair), f"{SANDBOX_VCHAN}/{peer}"]
     for rel, merged in spec.merged:
         host = f"/{rel}"
-        a += ["--ro-bind-try", host, f"/run/host/{rel}", "--ro-bind", str(merged), host]
+        a += [*_parents(f"/run/host/{rel}", made), "--ro-bind-try", host, f"/run/host/{rel}",
+              "--ro-bind", str(merged), host]
     if spec.info_fd is not None:
         a += ["--info-fd", str(spec.info_fd)]
     a += ["--chdir", "/", "--", *command]
+    return a
+
+
+def _parents(path: str, made: set[str]) -> list[str]:
+    """Options creating the missing parents of `path` with mode 0755 (bwrap would make
+    them 0700, and an unprivileged agent must traverse them)."""
+    a: list[str] = []
+    for parent in reversed(Path(path).parents):
+        if str(parent) not in made:
+            made.add(str(parent))
+            a += ["--perms", "0755", "--dir", str(parent)]
     return a
 
 
@@ -159,10 +172,17 @@ def host_layout() -> HostLayout:
 
 
 def user_wrapper(user: str | None) -> list[str]:
-    """argv prefix that runs a program as `user` (none for root / no user)."""
+    """argv prefix that runs a program as `user` (none for root / no user), with the
+    account's primary group (which need not share its name, e.g. nobody/nogroup)."""
     if not user or user == "root":
         return []
-    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
+    import pwd
+
+    try:
+        gid = str(pwd.getpwnam(user).pw_gid)
+    except KeyError:
+        gid = user
+    return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", "--"]
 
 
 def probe_bwrap() -> tuple[str | None, str]:
