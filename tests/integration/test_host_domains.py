@@ -168,6 +168,13 @@ def test_fifty_disposables_leave_nothing(world: HostWorld) -> None:
 
     with ThreadPoolExecutor(5) as pool:
         results = list(pool.map(one, range(50)))
+    failed = [i for i, (status, _, _) in enumerate(results) if status != 0]
+    if failed:
+        logs = [line for line in (world.dir / "up.log").read_text().splitlines()
+                if "started" not in line and "halted" not in line]
+        logs += [line for line in (world.state / "log" / "qrexec.work.log").read_text()
+                 .splitlines() if "allowed" not in line and "executed" not in line]
+        raise AssertionError(f"calls {failed} failed:\n" + "\n".join(logs[-40:]))
     for i, (status, out, err) in enumerate(results):
         assert status == 0, err
         assert out.endswith(b"%d\n" % i)

@@ -254,7 +254,7 @@ class _Parser:
         if user == "root":
             user = None
         default_user = get("default_user", str, user or "root")
-        for key, value in (("default_user", default_user), ("user", user or "")):
+        for key, value in (("user", user or ""), ("default_user", default_user)):
             if value and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", value):
                 raise self.error(at(key), f"domain {name}: invalid user name {value!r}")
         default_dispvm = get("default_dispvm", str, dom0_dispvm or "") or None

@@ -357,7 +357,8 @@ class Manager:
         d.state = "Transient"
         pairs: list[tuple[Path, int]] = []
         for peer in self.domains.values():
-            if peer is d or peer.domid is None or not (p.vchan / str(peer.domid)).is_dir():
+            if peer is d or peer.domid is None or peer.state == "Dying" or not (
+                    p.vchan / str(peer.domid)).is_dir():
                 continue
             pair = p.vchan / str(peer.domid) / str(domid)
             pair.mkdir()
@@ -386,8 +387,9 @@ class Manager:
              f"--socket-dir={p.socket_dir}", f"--policy-program={p.policy_program}",
              str(domid), d.name, d.cfg.default_user],
             p.dom0_env(self.base_env), daemon_log)
-        if not await _wait_path(p.socket_dir / f"qrexec.{d.name}", START_TIMEOUT,
-                                [d.daemon, d.agent]):
+        if not all([await _wait_path(p.socket_dir / f"qrexec.{name}", START_TIMEOUT,
+                                     [d.daemon, d.agent])
+                    for name in (d.name, f"uuid:{d.cfg.uuid}")]):
             for log in (agent_log, daemon_log):  # a disposable's logs go with it
                 with contextlib.suppress(OSError):
                     for line in log.read_text(errors="replace").splitlines()[-5:]:
@@ -450,6 +452,7 @@ class Manager:
 
     async def _stop(self, d: Domain) -> None:
         """Terminate the daemon and the sandbox; remove the domain's sockets and files."""
+        d.state = "Dying"
         if d.daemon is not None:
             await _terminate(d.daemon)
         if d.agent is not None:

@@ -95,7 +95,8 @@ def bwrap_argv(spec: SandboxSpec, layout: HostLayout, command: Sequence[str],
           "--bind", str(spec.run_dir), SANDBOX_RUN,
           "--bind", str(spec.vchan_view), SANDBOX_VCHAN]
     for pair, peer in spec.pairs:
-        a += ["--bind", str(pair), f"{SANDBOX_VCHAN}/{peer}"]
+        # -try: a peer that is being killed meanwhile takes its pair directory with it
+        a += ["--bind-try", str(pair), f"{SANDBOX_VCHAN}/{peer}"]
     for rel, merged in spec.merged:
         host = f"/{rel}"
         a += [*_parents(f"/run/host/{rel}", made), "--ro-bind-try", host, f"/run/host/{rel}",
