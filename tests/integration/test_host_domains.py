@@ -247,3 +247,17 @@ def test_sandbox_has_own_pid_and_network_namespace(sandboxed: HostWorld) -> None
     lines = done.stdout.decode().splitlines()
     assert int(lines[0]) < 15  # only the sandbox's few processes
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["lo"]
+
+
+def test_bad_config_is_reported_with_its_line() -> None:
+    w = HostWorld("plain")
+    try:
+        w.config.write_text("[domains.work]\nlabel = \"pink\"\n")
+        done = w.host("up", "--sandbox=plain")
+        assert done.returncode == 1
+        assert done.stderr.decode() == (
+            f"qrexec-host: {w.config}:2: domain work: unknown label 'pink' "
+            "(one of red, orange, yellow, green, gray, blue, purple, black or 0xRRGGBB)\n")
+        assert not (w.state / "qubesd.sock").exists()
+    finally:
+        w.close()

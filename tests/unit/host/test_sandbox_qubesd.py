@@ -68,3 +68,11 @@ def test_parse_request_round_trip() -> None:
 def test_error_response() -> None:
     assert error_response("QubesException", "unsupported method") == (
         b"2\0QubesException\0\0unsupported method\0")
+
+
+def test_probe_without_bwrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyqrexec.host import sandbox
+
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    assert sandbox.probe_bwrap() == (
+        None, "bwrap (Debian package bubblewrap) is not installed")
