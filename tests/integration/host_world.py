@@ -37,6 +37,7 @@ template_for_dispvms = true
 POLICY = """\
 test.Echo * work vault allow
 test.Echo * work @dispvm allow
+test.Echo * work @dispvm:dvm allow
 test.Echo * work other allow
 test.Echo * @anyvm @anyvm deny
 """
@@ -71,6 +72,10 @@ class HostWorld:
         for name in ("vault", "other", "dvm"):
             service(self.dir / name, "test.Echo", ECHO)
             (self.dir / name / "secret").write_text(f"secret of {name}\n")
+        tool = self.dir / "work/usr/bin/our_test_client"
+        tool.parent.mkdir(parents=True)
+        tool.write_text("#!/bin/sh\necho client of work\n")
+        tool.chmod(0o755)
         self.config = self.dir / "host.toml"
         self.config.write_text(CONFIG)
         self.proc: subprocess.Popen[bytes] | None = None

@@ -122,8 +122,9 @@ def test_call_denied(world: HostWorld) -> None:
     assert b"Request refused" in done.stderr
 
 
-def test_dispvm_call(world: HostWorld) -> None:
-    done = world.host("call", "work", "@dispvm", "test.Echo", input=b"d\n")
+@pytest.mark.parametrize("target", ["@dispvm", "@dispvm:dvm"])
+def test_dispvm_call(world: HostWorld, target: str) -> None:
+    done = world.host("call", "work", target, "test.Echo", input=b"d\n")
     assert done.returncode == 0, done.stderr
     assert b"from work" in done.stdout
     if world.sandbox == "bubblewrap":
@@ -238,6 +239,10 @@ def test_sandbox_hides_other_roots_and_sockets(sandboxed: HostWorld) -> None:
     text = own.stdout.decode().split()
     assert "test.Echo" in text and "qrexec-agent" in text and "0" in text
     assert "secret of vault" in own.stdout.decode()
+    # the root's usr/bin joins the host's: its programs and the host's both run
+    tool = w.host("run", "work", "--", "sh", "-c", "/usr/bin/our_test_client; ls /usr/bin/env")
+    assert tool.stdout == b"client of work\n/usr/bin/env\n", tool.stderr
+    assert w.host("run", "vault", "--", "test -e /usr/bin/our_test_client").returncode == 1
 
 
 def test_sandbox_has_own_pid_and_network_namespace(sandboxed: HostWorld) -> None:

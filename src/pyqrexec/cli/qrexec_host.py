@@ -182,7 +182,7 @@ def _client(args: argparse.Namespace, state: Path) -> int:
     from ..host.manager import Paths, program
     from ..host.qubesd import QubesdError, call
 
-    paths = Paths.make(state, state, os.environ)
+    paths = Paths.make(state, state, os.environ)  # dom0's root matters only to `up`
     sock = str(paths.qubesd)
 
     def qcall(method: str, dest: str = "dom0", ok: tuple[str, ...] = ()) -> bytes:

@@ -489,6 +489,8 @@ class Manager:
         if not d.running or d.name == "dom0":
             raise HostError("QubesVMNotStartedError", f"Domain is powered off: {d.name}")
         if self.bwrap:
+            if d.ns_pid is None:
+                raise HostError("QubesException", f"cannot enter {d.name}'s sandbox")
             prefix = ["nsenter", f"--target={d.ns_pid}", "--mount", "--pid", "--net", "--ipc",
                       "--uts", "--root", "--wd", *user_wrapper(d.cfg.user)]
             return {"prefix": prefix, "env": self._sandbox_env(d),
