@@ -28,6 +28,7 @@ import pyqrexec
 
 __all__ = [
     "SandboxSpec",
+    "KEPT_CAPS",
     "HostLayout",
     "MERGED_DIRS",
     "SANDBOX_ROOT",
@@ -48,6 +49,11 @@ MERGED_DIRS = ("etc", "usr/bin", "usr/local/bin", "usr/local/etc", "usr/lib/qube
 SANDBOX_ROOT = "/run/qubes-root"
 SANDBOX_RUN = "/run/qubes"
 SANDBOX_VCHAN = "/run/vchan"
+#: what a root agent keeps (bwrap started by root would keep almost everything, including
+#: CAP_SYS_ADMIN, CAP_MKNOD and CAP_DAC_READ_SEARCH, each a way out): switching to the
+#: requested user per call, and root's usual power over the files it can see
+KEPT_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER",
+             "CAP_KILL")
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
@@ -79,7 +85,10 @@ def bwrap_argv(spec: SandboxSpec, layout: HostLayout, command: Sequence[str],
                bwrap: str = "bwrap") -> list[str]:
     """The full bwrap command line that runs `command` confined as `spec` says."""
     a = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-         "--hostname", spec.name, "--die-with-parent", "--new-session", "--clearenv"]
+         "--hostname", spec.name, "--die-with-parent", "--new-session", "--clearenv",
+         "--cap-drop", "ALL"]
+    for cap in KEPT_CAPS:
+        a += ["--cap-add", cap]
     for key, value in sorted(spec.env.items()):
         a += ["--setenv", key, value]
     for d in layout.dirs:

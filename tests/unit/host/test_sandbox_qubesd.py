@@ -28,6 +28,9 @@ def test_bwrap_argv() -> None:
     for option in ("--unshare-pid", "--unshare-net", "--die-with-parent", "--clearenv"):
         assert option in argv
     assert ("VCHAN_DOMAIN", "3") in pairs(argv, "--setenv")
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    kept = [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"]
+    assert "CAP_SETUID" in kept and "CAP_SYS_ADMIN" not in kept and "CAP_MKNOD" not in kept
     assert ("/usr", "/usr") in pairs(argv, "--ro-bind")
     assert ("usr/bin", "/bin") in pairs(argv, "--symlink")
     binds = pairs(argv, "--bind")
