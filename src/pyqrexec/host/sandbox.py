@@ -54,6 +54,7 @@ SANDBOX_VCHAN = "/run/vchan"
 #: requested user per call, and root's usual power over the files it can see
 KEPT_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER",
              "CAP_KILL")
+_HOST_ONLY = ("qubes-rpc", "qubes")
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
@@ -141,6 +142,8 @@ def build_merged_dir(dest: Path, rel: str, root: Path) -> None:
     entries: dict[str, str] = {}
     if host.is_dir():
         for name in os.listdir(host):
+            if rel.endswith("etc") and name in _HOST_ONLY:
+                continue  # the host's own qrexec configuration is not the domain's
             entries[name] = f"/run/host/{rel}/{name}"
     own = root / rel
     if own.is_dir():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,24 @@ def test_probe_without_bwrap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     assert sandbox.probe_bwrap() == (
         None, "bwrap (Debian package bubblewrap) is not installed")
+
+
+def test_merged_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyqrexec.host import sandbox
+
+    host_etc = tmp_path / "hostetc"
+    (host_etc / "qubes-rpc").mkdir(parents=True)
+    (host_etc / "passwd").write_text("")
+    (host_etc / "hosts").write_text("")
+    root = tmp_path / "root"
+    (root / "etc" / "qubes-rpc").mkdir(parents=True)
+    (root / "etc" / "hosts").write_text("")
+    real = sandbox.Path
+    monkeypatch.setattr(sandbox, "Path",
+                        lambda p: host_etc if p == "/etc" else real(p))
+    dest = tmp_path / "merged"
+    sandbox.build_merged_dir(dest, "etc", root)
+    links = {p.name: os.readlink(p) for p in dest.iterdir()}
+    # the root's entries win; the host's own qubes-rpc is never shown
+    assert links == {"passwd": "/run/host/etc/passwd", "hosts": "/run/qubes-root/etc/hosts",
+                     "qubes-rpc": "/run/qubes-root/etc/qubes-rpc"}
