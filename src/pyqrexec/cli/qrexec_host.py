@@ -30,6 +30,9 @@ commands:
                                    starts NAME; stdin/stdout/exit status passed through)
   call SOURCE TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]
                                    run qrexec-client-vm inside SOURCE
+  demo [--yes] [--sandbox MODE]    bring up the embedded default (work, anotherVM halted, a
+                                   disposable template; seed-era policy `$anyvm $anyvm ask`),
+                                   call work -> anotherVM test.Add 11 22 (prints 33), shut down
 
 defaults: --config $QREXEC_HOST_CONFIG or ./qrexec-host.toml; --state-dir $QREXEC_HOST_STATE,
 else /run/qrexec-host for root, else $XDG_RUNTIME_DIR/qrexec-host or /tmp/qrexec-host-UID.
@@ -74,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("-u", "--user", default="DEFAULT")
     run_p.add_argument("name")
     run_p.add_argument("cmd", nargs=argparse.REMAINDER)
+    demo = sub.add_parser("demo", help="the embedded default host and the seed's test.Add")
+    demo.add_argument("--yes", action="store_true",
+                      help="answer the ask dialog with allow (else: asked on this terminal)")
+    demo.add_argument("--sandbox", choices=("auto", "bubblewrap", "plain"), default=None)
+    demo.add_argument("--keep", action="store_true", help="keep the demo directory and logs")
     call = sub.add_parser("call", help="run qrexec-client-vm inside SOURCE")
     call.add_argument("source")
     call.add_argument("target")
@@ -87,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     state = (args.state_dir or default_state_dir()).resolve()
     if args.command == "up":
         return _up(args, state)
+    if args.command == "demo":
+        return _demo(args)
     return _client(args, state)
 
 
@@ -174,6 +184,73 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
     return asyncio.run(amain())
 
 
+# -- demo ------------------------------------------------------------------------------------
+def _demo(args: argparse.Namespace) -> int:
+    """`up` the embedded default, make the seed's call, `down`, remove everything."""
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    from ..host.demo import CALL, write_demo
+    from ..host.manager import program
+    from ..host.qubesd import QubesdError, call
+
+    top = Path(tempfile.mkdtemp(prefix="qrexec-demo-"))
+    os.chmod(top, 0o755)
+    config = write_demo(top)
+    state = top / "state"
+    me = [*program("qrexec-host"), f"--config={config}", f"--state-dir={state}"]
+    if args.yes:
+        agent = [f"--policy-agent-arg=--answer-program={top / 'answer-yes'}"]
+    elif not os.isatty(0):
+        print("qrexec-host demo: no terminal to ask on: the call will be denied "
+              "(use --yes to allow it)", file=sys.stderr)
+        agent = ["--policy-agent-arg=--frontend=deny"]
+    else:
+        # the person running the demo answers on this terminal
+        agent = ["--policy-agent-arg=--frontend=terminal", "--policy-agent-arg=--tty=/dev/tty"]
+    sandbox = [f"--sandbox={args.sandbox}"] if args.sandbox else []
+    print(f"qrexec-host demo: domains in {top}; logs in {state / 'log'}", file=sys.stderr)
+    up = subprocess.Popen([*me, "up", *sandbox, *agent])
+    status = 1
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if up.poll() is not None:
+                print("qrexec-host demo: the host did not come up", file=sys.stderr)
+                return 1
+            try:
+                rows = json.loads(call("pyqrexec.host.List", "dom0",
+                                       path=str(state / "qubesd.sock")))
+                if any(r["name"] == "work" and r["state"] == "Running" for r in rows):
+                    break
+                time.sleep(0.1)
+            except QubesdError:
+                if time.monotonic() > deadline:
+                    print("qrexec-host demo: the host did not come up", file=sys.stderr)
+                    return 1
+                time.sleep(0.1)
+        print(f"$ qrexec-client-vm {' '.join(CALL[1:])}    # inside work", file=sys.stderr)
+        status = subprocess.run([*me, "call", *CALL]).returncode
+        decisions = state / "log" / "policy-daemon.log"
+        if decisions.exists():
+            for line in decisions.read_text(errors="replace").splitlines():
+                if "test.Add" in line and ("allowed" in line or "denied" in line):
+                    print(f"dom0 policy log: {line}", file=sys.stderr)
+    finally:
+        subprocess.run([*me, "down"], stdout=subprocess.DEVNULL)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+        if not args.keep:
+            shutil.rmtree(top, ignore_errors=True)
+    return status
+
+
 # -- commands talking to a running manager ---------------------------------------------------
 def _client(args: argparse.Namespace, state: Path) -> int:
     import json
@@ -231,6 +308,13 @@ def _client(args: argparse.Namespace, state: Path) -> int:
             qcall("admin.vm.Start", args.source, ok=("QubesVMNotHaltedError",))
             spec = json.loads(qcall("pyqrexec.host.Exec", args.source))
             rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+            root = spec.get("root")
+            if root and rest and rest[0].startswith("/"):
+                # plain mode shares the host's filesystem: a program named by its path in
+                # the domain is found in the domain's root first
+                inside = os.path.join(root, rest[0].lstrip("/"))
+                if os.path.exists(inside):
+                    rest = [inside, *rest[1:]]
             argv = [*spec["prefix"], *program("qrexec-client-vm"),
                     f"--agent-socket={spec['agent_socket']}", "--", args.target,
                     args.service, *rest]

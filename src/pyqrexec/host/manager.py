@@ -215,7 +215,8 @@ class Manager:
                 try:
                     await self.start(d.name)
                 except HostError as err:
-                    self.log(f"autostart of {d.name} failed: {err.message}")
+                    if err.exc_type != "QubesVMNotHaltedError":  # started meanwhile: fine
+                        self.log(f"autostart of {d.name} failed: {err.message}")
 
     async def _start_policy_daemon(self, env: dict[str, str]) -> None:
         p = self.paths
@@ -409,6 +410,8 @@ class Manager:
             QREXEC_SERVICE_PATH=(f"{run}/rpc:{r}/usr/local/etc/qubes-rpc:{r}/etc/qubes-rpc"),
             QUBES_RPC_CONFIG_PATH=(f"{run}/rpc-config:{r}/usr/local/etc/qubes/rpc-config:"
                                    f"{r}/etc/qubes/rpc-config"),
+            # the domain's own programs come first, as its /usr/bin would in a sandbox
+            PATH=f"{r}/usr/local/bin:{r}/usr/bin:" + self.base_env.get("PATH", "/usr/bin:/bin"),
         )
         for key in ("QUBESD_SOCKET", "QUBESD_INTERNAL_SOCKET", "QREXEC_POLICY_SOCKET"):
             env.pop(key, None)
@@ -497,7 +500,7 @@ class Manager:
                     "agent_socket": f"{SANDBOX_RUN}/qrexec-agent"}
         run = self.paths.state / "dom" / d.name / "run"
         return {"prefix": user_wrapper(d.cfg.user), "env": self._plain_env(d),
-                "agent_socket": str(run / "qrexec-agent")}
+                "agent_socket": str(run / "qrexec-agent"), "root": str(d.cfg.root)}
 
 
 # -- the policy agent (another component; started when installed) ---------------------------
