@@ -13,16 +13,10 @@ import pytest
 from pyqrexec.host.qubesd import QubesdError
 
 from .harness import wait_for
-from .host_world import BWRAP, BWRAP_WHY, HostWorld, python_in_domain
-
-MODES = [
-    "plain",
-    pytest.param("bubblewrap", marks=pytest.mark.skipif(
-        BWRAP is None, reason=f"bubblewrap unusable: {BWRAP_WHY}")),
-]
+from .host_world import BWRAP, BWRAP_WHY, SANDBOX_MODES, HostWorld, python_in_domain
 
 
-@pytest.fixture(scope="module", params=MODES)
+@pytest.fixture(scope="module", params=SANDBOX_MODES)
 def world(request: pytest.FixtureRequest) -> Iterator[HostWorld]:
     w = HostWorld(request.param).up()
     try:

@@ -46,11 +46,29 @@ from .sandbox import (
     user_wrapper,
 )
 
-__all__ = ["Paths", "Domain", "Manager", "program", "START_TIMEOUT"]
+__all__ = ["Paths", "Domain", "Manager", "program", "describe_request", "QUIET_METHODS",
+           "START_TIMEOUT"]
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
 MAX_DISPOSABLES = 9999
+
+
+#: qubesd methods that change nothing: not logged (the policy daemon asks for the system
+#: info on every call, the command-line tools poll the listing)
+QUIET_METHODS = ("internal.GetSystemInfo", "pyqrexec.host.List", "pyqrexec.host.Exec")
+
+
+def describe_request(method: str, arg: str, dest: str, payload: bytes) -> str:
+    """How a qubesd request reads in the log: `admin.vm.Start uuid:3333…`, with `+ARG` and
+    `payload=…` when there are any."""
+    text = f"{method}+{arg} {dest}" if arg else f"{method} {dest}"
+    return f"{text} payload={_printable(payload)}" if payload else text
+
+
+def _printable(data: bytes, limit: int = 200) -> str:
+    text = data[:limit].decode("ascii", errors="replace")
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def program(name: str) -> list[str]:
@@ -278,6 +296,20 @@ class Manager:
     # -- the qubesd methods ------------------------------------------------------------------
     async def handle(self, method: str, arg: str, dest: str, payload: bytes,
                      internal: bool) -> bytes:
+        """Serve one request; every one that is not a read-only query gets a log line."""
+        if method in QUIET_METHODS:
+            return await self._handle(method, arg, dest, payload, internal)
+        what = describe_request(method, arg, dest, payload)
+        try:
+            answer = await self._handle(method, arg, dest, payload, internal)
+        except HostError as err:
+            self.log(f"qubesd: {what} -> {err.exc_type}: {err.message}")
+            raise
+        self.log(f"qubesd: {what} -> ok" + (f" {_printable(answer)}" if answer else ""))
+        return answer
+
+    async def _handle(self, method: str, arg: str, dest: str, payload: bytes,
+                      internal: bool) -> bytes:
         if internal and method == "internal.GetSystemInfo":
             return json.dumps(self.system_info()).encode()
         if not internal:

@@ -96,8 +96,11 @@ def bwrap_argv(spec: SandboxSpec, layout: HostLayout, command: Sequence[str],
         a += ["--ro-bind", d, d]
     for link, target in layout.links:
         a += ["--symlink", target, link]
-    a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
-          "--dir", "/var", "--symlink", "/run", "/var/run", "--tmpfs", "/var/tmp"]
+    # /tmp and /var/tmp as on any Linux system: everyone may write, sticky (a non-root agent
+    # and the users a root agent switches to need them; bwrap's default mode is 0755)
+    a += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp",
+          "--tmpfs", "/run", "--dir", "/var", "--symlink", "/run", "/var/run",
+          "--perms", "1777", "--tmpfs", "/var/tmp"]
     made = {"/", "/run", "/tmp", "/var"}
     for d in layout.extra_ro:
         a += [*_parents(d, made), "--ro-bind", d, d]

@@ -47,6 +47,10 @@ def test_bwrap_argv() -> None:
     dirs = [argv[i + 1] for i, a in enumerate(argv) if a == "--dir"]
     assert dirs.count("/opt") == 1 and "/opt/py" in dirs and "/run/host" in dirs
     assert argv[argv.index("--info-fd") + 1] == "7"
+    # /tmp and /var/tmp are world-writable and sticky (a non-root agent's user needs them)
+    for tmp in ("/tmp", "/var/tmp"):
+        i = argv.index(tmp, argv.index("--tmpfs") - 1)
+        assert argv[i - 3:i + 1] == ["--perms", "1777", "--tmpfs", tmp], argv[i - 3:i + 1]
     # the host's whole / is never bound: other domains' roots stay invisible
     assert ("/", "/") not in ro and ("/s", "/s") not in ro
 
@@ -101,3 +105,38 @@ def test_merged_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the root's entries win; the host's own qubes-rpc is never shown
     assert links == {"passwd": "/run/host/etc/passwd", "hosts": "/run/qubes-root/etc/hosts",
                      "qubes-rpc": "/run/qubes-root/etc/qubes-rpc"}
+
+
+def test_qubesd_requests_are_logged(tmp_path: Path) -> None:
+    """Every state-changing qubesd request gets one line in qrexec-host's log (with its
+    answer); the read-only queries the tools poll do not."""
+    import asyncio
+
+    from pyqrexec.host.config import load
+    from pyqrexec.host.manager import Manager, describe_request
+
+    (tmp_path / "dom0").mkdir()
+    (tmp_path / "work").mkdir()
+    cfg_path = tmp_path / "host.toml"
+    cfg_path.write_text('[domains.work]\nuuid = "33333333-3333-3333-3333-333333333333"\n')
+    lines: list[str] = []
+    manager = Manager(load(cfg_path), tmp_path / "s", None, env={}, log=lines.append)
+
+    async def ask() -> None:
+        await manager.handle("pyqrexec.host.List", "", "dom0", b"", False)
+        await manager.handle("internal.GetSystemInfo", "", "dom0", b"", True)
+        with pytest.raises(HostError):
+            await manager.handle("admin.vm.Kill", "", "uuid:33333333-3333-3333-3333-333333333333",
+                                 b"", False)
+        with pytest.raises(HostError):
+            await manager.handle("admin.vm.CreateDisposable", "", "work", b"uuid", False)
+
+    asyncio.run(ask())
+    assert lines == [
+        "qubesd: admin.vm.Kill uuid:33333333-3333-3333-3333-333333333333 -> "
+        "QubesVMNotStartedError: Domain is powered off: work",
+        "qubesd: admin.vm.CreateDisposable work payload=uuid -> "
+        "QubesException: Domain work does not have template_for_dispvms set",
+    ]
+    assert describe_request("admin.vm.Start", "x", "@adminvm", b"\0a") == (
+        "admin.vm.Start+x @adminvm payload=?a")
