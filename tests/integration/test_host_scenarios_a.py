@@ -59,7 +59,7 @@ def scenario_layout(top: Path) -> str:
     # S3: the same client, leaving a trace when it starts (inside work: its own /tmp)
     executable(top / "work/usr/bin/our_marked_client",
                f"#!/bin/sh\ntouch /tmp/{top.name}-client-started\n"
-               'exec /usr/bin/our_test_add_client "$@"\n')
+               'exec our_test_add_client "$@"\n')  # on PATH: plain mode too
     for name in ("vault", "sys-usb", "default-dvm"):
         executable(top / name / "etc/qubes-rpc/test.Svc", TEST_SVC)
     executable(top / "personal/etc/qubes-rpc/test.Cat", "#!/bin/sh\nexec cat\n")
