@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 from pathlib import Path
+from typing import Protocol
 
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER, hello, pack_exec
@@ -186,10 +187,16 @@ def terminate(pid: int) -> None:
         pass
 
 
-class RawClient:
-    """A dom0 client speaking raw bytes to `qrexec.<name>` (protocol.md §9)."""
+class HasSocketDir(Protocol):
+    @property
+    def socket_dir(self) -> Path: ...
 
-    def __init__(self, host: QrexecHost, name: str) -> None:
+
+class RawClient:
+    """A dom0 client speaking raw bytes to `qrexec.<name>` (protocol.md §9) in the daemon
+    socket directory of `host` (a QrexecHost, a qrexec-host world)."""
+
+    def __init__(self, host: HasSocketDir, name: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(TIMEOUT)
         self.sock.connect(str(host.socket_dir / f"qrexec.{name}"))

@@ -153,6 +153,11 @@ class HostWorld:
     def domains(self) -> dict[str, dict[str, object]]:
         return {r["name"]: r for r in json.loads(self.qubesd("pyqrexec.host.List"))}
 
+    @property
+    def socket_dir(self) -> Path:
+        """The daemons' socket directory (qrexec.NAME, qrexec.DOMID, qrexec.uuid:UUID)."""
+        return self.state / "qubes"
+
     def domid(self, name: str) -> int:
         domid = self.domains()[name]["domid"]
         assert isinstance(domid, int), f"{name} is not running"
@@ -183,7 +188,7 @@ class HostWorld:
                timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
         """dom0's `qrexec-client ARGS` against the running domains."""
         return subprocess.run(
-            [*program("qrexec-client"), f"--socket-dir={self.state / 'qubes'}", *args],
+            [*program("qrexec-client"), f"--socket-dir={self.socket_dir}", *args],
             input=input, capture_output=True, timeout=timeout, env=self.dom0_env())
 
     def close(self) -> None:

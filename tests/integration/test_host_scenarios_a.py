@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import socket
 import struct
 import subprocess
 import time
@@ -26,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from pyqrexec.protocol.constants import MsgType
-from pyqrexec.protocol.messages import HEADER, hello, pack_exec
+from pyqrexec.protocol.messages import HEADER, hello
 from pyqrexec.transport.unixsock import listen_unix
 
+from .fake_agent import RawClient, recv_exact
 from .harness import wait_for
 from .host_world import SANDBOX_MODES, HostWorld, executable, python_in_domain
 
@@ -246,46 +246,16 @@ def messages(result: dict[str, object]) -> list[tuple[int, bytes]]:
     return [(t, bytes.fromhex(p)) for t, p in raw]
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"EOF after {len(data)} of {n} bytes")
-        data += chunk
-    return data
-
-
-class DaemonClient:
-    """A raw dom0 client on a domain's daemon socket in qrexec-host's state (protocol.md §9)."""
-
-    def __init__(self, world: HostWorld, name: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(30)
-        self.sock.connect(str(world.state / "qubes" / f"qrexec.{name}"))
-        assert recv_exact(self.sock, 12) == hello(3)
-        self.sock.sendall(hello(3))
-
-    def request(self, msgtype: int, domain: int, cmd: bytes) -> tuple[int, int, int]:
-        """Send a port-0 request; (type, domid, port) of the reply."""
-        self.sock.sendall(pack_exec(msgtype, domain, 0, cmd))
-        t, n = HEADER.unpack(recv_exact(self.sock, 8))
-        assert n == 8
-        domid, port = struct.unpack("<II", recv_exact(self.sock, 8))
-        return t, domid, port
-
-    def closed(self, timeout: float = 20) -> bool:
-        """True once the daemon closes the connection (its port was released, §8)."""
-        self.sock.settimeout(timeout)
-        return self.sock.recv(1) == b""
-
-    def close(self) -> None:
-        self.sock.close()
+def request(client: RawClient, msgtype: int, domain: int, cmd: bytes) -> tuple[int, int, int]:
+    """A port-0 request on a fresh raw daemon-socket client; (type, domid, port) of the reply."""
+    client.hello()
+    client.request(msgtype, domain, 0, cmd)
+    return client.reply()
 
 
 def serve_data(path: Path, timeout: float = 30) -> list[tuple[int, bytes]]:
     """Be the caller side (server) of a data channel at `path` (host path): HELLO, STDIN EOF,
-    then every message up to EXIT_CODE or EOF."""
+    then every message up to EXIT_CODE."""
     listener = listen_unix(str(path), mode=0o666, backlog=1)
     try:
         listener.settimeout(timeout)
@@ -297,14 +267,9 @@ def serve_data(path: Path, timeout: float = 30) -> list[tuple[int, bytes]]:
     with conn:
         conn.settimeout(timeout)
         conn.sendall(hello(4) + HEADER.pack(STDIN, 0))
-        while True:
-            try:
-                t, n = HEADER.unpack(recv_exact(conn, 8))
-            except EOFError:
-                break
+        while not got or got[-1][0] != EXIT:
+            t, n = HEADER.unpack(recv_exact(conn, 8))
             got.append((t, recv_exact(conn, n)))
-            if t == EXIT:
-                break
     return got
 
 
@@ -385,8 +350,8 @@ def test_s4_dom0_runs_a_command(world: HostWorld) -> None:
     # the same through a raw client: EXEC_CMDLINE{0,0} -> {work, 513}
     work = world.domid("work")
     for _ in range(2):  # the second time 513 is free again
-        client = DaemonClient(world, "work")
-        assert client.request(MsgType.EXEC_CMDLINE, 0, b"DEFAULT:echo hello\0") == (
+        client = RawClient(world, "work")
+        assert request(client, MsgType.EXEC_CMDLINE, 0, b"DEFAULT:echo hello\0") == (
             MsgType.EXEC_CMDLINE, work, 513)
         got = serve_data(pair_dir(world, 0, work) / f"vchan.0.{work}.513.sock")
         got = without_hello(got)
@@ -416,8 +381,8 @@ def test_s6_just_exec(world: HostWorld) -> None:
     # on the data channel the agent sends only EXIT_CODE
     work = world.domid("work")
     for cmd, status in ((b"DEFAULT:QUBESRPC no.Such dom0\0", 127), (b"DEFAULT:true\0", 0)):
-        client = DaemonClient(world, "work")
-        t, domid, port = client.request(MsgType.JUST_EXEC, 0, cmd)
+        client = RawClient(world, "work")
+        t, domid, port = request(client, MsgType.JUST_EXEC, 0, cmd)
         assert (t, domid) == (MsgType.JUST_EXEC, work)
         got = serve_data(pair_dir(world, 0, work) / f"vchan.0.{work}.{port}.sock")
         assert without_hello(got) == [(EXIT, struct.pack("<i", status))]
@@ -513,15 +478,15 @@ def test_s11_port_parity(world: HostWorld) -> None:
     assert own < low < high
     used: set[int] = set()
 
-    def request(peer: int) -> tuple[DaemonClient, int]:
-        client = DaemonClient(world, "work")
-        t, domid, port = client.request(MsgType.EXEC_CMDLINE, peer, b"DEFAULT:echo s11\0")
+    def allocate(peer: int) -> tuple[RawClient, int]:
+        client = RawClient(world, "work")
+        t, domid, port = request(client, MsgType.EXEC_CMDLINE, peer, b"DEFAULT:echo s11\0")
         assert (t, domid) == (MsgType.EXEC_CMDLINE, own)
         assert port == expected_port(own, peer, used), (peer, port, used)
         used.add(port)
         return client, port
 
-    def serve(client: DaemonClient, peer: int, port: int) -> None:
+    def serve(client: RawClient, peer: int, port: int) -> None:
         """Play `peer`'s caller: work's handler connects, runs, its agent sends
         CONNECTION_TERMINATED{peer, port}, the daemon frees the port and drops the client."""
         got = serve_data(pair_dir(world, peer, own) / f"vchan.{peer}.{own}.{port}.sock")
@@ -531,13 +496,13 @@ def test_s11_port_parity(world: HostWorld) -> None:
         client.close()
         used.discard(port)
 
-    first, p1 = request(low)
-    second, p2 = request(high)
+    first, p1 = allocate(low)
+    second, p2 = allocate(high)
     assert (p1, p2) == (514, 516)
     serve(first, low, p1)
-    again, p3 = request(low)
+    again, p3 = allocate(low)
     assert p3 == 514
-    dom0, p4 = request(0)
+    dom0, p4 = allocate(0)
     assert p4 == 513
     for client, peer, port in ((again, low, p3), (second, high, p2), (dom0, 0, p4)):
         serve(client, peer, port)
