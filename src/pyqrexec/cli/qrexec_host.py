@@ -187,7 +187,6 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
 # -- demo ------------------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
     """`up` the embedded default, make the seed's call, `down`, remove everything."""
-    import json
     import shutil
     import subprocess
     import tempfile
@@ -214,6 +213,7 @@ def _demo(args: argparse.Namespace) -> int:
     sandbox = [f"--sandbox={args.sandbox}"] if args.sandbox else []
     print(f"qrexec-host demo: domains in {top}; logs in {state / 'log'}", file=sys.stderr)
     up = subprocess.Popen([*me, "up", *sandbox, *agent])
+    qubesd = str(state / "qubesd.sock")
     status = 1
     try:
         deadline = time.monotonic() + 120
@@ -222,16 +222,19 @@ def _demo(args: argparse.Namespace) -> int:
                 print("qrexec-host demo: the host did not come up", file=sys.stderr)
                 return 1
             try:
-                rows = json.loads(call("pyqrexec.host.List", "dom0",
-                                       path=str(state / "qubesd.sock")))
-                if any(r["name"] == "work" and r["state"] == "Running" for r in rows):
-                    break
-                time.sleep(0.1)
+                call("pyqrexec.host.List", "dom0", path=qubesd)
+                break
             except QubesdError:
                 if time.monotonic() > deadline:
                     print("qrexec-host demo: the host did not come up", file=sys.stderr)
                     return 1
                 time.sleep(0.1)
+        try:  # `up` starts work too; whoever comes second is told it runs
+            call("admin.vm.Start", "work", path=qubesd)
+        except QubesdError as err:
+            if err.exc_type != "QubesVMNotHaltedError":
+                print(f"qrexec-host demo: cannot start work: {err}", file=sys.stderr)
+                return 1
         print(f"$ qrexec-client-vm {' '.join(CALL[1:])}    # inside work", file=sys.stderr)
         status = subprocess.run([*me, "call", *CALL]).returncode
         decisions = state / "log" / "policy-daemon.log"

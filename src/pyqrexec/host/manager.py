@@ -519,6 +519,30 @@ class Manager:
             del self.domains[d.name]
 
     # -- running programs inside a domain ------------------------------------------------------
+    def _sibling_sandbox(self, d: Domain) -> list[str]:
+        """bwrap argv prefix for a new process with `d`'s view of the world.
+
+        Unprivileged, nsenter cannot join the namespaces bwrap made under its user namespace;
+        a sibling sandbox with the same mounts sees the same root, trigger socket and vchan
+        directories (pair directories of domains started later appear in the shared view).
+        """
+        assert self.bwrap is not None and self.layout is not None and d.domid is not None
+        home = self.paths.state / "dom" / d.name
+        view = self.paths.vchan / str(d.domid)
+        pairs = []
+        for peer in self.domains.values():
+            if peer is d or peer.domid is None:
+                continue
+            shared = self.paths.vchan / str(peer.domid) / str(d.domid)
+            if shared.is_dir():
+                pairs.append((shared, peer.domid))
+        merged = tuple((rel, home / "merged" / rel.replace("/", "_"))
+                       for rel in merged_dirs(d.cfg.root))
+        spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
+                           vchan_view=view, pairs=tuple(pairs), merged=merged,
+                           env=self._sandbox_env(d))
+        return bwrap_argv(spec, self.layout, user_wrapper(d.cfg.user), self.bwrap)
+
     def exec_spec(self, d: Domain) -> dict[str, object]:
         """How `call` runs a program inside `d`: argv prefix, environment, agent socket."""
         if not d.running or d.name == "dom0":
@@ -526,8 +550,11 @@ class Manager:
         if self.bwrap:
             if d.ns_pid is None:
                 raise HostError("QubesException", f"cannot enter {d.name}'s sandbox")
-            prefix = ["nsenter", f"--target={d.ns_pid}", "--mount", "--pid", "--net", "--ipc",
-                      "--uts", "--root", "--wd", *user_wrapper(d.cfg.user)]
+            if os.geteuid() == 0:
+                prefix = ["nsenter", f"--target={d.ns_pid}", "--mount", "--pid", "--net",
+                          "--ipc", "--uts", "--root", "--wd", *user_wrapper(d.cfg.user)]
+            else:
+                prefix = self._sibling_sandbox(d)
             return {"prefix": prefix, "env": self._sandbox_env(d),
                     "agent_socket": f"{SANDBOX_RUN}/qrexec-agent"}
         run = self.paths.state / "dom" / d.name / "run"

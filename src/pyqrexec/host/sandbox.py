@@ -192,12 +192,18 @@ def user_wrapper(user: str | None) -> list[str]:
     account's primary group (which need not share its name, e.g. nobody/nogroup)."""
     if not user or user == "root":
         return []
+    import os
     import pwd
 
     try:
-        gid = str(pwd.getpwnam(user).pw_gid)
+        entry = pwd.getpwnam(user)
     except KeyError:
-        gid = user
+        return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
+    if entry.pw_uid == os.geteuid() and os.geteuid() != 0:
+        # already that user (qrexec-host run by an ordinary user): nothing to switch, and
+        # setpriv could not set groups without privileges anyway
+        return []
+    gid = str(entry.pw_gid)
     return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", "--"]
 
 
