@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,6 +138,8 @@ class QrexecHost:
         for d in (root, self.vchan_dir, self.socket_dir):
             os.chmod(d, 0o777)
         self.domains: dict[str, Domain] = {}
+        #: called by close(), after the domains are stopped
+        self.cleanups: list[Callable[[], None]] = []
 
     def env(self, domid: int, **extra: str) -> dict[str, str]:
         e = dict(os.environ)
@@ -162,6 +165,8 @@ class QrexecHost:
     def close(self) -> None:
         for dom in self.domains.values():
             dom.stop()
+        for cleanup in self.cleanups:
+            cleanup()
 
 
 def cleanup_dir(path: Path) -> None:
