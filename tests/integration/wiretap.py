@@ -115,7 +115,10 @@ def peer_pid(sock: socket.socket) -> int:
 
 
 class Tap:
-    def __init__(self, shared: Path, private: Path, domid: int) -> None:
+    def __init__(self, shared: Path, private: Path, domid: int, *, linger: bool = False) -> None:
+        """`linger`: when one side stops reading, keep reading (and recording) what the other
+        sends instead of failing its writes, as a peer that has not closed yet would."""
+        self.linger = linger
         self.shared = shared
         self.private = private
         self.domid = domid
@@ -240,6 +243,7 @@ class Tap:
         threading.Thread(target=finish, daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, log: Direction) -> None:
+        sending = True
         while True:
             try:
                 chunk = src.recv(1 << 20)
@@ -253,21 +257,26 @@ class Tap:
             with self._lock:
                 self._seq += 1
                 log.chunks.append((self._seq, chunk))
+            if not sending:
+                continue
             try:
                 dst.sendall(chunk)
             except OSError:
-                # the reader is gone: keep draining so the writer sees what a vchan peer would
+                if self.linger:
+                    sending = False
+                    continue
+                # the reader is gone: the writer's next send fails, as with a closed vchan
                 with contextlib.suppress(OSError):
                     src.shutdown(socket.SHUT_RD)
                 log.eof = True
                 return
 
 
-def tapped_domain(world: World, name: str, domid: int, *,
+def tapped_domain(world: World, name: str, domid: int, *, linger: bool = False,
                   agent_env: dict[str, str] | None = None, **kw: Any) -> tuple[Domain, Tap]:
     """A running domain of `world` whose every vchan goes through a new Tap."""
     host = world.host
-    tap = Tap(host.vchan_dir, host.root / f"tap.{name}", domid)
+    tap = Tap(host.vchan_dir, host.root / f"tap.{name}", domid, linger=linger)
     host.cleanups.append(tap.close)
     env = {"VCHAN_SOCKET_DIR": str(tap.private), **(agent_env or {})}
     return world.domain(name, domid, agent_env=env, **kw), tap

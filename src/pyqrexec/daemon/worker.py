@@ -255,8 +255,11 @@ async def _run_forked(daemon: Daemon, cmd: bytes, port: int) -> int:
     if pid == 0:  # pragma: no cover - child
         status = EXIT_PROBLEM
         try:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            # the relay handles EPIPE (a service that exits without reading its stdin); the
+            # programs it starts get SIGPIPE back at their default (services.md §4.1)
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             os.closerange(3, 1 << 16)
             status = serve_dom0_call(cmd, daemon.opts.domid, port, DOM0_CONNECT_TIMEOUT,
