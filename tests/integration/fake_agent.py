@@ -150,12 +150,12 @@ def hostile_domain(host: QrexecHost, name: str = "vm", domid: int = 42,
 
 def start_attacked_daemon(host: QrexecHost, version: int = 4, name: str = "vm",
                           domid: int = 42, env: dict[str, str] | None = None,
-                          ) -> tuple[Domain, FakeAgent]:
+                          extra: list[str] | None = None) -> tuple[Domain, FakeAgent]:
     """A real daemon (`--direct`) connected to a fake agent that has done HELLO(version)
     and whose client socket exists."""
     dom = hostile_domain(host, name, domid)
     agent = FakeAgent(host, domid)
-    dom.start_daemon(wait=False, env=env)
+    dom.start_daemon(wait=False, env=env, extra=extra)
     agent.handshake(version)
     dom.wait_daemon_ready()
     return dom, agent

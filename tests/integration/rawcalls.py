@@ -3,6 +3,7 @@ VM caller that speak the wire protocol themselves (no qrexec program in between)
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -163,7 +164,9 @@ def raw_vm_call(dom: Domain, target: bytes, service: bytes, *,
         with vchan.accept_one(listener, path, TIMEOUT) as chan:
             chan.settimeout(TIMEOUT)
             data_handshake(chan, 3)
-            chan.sendall(HEADER.pack(MsgType.DATA_STDIN, 0))
+            # a service that is quick to exit may have closed the channel already
+            with contextlib.suppress(BrokenPipeError):
+                chan.sendall(HEADER.pack(MsgType.DATA_STDIN, 0))
             return RawResult(port, read_messages(chan)).exit_code
 
 
