@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyqrexec.protocol.constants import MsgType
-from pyqrexec.protocol.messages import HEADER, hello, pack_exec, pack_trigger4
+from pyqrexec.protocol.messages import HEADER, hello, pack_trigger4
 from pyqrexec.transport import vchan
 
 from .fake_agent import TIMEOUT, RawClient, recv_exact
@@ -100,17 +100,20 @@ class RawResult:
 def read_messages(sock: socket.socket) -> list[tuple[int, bytes]]:
     """Messages until EXIT_CODE or EOF."""
     out: list[tuple[int, bytes]] = []
-    while True:
-        head = b""
-        while len(head) < 8:
-            chunk = sock.recv(8 - len(head))
-            if not chunk:
-                return out
-            head += chunk
+    while len(head := recv_or_eof(sock, 8)) == 8:
         t, n = HEADER.unpack(head)
         out.append((t, recv_exact(sock, n)))
         if t == MsgType.DATA_EXIT_CODE:
-            return out
+            break
+    return out
+
+
+def recv_or_eof(sock: socket.socket, n: int) -> bytes:
+    """`n` bytes, or fewer when the peer closes first."""
+    data = b""
+    while len(data) < n and (chunk := sock.recv(n - len(data))):
+        data += chunk
+    return data
 
 
 def data_handshake(sock: socket.socket, version: int) -> int:
@@ -152,12 +155,9 @@ def raw_vm_call(dom: Domain, target: bytes, service: bytes, *,
         agent.settimeout(TIMEOUT * 3)
         agent.connect(dom.agent_socket)
         agent.sendall(pack_trigger4(service, target, b"SOCKET"))
-        answer = b""
-        while len(answer) < 8:
-            chunk = agent.recv(8 - len(answer))
-            if not chunk:
-                return None
-            answer += chunk
+        answer = recv_or_eof(agent, 8)
+        if len(answer) < 8:
+            return None
         domain, port = struct.unpack("<II", answer)
         listener, path = vchan.listen(vchan_dir or str(dom.host.vchan_dir), dom.domid, domain,
                                       port)
@@ -179,7 +179,3 @@ def children(pid: int) -> list[int]:
         except OSError:
             pass
     return out
-
-
-def exec_request(peer: int, cmd: bytes) -> bytes:
-    return pack_exec(MsgType.EXEC_CMDLINE, peer, 0, cmd)

@@ -17,17 +17,12 @@ from pyqrexec.protocol.messages import parse_exec
 
 from .calls import World
 from .harness import QrexecHost, wait_for
-from .wiretap import Tap, tapped_domain
-
-HELLO, STDIN, STDOUT, STDERR, EXIT = (MsgType.HELLO, MsgType.DATA_STDIN, MsgType.DATA_STDOUT,
-                                      MsgType.DATA_STDERR, MsgType.DATA_EXIT_CODE)
+from .wiretap import EXIT, HELLO, STDERR, Tap, tapped_domain, tapped_world
 
 
 @pytest.fixture
 def work(host: QrexecHost) -> tuple[World, Tap]:
-    world = World(host)
-    _, tap = tapped_domain(world, "work", 5)
-    return world, tap
+    return tapped_world(host)
 
 
 def exit_code(payload: bytes) -> int:

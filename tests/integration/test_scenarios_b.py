@@ -10,22 +10,16 @@ import subprocess
 
 import pytest
 
-from pyqrexec.protocol.constants import MsgType
-
 from .calls import NOBODY, World, write_exe
 from .harness import QrexecHost, wait_for
 from .rawcalls import children
-from .wiretap import Connection, Message, Tap, tapped_domain
-
-HELLO, STDIN, STDOUT, STDERR, EXIT = (MsgType.HELLO, MsgType.DATA_STDIN, MsgType.DATA_STDOUT,
-                                      MsgType.DATA_STDERR, MsgType.DATA_EXIT_CODE)
+from .wiretap import EXIT, HELLO, STDERR, STDIN, STDOUT, Connection, Message, Tap, tapped_world
 
 
 @pytest.fixture
 def world(host: QrexecHost) -> tuple[World, Tap]:
     """work (5, tapped) calls personal (6)."""
-    w = World(host)
-    _, tap = tapped_domain(w, "work", 5)
+    w, tap = tapped_world(host)
     w.domain("personal", 6)
     return w, tap
 
@@ -121,8 +115,7 @@ def test_s18_stdin_eof_reaches_the_service(world: tuple[World, Tap]) -> None:
 def test_s19_early_exit(host: QrexecHost) -> None:
     # the service side closes right after EXIT_CODE, so whether a later STDIN EOF still gets
     # through is a race the transport decides; the lingering tap keeps reading for it
-    w = World(host)
-    _, tap = tapped_domain(w, "work", 5, linger=True)
+    w, tap = tapped_world(host, linger=True)
     w.domain("personal", 6)
     w.service("personal", "test.Early", "#!/bin/sh\necho ok\nexit 0\n")
     with open("/dev/zero", "rb") as endless:
@@ -147,8 +140,7 @@ def test_s20_exit_code_is_last(world: tuple[World, Tap]) -> None:
 
 @pytest.mark.parametrize(("version", "limit"), [(4, 65536), (2, 4096)])
 def test_s21_chunk_limits(host: QrexecHost, version: int, limit: int) -> None:
-    w = World(host)
-    _, tap = tapped_domain(w, "work", 5)
+    w, tap = tapped_world(host)
     w.domain("personal", 6, agent_env={"QREXEC_MAX_PROTOCOL_VERSION": str(version)})
     w.service("personal", "test.Cat", "#!/bin/sh\nexec cat\n")
     data = os.urandom(1 << 20)

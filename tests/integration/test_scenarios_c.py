@@ -5,14 +5,15 @@ directories (QREXEC_SERVICE_PATH, QUBES_RPC_CONFIG_PATH)."""
 from __future__ import annotations
 
 import socket
-import threading
+import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from .calls import ALLOW_ALL, NOBODY, World
 from .harness import QrexecHost
+from .policy_fakes import FakeServer
+from .test_spawn import serve_tcp_once
 
 
 @pytest.fixture
@@ -26,10 +27,6 @@ def rpc_config(w: World, vm: str, service: str, text: str) -> None:
     d = w.host.root / vm / "rpc-config"
     d.mkdir(parents=True, exist_ok=True)
     (d / service).write_text(text)
-
-
-def env_lines(out: bytes) -> list[str]:
-    return out.decode().splitlines()
 
 
 def test_s24_argument_lookup(world: World) -> None:
@@ -55,50 +52,26 @@ def test_s25_empty_argument(world: World) -> None:
     assert (r.returncode, r.stdout) == (0, b"plus 0 test.Svc+\n")
 
 
-class UnixServer:
-    """A socket service: records what it receives until EOF, then replies."""
-
-    def __init__(self, path: Path, reply: bytes) -> None:
-        self.received: list[bytes] = []
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen(4)
-        self.reply = reply
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while chunk := conn.recv(65536):
-                    data += chunk
-                self.received.append(data)
-                conn.sendall(self.reply)
-
-
 @pytest.fixture
-def sock_service(world: World) -> Iterator[UnixServer]:
+def sock_service(world: World) -> Iterator[FakeServer]:
+    """A socket service: records what it receives until EOF, then replies."""
     world.domain("personal", 6)
-    server = UnixServer(world.rpc_dir("personal") / "test.Sock", b"reply\n")
+    server = FakeServer(str(world.rpc_dir("personal") / "test.Sock"), lambda _: b"reply\n")
     yield server
-    server.sock.close()
+    server.close()
 
 
-def test_s26_socket_service(world: World, sock_service: UnixServer) -> None:
+def test_s26_socket_service(world: World, sock_service: FakeServer) -> None:
     r = world.call("work", "personal", "test.Sock+x", input=b"stdin data")
     assert (r.returncode, r.stdout) == (0, b"reply\n")
-    assert sock_service.received == [b"test.Sock+x work\0stdin data"]
+    assert sock_service.requests == [b"test.Sock+x work\0stdin data"]
 
 
-def test_s26_socket_service_without_descriptor(world: World, sock_service: UnixServer) -> None:
+def test_s26_socket_service_without_descriptor(world: World, sock_service: FakeServer) -> None:
     rpc_config(world, "personal", "test.Sock", "skip-service-descriptor = true\n")
     r = world.call("work", "personal", "test.Sock+x", input=b"stdin data")
     assert (r.returncode, r.stdout) == (0, b"reply\n")
-    assert sock_service.received == [b"stdin data"]
+    assert sock_service.requests == [b"stdin data"]
 
 
 def test_s27_tcp_service(world: World) -> None:
@@ -106,21 +79,10 @@ def test_s27_tcp_service(world: World) -> None:
     (world.rpc_dir("personal") / "test.Tcp").symlink_to("/dev/tcp/127.0.0.1")
     server = socket.create_server(("127.0.0.1", 8082))
     got: list[bytes] = []
-
-    def serve() -> None:
-        conn, _ = server.accept()
-        with conn:
-            data = b""
-            while chunk := conn.recv(65536):
-                data += chunk
-            got.append(data)
-            conn.sendall(b"tcp reply\n")
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    serve_tcp_once(server, got)
     try:
         r = world.call("work", "personal", "test.Tcp+8082", input=b"over tcp")
-        assert (r.returncode, r.stdout) == (0, b"tcp reply\n")
+        assert (r.returncode, r.stdout) == (0, b"tcp-reply")
         assert got == [b"test.Tcp+8082 work\0over tcp"]
         assert world.call("work", "personal", "test.Tcp+08082").returncode == 125
         assert world.call("work", "personal", "test.Tcp").returncode == 125
@@ -176,14 +138,19 @@ HOSTILE_ENV = {"QREXEC_SERVICE_ARGUMENT": "%bad", "QREXEC_REQUESTED_TARGET": "%b
 ENV_SERVICE = "#!/bin/sh\nenv\n"
 
 
+def clean_env(r: subprocess.CompletedProcess[bytes]) -> list[str]:
+    """The service's environment lines; none of the agent's hostile variables is there."""
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert not [line for line in lines if "%bad" in line or line.startswith("QREXECFOO=")]
+    return lines
+
+
 def test_s30_environment_hygiene_dom0_call(host: QrexecHost) -> None:
     w = World(host)
     w.domain("work", 5, agent_env=HOSTILE_ENV)
     w.service("work", "test.Env", ENV_SERVICE)
-    r = host.client("-d", "work", "DEFAULT:QUBESRPC test.Env dom0")
-    assert r.returncode == 0, r.stderr
-    lines = env_lines(r.stdout)
-    assert not [line for line in lines if "%bad" in line or line.startswith("QREXECFOO=")]
+    lines = clean_env(host.client("-d", "work", "DEFAULT:QUBESRPC test.Env dom0"))
     assert "QREXEC_SERVICE_FULL_NAME=test.Env" in lines
     assert "QREXEC_REQUESTED_TARGET_TYPE=" in lines
     assert any(line.startswith("QREXEC_SERVICE_PATH=") for line in lines)
@@ -195,9 +162,6 @@ def test_s30_environment_hygiene_vm_call(host: QrexecHost) -> None:
     w.domain("work", 5, agent_env=HOSTILE_ENV)
     w.domain("personal", 6)
     w.service("work", "test.Env", ENV_SERVICE)
-    r = w.call("personal", "work", "test.Env")
-    assert r.returncode == 0, r.stderr
-    lines = env_lines(r.stdout)
-    assert not [line for line in lines if "%bad" in line or line.startswith("QREXECFOO=")]
+    lines = clean_env(w.call("personal", "work", "test.Env"))
     assert "QREXEC_SERVICE_ARGUMENT=" in lines
     assert "QREXEC_SERVICE_FULL_NAME=test.Env+" in lines

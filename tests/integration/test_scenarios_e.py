@@ -33,7 +33,7 @@ from .fake_agent import (
 from .harness import QrexecHost, wait_for
 from .rawcalls import PolicyRecorder, data_handshake, raw_dom0_exec, raw_vm_call
 from .test_hostile_agent import raw4
-from .wiretap import tapped_domain
+from .wiretap import tapped_domain, tapped_world
 
 IDENT = b"SOCKET7".ljust(32, b"\0")
 
@@ -123,8 +123,7 @@ def test_s62_s64_trigger_of_each_version(host: QrexecHost, recorder: PolicyRecor
 def test_s62_version_2_agent_data_channels(host: QrexecHost) -> None:
     """A real agent limited to version 2: control HELLO 2, data channels at 2, chunks of at
     most 4096 bytes, bytes unchanged."""
-    w = World(host)
-    _, tap = tapped_domain(w, "work", 5, agent_env={"QREXEC_MAX_PROTOCOL_VERSION": "2"})
+    _, tap = tapped_world(host, agent_env={"QREXEC_MAX_PROTOCOL_VERSION": "2"})
     control = tap.control()
     wait_for(lambda: len(control.to_server.messages()) >= 1, 10, "daemon HELLO")
     assert control.to_client.messages()[0].payload == struct.pack("<I", 2)

@@ -20,12 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER
 
-if TYPE_CHECKING:
-    from .calls import World
-    from .harness import Domain
+from .calls import World
 
+if TYPE_CHECKING:
+    from .harness import Domain, QrexecHost
+
+HELLO, STDIN, STDOUT, STDERR, EXIT = (MsgType.HELLO, MsgType.DATA_STDIN, MsgType.DATA_STDOUT,
+                                      MsgType.DATA_STDERR, MsgType.DATA_EXIT_CODE)
 _NAME = re.compile(r"^vchan\.(\d+)\.(\d+)\.(\d+)\.sock$")
 
 
@@ -280,3 +284,10 @@ def tapped_domain(world: World, name: str, domid: int, *, linger: bool = False,
     host.cleanups.append(tap.close)
     env = {"VCHAN_SOCKET_DIR": str(tap.private), **(agent_env or {})}
     return world.domain(name, domid, agent_env=env, **kw), tap
+
+
+def tapped_world(host: QrexecHost, name: str = "work", domid: int = 5,
+                 **kw: Any) -> tuple[World, Tap]:
+    """A new World whose first domain (`work` unless told) is tapped."""
+    world = World(host)
+    return world, tapped_domain(world, name, domid, **kw)[1]

@@ -27,6 +27,7 @@ from ..protocol.messages import (
     parse_exec,
     parse_hello,
 )
+from ..services.launch import prepare_forked_relay
 from ..services.lookup import rpc_config_path_from_env, service_path_from_env
 from ..transport import vchan
 from .handler import HandlerContext, run_handler
@@ -163,13 +164,7 @@ class Agent:
         if pid == 0:  # pragma: no cover - child
             status = 1
             try:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                    signal.signal(sig, signal.SIG_DFL)
-                # the relay handles EPIPE (a service that exits without reading its stdin); the
-                # programs it starts get SIGPIPE back at their default (services.md §4.1)
-                signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-                signal.pthread_sigmask(signal.SIG_SETMASK, [])
-                os.closerange(3, 1 << 16)
+                prepare_forked_relay()
                 status = run_handler(msgtype, params.connect_domain, params.connect_port,
                                      cmdline, self.ctx)
             except BaseException as err:  # noqa: BLE001 - last resort in a forked child

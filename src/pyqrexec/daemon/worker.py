@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import signal
 import socket
 import sys
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ from ..protocol.constants import (
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.handshake import check_client_hello
 from ..protocol.wire import HEADER, hello, pack_exec, parse_exec_params_only, parse_hello
+from ..services.launch import prepare_forked_relay
 from .policy_answer import ANSWER_LIMIT, Malformed, PolicyAnswer, parse_answer, request_text
 
 if TYPE_CHECKING:
@@ -255,13 +255,7 @@ async def _run_forked(daemon: Daemon, cmd: bytes, port: int) -> int:
     if pid == 0:  # pragma: no cover - child
         status = EXIT_PROBLEM
         try:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
-            # the relay handles EPIPE (a service that exits without reading its stdin); the
-            # programs it starts get SIGPIPE back at their default (services.md §4.1)
-            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            os.closerange(3, 1 << 16)
+            prepare_forked_relay()
             status = serve_dom0_call(cmd, daemon.opts.domid, port, DOM0_CONNECT_TIMEOUT,
                                      daemon.log)
         except BaseException as err:  # noqa: BLE001 - last resort in a forked child
