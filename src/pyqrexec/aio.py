@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-__all__ = ["recv_exact", "ChannelWriter"]
+__all__ = ["recv_exact", "ChannelWriter", "connect_unix", "open_unix"]
 
 
 async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
@@ -32,3 +32,32 @@ class ChannelWriter:
     async def send(self, data: bytes) -> None:
         async with self._lock:
             await self.loop.sock_sendall(self.sock, data)
+
+
+async def connect_unix(path: str) -> socket.socket:
+    """A connected non-blocking Unix socket.
+
+    A non-blocking connect to a listener whose backlog is full fails with EAGAIN (it never
+    completes later, unlike TCP's EINPROGRESS), so it is retried here; asyncio's own
+    `open_unix_connection` would take the unconnected socket for a connected one.
+    """
+    pause = 0.001
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+        except BlockingIOError:
+            sock.close()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+async def open_unix(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """`asyncio.open_unix_connection` that survives a full listen backlog."""
+    return await asyncio.open_unix_connection(sock=await connect_unix(path))

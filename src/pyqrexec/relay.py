@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import socket
 import struct
 from collections import deque
@@ -31,7 +32,9 @@ from .transport.vchan import tune
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Source", "Sink", "Relay", "run_caller", "run_service", "unsafe_filter"]
+__all__ = [
+    "SingleSocket", "Source", "Sink", "Relay", "run_caller", "run_service", "unsafe_filter",
+]
 
 _HDR = HEADER
 _RECV_SIZE = 1 << 20
@@ -66,6 +69,30 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _RECV_SIZE)
     except (OSError, AttributeError):
         pass
+
+
+class SingleSocket:
+    """SIGUSR1 from the process behind a relay: "use my stdin socket both ways" (§12.2).
+
+    Installed before the process starts (it may signal at once); the wake-up pipe makes the
+    relay's poll() return so the switch happens promptly. Only the first signal counts.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.fd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wfd)
+        signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 64):
+                pass
+        except OSError:
+            pass
 
 
 class Source:
@@ -228,6 +255,18 @@ class Relay:
         self._consumed = pos
         return out
 
+    def read_messages(self) -> list[tuple[int, memoryview]] | None:
+        """Read what the channel has: its complete messages, or None when it broke."""
+        self.receive()
+        try:
+            return self.messages()
+        except RemoteProtocolError as exc:
+            self.log(f"data channel broken: {exc}")
+            return None
+
+    def broken(self, msgtype: int, payload: memoryview) -> None:
+        self.log(f"data channel broken: message {msgtype:#x} of {len(payload)} bytes")
+
     def consumed(self) -> None:
         pos = self._consumed
         if pos:
@@ -383,6 +422,7 @@ def run_caller(
     local_done: Callable[[], bool] | None = None,
     local_wait_fd: int | None = None,
     stop_input_on_exit: bool = True,
+    single_socket: SingleSocket | None = None,
 ) -> CallerResult:
     """Caller side of §12.2 until the call is over; returns the remote status."""
     relay = Relay(channel, own_version, log)
@@ -436,8 +476,15 @@ def run_caller(
         extra: dict[int, int] = {}
         if local_wait_fd is not None and exit_seen:
             extra[local_wait_fd] = _POLLIN
+        if single_socket is not None:
+            extra[single_socket.fd] = _POLLIN
         ready = _poll_sources(poller, relay, [] if prefix_left else sources, sinks, extra,
                               paused and not relay.channel_eof)
+        if single_socket is not None and ready.get(single_socket.fd):
+            single_socket.drain()
+            if single_socket.requested and src is not None and out_sock is not None:
+                _use_single_socket(src, out_sock)
+                single_socket = None
         for sink in sinks:
             if sink.pending and ready.get(sink.fd, 0) & (_POLLOUT | _POLLERR):
                 _drain_sink(sink)
@@ -447,11 +494,8 @@ def run_caller(
             if ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped:
                 _pump_source(relay, s)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            relay.receive()
-            try:
-                msgs = relay.messages()
-            except RemoteProtocolError as exc:
-                log(f"data channel broken: {exc}")
+            msgs = relay.read_messages()
+            if msgs is None:
                 relay.channel_eof = True
                 break
             if msgs and stream is None:
@@ -469,7 +513,7 @@ def run_caller(
                     status = parse_exit_code(bytes(payload))
                     exit_seen = True
                 elif action is Action.BROKEN:
-                    log(f"data channel broken: message {t:#x} of {len(payload)} bytes")
+                    relay.broken(t, payload)
                     relay.channel_eof = True
                 for w in stream.warnings:
                     log(w)
@@ -541,7 +585,7 @@ def run_service(
     own_version: int,
     end: ServiceEnd,
     log: Callable[[str], None],
-    single_socket: Callable[[], bool] | None = None,
+    single_socket: SingleSocket | None = None,
 ) -> int:
     """Service side of §12.2. Returns the status sent, or -1 if the channel closed early."""
     relay = Relay(channel, own_version, log)
@@ -577,9 +621,10 @@ def run_service(
         if stream is not None and err_src is None and not sent_stderr_eof:
             relay.queue_message(MsgType.DATA_STDERR)
             sent_stderr_eof = True
-        if single_socket is not None and not switched and single_socket():
+        if single_socket is not None and single_socket.requested and not switched:
             switched = True
-            _switch_single_socket(end, out_src)
+            if out_src is not None and end.stdin is not None and not out_src.eof:
+                _use_single_socket(out_src, end.stdin)
         if not exited and end.pidfd is None:
             exited = True
         streams_done = all(s.eof for s in sources) and stream is not None
@@ -597,7 +642,11 @@ def run_service(
         extra: dict[int, int] = {}
         if end.pidfd is not None and not exited:
             extra[end.pidfd] = _POLLIN
+        if single_socket is not None and not switched:
+            extra[single_socket.fd] = _POLLIN
         ready = _poll_sources(poller, relay, sources, sinks, extra, paused)
+        if single_socket is not None and ready.get(single_socket.fd):
+            single_socket.drain()
         if end.pidfd is not None and not exited and ready.get(end.pidfd, 0):
             exited = True
             status = end.reap()
@@ -625,11 +674,8 @@ def run_service(
                 else:
                     _pump_source(relay, s)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            relay.receive()
-            try:
-                msgs = relay.messages()
-            except RemoteProtocolError as exc:
-                log(f"data channel broken: {exc}")
+            msgs = relay.read_messages()
+            if msgs is None:
                 _close_end(end, sinks)
                 return -1
             if msgs and stream is None:
@@ -642,7 +688,7 @@ def run_service(
                 elif action is Action.OUTPUT_EOF and inp is not None:
                     _end_sink(inp)
                 elif action is Action.BROKEN:
-                    log(f"data channel broken: message {t:#x} of {len(payload)} bytes")
+                    relay.broken(t, payload)
                     _close_end(end, sinks)
                     return -1
                 for w in stream.warnings:
@@ -655,14 +701,13 @@ def run_service(
     return status
 
 
-def _switch_single_socket(end: ServiceEnd, out_src: Source | None) -> None:
-    """SIGUSR1 from the service: stop reading its stdout, read its stdin socket instead."""
-    if out_src is None or end.stdin is None or out_src.eof:
-        return
-    if end.stdout is not None and end.stdout is not end.stdin:
-        end.stdout.close()
-    out_src.sock = end.stdin
-    out_src.fd = end.stdin.fileno()
+def _use_single_socket(src: Source, both: socket.socket) -> None:
+    """Stop reading the process's stdout socket; read its stdin socket instead."""
+    if src.sock is not None and src.sock is not both:
+        src.sock.close()
+    both.setblocking(False)
+    src.sock = both
+    src.fd = both.fileno()
 
 
 def _close_end(end: ServiceEnd, sinks: list[Sink]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from .agent_setup import agent_setup  # noqa: F401  (a fixture)
 from .harness import Domain, QrexecHost, cleanup_dir
 from .policy_fakes import DaemonSetup, FakeAgent, FakeQubesd, env
 

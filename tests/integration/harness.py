@@ -62,9 +62,12 @@ class Domain:
         return self.host.root / f"daemon.{self.name}.log"
 
     def start_agent(self, *, wrapper: list[str] | None = None, extra: list[str] | None = None,
-                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                    env: dict[str, str] | None = None,
+                    fork_server: str | None = None) -> subprocess.Popen[bytes]:
+        """Start the agent; `fork_server` is its `-s` template (default: `-S`, none)."""
         e = self.host.env(self.domid, **self.agent_env, **(env or {}))
-        argv = [*(wrapper or []), *program("qrexec-agent"), "-a", self.agent_socket, "-S",
+        fs = ["-S"] if fork_server is None else ["-s", fork_server]
+        argv = [*(wrapper or []), *program("qrexec-agent"), "-a", self.agent_socket, *fs,
                 *(extra or [])]
         log = open(self.agent_log, "ab")  # noqa: SIM115 - handed to the child
         self.agent = subprocess.Popen(argv, env=e, stdout=log, stderr=log,
@@ -138,8 +141,8 @@ class QrexecHost:
         for d in (root, self.vchan_dir, self.socket_dir):
             os.chmod(d, 0o777)
         self.domains: dict[str, Domain] = {}
-        #: called by close(), after the domains are stopped
-        self.cleanups: list[Callable[[], None]] = []
+        #: run at close, after the domains are stopped
+        self.cleanups: list[Callable[[], object]] = []
 
     def env(self, domid: int, **extra: str) -> dict[str, str]:
         e = dict(os.environ)

@@ -85,3 +85,36 @@ def test_many_calls_do_not_leak(world: World) -> None:
         assert world.call("work", "anotherVM", "test.True").returncode == 0
         assert world.call("work", "deny-me", "test.True").returncode == 126
     assert [fd_count(p.pid) for p in procs] == before
+
+
+def test_wait_for_session_runs_first(world: World) -> None:
+    marker = world.host.root / "session-up"
+    world.service("anotherVM", "qubes.WaitForSession",
+                  f"#!/bin/sh\nread user\nsleep 0.3\necho \"$user\" > {marker}\n")
+    world.service("anotherVM", "test.Session", f"#!/bin/sh\ncat {marker}\n")
+    config = world.host.root / "anotherVM" / "rpc-config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "test.Session").write_text("wait-for-session = 1\n")
+    r = world.call("work", "anotherVM", "test.Session")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"root\n"
+
+
+def test_single_socket_mode_service_side(world: World) -> None:
+    # after SIGUSR1 the handler reads the service's stdin socket as its output (§12.2)
+    world.service("anotherVM", "test.Single",
+                  "#!/bin/sh\nkill -USR1 $QREXEC_AGENT_PID\nsleep 0.3\n"
+                  "exec >&-\nread line <&0\necho \"got $line\" >&0\n")
+    r = world.call("work", "anotherVM", "test.Single", input=b"ping\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"got ping\n"
+
+
+def test_single_socket_mode_local_program(world: World) -> None:
+    world.service("anotherVM", "test.Cat", "#!/bin/sh\nexec cat\n")
+    prog = write_exe(world.host.root / "single-local",
+                     "#!/bin/sh\nkill -USR1 $QREXEC_AGENT_PID\nsleep 0.3\nexec >&-\n"
+                     "echo hello >&0\nread reply <&0\necho \"$reply\" >&$SAVED_FD_1\n")
+    r = world.call("work", "anotherVM", "test.Cat", str(prog))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello\n"

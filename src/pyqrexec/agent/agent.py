@@ -11,11 +11,12 @@ import asyncio
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..aio import ChannelWriter, recv_exact
+from ..forking import fork_call, on_exit
+from ..protocol.cmdline import parse_command, split_user
 from ..protocol.constants import IDENT_SIZE, VCHAN_BASE_PORT, MsgType
 from ..protocol.control import check_daemon_header
 from ..protocol.errors import RemoteProtocolError
@@ -27,9 +28,12 @@ from ..protocol.messages import (
     parse_exec,
     parse_hello,
 )
-from ..services.launch import prepare_forked_relay
 from ..services.lookup import rpc_config_path_from_env, service_path_from_env
+from ..services.rpcconfig import ServiceConfig
+from ..services.session import MAX_PARKED, start_session_waiter
+from ..services.spawn import Failed, SpawnContext, service_config_for
 from ..transport import vchan
+from .fork_client import Handover, hand_over, prepare_handover, watch_until_eof
 from .handler import HandlerContext, run_handler
 from .trigger import TriggerSocket
 
@@ -46,6 +50,20 @@ class AgentOptions:
     own_user: str | None
 
 
+@dataclass(eq=False)
+class _Call:
+    """An exec request from the daemon, possibly parked until the session is up."""
+
+    msgtype: int
+    domain: int
+    port: int
+    cmdline: bytes
+    config: ServiceConfig | None = None
+    #: set when the call waits for the user's session: the user it will run as
+    wait_user: str | None = None
+    source: bytes = b""
+
+
 class Agent:
     def __init__(self, opts: AgentOptions, log: Callable[[str], None]) -> None:
         self.opts = opts
@@ -54,6 +72,8 @@ class Agent:
         self.writer: ChannelWriter | None = None
         self.version = 0
         self.trigger: TriggerSocket | None = None
+        self.parked: list[_Call] = []
+        self.waiter: int | None = None
         self.ctx = HandlerContext(opts.socket_dir, opts.own_domain, opts.own_version,
                                   opts.own_user, log, service_path_from_env(os.environ),
                                   rpc_config_path_from_env(os.environ))
@@ -159,39 +179,86 @@ class Agent:
 
     def _start_handler(self, msgtype: int, payload: bytes) -> None:
         params = parse_exec(payload)
-        cmdline = params.cmdline
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            status = 1
-            try:
-                prepare_forked_relay()
-                status = run_handler(msgtype, params.connect_domain, params.connect_port,
-                                     cmdline, self.ctx)
-            except BaseException as err:  # noqa: BLE001 - last resort in a forked child
-                try:
-                    self.log(f"handler failed: {err!r}")
-                except BaseException:  # noqa: BLE001
-                    pass
-            finally:
-                sys.stderr.flush()
-                os._exit(status)
-        self._watch_child(pid, params.connect_domain, params.connect_port)
+        call = _Call(msgtype, params.connect_domain, params.connect_port, params.cmdline)
+        self._plan(call)
+        if call.wait_user is None:
+            self._launch(call)
+        else:
+            self._park(call)
 
-    def _watch_child(self, pid: int, domain: int, port: int) -> None:
-        pidfd = os.pidfd_open(pid)
+    def _plan(self, call: _Call) -> None:
+        """Read the call's rpc-config (wait-for-session, force-user) before starting it."""
+        try:
+            user, command_text = split_user(call.cmdline)
+            command = parse_command(command_text)
+        except RemoteProtocolError:
+            return  # the handler reports the parse failure to the caller
+        if command.service is None or command.nogui:
+            return
+        ctx = SpawnContext(executor=self.ctx.executor, service_path=self.ctx.service_path,
+                           rpc_config_path=self.ctx.rpc_config_path,
+                           own_user=self.ctx.own_user, log=self.log)
+        config = service_config_for(command, ctx)
+        if isinstance(config, Failed):
+            return  # the handler reports it
+        call.config = config
+        if config.wait_for_session:
+            call.wait_user = config.force_user or os.fsdecode(user)
+            call.source = command.service.source
 
-        def reaped() -> None:
-            self.loop.remove_reader(pidfd)
-            os.close(pidfd)
-            try:
-                _, status = os.waitpid(pid, 0)
-            except ChildProcessError:
-                status = 0
-            code = os.waitstatus_to_exitcode(status)
+    def _park(self, call: _Call) -> None:
+        """wait-for-session (services.md §6): hold the call until the waiter has exited."""
+        if len(self.parked) >= MAX_PARKED:
+            self.log("too many requests waiting for the session, not waiting")
+            self._launch(call)
+            return
+        if self.waiter is None:
+            assert call.wait_user is not None
+            pid = start_session_waiter(self.ctx.service_path, call.wait_user, call.source)
+            if pid is None:
+                self._launch(call)
+                return
+            self.waiter = pid
+            on_exit(self.loop, pid, self._session_ready)
+        self.parked.append(call)
+
+    def _session_ready(self, status: int) -> None:
+        self.waiter = None
+        parked, self.parked = self.parked, []
+        for call in parked:
+            self._launch(call)
+
+    def _launch(self, call: _Call) -> None:
+        handover = prepare_handover(self.opts.fork_server_socket, call.msgtype, call.domain,
+                                    call.port, call.cmdline, call.config, self.opts.own_user)
+        if handover is not None:
+            self.loop.create_task(self._hand_over(call, handover))
+        else:
+            self._fork_handler(call)
+
+    async def _hand_over(self, call: _Call, handover: Handover) -> None:
+        """Give the call to the user's fork server; its socket's EOF ends the call."""
+        sock = await hand_over(self.loop, handover, self.log)
+        if sock is None:
+            self._fork_handler(call)
+            return
+        watch_until_eof(self.loop, sock, lambda: self._terminated(call))
+
+    def _fork_handler(self, call: _Call) -> None:
+        def body() -> int:
+            return run_handler(call.msgtype, call.domain, call.port, call.cmdline, self.ctx,
+                               call.config)
+
+        pid = fork_call(body, self.log)
+
+        def ended(code: int) -> None:
             self.log(f"pid {pid} exited with {code}")
-            self._send_soon(pack_connection_terminated(domain, port))
+            self._terminated(call)
 
-        self.loop.add_reader(pidfd, reaped)
+        on_exit(self.loop, pid, ended)
+
+    def _terminated(self, call: _Call) -> None:
+        self._send_soon(pack_connection_terminated(call.domain, call.port))
 
     def _send_soon(self, data: bytes) -> None:
         writer = self.writer

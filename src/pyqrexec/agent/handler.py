@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from ..protocol.cmdline import Command, parse_command, split_user, strip_nul
 from ..protocol.constants import EXIT_PROBLEM, MsgType
 from ..protocol.errors import RemoteProtocolError
-from ..protocol.handshake import negotiate_data
-from ..protocol.messages import HEADER, hello, pack_exit_code, parse_hello
-from ..relay import ServiceEnd, run_service
-from ..services.environment import log_tag
+from ..relay import SingleSocket
+from ..service_side import VM_FAILURE_EOFS, relay_started, send_status_only
 from ..services.rpcconfig import ServiceConfig
-from ..services.spawn import Detached, Executor, Failed, SpawnContext, Started, start_command
+from ..services.spawn import Detached, Executor, Failed, SpawnContext, start_command
 from ..transport import vchan
 
 __all__ = ["HandlerContext", "run_handler", "own_user_name"]
@@ -36,11 +34,15 @@ class HandlerContext:
     log: Callable[[str], None]
     service_path: tuple[str, ...]
     rpc_config_path: tuple[str, ...]
-    #: rpc-config already loaded by the agent (None: the handler loads it)
-    config: ServiceConfig | None = None
+    #: a fork-server handler (protocol.md §15.2): the command comes without `USER:`, runs as
+    #: this process's user (no switch, `$SHELL -c` for shell commands); give it an empty
+    #: `rpc_config_path`, as the fork server reads no rpc-config
+    fork_server: bool = False
 
     @property
     def executor(self) -> Executor:
+        if self.fork_server:
+            return Executor.FORK_SERVER
         return Executor.ROOT_AGENT if self.own_user is None else Executor.USER_AGENT
 
 
@@ -55,38 +57,15 @@ def own_user_name() -> str | None:
         return str(uid)
 
 
-def _send_status_only(
-    channel: socket.socket, ctx: HandlerContext, status: int, just_exec: bool
-) -> None:
-    """HELLO, then (unless just-exec) STDOUT EOF, STDERR EOF, then EXIT_CODE (§13)."""
-    msgs = hello(ctx.own_version)
-    if not just_exec:
-        msgs += HEADER.pack(MsgType.DATA_STDOUT, 0) + HEADER.pack(MsgType.DATA_STDERR, 0)
-    msgs += pack_exit_code(status)
-    channel.sendall(msgs)
-    _read_peer_hello(channel, ctx)
-
-
-def _read_peer_hello(channel: socket.socket, ctx: HandlerContext) -> None:
-    """Best effort: consume the caller's HELLO so the caller sees an orderly close."""
-    channel.settimeout(10)
-    try:
-        data = b""
-        while len(data) < 12:
-            chunk = channel.recv(12 - len(data))
-            if not chunk:
-                return
-            data += chunk
-        t, n = HEADER.unpack_from(data)
-        negotiate_data(parse_hello(t, data[8:]), ctx.own_version)
-    except (OSError, RemoteProtocolError) as err:
-        ctx.log(f"data channel: {err}")
-
-
 def run_handler(
-    msgtype: int, domain: int, port: int, cmdline: bytes, ctx: HandlerContext
+    msgtype: int, domain: int, port: int, cmdline: bytes, ctx: HandlerContext,
+    config: ServiceConfig | None = None,
 ) -> int:
-    """Serve one call; returns the handler's exit status."""
+    """Serve one call; returns the handler's exit status. `config`: the rpc-config the agent
+    already read for it (None: read here).
+
+    `cmdline` is `USER:COMMAND` for an agent handler, `COMMAND` alone when `ctx.fork_server`.
+    """
     log = ctx.log
     just_exec = msgtype == MsgType.JUST_EXEC
     try:
@@ -97,7 +76,10 @@ def run_handler(
         return 1
     text = strip_nul(cmdline)
     try:
-        user_b, command_b = split_user(text)
+        if ctx.fork_server:
+            user_b, command_b = os.fsencode(ctx.own_user or ""), text
+        else:
+            user_b, command_b = split_user(text)
         command: Command = parse_command(command_b)
     except RemoteProtocolError as err:
         log(f"cannot parse command {text!r}: {err}")
@@ -112,7 +94,9 @@ def run_handler(
         own_user=ctx.own_user,
         log=log,
     )
-    result = start_command(command, os.fsdecode(user_b), spawn_ctx, ctx.config)
+    # before the service exists: it may ask for single-socket mode at once
+    single = SingleSocket()
+    result = start_command(command, os.fsdecode(user_b), spawn_ctx, config)
     if isinstance(result, Failed):
         log(result.message)
         log(f"failed to spawn process (exited {result.status}): {os.fsdecode(text)}")
@@ -124,46 +108,12 @@ def run_handler(
         _send_status_only(channel, ctx, 0, True)
         channel.close()
         return 0
-    return _relay_started(channel, result, command, text, ctx)
+    status = relay_started(channel, result, command, text, ctx.own_version, ctx.log, single)
+    return 1 if status < 0 else status
 
 
-def _relay_started(channel: socket.socket, started: Started, command: Command, text: bytes,
-                   ctx: HandlerContext) -> int:
-    log = ctx.log
-    pid = started.pid
-    pidfd = None
-    reap = _no_process
-    if pid is not None:
-        log(f"executed: {os.fsdecode(text)} (pid {pid})")
-        pidfd = os.pidfd_open(pid)
-
-        def reap() -> int:
-            _, wstatus = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(wstatus)
-            return 128 - code if code < 0 else code
-
-    stderr_log = None
-    if command.service is not None and started.stderr is not None:
-        tag = log_tag(command.service)
-
-        def stderr_log(data: bytes) -> None:
-            for line in data.decode(errors="replace").splitlines():
-                log(f"{tag}: {line}")
-
-    end = ServiceEnd(stdin=started.stdin, stdout=started.stdout, stderr=started.stderr,
-                     pidfd=pidfd, reap=reap, stderr_log=stderr_log)
-    status = run_service(channel, ctx.own_version, end, log)
-    if pidfd is not None:
-        os.close(pidfd)
-    channel.close()
-    if status < 0:
-        return 1
-    if pid is not None:
-        log(f"pid {pid} exited with {status}")
-    else:
-        log("Socket service closed")
-    return status & 0xFF
-
-
-def _no_process() -> int:
-    return 0
+def _send_status_only(
+    channel: socket.socket, ctx: HandlerContext, status: int, just_exec: bool
+) -> None:
+    send_status_only(channel, ctx.own_version, status, ctx.log,
+                     () if just_exec else VM_FAILURE_EOFS)

@@ -8,6 +8,13 @@ from __future__ import annotations
 import getopt
 import os
 import sys
+from typing import TYPE_CHECKING
+
+from ..cliargs import NOT_A_NUMBER, UsageError, c_number
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable
 
 USAGE = """\
 usage: qrexec-client [options] -d DOMAIN [-l LOCAL_CMD | -c REQID,SRCNAME,SRCID | -e] USER:CMDLINE
@@ -27,6 +34,9 @@ usage: qrexec-client [options] -d DOMAIN [-l LOCAL_CMD | -c REQID,SRCNAME,SRCID 
 """
 _DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 _EXIT_PROBLEM = 125
+#: -c to a VM failed (cli.md "Modes")
+_EXIT_CONNECT_FAILED = 137
+_IDENT_SIZE = 32
 
 
 def _err(msg: str) -> None:
@@ -35,23 +45,10 @@ def _err(msg: str) -> None:
 
 def _strtol(text: str, what: str) -> int:
     """C strtol base 0 with upstream's checks; ValueError carries the message."""
-    if not text[:1].isdigit():
-        raise ValueError(f"{what} does not start with an ASCII digit")
-    t = text.lower()
     try:
-        if t.startswith("0x"):
-            return int(t, 16)
-        if t.startswith("0") and len(t) > 1:
-            return int(t, 8)
-        return int(t, 10)
+        return c_number(text)
     except ValueError as err:
-        raise ValueError(f"{what}: trailing junk") from err
-
-
-class _Usage(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+        raise ValueError(f"{what} {err}" if str(err) == NOT_A_NUMBER else f"{what}: {err}") from err
 
 
 class _Args:
@@ -79,7 +76,7 @@ def _parse(argv: list[str]) -> _Args:
             ["help", "socket-dir=", "prefix-data=", "use-stdin-socket", "no-exit-code"],
         )
     except getopt.GetoptError as err:
-        raise _Usage(1, f"qrexec-client: {err}\n{USAGE}") from err
+        raise UsageError(1, f"qrexec-client: {err}\n{USAGE}") from err
     modes = 0
     for opt, val in opts:
         if opt in ("-h", "--help"):
@@ -95,7 +92,7 @@ def _parse(argv: list[str]) -> _Args:
             modes += 1
         elif opt == "-c":
             if a.connect is not None:
-                raise _Usage(1, "-c given twice")
+                raise UsageError(1, "-c given twice")
             a.connect = _parse_connect(val)
             modes += 1
         elif opt == "-t":
@@ -108,7 +105,7 @@ def _parse(argv: list[str]) -> _Args:
             try:
                 a.timeout = float(_strtol(val, "timeout"))
             except ValueError as err:
-                raise _Usage(1, str(err)) from err
+                raise UsageError(1, str(err)) from err
         elif opt == "-W":
             a.wait = True
         elif opt == "-k":
@@ -117,45 +114,45 @@ def _parse(argv: list[str]) -> _Args:
             a.socket_dir = val
         elif opt in ("-p", "--prefix-data"):
             if a.prefix is not None:
-                raise _Usage(2, "--prefix-data given twice")
+                raise UsageError(2, "--prefix-data given twice")
             a.prefix = os.fsencode(val)
         elif opt == "--use-stdin-socket":
             if a.stdin_socket:
-                raise _Usage(2, "--use-stdin-socket given twice")
+                raise UsageError(2, "--use-stdin-socket given twice")
             a.stdin_socket = True
     if modes > 1:
-        raise _Usage(1, "ERROR: only one of -e, -l, -c can be specified")
+        raise UsageError(1, "ERROR: only one of -e, -l, -c can be specified")
     if a.local_cmd is not None and a.stdin_socket:
-        raise _Usage(1, "ERROR: cannot use --use-stdin-socket with -l")
+        raise UsageError(1, "ERROR: cannot use --use-stdin-socket with -l")
     if a.domain is None or not pos:
-        raise _Usage(1, USAGE)
+        raise UsageError(1, USAGE)
     a.cmdline = pos[0]
     return a
 
 
 def _parse_connect(val: str) -> tuple[str, str, int]:
     parts = val.split(",")
-    if len(parts) != 3 or not parts[0] or not parts[1]:
-        raise _Usage(1, 'Invalid -c parameter (should be: "-c request_id,src_domain_name,'
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise UsageError(1, 'Invalid -c parameter (should be: "-c request_id,src_domain_name,'
                         'src_domain_id")')
     reqid, src_name, src_id_text = parts
     if len(reqid) >= 32:
-        raise _Usage(1, "request id too long")
+        raise UsageError(1, "Invalid -c parameter (request_id too long, max 31)")
     if src_name in _DOM0_NAMES:
-        raise _Usage(1, "ERROR: -c cannot be used for requests to dom0")
+        raise UsageError(1, "ERROR: -c cannot be used for requests to dom0")
     try:
         src_id = _strtol(src_id_text, "source domain id")
     except ValueError as err:
-        raise _Usage(1, str(err)) from err
+        raise UsageError(1, str(err)) from err
     if not 1 <= src_id <= 2**31 - 1:
-        raise _Usage(1, "source domain id out of range")
+        raise UsageError(1, "source domain id out of range")
     return reqid, src_name, src_id
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse(sys.argv[1:] if argv is None else argv)
-    except _Usage as err:
+    except UsageError as err:
         _err(str(err).rstrip("\n"))
         return err.status
     stdin_sock = None
@@ -169,45 +166,152 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             _err("qrexec-client: --use-stdin-socket: stdin is not a stream socket")
             return 2
-    assert args.domain is not None
+    assert args.domain is not None and args.cmdline is not None
     if args.domain in _DOM0_NAMES:
-        _err("qrexec-client: calls to dom0 are not supported yet")
-        return _EXIT_PROBLEM
+        if args.connect is not None:
+            return _connect_dom0(args)
+        return _call_dom0(args)
     if args.connect is not None:
-        _err("qrexec-client: -c is not supported yet")
-        return 137
-    status = _call_vm(args, stdin_sock)
-    return 0 if args.no_exit_code and status != _EXIT_PROBLEM else status
+        status = _connect_vm(args)
+    else:
+        status = _call_vm(args, stdin_sock)
+        if args.no_exit_code and status != _EXIT_PROBLEM:
+            status = 0
+    if args.kill:
+        _kill(args.domain)
+    return status
+
+
+def _logger() -> Callable[[str], None]:
+    from ..log import Logger
+
+    return Logger("qrexec-client")
+
+
+def _kill(domain: str) -> None:
+    """-k: ask qubesd to kill DOMAIN; a failure is only logged."""
+    from ..host.qubesd import QubesdError, call
+
+    try:
+        call("admin.vm.Kill", domain)
+    except QubesdError as err:
+        _logger()(f"cannot kill {domain}: {err}")
+
+
+def _call_dom0(args: _Args) -> int:
+    """dom0 -> dom0: this process becomes the service (returns only on failure)."""
+    from ..dom0.local_exec import exec_dom0_service
+
+    log = _logger()
+    if args.local_cmd is not None:
+        log("dom0 -> dom0 with -l: not yet implemented")
+        return _EXIT_PROBLEM
+    assert args.cmdline is not None
+    return exec_dom0_service(os.fsencode(args.cmdline), log)
+
+
+def _ident_field(reqid: str) -> bytes:
+    return os.fsencode(reqid).ljust(_IDENT_SIZE, b"\0")
+
+
+def _allocate(socket_dir: str, domain: str, msgtype: int, peer: int, payload: bytes,
+              log: Callable[[str], None]) -> tuple[socket.socket, int, int] | None:
+    """Connect DOMAIN's daemon and send one request with port 0 (§9): the still open
+    socket and the daemon's (domid, port) answer; None, after logging why, on failure."""
+    from ..client.daemon_socket import DaemonNotRunning, connect_daemon, request
+
+    try:
+        sock = connect_daemon(socket_dir, domain)
+    except DaemonNotRunning as err:
+        log(str(err.strerror))
+        return None
+    except (OSError, EOFError, ValueError) as err:
+        log(f"cannot talk to the qrexec daemon of {domain}: {err}")
+        return None
+    try:
+        answer = request(sock, msgtype, peer, 0, payload)
+    except (OSError, EOFError, ValueError) as err:
+        sock.close()
+        log(f"request to the qrexec daemon of {domain} failed: {err}")
+        return None
+    assert answer is not None
+    return sock, answer[0], answer[1]
+
+
+def _connect_dom0(args: _Args) -> int:
+    """Legacy VM -> dom0 (protocol.md §11.F): §11.D steps 6-8 for the pending request."""
+    from ..dom0.service_call import run_dom0_service
+    from ..protocol.constants import MsgType
+
+    assert args.connect is not None and args.cmdline is not None
+    reqid, src_name, _src_id = args.connect
+    log = _logger()
+    if not reqid:
+        log("ERROR: request id must not be empty for calls to dom0")
+        return _EXIT_PROBLEM
+    got = _allocate(args.socket_dir, src_name, MsgType.SERVICE_CONNECT, 0,
+                    _ident_field(reqid), log)
+    if got is None:
+        return _EXIT_PROBLEM
+    sock, data_domain, port = got
+    sock.close()
+    result = run_dom0_service(os.fsencode(args.cmdline), data_domain, port,
+                              timeout=args.timeout or None,
+                              remote_domain=os.fsencode(src_name), log=log)
+    if args.no_exit_code and result.service_ran:
+        return 0
+    return result.status
+
+
+def _connect_vm(args: _Args) -> int:
+    """Legacy VM -> VM (protocol.md §11.F): §11.C steps 7-8; 0 on success, 137 on failure."""
+    from ..client.daemon_socket import connect_daemon, request
+    from ..protocol.constants import MsgType
+
+    assert args.connect is not None and args.domain is not None and args.cmdline is not None
+    reqid, src_name, src_id = args.connect
+    log = _logger()
+    got = _allocate(args.socket_dir, args.domain, MsgType.EXEC_CMDLINE, src_id,
+                    os.fsencode(args.cmdline) + b"\0", log)
+    if got is None:
+        return _EXIT_CONNECT_FAILED
+    target, data_domain, port = got
+    try:
+        if not args.wait:
+            target.close()
+        source = connect_daemon(args.socket_dir, src_name)
+        try:
+            request(source, MsgType.SERVICE_CONNECT, data_domain, port, _ident_field(reqid))
+        finally:
+            source.close()
+        if args.wait:
+            # the target's daemon closes this socket when the data port is released
+            target.settimeout(None)
+            while target.recv(4096):
+                pass
+    except (OSError, EOFError, ValueError) as err:
+        log(f"cannot connect the service: {err}")
+        return _EXIT_CONNECT_FAILED
+    finally:
+        target.close()
+    return 0
 
 
 def _call_vm(args: _Args, stdin_sock: object) -> int:
     import socket
 
-    from ..client.daemon_socket import DaemonNotRunning, connect_daemon, request
-    from ..log import Logger
     from ..protocol.constants import MsgType
     from ..transport import vchan
 
-    log = Logger("qrexec-client")
+    log = _logger()
     assert args.domain is not None and args.cmdline is not None
     msgtype = MsgType.JUST_EXEC if args.just_exec else MsgType.EXEC_CMDLINE
-    try:
-        sock = connect_daemon(args.socket_dir, args.domain)
-    except DaemonNotRunning as err:
-        log(str(err.strerror))
+    got = _allocate(args.socket_dir, args.domain, msgtype, 0,
+                    os.fsencode(args.cmdline) + b"\0", log)
+    if got is None:
         return _EXIT_PROBLEM
-    except (OSError, EOFError, ValueError) as err:
-        log(f"cannot talk to the qrexec daemon: {err}")
-        return _EXIT_PROBLEM
-    try:
-        answer = request(sock, msgtype, 0, 0, os.fsencode(args.cmdline) + b"\0")
-    except (OSError, EOFError, ValueError) as err:
-        log(f"request failed: {err}")
-        return _EXIT_PROBLEM
-    finally:
-        sock.close()
-    assert answer is not None
-    remote_domid, port = answer
+    sock, remote_domid, port = got
+    sock.close()
     vdir = vchan.socket_dir()
     own = vchan.own_domain()
     listener, path = vchan.listen(vdir, own, remote_domid, port)

@@ -10,6 +10,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from ..cliargs import NOT_A_NUMBER, UsageError, c_number
+
 if TYPE_CHECKING:
     import socket
 
@@ -32,24 +34,15 @@ _LONG = [
 ]
 
 
-class _Usage(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def _parse_size(text: str) -> int:
     """C strtoul base 0 with upstream's checks."""
-    if not text[:1].isdigit():
-        raise _Usage(1, "Bad buffer size: does not begin with a number")
-    t = text.lower()
-    base = 16 if t.startswith("0x") else 8 if t.startswith("0") and len(t) > 1 else 10
     try:
-        value = int(t, base)
+        value = c_number(text)
     except ValueError as err:
-        raise _Usage(1, "Bad buffer size: trailing junk") from err
+        reason = "does not begin with a number" if str(err) == NOT_A_NUMBER else str(err)
+        raise UsageError(1, f"Bad buffer size: {reason}") from err
     if value > 2**31 - 1:
-        raise _Usage(1, "Bad buffer size: too large")
+        raise UsageError(1, "Bad buffer size: too large")
     return value
 
 
@@ -71,7 +64,7 @@ def _parse(argv: list[str]) -> _Args:
     try:
         opts, pos = getopt.getopt(argv, "htTa:p:s:", _LONG)
     except getopt.GetoptError as err:
-        raise _Usage(2, f"qrexec-client-vm: {err}\n{USAGE}") from err
+        raise UsageError(2, f"qrexec-client-vm: {err}\n{USAGE}") from err
     for opt, val in opts:
         if opt in ("-h", "--help"):
             sys.stdout.write(USAGE)
@@ -90,31 +83,31 @@ def _parse(argv: list[str]) -> _Args:
             a.agent_socket = val
         elif opt in ("-p", "--prefix-data"):
             if a.prefix is not None:
-                raise _Usage(2, "--prefix-data given twice")
+                raise UsageError(2, "--prefix-data given twice")
             a.prefix = os.fsencode(val)
         elif opt == "--use-stdin-socket":
             if a.stdin_socket:
-                raise _Usage(2, "--use-stdin-socket given twice")
+                raise UsageError(2, "--use-stdin-socket given twice")
             a.stdin_socket = True
         elif opt in ("-s", "--source-qube"):
             if a.source is not None:
-                raise _Usage(2, "--source-qube given twice")
+                raise UsageError(2, "--source-qube given twice")
             a.source = os.fsencode(val)[:63]
     if len(pos) < 2:
-        raise _Usage(2, USAGE)
+        raise UsageError(2, USAGE)
     a.target = os.fsencode(pos[0]).replace(b"$", b"@")[:63]
     a.service = os.fsencode(pos[1])
     if len(pos) > 2:
         a.program = pos[2:]
         if a.stdin_socket:
-            raise _Usage(2, "cannot spawn a local process with --use-stdin-socket")
+            raise UsageError(2, "cannot spawn a local process with --use-stdin-socket")
     return a
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse(sys.argv[1:] if argv is None else argv)
-    except _Usage as err:
+    except UsageError as err:
         sys.stderr.write(str(err).rstrip("\n") + "\n")
         return err.status
     if args.program is not None:
@@ -174,7 +167,11 @@ def _call(args: _Args, domain: int, port: int) -> int:
     in_sock = out_sock = None
     child = None
     pidfd = None
+    single = None
     if args.program is not None:
+        from ..relay import SingleSocket
+
+        single = SingleSocket()  # before the program exists: it may signal at once
         child, in_sock, out_sock = _spawn_local(args.program, args.saved or {})
         local_in, local_out = in_sock.fileno(), out_sock.fileno()
         pidfd = os.pidfd_open(child)
@@ -218,6 +215,7 @@ def _call(args: _Args, domain: int, port: int) -> int:
         in_sock=in_sock, out_sock=out_sock, prefix=args.prefix or b"",
         filter_stdout=filter_stdout, filter_stderr=filter_stderr,
         local_done=local_done if child is not None else None, local_wait_fd=pidfd,
+        single_socket=single,
     )
     channel.close()
     status = 255 if result.status is None else result.status & 0xFF

@@ -12,9 +12,10 @@ import asyncio
 import errno
 import os
 import socket
-import sys
 from typing import TYPE_CHECKING
 
+from ..aio import open_unix
+from ..forking import fork_call, wait_exit
 from ..host.qubesd import QubesdError
 from ..host.qubesd_async import call_async
 from ..protocol.constants import (
@@ -26,7 +27,6 @@ from ..protocol.constants import (
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.handshake import check_client_hello
 from ..protocol.wire import HEADER, hello, pack_exec, parse_exec_params_only, parse_hello
-from ..services.launch import prepare_forked_relay
 from .policy_answer import ANSWER_LIMIT, Malformed, PolicyAnswer, parse_answer, request_text
 
 if TYPE_CHECKING:
@@ -36,8 +36,6 @@ __all__ = ["call_worker", "DOM0_NAMES"]
 
 DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 DEFAULT_POLICY_SOCKET = "/run/qubes/policy.sock"
-#: dom0 worker data connect (protocol.md §18)
-DOM0_CONNECT_TIMEOUT = 5.0
 
 
 class WorkerFailure(Exception):
@@ -68,7 +66,7 @@ async def _ask_policy(daemon: Daemon, pending: PendingRequest) -> PolicyAnswer:
     text = request_text(daemon.opts.name, req.target, req.service, req.source)
     path = os.environ.get("QREXEC_POLICY_SOCKET", DEFAULT_POLICY_SOCKET)
     try:
-        reader, writer = await asyncio.open_unix_connection(path)
+        reader, writer = await open_unix(path)
     except OSError as err:
         daemon.log(f"cannot connect to the policy daemon at {path}: {err.strerror}")
     else:
@@ -145,7 +143,7 @@ async def _open_daemon(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
     path = os.path.join(daemon.opts.socket_dir, f"qrexec.{dest}")
     try:
-        reader, writer = await asyncio.open_unix_connection(path)
+        reader, writer = await open_unix(path)
     except OSError as err:
         if err.errno in (errno.ENOENT, errno.ECONNREFUSED):
             return None
@@ -243,39 +241,18 @@ async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnsw
         raise WorkerFailure(EXIT_PROBLEM, "Failed to allocate new vchan port, too many clients?")
     status = await _run_forked(daemon, cmd, port)
     if status != 0:
+        # the request is answered already: this only gets logged (§11.D step 8)
         daemon.log(f"dom0 service {service} from {daemon.opts.name} failed with {status}")
-    return 0
+    return status
 
 
 async def _run_forked(daemon: Daemon, cmd: bytes, port: int) -> int:
     """Run the dom0 side of a VM -> dom0 call in a child process; its exit status."""
-    from ..dom0.service_call import serve_dom0_call  # type: ignore[import-untyped]
+    from ..dom0.service_call import WORKER_CONNECT_TIMEOUT, run_dom0_service
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        status = EXIT_PROBLEM
-        try:
-            prepare_forked_relay()
-            status = serve_dom0_call(cmd, daemon.opts.domid, port, DOM0_CONNECT_TIMEOUT,
-                                     daemon.log)
-        except BaseException as err:  # noqa: BLE001 - last resort in a forked child
-            daemon.log(f"dom0 service failed: {err!r}")
-        finally:
-            sys.stderr.flush()
-            os._exit(status & 0xFF)
-    loop = asyncio.get_running_loop()
-    pidfd = os.pidfd_open(pid)
-    done: asyncio.Future[None] = loop.create_future()
+    def body() -> int:
+        result = run_dom0_service(cmd, daemon.opts.domid, port,
+                                  timeout=WORKER_CONNECT_TIMEOUT, log=daemon.log)
+        return result.worker_status
 
-    def exited() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    loop.add_reader(pidfd, exited)
-    try:
-        await done
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-    _, wstatus = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(wstatus)
+    return await wait_exit(fork_call(body, daemon.log))

@@ -37,7 +37,9 @@ class PlainDomain:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, agent_env: dict[str, str] | None = None,
-              agent_wrapper: list[str] | None = None) -> PlainDomain:
+              agent_wrapper: list[str] | None = None,
+              daemon_env: dict[str, str] | None = None,
+              daemon_args: list[str] | None = None) -> PlainDomain:
         """Start agent and daemon; `agent_wrapper` prefixes the agent's argv (e.g. setpriv)."""
         h = self.host
         log = open(h.root / f"{self.name}.log", "ab")  # noqa: SIM115 - handed to children
@@ -55,8 +57,10 @@ class PlainDomain:
         )
         daemon = subprocess.Popen(
             [*program_argv("qrexec-daemon"), "--direct", f"--uuid={self.uuid}",
-             f"--socket-dir={h.socket_dir}", str(self.domid), self.name, self.user],
-            env=h.env(0), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+             f"--socket-dir={h.socket_dir}", *(daemon_args or []),
+             str(self.domid), self.name, self.user],
+            env=h.env(0, **(daemon_env or {})), stdout=log, stderr=log,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         self.procs = [agent, daemon]
@@ -84,8 +88,10 @@ class PlainDomain:
 class PlainHost:
     """A temporary directory holding the vchan sockets and dom0's daemon sockets."""
 
-    def __init__(self, root: str | None = None) -> None:
+    def __init__(self, root: str | None = None, keep: bool = False) -> None:
         self.root = Path(root or tempfile.mkdtemp(prefix="qrexec-"))
+        #: leave the directory (logs) behind on close
+        self.keep = keep
         self.vchan_dir = self.root / "vchan"
         self.socket_dir = self.root / "qubes"
         self.vchan_dir.mkdir(parents=True, exist_ok=True)
@@ -109,10 +115,16 @@ class PlainHost:
     def client_argv(self, *args: str) -> list[str]:
         return [*program_argv("qrexec-client"), f"--socket-dir={self.socket_dir}", *args]
 
+    def client_vm_argv(self, domain: str, *args: str) -> list[str]:
+        """qrexec-client-vm as run inside `domain` (with `self.env(domid)`)."""
+        return [*program_argv("qrexec-client-vm"), "-a", str(self.root / f"agent.{domain}"),
+                *args]
+
     def close(self) -> None:
         for d in self.domains:
             d.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PlainHost:
         return self

@@ -1,64 +1,137 @@
-"""qubesd calls for asyncio programs (protocol.md §16); the format lives in `qubesd`."""
+"""qubesd calls for asyncio programs (protocol.md §16); the format lives in `qubesd`.
+
+`start_call` connects and sends before it returns (qubesd starts working at once) and is then
+driven by reader/writer callbacks on a bare non-blocking socket: no task, transport or
+protocol object per call, as the policy daemon makes one call per request.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from .qubesd import MAX_RESPONSE, QubesdError, decode_response, encode_call, socket_path
 
-__all__ = ["call_async"]
+__all__ = ["call_async", "start_call"]
+
+_RETRY_DELAY = 0.001
 
 
 async def call_async(
     method: str, dest: str, arg: str = "", payload: bytes = b"", path: str | None = None
 ) -> bytes:
     """Call qubesd at `path` (default `$QUBESD_SOCKET`); the DATA of its answer."""
+    return await start_call(method, dest, arg, payload, path)
+
+
+def start_call(
+    method: str, dest: str, arg: str = "", payload: bytes = b"", path: str | None = None
+) -> asyncio.Future[bytes]:
+    """Start a call now; the future holds the DATA of the answer or a `QubesdError`.
+    Cancelling the future abandons the call."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[bytes] = loop.create_future()
     request = encode_call(method, dest, arg, payload)
     try:
-        transport, _ = await loop.create_unix_connection(
-            lambda: _CallProtocol(request, done), path or socket_path()
-        )
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     except OSError as err:
-        raise QubesdError(f"cannot call qubesd: {err}") from err
-    try:
-        return decode_response(await done)
-    finally:
-        transport.close()
+        done.set_exception(QubesdError(f"cannot call qubesd: {err}"))
+        return done
+    _Call(loop, done, request, path or socket_path(), sock)
+    return done
 
 
-class _CallProtocol(asyncio.Protocol):
-    """Sends one request, collects the response until EOF (stops one byte past the limit)."""
+class _Call:
+    """Connect, send the request, shut down the write side, read to EOF (stops one byte past
+    the limit, which `decode_response` rejects)."""
 
-    def __init__(self, request: bytes, done: asyncio.Future[bytes]) -> None:
-        self.request = request
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[bytes],
+        request: bytes,
+        path: str,
+        sock: socket.socket,
+    ) -> None:
+        self.loop = loop
         self.done = done
+        self.pending = memoryview(request)
         self.chunks: list[bytes] = []
         self.size = 0
+        self.sock = sock
+        sock.setblocking(False)
+        self.fd = self.sock.fileno()
+        self.watching = False
+        self.retry: asyncio.TimerHandle | None = None
+        done.add_done_callback(self._close)  # also when cancelled
+        self._connect(path)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self.transport = transport
-        transport.write(self.request)
-        transport.write_eof()
+    def _connect(self, path: str) -> None:
+        self.retry = None
+        try:
+            self.sock.connect(path)
+        except BlockingIOError:  # the listen backlog is full (Unix sockets): try again soon
+            self.retry = self.loop.call_later(_RETRY_DELAY, self._connect, path)
+            return
+        except OSError as err:
+            self._fail(err)
+            return
+        self._send()
 
-    def data_received(self, data: bytes) -> None:
+    def _send(self) -> None:
+        try:
+            while self.pending:
+                sent = self.sock.send(self.pending)
+                self.pending = self.pending[sent:]
+            self.sock.shutdown(socket.SHUT_WR)
+        except BlockingIOError:
+            if not self.watching:
+                self.watching = True
+                self.loop.add_writer(self.fd, self._send)
+            return
+        except OSError as err:
+            self._fail(err)
+            return
+        if self.watching:
+            self.loop.remove_writer(self.fd)
+        self.watching = True
+        self.loop.add_reader(self.fd, self._receive)
+
+    def _receive(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            self._fail(err)
+            return
         self.chunks.append(data)
         self.size += len(data)
-        if self.size > MAX_RESPONSE:
-            self._finish()
-            self.transport.close()
+        if data and self.size <= MAX_RESPONSE:
+            return
+        self._close()
+        if self.done.done():
+            return
+        try:
+            result = decode_response(b"".join(self.chunks))
+        except QubesdError as err:
+            self.done.set_exception(err)
+        else:
+            self.done.set_result(result)
 
-    def eof_received(self) -> bool:
-        self._finish()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and not self.done.done():
-            self.done.set_exception(QubesdError(f"cannot call qubesd: {exc}"))
-        self._finish()
-
-    def _finish(self) -> None:
+    def _fail(self, err: OSError) -> None:
+        self._close()
         if not self.done.done():
-            self.done.set_result(b"".join(self.chunks))
+            self.done.set_exception(QubesdError(f"cannot call qubesd: {err}"))
+
+    def _close(self, _: object = None) -> None:
+        """Stop watching and close the socket (idempotent)."""
+        if self.fd < 0:
+            return
+        if self.retry is not None:
+            self.retry.cancel()
+        if self.watching:
+            self.loop.remove_reader(self.fd)
+            self.loop.remove_writer(self.fd)
+        self.fd = -1
+        self.sock.close()

@@ -59,6 +59,7 @@ class DiskFiles:
         self.racy: dict[str, tuple[int, bytes]] = {}
 
     def resolve(self, path: str) -> str:
+        self.read.add(path)  # what it resolves to depends on the symlinks on the way
         return os.path.realpath(path)
 
     def is_file(self, path: str) -> bool:
@@ -327,3 +328,6 @@ class PolicyWatch:
             if mtime < now - _RACY_NS:
                 del self.racy[path]
         return False
+
+    def close(self) -> None:
+        """Nothing to release (the same interface as the inotify watch)."""

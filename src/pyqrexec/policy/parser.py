@@ -112,21 +112,30 @@ class Directive:
 
 
 class Policy:
-    """The parsed policy: every rule in order, indexed by service for evaluation."""
+    """The parsed policy: every rule in order, indexed by service for evaluation.
+
+    The index is built once: for each service named in a rule, its rules and the `*` rules
+    merged in policy order; any other service gets the `*` rules alone. A request scans only the
+    rules that can match its service, first match first as in the linear scan.
+    """
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = list(rules)
+        self._wildcard: list[Rule] = []
         self._by_service: dict[str, list[Rule]] = {}
-        self._wildcard = [r for r in self.rules if r.service == "*"]
+        for rule in self.rules:
+            if rule.service == "*":
+                self._wildcard.append(rule)
+                for found in self._by_service.values():
+                    found.append(rule)
+            elif rule.service in self._by_service:
+                self._by_service[rule.service].append(rule)
+            else:
+                self._by_service[rule.service] = [*self._wildcard, rule]
 
-    def rules_for(self, service: str) -> list[Rule]:
+    def rules_for(self, service: str) -> Sequence[Rule]:
         """The rules whose service is `service` or `*`, in policy order."""
-        found = self._by_service.get(service)
-        if found is None:
-            found = [r for r in self.rules if r.service in ("*", service)]
-            if len(self._by_service) < 4096:  # services come from callers: bound the cache
-                self._by_service[service] = found
-        return found
+        return self._by_service.get(service, self._wildcard)
 
 
 def _invalid_chars(text: str, allowed: frozenset[str]) -> tuple[str, ...]:

@@ -11,17 +11,21 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..host.inotify import InotifyUnavailable
 from ..policy.dialogs import Notification
 from ..policy.errors import AccessDenied, SystemInfoError
 from ..policy.evaluation import Evaluation, Outcome, Request
-from ..policy.loaders import DiskFiles, PolicyWatch, load_policy
+from ..policy.loaders import DiskFiles, LoadResult, PolicyWatch, load_policy
 from ..policy.parser import Policy
 from .agent_client import AgentClient, AgentError
+from .inotify_watch import InotifyWatch
 from .system_info_source import SystemInfoSource
 
 __all__ = ["EngineConfig", "PolicyEngine"]
 
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# Loads in a row when each one finds dependencies not watched yet (a new include, say).
+_MAX_LOADS = 4
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class EngineConfig:
     qubesd_internal_socket: str
     service_path: Sequence[str]
     qrexec_client: str = "qrexec-client"
+    # Notice policy changes with inotify (else, or when it fails, with the stat walk).
+    inotify: bool = True
 
 
 class PolicyEngine:
@@ -40,7 +46,7 @@ class PolicyEngine:
         self.system_info = SystemInfoSource(config.qubesd_internal_socket)
         self.agent = AgentClient(config.service_path, config.qrexec_client)
         self._policy: Policy | AccessDenied | None = None
-        self._watch: PolicyWatch | None = None
+        self._watch: PolicyWatch | InotifyWatch | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     def policy(self) -> Policy | AccessDenied:
@@ -51,18 +57,57 @@ class PolicyEngine:
         return self._policy
 
     def reload(self) -> None:
-        cfg = self.config
-        files = DiskFiles()
-        try:
-            result = load_policy(files, cfg.policy_dirs, cfg.legacy_dir)
-        except AccessDenied as err:
-            self._policy = err
-            self.log.error("error loading policy: %s", err)
+        """Load the policy and start watching what it depends on (policy.md §3.7).
+
+        With inotify, the watches are placed before the files are read; a load that finds
+        files not watched yet (includes) is done again once they are. Only the last load logs.
+        """
+        dirs = [*self.config.policy_dirs, self.config.legacy_dir]
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        watch = self._inotify_watch(dirs)
+        for _ in range(_MAX_LOADS):
+            files = DiskFiles()
+            try:
+                result: LoadResult | AccessDenied = load_policy(
+                    files, self.config.policy_dirs, self.config.legacy_dir
+                )
+            except AccessDenied as err:
+                result = err
+            try:
+                if watch is None or not watch.add(files):
+                    break
+            except InotifyUnavailable as err:
+                self._inotify_failed(err, watch)
+                watch = None
+                break
+            watch.drain()
+        else:
+            assert watch is not None
+            watch.mark_changed()  # dependencies keep changing: load again on the next request
+        self._watch = PolicyWatch(dirs, files) if watch is None else watch
+        if isinstance(result, AccessDenied):
+            self._policy = result
+            self.log.error("error loading policy: %s", result)
         else:
             self._policy = result.policy
             for level, text in result.messages:
                 self.log.log(_LEVELS.get(level, logging.INFO), "%s", text)
-        self._watch = PolicyWatch([*cfg.policy_dirs, cfg.legacy_dir], files)
+
+    def _inotify_watch(self, dirs: list[str]) -> InotifyWatch | None:
+        if not self.config.inotify:
+            return None
+        try:
+            return InotifyWatch(dirs)
+        except InotifyUnavailable as err:
+            self._inotify_failed(err, None)
+            return None
+
+    def _inotify_failed(self, err: OSError, watch: InotifyWatch | None) -> None:
+        self.log.warning("cannot watch the policy with inotify, comparing stat data: %s", err)
+        if watch is not None:
+            watch.close()
 
     async def evaluate(self, request: Request) -> Outcome:
         # The reload check runs while qubesd prepares its answer; a system-info failure still

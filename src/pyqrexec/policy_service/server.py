@@ -1,7 +1,8 @@
 """The policy daemon's sockets: requests (policy.md §7) and policy.EvalSimple/EvalGUI (§9).
 
 One task per request, so an open ask dialog never holds up another request. The request socket
-is the hot path and uses a bare protocol; the Eval sockets use streams.
+is the hot path and uses bare non-blocking sockets with reader callbacks; the Eval sockets use
+streams.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Coroutine
 from typing import Any
 
@@ -29,6 +31,8 @@ from .engine import PolicyEngine
 __all__ = ["PolicyServer"]
 
 _MAX_HEADER = 4096
+_BACKLOG = 128
+_RECV_SIZE = 65536
 
 
 async def _read_eval(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -45,39 +49,64 @@ async def _read_eval(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return header[:-1], body
 
 
-class _RequestProtocol(asyncio.Protocol):
-    """One policy request per connection (policy.md §7), answered without stream objects."""
+class _RequestConnection:
+    """One policy request per connection (policy.md §7) on a bare non-blocking socket.
 
-    def __init__(self, server: PolicyServer) -> None:
+    The request has usually arrived by the time the connection is accepted, so it is read at
+    once; the reader callback is only registered when it has not.
+    """
+
+    def __init__(
+        self, server: PolicyServer, loop: asyncio.AbstractEventLoop, sock: socket.socket
+    ) -> None:
         self.server = server
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
         self.buffer = b""
         self.started = False
-        self.transport: asyncio.WriteTransport | None = None
+        self.reading = False
+        self.answer = memoryview(b"")
+        self._receive()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self.transport = transport
+    def _receive(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(_RECV_SIZE)
+            except BlockingIOError:
+                if not self.reading:
+                    self.reading = True
+                    self.loop.add_reader(self.fd, self._receive)
+                return
+            except OSError:
+                self._close()
+                return
+            if self.started:  # bytes after the request are ignored
+                if not data:
+                    self._stop_reading()
+                    return
+                continue
+            if not data:
+                self._stop_reading()
+                self._start(self.buffer)
+                return
+            self.buffer += data
+            end = request_end(self.buffer)
+            if end is not None:
+                self._start(self.buffer[:end])
+            elif len(self.buffer) > MAX_REQUEST_SIZE:
+                self._reject(RequestError("request too long"))
+                return
 
-    def data_received(self, data: bytes) -> None:
-        if self.started:
-            return  # bytes after the request are ignored
-        self.buffer += data
-        end = request_end(self.buffer)
-        if end is not None:
-            self._start(self.buffer[:end])
-        elif len(self.buffer) > MAX_REQUEST_SIZE:
-            self._reject(RequestError("request too long"))
-
-    def eof_received(self) -> bool:
-        if not self.started:
-            self._start(self.buffer)
-        return True  # keep the write side open for the answer
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.fd)
 
     def _reject(self, err: RequestError) -> None:
         self.started = True
         self.server.log.warning("error parsing policy request: %s", err)
-        assert self.transport is not None
-        self.transport.close()
+        self._close()
 
     def _start(self, data: bytes) -> None:
         try:
@@ -89,7 +118,6 @@ class _RequestProtocol(asyncio.Protocol):
         self.server.spawn(self._answer(request))
 
     async def _answer(self, request: Request) -> None:
-        assert self.transport is not None
         answer = b"result=deny\n"
         try:
             outcome = await self.server.engine.evaluate(request)
@@ -98,9 +126,29 @@ class _RequestProtocol(asyncio.Protocol):
         except Exception:  # a bug must not leave the caller waiting: deny, and say why
             self.server.log.exception("error evaluating %s", request)
         finally:
-            if not self.transport.is_closing():
-                self.transport.write(answer)
-            self.transport.close()
+            self.answer = memoryview(answer)
+            self._send()
+
+    def _send(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            while self.answer:
+                self.answer = self.answer[self.sock.send(self.answer) :]
+        except BlockingIOError:
+            self.loop.add_writer(self.fd, self._send)
+            return
+        except OSError:
+            pass
+        self._close()
+
+    def _close(self) -> None:
+        if self.fd < 0:
+            return
+        self._stop_reading()
+        self.loop.remove_writer(self.fd)
+        self.fd = -1
+        self.sock.close()
 
 
 class PolicyServer:
@@ -108,6 +156,31 @@ class PolicyServer:
         self.engine = engine
         self.log = log
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(_BACKLOG):
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as err:  # out of descriptors, say: pause instead of spinning
+                self.log.warning("cannot accept a policy request: %s", err)
+                loop.remove_reader(listener.fileno())
+                loop.call_later(1.0, loop.add_reader, listener, self._accept, listener)
+                return
+            sock.setblocking(False)
+            _RequestConnection(self, loop, sock)
+
+    async def _serve_requests(self, listener: socket.socket) -> None:
+        """The request socket, served with bare sockets (the hot path), until cancelled."""
+        loop = asyncio.get_running_loop()
+        loop.add_reader(listener.fileno(), self._accept, listener)
+        try:
+            await loop.create_future()
+        finally:
+            loop.remove_reader(listener.fileno())
+            listener.close()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` as a task that is kept referenced until it ends."""
@@ -152,12 +225,14 @@ class PolicyServer:
 
     async def serve(self, policy_socket: str, eval_socket: str, gui_socket: str) -> None:
         """Listen on the three sockets (mode 0660, stale files removed) and serve forever."""
-        loop = asyncio.get_running_loop()
         for path in (policy_socket, eval_socket, gui_socket):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener.bind(policy_socket)
+        listener.listen(_BACKLOG)
+        listener.setblocking(False)
         servers = [
-            await loop.create_unix_server(lambda: _RequestProtocol(self), policy_socket),
             await asyncio.start_unix_server(
                 lambda r, w: self.handle_eval(r, w, gui=False), eval_socket, limit=_MAX_HEADER
             ),
@@ -168,4 +243,4 @@ class PolicyServer:
         for path in (policy_socket, eval_socket, gui_socket):
             os.chmod(path, 0o660)
         self.log.info("policy daemon listening on %s", policy_socket)
-        await asyncio.gather(*(s.serve_forever() for s in servers))
+        await asyncio.gather(self._serve_requests(listener), *(s.serve_forever() for s in servers))

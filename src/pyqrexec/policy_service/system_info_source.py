@@ -1,8 +1,9 @@
 """System info from qubesd's `internal.GetSystemInfo`, fetched for every request (policy.md §4).
 
 Fetches are shared: requests that arrive while a fetch is running wait for the next one (which
-starts after they arrived, so it sees every change made before them) and share it. The parsed
-result is cached for as long as qubesd's answer stays byte-identical.
+starts after they arrived, so it sees every change made before them) and share it. A fetch is
+sent to qubesd before `get()` returns, so qubesd works while the caller checks the policy. The
+parsed result is cached for as long as qubesd's answer stays byte-identical.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from ..host.qubesd import QubesdError
-from ..host.qubesd_async import call_async
+from ..host.qubesd_async import start_call
 from ..policy.errors import SystemInfoError
 from ..policy.system_info import SystemInfo
 
@@ -24,40 +25,43 @@ class SystemInfoSource:
         self._info: SystemInfo | None = None
         self._waiting: list[asyncio.Future[SystemInfo]] = []
         self._fetching = False
-        self._task: asyncio.Task[None] | None = None
 
     def get(self) -> asyncio.Future[SystemInfo]:
         """System info fetched after this call; the future may hold a `SystemInfoError`."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[SystemInfo] = loop.create_future()
+        future: asyncio.Future[SystemInfo] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
         if not self._fetching:
-            self._fetching = True
-            self._task = loop.create_task(self._serve_waiters())
+            self._start()
         return future
 
-    async def _serve_waiters(self) -> None:
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
-                try:
-                    info = await self._fetch()
-                except SystemInfoError as err:
-                    for future in batch:
-                        if not future.done():
-                            future.set_exception(err)
-                else:
-                    for future in batch:
-                        if not future.done():
-                            future.set_result(info)
-        finally:
-            self._fetching = False
+    def _start(self) -> None:
+        self._fetching = True
+        batch, self._waiting = self._waiting, []
+        call = start_call("internal.GetSystemInfo", "dom0", path=self.socket_path)
+        call.add_done_callback(lambda done: self._finish(done, batch))
 
-    async def _fetch(self) -> SystemInfo:
+    def _finish(self, call: asyncio.Future[bytes], batch: list[asyncio.Future[SystemInfo]]) -> None:
+        self._fetching = False
+        failure: SystemInfoError | None = None
         try:
-            raw = await call_async("internal.GetSystemInfo", "dom0", path=self.socket_path)
+            info = self._parse(call.result())
         except QubesdError as err:
-            raise SystemInfoError(str(err)) from err
+            failure = SystemInfoError(str(err))
+        except SystemInfoError as err:
+            failure = err
+        except Exception as err:  # a bug: every waiter still gets an answer
+            failure = SystemInfoError(f"unexpected error: {err!r}")
+        for future in batch:
+            if future.done():
+                continue
+            if failure is None:
+                future.set_result(info)
+            else:
+                future.set_exception(failure)
+        if self._waiting:
+            self._start()
+
+    def _parse(self, raw: bytes) -> SystemInfo:
         if raw != self._raw or self._info is None:
             self._info = SystemInfo.from_json(raw)
             self._raw = raw

@@ -13,7 +13,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 
-__all__ = ["DEVNULL", "CLOSED", "launch", "inheritable_fds", "prepare_forked_relay"]
+__all__ = ["DEVNULL", "CLOSED", "launch", "inheritable_fds"]
 
 #: pass as a descriptor to connect that stream to /dev/null
 DEVNULL = -1
@@ -21,18 +21,6 @@ DEVNULL = -1
 CLOSED = -2
 
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGCHLD)
-
-
-def prepare_forked_relay() -> None:
-    """In a freshly forked child that relays one call: default SIGTERM/SIGINT/SIGCHLD, an
-    empty signal mask, no inherited descriptors >= 3. SIGPIPE stays ignored: the relay
-    handles EPIPE (a service that exits without reading its stdin must not kill it); the
-    programs it starts get SIGPIPE back at its default through `launch` (services.md §4.1)."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    os.closerange(3, 1 << 16)
 
 
 def inheritable_fds() -> list[int]:

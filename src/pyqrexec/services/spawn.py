@@ -82,6 +82,9 @@ class SpawnContext:
     environ: Mapping[bytes, bytes] | None = None
     #: ROOT_AGENT: the program that switches to the target user (util-linux)
     setpriv: str = "setpriv"
+    #: added to a shell command's environment after the `QREXEC*` filtering (dom0 service
+    #: callers pass `QREXEC_REMOTE_DOMAIN`)
+    shell_env: Mapping[bytes, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -416,6 +419,7 @@ def _start_shell_command(text: bytes, user: str, ctx: SpawnContext) -> Result:
     if problem is not None:
         return _exit_with(EXIT_PROBLEM, problem, stdio, ctx)
     env = inherited_environment(_base_env(ctx))
+    env.update(ctx.shell_env)
     if ctx.handler_pid is not None:
         env[b"QREXEC_AGENT_PID"] = str(ctx.handler_pid).encode()
     if ctx.executor is Executor.ROOT_AGENT:

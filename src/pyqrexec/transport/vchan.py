@@ -12,6 +12,8 @@ import os
 import socket
 import time
 
+from .unixsock import listen_unix
+
 __all__ = [
     "DEFAULT_SOCKET_DIR",
     "socket_dir",
@@ -73,25 +75,9 @@ def tune(sock: socket.socket) -> None:
 def listen(directory: str, own: int, peer: int, port: int) -> tuple[socket.socket, str]:
     """Server init: unlink a stale file, bind, listen (backlog 1)."""
     path = vchan_path(directory, own, peer, port)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        # The peer may run as another user (a non-root agent); which domain may reach
-        # which socket is the host's business (directory layout, sandboxes). The socket
-        # appears under its name only once connectable: a peer retrying on ENOENT must not
-        # meet it half-made and fail with EACCES.
-        staging = f"{path}.{os.getpid()}.new"
-        sock.bind(staging)
-        os.chmod(staging, 0o666)
-        sock.listen(1)
-        os.rename(staging, path)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, path
+    # The peer may run as another user (a non-root agent); which domain may reach
+    # which socket is the host's business (directory layout, sandboxes).
+    return listen_unix(path, mode=0o666, backlog=1), path
 
 
 def accept_one(
@@ -145,7 +131,6 @@ async def connect_async(
     """`connect` for asyncio programs: the retry pauses do not block the loop."""
     import asyncio
 
-    loop = asyncio.get_running_loop()
     path = vchan_path(directory, server, own, port)
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = _RETRY_PAUSE / 10
@@ -153,7 +138,12 @@ async def connect_async(
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, path)
+            sock.connect(path)
+        except BlockingIOError:
+            # full listen backlog: try again (a Unix connect never completes later)
+            sock.close()
+            await asyncio.sleep(pause)
+            continue
         except OSError as err:
             sock.close()
             if err.errno not in (errno.ENOENT, errno.ECONNREFUSED):

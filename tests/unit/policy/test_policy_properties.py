@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pyqrexec.policy.errors import AccessDenied, PolicySyntaxError
 from pyqrexec.policy.legacy import translate_line
 from pyqrexec.policy.loaders import MemoryFiles, load_policy
-from pyqrexec.policy.parser import Rule, parse_line, split_lines
+from pyqrexec.policy.parser import Policy, Rule, parse_line, split_lines
 from pyqrexec.policy.wire import RequestError, parse_eval_body, parse_eval_header, parse_request
 
 WORDS = [
@@ -100,3 +100,22 @@ def test_requests_raise_only_request_errors(data: bytes) -> None:
     raises_only(RequestError, parse_request, data)
     raises_only(RequestError, parse_eval_header, data, "policy.EvalSimple")
     raises_only(RequestError, parse_eval_body, data)
+
+
+SERVICES = ["*", "a.S", "b.S", "c.S"]
+index_rule = st.builds(
+    lambda svc, arg: f"{svc} {arg if svc != '*' else '*'} @anyvm @anyvm allow",
+    st.sampled_from(SERVICES),
+    st.sampled_from(["*", "+x"]),
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(index_rule, max_size=30), st.sampled_from([*SERVICES[1:], "other.S"]))
+def test_rule_index_matches_linear_scan(lines: list[str], service: str) -> None:
+    """The service index yields exactly the rules a scan of all rules would, in order."""
+    rules = [parse_line(text, "f", n) for n, text in enumerate(lines, 1)]
+    policy = Policy([r for r in rules if isinstance(r, Rule)])
+    linear = [r for r in policy.rules if r.service in ("*", service)]
+    found = policy.rules_for(service)
+    assert [(r.file, r.line) for r in found] == [(r.file, r.line) for r in linear]

@@ -1,0 +1,56 @@
+"""qrexec-fork-server: runs calls inside the user's session (cli.md qrexec-fork-server)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+PROG = "qrexec-fork-server"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) > 1:
+        sys.stderr.write(f"Usage: {PROG} [socket path]\n")
+        return 1
+
+    from ..agent.fork_server import bind, default_socket_path, serve_forever
+    from ..agent.handler import HandlerContext, own_user_name
+    from ..log import Logger
+    from ..services.lookup import service_path_from_env
+    from ..settings import max_protocol_version
+    from ..transport import vchan
+
+    log = Logger(PROG)
+    path = args[0] if args else default_socket_path()
+    try:
+        listener = bind(path)
+    except OSError as err:
+        log(f"cannot listen on {path}: {err}")
+        return 1
+    ctx = HandlerContext(
+        socket_dir=vchan.socket_dir(),
+        own_domain=vchan.own_domain(),
+        own_version=max_protocol_version(log),
+        own_user=own_user_name(),
+        log=log,
+        service_path=service_path_from_env(os.environ),
+        rpc_config_path=(),
+        fork_server=True,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fork() != 0:
+        # the socket is ready: whoever started us may go on
+        listener.close()
+        return 0
+    serve_forever(listener, ctx)
+    return 0  # pragma: no cover - serve_forever does not return
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,110 @@
+"""qrexec-policy-agent: answers policy.Ask, shows policy.Notify (cli.md, policy.md §10).
+
+Front end, first that applies: `--answer-program`; GTK when a display is set and PyGObject
+works; the terminal when one is given (`--tty PATH`, or standard input is a terminal); else
+every ask is denied and notifications go to stderr. `--frontend` forces one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["main", "run", "DEFAULT_SOCKET"]
+
+DEFAULT_SOCKET = "/var/run/qubes/policy-agent.sock"
+FRONTENDS = ("auto", "program", "gtk", "terminal", "deny")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qrexec-policy-agent")
+    parser.add_argument("-s", "--socket-path", default=DEFAULT_SOCKET, metavar="PATH")
+    parser.add_argument(
+        "--answer-program",
+        metavar="PROG",
+        help="headless answers: PROG reads the request JSON, prints deny or allow:TARGET",
+    )
+    parser.add_argument(
+        "--frontend", choices=FRONTENDS, default="auto", help="who answers (default: auto)"
+    )
+    parser.add_argument("--tty", metavar="PATH", help="ask at this terminal (implies terminal)")
+    return parser
+
+
+def _gtk_reason() -> str | None:
+    """Why GTK cannot be used, or None."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no DISPLAY or WAYLAND_DISPLAY"
+    try:
+        from ..policy_agent import gtk
+    except (ImportError, ValueError) as err:
+        return f"PyGObject with GTK 3 unavailable: {err}"
+    if not gtk.display_available():
+        return "cannot open the display"
+    return None
+
+
+def _choose(args: argparse.Namespace) -> str:
+    if args.frontend != "auto":
+        return str(args.frontend)
+    if args.answer_program:
+        return "program"
+    if _gtk_reason() is None:
+        return "gtk"
+    if args.tty or sys.stdin.isatty():
+        return "terminal"
+    return "deny"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.frontend == "program" and not args.answer_program:
+        parser.error("--frontend=program needs --answer-program")
+
+    import asyncio
+
+    from ..policy_agent import AgentServer, AnswerProgram, DenyAll, Frontend, TerminalFrontend
+    from ..policy_service.config import logger
+
+    log = logger("qrexec-policy-agent")
+    kind = _choose(args)
+    os.umask(0o007)
+    frontend: Frontend
+    try:
+        if kind == "program":
+            frontend = AnswerProgram(args.answer_program, log)
+        elif kind == "terminal":
+            if args.tty:
+                frontend = TerminalFrontend.open_tty(args.tty, log)
+            else:
+                frontend = TerminalFrontend(sys.stdin.fileno(), sys.stdout, log)
+        elif kind == "gtk":
+            reason = _gtk_reason()
+            if reason is not None:
+                print(f"qrexec-policy-agent: cannot use GTK: {reason}", file=sys.stderr)
+                return 1
+            from ..policy_agent.gtk import GtkFrontend
+
+            gtk_frontend = GtkFrontend(log)
+            server = AgentServer(gtk_frontend, log)
+            gtk_frontend.run(lambda: server.serve(args.socket_path))
+            return 0
+        else:
+            frontend = DenyAll(log)
+        asyncio.run(AgentServer(frontend, log).serve(args.socket_path))
+    except KeyboardInterrupt:
+        return 0
+    except (OSError, ValueError) as err:
+        print(f"qrexec-policy-agent: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

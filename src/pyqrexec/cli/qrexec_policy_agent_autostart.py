@@ -1,0 +1,28 @@
+"""qrexec-policy-agent-autostart: start the agent only in a GUI VM or dom0 (cli.md)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["main", "run", "MARKERS"]
+
+MARKERS = ("/var/run/qubes-service/guivm", "/etc/qubes-release")
+
+
+def main(argv: list[str] | None = None, markers: tuple[str, ...] = MARKERS) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not any(os.path.exists(path) for path in markers):
+        print("Not in GuiVM or dom0. Exiting.")
+        return 0
+    from .qrexec_policy_agent import main as agent_main
+
+    return agent_main(args)
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

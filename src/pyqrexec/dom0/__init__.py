@@ -1,0 +1,1 @@
+"""dom0 as the service side: VM -> dom0 calls and dom0 -> dom0 calls (services.md §1)."""

@@ -1,0 +1,91 @@
+"""dom0 -> dom0 calls: `qrexec-client -d dom0 DEFAULT:QUBESRPC ...` (cli.md, services.md §1).
+
+The calling process becomes the service (`execve`), so the service's status is the client's
+own and its stdin/stdout/stderr are the client's. Only executables can be started this way.
+`exec_dom0_service` returns only when the service could not be started: 127 or 125.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping
+
+from ..protocol.cmdline import parse_command
+from ..protocol.constants import EXIT_PROBLEM, EXIT_SERVICE_NOT_FOUND
+from ..protocol.errors import RemoteProtocolError
+from ..services.environment import service_argv, service_environment, valid_token_count
+from ..services.lookup import (
+    LookupFailure,
+    ServiceKind,
+    find_service,
+    load_service_config,
+    rpc_config_path_from_env,
+    service_path_from_env,
+)
+from ..services.session import run_session_waiter
+
+__all__ = ["DEFAULT_PREFIX", "exec_dom0_service"]
+
+#: dom0 -> dom0 commands must start with exactly these bytes
+DEFAULT_PREFIX = b"DEFAULT:"
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def exec_dom0_service(cmdline: bytes, log: Callable[[str], None],
+                      environ: Mapping[str, str] | None = None) -> int:
+    """Replace this process with the service `cmdline` asks for; on failure its status.
+
+    `log` receives failures only: nothing is written on success.
+    """
+    env = os.environ if environ is None else environ
+    if not cmdline.startswith(DEFAULT_PREFIX):
+        log("dom0 -> dom0 commands must be prefixed with DEFAULT:")
+        return EXIT_PROBLEM
+    try:
+        command = parse_command(cmdline[len(DEFAULT_PREFIX) :])
+    except RemoteProtocolError as err:
+        log(f"cannot parse command {cmdline!r}: {err}")
+        return EXIT_PROBLEM
+    call = command.service
+    if call is None:
+        log("dom0 -> dom0 commands must be QUBESRPC service calls")
+        return EXIT_PROBLEM
+    service_path = service_path_from_env(env)
+    if not command.nogui:  # dom0 skips the rpc-config of nogui commands (services.md §5.1)
+        config = load_service_config(call, rpc_config_path_from_env(env))
+        if isinstance(config, LookupFailure):
+            log(config.message)
+            return config.status
+        if config.config.wait_for_session:
+            run_session_waiter(service_path, call.source, _quiet)
+    found = find_service(call, service_path)
+    if isinstance(found, LookupFailure):
+        log(found.message)
+        return found.status
+    if found.kind is not ServiceKind.EXECUTABLE:
+        log(f"{found.kind.value} services not supported for dom0 -> dom0 calls")
+        return EXIT_PROBLEM
+    if not valid_token_count(call):
+        log("invalid number of arguments")
+        return EXIT_PROBLEM
+    base = os.environb if environ is None else {
+        os.fsencode(k): os.fsencode(v) for k, v in environ.items()}
+    service_env = service_environment(base, call, None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Python ignores SIGPIPE; a service starts with default dispositions and no mask
+    for sig in (signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    try:
+        os.execve(found.path, service_argv(found.path, call), service_env)
+    except OSError as err:
+        log(f"failed to execute {os.fsdecode(found.path)}: {err.strerror}")
+        if isinstance(err, FileNotFoundError):
+            return EXIT_SERVICE_NOT_FOUND
+        return EXIT_PROBLEM

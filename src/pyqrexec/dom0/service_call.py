@@ -1,0 +1,148 @@
+"""A VM -> dom0 call, dom0's half (protocol.md §11.D steps 7-8, §11.F to dom0).
+
+`run_dom0_service` starts the dom0 service for a command `QUBESRPC svc+arg SRC TYPE TARGET`
+(or a shell command, legacy `qrexec-client -c` only), connects the data channel as its client
+(the caller in the VM is the server) and relays until the service is over. It is synchronous
+and writes nothing to stdout: the daemon's request worker runs it in a forked child, and
+`qrexec-client -c ... -d dom0` runs it directly. The service's stderr is this process's stderr
+(the daemon log); the caller receives a `STDERR` EOF right after HELLO.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from ..protocol.cmdline import Command, parse_command, strip_nul
+from ..protocol.constants import EXIT_PROBLEM
+from ..protocol.errors import RemoteProtocolError
+from ..service_side import DOM0_FAILURE_EOFS, relay_started, send_status_only
+from ..services.lookup import rpc_config_path_from_env, service_path_from_env
+from ..services.session import run_session_waiter
+from ..services.spawn import (
+    Executor,
+    Failed,
+    SpawnContext,
+    Started,
+    service_config_for,
+    start_command,
+)
+from ..transport import vchan
+
+__all__ = ["WORKER_CONNECT_TIMEOUT", "Dom0CallResult", "run_dom0_service"]
+
+#: dom0 request worker's data connect timeout (protocol.md §18)
+WORKER_CONNECT_TIMEOUT = 5.0
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Dom0CallResult:
+    """How a dom0 service call ended."""
+
+    #: the service's status (sent as EXIT_CODE), or 127/125 when it did not run
+    status: int
+    #: True: the service ran and `status` is its own; False: the call failed before or
+    #: around it (parse, rpc-config, lookup, spawn, data connect, HELLO, broken channel)
+    service_ran: bool
+
+    @property
+    def worker_status(self) -> int:
+        """Exit status of a daemon request worker: 0 once the service ran (§11.D step 8)."""
+        return 0 if self.service_ran else self.status
+
+
+def run_dom0_service(
+    command: bytes,
+    caller_domid: int,
+    port: int,
+    *,
+    timeout: float | None = WORKER_CONNECT_TIMEOUT,
+    remote_domain: bytes | None = None,
+    log: Callable[[str], None] = _ignore,
+    environ: Mapping[str, str] | None = None,
+    own_version: int | None = None,
+) -> Dom0CallResult:
+    """Serve one call to dom0 on the data port `port` of the caller `caller_domid`.
+
+    `command` is the command without a user part (a trailing NUL is allowed). The service
+    sees `QREXEC_REMOTE_DOMAIN` = the command's source (`remote_domain` for a shell command,
+    where there is no source token). `timeout` bounds the data connect (None: no limit).
+    `environ` replaces `os.environ` for the settings (`QREXEC_SERVICE_PATH`,
+    `QUBES_RPC_CONFIG_PATH`, `VCHAN_*`) and as the service's base environment.
+    """
+    env = os.environ if environ is None else environ
+    if own_version is None:
+        from ..settings import max_protocol_version
+
+        own_version = max_protocol_version(log)
+    text = strip_nul(command)
+    started = _start(text, remote_domain, env, log)
+    try:
+        channel = vchan.connect(vchan.socket_dir(dict(env)), caller_domid,
+                                vchan.own_domain(dict(env)), port, timeout)
+    except OSError as err:
+        log(f"data vchan connection failed: {err}")
+        if isinstance(started, tuple):
+            _abandon(started[0])
+        return Dom0CallResult(EXIT_PROBLEM, False)
+    if isinstance(started, Failed):
+        log(started.message)
+        log(f"failed to spawn process (exited {started.status}): {os.fsdecode(text)}")
+        try:
+            send_status_only(channel, own_version, started.status, log, DOM0_FAILURE_EOFS)
+        except OSError as err:
+            log(f"data channel: {err}")
+        finally:
+            channel.close()
+        return Dom0CallResult(started.status, False)
+    service, parsed = started
+    status = relay_started(channel, service, parsed, text, own_version, log)
+    if status < 0:
+        return Dom0CallResult(EXIT_PROBLEM, False)
+    return Dom0CallResult(status, True)
+
+
+def _start(
+    text: bytes, remote_domain: bytes | None, env: Mapping[str, str], log: Callable[[str], None]
+) -> tuple[Started, Command] | Failed:
+    """Parse, configure, wait for the session if asked, start: §11.D step 7 before connect."""
+    try:
+        parsed = parse_command(text)
+    except RemoteProtocolError as err:
+        return Failed(EXIT_PROBLEM, f"cannot parse command {text!r}: {err}")
+    source = parsed.service.source if parsed.service is not None else remote_domain
+    service_path = service_path_from_env(env)
+    base = None if env is os.environ else {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    ctx = SpawnContext(
+        executor=Executor.DOM0,
+        service_path=service_path,
+        rpc_config_path=rpc_config_path_from_env(env),
+        log=log,
+        environ=base,
+        shell_env={b"QREXEC_REMOTE_DOMAIN": source} if source is not None else {},
+    )
+    config = service_config_for(parsed, ctx)
+    if isinstance(config, Failed):
+        return config
+    if config.wait_for_session and parsed.service is not None:
+        run_session_waiter(service_path, parsed.service.source, log, base)
+    result = start_command(parsed, "", ctx, config)
+    if isinstance(result, Started):
+        return result, parsed
+    if isinstance(result, Failed):
+        return result
+    # not reachable without just-exec; treat as a qrexec problem rather than assert
+    return Failed(EXIT_PROBLEM, "service detached unexpectedly")
+
+
+def _abandon(started: Started) -> None:
+    """No caller to relay to: close the service's streams (it sees EOF / EPIPE)."""
+    for sock in {id(started.stdin): started.stdin, id(started.stdout): started.stdout}.values():
+        sock.close()
+    if started.stderr is not None:
+        os.close(started.stderr)

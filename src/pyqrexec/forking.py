@@ -1,0 +1,75 @@
+"""Per-call child processes of the asyncio daemons (agent handlers, dom0 service sides).
+
+Upstream forks a process per call; so do we: the child runs a plain blocking relay, which
+is faster than multiplexing every call's bytes through the parent's event loop, and a crash
+stays inside one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["fork_call", "on_exit", "wait_exit"]
+
+
+def fork_call(
+    body: Callable[[], int], log: Callable[[str], None], keep: Sequence[int] = ()
+) -> int:
+    """Fork; the child runs `body` with default signals (SIGPIPE ignored) and no inherited
+    fds >= 3 but those in `keep`, then exits with its status. Returns the child's pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 1  # pragma: no cover - child from here on
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        # SIGPIPE stays ignored: the relay handles EPIPE (a service that exits without reading
+        # its stdin must not kill the call's process); programs started from here get it back
+        # at its default through posix_spawn (services.md §4.1)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.set_wakeup_fd(-1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        low = 3
+        for fd in sorted(set(keep)):
+            os.closerange(low, fd)
+            low = max(low, fd + 1)
+        os.closerange(low, 1 << 16)
+        status = body()
+    except BaseException as err:  # noqa: BLE001 - last resort in a forked child
+        try:
+            log(f"call process failed: {err!r}")
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        sys.stderr.flush()
+        os._exit(status & 0xFF)
+
+
+def on_exit(loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[int], None]) -> None:
+    """Call `callback(exit code)` from the loop once child `pid` has exited (it is reaped)."""
+    pidfd = os.pidfd_open(pid)
+
+    def exited() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        try:
+            _, wstatus = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(wstatus)
+        except ChildProcessError:
+            code = 0
+        callback(code)
+
+    loop.add_reader(pidfd, exited)
+
+
+async def wait_exit(pid: int) -> int:
+    """The exit code of child `pid` (negative: killed by that signal)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    on_exit(loop, pid, done.set_result)
+    return await done
