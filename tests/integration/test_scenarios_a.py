@@ -17,7 +17,8 @@ from pyqrexec.protocol.messages import parse_exec
 
 from .calls import World
 from .harness import QrexecHost, wait_for
-from .wiretap import EXIT, HELLO, STDERR, Tap, tapped_domain, tapped_world
+from .rawcalls import raw_dom0_exec
+from .wiretap import EXIT, HELLO, STDERR, STDOUT, Tap, tapped_domain, tapped_world
 
 
 @pytest.fixture
@@ -30,7 +31,8 @@ def exit_code(payload: bytes) -> int:
 
 
 def test_s4_dom0_runs_a_command(host: QrexecHost, work: tuple[World, Tap]) -> None:
-    _, tap = work
+    world, tap = work
+    work_domain = world.host.domains["work"]
     r = host.client("-d", "work", "DEFAULT:echo hello")
     assert (r.returncode, r.stdout) == (0, b"hello\n")
     data = tap.find(513, server=0, client=5)
@@ -46,8 +48,10 @@ def test_s4_dom0_runs_a_command(host: QrexecHost, work: tuple[World, Tap]) -> No
         (0, 513, b"root:echo hello\0")]
     assert [m.payload for m in from_agent if m.type == MsgType.CONNECTION_TERMINATED] == [
         struct.pack("<II", 0, 513)]
-    # port 513 is free again: the next call gets it
-    assert host.client("-d", "work", "DEFAULT:true").returncode == 0
+    # port 513 is free again: the next call gets it; byte by byte, EXEC_CMDLINE{0, 0} is
+    # answered with {5, 513}
+    raw = raw_dom0_exec(work_domain, b"DEFAULT:echo hello")
+    assert (raw.port, raw.stream(STDOUT), raw.exit_code) == (513, b"hello\n", 0)
     assert len([c for c in tap.data_connections() if c.port == 513]) == 2
 
 
