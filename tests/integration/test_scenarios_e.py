@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pyqrexec.protocol.constants import MsgType
-from pyqrexec.protocol.messages import HEADER, pack_exec, pack_header
+from pyqrexec.protocol.messages import HEADER, hello, pack_exec, pack_header
 
 from .calls import World, fd_count, write_exe
 from .fake_agent import (
@@ -30,8 +30,9 @@ from .fake_agent import (
     start_attacked_daemon,
     wait_log,
 )
-from .harness import QrexecHost, wait_for
+from .harness import QrexecHost, program, wait_for
 from .rawcalls import PolicyRecorder, data_handshake, raw_dom0_exec, raw_vm_call
+from .test_daemon_socket import BAD_REQUESTS
 from .test_hostile_agent import raw4
 from .wiretap import tapped_domain, tapped_world
 
@@ -228,6 +229,30 @@ def test_s59_second_service_connect_for_answered_ident(host: QrexecHost,
     assert dom.daemon is not None and dom.daemon.poll() is None
 
 
+def test_s59_hostile_dom0_clients_beside_a_running_call(host: QrexecHost) -> None:
+    """Real daemon and agent: each hostile client is disconnected, nothing reaches the agent,
+    and a call running on the same daemon meanwhile is undisturbed."""
+    w, tap = tapped_world(host)
+    proc = subprocess.Popen(
+        [*program("qrexec-client"), f"--socket-dir={host.socket_dir}", "-d", "work",
+         "root:read line; echo \"got $line\""],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=host.env(0))
+    wait_for(lambda: bool(tap.data_connections()), 20, "the call's data channel")
+    for name, message in [("hello-v2", hello(2)), *BAD_REQUESTS.items()]:
+        client = RawClient(host, "work")
+        if name == "hello-v2":
+            assert client.read_hello() == 3
+        else:
+            client.hello()
+        client.send(message)
+        assert client.closed(), name
+    out, _ = proc.communicate(b"line\n", timeout=30)
+    assert (proc.returncode, out) == (0, b"got line\n")
+    to_agent = [m.type for m in tap.control().to_server.messages()]
+    assert to_agent == [MsgType.HELLO, MsgType.EXEC_CMDLINE]
+    assert host.client("-d", "work", "root:echo ok").stdout == b"ok\n"
+
+
 # -- S60: hostile local clients of the agent ----------------------------------------------------
 _HOSTILE_TRIGGERS = {
     "seed-era-128": b"test.Svc".ljust(64, b"\0") + b"vault".ljust(32, b"\0") + IDENT,
@@ -320,14 +345,20 @@ def test_thousand_refused_and_allowed_calls_do_not_leak(host: QrexecHost) -> Non
     def denied(_: int) -> int | None:
         return raw_vm_call(work, b"deny-me", b"test.True")
 
+    def failed(_: int) -> int | None:
+        return raw_vm_call(work, b"personal", b"test.Missing")
+
     assert allowed(0) == 0
     assert denied(0) is None
+    assert failed(0) == 127
     before = settled_fd_counts(procs)
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(allowed, range(1000)))
         assert results == [0] * 1000
         results = list(pool.map(denied, range(1000)))
         assert results == [None] * 1000
+        results = list(pool.map(failed, range(200)))
+        assert results == [127] * 200
     # handlers report their end asynchronously: wait for the agents to settle
     after = settled_fd_counts(procs)
     assert after == before, {n: fd_links(p.pid) for n, p in procs.items()}
