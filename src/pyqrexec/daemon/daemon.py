@@ -102,6 +102,8 @@ class Daemon:
         self.ports: PortTable[_Client] = PortTable(opts.domid)
         self.clients: set[_Client] = set()
         self.pending: dict[bytes, PendingRequest] = {}
+        #: answered requests whose worker still runs (their idents may be reused)
+        self.finishing: list[PendingRequest] = []
         self.control: socket.socket | None = None
         self.writer: ChannelWriter | None = None
         self.version = 0
@@ -217,10 +219,16 @@ class Daemon:
             self.log(f"refusing request: {result.reason}")
             self._refuse(result.ident)
             return
-        if len(self.pending) >= MAX_CLIENTS:
+        if len(self.pending) + len(self.finishing) >= MAX_CLIENTS:
             self.log("Service request denied, too many pending requests")
             self._refuse(result.ident)
             return
+        earlier = self.pending.get(result.ident)
+        if earlier is not None and earlier.answered:
+            # answered already (a disposable call's worker waits for the call's end): the
+            # agent has closed that request's socket and may reuse its ident
+            del self.pending[result.ident]
+            self.finishing.append(earlier)
         if result.ident in self.pending or self.worker is None:
             if self.worker is None:
                 self.log(f"no policy worker: refusing {result.service}")
@@ -243,6 +251,7 @@ class Daemon:
             status = 1
         if self.pending.get(req.ident) is req:
             del self.pending[req.ident]
+        self.finishing = [r for r in self.finishing if r is not req]
         if status != 0:
             if req.answered:
                 self.log(f"request worker exited with code {status}, but the response "

@@ -3,6 +3,12 @@
 A vchan is addressed by (server domid, client domid, port) and lives at
 `<dir>/vchan.<server>.<client>.<port>.sock`. The server accepts exactly one peer; the client
 retries while the socket is missing or refusing.
+
+(ext) With `VCHAN_PAIR_DIRS` set to a non-empty value, the socket of a pair lives one level
+down, in a directory named after the peer's domid:
+`<dir>/<peer>/vchan.<server>.<client>.<port>.sock`.
+qrexec-host uses this so that a sandboxed domain sees only the sockets of its own pairs (each
+pair directory is shared by exactly the two domains of the pair).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ __all__ = [
     "socket_dir",
     "own_domain",
     "vchan_path",
+    "pair_path",
     "listen",
     "accept_one",
     "connect",
@@ -63,6 +70,14 @@ def vchan_path(directory: str, server: int, client: int, port: int) -> str:
     return os.path.join(directory, f"vchan.{server}.{client}.{port}.sock")
 
 
+def pair_path(directory: str, server: int, client: int, port: int, own: int) -> str:
+    """Where the vchan lives as seen by domain `own` (see `VCHAN_PAIR_DIRS` above)."""
+    if not os.environ.get("VCHAN_PAIR_DIRS"):
+        return vchan_path(directory, server, client, port)
+    peer = client if server == own else server
+    return vchan_path(os.path.join(directory, str(peer)), server, client, port)
+
+
 def tune(sock: socket.socket) -> None:
     """Bigger kernel buffers: fewer wake-ups per GiB on the data path."""
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -74,7 +89,7 @@ def tune(sock: socket.socket) -> None:
 
 def listen(directory: str, own: int, peer: int, port: int) -> tuple[socket.socket, str]:
     """Server init: unlink a stale file, bind, listen (backlog 1)."""
-    path = vchan_path(directory, own, peer, port)
+    path = pair_path(directory, own, peer, port, own)
     # The peer may run as another user (a non-root agent); which domain may reach
     # which socket is the host's business (directory layout, sandboxes).
     return listen_unix(path, mode=0o666, backlog=1), path
@@ -105,7 +120,7 @@ def connect(
     directory: str, server: int, own: int, port: int, timeout: float | None = None
 ) -> socket.socket:
     """Client init: connect, retrying on ENOENT/ECONNREFUSED until `timeout` (None = forever)."""
-    path = vchan_path(directory, server, own, port)
+    path = pair_path(directory, server, own, port, own)
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = _RETRY_PAUSE / 10
     while True:
@@ -131,7 +146,7 @@ async def connect_async(
     """`connect` for asyncio programs: the retry pauses do not block the loop."""
     import asyncio
 
-    path = vchan_path(directory, server, own, port)
+    path = pair_path(directory, server, own, port, own)
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = _RETRY_PAUSE / 10
     while True:

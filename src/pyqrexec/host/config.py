@@ -1,0 +1,288 @@
+"""qrexec-host's domain definitions: one TOML file (docs/qrexec-host.md), parsed and validated.
+
+Pure: reads the file, returns `HostConfig` or raises `ConfigError` with a `FILE:LINE: message`
+text (tomllib's own errors carry the line; for a semantic error the line of the offending key,
+else of the domain's table header, is looked up in the text).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "DomainConfig",
+    "HostConfig",
+    "DOMAIN_TYPES",
+    "LABELS",
+    "DOM0_UUID",
+    "load",
+    "parse",
+    "validate_name",
+    "derived_uuid",
+    "icon_for",
+]
+
+DOMAIN_TYPES = ("AdminVM", "AppVM", "TemplateVM", "StandaloneVM", "DispVM")
+#: Qubes' label names and their colours (system info reports the colour)
+LABELS = {
+    "red": "0xcc0000", "orange": "0xf57900", "yellow": "0xedd400", "green": "0x73d216",
+    "gray": "0x555753", "blue": "0x3465a4", "purple": "0x75507b", "black": "0x000000",
+}
+DOM0_UUID = "00000000-0000-0000-0000-000000000000"
+SANDBOX_MODES = ("auto", "bubblewrap", "plain")
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+#: names the policy language or Qubes reserve
+_RESERVED = ("anyvm", "dispvm", "none", "default", "Domain-0")
+#: fixed namespace for uuids derived from a domain's name (uuid5)
+_UUID_NAMESPACE = uuidlib.UUID("5c1d1f5e-7d9b-4a8e-9b7e-3f0e2a6b9c41")
+_DOMAIN_KEYS = {
+    "type", "label", "icon", "tags", "default_dispvm", "template_for_dispvms", "guivm",
+    "default_user", "user", "autostart", "root", "uuid", "internal",
+}
+_HOST_KEYS = {"sandbox"}
+
+
+class ConfigError(Exception):
+    """`FILE:LINE: message`."""
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    name: str
+    type: str
+    root: Path
+    label: str = "red"
+    icon: str = ""
+    tags: tuple[str, ...] = ()
+    default_dispvm: str | None = None
+    template_for_dispvms: bool = False
+    guivm: str | None = None
+    #: the daemon's DEFAULT_USER
+    default_user: str = "root"
+    #: host account the agent runs as; None = root (agent switches users per call)
+    user: str | None = None
+    autostart: bool = False
+    uuid: str = ""
+    internal: bool = False
+
+    @property
+    def colour(self) -> str:
+        return LABELS.get(self.label, self.label)
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    path: Path
+    domains: dict[str, DomainConfig] = field(default_factory=dict)
+    sandbox: str = "auto"
+
+    @property
+    def dom0(self) -> DomainConfig:
+        return self.domains["dom0"]
+
+
+def validate_name(name: str) -> str | None:
+    """Why `name` cannot name a domain, or None (Qubes' rules plus the policy keywords)."""
+    if not name:
+        return "domain name cannot be empty"
+    if len(name) > 31:
+        return f"domain name {name!r} is longer than 31 characters"
+    if not _NAME_RE.fullmatch(name):
+        return (f"domain name {name!r} contains invalid characters "
+                "(must match ^[A-Za-z][A-Za-z0-9_.-]*$)")
+    if name in _RESERVED:
+        return f"domain name {name!r} is reserved"
+    if name.endswith("-dm"):
+        return f"domain name {name!r} cannot end with '-dm'"
+    return None
+
+
+def derived_uuid(name: str) -> str:
+    """The stable uuid of a domain without one in the file (dom0: all zeros)."""
+    return DOM0_UUID if name == "dom0" else str(uuidlib.uuid5(_UUID_NAMESPACE, name))
+
+
+def icon_for(type_: str, label: str) -> str:
+    prefix = {"AdminVM": "adminvm", "TemplateVM": "templatevm", "DispVM": "dispvm",
+              "StandaloneVM": "standalonevm"}.get(type_, "appvm")
+    return f"{prefix}-{label}" if label in LABELS else prefix
+
+
+def load(path: str | Path) -> HostConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{p}:0: cannot read: {err}") from err
+    return parse(text, p)
+
+
+def parse(text: str, path: Path) -> HostConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}:{_toml_line(err)}: {err}") from err
+    return _Parser(text, path, data).run()
+
+
+def _toml_line(err: tomllib.TOMLDecodeError) -> int:
+    found = re.search(r"\(at line (\d+)", str(err))
+    return int(found.group(1)) if found else 0
+
+
+class _Parser:
+    def __init__(self, text: str, path: Path, data: dict[str, Any]) -> None:
+        self.lines = text.splitlines()
+        self.path = path
+        self.data = data
+        self.base = path.resolve().parent
+
+    # -- locating lines -------------------------------------------------------------------
+    def _header_line(self, table: str, name: str | None = None) -> int:
+        names = [table] if name is None else [
+            f"{table}.{n}" for n in (name, f'"{name}"', f"'{name}'")]
+        for i, line in enumerate(self.lines, 1):
+            stripped = re.sub(r"\s+", "", line.split("#", 1)[0])
+            if stripped in (f"[{n}]" for n in names):
+                return i
+        return 1 if name is None else self._header_line(table)
+
+    def _key_line(self, table: str, name: str | None, key: str) -> int:
+        start = self._header_line(table, name)
+        key_re = re.compile(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=")
+        for i in range(start, len(self.lines) + 1):
+            line = self.lines[i - 1]
+            if i > start and line.lstrip().startswith("["):
+                break
+            if key_re.match(line):
+                return i
+        return start
+
+    def error(self, line: int, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}:{line}: {message}")
+
+    # -- the file ------------------------------------------------------------------------
+    def run(self) -> HostConfig:
+        for key in self.data:
+            if key not in ("host", "domains"):
+                raise self.error(self._header_line(key) if isinstance(self.data[key], dict)
+                                 else self._key_line("", None, key), f"unknown key {key!r}")
+        host = self.data.get("host", {})
+        if not isinstance(host, dict):
+            raise self.error(self._key_line("", None, "host"), "'host' must be a table")
+        for key in host:
+            if key not in _HOST_KEYS:
+                raise self.error(self._key_line("host", None, key), f"unknown key {key!r}")
+        sandbox = host.get("sandbox", "auto")
+        if sandbox not in SANDBOX_MODES:
+            raise self.error(self._key_line("host", None, "sandbox"),
+                             f"sandbox must be one of {', '.join(SANDBOX_MODES)}")
+        tables = self.data.get("domains", {})
+        if not isinstance(tables, dict):
+            raise self.error(self._key_line("", None, "domains"), "'domains' must be a table")
+        if "dom0" not in tables:
+            tables = {"dom0": {"type": "AdminVM"}, **tables}
+        domains: dict[str, DomainConfig] = {}
+        raw: dict[str, dict[str, Any]] = {}
+        for name, table in tables.items():
+            line = self._header_line("domains", name)
+            if not isinstance(table, dict):
+                raise self.error(line, f"domain {name!r} must be a table")
+            raw[name] = table
+        dom0_dispvm = raw["dom0"].get("default_dispvm") or None
+        for name, table in raw.items():
+            domains[name] = self._domain(name, table, dom0_dispvm)
+        self._check_references(domains)
+        return HostConfig(self.path, domains, sandbox)
+
+    def _domain(self, name: str, t: dict[str, Any], dom0_dispvm: object) -> DomainConfig:
+        header = self._header_line("domains", name)
+
+        def at(key: str) -> int:
+            return self._key_line("domains", name, key)
+
+        why = validate_name(name)
+        if why:
+            raise self.error(header, why)
+        for key in t:
+            if key not in _DOMAIN_KEYS:
+                raise self.error(at(key), f"domain {name}: unknown key {key!r}")
+
+        def get(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+            value = t.get(key, default)
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                names = kind.__name__ if isinstance(kind, type) else "/".join(
+                    k.__name__ for k in kind)
+                raise self.error(at(key), f"domain {name}: {key} must be of type {names}")
+            return value
+
+        type_ = get("type", str, "AdminVM" if name == "dom0" else "AppVM")
+        if type_ not in DOMAIN_TYPES:
+            raise self.error(at("type"), f"domain {name}: unknown type {type_!r} "
+                             f"(one of {', '.join(DOMAIN_TYPES)})")
+        if (type_ == "AdminVM") != (name == "dom0"):
+            raise self.error(at("type") if "type" in t else header,
+                             "only dom0 is, and dom0 must be, of type AdminVM")
+        label = get("label", str, "black" if name == "dom0" else "red")
+        if label not in LABELS and not re.fullmatch(r"0x[0-9a-fA-F]{6}", label):
+            raise self.error(at("label"), f"domain {name}: unknown label {label!r} "
+                             f"(one of {', '.join(LABELS)} or 0xRRGGBB)")
+        tags = get("tags", list, [])
+        for tag in tags:
+            if not isinstance(tag, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", tag):
+                raise self.error(at("tags"), f"domain {name}: invalid tag {tag!r}")
+        uuid = get("uuid", str, "")
+        if uuid:
+            try:
+                uuid = str(uuidlib.UUID(uuid))
+            except ValueError:
+                raise self.error(at("uuid"), f"domain {name}: invalid uuid {uuid!r}") from None
+            if (uuid == DOM0_UUID) != (name == "dom0"):
+                raise self.error(at("uuid"), f"domain {name}: uuid {uuid} is dom0's")
+        root_text = get("root", str, name)
+        root = (self.base / root_text).resolve()
+        if name != "dom0" and not root.is_dir():
+            raise self.error(at("root") if "root" in t else header,
+                             f"domain {name}: root directory {root} does not exist")
+        user = get("user", str, "") or None
+        if user == "root":
+            user = None
+        default_user = get("default_user", str, user or "root")
+        for key, value in (("user", user or ""), ("default_user", default_user)):
+            if value and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", value):
+                raise self.error(at(key), f"domain {name}: invalid user name {value!r}")
+        default_dispvm = get("default_dispvm", str, dom0_dispvm or "") or None
+        guivm = get("guivm", str, "" if name == "dom0" else "dom0") or None
+        return DomainConfig(
+            name=name, type=type_, root=root, label=label,
+            icon=get("icon", str, "") or icon_for(type_, label), tags=tuple(tags),
+            default_dispvm=default_dispvm,
+            template_for_dispvms=get("template_for_dispvms", bool, False),
+            guivm=guivm, default_user=default_user, user=user,
+            autostart=get("autostart", bool, False) and name != "dom0",
+            uuid=uuid or derived_uuid(name), internal=get("internal", bool, False),
+        )
+
+    def _check_references(self, domains: dict[str, DomainConfig]) -> None:
+        seen: dict[str, str] = {}
+        for d in domains.values():
+            if d.uuid in seen:
+                raise self.error(self._key_line("domains", d.name, "uuid"),
+                                 f"domain {d.name}: uuid {d.uuid} is also {seen[d.uuid]}'s")
+            seen[d.uuid] = d.name
+            for key, ref in (("default_dispvm", d.default_dispvm), ("guivm", d.guivm)):
+                if ref is None:
+                    continue
+                line = self._key_line("domains", d.name, key)
+                if ref not in domains:
+                    raise self.error(line, f"domain {d.name}: {key} names unknown domain "
+                                     f"{ref!r}")
+                if key == "default_dispvm" and not domains[ref].template_for_dispvms:
+                    raise self.error(line, f"domain {d.name}: default_dispvm {ref!r} does not "
+                                     "have template_for_dispvms = true")

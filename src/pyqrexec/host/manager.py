@@ -1,0 +1,639 @@
+"""qrexec-host's domain manager: lifecycle, sandboxes, disposables, qubesd methods (asyncio).
+
+State directory layout (docs/qrexec-host.md):
+
+    qubesd.sock, qubesd.internal.sock, policy.sock, policy-agent.sock   (env overridable)
+    qubes/            daemon sockets qrexec.NAME, qrexec.DOMID, qrexec.uuid:UUID
+    vchan/0/          dom0's vchan view; vchan/DOMID/ a domain's (VCHAN_PAIR_DIRS layout)
+    dom/NAME/run/     the domain's /run/qubes (trigger socket qrexec-agent)
+    dom/NAME/merged/  its merged /etc, /usr/bin, … (bubblewrap mode)
+    disp/dispN/       a disposable's root (copy of its template's)
+    dom0/rpc/         dom0's runtime services (policy.Ask, policy.EvalSimple, …)
+    bin/              qrexec-policy-exec wrapper naming dom0's policy directory
+    log/              qrexec.NAME.log (daemon), agent.NAME.log, policy-daemon.log, …
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import pwd
+import select
+import shutil
+import signal
+import sys
+import uuid as uuidlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import DOM0_UUID, DomainConfig, HostConfig
+from .qubesd_server import HostError, QubesdServer
+from .sandbox import (
+    SANDBOX_RUN,
+    SANDBOX_VCHAN,
+    HostLayout,
+    SandboxSpec,
+    build_merged_dir,
+    bwrap_argv,
+    host_layout,
+    merged_dirs,
+    source_dir,
+    user_wrapper,
+)
+
+__all__ = ["Paths", "Domain", "Manager", "program", "START_TIMEOUT"]
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 5.0
+MAX_DISPOSABLES = 9999
+
+
+def program(name: str) -> list[str]:
+    """argv prefix running pyqrexec program `name` with this Python (PYTHONPATH = sources)."""
+    return [sys.executable, "-m", f"pyqrexec.cli.{name.replace('-', '_')}"]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where everything lives; the upstream paths follow cli.md's environment variables."""
+
+    state: Path
+    dom0_root: Path
+    qubesd: Path
+    qubesd_internal: Path
+    policy_socket: Path
+    vchan: Path
+    legacy_policy: Path
+
+    @classmethod
+    def make(cls, state: Path, dom0_root: Path, env: Mapping[str, str]) -> Paths:
+        return cls(
+            state=state,
+            dom0_root=dom0_root,
+            qubesd=Path(env.get("QUBESD_SOCKET") or state / "qubesd.sock"),
+            qubesd_internal=Path(env.get("QUBESD_INTERNAL_SOCKET")
+                                 or state / "qubesd.internal.sock"),
+            policy_socket=Path(env.get("QREXEC_POLICY_SOCKET") or state / "policy.sock"),
+            vchan=Path(env.get("VCHAN_SOCKET_DIR") or state / "vchan"),
+            legacy_policy=Path(env.get("QREXEC_LEGACY_POLICY_DIR")
+                               or dom0_root / "etc/qubes-rpc/policy"),
+        )
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.state / "qubes"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state / "log"
+
+    @property
+    def dom0_rpc(self) -> Path:
+        return self.state / "dom0" / "rpc"
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.dom0_root / "etc/qubes/policy.d"
+
+    @property
+    def policy_program(self) -> Path:
+        return self.state / "bin" / "qrexec-policy-exec"
+
+    @property
+    def policy_agent_socket(self) -> Path:
+        return self.state / "policy-agent.sock"
+
+    def dom0_service_path(self) -> str:
+        r = self.dom0_root
+        return f"{self.dom0_rpc}:{r}/usr/local/etc/qubes-rpc:{r}/etc/qubes-rpc"
+
+    def client_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """Environment of a dom0 program talking to domains (e.g. qrexec-client)."""
+        env = dict(base)
+        env.update(PYTHONPATH=source_dir(), VCHAN_DOMAIN="0",
+                   VCHAN_SOCKET_DIR=str(self.vchan / "0"), VCHAN_PAIR_DIRS="1")
+        return env
+
+    def dom0_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """Environment of every dom0 program qrexec-host starts."""
+        r = self.dom0_root
+        env = self.client_env(base)
+        env.update(
+            QUBESD_SOCKET=str(self.qubesd),
+            QUBESD_INTERNAL_SOCKET=str(self.qubesd_internal),
+            QREXEC_POLICY_SOCKET=str(self.policy_socket),
+            QREXEC_LEGACY_POLICY_DIR=str(self.legacy_policy),
+            QREXEC_POLICY_DIR=str(self.policy_dir),
+            QREXEC_SERVICE_PATH=self.dom0_service_path(),
+            QUBES_RPC_CONFIG_PATH=(f"{r}/usr/local/etc/qubes/rpc-config:"
+                                   f"{r}/etc/qubes/rpc-config"),
+            QREXEC_LOG_DIR=str(self.log_dir),
+        )
+        return env
+
+
+@dataclass
+class Domain:
+    cfg: DomainConfig
+    #: created by admin.vm.CreateDisposable: removed when killed
+    disposable: bool = False
+    domid: int | None = None
+    state: str = "Halted"
+    agent: asyncio.subprocess.Process | None = None
+    daemon: asyncio.subprocess.Process | None = None
+    #: host pid of the sandbox's PID 1 (bubblewrap mode), for entering it
+    ns_pid: int | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def running(self) -> bool:
+        return self.domid is not None
+
+
+class Manager:
+    def __init__(self, config: HostConfig, state_dir: Path, bwrap: str | None,
+                 env: Mapping[str, str] | None = None,
+                 log: Callable[[str], None] | None = None,
+                 policy_agent_args: list[str] | None = None) -> None:
+        self.config = config
+        self.base_env = dict(os.environ if env is None else env)
+        self.paths = Paths.make(state_dir.resolve(), config.dom0.root, self.base_env)
+        self.bwrap = bwrap
+        self.layout: HostLayout | None = host_layout() if bwrap else None
+        self.log = log or (lambda msg: print(f"qrexec-host: {msg}", file=sys.stderr))
+        self.policy_agent_args = policy_agent_args or []
+        self.domains: dict[str, Domain] = {n: Domain(c) for n, c in config.domains.items()}
+        self.domains["dom0"].domid = 0
+        self.domains["dom0"].state = "Running"
+        self.next_domid = 1
+        self.services: list[asyncio.subprocess.Process] = []
+        self.servers: list[QubesdServer] = []
+        self.stopped = asyncio.Event()
+
+    # -- bring-up and shutdown ------------------------------------------------------------
+    def prepare_state(self) -> None:
+        p = self.paths
+        p.state.mkdir(parents=True, exist_ok=True)
+        for stale in (p.socket_dir, p.vchan, p.state / "dom", p.state / "disp", p.dom0_rpc,
+                      p.state / "bin"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for d in (p.socket_dir, p.vchan / "0", p.state / "dom", p.state / "disp", p.dom0_rpc,
+                  p.state / "bin", p.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for d in (p.state, p.vchan):
+            os.chmod(d, 0o755)
+        os.chmod(p.vchan / "0", 0o711)
+        p.policy_program.write_text(
+            "#!/bin/sh\n"
+            f"exec {sys.executable} -m pyqrexec.cli.qrexec_policy_exec "
+            f"--path='{p.policy_dir}' \"$@\"\n")
+        os.chmod(p.policy_program, 0o755)
+
+    async def up(self) -> None:
+        """dom0's side: qubesd sockets, policy daemon, policy agent; then autostart domains."""
+        self.prepare_state()
+        env = self.paths.dom0_env(self.base_env)
+        for path, internal in ((self.paths.qubesd, False), (self.paths.qubesd_internal, True)):
+            server = QubesdServer(self, str(path), internal)
+            await server.start()
+            self.servers.append(server)
+        await self._start_policy_daemon(env)
+        agent = await start_policy_agent(self.paths, env, self.policy_agent_args, self.log)
+        if agent is not None:
+            self.services.append(agent)
+        for d in list(self.domains.values()):
+            if d.cfg.autostart:
+                try:
+                    await self.start(d.name)
+                except HostError as err:
+                    if err.exc_type != "QubesVMNotHaltedError":  # started meanwhile: fine
+                        self.log(f"autostart of {d.name} failed: {err.message}")
+
+    async def _start_policy_daemon(self, env: dict[str, str]) -> None:
+        p = self.paths
+        argv = [*program("qrexec-policy-daemon"), f"--policy-path={p.policy_dir}",
+                f"--socket-path={p.policy_socket}",
+                f"--eval-socket-path={p.dom0_rpc / 'policy.EvalSimple'}",
+                f"--gui-socket-path={p.dom0_rpc / 'policy.EvalGUI'}"]
+        proc = await _spawn(argv, env, p.log_dir / "policy-daemon.log")
+        self.services.append(proc)
+        if not await _wait_path(p.policy_socket, 30, [proc]):
+            raise HostError("QubesException", "the policy daemon did not start; see "
+                            f"{p.log_dir / 'policy-daemon.log'}")
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(self.kill(d.name, quiet=True) for d in list(self.domains.values())
+                               if d.running and d.name != "dom0"), return_exceptions=True)
+        for proc in reversed(self.services):
+            await _terminate(proc)
+        self.services = []
+        for server in self.servers:
+            await server.close()
+        self.servers = []
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.paths.policy_socket)
+        self.stopped.set()
+
+    # -- lookups ---------------------------------------------------------------------------
+    def resolve(self, dest: str) -> Domain:
+        if dest in ("@adminvm", "dom0", f"uuid:{DOM0_UUID}"):
+            return self.domains["dom0"]
+        if dest.startswith("uuid:"):
+            for d in self.domains.values():
+                if d.cfg.uuid == dest[5:]:
+                    return d
+        elif dest in self.domains:
+            return self.domains[dest]
+        raise HostError("QubesVMNotFoundError", f"No such domain: '{dest}'")
+
+    def system_info(self) -> dict[str, object]:
+        domains: dict[str, object] = {}
+        for d in self.domains.values():
+            c = d.cfg
+            domains[c.name] = {
+                "type": c.type, "tags": list(c.tags), "uuid": c.uuid,
+                "default_dispvm": c.default_dispvm,
+                "template_for_dispvms": c.template_for_dispvms,
+                "power_state": "Running" if d.state == "Running" else d.state,
+                "label": c.colour, "icon": c.icon, "guivm": c.guivm,
+                "relayvm": None, "transport_rpc": None,
+                "internal": True if c.internal else None,
+            }
+        return {"domains": domains}
+
+    def listing(self) -> list[dict[str, object]]:
+        return [{"name": d.name, "type": d.cfg.type, "state": d.state, "domid": d.domid,
+                 "label": d.cfg.label, "uuid": d.cfg.uuid}
+                for d in self.domains.values()]
+
+    # -- the qubesd methods ------------------------------------------------------------------
+    async def handle(self, method: str, arg: str, dest: str, payload: bytes,
+                     internal: bool) -> bytes:
+        if internal and method == "internal.GetSystemInfo":
+            return json.dumps(self.system_info()).encode()
+        if not internal:
+            if method == "admin.vm.Start":
+                await self.start(self.resolve(dest).name)
+                return b""
+            if method == "admin.vm.Kill":
+                await self.kill(self.resolve(dest).name)
+                return b""
+            if method == "admin.vm.CreateDisposable":
+                return await self.create_disposable(self.resolve(dest), payload == b"uuid")
+            if method == "pyqrexec.host.List":
+                return json.dumps(self.listing()).encode()
+            if method == "pyqrexec.host.Exec":
+                return json.dumps(self.exec_spec(self.resolve(dest))).encode()
+            if method == "pyqrexec.host.Shutdown":
+                asyncio.get_running_loop().call_soon(
+                    lambda: asyncio.ensure_future(self.shutdown()))
+                return b""
+        raise HostError("QubesException", "unsupported method")
+
+    async def start(self, name: str) -> None:
+        d = self.domains[name]
+        async with d.lock:
+            if d.running:
+                raise HostError("QubesVMNotHaltedError", f"Domain is running: {name}")
+            try:
+                await self._start(d)
+            except BaseException:
+                await self._stop(d)
+                raise
+
+    async def kill(self, name: str, quiet: bool = False) -> None:
+        d = self.domains.get(name)
+        if d is None:
+            raise HostError("QubesVMNotFoundError", f"No such domain: '{name}'")
+        if name == "dom0":
+            raise HostError("QubesException", "dom0 cannot be killed")
+        async with d.lock:
+            if not d.running:
+                if d.disposable:
+                    self._forget(d)
+                raise HostError("QubesVMNotStartedError", f"Domain is powered off: {name}")
+            await self._stop(d)
+        if not quiet:
+            self.log(f"{name} halted")
+
+    async def create_disposable(self, template: Domain, want_uuid: bool) -> bytes:
+        t = template.cfg
+        if not t.template_for_dispvms:
+            raise HostError("QubesException",
+                            f"Domain {t.name} does not have template_for_dispvms set")
+        name = next((f"disp{n}" for n in range(1, MAX_DISPOSABLES + 1)
+                     if f"disp{n}" not in self.domains), None)
+        if name is None:
+            raise HostError("QubesException", "too many disposables")
+        root = self.paths.state / "disp" / name
+        cfg = dataclasses.replace(
+            t, name=name, type="DispVM", root=root, uuid=str(uuidlib.uuid4()), tags=(),
+            template_for_dispvms=False, autostart=False, internal=False)
+        self.domains[name] = Domain(cfg, disposable=True)  # reserve the name while copying
+        try:
+            await _copy_tree(t.root, root)
+        except BaseException:
+            self._forget(self.domains[name])
+            raise
+        return f"uuid:{cfg.uuid}".encode() if want_uuid else name.encode()
+
+    # -- starting and stopping one domain ----------------------------------------------------
+    async def _start(self, d: Domain) -> None:
+        p = self.paths
+        domid = self.next_domid
+        self.next_domid += 1
+        view = p.vchan / str(domid)
+        view.mkdir()
+        os.chmod(view, 0o777)
+        d.domid = domid
+        d.state = "Transient"
+        pairs: list[tuple[Path, int]] = []
+        for peer in self.domains.values():
+            if peer is d or peer.domid is None or peer.state == "Dying" or not (
+                    p.vchan / str(peer.domid)).is_dir():
+                continue
+            pair = p.vchan / str(peer.domid) / str(domid)
+            pair.mkdir()
+            os.chmod(pair, 0o777)
+            if self.bwrap:
+                (view / str(peer.domid)).mkdir()
+                pairs.append((pair, peer.domid))
+            else:
+                os.symlink(pair, view / str(peer.domid))
+        home = p.state / "dom" / d.name
+        shutil.rmtree(home, ignore_errors=True)
+        run = home / "run"
+        run.mkdir(parents=True)
+        _give(run, d.cfg.user)
+        agent_log = p.log_dir / f"agent.{d.name}.log"
+        if self.bwrap:
+            d.agent, d.ns_pid = await self._spawn_sandboxed(d, home, view, pairs, agent_log)
+        else:
+            d.agent = await _spawn(
+                [*user_wrapper(d.cfg.user), *program("qrexec-agent"),
+                 f"--agent-socket={run / 'qrexec-agent'}", "--no-fork-server"],
+                self._plain_env(d), agent_log, new_session=True)
+        daemon_log = p.log_dir / f"qrexec.{d.name}.log"
+        d.daemon = await _spawn(
+            [*program("qrexec-daemon"), "--direct", f"--uuid={d.cfg.uuid}",
+             f"--socket-dir={p.socket_dir}", f"--policy-program={p.policy_program}",
+             str(domid), d.name, d.cfg.default_user],
+            p.dom0_env(self.base_env), daemon_log)
+        if not all([await _wait_path(p.socket_dir / f"qrexec.{name}", START_TIMEOUT,
+                                     [d.daemon, d.agent])
+                    for name in (d.name, f"uuid:{d.cfg.uuid}")]):
+            for log in (agent_log, daemon_log):  # a disposable's logs go with it
+                with contextlib.suppress(OSError):
+                    for line in log.read_text(errors="replace").splitlines()[-5:]:
+                        self.log(f"{log.name}: {line}")
+            raise HostError("QubesException",
+                            f"domain {d.name} did not start; see {agent_log} and {daemon_log}")
+        d.state = "Running"
+        self.log(f"{d.name} started (domid {domid})")
+
+    def _plain_env(self, d: Domain) -> dict[str, str]:
+        r = d.cfg.root
+        env = dict(self.base_env)
+        run = self.paths.state / "dom" / d.name / "run"
+        env.update(
+            PYTHONPATH=source_dir(), VCHAN_DOMAIN=str(d.domid),
+            VCHAN_SOCKET_DIR=str(self.paths.vchan / str(d.domid)), VCHAN_PAIR_DIRS="1",
+            QREXEC_SERVICE_PATH=(f"{run}/rpc:{r}/usr/local/etc/qubes-rpc:{r}/etc/qubes-rpc"),
+            QUBES_RPC_CONFIG_PATH=(f"{run}/rpc-config:{r}/usr/local/etc/qubes/rpc-config:"
+                                   f"{r}/etc/qubes/rpc-config"),
+            # the domain's own programs come first, as its /usr/bin would in a sandbox
+            PATH=f"{r}/usr/local/bin:{r}/usr/bin:" + self.base_env.get("PATH", "/usr/bin:/bin"),
+        )
+        for key in ("QUBESD_SOCKET", "QUBESD_INTERNAL_SOCKET", "QREXEC_POLICY_SOCKET"):
+            env.pop(key, None)
+        return env
+
+    def _sandbox_env(self, d: Domain) -> dict[str, str]:
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+               "PYTHONPATH": source_dir(), "VCHAN_DOMAIN": str(d.domid),
+               "VCHAN_SOCKET_DIR": SANDBOX_VCHAN, "VCHAN_PAIR_DIRS": "1",
+               "HOME": "/root" if d.cfg.user is None else "/tmp"}
+        for key in ("LANG", "LC_ALL", "TERM", "QREXEC_MAX_PROTOCOL_VERSION"):
+            if key in self.base_env:
+                env[key] = self.base_env[key]
+        return env
+
+    async def _spawn_sandboxed(
+        self, d: Domain, home: Path, view: Path, pairs: list[tuple[Path, int]], log: Path
+    ) -> tuple[asyncio.subprocess.Process, int | None]:
+        assert self.bwrap is not None and self.layout is not None
+        merged = []
+        for rel in merged_dirs(d.cfg.root):
+            dest = home / "merged" / rel.replace("/", "_")
+            build_merged_dir(dest, rel, d.cfg.root)
+            merged.append((rel, dest))
+        rfd, wfd = os.pipe()
+        spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
+                           vchan_view=view, pairs=tuple(pairs), merged=tuple(merged),
+                           info_fd=wfd, env=self._sandbox_env(d))
+        command = [*user_wrapper(d.cfg.user), *program("qrexec-agent"), "--no-fork-server"]
+        try:
+            proc = await _spawn(bwrap_argv(spec, self.layout, command, self.bwrap),
+                                self.base_env, log, pass_fds=(wfd,))
+        finally:
+            os.close(wfd)
+        try:
+            info = await asyncio.get_running_loop().run_in_executor(None, _read_info, rfd)
+        finally:
+            os.close(rfd)
+        pid = info.get("child-pid")
+        return proc, pid if isinstance(pid, int) else None
+
+    async def _stop(self, d: Domain) -> None:
+        """Terminate the daemon and the sandbox; remove the domain's sockets and files."""
+        d.state = "Dying"
+        if d.daemon is not None:
+            await _terminate(d.daemon)
+        if d.agent is not None:
+            await _terminate(d.agent, group=self.bwrap is None)
+        d.daemon = d.agent = None
+        d.ns_pid = None
+        p = self.paths
+        for name in (d.name, str(d.domid), f"uuid:{d.cfg.uuid}"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p.socket_dir / f"qrexec.{name}")
+        if d.domid is not None:
+            shutil.rmtree(p.vchan / str(d.domid), ignore_errors=True)
+            for peer in self.domains.values():
+                if peer.domid is not None:
+                    _remove(p.vchan / str(peer.domid) / str(d.domid))
+        shutil.rmtree(p.state / "dom" / d.name, ignore_errors=True)
+        d.domid = None
+        d.state = "Halted"
+        if d.disposable:
+            self._forget(d)
+
+    def _forget(self, d: Domain) -> None:
+        """Remove a disposable: its root, logs and entry."""
+        shutil.rmtree(d.cfg.root, ignore_errors=True)
+        for log in (f"agent.{d.name}.log", f"qrexec.{d.name}.log"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.paths.log_dir / log)
+        if self.domains.get(d.name) is d:
+            del self.domains[d.name]
+
+    # -- running programs inside a domain ------------------------------------------------------
+    def exec_spec(self, d: Domain) -> dict[str, object]:
+        """How `call` runs a program inside `d`: argv prefix, environment, agent socket."""
+        if not d.running or d.name == "dom0":
+            raise HostError("QubesVMNotStartedError", f"Domain is powered off: {d.name}")
+        if self.bwrap:
+            if d.ns_pid is None:
+                raise HostError("QubesException", f"cannot enter {d.name}'s sandbox")
+            prefix = ["nsenter", f"--target={d.ns_pid}", "--mount", "--pid", "--net", "--ipc",
+                      "--uts", "--root", "--wd", *user_wrapper(d.cfg.user)]
+            return {"prefix": prefix, "env": self._sandbox_env(d),
+                    "agent_socket": f"{SANDBOX_RUN}/qrexec-agent"}
+        run = self.paths.state / "dom" / d.name / "run"
+        return {"prefix": user_wrapper(d.cfg.user), "env": self._plain_env(d),
+                "agent_socket": str(run / "qrexec-agent"), "root": str(d.cfg.root)}
+
+
+# -- the policy agent (another component; started when installed) ---------------------------
+def policy_agent_argv() -> list[str] | None:
+    """How to run qrexec-policy-agent: the pyqrexec module if present, else one on PATH."""
+    try:
+        found = importlib.util.find_spec("pyqrexec.cli.qrexec_policy_agent") is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return program("qrexec-policy-agent")
+    exe = shutil.which("qrexec-policy-agent")
+    return [exe] if exe else None
+
+
+async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str],
+                             log: Callable[[str], None]) -> asyncio.subprocess.Process | None:
+    """Start qrexec-policy-agent on its socket and link policy.Ask / policy.Notify to it in
+    dom0's runtime service directory; None (and a note) when it is not installed."""
+    argv = policy_agent_argv()
+    if argv is None:
+        log("qrexec-policy-agent not found: ask rules are denied, notifications dropped")
+        return None
+    sock = paths.policy_agent_socket
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(sock)
+    proc = await _spawn([*argv, f"--socket-path={sock}", *extra], env,
+                        paths.log_dir / "policy-agent.log")
+    if not await _wait_path(sock, 30, [proc]):
+        log(f"qrexec-policy-agent did not start; see {paths.log_dir / 'policy-agent.log'}")
+        await _terminate(proc)
+        return None
+    for service in ("policy.Ask", "policy.Notify"):
+        link = paths.dom0_rpc / service
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
+        os.symlink(sock, link)
+    return proc
+
+
+# -- process and file helpers ------------------------------------------------------------------
+async def _spawn(argv: list[str], env: Mapping[str, str], log: Path,
+                 new_session: bool = False,
+                 pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
+    with open(log, "ab") as out:
+        return await asyncio.create_subprocess_exec(
+            *argv, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=new_session, pass_fds=pass_fds)
+
+
+async def _wait_path(path: Path, timeout: float,
+                     procs: list[asyncio.subprocess.Process | None]) -> bool:
+    """True once `path` exists; False on timeout or when one of `procs` ends first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not path.exists():
+        if loop.time() > deadline or any(p is not None and p.returncode is not None
+                                         for p in procs):
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def _terminate(proc: asyncio.subprocess.Process, group: bool = False) -> None:
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    if proc.returncode is None:
+        send(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            send(signal.SIGKILL)
+            await proc.wait()
+    if group:  # whatever the agent started and left behind
+        send(signal.SIGKILL)
+
+
+def _read_info(fd: int, timeout: float = 20.0) -> dict[str, object]:
+    """bwrap's --info-fd JSON (read until it parses: the sandbox may keep the pipe open)."""
+    data = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return {}
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+        try:
+            value = json.loads(data)
+        except ValueError:
+            continue
+        return value if isinstance(value, dict) else {}
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+async def _copy_tree(src: Path, dst: Path) -> None:
+    """A fresh copy of a root directory (copy-on-write where the filesystem can)."""
+    proc = await asyncio.create_subprocess_exec(
+        "cp", "-a", "--reflink=auto", "--", str(src), str(dst),
+        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise HostError("QubesException",
+                        f"cannot copy {src}: {err.decode(errors='replace').strip()}")
+
+
+def _give(path: Path, user: str | None) -> None:
+    """Let the agent's account create its sockets in `path`."""
+    if user is None:
+        return
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        os.chmod(path, 0o777)
+        return
+    with contextlib.suppress(PermissionError):
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)

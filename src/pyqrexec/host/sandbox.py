@@ -1,0 +1,221 @@
+"""How a domain's processes are confined: bubblewrap argv (pure) and the plain fallback.
+
+Inside a bubblewrap sandbox a domain sees (docs/qrexec-host.md):
+
+- the host's `/usr` (read-only; `/bin`, `/lib`… as on the host), the Python running
+  qrexec-host and the pyqrexec sources, at their host paths;
+- `/etc` (and `/usr/bin`, `/usr/local/etc`, … when its root has them) as a *merged
+  directory*: a directory of symlinks built on the host, the domain root's entries winning
+  over the host's, the host's own directory shown at `/run/host/<dir>`;
+- its root directory read-only at `/run/qubes-root` (what the merged symlinks point into);
+- `/run/qubes` = its run directory (agent trigger socket `/var/run/qubes/qrexec-agent`);
+- `/run/vchan` = its vchan view: its own directory plus one directory per peer domain
+  (`VCHAN_PAIR_DIRS`, transport/vchan.py), each shared by exactly the two domains of a pair;
+- private `/tmp`, `/proc`, `/dev`, PID, network, IPC and UTS namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyqrexec
+
+__all__ = [
+    "SandboxSpec",
+    "KEPT_CAPS",
+    "HostLayout",
+    "MERGED_DIRS",
+    "SANDBOX_ROOT",
+    "SANDBOX_RUN",
+    "SANDBOX_VCHAN",
+    "bwrap_argv",
+    "host_layout",
+    "build_merged_dir",
+    "merged_dirs",
+    "probe_bwrap",
+    "source_dir",
+    "python_dirs",
+    "user_wrapper",
+]
+
+#: directories of a domain root that replace the host's inside the sandbox ("etc" always)
+MERGED_DIRS = ("etc", "usr/bin", "usr/local/bin", "usr/local/etc", "usr/lib/qubes")
+SANDBOX_ROOT = "/run/qubes-root"
+SANDBOX_RUN = "/run/qubes"
+SANDBOX_VCHAN = "/run/vchan"
+#: what a root agent keeps (bwrap started by root would keep almost everything, including
+#: CAP_SYS_ADMIN, CAP_MKNOD and CAP_DAC_READ_SEARCH, each a way out): switching to the
+#: requested user per call, and root's usual power over the files it can see
+KEPT_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER",
+             "CAP_KILL")
+_HOST_ONLY = ("qubes-rpc", "qubes")
+_TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    """What of the host's `/` a sandbox needs: top-level symlinks and directories."""
+
+    links: tuple[tuple[str, str], ...] = ()
+    dirs: tuple[str, ...] = ("/usr",)
+    #: Python installation and pyqrexec source directories outside /usr, bound read-only
+    extra_ro: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    name: str
+    root: Path
+    run_dir: Path
+    vchan_view: Path
+    #: (host pair directory, peer domid): shown at /run/vchan/<peer>
+    pairs: tuple[tuple[Path, int], ...] = ()
+    #: (directory relative to /, host merged directory)
+    merged: tuple[tuple[str, Path], ...] = ()
+    info_fd: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def bwrap_argv(spec: SandboxSpec, layout: HostLayout, command: Sequence[str],
+               bwrap: str = "bwrap") -> list[str]:
+    """The full bwrap command line that runs `command` confined as `spec` says."""
+    a = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+         "--hostname", spec.name, "--die-with-parent", "--new-session", "--clearenv",
+         "--cap-drop", "ALL"]
+    for cap in KEPT_CAPS:
+        a += ["--cap-add", cap]
+    for key, value in sorted(spec.env.items()):
+        a += ["--setenv", key, value]
+    for d in layout.dirs:
+        a += ["--ro-bind", d, d]
+    for link, target in layout.links:
+        a += ["--symlink", target, link]
+    a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
+          "--dir", "/var", "--symlink", "/run", "/var/run", "--tmpfs", "/var/tmp"]
+    made = {"/", "/run", "/tmp", "/var"}
+    for d in layout.extra_ro:
+        a += [*_parents(d, made), "--ro-bind", d, d]
+    a += ["--ro-bind", str(spec.root), SANDBOX_ROOT,
+          "--bind", str(spec.run_dir), SANDBOX_RUN,
+          "--bind", str(spec.vchan_view), SANDBOX_VCHAN]
+    for pair, peer in spec.pairs:
+        # -try: a peer that is being killed meanwhile takes its pair directory with it
+        a += ["--bind-try", str(pair), f"{SANDBOX_VCHAN}/{peer}"]
+    for rel, merged in spec.merged:
+        host = f"/{rel}"
+        a += [*_parents(f"/run/host/{rel}", made), "--ro-bind-try", host, f"/run/host/{rel}",
+              "--ro-bind", str(merged), host]
+    if spec.info_fd is not None:
+        a += ["--info-fd", str(spec.info_fd)]
+    a += ["--chdir", "/", "--", *command]
+    return a
+
+
+def _parents(path: str, made: set[str]) -> list[str]:
+    """Options creating the missing parents of `path` with mode 0755 (bwrap would make
+    them 0700, and an unprivileged agent must traverse them)."""
+    a: list[str] = []
+    for parent in reversed(Path(path).parents):
+        if str(parent) not in made:
+            made.add(str(parent))
+            a += ["--perms", "0755", "--dir", str(parent)]
+    return a
+
+
+def merged_dirs(root: Path) -> list[str]:
+    """Which of `MERGED_DIRS` a domain with this root gets (impure: looks at the disk)."""
+    return [rel for rel in MERGED_DIRS
+            if rel == "etc" or ((root / rel).is_dir() and Path(f"/{rel}").is_dir())]
+
+
+def build_merged_dir(dest: Path, rel: str, root: Path) -> None:
+    """Fill `dest` with symlinks: host `/rel/X` -> `/run/host/rel/X`, then the root's own
+    `rel/X` -> `/run/qubes-root/rel/X` (replacing a host entry of the same name)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    host = Path(f"/{rel}")
+    entries: dict[str, str] = {}
+    if host.is_dir():
+        for name in os.listdir(host):
+            if rel.endswith("etc") and name in _HOST_ONLY:
+                continue  # the host's own qrexec configuration is not the domain's
+            entries[name] = f"/run/host/{rel}/{name}"
+    own = root / rel
+    if own.is_dir():
+        for name in os.listdir(own):
+            entries[name] = f"{SANDBOX_ROOT}/{rel}/{name}"
+    for name, target in entries.items():
+        os.symlink(target, dest / name)
+    os.chmod(dest, 0o755)
+
+
+def source_dir() -> str:
+    """The directory holding the `pyqrexec` package (put on PYTHONPATH in sandboxes)."""
+    return str(Path(pyqrexec.__file__).resolve().parents[1])
+
+
+def python_dirs() -> list[str]:
+    """Directories a sandbox needs to run this Python and pyqrexec, outside /usr."""
+    found: list[str] = []
+    exe = Path(sys.executable).resolve()
+    for d in (sys.base_prefix, sys.prefix, str(exe.parent.parent), source_dir()):
+        real = str(Path(d).resolve())
+        if real == "/" or real.startswith(("/usr/", "/proc")) or real == "/usr":
+            continue
+        if not any(real == f or real.startswith(f + "/") for f in found):
+            found = [f for f in found if not f.startswith(real + "/")] + [real]
+    return found
+
+
+def host_layout() -> HostLayout:
+    links: list[tuple[str, str]] = []
+    dirs = ["/usr"]
+    for name in _TOP_LEVEL:
+        p = Path("/") / name
+        if p.is_symlink():
+            links.append((str(p), os.readlink(p)))
+        elif p.is_dir():
+            dirs.append(str(p))
+    return HostLayout(tuple(links), tuple(dirs), tuple(python_dirs()))
+
+
+def user_wrapper(user: str | None) -> list[str]:
+    """argv prefix that runs a program as `user` (none for root / no user), with the
+    account's primary group (which need not share its name, e.g. nobody/nogroup)."""
+    if not user or user == "root":
+        return []
+    import pwd
+
+    try:
+        gid = str(pwd.getpwnam(user).pw_gid)
+    except KeyError:
+        gid = user
+    return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", "--"]
+
+
+def probe_bwrap() -> tuple[str | None, str]:
+    """(bwrap path, "") when bubblewrap can make our sandboxes here, else (None, reason)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return None, "bwrap (Debian package bubblewrap) is not installed"
+    layout = host_layout()
+    argv = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--die-with-parent", "--new-session"]
+    for d in layout.dirs:
+        argv += ["--ro-bind", d, d]
+    for link, target in layout.links:
+        argv += ["--symlink", target, link]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/run", "--", "true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return None, f"bwrap cannot run: {err}"
+    if done.returncode != 0:
+        why = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
+        return None, f"bwrap refuses to create namespaces here: {why}"
+    return bwrap, ""

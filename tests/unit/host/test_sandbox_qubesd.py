@@ -1,0 +1,103 @@
+"""Pure parts of qrexec-host: the bubblewrap command line and the qubesd request format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pyqrexec.host.qubesd import encode_call
+from pyqrexec.host.qubesd_server import HostError, error_response, parse_request
+from pyqrexec.host.sandbox import HostLayout, SandboxSpec, bwrap_argv, user_wrapper
+
+
+def pairs(argv: list[str], option: str) -> list[tuple[str, str]]:
+    return [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == option]
+
+
+def test_bwrap_argv() -> None:
+    spec = SandboxSpec(
+        name="work", root=Path("/s/roots/work"), run_dir=Path("/s/dom/work/run"),
+        vchan_view=Path("/s/vchan/3"), pairs=((Path("/s/vchan/0/3"), 0),),
+        merged=(("etc", Path("/s/dom/work/merged/etc")),), info_fd=7,
+        env={"VCHAN_DOMAIN": "3"})
+    layout = HostLayout(links=(("/bin", "usr/bin"),), dirs=("/usr",),
+                        extra_ro=("/opt/py/3.11", "/src"))
+    argv = bwrap_argv(spec, layout, ["agent", "-S"], bwrap="/usr/bin/bwrap")
+    assert argv[0] == "/usr/bin/bwrap" and argv[-3:] == ["--", "agent", "-S"]
+    for option in ("--unshare-pid", "--unshare-net", "--die-with-parent", "--clearenv"):
+        assert option in argv
+    assert ("VCHAN_DOMAIN", "3") in pairs(argv, "--setenv")
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    kept = [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"]
+    assert "CAP_SETUID" in kept and "CAP_SYS_ADMIN" not in kept and "CAP_MKNOD" not in kept
+    assert ("/usr", "/usr") in pairs(argv, "--ro-bind")
+    assert ("usr/bin", "/bin") in pairs(argv, "--symlink")
+    binds = pairs(argv, "--bind")
+    assert ("/s/dom/work/run", "/run/qubes") in binds
+    assert ("/s/vchan/3", "/run/vchan") in binds
+    assert ("/s/vchan/0/3", "/run/vchan/0") in pairs(argv, "--bind-try")
+    ro = pairs(argv, "--ro-bind")
+    assert ("/s/roots/work", "/run/qubes-root") in ro
+    assert ("/s/dom/work/merged/etc", "/etc") in ro
+    assert ("/etc", "/run/host/etc") in pairs(argv, "--ro-bind-try")
+    assert ("/opt/py/3.11", "/opt/py/3.11") in ro
+    # parents of extra binds are made traversable, once each
+    dirs = [argv[i + 1] for i, a in enumerate(argv) if a == "--dir"]
+    assert dirs.count("/opt") == 1 and "/opt/py" in dirs and "/run/host" in dirs
+    assert argv[argv.index("--info-fd") + 1] == "7"
+    # the host's whole / is never bound: other domains' roots stay invisible
+    assert ("/", "/") not in ro and ("/s", "/s") not in ro
+
+
+def test_user_wrapper() -> None:
+    assert user_wrapper(None) == [] and user_wrapper("root") == []
+    argv = user_wrapper("nobody")
+    assert argv[0] == "setpriv" and "--reuid=nobody" in argv and argv[-1] == "--"
+
+
+def test_parse_request_round_trip() -> None:
+    assert parse_request(encode_call("admin.vm.Start", "work")) == (
+        "admin.vm.Start", "", "work", b"")
+    assert parse_request(encode_call("admin.vm.CreateDisposable", "uuid:1", payload=b"uuid")
+                         ) == ("admin.vm.CreateDisposable", "", "uuid:1", b"uuid")
+    assert parse_request(encode_call("admin.vm.Start", "@adminvm", arg="x")) == (
+        "admin.vm.Start", "x", "@adminvm", b"")
+    for bad in (b"admin.vm.Start+ dom0 name work", b"a b\0", b"m+ dom0 weird x\0"):
+        with pytest.raises(HostError):
+            parse_request(bad)
+
+
+def test_error_response() -> None:
+    assert error_response("QubesException", "unsupported method") == (
+        b"2\0QubesException\0\0unsupported method\0")
+
+
+def test_probe_without_bwrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyqrexec.host import sandbox
+
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    assert sandbox.probe_bwrap() == (
+        None, "bwrap (Debian package bubblewrap) is not installed")
+
+
+def test_merged_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyqrexec.host import sandbox
+
+    host_etc = tmp_path / "hostetc"
+    (host_etc / "qubes-rpc").mkdir(parents=True)
+    (host_etc / "passwd").write_text("")
+    (host_etc / "hosts").write_text("")
+    root = tmp_path / "root"
+    (root / "etc" / "qubes-rpc").mkdir(parents=True)
+    (root / "etc" / "hosts").write_text("")
+    real = sandbox.Path
+    monkeypatch.setattr(sandbox, "Path",
+                        lambda p: host_etc if p == "/etc" else real(p))
+    dest = tmp_path / "merged"
+    sandbox.build_merged_dir(dest, "etc", root)
+    links = {p.name: os.readlink(p) for p in dest.iterdir()}
+    # the root's entries win; the host's own qubes-rpc is never shown
+    assert links == {"passwd": "/run/host/etc/passwd", "hosts": "/run/qubes-root/etc/hosts",
+                     "qubes-rpc": "/run/qubes-root/etc/qubes-rpc"}
