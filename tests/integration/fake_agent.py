@@ -15,7 +15,7 @@ from pathlib import Path
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER, hello, pack_exec
 
-from .harness import Domain, QrexecHost, wait_for
+from .harness import Domain, QrexecHost, peer_pid, wait_for
 
 #: seconds any single read may take before the test fails
 TIMEOUT = 10.0
@@ -110,10 +110,7 @@ class FakeAgent:
         return self.conn
 
     def peer_pid(self) -> int:
-        creds = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                     struct.calcsize("3i"))
-        pid: int = struct.unpack("3i", creds)[0]
-        return pid
+        return peer_pid(self.sock)
 
     def handshake(self, version: int = 4) -> int:
         """Accept, send HELLO(version), return the version of the daemon's HELLO reply."""

@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER
 
 from .calls import World
+from .harness import parent_pid, peer_pid
 
 if TYPE_CHECKING:
     from .harness import Domain, QrexecHost
@@ -102,20 +102,6 @@ def _connect_retrying(path: Path, timeout: float = 120.0) -> socket.socket | Non
             sock.close()
             time.sleep(0.005)
     return None
-
-
-def parent_pid(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def peer_pid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid: int = struct.unpack("3i", creds)[0]
-    return pid
 
 
 class Tap:
