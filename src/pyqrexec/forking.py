@@ -19,15 +19,19 @@ __all__ = ["fork_call", "on_exit", "wait_exit"]
 def fork_call(
     body: Callable[[], int], log: Callable[[str], None], keep: Sequence[int] = ()
 ) -> int:
-    """Fork; the child runs `body` with default signals and no inherited fds >= 3 but those in
-    `keep`, then exits with its status. Returns the child's pid."""
+    """Fork; the child runs `body` with default signals (SIGPIPE ignored) and no inherited
+    fds >= 3 but those in `keep`, then exits with its status. Returns the child's pid."""
     pid = os.fork()
     if pid:
         return pid
     status = 1  # pragma: no cover - child from here on
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        # SIGPIPE stays ignored: the relay handles EPIPE (a service that exits without reading
+        # its stdin must not kill the call's process); programs started from here get it back
+        # at its default through posix_spawn (services.md §4.1)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         low = 3

@@ -196,6 +196,18 @@ class Relay:
                     q[0] = (data[sent:], src, last)
                     sent = 0
 
+    def drop_unsent(self) -> None:
+        """Forget queued messages except the first (which may be partly sent already)."""
+        q = self.outq
+        keep = 0
+        while keep < len(q) and not q[keep][2]:
+            keep += 1
+        keep += 1
+        while len(q) > keep:
+            _data, src, last = q.pop()
+            if src is not None and last:
+                src.inflight -= 1
+
     def _drop_queue(self) -> None:
         for _data, src, last in self.outq:
             if src is not None and last:
@@ -509,13 +521,23 @@ def run_caller(
             relay.consumed()
             if exit_seen:
                 if not stdin_eof_sent and not relay.send_failed:
+                    # input queued for a service that has exited is useless: the EOF goes
+                    # right after the message being sent (§12.2 caller step 3)
+                    relay.drop_unsent()
                     relay.queue_message(MsgType.DATA_STDIN)
                     stdin_eof_sent = True
                 if stop_input_on_exit and src is not None:
                     src.stopped = True
                 prefix_left = b""
+    if exit_seen and relay.outq and not relay.send_failed:
+        # the STDIN EOF of step 3 goes out unless the service side has closed the channel;
+        # a peer that neither reads nor closes is given the usual 10 s
+        relay.channel.settimeout(_WAKE_MS / 1000)
+        relay.flush()
+        relay.channel.setblocking(False)
+    else:
+        relay.flush()
     # drain what is left to write locally (bounded by the peer having finished)
-    relay.flush()
     _finish_sinks(sinks)
     if not exit_seen:
         log("vchan connection closed early")

@@ -16,7 +16,7 @@ from typing import Protocol
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER, hello, pack_exec
 
-from .harness import Domain, QrexecHost, wait_for
+from .harness import Domain, QrexecHost, peer_pid, wait_for
 
 #: seconds any single read may take before the test fails
 TIMEOUT = 10.0
@@ -111,10 +111,7 @@ class FakeAgent:
         return self.conn
 
     def peer_pid(self) -> int:
-        creds = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                     struct.calcsize("3i"))
-        pid: int = struct.unpack("3i", creds)[0]
-        return pid
+        return peer_pid(self.sock)
 
     def handshake(self, version: int = 4) -> int:
         """Accept, send HELLO(version), return the version of the daemon's HELLO reply."""
@@ -151,12 +148,12 @@ def hostile_domain(host: QrexecHost, name: str = "vm", domid: int = 42,
 
 def start_attacked_daemon(host: QrexecHost, version: int = 4, name: str = "vm",
                           domid: int = 42, env: dict[str, str] | None = None,
-                          ) -> tuple[Domain, FakeAgent]:
+                          extra: list[str] | None = None) -> tuple[Domain, FakeAgent]:
     """A real daemon (`--direct`) connected to a fake agent that has done HELLO(version)
     and whose client socket exists."""
     dom = hostile_domain(host, name, domid)
     agent = FakeAgent(host, domid)
-    dom.start_daemon(wait=False, env=env)
+    dom.start_daemon(wait=False, env=env, extra=extra)
     agent.handshake(version)
     dom.wait_daemon_ready()
     return dom, agent

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -35,6 +37,22 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of `pid`; 0 when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def peer_pid(sock: socket.socket) -> int:
+    """The pid of the process at the other end of Unix socket `sock`."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid
 
 
 @dataclass

@@ -139,7 +139,7 @@ def test_newer_client_hello_is_accepted(host: QrexecHost, vm: tuple[Domain, Fake
     assert client.reply() == (EXEC, X, 513)
 
 
-_BAD_REQUESTS = {
+BAD_REQUESTS = {
     "type-refused": pack_exec(MsgType.SERVICE_REFUSED, 0, 0, b"SOCKET1\0"),
     "type-1ff": pack_exec(0x1FF, 0, 0, b"root:true\0"),
     "type-trigger": pack_exec(MsgType.TRIGGER_SERVICE4, 0, 0, b"root:true\0"),
@@ -164,7 +164,7 @@ _BAD_REQUESTS = {
 }
 
 
-@pytest.mark.parametrize("message", list(_BAD_REQUESTS.values()), ids=list(_BAD_REQUESTS))
+@pytest.mark.parametrize("message", list(BAD_REQUESTS.values()), ids=list(BAD_REQUESTS))
 def test_bad_client_request(host: QrexecHost, vm: tuple[Domain, FakeAgent],
                             message: bytes) -> None:
     dom, agent = vm
@@ -179,7 +179,7 @@ def test_bad_client_request(host: QrexecHost, vm: tuple[Domain, FakeAgent],
 def test_bad_client_request_keeps_ports(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
     """A request refused at validation allocates nothing: the next one still gets 513."""
     _, agent = vm
-    for message in _BAD_REQUESTS.values():
+    for message in BAD_REQUESTS.values():
         client = RawClient(host, "vm")
         client.hello()
         client.send(message)

@@ -28,7 +28,7 @@ from pyqrexec.relay import run_caller
 from pyqrexec.services.rpcconfig import DEFAULT_CONFIG
 from pyqrexec.transport import vchan
 
-from .harness import SRC, cleanup_dir, program, wait_for
+from .harness import SRC, cleanup_dir, parent_pid, program, wait_for
 
 #: the fork server's own domain (the VM it serves in)
 DOMID = 7
@@ -336,22 +336,13 @@ def test_serving_child_ignores_sigchld_and_sigpipe(server: ForkServer) -> None:
                 group.add(int(name))
         except ProcessLookupError:
             continue
-    serving = [pid for pid in group if _ppid(pid) not in group | {0}]
+    serving = [pid for pid in group if parent_pid(pid) not in group | {0}]
     assert len(serving) == 1, group
     status = Path(f"/proc/{serving[0]}/status").read_text()
     ignored = int(next(line for line in status.splitlines()
                        if line.startswith("SigIgn:")).split()[1], 16)
     for sig in (signal.SIGCHLD, signal.SIGPIPE):
         assert ignored & (1 << (sig - 1)), sig
-
-
-def _ppid(pid: int) -> int:
-    """The parent of `pid`; 0 when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return 0
-    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def test_handover_path_uses_the_template(server: ForkServer) -> None:
