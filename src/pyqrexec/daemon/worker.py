@@ -36,6 +36,8 @@ __all__ = ["call_worker", "DOM0_NAMES"]
 
 DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 DEFAULT_POLICY_SOCKET = "/run/qubes/policy.sock"
+#: how long a request waits for a data port of a busy target (all its ports in use)
+BUSY_TIMEOUT = 60.0
 
 
 class WorkerFailure(Exception):
@@ -162,7 +164,40 @@ async def _open_daemon(
 async def _exec_in(
     daemon: Daemon, dest: str, cmd: bytes, autostart: bool
 ) -> tuple[int, int, asyncio.StreamReader, asyncio.StreamWriter]:
-    """EXEC_CMDLINE{own domid, 0} + cmd to `dest`'s daemon: target domid, port, socket."""
+    """EXEC_CMDLINE{own domid, 0} + cmd to `dest`'s daemon: target domid, port, socket.
+
+    A target daemon whose ports for this pair are all in use (128 by the parity rule, §8)
+    closes the connection without an answer. That is a busy target, not a refusal: the
+    request is repeated, with growing pauses, for up to `BUSY_TIMEOUT` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BUSY_TIMEOUT
+    pause = 0.01
+    while True:
+        reader, writer = await _open_target(daemon, dest, autostart)
+        try:
+            writer.write(pack_exec(MsgType.EXEC_CMDLINE, daemon.opts.domid, 0, cmd))
+            head = await reader.readexactly(16)
+            t, n = HEADER.unpack_from(head)
+            if t != MsgType.EXEC_CMDLINE or n != 8:
+                raise RemoteProtocolError(f"answer type {t:#x} len {n}")
+            domid, port = parse_exec_params_only(head[8:])
+            return domid, port, reader, writer
+        except asyncio.IncompleteReadError as err:
+            writer.close()
+            if err.partial or loop.time() + pause > deadline:
+                raise WorkerFailure(EXIT_PROBLEM, f"exec request to {dest} failed: {err}") from err
+        except (OSError, RemoteProtocolError) as err:
+            writer.close()
+            raise WorkerFailure(EXIT_PROBLEM, f"exec request to {dest} failed: {err}") from err
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
+async def _open_target(
+    daemon: Daemon, dest: str, autostart: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The target's daemon socket after HELLO; starts the target first if allowed."""
     opened = await _open_daemon(daemon, dest)
     if opened is None:
         if not autostart:
@@ -171,18 +206,7 @@ async def _exec_in(
         opened = await _open_daemon(daemon, dest)
         if opened is None:
             raise WorkerFailure(EXIT_PROBLEM, f"target {dest} did not start")
-    reader, writer = opened
-    try:
-        writer.write(pack_exec(MsgType.EXEC_CMDLINE, daemon.opts.domid, 0, cmd))
-        head = await reader.readexactly(16)
-        t, n = HEADER.unpack_from(head)
-        if t != MsgType.EXEC_CMDLINE or n != 8:
-            raise RemoteProtocolError(f"answer type {t:#x} len {n}")
-        domid, port = parse_exec_params_only(head[8:])
-    except (OSError, asyncio.IncompleteReadError, RemoteProtocolError) as err:
-        writer.close()
-        raise WorkerFailure(EXIT_PROBLEM, f"exec request to {dest} failed: {err}") from err
-    return domid, port, reader, writer
+    return opened
 
 
 async def _qubesd(daemon: Daemon, method: str, dest: str, payload: bytes = b"",
