@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from .transport.unixsock import Backoff, try_connect
+
 __all__ = ["recv_exact", "ChannelWriter", "connect_unix", "open_unix"]
 
 
@@ -37,25 +39,14 @@ class ChannelWriter:
 async def connect_unix(path: str) -> socket.socket:
     """A connected non-blocking Unix socket.
 
-    A non-blocking connect to a listener whose backlog is full fails with EAGAIN (it never
-    completes later, unlike TCP's EINPROGRESS), so it is retried here; asyncio's own
-    `open_unix_connection` would take the unconnected socket for a connected one.
+    A full listen backlog makes a non-blocking connect fail with EAGAIN (it never completes
+    later), so it is retried here; asyncio's own `open_unix_connection` would take the
+    unconnected socket for a connected one.
     """
-    pause = 0.001
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            sock.connect(path)
-        except BlockingIOError:
-            sock.close()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+    backoff = Backoff(0.001, 0.05)
+    while (sock := try_connect(path, wait_for_listener=False)) is None:
+        await asyncio.sleep(backoff.next() or 0.05)
+    return sock
 
 
 async def open_unix(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

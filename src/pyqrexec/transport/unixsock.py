@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import time
 
-__all__ = ["listen_unix"]
+__all__ = ["listen_unix", "try_connect", "Backoff"]
 
 
 def listen_unix(path: str, *, mode: int, backlog: int) -> socket.socket:
@@ -33,3 +35,49 @@ def listen_unix(path: str, *, mode: int, backlog: int) -> socket.socket:
             pass
         raise
     return sock
+
+
+#: not there yet, or not listening yet: a peer that is starting up
+_NOT_YET = (errno.ENOENT, errno.ECONNREFUSED)
+
+
+def try_connect(path: str, *, wait_for_listener: bool) -> socket.socket | None:
+    """One non-blocking connect attempt: the connected socket, or None to try again later.
+
+    A full listen backlog (EAGAIN) is always worth another try: a non-blocking Unix connect
+    never completes later, unlike TCP's EINPROGRESS. With `wait_for_listener`, a missing or
+    refusing socket (ENOENT, ECONNREFUSED) is too. Any other error is raised.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(path)
+    except BlockingIOError:
+        sock.close()
+        return None
+    except OSError as err:
+        sock.close()
+        if wait_for_listener and err.errno in _NOT_YET:
+            return None
+        raise
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Backoff:
+    """Pauses that double from `first` to `most`, until an optional deadline."""
+
+    def __init__(self, first: float, most: float, timeout: float | None = None) -> None:
+        self.pause = first
+        self.most = most
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def next(self) -> float | None:
+        """The pause before the next attempt, or None when time is up."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return None
+        pause = self.pause
+        self.pause = min(self.pause * 2, self.most)
+        return pause

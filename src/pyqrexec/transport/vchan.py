@@ -13,12 +13,11 @@ pair directory is shared by exactly the two domains of the pair).
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import time
 
-from .unixsock import listen_unix
+from .unixsock import Backoff, listen_unix, try_connect
 
 __all__ = [
     "DEFAULT_SOCKET_DIR",
@@ -121,23 +120,15 @@ def connect(
 ) -> socket.socket:
     """Client init: connect, retrying on ENOENT/ECONNREFUSED until `timeout` (None = forever)."""
     path = pair_path(directory, server, own, port, own)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = _RETRY_PAUSE / 10
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-        except OSError as err:
-            sock.close()
-            if err.errno not in (errno.ENOENT, errno.ECONNREFUSED):
-                raise
-            if deadline is not None and time.monotonic() >= deadline:
-                raise VchanTimeout(f"cannot connect to {path}") from err
-            time.sleep(pause)
-            pause = min(pause * 2, _RETRY_PAUSE_MAX)
-            continue
-        tune(sock)
-        return sock
+    backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
+    while (sock := try_connect(path, wait_for_listener=True)) is None:
+        pause = backoff.next()
+        if pause is None:
+            raise VchanTimeout(f"cannot connect to {path}")
+        time.sleep(pause)
+    sock.setblocking(True)
+    tune(sock)
+    return sock
 
 
 async def connect_async(
@@ -147,29 +138,11 @@ async def connect_async(
     import asyncio
 
     path = pair_path(directory, server, own, port, own)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = _RETRY_PAUSE / 10
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            sock.connect(path)
-        except BlockingIOError:
-            # full listen backlog: try again (a Unix connect never completes later)
-            sock.close()
-            await asyncio.sleep(pause)
-            continue
-        except OSError as err:
-            sock.close()
-            if err.errno not in (errno.ENOENT, errno.ECONNREFUSED):
-                raise
-            if deadline is not None and time.monotonic() >= deadline:
-                raise VchanTimeout(f"cannot connect to {path}") from err
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _RETRY_PAUSE_MAX)
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        tune(sock)
-        return sock
+    backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
+    while (sock := try_connect(path, wait_for_listener=True)) is None:
+        pause = backoff.next()
+        if pause is None:
+            raise VchanTimeout(f"cannot connect to {path}")
+        await asyncio.sleep(pause)
+    tune(sock)
+    return sock
