@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UsageError", "NOT_A_NUMBER", "TRAILING_JUNK", "c_number"]
+__all__ = ["UsageError", "NOT_A_NUMBER", "TRAILING_JUNK", "c_number", "once"]
 
 NOT_A_NUMBER = "does not start with an ASCII digit"
 TRAILING_JUNK = "trailing junk"
@@ -28,3 +28,9 @@ def c_number(text: str) -> int:
         return int(t, base)
     except ValueError as err:
         raise ValueError(TRAILING_JUNK) from err
+
+
+def once(already: object, option: str) -> None:
+    """Options that may be given once: a second one is a usage error (exit 2)."""
+    if already:
+        raise UsageError(2, f"{option} given twice")

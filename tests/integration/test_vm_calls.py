@@ -118,3 +118,28 @@ def test_single_socket_mode_local_program(world: World) -> None:
     r = world.call("work", "anotherVM", "test.Cat", str(prog))
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"hello\n"
+
+
+def test_use_stdin_socket(world: World) -> None:
+    import socket
+    import subprocess
+
+    from .harness import program
+
+    world.service("anotherVM", "test.Upper", "#!/bin/sh\ntr a-z A-Z\n")
+    dom = world.host.domains["work"]
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(
+        [*program("qrexec-client-vm"), "-a", dom.agent_socket, "--use-stdin-socket",
+         "anotherVM", "test.Upper"],
+        stdin=theirs.fileno(), env=world.host.env(dom.domid))
+    theirs.close()
+    ours.sendall(b"both ways")
+    ours.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := ours.recv(100):
+        data += chunk
+    assert proc.wait(30) == 0
+    assert data == b"BOTH WAYS"
+    r = world.call("work", "--use-stdin-socket", "anotherVM", "test.Upper", input=b"")
+    assert r.returncode == 2

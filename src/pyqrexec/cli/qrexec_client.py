@@ -10,7 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from ..cliargs import NOT_A_NUMBER, UsageError, c_number
+from ..cliargs import NOT_A_NUMBER, UsageError, c_number, once
 
 if TYPE_CHECKING:
     import socket
@@ -113,12 +113,10 @@ def _parse(argv: list[str]) -> _Args:
         elif opt == "--socket-dir":
             a.socket_dir = val
         elif opt in ("-p", "--prefix-data"):
-            if a.prefix is not None:
-                raise UsageError(2, "--prefix-data given twice")
+            once(a.prefix is not None, "--prefix-data")
             a.prefix = os.fsencode(val)
         elif opt == "--use-stdin-socket":
-            if a.stdin_socket:
-                raise UsageError(2, "--use-stdin-socket given twice")
+            once(a.stdin_socket, "--use-stdin-socket")
             a.stdin_socket = True
     if modes > 1:
         raise UsageError(1, "ERROR: only one of -e, -l, -c can be specified")
@@ -157,12 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         return err.status
     stdin_sock = None
     if args.stdin_socket:
-        import socket
+        from ..client.stdio import stdin_socket_pair
 
         try:
-            stdin_sock = socket.socket(fileno=os.dup(0))
-            if stdin_sock.type != socket.SOCK_STREAM:
-                raise OSError("not a stream socket")
+            stdin_sock = stdin_socket_pair()
         except OSError:
             _err("qrexec-client: --use-stdin-socket: stdin is not a stream socket")
             return 2
@@ -297,7 +293,7 @@ def _connect_vm(args: _Args) -> int:
     return 0
 
 
-def _call_vm(args: _Args, stdin_sock: object) -> int:
+def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None) -> int:
     import socket
 
     from ..protocol.constants import MsgType
@@ -334,10 +330,8 @@ def _call_vm(args: _Args, stdin_sock: object) -> int:
         local_in, local_out = prog_out_ours.fileno(), prog_in_ours.fileno()
         pidfd = os.pidfd_open(proc.pid)
     elif stdin_sock is not None:
-        assert isinstance(stdin_sock, socket.socket)
-        in_sock = stdin_sock
-        out_sock = socket.socket(fileno=os.dup(stdin_sock.fileno()))
-        local_in, local_out = stdin_sock.fileno(), out_sock.fileno()
+        in_sock, out_sock = stdin_sock
+        local_in, local_out = in_sock.fileno(), out_sock.fileno()
     try:
         channel = vchan.accept_one(listener, path, args.timeout or None)
     except OSError as err:

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from ..cliargs import NOT_A_NUMBER, UsageError, c_number
+from ..cliargs import NOT_A_NUMBER, UsageError, c_number, once
 
 if TYPE_CHECKING:
     import socket
@@ -82,16 +82,13 @@ def _parse(argv: list[str]) -> _Args:
         elif opt in ("-a", "--agent-socket"):
             a.agent_socket = val
         elif opt in ("-p", "--prefix-data"):
-            if a.prefix is not None:
-                raise UsageError(2, "--prefix-data given twice")
+            once(a.prefix is not None, "--prefix-data")
             a.prefix = os.fsencode(val)
         elif opt == "--use-stdin-socket":
-            if a.stdin_socket:
-                raise UsageError(2, "--use-stdin-socket given twice")
+            once(a.stdin_socket, "--use-stdin-socket")
             a.stdin_socket = True
         elif opt in ("-s", "--source-qube"):
-            if a.source is not None:
-                raise UsageError(2, "--source-qube given twice")
+            once(a.source is not None, "--source-qube")
             a.source = os.fsencode(val)[:63]
     if len(pos) < 2:
         raise UsageError(2, USAGE)
@@ -155,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _call(args: _Args, domain: int, port: int) -> int:
-    import socket
 
     from ..log import Logger
     from ..transport import vchan
@@ -176,14 +172,13 @@ def _call(args: _Args, domain: int, port: int) -> int:
         local_in, local_out = in_sock.fileno(), out_sock.fileno()
         pidfd = os.pidfd_open(child)
     elif args.stdin_socket:
+        from ..client.stdio import stdin_socket_pair
+
         try:
-            in_sock = socket.socket(fileno=os.dup(0))
-            if in_sock.type != socket.SOCK_STREAM:
-                raise OSError("not a stream socket")
+            in_sock, out_sock = stdin_socket_pair()
         except OSError:
             sys.stderr.write("qrexec-client-vm: --use-stdin-socket: stdin is not a socket\n")
             return 2
-        out_sock = socket.socket(fileno=os.dup(in_sock.fileno()))
         local_in, local_out = in_sock.fileno(), out_sock.fileno()
     filter_stdout = args.filter_stdout
     if filter_stdout is None:
