@@ -136,8 +136,12 @@ class Sink:
 class Relay:
     """State shared by the caller and service loops: the channel and its send queue."""
 
-    def __init__(self, channel: socket.socket, own_version: int, log: Callable[[str], None]):
+    def __init__(self, channel: socket.socket, own_version: int, log: Callable[[str], None],
+                 stream_type: type[CallerStream] | type[ServiceStream]):
         self.channel = channel
+        self.stream_type = stream_type
+        #: what received messages mean; made once the peer's HELLO fixed the version
+        self.stream: CallerStream | ServiceStream | None = None
         self.chfd = channel.fileno()
         channel.setblocking(False)
         self.own_version = own_version
@@ -251,7 +255,8 @@ class Relay:
             if self.version == 0:
                 peer = parse_hello(t, bytes(out.pop()[1]))
                 self.version = negotiate_data(peer, self.own_version)
-                self.limit = 4096 if self.version < 3 else 65536
+                self.stream = self.stream_type(self.version)
+                self.limit = self.stream.limit
         self._consumed = pos
         return out
 
@@ -263,6 +268,20 @@ class Relay:
         except RemoteProtocolError as exc:
             self.log(f"data channel broken: {exc}")
             return None
+
+    def read_actions(self) -> list[tuple[Action, int, memoryview]] | None:
+        """Read the channel: what each complete message means, or None when it broke."""
+        msgs = self.read_messages()
+        if msgs is None:
+            return None
+        stream = self.stream
+        if stream is None:  # nothing after the HELLO yet
+            return []
+        actions = [(stream.receive(t, len(payload)), t, payload) for t, payload in msgs]
+        for warning in stream.warnings:
+            self.log(warning)
+        stream.warnings.clear()
+        return actions
 
     def broken(self, msgtype: int, payload: memoryview) -> None:
         self.log(f"data channel broken: message {msgtype:#x} of {len(payload)} bytes")
@@ -425,7 +444,7 @@ def run_caller(
     single_socket: SingleSocket | None = None,
 ) -> CallerResult:
     """Caller side of §12.2 until the call is over; returns the remote status."""
-    relay = Relay(channel, own_version, log)
+    relay = Relay(channel, own_version, log, CallerStream)
     sources: list[Source] = []
     src: Source | None = None
     if local_in is not None:
@@ -440,7 +459,7 @@ def run_caller(
                    filter=filter_stdout)
     err = Sink(stderr_fd, filter=filter_stderr)
     sinks = [s for s in (out, err) if s is not None]
-    stream: CallerStream | None = None
+    started = False
     prefix_left = prefix
     status: int | None = None
     exit_seen = False
@@ -448,12 +467,12 @@ def run_caller(
     poller = select.poll()
     while True:
         relay.flush()
-        if relay.version and stream is None:
-            stream = CallerStream(relay.version)
+        if relay.version and not started:
+            started = True
             if local_in is None and not prefix_left:
                 relay.queue_message(MsgType.DATA_STDIN)
                 stdin_eof_sent = True
-        if stream is not None and prefix_left and not stdin_eof_sent:
+        if started and prefix_left and not stdin_eof_sent:
             while prefix_left:
                 chunk, prefix_left = prefix_left[: relay.limit], prefix_left[relay.limit :]
                 relay.queue_message(MsgType.DATA_STDIN, chunk)
@@ -494,15 +513,11 @@ def run_caller(
             if ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped:
                 _pump_source(relay, s)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            msgs = relay.read_messages()
-            if msgs is None:
+            actions = relay.read_actions()
+            if actions is None:
                 relay.channel_eof = True
                 break
-            if msgs and stream is None:
-                stream = CallerStream(relay.version)
-            for t, payload in msgs:
-                assert stream is not None
-                action = stream.receive(t, len(payload))
+            for action, t, payload in actions:
                 if action is Action.OUTPUT and out is not None:
                     _write_sink(out, payload)
                 elif action is Action.OUTPUT_EOF and out is not None:
@@ -515,9 +530,6 @@ def run_caller(
                 elif action is Action.BROKEN:
                     relay.broken(t, payload)
                     relay.channel_eof = True
-                for w in stream.warnings:
-                    log(w)
-                stream.warnings.clear()
             relay.consumed()
             if exit_seen:
                 if not stdin_eof_sent and not relay.send_failed:
@@ -588,7 +600,7 @@ def run_service(
     single_socket: SingleSocket | None = None,
 ) -> int:
     """Service side of §12.2. Returns the status sent, or -1 if the channel closed early."""
-    relay = Relay(channel, own_version, log)
+    relay = Relay(channel, own_version, log, ServiceStream)
     sources: list[Source] = []
     out_src: Source | None = None
     err_src: Source | None = None
@@ -608,7 +620,6 @@ def run_service(
         end.stdin.setblocking(False)
         inp = Sink(end.stdin.fileno(), sock=end.stdin, shutdown_only=True)
     sinks = [inp] if inp is not None else []
-    stream: ServiceStream | None = None
     status: int | None = None
     exited = end.pidfd is None
     sent_stderr_eof = False
@@ -616,9 +627,7 @@ def run_service(
     poller = select.poll()
     while True:
         relay.flush()
-        if relay.version and stream is None:
-            stream = ServiceStream(relay.version)
-        if stream is not None and err_src is None and not sent_stderr_eof:
+        if relay.version and err_src is None and not sent_stderr_eof:
             relay.queue_message(MsgType.DATA_STDERR)
             sent_stderr_eof = True
         if single_socket is not None and single_socket.requested and not switched:
@@ -627,7 +636,7 @@ def run_service(
                 _use_single_socket(out_src, end.stdin)
         if not exited and end.pidfd is None:
             exited = True
-        streams_done = all(s.eof for s in sources) and stream is not None
+        streams_done = all(s.eof for s in sources) and relay.version != 0
         if streams_done and exited:
             if end.pidfd is None:
                 status = 0
@@ -674,15 +683,11 @@ def run_service(
                 else:
                     _pump_source(relay, s)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            msgs = relay.read_messages()
-            if msgs is None:
+            actions = relay.read_actions()
+            if actions is None:
                 _close_end(end, sinks)
                 return -1
-            if msgs and stream is None:
-                stream = ServiceStream(relay.version)
-            for t, payload in msgs:
-                assert stream is not None
-                action = stream.receive(t, len(payload))
+            for action, t, payload in actions:
                 if action is Action.OUTPUT and inp is not None:
                     _write_sink(inp, payload)
                 elif action is Action.OUTPUT_EOF and inp is not None:
@@ -691,9 +696,6 @@ def run_service(
                     relay.broken(t, payload)
                     _close_end(end, sinks)
                     return -1
-                for w in stream.warnings:
-                    log(w)
-                stream.warnings.clear()
             relay.consumed()
     _close_end(end, sinks)
     relay.queue_message(MsgType.DATA_EXIT_CODE, struct.pack("<i", status))
