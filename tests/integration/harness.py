@@ -192,3 +192,20 @@ class QrexecHost:
 
 def cleanup_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def run_on_stdin_socket(argv: list[str], env: dict[str, str], data: bytes) -> tuple[int, bytes]:
+    """Run `argv` with a socket as fd 0 (`--use-stdin-socket`): send `data`, end it, and
+    collect what comes back on the same socket. (exit status, received bytes)"""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(argv, stdin=theirs.fileno(), env=env)
+    theirs.close()
+    with ours:
+        ours.sendall(data)
+        ours.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := ours.recv(65536):
+            received += chunk
+    return proc.wait(30), received

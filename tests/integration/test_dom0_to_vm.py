@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 
 import pytest
 
-from .harness import Domain, QrexecHost, program
+from .harness import Domain, QrexecHost, program, run_on_stdin_socket
 
 
 def test_stdout_stderr_and_status(host: QrexecHost, work: Domain) -> None:
@@ -118,19 +117,10 @@ def test_stdout_eof_while_service_keeps_reading(host: QrexecHost, work: Domain) 
 
 
 def test_use_stdin_socket(host: QrexecHost, work: Domain) -> None:
-    ours, theirs = socket.socketpair()
-    proc = subprocess.Popen(
+    status, data = run_on_stdin_socket(
         [*program("qrexec-client"), f"--socket-dir={host.socket_dir}", "--use-stdin-socket",
-         "-d", "work", "root:tr a-z A-Z"],
-        stdin=theirs.fileno(), env=host.env(0),
-    )
-    theirs.close()
-    ours.sendall(b"abc")
-    ours.shutdown(socket.SHUT_WR)
-    data = b""
-    while chunk := ours.recv(100):
-        data += chunk
-    assert proc.wait(30) == 0
+         "-d", "work", "root:tr a-z A-Z"], host.env(0), b"abc")
+    assert status == 0
     assert data == b"ABC"
 
 

@@ -121,25 +121,14 @@ def test_single_socket_mode_local_program(world: World) -> None:
 
 
 def test_use_stdin_socket(world: World) -> None:
-    import socket
-    import subprocess
-
-    from .harness import program
+    from .harness import program, run_on_stdin_socket
 
     world.service("anotherVM", "test.Upper", "#!/bin/sh\ntr a-z A-Z\n")
     dom = world.host.domains["work"]
-    ours, theirs = socket.socketpair()
-    proc = subprocess.Popen(
+    status, data = run_on_stdin_socket(
         [*program("qrexec-client-vm"), "-a", dom.agent_socket, "--use-stdin-socket",
-         "anotherVM", "test.Upper"],
-        stdin=theirs.fileno(), env=world.host.env(dom.domid))
-    theirs.close()
-    ours.sendall(b"both ways")
-    ours.shutdown(socket.SHUT_WR)
-    data = b""
-    while chunk := ours.recv(100):
-        data += chunk
-    assert proc.wait(30) == 0
+         "anotherVM", "test.Upper"], world.host.env(dom.domid), b"both ways")
+    assert status == 0
     assert data == b"BOTH WAYS"
     r = world.call("work", "--use-stdin-socket", "anotherVM", "test.Upper", input=b"")
     assert r.returncode == 2
