@@ -27,7 +27,7 @@ from .protocol.data import Action, CallerStream, ServiceStream
 from .protocol.errors import RemoteProtocolError
 from .protocol.handshake import negotiate_data
 from .protocol.wire import HEADER, hello, parse_exit_code, parse_hello
-from .transport.vchan import tune
+from .transport.unixsock import tune
 
 if TYPE_CHECKING:
     from collections.abc import Callable

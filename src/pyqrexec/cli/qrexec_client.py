@@ -294,7 +294,6 @@ def _connect_vm(args: _Args) -> int:
 
 
 def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None) -> int:
-    import socket
 
     from ..protocol.constants import MsgType
     from ..transport import vchan
@@ -319,8 +318,10 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
     if args.local_cmd is not None:
         import subprocess
 
-        prog_in_ours, prog_in_theirs = socket.socketpair()
-        prog_out_ours, prog_out_theirs = socket.socketpair()
+        from ..transport.unixsock import stdio_pair
+
+        prog_in_ours, prog_in_theirs = stdio_pair()
+        prog_out_ours, prog_out_theirs = stdio_pair()
         env = dict(os.environ, QREXEC_REMOTE_DOMAIN=args.domain)
         proc = subprocess.Popen(["/bin/bash", "-c", args.local_cmd], stdin=prog_in_theirs.fileno(),
                                 stdout=prog_out_theirs.fileno(), env=env)

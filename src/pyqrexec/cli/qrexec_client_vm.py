@@ -226,10 +226,10 @@ def _spawn_local(
     program: list[str], saved_fds: dict[str, int]
 ) -> tuple[int, socket.socket, socket.socket]:
     """LOCAL_PROGRAM with socket pairs as stdin/stdout and the SAVED_FD_* variables."""
-    import socket
+    from ..transport.unixsock import stdio_pair
 
-    prog_in_ours, prog_in_theirs = socket.socketpair()
-    prog_out_ours, prog_out_theirs = socket.socketpair()
+    prog_in_ours, prog_in_theirs = stdio_pair()
+    prog_out_ours, prog_out_theirs = stdio_pair()
     env = dict(os.environ)
     env.update((k, str(v)) for k, v in saved_fds.items())
     env["QREXEC_AGENT_PID"] = str(os.getpid())

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ..protocol.cmdline import Command, ServiceCall
 from ..protocol.constants import EXIT_PROBLEM, EXIT_SERVICE_NOT_FOUND, RPC_REQUEST_COMMAND
+from ..transport.unixsock import stdio_pair
 from .environment import (
     inherited_environment,
     log_tag,
@@ -280,8 +281,8 @@ def _open_stdio(ctx: SpawnContext, tag: str | None) -> _Stdio:
         if writer is None:
             return _Stdio((DEVNULL, DEVNULL, 2))
         return _Stdio((DEVNULL, DEVNULL, writer), to_close=[writer])
-    ours_in, child_in = socket.socketpair()
-    ours_out, child_out = socket.socketpair()
+    ours_in, child_in = stdio_pair()
+    ours_out, child_out = stdio_pair()
     to_close = [child_in.detach(), child_out.detach()]
     if ctx.executor is Executor.DOM0:
         return _Stdio((to_close[0], to_close[1], 2), ours_in, ours_out, None, to_close)

@@ -7,7 +7,31 @@ import os
 import socket
 import time
 
-__all__ = ["listen_unix", "try_connect", "Backoff"]
+__all__ = ["listen_unix", "try_connect", "Backoff", "tune", "stdio_pair"]
+
+#: kernel buffer per direction; large buffers let one syscall move many 64 KiB messages
+_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+def tune(sock: socket.socket) -> None:
+    """Bigger kernel buffers: fewer wake-ups per GiB on a data path (best effort)."""
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
+def stdio_pair() -> tuple[socket.socket, socket.socket]:
+    """(ours, theirs): a socket pair to serve as a started process's stdin or stdout.
+
+    The process's end is tuned too, so that a program writing small chunks (head, cat) keeps
+    megabytes in flight instead of ~200 KiB and blocks far less often.
+    """
+    ours, theirs = socket.socketpair()
+    tune(ours)
+    tune(theirs)
+    return ours, theirs
 
 
 def listen_unix(path: str, *, mode: int, backlog: int) -> socket.socket:

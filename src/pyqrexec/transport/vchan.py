@@ -17,7 +17,7 @@ import os
 import socket
 import time
 
-from .unixsock import Backoff, listen_unix, try_connect
+from .unixsock import Backoff, listen_unix, try_connect, tune
 
 __all__ = [
     "DEFAULT_SOCKET_DIR",
@@ -36,8 +36,6 @@ __all__ = [
 DEFAULT_SOCKET_DIR = "/var/run/vchan"
 _RETRY_PAUSE = 0.01
 _RETRY_PAUSE_MAX = 0.1
-#: kernel buffer per direction; large buffers let one syscall move many 64 KiB messages
-_SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 class VchanTimeout(TimeoutError):
@@ -75,15 +73,6 @@ def pair_path(directory: str, server: int, client: int, port: int, own: int) -> 
         return vchan_path(directory, server, client, port)
     peer = client if server == own else server
     return vchan_path(os.path.join(directory, str(peer)), server, client, port)
-
-
-def tune(sock: socket.socket) -> None:
-    """Bigger kernel buffers: fewer wake-ups per GiB on the data path."""
-    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
-        except OSError:
-            pass
 
 
 def listen(directory: str, own: int, peer: int, port: int) -> tuple[socket.socket, str]:
