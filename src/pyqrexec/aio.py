@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import TYPE_CHECKING
 
 from .transport.unixsock import Backoff, try_connect
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["recv_exact", "ChannelWriter", "connect_unix", "open_unix"]
 
@@ -24,16 +28,69 @@ async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: in
 
 
 class ChannelWriter:
-    """Serialises whole messages onto one socket shared by many tasks."""
+    """Serialises whole messages onto one socket shared by many tasks.
+
+    `backlog` counts the bytes handed over and not yet taken by the kernel. Flow control
+    (protocol.md §7) waits on it: while the channel cannot take even a header, a program
+    stops reading whatever would add more messages.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
         self.loop = loop
         self.sock = sock
         self._lock = asyncio.Lock()
+        self.backlog = 0
+        self.closed = False
+        self._waiters: list[asyncio.Future[None]] = []
 
     async def send(self, data: bytes) -> None:
-        async with self._lock:
-            await self.loop.sock_sendall(self.sock, data)
+        self.backlog += len(data)
+        await self._send_counted(data)
+
+    def post(self, data: bytes, on_error: Callable[[OSError], None]) -> None:
+        """Send `data` without waiting for it; it counts in the backlog from now on (the
+        task may start only after the caller has read much more)."""
+        self.backlog += len(data)
+
+        async def run() -> None:
+            try:
+                await self._send_counted(data)
+            except OSError as err:
+                on_error(err)
+
+        self.loop.create_task(run())
+
+    async def _send_counted(self, data: bytes) -> None:
+        try:
+            async with self._lock:
+                if self.closed:
+                    raise OSError("control channel closed")
+                await self.loop.sock_sendall(self.sock, data)
+        finally:
+            self._sent(len(data))
+
+    async def ready(self, limit: int = 0) -> None:
+        """Return once at most `limit` bytes wait to be sent (0: the channel takes a header
+        now), or once the writer is closed."""
+        while self.backlog > limit and not self.closed:
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    def close(self) -> None:
+        """The channel is gone: nobody may wait for it any more."""
+        self.closed = True
+        self._wake()
+
+    def _sent(self, n: int) -> None:
+        self.backlog -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 async def connect_unix(path: str) -> socket.socket:

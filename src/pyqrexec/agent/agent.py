@@ -130,7 +130,8 @@ class Agent:
             if first:
                 first = False
                 self.trigger = TriggerSocket(self.opts.agent_socket, self._send_soon,
-                                             lambda: self.version, self.log)
+                                             lambda: self.version, self.log,
+                                             self._control_ready)
                 self.trigger.start()
                 self._notify_ready()
             try:
@@ -139,6 +140,7 @@ class Agent:
                 self.log(f"fatal error from daemon: {err}")
                 return 1
             self.log("control channel closed, waiting for a new daemon")
+            self.writer.close()
             self.writer = None
             if self.trigger is not None:
                 self.trigger.daemon_gone()
@@ -261,14 +263,12 @@ class Agent:
         self._send_soon(pack_connection_terminated(call.domain, call.port))
 
     def _send_soon(self, data: bytes) -> None:
-        writer = self.writer
-        if writer is None:
-            return
+        if self.writer is not None:
+            self.writer.post(data, lambda err: self.log(f"cannot write to the control "
+                                                        f"channel: {err}"))
 
-        async def send() -> None:
-            try:
-                await writer.send(data)
-            except OSError as err:
-                self.log(f"cannot write to the control channel: {err}")
-
-        self.loop.create_task(send())
+    async def _control_ready(self) -> None:
+        """§7 flow control: the trigger socket and the sockets it tracks are not read while
+        the control channel cannot take a header."""
+        if self.writer is not None:
+            await self.writer.ready()

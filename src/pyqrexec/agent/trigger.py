@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..aio import recv_exact
@@ -66,9 +66,12 @@ class TriggerSocket:
     """Serves the trigger socket; `send` puts a message on the control channel."""
 
     def __init__(self, path: str, send: Callable[[bytes], None], version: Callable[[], int],
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None],
+                 ready: Callable[[], Awaitable[None]]) -> None:
         self.path = path
         self.send = send
+        #: waits while the control channel is full (protocol.md §7 flow control)
+        self.ready = ready
         self.version = version
         self.log = log
         self.loop = asyncio.get_running_loop()
@@ -102,12 +105,14 @@ class TriggerSocket:
     async def _accept_loop(self) -> None:
         assert self.listener is not None
         while True:
+            await self.ready()
             conn, _ = await self.loop.sock_accept(self.listener)
             conn.setblocking(False)
             self.loop.create_task(self._serve(conn))
 
     async def _serve(self, conn: socket.socket) -> None:
         try:
+            await self.ready()
             head = await recv_exact(self.loop, conn, 8)
             t, n = HEADER.unpack(head)
             check_trigger_socket_header(t, n)
@@ -162,8 +167,10 @@ class TriggerSocket:
     async def _wait_end(self, req: _Request) -> None:
         assert req.connected is not None
         try:
-            while await self.loop.sock_recv(req.sock, 4096):
-                pass
+            while True:
+                await self.ready()
+                if not await self.loop.sock_recv(req.sock, 4096):
+                    break
         except OSError:
             pass
         req.sock.close()

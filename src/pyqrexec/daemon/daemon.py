@@ -48,6 +48,10 @@ from .ports import PortTable
 __all__ = ["DaemonOptions", "Daemon", "Fatal", "PendingRequest"]
 
 _DEFAULT_PREFIX = b"DEFAULT:"
+#: stop reading the agent while this much of our own output to it waits beyond what the
+#: kernel holds (spec-silent: an agent that sends requests but never reads the answers would
+#: otherwise grow our memory without bound; an agent that reads never gets near it)
+_AGENT_BACKLOG_LIMIT = 64 << 10
 
 
 class Fatal(Exception):
@@ -166,6 +170,8 @@ class Daemon:
             if req.task is not None:
                 req.task.cancel()
         self.pending.clear()
+        if self.writer is not None:
+            self.writer.close()
         if self.control is not None:
             self.control.close()
         self.control = None
@@ -173,6 +179,8 @@ class Daemon:
 
     async def _serve_control(self, sock: socket.socket) -> None:
         while True:
+            if self.writer is not None:
+                await self.writer.ready(_AGENT_BACKLOG_LIMIT)
             # EOF between two messages is a disconnect; inside one it is a short read (§17)
             try:
                 head = await self.loop.sock_recv(sock, 8)
@@ -277,15 +285,17 @@ class Daemon:
         return port
 
     def _refuse(self, ident: bytes) -> None:
-        data = pack_service_refused(ident)
+        if self.writer is None:
+            self.log("cannot send SERVICE_REFUSED: no agent connected")
+            return
+        self.writer.post(pack_service_refused(ident),
+                         lambda err: self.log(f"cannot send SERVICE_REFUSED: {err}"))
 
-        async def send() -> None:
-            try:
-                await self.send_to_agent(data)
-            except OSError as err:
-                self.log(f"cannot send SERVICE_REFUSED: {err}")
-
-        self.loop.create_task(send())
+    async def _control_ready(self) -> None:
+        """§7 flow control: client sockets are not read while the control channel cannot
+        take a header."""
+        if self.writer is not None:
+            await self.writer.ready()
 
     # -- client socket ------------------------------------------------------------------
     async def start_socket(self) -> None:
@@ -341,6 +351,7 @@ class Daemon:
         if t != MsgType.HELLO or n != 4:
             raise RemoteProtocolError(f"bad client HELLO (type {t:#x} len {n})")
         check_client_hello(parse_hello(t, await reader.readexactly(4)))
+        await self._control_ready()
         head = await reader.readexactly(8)
         t, n = HEADER.unpack(head)
         if t not in (MsgType.EXEC_CMDLINE, MsgType.JUST_EXEC, MsgType.SERVICE_CONNECT):

@@ -1,0 +1,84 @@
+"""ChannelWriter: whole messages in order, and the backlog that §7 flow control waits on."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from pyqrexec.aio import ChannelWriter
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    ours, peer = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setblocking(False)
+    return ours, peer
+
+
+def _drain(peer: socket.socket, n: int) -> bytes:
+    data = b""
+    peer.settimeout(5)
+    while len(data) < n:
+        data += peer.recv(n - len(data))
+    return data
+
+
+def test_backlog_counts_posted_messages_until_the_kernel_takes_them() -> None:
+    async def main() -> None:
+        ours, peer = _pair()
+        writer = ChannelWriter(asyncio.get_running_loop(), ours)
+        messages = [bytes([i]) * 1000 for i in range(200)]
+        errors: list[OSError] = []
+        for m in messages:
+            writer.post(m, errors.append)
+        # counted at once, before any task ran
+        assert writer.backlog == 200_000
+        await asyncio.sleep(0.05)
+        assert 0 < writer.backlog < 200_000
+        waiting = asyncio.ensure_future(writer.ready())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(None, _drain, peer, 200_000)
+        await asyncio.wait_for(waiting, 5)
+        assert writer.backlog == 0
+        assert data == b"".join(messages)
+        assert errors == []
+        ours.close()
+        peer.close()
+
+    asyncio.run(main())
+
+
+def test_ready_with_a_limit_and_close_wakes_waiters() -> None:
+    async def main() -> None:
+        ours, peer = _pair()
+        writer = ChannelWriter(asyncio.get_running_loop(), ours)
+        errors: list[OSError] = []
+        for _ in range(100):
+            writer.post(b"x" * 1000, errors.append)
+        await asyncio.wait_for(writer.ready(1 << 20), 1)  # under the limit: at once
+        waiting = asyncio.ensure_future(writer.ready())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        writer.close()
+        await asyncio.wait_for(waiting, 1)
+        ours.close()
+        peer.close()
+
+    asyncio.run(main())
+
+
+def test_failed_sends_leave_no_backlog() -> None:
+    async def main() -> None:
+        ours, peer = _pair()
+        peer.close()
+        writer = ChannelWriter(asyncio.get_running_loop(), ours)
+        errors: list[OSError] = []
+        writer.post(b"lost", errors.append)
+        await asyncio.wait_for(writer.ready(), 1)
+        assert writer.backlog == 0
+        assert len(errors) == 1
+        ours.close()
+
+    asyncio.run(main())
