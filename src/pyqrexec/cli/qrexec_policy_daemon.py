@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import grp
     import os
 
+    from ..parent_death import keep_parent_death_signal
     from ..policy_service.config import engine_config, logger
     from ..policy_service.engine import PolicyEngine
     from ..policy_service.server import PolicyServer
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o007)
     if os.geteuid() == 0:
         try:
-            os.setgid(grp.getgrnam("qubes").gr_gid)
+            # qrexec-host starts the daemon to die with it; the new group would cancel that
+            with keep_parent_death_signal():
+                os.setgid(grp.getgrnam("qubes").gr_gid)
         except (KeyError, OSError) as err:
             print(f"qrexec-policy-daemon: cannot switch to group qubes: {err}", file=sys.stderr)
     log = logger("qrexec-policy-daemon")

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..parent_death import dies_with_this_process
 from .config import DOM0_UUID, DomainConfig, HostConfig
 from .qubesd_server import HostError, QubesdServer
 from .sandbox import (
@@ -242,6 +243,9 @@ class Manager:
                 f"--socket-path={p.policy_socket}",
                 f"--eval-socket-path={p.dom0_rpc / 'policy.EvalSimple'}",
                 f"--gui-socket-path={p.dom0_rpc / 'policy.EvalGUI'}"]
+        # one left by a manager that was killed would pass for the new daemon's at once
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p.policy_socket)
         proc = await _spawn(argv, env, p.log_dir / "policy-daemon.log")
         self.services.append(proc)
         if not await _wait_path(p.policy_socket, 30, [proc]):
@@ -411,7 +415,7 @@ class Manager:
             d.agent, d.ns_pid = await self._spawn_sandboxed(d, home, view, pairs, agent_log)
         else:
             d.agent = await _spawn(
-                [*user_wrapper(d.cfg.user), *program("qrexec-agent"),
+                [*user_wrapper(d.cfg.user, die_with_parent=True), *program("qrexec-agent"),
                  f"--agent-socket={run / 'qrexec-agent'}", "--no-fork-server"],
                 self._plain_env(d), agent_log, new_session=True)
         daemon_log = p.log_dir / f"qrexec.{d.name}.log"
@@ -604,10 +608,13 @@ async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str]
 async def _spawn(argv: list[str], env: Mapping[str, str], log: Path,
                  new_session: bool = False,
                  pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
+    """Start a program that dies with the manager (SIGKILL): a manager killed outright
+    cannot stop what it started, and nothing else would."""
     with open(log, "ab") as out:
         return await asyncio.create_subprocess_exec(
             *argv, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=new_session, pass_fds=pass_fds)
+            start_new_session=new_session, pass_fds=pass_fds,
+            preexec_fn=dies_with_this_process())
 
 
 async def _wait_path(path: Path, timeout: float,
@@ -669,7 +676,8 @@ async def _copy_tree(src: Path, dst: Path) -> None:
     """A fresh copy of a root directory (copy-on-write where the filesystem can)."""
     proc = await asyncio.create_subprocess_exec(
         "cp", "-a", "--reflink=auto", "--", str(src), str(dst),
-        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=dies_with_this_process())
     _, err = await proc.communicate()
     if proc.returncode != 0:
         shutil.rmtree(dst, ignore_errors=True)

@@ -187,9 +187,15 @@ def host_layout() -> HostLayout:
     return HostLayout(tuple(links), tuple(dirs), tuple(python_dirs()))
 
 
-def user_wrapper(user: str | None) -> list[str]:
+def user_wrapper(user: str | None, die_with_parent: bool = False) -> list[str]:
     """argv prefix that runs a program as `user` (none for root / no user), with the
-    account's primary group (which need not share its name, e.g. nobody/nogroup)."""
+    account's primary group (which need not share its name, e.g. nobody/nogroup).
+
+    `die_with_parent`: the program is started with a parent-death signal that must outlive
+    the switch (changing user IDs clears it, prctl(2)); setpriv sets SIGKILL again after it.
+    setpriv does not check that its parent is still there then: a parent that ends within
+    those few system calls goes unnoticed.
+    """
     if not user or user == "root":
         return []
     import os
@@ -198,13 +204,15 @@ def user_wrapper(user: str | None) -> list[str]:
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
-        return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
-    if entry.pw_uid == os.geteuid() and os.geteuid() != 0:
-        # already that user (qrexec-host run by an ordinary user): nothing to switch, and
-        # setpriv could not set groups without privileges anyway
-        return []
-    gid = str(entry.pw_gid)
-    return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", "--"]
+        group = user
+    else:
+        if entry.pw_uid == os.geteuid() and os.geteuid() != 0:
+            # already that user (qrexec-host run by an ordinary user): nothing to switch, and
+            # setpriv could not set groups without privileges anyway
+            return []
+        group = str(entry.pw_gid)
+    again = ["--pdeathsig=KILL"] if die_with_parent else []
+    return ["setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups", *again, "--"]
 
 
 def probe_bwrap() -> tuple[str | None, str]:

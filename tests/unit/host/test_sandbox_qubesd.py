@@ -59,6 +59,10 @@ def test_user_wrapper() -> None:
     assert user_wrapper(None) == [] and user_wrapper("root") == []
     argv = user_wrapper("nobody")
     assert argv[0] == "setpriv" and "--reuid=nobody" in argv and argv[-1] == "--"
+    assert not any(a.startswith("--pdeathsig") for a in argv)
+    # changing user clears a parent-death signal: setpriv sets it again, after the change
+    assert user_wrapper("nobody", die_with_parent=True) == [*argv[:-1], "--pdeathsig=KILL", "--"]
+    assert user_wrapper(None, die_with_parent=True) == []
 
 
 def test_parse_request_round_trip() -> None:
