@@ -25,7 +25,7 @@ from collections.abc import Callable
 from common import timed
 from pyqrexec.transport.unixsock import stdio_pair
 
-RUNS = 3
+RUNS = 5
 CHUNK = 256 << 10
 
 

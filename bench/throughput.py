@@ -26,7 +26,7 @@ from pyqrexec.host.plain import PlainHost
 from pyqrexec.transport.unixsock import stdio_pair
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-RUNS = 3
+RUNS = 5
 
 
 def rate(seconds: float, size: int) -> float:
