@@ -188,6 +188,7 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
 def _demo(args: argparse.Namespace) -> int:
     """`up` the embedded default, make the seed's call, `down`, remove everything."""
     import shutil
+    import signal
     import subprocess
     import tempfile
     import time
@@ -195,6 +196,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ..host.demo import CALL, write_demo
     from ..host.manager import program
     from ..host.qubesd import QubesdError, call
+    from ..parent_death import dies_with_this_process
 
     top = Path(tempfile.mkdtemp(prefix="qrexec-demo-"))
     os.chmod(top, 0o755)
@@ -212,7 +214,9 @@ def _demo(args: argparse.Namespace) -> int:
         agent = ["--policy-agent-arg=--frontend=terminal", "--policy-agent-arg=--tty=/dev/tty"]
     sandbox = [f"--sandbox={args.sandbox}"] if args.sandbox else []
     print(f"qrexec-host demo: domains in {top}; logs in {state / 'log'}", file=sys.stderr)
-    up = subprocess.Popen([*me, "up", *sandbox, *agent])
+    # a demo killed outright still takes its host down: `up` stops everything on SIGTERM
+    up = subprocess.Popen([*me, "up", *sandbox, *agent],
+                          preexec_fn=dies_with_this_process(signal.SIGTERM))
     qubesd = str(state / "qubesd.sock")
     status = 1
     try:
