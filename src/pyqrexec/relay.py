@@ -155,6 +155,8 @@ class Relay:
         self.rbuf = bytearray(_RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.rlen = 0
+        #: how the peer broke the channel's rules (nothing more is read), None while it has not
+        self.failed: str | None = None
         self._queue(memoryview(hello(own_version)), None, True)
 
     # -- sending -------------------------------------------------------------------------
@@ -236,8 +238,22 @@ class Relay:
         return True
 
     def messages(self) -> list[tuple[int, memoryview]]:
-        """Complete messages in the receive buffer (views valid until `consumed`)."""
+        """Complete messages in the receive buffer (views valid until `consumed`).
+
+        Messages before a violation of the channel's rules are returned; the violation
+        itself sets `failed`, and nothing after it is read.
+        """
         out: list[tuple[int, memoryview]] = []
+        pos = 0
+        try:
+            pos = self._parse(out)
+        except RemoteProtocolError as exc:
+            self.failed = str(exc)
+            self.log(f"data channel broken: {exc}")
+        self._consumed = pos
+        return out
+
+    def _parse(self, out: list[tuple[int, memoryview]]) -> int:
         pos = 0
         view = self.rview
         rlen = self.rlen
@@ -257,23 +273,13 @@ class Relay:
                 self.version = negotiate_data(peer, self.own_version)
                 self.stream = self.stream_type(self.version)
                 self.limit = self.stream.limit
-        self._consumed = pos
-        return out
+        return pos
 
-    def read_messages(self) -> list[tuple[int, memoryview]] | None:
-        """Read what the channel has: its complete messages, or None when it broke."""
+    def read_actions(self) -> list[tuple[Action, int, memoryview]]:
+        """Read the channel: what each complete message means. When the peer broke the
+        channel's rules, `failed` says how, after the messages that came before."""
         self.receive()
-        try:
-            return self.messages()
-        except RemoteProtocolError as exc:
-            self.log(f"data channel broken: {exc}")
-            return None
-
-    def read_actions(self) -> list[tuple[Action, int, memoryview]] | None:
-        """Read the channel: what each complete message means, or None when it broke."""
-        msgs = self.read_messages()
-        if msgs is None:
-            return None
+        msgs = self.messages()
         stream = self.stream
         if stream is None:  # nothing after the HELLO yet
             return []
@@ -284,7 +290,9 @@ class Relay:
         return actions
 
     def broken(self, msgtype: int, payload: memoryview) -> None:
-        self.log(f"data channel broken: message {msgtype:#x} of {len(payload)} bytes")
+        """A received message breaks the channel's rules (its meaning was BROKEN)."""
+        self.failed = f"message {msgtype:#x} of {len(payload)} bytes"
+        self.log(f"data channel broken: {self.failed}")
 
     def consumed(self) -> None:
         pos = self._consumed
@@ -418,11 +426,23 @@ def _pump_source(relay: Relay, src: Source) -> None:
 
 
 class CallerResult:
-    __slots__ = ("status",)
+    __slots__ = ("status", "no_hello", "broken")
 
-    def __init__(self, status: int | None) -> None:
+    def __init__(self, status: int | None, *, no_hello: bool = False,
+                 broken: bool = False) -> None:
         #: remote status, None when the channel closed before EXIT_CODE
         self.status = status
+        #: the peer's HELLO never came or was unusable (a set-up failure)
+        self.no_hello = no_hello
+        #: the peer broke the channel's rules (§12.1: the caller exits 1)
+        self.broken = broken
+
+    @property
+    def exit_status(self) -> int:
+        """The caller's own exit status for this result (§12.1, §12.3)."""
+        if self.broken:
+            return 1
+        return 255 if self.status is None else self.status & 0xFF
 
 
 def run_caller(
@@ -463,6 +483,7 @@ def run_caller(
     prefix_left = prefix
     status: int | None = None
     exit_seen = False
+    broken = False
     stdin_eof_sent = False
     poller = select.poll()
     while True:
@@ -513,11 +534,7 @@ def run_caller(
             if ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped:
                 _pump_source(relay, s)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            actions = relay.read_actions()
-            if actions is None:
-                relay.channel_eof = True
-                break
-            for action, t, payload in actions:
+            for action, t, payload in relay.read_actions():
                 if action is Action.OUTPUT and out is not None:
                     _write_sink(out, payload)
                 elif action is Action.OUTPUT_EOF and out is not None:
@@ -529,8 +546,12 @@ def run_caller(
                     exit_seen = True
                 elif action is Action.BROKEN:
                     relay.broken(t, payload)
-                    relay.channel_eof = True
+                    break
             relay.consumed()
+            if relay.failed is not None:
+                relay.channel_eof = True
+                broken = True
+                break
             if exit_seen:
                 if not stdin_eof_sent and not relay.send_failed:
                     # input queued for a service that has exited is useless: the EOF goes
@@ -551,6 +572,11 @@ def run_caller(
         relay.flush()
     # drain what is left to write locally (bounded by the peer having finished)
     _finish_sinks(sinks)
+    if relay.version == 0:
+        log("data channel: no usable HELLO from the service side")
+        return CallerResult(None, no_hello=True)
+    if broken:
+        return CallerResult(status if exit_seen else None, broken=True)
     if not exit_seen:
         log("vchan connection closed early")
         return CallerResult(None)
@@ -683,20 +709,18 @@ def run_service(
                 else:
                     _pump_source(relay, s)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            actions = relay.read_actions()
-            if actions is None:
-                _close_end(end, sinks)
-                return -1
-            for action, t, payload in actions:
+            for action, t, payload in relay.read_actions():
                 if action is Action.OUTPUT and inp is not None:
                     _write_sink(inp, payload)
                 elif action is Action.OUTPUT_EOF and inp is not None:
                     _end_sink(inp)
                 elif action is Action.BROKEN:
                     relay.broken(t, payload)
-                    _close_end(end, sinks)
-                    return -1
+                    break
             relay.consumed()
+            if relay.failed is not None:
+                _close_end(end, sinks)
+                return -1
     _close_end(end, sinks)
     relay.queue_message(MsgType.DATA_EXIT_CODE, struct.pack("<i", status))
     _flush_blocking(relay)

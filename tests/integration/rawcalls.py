@@ -108,6 +108,16 @@ def read_messages(sock: socket.socket) -> list[tuple[int, bytes]]:
     return out
 
 
+def split_messages(data: bytes) -> list[tuple[int, bytes]]:
+    """The whole messages in `data`, a channel's bytes as received."""
+    out = []
+    while len(data) >= 8:
+        t, n = HEADER.unpack_from(data)
+        out.append((t, data[8 : 8 + n]))
+        data = data[8 + n :]
+    return out
+
+
 def recv_or_eof(sock: socket.socket, n: int) -> bytes:
     """`n` bytes, or fewer when the peer closes first."""
     data = b""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pyqrexec.protocol.constants import MsgType
-from pyqrexec.protocol.messages import HEADER, hello, pack_exec, pack_header
+from pyqrexec.protocol.messages import hello, pack_exec, pack_header
 
 from .calls import World, fd_count, write_exe
 from .fake_agent import (
@@ -31,7 +31,13 @@ from .fake_agent import (
     wait_log,
 )
 from .harness import QrexecHost, program, wait_for
-from .rawcalls import PolicyRecorder, data_handshake, raw_dom0_exec, raw_vm_call
+from .rawcalls import (
+    PolicyRecorder,
+    data_handshake,
+    raw_dom0_exec,
+    raw_vm_call,
+    split_messages,
+)
 from .test_daemon_socket import BAD_REQUESTS
 from .test_hostile_agent import raw4
 from .wiretap import tapped_domain, tapped_world
@@ -158,7 +164,7 @@ def test_s57_oversized_data_chunk(host: QrexecHost, version: int, size: int) -> 
         chan.sendall(pack_header(MsgType.DATA_STDIN, size) + b"x" * size)
         rest = read_until_eof(chan)
     # no output, no exit code: the handler gave up
-    assert MsgType.DATA_EXIT_CODE not in [t for t, _ in _split(rest)]
+    assert MsgType.DATA_EXIT_CODE not in [t for t, _ in split_messages(rest)]
     wait_for(lambda: "exited with 1" in work.agent_log.read_text(), 10, "handler exit 1")
     control = tap.control()
     wait_for(lambda: any(m.type == MsgType.CONNECTION_TERMINATED
@@ -169,15 +175,6 @@ def test_s57_oversized_data_chunk(host: QrexecHost, version: int, size: int) -> 
     # the agent is fine and the port is free again
     assert raw_dom0_exec(work, b"root:echo ok").port == port
     assert host.client("-d", "work", "root:echo ok").stdout == b"ok\n"
-
-
-def _split(data: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    while len(data) >= 8:
-        t, n = HEADER.unpack_from(data)
-        out.append((t, data[8:8 + n]))
-        data = data[8 + n:]
-    return out
 
 
 # -- S58: pending-table exhaustion, S59: SERVICE_CONNECT answered twice ------------------------

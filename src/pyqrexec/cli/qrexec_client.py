@@ -353,7 +353,12 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         local_wait_fd=pidfd,
     )
     channel.close()
-    status = 255 if result.status is None else result.status & 0xFF
+    if result.no_hello:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        return _EXIT_PROBLEM
+    status = result.exit_status
     if proc is not None:
         local = proc.wait()
         if status == 0:

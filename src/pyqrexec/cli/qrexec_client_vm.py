@@ -213,7 +213,8 @@ def _call(args: _Args, domain: int, port: int) -> int:
         single_socket=single,
     )
     channel.close()
-    status = 255 if result.status is None else result.status & 0xFF
+    # a service side without a usable HELLO broke the channel's rules as well (§17)
+    status = 1 if result.no_hello else result.exit_status
     if child is not None:
         while not local_done():
             os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)
