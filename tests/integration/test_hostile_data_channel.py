@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 
 from pyqrexec.protocol.constants import MsgType
-from pyqrexec.protocol.messages import HEADER, hello, parse_exec
+from pyqrexec.protocol.messages import HEADER, hello, pack_trigger4, parse_exec
 from pyqrexec.transport import vchan
 
 from .calls import World
@@ -209,3 +209,38 @@ def test_client_vm_exits_255_when_the_target_vanishes(host: QrexecHost) -> None:
     r = run_vm_against(host, msg(STDOUT, b"partial\n"))
     assert r.returncode == 255, r.stderr
     assert r.stdout == b"partial\n"
+
+
+# -- dom0's service side facing a hostile calling VM -------------------------------------------
+@pytest.mark.parametrize("junk", [msg(0x299), HEADER.pack(STDIN, 0xFFFFFFFF)],
+                         ids=["unknown-type", "huge-length"])
+def test_vm_breaking_a_call_to_dom0_ends_only_that_call(host: QrexecHost, junk: bytes) -> None:
+    """work (a fake agent) calls dom0's test.Cat and breaks the data channel: that call ends
+    without an exit code; work's daemon goes on answering its calls."""
+    world = World(host)
+    world.service("dom0", "test.Cat", "#!/bin/sh\nexec cat\n")
+    env = {"QREXEC_POLICY_SOCKET": str(host.root / "no-policy.sock"),
+           "QREXEC_SERVICE_PATH": str(world.rpc_dir("dom0"))}
+    dom, agent = start_attacked_daemon(host, 4, name="work", domid=5, env=env,
+                                       extra=[f"--policy-program={world.policy}"])
+
+    def call(ident: bytes, stdin: bytes) -> list[tuple[int, bytes]]:
+        agent.send(pack_trigger4(b"test.Cat", b"dom0", ident))
+        t, payload = agent.recv_message()
+        assert t == MsgType.SERVICE_CONNECT
+        params = parse_exec(payload)
+        assert params.connect_domain == 0
+        listener, path = vchan.listen(str(host.vchan_dir), dom.domid, 0, params.connect_port)
+        with vchan.accept_one(listener, path, TIMEOUT) as chan:
+            chan.settimeout(TIMEOUT)
+            assert data_handshake(chan, 4) == 4
+            chan.sendall(stdin)
+            return split_messages(read_until_eof(chan))
+
+    got = call(b"SOCKET11", msg(STDIN, b"before\n") + junk)
+    assert EXIT not in [t for t, _ in got]
+    assert "data channel broken" in dom.daemon_log.read_text()
+    got = call(b"SOCKET12", msg(STDIN, b"still here\n") + msg(STDIN))
+    assert b"".join(p for t, p in got if t == STDOUT) == b"still here\n"
+    assert got[-1] == (EXIT, struct.pack("<i", 0))
+    assert dom.daemon is not None and dom.daemon.poll() is None
