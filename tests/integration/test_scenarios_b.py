@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import struct
 import subprocess
 
 import pytest
 
+from pyqrexec.protocol.messages import hello
+
 from .calls import NOBODY, World, write_exe
 from .harness import QrexecHost, wait_for
-from .rawcalls import children
+from .rawcalls import children, split_messages
+from .test_hostile_data_channel import as_caller, msg
 from .wiretap import EXIT, HELLO, STDERR, STDIN, STDOUT, Connection, Message, Tap, tapped_world
 
 
@@ -61,6 +65,32 @@ def test_s15_service_not_found(world: tuple[World, Tap]) -> None:
     assert sorted(got[1:3]) == [(STDOUT, 0), (STDERR, 0)]
     assert got[3:] == [(EXIT, 4)]
     assert struct.unpack("<i", the_call(tap).to_server.messages()[3].payload) == (127,)
+
+
+def test_s15_target_reads_none_of_the_callers_data(host: QrexecHost) -> None:
+    """The caller's data, sent with its HELLO, is still unread when the target's handler
+    closes: the caller sees the reset a socket gives when unread data is dropped, after the
+    handler's three messages."""
+    dom = World(host).domain("personal", 6)
+    data = b"caller data\n" * 5000
+    with as_caller(dom, b"root:QUBESRPC test.Missing+ work") as chan:
+        chan.sendall(hello(4) + msg(STDIN, data[:60000]) + msg(STDIN, data[60000:]))
+        got = split_messages(recv_until_reset(chan))
+    assert got[0] == (HELLO, struct.pack("<I", 4))
+    assert sorted(t for t, _ in got[1:3]) == [STDOUT, STDERR]
+    assert got[3:] == [(EXIT, struct.pack("<i", 127))]
+
+
+def recv_until_reset(sock: socket.socket) -> bytes:
+    """Everything the peer sent; fails unless the connection then ends with a reset."""
+    parts = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return b"".join(parts)
+        assert chunk, f"clean EOF: the peer read everything; it sent {b''.join(parts)!r}"
+        parts.append(chunk)
 
 
 @pytest.mark.parametrize("content", ["#!/bin/sh\necho run\n", "\x7fELF junk junk\n"],
