@@ -439,8 +439,9 @@ class CallerResult:
 
     @property
     def exit_status(self) -> int:
-        """The caller's own exit status for this result (§12.1, §12.3)."""
-        if self.broken:
+        """The caller's own exit status for this result (§12.1, §12.3); qrexec-client reports
+        a missing HELLO as a set-up failure instead."""
+        if self.broken or self.no_hello:
             return 1
         return 255 if self.status is None else self.status & 0xFF
 

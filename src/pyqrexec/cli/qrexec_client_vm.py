@@ -213,8 +213,7 @@ def _call(args: _Args, domain: int, port: int) -> int:
         single_socket=single,
     )
     channel.close()
-    # a service side without a usable HELLO broke the channel's rules as well (§17)
-    status = 1 if result.no_hello else result.exit_status
+    status = result.exit_status
     if child is not None:
         while not local_done():
             os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)
