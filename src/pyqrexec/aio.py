@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from .transport.unixsock import Backoff, try_connect
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
-__all__ = ["recv_exact", "ChannelWriter", "connect_unix", "open_unix"]
+__all__ = ["recv_exact", "drain_until_eof", "ChannelWriter", "connect_unix", "open_unix"]
 
 
 async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
@@ -25,6 +25,21 @@ async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: in
         parts.append(chunk)
         left -= len(chunk)
     return b"".join(parts)
+
+
+async def drain_until_eof(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                          ready: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Read and drop what a non-blocking socket sends until EOF or an error. `ready` is
+    awaited before each read: a socket whose EOF will be reported is not read while the
+    report could not be sent (protocol.md §7 flow control)."""
+    try:
+        while True:
+            if ready is not None:
+                await ready()
+            if not await loop.sock_recv(sock, 4096):
+                return
+    except OSError:
+        return
 
 
 class ChannelWriter:

@@ -244,7 +244,7 @@ class Agent:
         if sock is None:
             self._fork_handler(call)
             return
-        watch_until_eof(self.loop, sock, lambda: self._terminated(call))
+        watch_until_eof(self.loop, sock, lambda: self._terminated(call), self._control_ready)
 
     def _fork_handler(self, call: _Call) -> None:
         def body() -> int:

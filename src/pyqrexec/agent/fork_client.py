@@ -22,7 +22,7 @@ after `_plan` read the rpc-config and any parking for wait-for-session is over::
             ...                            # the fork_call path above
             return
         watch_until_eof(self.loop, sock, lambda: self._send_soon(
-            pack_connection_terminated(call.domain, call.port)))
+            pack_connection_terminated(call.domain, call.port)), self._control_ready)
 
 `prepare_handover` takes `ExecParams.cmdline` as it is (`USER:COMMAND`, no NUL) and the
 config `_plan` left in `call.config`: `None` there means defaults for a shell command, but
@@ -38,10 +38,10 @@ import asyncio
 import errno
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ..aio import connect_unix
+from ..aio import connect_unix, drain_until_eof
 from ..protocol.cmdline import Command, parse_command, split_user
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import CmdInfo, pack_cmd_info
@@ -169,24 +169,17 @@ async def hand_over(
 
 
 def watch_until_eof(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, finished: Callable[[], None]
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, finished: Callable[[], None],
+    ready: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Call `finished` once `sock` reaches EOF (or fails), then close it. Bytes the fork
-    server should not send are read and dropped."""
+    """Close `sock` and call `finished` once it reaches EOF (or fails). Bytes the fork
+    server should not send are read and dropped; `ready` pauses reading (see
+    `drain_until_eof`)."""
     sock.setblocking(False)
-    fd = sock.fileno()
 
-    def readable() -> None:
-        try:
-            data = sock.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if data:
-            return
-        loop.remove_reader(fd)
+    async def watch() -> None:
+        await drain_until_eof(loop, sock, ready)
         sock.close()
         finished()
 
-    loop.add_reader(fd, readable)
+    loop.create_task(watch())

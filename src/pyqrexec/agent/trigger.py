@@ -15,7 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ..aio import recv_exact
+from ..aio import drain_until_eof, recv_exact
 from ..protocol.control import check_trigger_socket_header
 from ..protocol.errors import LocalProtocolError, RemoteProtocolError
 from ..protocol.idents import agent_ident, parse_agent_ident
@@ -166,12 +166,6 @@ class TriggerSocket:
 
     async def _wait_end(self, req: _Request) -> None:
         assert req.connected is not None
-        try:
-            while True:
-                await self.ready()
-                if not await self.loop.sock_recv(req.sock, 4096):
-                    break
-        except OSError:
-            pass
+        await drain_until_eof(self.loop, req.sock, self.ready)
         req.sock.close()
         self.send(pack_connection_terminated(*req.connected))
