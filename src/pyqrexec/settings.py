@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from .protocol.handshake import own_max_version
 
+#: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 

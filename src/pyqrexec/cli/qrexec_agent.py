@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import getopt
 import sys
+
+from ..cliargs import GetoptError, getopt
 
 USAGE = """\
 usage: qrexec-agent [-h|--help] [-a|--agent-socket=PATH] [-s|--fork-server-socket=PATH] \
@@ -16,10 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     agent_socket = "/var/run/qubes/qrexec-agent"
     fork_server: str | None = "/var/run/qubes/qrexec-server.%s.sock"
     try:
-        opts, _rest = getopt.gnu_getopt(
-            args, "ha:s:S", ["help", "agent-socket=", "fork-server-socket=", "no-fork-server"]
+        opts, _rest = getopt(
+            args, "ha:s:S", ["help", "agent-socket=", "fork-server-socket=", "no-fork-server"],
+            gnu=True,
         )
-    except getopt.GetoptError as err:
+    except GetoptError as err:
         sys.stderr.write(f"qrexec-agent: {err}\n{USAGE}")
         return 2
     for opt, val in opts:

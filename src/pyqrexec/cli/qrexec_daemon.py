@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import getopt
 import os
 import sys
+
+from ..cliargs import GetoptError, getopt
 
 USAGE = """\
 usage: qrexec-daemon [-h|--help] [-q|--quiet] [--socket-dir=PATH] [-p|--policy-program=PATH] \
@@ -27,11 +28,12 @@ def _startup_timeout() -> float | None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
-        opts, pos = getopt.gnu_getopt(
+        opts, pos = getopt(
             args, "hqp:Du:",
             ["help", "quiet", "socket-dir=", "policy-program=", "direct", "uuid="],
+            gnu=True,
         )
-    except getopt.GetoptError as err:
+    except GetoptError as err:
         sys.stderr.write(f"qrexec-daemon: {err}\n{USAGE}")
         return 1
     quiet = direct = False
