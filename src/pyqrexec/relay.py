@@ -276,22 +276,28 @@ class Relay:
                 self.limit = self.stream.limit
         return pos
 
-    def read_actions(self) -> list[tuple[Action, int, memoryview]]:
+    def read_actions(self) -> list[tuple[Action, memoryview]]:
         """Read the channel: what each complete message means. When the peer broke the
-        channel's rules, `failed` says how, after the messages that came before."""
+        channel's rules, the messages before that come back and `failed` says how."""
         self.receive()
         msgs = self.messages()
         stream = self.stream
         if stream is None:  # nothing after the HELLO yet
             return []
-        actions = [(stream.receive(t, len(payload)), t, payload) for t, payload in msgs]
+        actions: list[tuple[Action, memoryview]] = []
+        for t, payload in msgs:
+            action = stream.receive(t, len(payload))
+            if action is Action.BROKEN:
+                self.broken(t, payload)
+                break
+            actions.append((action, payload))
         for warning in stream.warnings:
             self.log(warning)
         stream.warnings.clear()
         return actions
 
     def broken(self, msgtype: int, payload: memoryview) -> None:
-        """A received message breaks the channel's rules (its meaning was BROKEN)."""
+        """A received message breaks the channel's rules (`protocol.data` says BROKEN)."""
         self.failed = f"message {msgtype:#x} of {len(payload)} bytes"
         self.log(f"data channel broken: {self.failed}")
 
@@ -536,7 +542,7 @@ def run_caller(
             if ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped:
                 _pump_source(relay, s)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            for action, t, payload in relay.read_actions():
+            for action, payload in relay.read_actions():
                 if action is Action.OUTPUT and out is not None:
                     _write_sink(out, payload)
                 elif action is Action.OUTPUT_EOF and out is not None:
@@ -546,9 +552,6 @@ def run_caller(
                 elif action is Action.EXIT:
                     status = parse_exit_code(bytes(payload))
                     exit_seen = True
-                elif action is Action.BROKEN:
-                    relay.broken(t, payload)
-                    break
             relay.consumed()
             if relay.failed is not None:
                 relay.channel_eof = True
@@ -711,14 +714,11 @@ def run_service(
                 else:
                     _pump_source(relay, s)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            for action, t, payload in relay.read_actions():
+            for action, payload in relay.read_actions():
                 if action is Action.OUTPUT and inp is not None:
                     _write_sink(inp, payload)
                 elif action is Action.OUTPUT_EOF and inp is not None:
                     _end_sink(inp)
-                elif action is Action.BROKEN:
-                    relay.broken(t, payload)
-                    break
             relay.consumed()
             if relay.failed is not None:
                 _close_end(end, sinks)
