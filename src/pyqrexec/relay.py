@@ -421,7 +421,9 @@ def _poll_sources(
     return dict(ready)
 
 
-def _pump_source(relay: Relay, src: Source) -> None:
+def _pump_source(relay: Relay, src: Source,
+                 copy: Callable[[bytes], None] | None = None) -> None:
+    """Read what `src` has and queue it (EOF: the empty message); `copy` also gets the bytes."""
     n = _read_into(src)
     if n < 0:
         return
@@ -429,6 +431,8 @@ def _pump_source(relay: Relay, src: Source) -> None:
         src.eof = True
         relay.queue_message(src.msgtype)
         return
+    if copy is not None:
+        copy(bytes(src.buf[:n]))
     relay.queue_from_source(src, n)
 
 
@@ -491,7 +495,6 @@ def run_caller(
     prefix_left = prefix
     status: int | None = None
     exit_seen = False
-    broken = False
     stdin_eof_sent = False
     poller = select.poll()
     while True:
@@ -555,7 +558,6 @@ def run_caller(
             relay.consumed()
             if relay.failed is not None:
                 relay.channel_eof = True
-                broken = True
                 break
             if exit_seen:
                 if not stdin_eof_sent and not relay.send_failed:
@@ -580,7 +582,7 @@ def run_caller(
     if relay.version == 0:
         log("data channel: no usable HELLO from the service side")
         return CallerResult(None, no_hello=True)
-    if broken:
+    if relay.failed is not None:
         return CallerResult(status if exit_seen else None, broken=True)
     if not exit_seen:
         log("vchan connection closed early")
@@ -701,18 +703,7 @@ def run_service(
             relay.flush()
         for s in sources:
             if ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped:
-                if s is err_src and end.stderr_log is not None:
-                    n = _read_into(s)
-                    if n < 0:
-                        continue
-                    if n == 0:
-                        s.eof = True
-                        relay.queue_message(s.msgtype)
-                        continue
-                    end.stderr_log(bytes(s.buf[:n]))
-                    relay.queue_from_source(s, n)
-                else:
-                    _pump_source(relay, s)
+                _pump_source(relay, s, end.stderr_log if s is err_src else None)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
             for action, payload in relay.read_actions():
                 if action is Action.OUTPUT and inp is not None:

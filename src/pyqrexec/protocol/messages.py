@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .constants import IDENT_SIZE, MAX_SERVICE_NAME_LEN, MsgType
 from .errors import LocalProtocolError, RemoteProtocolError
 from .wire import (
+    EXEC_HEAD,
     HEADER,
     field_str,
     fixed_field,
@@ -56,7 +57,6 @@ __all__ = [
     "field_str",
 ]
 
-_EXEC_HEAD = struct.Struct("<II")
 _TRIGGER2 = struct.Struct("<64s32s32s")
 _TRIGGER3_HEAD = struct.Struct("<64s32s")
 _TRIGGER4_HEAD = struct.Struct("<64s64s32s")
@@ -83,10 +83,10 @@ class ExecParams:
 
 
 def parse_exec(payload: bytes) -> ExecParams:
-    if len(payload) < _EXEC_HEAD.size:
+    if len(payload) < EXEC_HEAD.size:
         raise RemoteProtocolError(f"exec message too short: {len(payload)} bytes")
-    d, p = _EXEC_HEAD.unpack_from(payload)
-    return ExecParams(int(d), int(p), bytes(payload[_EXEC_HEAD.size :]))
+    d, p = EXEC_HEAD.unpack_from(payload)
+    return ExecParams(int(d), int(p), bytes(payload[EXEC_HEAD.size :]))
 
 
 def pack_service_refused(ident: bytes) -> bytes:
@@ -96,7 +96,7 @@ def pack_service_refused(ident: bytes) -> bytes:
 
 
 def pack_connection_terminated(domain: int, port: int) -> bytes:
-    return HEADER.pack(MsgType.CONNECTION_TERMINATED, 8) + _EXEC_HEAD.pack(domain, port)
+    return pack_exec(MsgType.CONNECTION_TERMINATED, domain, port, b"")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ __all__ = [
     "parse_hello",
     "fixed_field",
     "field_str",
+    "EXEC_HEAD",
     "pack_exec_params",
     "parse_exec_params_only",
     "pack_exec",
@@ -28,7 +29,8 @@ __all__ = [
 HEADER = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
-_EXEC_HEAD = struct.Struct("<II")
+#: `exec_params` (§4.3): domain and port ahead of an exec-style payload
+EXEC_HEAD = struct.Struct("<II")
 _U32_MAX = 0xFFFFFFFF
 
 
@@ -73,19 +75,19 @@ def field_str(field: bytes) -> bytes:
 
 
 def pack_exec_params(domain: int, port: int) -> bytes:
-    return _EXEC_HEAD.pack(domain, port)
+    return EXEC_HEAD.pack(domain, port)
 
 
 def parse_exec_params_only(data: bytes) -> tuple[int, int]:
     """The 8-byte `exec_params` written back to qrexec-client-vm (no header)."""
-    if len(data) != _EXEC_HEAD.size:
+    if len(data) != EXEC_HEAD.size:
         raise RemoteProtocolError(f"exec_params must be 8 bytes, got {len(data)}")
-    d, p = _EXEC_HEAD.unpack(data)
+    d, p = EXEC_HEAD.unpack(data)
     return int(d), int(p)
 
 
 def pack_exec(msgtype: int, domain: int, port: int, payload: bytes) -> bytes:
-    body = _EXEC_HEAD.pack(domain, port) + payload
+    body = EXEC_HEAD.pack(domain, port) + payload
     return pack_header(msgtype, len(body)) + body
 
 
