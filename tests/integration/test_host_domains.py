@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -130,20 +131,31 @@ def test_dispvm_call(world: HostWorld, target: str) -> None:
 
 
 def _leftovers(world: HostWorld, before: set[int]) -> list[str]:
-    """Everything that shows a disposable or a domain that is not running."""
-    found = [n for n in world.domains() if n.startswith("disp")]
-    found += [f"disp/{p}" for p in os.listdir(world.state / "disp")]
-    running = {str(d["domid"]) for d in world.domains().values() if d["domid"] is not None}
-    found += [f"vchan/{p}" for p in os.listdir(world.state / "vchan") if p not in running]
+    """Everything that shows a disposable or a domain that is not running.
+
+    The host is still tearing disposables down while this looks, so a directory listed a
+    moment ago may be gone: that counts as nothing left in it, and the next look decides.
+    """
+    def listdir(path: Path) -> list[str]:
+        try:
+            return os.listdir(path)
+        except FileNotFoundError:
+            return []
+
+    domains = world.domains()
+    found = [n for n in domains if n.startswith("disp")]
+    found += [f"disp/{p}" for p in listdir(world.state / "disp")]
+    running = {str(d["domid"]) for d in domains.values() if d["domid"] is not None}
+    found += [f"vchan/{p}" for p in listdir(world.state / "vchan") if p not in running]
     for view in running:
-        found += [f"vchan/{view}/{p}" for p in os.listdir(world.state / "vchan" / view)
+        found += [f"vchan/{view}/{p}" for p in listdir(world.state / "vchan" / view)
                   if p not in running]
-    names = {n for n in world.domains()}
-    found += [f"dom/{p}" for p in os.listdir(world.state / "dom") if p not in names]
-    found += [f"qubes/{p}" for p in os.listdir(world.state / "qubes")
+    names = set(domains)
+    found += [f"dom/{p}" for p in listdir(world.state / "dom") if p not in names]
+    found += [f"qubes/{p}" for p in listdir(world.state / "qubes")
               if not any(p in (f"qrexec.{n}", f"qrexec.{d['domid']}", f"qrexec.uuid:{d['uuid']}")
-                         for n, d in world.domains().items() if d["domid"] is not None)]
-    found += [f"log/{p}" for p in os.listdir(world.state / "log") if "disp" in p]
+                         for n, d in domains.items() if d["domid"] is not None)]
+    found += [f"log/{p}" for p in listdir(world.state / "log") if "disp" in p]
     for pid in {int(p) for p in os.listdir("/proc") if p.isdigit()} - before:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
