@@ -23,6 +23,7 @@ import json
 import os
 import pwd
 import select
+import shlex
 import shutil
 import signal
 import sys
@@ -48,7 +49,7 @@ from .sandbox import (
 )
 
 __all__ = ["Paths", "Domain", "Manager", "program", "describe_request", "QUIET_METHODS",
-           "START_TIMEOUT"]
+           "START_TIMEOUT", "DOM0_SERVICES"]
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
@@ -58,6 +59,11 @@ MAX_DISPOSABLES = 9999
 #: qubesd methods that change nothing: not logged (the policy daemon asks for the system
 #: info on every call, the command-line tools poll the listing)
 QUIET_METHODS = ("internal.GetSystemInfo", "pyqrexec.host.List", "pyqrexec.host.Exec")
+
+
+#: dom0 services this host installs in dom0's runtime service directory: service name ->
+#: the pyqrexec program that serves it (run with no arguments, as qrexec runs services)
+DOM0_SERVICES: dict[str, str] = {}
 
 
 def describe_request(method: str, arg: str, dest: str, payload: bytes) -> str:
@@ -211,11 +217,9 @@ class Manager:
         for d in (p.state, p.vchan):
             os.chmod(d, 0o755)
         os.chmod(p.vchan / "0", 0o711)
-        p.policy_program.write_text(
-            "#!/bin/sh\n"
-            f"exec {sys.executable} -m pyqrexec.cli.qrexec_policy_exec "
-            f"--path='{p.policy_dir}' \"$@\"\n")
-        os.chmod(p.policy_program, 0o755)
+        _write_launcher(p.policy_program, "qrexec-policy-exec", f"--path={p.policy_dir}")
+        for service, name in DOM0_SERVICES.items():
+            _write_launcher(p.dom0_rpc / service, name)
 
     async def up(self) -> None:
         """dom0's side: qubesd sockets, policy daemon, policy agent; then autostart domains."""
@@ -605,6 +609,13 @@ async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str]
 
 
 # -- process and file helpers ------------------------------------------------------------------
+def _write_launcher(path: Path, name: str, *args: str) -> None:
+    """An executable that runs pyqrexec program `name` with `args` and its own arguments."""
+    words = " ".join(shlex.quote(w) for w in (*program(name), *args))
+    path.write_text(f"#!/bin/sh\nexec {words} \"$@\"\n")
+    os.chmod(path, 0o755)
+
+
 async def _spawn(argv: list[str], env: Mapping[str, str], log: Path,
                  new_session: bool = False,
                  pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
