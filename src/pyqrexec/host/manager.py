@@ -64,7 +64,9 @@ QUIET_METHODS = ("internal.GetSystemInfo", "pyqrexec.host.List", "pyqrexec.host.
 
 #: dom0 services this host installs in dom0's runtime service directory: service name ->
 #: the pyqrexec program that serves it (run with no arguments, as qrexec runs services)
-DOM0_SERVICES: dict[str, str] = {}
+DOM0_SERVICES: dict[str, str] = {
+    "policy.RegisterArgument": "policy-register-argument",
+}
 
 
 def describe_request(method: str, arg: str, dest: str, payload: bytes) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyqrexec.host.manager import Paths, dom0_service_settings
+from pyqrexec.host.manager import DOM0_SERVICES, Paths, dom0_service_settings
 
 
 def test_settings_the_service_runner_would_remove_are_restored() -> None:
@@ -20,3 +20,7 @@ def test_settings_the_service_runner_would_remove_are_restored() -> None:
         "QREXEC_POLICY_SOCKET": "/s/policy.sock",
         "QREXEC_MAX_PROTOCOL_VERSION": "3",
     }
+
+
+def test_register_argument_is_installed() -> None:
+    assert DOM0_SERVICES["policy.RegisterArgument"] == "policy-register-argument"
