@@ -97,8 +97,7 @@ def _append(policy_dir: str, registration: Registration) -> None:
 
 def _register(env: Mapping[str, str], registration: Registration, log: _Log) -> int:
     from ..policy.errors import AccessDenied
-    from ..policy.loaders import DEFAULT_POLICY_DIRS, DiskFiles, load_policy
-    from ..policy_service.config import engine_config
+    from ..policy.loaders import DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS, DiskFiles, load_policy
 
     policy_dir = env.get("QREXEC_POLICY_DIR") or DEFAULT_POLICY_DIR
     try:
@@ -107,9 +106,11 @@ def _register(env: Mapping[str, str], registration: Registration, log: _Log) -> 
         log(f"refused: cannot lock the policy directory {policy_dir}: {err.strerror}")
         return 1
     try:
-        config = engine_config(policy_dirs(DEFAULT_POLICY_DIRS[0], policy_dir))
+        # the policy engine's directories (policy_service.config), read from `env` itself
+        dirs = policy_dirs(DEFAULT_POLICY_DIRS[0], policy_dir)
+        legacy_dir = env.get("QREXEC_LEGACY_POLICY_DIR", DEFAULT_LEGACY_DIR)
         try:
-            policy = load_policy(DiskFiles(), config.policy_dirs, config.legacy_dir).policy
+            policy = load_policy(DiskFiles(), dirs, legacy_dir).policy
         except AccessDenied as err:
             log(f"refused: cannot load the policy: {err}")
             return 1
