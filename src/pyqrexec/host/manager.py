@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..parent_death import dies_with_this_process
+from ..services.environment import CALL_VARIABLES
 from .config import DOM0_UUID, DomainConfig, HostConfig
 from .qubesd_server import HostError, QubesdServer
 from .sandbox import (
@@ -49,7 +50,7 @@ from .sandbox import (
 )
 
 __all__ = ["Paths", "Domain", "Manager", "program", "describe_request", "QUIET_METHODS",
-           "START_TIMEOUT", "DOM0_SERVICES"]
+           "START_TIMEOUT", "DOM0_SERVICES", "dom0_service_settings"]
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
@@ -63,7 +64,9 @@ QUIET_METHODS = ("internal.GetSystemInfo", "pyqrexec.host.List", "pyqrexec.host.
 
 #: dom0 services this host installs in dom0's runtime service directory: service name ->
 #: the pyqrexec program that serves it (run with no arguments, as qrexec runs services)
-DOM0_SERVICES: dict[str, str] = {}
+DOM0_SERVICES: dict[str, str] = {
+    "policy.RegisterArgument": "policy-register-argument",
+}
 
 
 def describe_request(method: str, arg: str, dest: str, payload: bytes) -> str:
@@ -218,8 +221,9 @@ class Manager:
             os.chmod(d, 0o755)
         os.chmod(p.vchan / "0", 0o711)
         _write_launcher(p.policy_program, "qrexec-policy-exec", f"--path={p.policy_dir}")
+        settings = dom0_service_settings(p.dom0_env(self.base_env))
         for service, name in DOM0_SERVICES.items():
-            _write_launcher(p.dom0_rpc / service, name)
+            _write_launcher(p.dom0_rpc / service, name, env=settings)
 
     async def up(self) -> None:
         """dom0's side: qubesd sockets, policy daemon, policy agent; then autostart domains."""
@@ -609,10 +613,27 @@ async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str]
 
 
 # -- process and file helpers ------------------------------------------------------------------
-def _write_launcher(path: Path, name: str, *args: str) -> None:
-    """An executable that runs pyqrexec program `name` with `args` and its own arguments."""
+def dom0_service_settings(dom0_env: Mapping[str, str]) -> dict[str, str]:
+    """The host's `QREXEC*` settings a dom0 service needs back (QREXEC_POLICY_DIR, …).
+
+    The service runner removes every inherited `QREXEC*` variable but QREXEC_SERVICE_PATH and
+    QREXEC_AGENT_PID (services.md §4.1); on Qubes the services find their files at fixed paths,
+    here those live under the state directory, so the launcher restores them. The per-call
+    variables are the runner's alone.
+    """
+    runners = {os.fsdecode(n) for n in CALL_VARIABLES} | {"QREXEC_AGENT_PID",
+                                                            "QREXEC_SERVICE_PATH"}
+    return {k: v for k, v in dom0_env.items()
+            if k.startswith("QREXEC") and k.isidentifier() and k not in runners}
+
+
+def _write_launcher(path: Path, name: str, *args: str,
+                    env: Mapping[str, str] | None = None) -> None:
+    """An executable that runs pyqrexec program `name` with `args` and its own arguments,
+    with the variables `env` set."""
     words = " ".join(shlex.quote(w) for w in (*program(name), *args))
-    path.write_text(f"#!/bin/sh\nexec {words} \"$@\"\n")
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted((env or {}).items()))
+    path.write_text(f"#!/bin/sh\n{exports}exec {words} \"$@\"\n")
     os.chmod(path, 0o755)
 
 
