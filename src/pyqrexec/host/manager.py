@@ -63,7 +63,15 @@ QUIET_METHODS = ("internal.GetSystemInfo", "pyqrexec.host.List", "pyqrexec.host.
 
 #: dom0 services this host installs in dom0's runtime service directory: service name ->
 #: the pyqrexec program that serves it (run with no arguments, as qrexec runs services)
-DOM0_SERVICES: dict[str, str] = {}
+DOM0_SERVICES: dict[str, str] = {
+    f"policy.{method}": "qubes-policy-admin"
+    for method in ("List", "Get", "Replace", "Remove", "GetFiles", "include.List",
+                   "include.Get", "include.Replace", "include.Remove")
+}
+
+#: settings of dom0_env the services need: a service's environment keeps no `QREXEC*`
+#: variable of its caller's, so the launchers set them
+SERVICE_SETTINGS = ("QREXEC_POLICY_DIR", "QREXEC_LEGACY_POLICY_DIR", "QREXEC_POLICY_ADMIN_LOG")
 
 
 def describe_request(method: str, arg: str, dest: str, payload: bytes) -> str:
@@ -158,6 +166,7 @@ class Paths:
             QUBES_RPC_CONFIG_PATH=(f"{r}/usr/local/etc/qubes/rpc-config:"
                                    f"{r}/etc/qubes/rpc-config"),
             QREXEC_LOG_DIR=str(self.log_dir),
+            QREXEC_POLICY_ADMIN_LOG=str(self.log_dir / "policy-admin.log"),
         )
         return env
 
@@ -218,8 +227,10 @@ class Manager:
             os.chmod(d, 0o755)
         os.chmod(p.vchan / "0", 0o711)
         _write_launcher(p.policy_program, "qrexec-policy-exec", f"--path={p.policy_dir}")
+        env = p.dom0_env(self.base_env)
+        settings = {key: env[key] for key in SERVICE_SETTINGS}
         for service, name in DOM0_SERVICES.items():
-            _write_launcher(p.dom0_rpc / service, name)
+            _write_launcher(p.dom0_rpc / service, name, env=settings)
 
     async def up(self) -> None:
         """dom0's side: qubesd sockets, policy daemon, policy agent; then autostart domains."""
@@ -609,10 +620,13 @@ async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str]
 
 
 # -- process and file helpers ------------------------------------------------------------------
-def _write_launcher(path: Path, name: str, *args: str) -> None:
-    """An executable that runs pyqrexec program `name` with `args` and its own arguments."""
+def _write_launcher(path: Path, name: str, *args: str,
+                    env: Mapping[str, str] | None = None) -> None:
+    """An executable that runs pyqrexec program `name` with `args` and its own arguments,
+    `env` added to its environment."""
     words = " ".join(shlex.quote(w) for w in (*program(name), *args))
-    path.write_text(f"#!/bin/sh\nexec {words} \"$@\"\n")
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (env or {}).items())
+    path.write_text(f"#!/bin/sh\n{exports}exec {words} \"$@\"\n")
     os.chmod(path, 0o755)
 
 
