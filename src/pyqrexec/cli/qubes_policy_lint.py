@@ -40,29 +40,6 @@ def _read(path: str) -> bytes | str:
         return f"{path}:0: error: cannot read file: {err.strerror}"
 
 
-def lint(path: str, data: bytes, legacy: bool, show_line: bool) -> list[str]:
-    """The error lines for one file's content."""
-    from ..policy.errors import PolicySyntaxError
-    from ..policy.legacy import translate_line
-    from ..policy.parser import parse_line, split_lines
-
-    errors = []
-    try:
-        lines = split_lines(data, path)
-    except PolicySyntaxError as err:
-        return [f"{path}:{err.line}: error: {err.msg}"]
-    for lineno, text in enumerate(lines, 1):
-        try:
-            if legacy:
-                translate_line(text, path, lineno, "*", "*")
-            else:
-                parse_line(text, path, lineno)
-        except PolicySyntaxError as err:
-            suffix = f": {text.strip()}" if show_line else ""
-            errors.append(f"{path}:{lineno}: error: {err.msg}{suffix}")
-    return errors
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     failed = False
@@ -71,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(data, str):
             errors = [data]
         else:
+            from ..policy.lint import lint
+
             errors = lint(path, data, args.include_service, args.show_line)
         if errors:
             failed = True

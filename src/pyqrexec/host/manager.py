@@ -66,6 +66,9 @@ QUIET_METHODS = ("internal.GetSystemInfo", "pyqrexec.host.List", "pyqrexec.host.
 #: the pyqrexec program that serves it (run with no arguments, as qrexec runs services)
 DOM0_SERVICES: dict[str, str] = {
     "policy.RegisterArgument": "policy-register-argument",
+    **{f"policy.{method}": "qubes-policy-admin"
+       for method in ("List", "Get", "Replace", "Remove", "GetFiles", "include.List",
+                      "include.Get", "include.Replace", "include.Remove")},
 }
 
 
@@ -161,6 +164,7 @@ class Paths:
             QUBES_RPC_CONFIG_PATH=(f"{r}/usr/local/etc/qubes/rpc-config:"
                                    f"{r}/etc/qubes/rpc-config"),
             QREXEC_LOG_DIR=str(self.log_dir),
+            QREXEC_POLICY_ADMIN_LOG=str(self.log_dir / "policy-admin.log"),
         )
         return env
 

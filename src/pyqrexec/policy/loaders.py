@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +26,7 @@ __all__ = [
     "Files",
     "DiskFiles",
     "MemoryFiles",
+    "OverlayFiles",
     "LoadResult",
     "load_policy",
     "PolicyWatch",
@@ -121,6 +122,52 @@ class MemoryFiles:
         return content.encode() if isinstance(content, str) else content
 
 
+class OverlayFiles:
+    """`base` as it would be with `changes` applied: `{path: new content, or None = removed}`.
+
+    Lets a change be validated before it is written (the policy Admin API).
+    """
+
+    def __init__(self, base: Files, changes: Mapping[str, bytes | None]) -> None:
+        self.base = base
+        self.changes = {base.resolve(p): c for p, c in changes.items()}
+        self.removed = frozenset(p for p, c in self.changes.items() if c is None)
+
+    def resolve(self, path: str) -> str:
+        return self.base.resolve(path)
+
+    def is_file(self, path: str) -> bool:
+        key = self.base.resolve(path)
+        if key in self.changes:
+            return self.changes[key] is not None
+        return self.base.is_file(path)
+
+    def is_dir(self, path: str) -> bool:
+        return self.base.is_dir(path)
+
+    def list_dir(self, path: str) -> list[str]:
+        names = [
+            n
+            for n in self.base.list_dir(path)
+            if self.base.resolve(posixpath.join(path, n)) not in self.removed
+        ]
+        here = self.base.resolve(path)
+        for key, content in self.changes.items():
+            name = posixpath.basename(key)
+            if content is not None and posixpath.dirname(key) == here and name not in names:
+                names.append(name)
+        return names
+
+    def read_bytes(self, path: str) -> bytes:
+        key = self.base.resolve(path)
+        if key not in self.changes:
+            return self.base.read_bytes(path)
+        content = self.changes[key]
+        if content is None:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return content
+
+
 @dataclass
 class LoadResult:
     policy: Policy
@@ -128,9 +175,10 @@ class LoadResult:
 
 
 class _Loader:
-    def __init__(self, files: Files, legacy_dir: str) -> None:
+    def __init__(self, files: Files, legacy_dir: str, removed: Collection[str] = ()) -> None:
         self.files = files
         self.legacy_dir = legacy_dir
+        self.removed = removed
         self.rules: list[Rule] = []
         self.messages: list[tuple[str, str]] = []
 
@@ -182,6 +230,9 @@ class _Loader:
 
     def _included(self, path: str, base: str, d: Directive | LegacyInclude, want_dir: bool) -> str:
         full = self.files.resolve(posixpath.join(base, path))
+        if full in self.removed:
+            message = f"including a file that will be removed: {full}"
+            raise PolicySyntaxError(d.file, d.line, message)
         if want_dir and not self.files.is_dir(full):
             raise PolicySyntaxError(d.file, d.line, f"not a directory: {full}")
         if not want_dir and not self.files.is_file(full):
@@ -251,10 +302,17 @@ class _Loader:
 
 
 def load_policy(
-    files: Files, policy_dirs: Sequence[str], legacy_dir: str = DEFAULT_LEGACY_DIR
+    files: Files,
+    policy_dirs: Sequence[str],
+    legacy_dir: str = DEFAULT_LEGACY_DIR,
+    removed: Collection[str] = (),
 ) -> LoadResult:
-    """Load the whole policy; raises `PolicySyntaxError` or `PolicyLoadError`."""
-    loader = _Loader(files, legacy_dir)
+    """Load the whole policy; raises `PolicySyntaxError` or `PolicyLoadError`.
+
+    Including one of the resolved paths `removed` is a syntax error (a change about to
+    remove it must not leave a dangling include).
+    """
+    loader = _Loader(files, legacy_dir, removed)
     loader.load_dirs(policy_dirs)
     return LoadResult(Policy(loader.rules), loader.messages)
 

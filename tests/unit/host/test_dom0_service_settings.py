@@ -16,6 +16,7 @@ def test_settings_the_service_runner_would_remove_are_restored() -> None:
     assert settings == {
         "QREXEC_POLICY_DIR": "/d0/etc/qubes/policy.d",
         "QREXEC_LOG_DIR": "/s/log",
+        "QREXEC_POLICY_ADMIN_LOG": "/s/log/policy-admin.log",
         "QREXEC_LEGACY_POLICY_DIR": "/d0/etc/qubes-rpc/policy",
         "QREXEC_POLICY_SOCKET": "/s/policy.sock",
         "QREXEC_MAX_PROTOCOL_VERSION": "3",
