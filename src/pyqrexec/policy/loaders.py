@@ -128,9 +128,10 @@ class LoadResult:
 
 
 class _Loader:
-    def __init__(self, files: Files, legacy_dir: str) -> None:
+    def __init__(self, files: Files, legacy_dir: str, compat: bool) -> None:
         self.files = files
         self.legacy_dir = legacy_dir
+        self.follow_compat = compat
         self.rules: list[Rule] = []
         self.messages: list[tuple[str, str]] = []
 
@@ -162,7 +163,8 @@ class _Loader:
     def load_dirs(self, dirs: Sequence[str]) -> None:
         existing = [d for d in dirs if self.files.is_dir(d)]
         if not existing:  # legacy-only host: the policy is "!compat-4.0" (§2.5)
-            self.compat(())
+            if self.follow_compat:
+                self.compat(())
             return
         by_name: dict[str, str] = {}
         for directory in existing:
@@ -199,6 +201,8 @@ class _Loader:
 
     def directive(self, d: Directive, top: str, stack: tuple[str, ...]) -> None:
         if d.name == "!compat-4.0":
+            if not self.follow_compat:
+                return
             self.messages.append(
                 (
                     "warning",
@@ -251,10 +255,18 @@ class _Loader:
 
 
 def load_policy(
-    files: Files, policy_dirs: Sequence[str], legacy_dir: str = DEFAULT_LEGACY_DIR
+    files: Files,
+    policy_dirs: Sequence[str],
+    legacy_dir: str = DEFAULT_LEGACY_DIR,
+    *,
+    compat: bool = True,
 ) -> LoadResult:
-    """Load the whole policy; raises `PolicySyntaxError` or `PolicyLoadError`."""
-    loader = _Loader(files, legacy_dir)
+    """Load the whole policy; raises `PolicySyntaxError` or `PolicyLoadError`.
+
+    `compat=False` ignores `!compat-4.0` (qrexec-legacy-convert's view of the policy without
+    the legacy files).
+    """
+    loader = _Loader(files, legacy_dir, compat)
     loader.load_dirs(policy_dirs)
     return LoadResult(Policy(loader.rules), loader.messages)
 
