@@ -115,9 +115,7 @@ def test_loopback_edge_appears() -> None:
 def test_ask_counts_even_if_target_is_not_a_candidate() -> None:
     # the only candidate is vault, yet the request for personal is an ask edge
     text = "test.Svc * work personal ask target=vault\n"
-    assert edges(text, include_ask=True) == [
-        '  "work" -> "vault" [label="test.Svc" color=orange];'
-    ]
+    assert edges(text, include_ask=True) == ['  "work" -> "vault" [label="test.Svc" color=orange];']
 
 
 def test_full_output_labels() -> None:
@@ -177,7 +175,9 @@ def test_service_filter() -> None:
         '  "personal" -> "vault" [label="test.Svc" color=red];',
     ]
     # a service named only by the option is evaluated through the wildcard rule
-    assert edges(text, services=["test.New"]) == ['  "work" -> "vault" [label="test.New" color=red];']
+    assert edges(text, services=["test.New"]) == [
+        '  "work" -> "vault" [label="test.New" color=red];'
+    ]
     assert edges(text, services=["test.Svc+b"]) == [
         '  "work" -> "vault" [label="test.Svc" color=red];'
     ]
