@@ -140,6 +140,31 @@ class Evaluation:
             return self._allow(rule)
         return self._ask(self.policy, rule)
 
+    def applicable_rule(self) -> Rule | None:
+        """Steps 4 and 6–9.5 alone, for tools that map the policy (qrexec-policy-graph).
+
+        The allow or ask rule that would handle the request, or None when it would be denied.
+        No dialog, notification, log line or loopback check; an ask counts even when the
+        requested target is not among its candidates.
+        """
+        policy = self.policy
+        if isinstance(policy, AccessDenied):
+            return None
+        try:
+            self.req = self._verify_request()
+            rule = self.rule = self._find_rule(policy)
+            if rule.action.type is ActionType.ALLOW:
+                self._allowed_target(rule)
+            elif rule.action.type is ActionType.ASK:
+                self._ask_choices(policy, rule)
+            else:
+                return None
+        except _Deny:
+            return None
+        finally:
+            self._log, self._notifications = [], []
+        return rule
+
     def _verify(self, text: str, token: Token) -> str:
         """Step 4 for a parsed REQ or RDR token: unknown qubes become `@default`."""
         if token.kind is Kind.LITERAL and text not in self.info:
@@ -210,6 +235,10 @@ class Evaluation:
         return d is not None and d.is_running
 
     def _allow(self, rule: Rule) -> Outcome:
+        return self._grant(self._allowed_target(rule))
+
+    def _allowed_target(self, rule: Rule) -> str:
+        """Steps 8.1–8.5: where an allow rule sends this request."""
         action = rule.action
         target = self.req
         if action.target is not None:
@@ -235,7 +264,7 @@ class Evaluation:
             raise _Deny(
                 f"target {target} is denied because it would require autostart", action.notifies
             )
-        return self._grant(target)
+        return target
 
     def _grant(self, target: str) -> Outcome:
         """Steps 8.6–8.7 and the answer lines of §6."""
@@ -361,6 +390,38 @@ class Evaluation:
         return out
 
     def _ask(self, policy: Policy, rule: Rule) -> Outcome:
+        default = self._ask_choices(policy, rule)
+        r = self.request
+        if r.assume_yes_for_ask:
+            return self._choose(self.req)
+        if r.just_evaluate:
+            return self._outcome(False, ["result=deny"], "ask without a user")
+        action = rule.action
+        guivm = self.source_domain.guivm if self.source_domain is not None else None
+        if not guivm:
+            self._log.append(
+                (
+                    "warning",
+                    f"{self.service} not allowed from {self.source}: the resolution was "
+                    '"ask", but source domain has no GuiVM',
+                )
+            )
+            raise _Deny(f"denied by the user {rule.where}", action.notifies)
+        ask = AskRequest(
+            guivm,
+            self.source,
+            self.service,
+            self.argument,
+            self.candidates,
+            default,
+            icons(self.info),
+        )
+        out = self._outcome(False, [])
+        out.ask = ask
+        return out
+
+    def _ask_choices(self, policy: Policy, rule: Rule) -> str:
+        """Steps 9.1–9.5: set the candidates; returns the default target ("" for none)."""
         action = rule.action
         if action.target is not None:
             single = self._normalise(action.target.text)
@@ -389,33 +450,7 @@ class Evaluation:
                     )
                 )
                 default = ""
-        r = self.request
-        if r.assume_yes_for_ask:
-            return self._choose(self.req)
-        if r.just_evaluate:
-            return self._outcome(False, ["result=deny"], "ask without a user")
-        guivm = self.source_domain.guivm if self.source_domain is not None else None
-        if not guivm:
-            self._log.append(
-                (
-                    "warning",
-                    f"{self.service} not allowed from {self.source}: the resolution was "
-                    '"ask", but source domain has no GuiVM',
-                )
-            )
-            raise _Deny(f"denied by the user {rule.where}", action.notifies)
-        ask = AskRequest(
-            guivm,
-            self.source,
-            self.service,
-            self.argument,
-            self.candidates,
-            default,
-            icons(self.info),
-        )
-        out = self._outcome(False, [])
-        out.ask = ask
-        return out
+        return default
 
     def _choose(self, choice: str) -> Outcome:
         if choice not in self.candidates:

@@ -175,10 +175,12 @@ class LoadResult:
 
 
 class _Loader:
-    def __init__(self, files: Files, legacy_dir: str, removed: Collection[str] = ()) -> None:
+    def __init__(self, files: Files, legacy_dir: str, removed: Collection[str] = (),
+                 compat: bool = True) -> None:
         self.files = files
         self.legacy_dir = legacy_dir
         self.removed = removed
+        self.follow_compat = compat
         self.rules: list[Rule] = []
         self.messages: list[tuple[str, str]] = []
 
@@ -210,7 +212,8 @@ class _Loader:
     def load_dirs(self, dirs: Sequence[str]) -> None:
         existing = [d for d in dirs if self.files.is_dir(d)]
         if not existing:  # legacy-only host: the policy is "!compat-4.0" (§2.5)
-            self.compat(())
+            if self.follow_compat:
+                self.compat(())
             return
         by_name: dict[str, str] = {}
         for directory in existing:
@@ -250,6 +253,8 @@ class _Loader:
 
     def directive(self, d: Directive, top: str, stack: tuple[str, ...]) -> None:
         if d.name == "!compat-4.0":
+            if not self.follow_compat:
+                return
             self.messages.append(
                 (
                     "warning",
@@ -306,13 +311,16 @@ def load_policy(
     policy_dirs: Sequence[str],
     legacy_dir: str = DEFAULT_LEGACY_DIR,
     removed: Collection[str] = (),
+    *,
+    compat: bool = True,
 ) -> LoadResult:
     """Load the whole policy; raises `PolicySyntaxError` or `PolicyLoadError`.
 
     Including one of the resolved paths `removed` is a syntax error (a change about to
-    remove it must not leave a dangling include).
+    remove it must not leave a dangling include). `compat=False` ignores `!compat-4.0`
+    (qrexec-legacy-convert's view of the policy without the legacy files).
     """
-    loader = _Loader(files, legacy_dir, removed)
+    loader = _Loader(files, legacy_dir, removed, compat)
     loader.load_dirs(policy_dirs)
     return LoadResult(Policy(loader.rules), loader.messages)
 

@@ -47,6 +47,7 @@ _PARAMS: dict[ActionType, tuple[str, ...]] = {
     ActionType.ASK: ("target", "default_target", "user", "notify", "autostart"),
 }
 _PARAM_ORDER = ("target", "default_target", "user", "notify", "autostart")
+_SHOWN = frozenset({"target", "default_target", "user"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,12 @@ class Action:
     def __str__(self) -> str:
         return " ".join([self.type.value, *self.params_text()])
 
+    def without_flags(self) -> str:
+        """The action as upstream's policy tools write it: `notify=`/`autostart=` left out."""
+        return " ".join(
+            [self.type.value, *(p for p in self.params_text() if p.split("=")[0] in _SHOWN)]
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -97,8 +104,15 @@ class Rule:
     def where(self) -> str:
         return f"{self.file}:{self.line}"
 
+    def _columns(self, action: str) -> str:
+        return f"{self.service}\t{self.argument}\t{self.source}\t{self.target}\t{action}"
+
     def __str__(self) -> str:
-        return f"{self.service}\t{self.argument}\t{self.source}\t{self.target}\t{self.action}"
+        return self._columns(str(self.action))
+
+    def without_flags(self) -> str:
+        """The rule as qrexec-legacy-convert writes it (see `Action.without_flags`)."""
+        return self._columns(self.action.without_flags())
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,16 +12,33 @@ from ..host.qubesd import internal_socket_path
 from ..policy.loaders import DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS
 from .engine import EngineConfig
 
-__all__ = ["DEFAULT_SERVICE_PATH", "engine_config", "logger"]
+__all__ = [
+    "DEFAULT_SERVICE_PATH",
+    "PERSISTENT_POLICY_DIR",
+    "engine_config",
+    "legacy_policy_dir",
+    "persistent_policy_dir",
+    "logger",
+]
 
 DEFAULT_SERVICE_PATH = "/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc"
+PERSISTENT_POLICY_DIR = "/etc/qubes/policy.d"
+
+
+def legacy_policy_dir() -> str:
+    return os.environ.get("QREXEC_LEGACY_POLICY_DIR", DEFAULT_LEGACY_DIR)
+
+
+def persistent_policy_dir() -> str:
+    """`/etc/qubes/policy.d`, or `$QREXEC_POLICY_DIR` (ext) on a host that keeps it elsewhere."""
+    return os.environ.get("QREXEC_POLICY_DIR", PERSISTENT_POLICY_DIR)
 
 
 def engine_config(policy_dirs: Sequence[str] | None) -> EngineConfig:
     """`policy_dirs` replaces both default directories when given (`--path`, `--policy-path`)."""
     return EngineConfig(
         policy_dirs=list(policy_dirs) if policy_dirs else list(DEFAULT_POLICY_DIRS),
-        legacy_dir=os.environ.get("QREXEC_LEGACY_POLICY_DIR", DEFAULT_LEGACY_DIR),
+        legacy_dir=legacy_policy_dir(),
         qubesd_internal_socket=internal_socket_path(),
         service_path=os.environ.get("QREXEC_SERVICE_PATH", DEFAULT_SERVICE_PATH).split(":"),
     )
