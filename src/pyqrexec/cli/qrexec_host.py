@@ -304,6 +304,9 @@ def _client(args: argparse.Namespace, state: Path) -> int:
             if not cmd:
                 print("qrexec-host: run: no command given", file=sys.stderr)
                 return 2
+            if args.name == "dom0":
+                return _run_in_dom0(json.loads(qcall("pyqrexec.host.Exec", "dom0")),
+                                    args.user, cmd)
             qcall("admin.vm.Start", args.name, ok=("QubesVMNotHaltedError",))
             import shlex
 
@@ -314,6 +317,10 @@ def _client(args: argparse.Namespace, state: Path) -> int:
         if args.command == "call":
             qcall("admin.vm.Start", args.source, ok=("QubesVMNotHaltedError",))
             spec = json.loads(qcall("pyqrexec.host.Exec", args.source))
+            if "agent_socket" not in spec:
+                print(f"qrexec-host: call: {args.source} has no qrexec-agent; in dom0 use "
+                      "`run dom0 -- qrexec-client …`", file=sys.stderr)
+                return 2
             rest = args.args[1:] if args.args[:1] == ["--"] else args.args
             root = spec.get("root")
             if root and rest and rest[0].startswith("/"):
@@ -333,6 +340,25 @@ def _client(args: argparse.Namespace, state: Path) -> int:
         print(f"qrexec-host: {err}", file=sys.stderr)
         return 1
     return 2
+
+
+def _run_in_dom0(spec: dict[str, object], user: str, cmd: list[str]) -> int:
+    """`run dom0`: dom0 is this host, so the command runs here, with dom0's environment; as
+    for a domain, one word is a shell command line and more are an argv."""
+    from ..host.sandbox import user_wrapper
+
+    env = spec["env"]
+    assert isinstance(env, dict)
+    argv = ["/bin/sh", "-c", cmd[0]] if len(cmd) == 1 else cmd
+    argv = [*user_wrapper(None if user == "DEFAULT" else user), *argv]
+    import shutil
+
+    exe = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
+    try:
+        os.execve(exe, argv, env)
+    except OSError as err:
+        print(f"qrexec-host: run: {argv[0]}: {err.strerror}", file=sys.stderr)
+    return 127
 
 
 def run() -> None:

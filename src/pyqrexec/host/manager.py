@@ -560,8 +560,14 @@ class Manager:
         return bwrap_argv(spec, self.layout, user_wrapper(d.cfg.user), self.bwrap)
 
     def exec_spec(self, d: Domain) -> dict[str, object]:
-        """How `call` runs a program inside `d`: argv prefix, environment, agent socket."""
-        if not d.running or d.name == "dom0":
+        """How `call` runs a program inside `d`: argv prefix, environment, agent socket.
+
+        dom0 is this host itself: its programs run directly, with dom0's environment (the
+        policy tools find dom0's policy and services through it), and it has no agent.
+        """
+        if d.name == "dom0":
+            return {"prefix": [], "env": self.paths.dom0_env(self.base_env)}
+        if not d.running:
             raise HostError("QubesVMNotStartedError", f"Domain is powered off: {d.name}")
         if self.bwrap:
             if d.ns_pid is None:

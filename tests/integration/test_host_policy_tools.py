@@ -1,6 +1,9 @@
-"""S70 end to end: a backend qube registers an argument through qrexec-host's dom0, and the
-policy daemon then allows the frontend's call with it. Also the requested-target variables a dom0
-service gets when the policy redirected the call to dom0 (services.md §4.1, protocol.md §11.D).
+"""dom0's policy tools on a qrexec-host, end to end.
+
+S70: a backend qube registers an argument through qrexec-host's dom0, and the policy daemon then
+allows the frontend's call with it. The requested-target variables a dom0 service gets when the
+policy redirected the call to dom0 (services.md §4.1, protocol.md §11.D). The Admin API from a
+qube, and the administrator's tools run in dom0 with `qrexec-host run dom0` (S69).
 
 Plain mode only: dom0's side, which this is about, is the same in a sandbox."""
 
@@ -28,6 +31,7 @@ policy.RegisterArgument +u2f.Authenticate sys-usb @default allow target=dom0
 test.Env * sys-usb @anyvm allow target=dom0
 test.Env * sys-usb @default allow target=dom0
 u2f.Authenticate * @anyvm @anyvm deny
+policy.List * sys-usb @adminvm allow
 """
 
 ENV = """\
@@ -110,3 +114,43 @@ def test_s70_register_argument(world: HostWorld) -> None:
     assert "-> (unset): u2f.Authenticate +KEY3: refused: the call must name the frontend" \
         in register_log(world)
     assert registered(world).read_text() == "u2f.Authenticate +KEY1 work sys-usb allow\n"
+
+
+def test_admin_api_from_a_qube(world: HostWorld) -> None:
+    done = world.host("call", "sys-usb", "dom0", "policy.List", input=b"")
+    assert done.returncode == 0, done.stderr
+    # 60-registered-arguments may be there too, after S70
+    assert b"90-test" in done.stdout.splitlines()
+    # the rule allows listing only
+    done = world.host("call", "sys-usb", "dom0", "policy.Get+90-test", input=b"")
+    assert done.returncode == 126
+
+
+def test_policy_tools_run_in_dom0(world: HostWorld) -> None:
+    def dom0(*cmd: str, input: bytes = b"") -> bytes:
+        done = world.host("run", "dom0", "--", *cmd, input=input)
+        assert done.returncode == 0, (cmd, done.stderr)
+        return done.stdout
+
+    assert b"90-test\n" in dom0("qubes-policy", "-l")
+    refused = world.host("call", "work", "@default", "test.Env", input=b"")
+    assert refused.returncode == 126
+    dom0("qubes-policy", "-r", "20-admin",
+         input=b"test.Env * work @default allow target=dom0\n")
+    assert (world.dir / "dom0/etc/qubes/policy.d/20-admin.policy").read_text() == \
+        "test.Env * work @default allow target=dom0\n"
+    done = world.host("call", "work", "@default", "test.Env", input=b"")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith(b"from=work service=test.Env+\n")
+    assert '  "work" -> "dom0" [label="test.Env" color=red];' in \
+        dom0("qrexec-policy-graph", "--service", "test.Env").decode().splitlines()
+    # one word is a shell command line, as for a domain
+    listed = dom0("qubes-policy -d 20-admin && qubes-policy -l").splitlines()
+    assert b"90-test" in listed and b"20-admin" not in listed
+    assert world.host("call", "work", "@default", "test.Env", input=b"").returncode == 126
+
+
+def test_dom0_has_no_agent_to_call_from(world: HostWorld) -> None:
+    done = world.host("call", "dom0", "work", "test.Env", input=b"")
+    assert done.returncode == 2
+    assert b"dom0 has no qrexec-agent" in done.stderr
