@@ -33,33 +33,57 @@ def test_demo_yes_prints_33_and_cleans_up(sandbox: str) -> None:
     assert not os.path.exists(top)
 
 
+def _demo_dir(err: Path) -> Path | None:
+    text = err.read_text(errors="replace")
+    if "domains in " not in text:
+        return None
+    return Path(text.split("domains in ", 1)[1].split(";", 1)[0])
+
+
+def _story(err: Path, top: Path | None) -> str:
+    """What the demo and its host said, for a failure message."""
+    parts = [f"demo stderr:\n{err.read_text(errors='replace')}"]
+    logs = top / "state" / "log" if top else None
+    if logs and logs.is_dir():
+        for log in sorted(logs.iterdir()):
+            lines = log.read_text(errors="replace").splitlines()[-15:]
+            parts.append(f"{log.name}:\n" + "\n".join(lines))
+    return "\n".join(parts)
+
+
 def test_demo_killed_outright_takes_its_host_down(tmp_path: Path) -> None:
     """A demo killed while its call waits for an answer leaves nothing behind."""
-    demo = subprocess.Popen([*program("qrexec-host"), "demo", "--yes", "--sandbox=plain"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    assert demo.stderr is not None
-    line = ""
-    while "domains in " not in line:
-        line = demo.stderr.readline().decode()
-        assert line, "the demo ended before naming its directory"
-    top = Path(line.split("domains in ", 1)[1].split(";", 1)[0])
+    # stderr to a file: the host logs there too, and a pipe nobody reads could stall it
+    err = tmp_path / "demo.err"
+    with open(err, "wb") as out:
+        demo = subprocess.Popen([*program("qrexec-host"), "demo", "--yes", "--sandbox=plain"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=out)
+    top: Path | None = None
     started = tmp_path / "asked"
     try:
+        wait_for(lambda: _demo_dir(err) is not None or demo.poll() is not None, 60,
+                 "the demo to name its directory")
+        top = _demo_dir(err)
+        assert top is not None, _story(err, None)
         # the answer is slow: the host is up and the call waits while the demo is killed
         slow = top / "answer-slow"
         slow.write_text(f"#!/bin/sh\necho $$ > {started}.new\nmv {started}.new {started}\n"
                         "exec sleep 60\n")
         slow.chmod(0o755)
         slow.rename(top / "answer-yes")
-        wait_for(started.exists, 60, "the question")
+        wait_for(lambda: started.exists() or demo.poll() is not None, 90, "the question")
+        assert started.exists(), _story(err, top)
         assert any(" up " in p for p in _leftovers(str(top)))
         demo.send_signal(signal.SIGKILL)
         demo.wait()
         wait_for(lambda: not _leftovers(str(top)), 30, "the demo's host to go")
     finally:
-        demo.stderr.close()
-        shutil.rmtree(top, ignore_errors=True)
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        if top is not None:
+            shutil.rmtree(top, ignore_errors=True)
         if started.exists():  # the slow answer outlives the policy agent that ran it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(started.read_text()), signal.SIGKILL)
