@@ -230,17 +230,19 @@ class Manager:
             _write_launcher(p.dom0_rpc / service, name, env=settings)
 
     async def up(self) -> None:
-        """dom0's side: qubesd sockets, policy daemon, policy agent; then autostart domains."""
+        """dom0's side: qubesd sockets, policy daemon, policy agent; then autostart domains.
+
+        The main qubesd socket opens last: clients take an answer on it as "the host is up",
+        and a call made before the policy agent's services are linked would be denied.
+        """
         self.prepare_state()
         env = self.paths.dom0_env(self.base_env)
-        for path, internal in ((self.paths.qubesd, False), (self.paths.qubesd_internal, True)):
-            server = QubesdServer(self, str(path), internal)
-            await server.start()
-            self.servers.append(server)
+        await self._serve_qubesd(self.paths.qubesd_internal, internal=True)
         await self._start_policy_daemon(env)
         agent = await start_policy_agent(self.paths, env, self.policy_agent_args, self.log)
         if agent is not None:
             self.services.append(agent)
+        await self._serve_qubesd(self.paths.qubesd, internal=False)
         for d in list(self.domains.values()):
             if d.cfg.autostart:
                 try:
@@ -248,6 +250,11 @@ class Manager:
                 except HostError as err:
                     if err.exc_type != "QubesVMNotHaltedError":  # started meanwhile: fine
                         self.log(f"autostart of {d.name} failed: {err.message}")
+
+    async def _serve_qubesd(self, path: Path, internal: bool) -> None:
+        server = QubesdServer(self, str(path), internal)
+        await server.start()
+        self.servers.append(server)
 
     async def _start_policy_daemon(self, env: dict[str, str]) -> None:
         p = self.paths
