@@ -138,7 +138,8 @@ class Relay:
     """State shared by the caller and service loops: the channel and its send queue."""
 
     def __init__(self, channel: socket.socket, own_version: int, log: Callable[[str], None],
-                 stream_type: type[CallerStream] | type[ServiceStream]):
+                 stream_type: type[CallerStream] | type[ServiceStream],
+                 hello_sent: bool = False):
         self.channel = channel
         self.stream_type = stream_type
         #: what received messages mean; made once the peer's HELLO fixed the version
@@ -158,7 +159,8 @@ class Relay:
         self.rlen = 0
         #: how the peer broke the channel's rules (nothing more is read), None while it has not
         self.failed: str | None = None
-        self._queue(memoryview(hello(own_version)), None, True)
+        if not hello_sent:
+            self._queue(memoryview(hello(own_version)), None, True)
 
     # -- sending -------------------------------------------------------------------------
     def _queue(self, data: memoryview, src: Source | None, last: bool) -> None:
@@ -631,9 +633,11 @@ def run_service(
     end: ServiceEnd,
     log: Callable[[str], None],
     single_socket: SingleSocket | None = None,
+    hello_sent: bool = False,
 ) -> int:
-    """Service side of §12.2. Returns the status sent, or -1 if the channel closed early."""
-    relay = Relay(channel, own_version, log, ServiceStream)
+    """Service side of §12.2. Returns the status sent, or -1 if the channel closed early.
+    `hello_sent`: the own HELLO already went out (see `service_side.send_hello`)."""
+    relay = Relay(channel, own_version, log, ServiceStream, hello_sent)
     sources: list[Source] = []
     out_src: Source | None = None
     err_src: Source | None = None

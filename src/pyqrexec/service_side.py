@@ -20,7 +20,8 @@ from .relay import ServiceEnd, SingleSocket, run_service
 from .services.environment import log_tag
 from .services.spawn import Started
 
-__all__ = ["VM_FAILURE_EOFS", "DOM0_FAILURE_EOFS", "send_status_only", "relay_started"]
+__all__ = ["VM_FAILURE_EOFS", "DOM0_FAILURE_EOFS", "send_hello", "send_status_only",
+           "relay_started"]
 
 #: a VM handler that started nothing: STDOUT EOF, then STDERR EOF (§13)
 VM_FAILURE_EOFS: tuple[int, ...] = (MsgType.DATA_STDOUT, MsgType.DATA_STDERR)
@@ -31,15 +32,23 @@ _HELLO_SIZE = 12
 _PEER_HELLO_TIMEOUT = 10.0
 
 
+def send_hello(channel: socket.socket, own_version: int) -> None:
+    """The own HELLO, right after connecting: a caller that sees the channel close after it
+    knows the call got as far as the service side (closed early, not a set-up failure)."""
+    channel.sendall(hello(own_version))
+
+
 def send_status_only(
     channel: socket.socket,
     own_version: int,
     status: int,
     log: Callable[[str], None],
     eofs: Sequence[int] = VM_FAILURE_EOFS,
+    hello_sent: bool = False,
 ) -> None:
-    """HELLO, an empty message of each type in `eofs` (none for just-exec), EXIT_CODE."""
-    msgs = hello(own_version)
+    """HELLO (unless `hello_sent`), an empty message of each type in `eofs` (none for
+    just-exec), EXIT_CODE."""
+    msgs = b"" if hello_sent else hello(own_version)
     for msgtype in eofs:
         msgs += HEADER.pack(msgtype, 0)
     msgs += pack_exit_code(status)
@@ -71,6 +80,7 @@ def relay_started(
     own_version: int,
     log: Callable[[str], None],
     single_socket: SingleSocket | None = None,
+    hello_sent: bool = False,
 ) -> int:
     """Relay a started service until it is over; closes the channel.
 
@@ -98,7 +108,7 @@ def relay_started(
 
     end = ServiceEnd(stdin=started.stdin, stdout=started.stdout, stderr=started.stderr,
                      pidfd=pidfd, reap=reap, stderr_log=stderr_log)
-    status = run_service(channel, own_version, end, log, single_socket)
+    status = run_service(channel, own_version, end, log, single_socket, hello_sent)
     if pidfd is not None:
         os.close(pidfd)
     channel.close()

@@ -125,8 +125,20 @@ def test_s17_data_channel_lost(world: tuple[World, Tap]) -> None:
     finally:
         for pid in service:
             os.kill(pid, signal.SIGKILL)
-    assert proc.returncode == 255
+    assert proc.returncode == 255, err
     assert b"vchan connection closed early" in err
+
+
+def test_s17_handler_killed_by_its_own_service(world: tuple[World, Tap]) -> None:
+    """The handler sends its HELLO before it starts anything (protocol.md §11.A step 6), so
+    a handler gone the moment its service starts still leaves a channel closed early."""
+    w, _ = world
+    w.service("personal", "test.KillParent", "#!/bin/sh\nkill -KILL $PPID\nexec sleep 5\n")
+    r = subprocess.run(w.call_argv("work", "personal", "test.KillParent"),
+                       stdin=subprocess.DEVNULL, capture_output=True,
+                       env=w.call_env("work"), timeout=60)
+    assert r.returncode == 255, r.stderr
+    assert b"vchan connection closed early" in r.stderr
 
 
 def test_s18_stdin_eof_reaches_the_service(world: tuple[World, Tap]) -> None:

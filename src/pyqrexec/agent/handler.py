@@ -13,7 +13,7 @@ from ..protocol.cmdline import Command, parse_command, split_user, strip_nul
 from ..protocol.constants import EXIT_PROBLEM, MsgType
 from ..protocol.errors import RemoteProtocolError
 from ..relay import SingleSocket
-from ..service_side import VM_FAILURE_EOFS, relay_started, send_status_only
+from ..service_side import VM_FAILURE_EOFS, relay_started, send_hello, send_status_only
 from ..services.rpcconfig import ServiceConfig
 from ..services.spawn import Detached, Executor, Failed, SpawnContext, start_command
 from ..transport import vchan
@@ -74,6 +74,14 @@ def run_handler(
     except OSError as err:
         log(f"Data vchan connection failed: {err}")
         return 1
+    # HELLO before anything is started (protocol.md §11.A step 6): a handler that dies later
+    # leaves its caller a channel closed early, whatever the service got to do
+    try:
+        send_hello(channel, ctx.own_version)
+    except OSError as err:
+        log(f"data channel: {err}")
+        channel.close()
+        return 1
     text = strip_nul(cmdline)
     try:
         if ctx.fork_server:
@@ -108,7 +116,8 @@ def run_handler(
         _send_status_only(channel, ctx, 0, True)
         channel.close()
         return 0
-    status = relay_started(channel, result, command, text, ctx.own_version, ctx.log, single)
+    status = relay_started(channel, result, command, text, ctx.own_version, ctx.log, single,
+                           hello_sent=True)
     return 1 if status < 0 else status
 
 
@@ -116,4 +125,4 @@ def _send_status_only(
     channel: socket.socket, ctx: HandlerContext, status: int, just_exec: bool
 ) -> None:
     send_status_only(channel, ctx.own_version, status, ctx.log,
-                     () if just_exec else VM_FAILURE_EOFS)
+                     () if just_exec else VM_FAILURE_EOFS, hello_sent=True)
