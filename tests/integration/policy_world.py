@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -142,8 +141,8 @@ class PolicyWorld:
     def reset(self) -> None:
         """No policy at all, no recorded ask, notification or program call; asks denied."""
         for d in (self.etc, self.run, self.legacy):
-            shutil.rmtree(d)
-            d.mkdir()
+            for f in d.iterdir():
+                f.unlink()
         with self.notify.lock:
             self.notify.requests.clear()
         self.program_args.unlink(missing_ok=True)

@@ -51,6 +51,7 @@ def ran(done: subprocess.CompletedProcess[bytes], text: str) -> None:
 
 
 def test_s31_per_argument_rules(w: PolicyWorld) -> None:
+    """S31: per-argument rules (W5)."""
     w.policy({"30-user": "test.File +f1 work vault allow\n"
                            "test.File +f2 personal vault allow\n"
                            "test.File * @anyvm @anyvm deny\n"})
@@ -62,12 +63,14 @@ def test_s31_per_argument_rules(w: PolicyWorld) -> None:
 
 
 def test_s32_first_match_across_files(w: PolicyWorld) -> None:
+    """S32: the first match across files wins."""
     w.policy({"10-a": "test.Svc * work vault deny\n", "90-b": "test.Svc * work vault allow\n"})
     refused(w.call("work", "vault", "test.Svc"))
     assert f"denied: denied by policy {w.etc}/10-a.policy:1" in w.log()
 
 
 def test_s33_syntax_error(w: PolicyWorld) -> None:
+    """S33: a syntax error refuses every call until fixed; lint names the line."""
     w.policy({"30-user": "test.Svc * work vault allow\ntest.File * work vault allow\n"})
     ran(w.call("work", "vault", "test.Svc"), "test.Svc+ in vault from work")
     daemon = w.daemon
@@ -90,6 +93,7 @@ def test_s33_syntax_error(w: PolicyWorld) -> None:
 
 
 def test_s34_unknown_target(w: PolicyWorld) -> None:
+    """S34: an unknown target becomes @default."""
     w.policy({"30-user": "test.Svc * work @default allow target=vault\n"})
     ran(w.call("work", "nosuchvm", "test.Svc"), "test.Svc+ in vault from work")
     assert "target 'nosuchvm' does not exist, using @default instead" in w.log()
@@ -102,6 +106,7 @@ W26_TARGETS = [
 
 
 def test_s35_ask_candidates(w: PolicyWorld) -> None:
+    """S35: ask candidates (W26) as the answer program sees them."""
     w.policy({"30-user": "test.Svc * work sys-usb deny\n"
                            "test.Svc * work @anyvm ask default_target=vault\n"})
     w.answer("allow:personal")
@@ -115,6 +120,7 @@ def test_s35_ask_candidates(w: PolicyWorld) -> None:
 
 
 def test_s36_no_gui_vm(w: PolicyWorld) -> None:
+    """S36: ask without a GUI VM refuses without asking."""
     w.policy({"30-user": "test.Svc * sys-usb @anyvm ask\n"})
     w.answer("allow:work")
     refused(w.call("sys-usb", "work", "test.Svc"))
@@ -124,6 +130,7 @@ def test_s36_no_gui_vm(w: PolicyWorld) -> None:
 
 
 def test_s37_loopback(w: PolicyWorld) -> None:
+    """S37: loopback is refused, with a deny notification."""
     w.policy({"30-user": "test.Svc * @anyvm @anyvm allow\n"})
     refused(w.call("work", "work", "test.Svc"))
     w.notify.wait(1)
@@ -134,6 +141,7 @@ def test_s37_loopback(w: PolicyWorld) -> None:
 
 
 def test_s38_anyvm_never_means_dom0(w: PolicyWorld) -> None:
+    """S38: @anyvm never means dom0, in policy.d or legacy files."""
     w.policy({"30-user": "test.Svc * @anyvm @anyvm allow\n"})
     refused(w.call("work", "dom0", "test.Svc"))
     w.reset()
@@ -147,6 +155,7 @@ def test_s38_anyvm_never_means_dom0(w: PolicyWorld) -> None:
 
 
 def test_s39_legacy_files_under_compat(w: PolicyWorld) -> None:
+    """S39: legacy files under !compat-4.0 (W35)."""
     w.policy({**COMPAT, "90-default": "test.Dev * @anyvm @anyvm allow\n"})
     (w.legacy / "test.Dev+usb1").write_text("sys-usb work allow\n")
     refused(w.call("personal", "work", "test.Dev+usb1"))
@@ -155,6 +164,7 @@ def test_s39_legacy_files_under_compat(w: PolicyWorld) -> None:
 
 
 def test_s41_runtime_override(w: PolicyWorld) -> None:
+    """S41: the runtime directory overrides (W40)."""
     w.policy({"30-user": "test.Svc * work vault deny\n"})
     w.policy({"30-user": "test.Svc * work vault allow\n"}, w.run)
     ran(w.call("work", "vault", "test.Svc"), "test.Svc+ in vault from work")
@@ -163,6 +173,7 @@ def test_s41_runtime_override(w: PolicyWorld) -> None:
 
 
 def test_s42_policy_daemon_fallback(w: PolicyWorld) -> None:
+    """S42: without the policy daemon, qrexec-policy-exec decides alike."""
     w.policy({"30-user": "test.Svc * work vault allow\n"})
     calls = [("work", "vault"), ("personal", "vault")]
     with_daemon = [w.call(src, dst, "test.Svc") for src, dst in calls]
@@ -181,6 +192,7 @@ def test_s42_policy_daemon_fallback(w: PolicyWorld) -> None:
 
 
 def test_s45_notifications(w: PolicyWorld) -> None:
+    """S45: notifications."""
     w.policy({"30-user": "test.Svc * work vault allow notify=yes\n"})
     ran(w.call("work", "vault", "test.Svc"), "test.Svc+ in vault from work")
     w.notify.wait(1)
@@ -200,6 +212,7 @@ def test_s45_notifications(w: PolicyWorld) -> None:
 
 
 def test_s46_remote_vm_relay(w: PolicyWorld) -> None:
+    """S46: a RemoteVM call runs the transport service in the relay (W32)."""
     w.policy({"30-user": "test.Svc * work remote1 allow user=root\n"})
     ran(w.call("work", "remote1", "test.Svc+x"),
         f"proxy qubesair.SSHProxy+remote1+test.Svc+x arg remote1+test.Svc+x from work as {USER}")
@@ -208,6 +221,7 @@ def test_s46_remote_vm_relay(w: PolicyWorld) -> None:
 
 
 def test_s47_requested_source(w: PolicyWorld) -> None:
+    """S47: requested source (W33)."""
     w.policy({"30-user": "test.Svc * remote1 work allow\n"})
     ran(w.call("relay", "--source-qube=remote1", "work", "test.Svc"),
         "test.Svc+ in work from remote1")
