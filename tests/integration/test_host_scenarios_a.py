@@ -293,10 +293,13 @@ def without_hello(got: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
 S1_CALL = ["work", "anotherVM", "test.Add", "/usr/bin/our_test_add_client"]
 
 
-def test_s1_seed_howto(world: HostWorld, policy: Callable[..., None]) -> None:
-    policy(legacy={"test.Add": "$anyvm $anyvm ask\n"})
+@pytest.mark.parametrize("anyvm", ["$anyvm", "anyvm"])
+def test_s1_seed_howto(world: HostWorld, policy: Callable[..., None], anyvm: str) -> None:
+    """S1, and S40: the legacy file with bare `anyvm` succeeds exactly as with `$anyvm`."""
+    policy(legacy={"test.Add": f"{anyvm} {anyvm} ask\n"})
     answer(world, "allow:anotherVM")
     ensure(world, "anotherVM", running=False)
+    logged = len(policy_log(world))  # the module's world logs every test's calls
     done = world.host("call", *S1_CALL, "11", "22")
     assert done.returncode == 0, done.stderr
     assert b"33\n" in done.stderr
@@ -305,7 +308,8 @@ def test_s1_seed_howto(world: HostWorld, policy: Callable[..., None]) -> None:
     assert asked["argument"] == "+" and asked["default_target"] == ""
     assert "anotherVM" in asked["targets"]
     assert world.domains()["anotherVM"]["state"] == "Running"
-    assert "qrexec: test.Add+: work -> anotherVM: allowed to anotherVM" in policy_log(world)
+    assert "qrexec: test.Add+: work -> anotherVM: allowed to anotherVM" in \
+        policy_log(world)[logged:]
 
 
 def test_s2_current_policy(world: HostWorld, policy: Callable[..., None]) -> None:

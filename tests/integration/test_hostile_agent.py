@@ -201,6 +201,8 @@ _FATAL_CASES = [
 @pytest.mark.parametrize(("version", "message", "reason"), _FATAL_CASES)
 def test_fatal_agent_message(host: QrexecHost, version: int, message: bytes,
                              reason: str) -> None:
+    """S55 (a trigger of the wrong version, a v2 trigger of len 127) and the exits of S53
+    and S56: status 1, nothing answered."""
     dom, agent = start_attacked_daemon(host, version)
     agent.send(message)
     assert wait_exit(dom) == 1
@@ -278,6 +280,8 @@ _REFUSE_CASES = [
 @pytest.mark.parametrize(("version", "name", "ident", "reason"), _REFUSE_CASES)
 def test_refused_with_raw_ident(host: QrexecHost, version: int, name: bytes, ident: bytes,
                                 reason: str) -> None:
+    """S51 (a NUL inside or missing at the end of the service field), S50, and S52's
+    answers: MSG_SERVICE_REFUSED carrying the ident as received."""
     dom, agent = start_attacked_daemon(host, version)
     agent.send(trigger(version, name, ident))
     assert agent.recv(40) == HEADER.pack(MsgType.SERVICE_REFUSED, 32) + ident

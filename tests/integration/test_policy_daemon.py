@@ -43,6 +43,8 @@ def test_request_without_empty_line_and_v4_keys(setup: DaemonSetup) -> None:
 
 
 def test_strict_request_parsing(setup: DaemonSetup) -> None:
+    """S43: a `domain_id` line (or any other bad request) closes without an answer; the
+    same request without it is answered."""
     setup.write("30-user.policy", "test.Svc * work vault allow\n")
     setup.start()
     bad = [
@@ -147,6 +149,7 @@ def test_slow_ask_does_not_block_other_requests(setup: DaemonSetup) -> None:
 
 
 def test_eval_simple(setup: DaemonSetup) -> None:
+    """S44: ask is assumed yes; an empty argument or a 32-byte source closes unanswered."""
     setup.write("30-user.policy", "test.Svc * work vault ask\n")
     setup.start()
     head = b"policy.EvalSimple+test.Svc sys-gui keyword adminvm\0"

@@ -1,9 +1,9 @@
-"""scenarios.md E: hostile input from a domain (S48, S49, S57, S58, S59's answered ident,
-S60, S61) and "refusals and failures never leak".
+"""scenarios.md E: hostile input from a domain (S48, S49, S52, S53, S57, S58, S59's answered
+ident, S60, S61) and "refusals and failures never leak".
 
-S50-S56 and the rest of S59 are test_hostile_agent.py and test_daemon_socket.py. Here the
-daemon's policy is a recorder on QREXEC_POLICY_SOCKET (or a recording policy program) so the
-tests see exactly what reaches it.
+S50-S56 (S52 and S53 as seen by the policy are here) and the rest of S59 are
+test_hostile_agent.py and test_daemon_socket.py. Here the daemon's policy is a recorder on
+QREXEC_POLICY_SOCKET (or a recording policy program) so the tests see exactly what reaches it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .fake_agent import (
     read_until_eof,
     refused,
     start_attacked_daemon,
+    wait_exit,
     wait_log,
 )
 from .harness import QrexecHost, program, wait_for
@@ -39,7 +40,7 @@ from .rawcalls import (
     split_messages,
 )
 from .test_daemon_socket import BAD_REQUESTS
-from .test_hostile_agent import raw4
+from .test_hostile_agent import raw3, raw4
 from .wiretap import tapped_domain, tapped_world
 
 IDENT = b"SOCKET7".ljust(32, b"\0")
@@ -99,10 +100,45 @@ def test_s48_policy_program_arguments(host: QrexecHost) -> None:
     ]
 
 
+# -- S52, S53: refused or fatal before any policy call ----------------------------------------
+@pytest.mark.parametrize("ident", [b"SOCKET1!".ljust(32, b"\0"),
+                                   b"SOCKET1\0X".ljust(32, b"\0"), b"SOCKET1" + b"9" * 25],
+                         ids=["invalid-byte", "after-terminator", "no-nul"])
+def test_s52_bad_idents(host: QrexecHost, recorder: PolicyRecorder, ident: bytes) -> None:
+    """S52: a bad ident is refused with the 32 bytes as received and never reaches the
+    policy; an empty ident (32 NULs) is accepted and does."""
+    dom, agent = attacked(host, recorder)
+    agent.send(raw4(name=b"test.Bad\0", target=b"vault", ident=ident))
+    assert agent.recv(40) == refused(ident)
+    empty = bytes(32)
+    agent.send(raw4(name=b"test.Empty\0", target=b"vault", ident=empty))
+    assert agent.recv(40) == refused(empty)  # the recorder's answer is deny
+    (request,) = recorder.wait(1)
+    assert request["service_and_arg"] == "test.Empty"
+    assert len(recorder.requests) == 1
+    assert dom.daemon is not None and dom.daemon.poll() is None
+
+
+@pytest.mark.parametrize("message", [
+    pack_header(MsgType.TRIGGER_SERVICE4, 96) + raw4(name=b"test.Svc\0")[8:8 + 96],
+    pack_header(MsgType.TRIGGER_SERVICE3, 96) + raw3(name=b"")[8:8 + 96],
+], ids=["trigger4", "trigger3"])
+def test_s53_short_fixed_part(host: QrexecHost, recorder: PolicyRecorder,
+                              message: bytes) -> None:
+    """S53 (QSB-089 class): a trigger whose length does not exceed its fixed part ends the
+    daemon with status 1, and the policy is never asked."""
+    dom, agent = attacked(host, recorder)
+    agent.send(message)
+    assert wait_exit(dom) == 1
+    assert recorder.requests == []
+
+
 # -- F: S62-S64 as the policy sees them -----------------------------------------------------
 @pytest.mark.parametrize(("announced", "reply"), [(2, 2), (3, 3), (4, 4), (7, 4)])
 def test_s62_s64_trigger_of_each_version(host: QrexecHost, recorder: PolicyRecorder,
                                          announced: int, reply: int) -> None:
+    """S62, S63, S64: the daemon replies min(announced, 4) and accepts that version's
+    trigger; only a version-4 request carries a requested_source line."""
     from .fake_agent import FakeAgent, hostile_domain
     from .test_hostile_agent import raw2, raw3
 
