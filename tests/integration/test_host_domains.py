@@ -14,7 +14,7 @@ import pytest
 from pyqrexec.host.qubesd import QubesdError
 
 from .harness import wait_for
-from .host_world import BWRAP, BWRAP_WHY, SANDBOX_MODES, HostWorld, python_in_domain
+from .host_world import BWRAP, BWRAP_WHY, SANDBOX_MODES, HostWorld, python_in_domain, service
 
 
 @pytest.fixture(scope="module", params=SANDBOX_MODES)
@@ -104,6 +104,24 @@ def test_call_vm_to_vm_with_autostart(world: HostWorld) -> None:
     assert lines[0].startswith("service in ") and "from work as root" in lines[0]
     assert lines[1] == "ping"
     assert world.domains()["other"]["state"] == "Running"  # autostarted by the call
+
+
+def test_qubes_find_qrexec_client_vm_by_name(world: HostWorld) -> None:
+    """Services and commands in a sandbox call `qrexec-client-vm` by name, as on Qubes: it
+    (and the policy tools) is at upstream's /usr/bin path unless the root brings its own."""
+    if world.sandbox != "bubblewrap":
+        # a root agent's login shell takes PATH from the host's profile, and this host's
+        # Python may not be one a non-root domain user can run (here: under /root)
+        pytest.skip("plain domains find qrexec's programs only through their agent's PATH")
+    chain = "#!/bin/sh\nexec qrexec-client-vm work test.Echo\n"
+    service(world.dir / "vault", "test.Chain", chain)  # vault's services run as nobody
+    done = world.host("run", "vault", "--", "QUBESRPC test.Chain dom0", input=b"")
+    assert (done.returncode, done.stderr) == (126, b"Request refused\n")  # found; denied
+    done = world.host("run", "work", "--", "command -v qrexec-client-vm qubes-policy")
+    assert done.stdout == b"/usr/bin/qrexec-client-vm\n/usr/bin/qubes-policy\n", done.stderr
+    done = world.host("run", "work", "--", "qrexec-client-vm vault test.Echo", input=b"hi\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == [b"hi"]
 
 
 def test_call_to_a_non_root_agent(world: HostWorld) -> None:

@@ -357,12 +357,8 @@ def test_editor_names_and_refusals(world: World) -> None:
 
 
 def test_host_installs_the_admin_services(tmp_path: Path) -> None:
-    from pyqrexec.host.manager import (
-        DOM0_SERVICES,
-        Paths,
-        _write_launcher,
-        dom0_service_settings,
-    )
+    from pyqrexec.host.launchers import write_launcher
+    from pyqrexec.host.manager import DOM0_SERVICES, Paths, dom0_service_settings
 
     assert {s for s, name in DOM0_SERVICES.items() if name == "qubes-policy-admin"} == set(
         SERVICES
@@ -374,7 +370,7 @@ def test_host_installs_the_admin_services(tmp_path: Path) -> None:
     paths.log_dir.mkdir(parents=True)
     (paths.policy_dir / "30-user.policy").write_text(USER_RULE)
     launcher = tmp_path / "policy.List"
-    _write_launcher(launcher, "qubes-policy-admin", env=dom0_service_settings(env))
+    write_launcher(launcher, "qubes-policy-admin", env=dom0_service_settings(env))
     # what a service gets: its caller's QREXEC* variables are gone
     service_env = {"PATH": os.environ["PATH"], "PYTHONPATH": SRC,
                    "QREXEC_SERVICE_FULL_NAME": "policy.List", "QREXEC_REMOTE_DOMAIN": "dom0"}

@@ -23,7 +23,6 @@ import json
 import os
 import pwd
 import select
-import shlex
 import shutil
 import signal
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 from ..parent_death import dies_with_this_process
 from ..services.environment import CALL_VARIABLES
 from .config import DOM0_UUID, DomainConfig, HostConfig
+from .launchers import domain_programs, program, write_launcher
 from .qubesd_server import HostError, QubesdServer
 from .sandbox import (
     SANDBOX_RUN,
@@ -82,11 +82,6 @@ def describe_request(method: str, arg: str, dest: str, payload: bytes) -> str:
 def _printable(data: bytes, limit: int = 200) -> str:
     text = data[:limit].decode("ascii", errors="replace")
     return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def program(name: str) -> list[str]:
-    """argv prefix running pyqrexec program `name` with this Python (PYTHONPATH = sources)."""
-    return [sys.executable, "-m", f"pyqrexec.cli.{name.replace('-', '_')}"]
 
 
 @dataclass(frozen=True)
@@ -224,10 +219,10 @@ class Manager:
         for d in (p.state, p.vchan):
             os.chmod(d, 0o755)
         os.chmod(p.vchan / "0", 0o711)
-        _write_launcher(p.policy_program, "qrexec-policy-exec", f"--path={p.policy_dir}")
+        write_launcher(p.policy_program, "qrexec-policy-exec", f"--path={p.policy_dir}")
         settings = dom0_service_settings(p.dom0_env(self.base_env))
         for service, name in DOM0_SERVICES.items():
-            _write_launcher(p.dom0_rpc / service, name, env=settings)
+            write_launcher(p.dom0_rpc / service, name, env=settings)
 
     async def up(self) -> None:
         """dom0's side: qubesd sockets, policy daemon, policy agent; then autostart domains.
@@ -433,6 +428,9 @@ class Manager:
         if self.bwrap:
             d.agent, d.ns_pid = await self._spawn_sandboxed(d, home, view, pairs, agent_log)
         else:
+            (home / "bin").mkdir()
+            for name, text in domain_programs(str(run / "qrexec-agent")).items():
+                _write_program(home / "bin" / name, text)
             d.agent = await _spawn(
                 [*user_wrapper(d.cfg.user, die_with_parent=True), *program("qrexec-agent"),
                  f"--agent-socket={run / 'qrexec-agent'}", "--no-fork-server"],
@@ -465,8 +463,9 @@ class Manager:
             QREXEC_SERVICE_PATH=(f"{run}/rpc:{r}/usr/local/etc/qubes-rpc:{r}/etc/qubes-rpc"),
             QUBES_RPC_CONFIG_PATH=(f"{run}/rpc-config:{r}/usr/local/etc/qubes/rpc-config:"
                                    f"{r}/etc/qubes/rpc-config"),
-            # the domain's own programs come first, as its /usr/bin would in a sandbox
-            PATH=f"{r}/usr/local/bin:{r}/usr/bin:" + self.base_env.get("PATH", "/usr/bin:/bin"),
+            # the domain's own programs come first, then qrexec's, as in a sandbox's /usr/bin
+            PATH=(f"{r}/usr/local/bin:{r}/usr/bin:{self.paths.state / 'dom' / d.name / 'bin'}:"
+                  + self.base_env.get("PATH", "/usr/bin:/bin")),
         )
         for key in ("QUBESD_SOCKET", "QUBESD_INTERNAL_SOCKET", "QREXEC_POLICY_SOCKET"):
             env.pop(key, None)
@@ -487,9 +486,11 @@ class Manager:
     ) -> tuple[asyncio.subprocess.Process, int | None]:
         assert self.bwrap is not None and self.layout is not None
         merged = []
+        programs = domain_programs(f"{SANDBOX_RUN}/qrexec-agent")
         for rel in merged_dirs(d.cfg.root):
             dest = home / "merged" / rel.replace("/", "_")
-            build_merged_dir(dest, rel, d.cfg.root)
+            build_merged_dir(dest, rel, d.cfg.root,
+                             programs if rel == "usr/bin" else {})
             merged.append((rel, dest))
         rfd, wfd = os.pipe()
         spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
@@ -630,6 +631,11 @@ async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str]
 
 
 # -- process and file helpers ------------------------------------------------------------------
+def _write_program(path: Path, text: str) -> None:
+    path.write_text(text)
+    os.chmod(path, 0o755)
+
+
 def dom0_service_settings(dom0_env: Mapping[str, str]) -> dict[str, str]:
     """The host's `QREXEC*` settings a dom0 service needs back (QREXEC_POLICY_DIR, …).
 
@@ -642,16 +648,6 @@ def dom0_service_settings(dom0_env: Mapping[str, str]) -> dict[str, str]:
                                                             "QREXEC_SERVICE_PATH"}
     return {k: v for k, v in dom0_env.items()
             if k.startswith("QREXEC") and k.isidentifier() and k not in runners}
-
-
-def _write_launcher(path: Path, name: str, *args: str,
-                    env: Mapping[str, str] | None = None) -> None:
-    """An executable that runs pyqrexec program `name` with `args` and its own arguments,
-    with the variables `env` set."""
-    words = " ".join(shlex.quote(w) for w in (*program(name), *args))
-    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted((env or {}).items()))
-    path.write_text(f"#!/bin/sh\n{exports}exec {words} \"$@\"\n")
-    os.chmod(path, 0o755)
 
 
 async def _spawn(argv: list[str], env: Mapping[str, str], log: Path,

@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,14 +132,20 @@ def _parents(path: str, made: set[str]) -> list[str]:
 
 
 def merged_dirs(root: Path) -> list[str]:
-    """Which of `MERGED_DIRS` a domain with this root gets (impure: looks at the disk)."""
+    """Which of `MERGED_DIRS` a domain with this root gets (impure: looks at the disk):
+    `/etc` always, `/usr/bin` always (it holds qrexec's programs), others when both the
+    host and the root have them."""
     return [rel for rel in MERGED_DIRS
-            if rel == "etc" or ((root / rel).is_dir() and Path(f"/{rel}").is_dir())]
+            if rel == "etc" or (Path(f"/{rel}").is_dir()
+                                and (rel == "usr/bin" or (root / rel).is_dir()))]
 
 
-def build_merged_dir(dest: Path, rel: str, root: Path) -> None:
-    """Fill `dest` with symlinks: host `/rel/X` -> `/run/host/rel/X`, then the root's own
-    `rel/X` -> `/run/qubes-root/rel/X` (replacing a host entry of the same name)."""
+def build_merged_dir(dest: Path, rel: str, root: Path,
+                     programs: Mapping[str, str] | None = None) -> None:
+    """Fill `dest` with symlinks: host `/rel/X` -> `/run/host/rel/X`, then `programs` (name
+    -> script text, written as executables), then the root's own `rel/X` ->
+    `/run/qubes-root/rel/X`; a later entry replaces an earlier one of the same name, so a
+    root bringing its own qrexec-client-vm (upstream's, say) keeps it."""
     dest.mkdir(parents=True, exist_ok=True)
     host = Path(f"/{rel}")
     entries: dict[str, str] = {}
@@ -148,12 +154,19 @@ def build_merged_dir(dest: Path, rel: str, root: Path) -> None:
             if rel.endswith("etc") and name in _HOST_ONLY:
                 continue  # the host's own qrexec configuration is not the domain's
             entries[name] = f"/run/host/{rel}/{name}"
+    scripts = dict(programs or {})
+    for name in scripts:
+        entries.pop(name, None)
     own = root / rel
     if own.is_dir():
         for name in os.listdir(own):
             entries[name] = f"{SANDBOX_ROOT}/{rel}/{name}"
+            scripts.pop(name, None)
     for name, target in entries.items():
         os.symlink(target, dest / name)
+    for name, text in scripts.items():
+        (dest / name).write_text(text)
+        os.chmod(dest / name, 0o755)
     os.chmod(dest, 0o755)
 
 

@@ -1,0 +1,55 @@
+"""Shell launchers that start a pyqrexec program with the Python running qrexec-host.
+
+A Qubes system has its qrexec programs at fixed paths: dom0's services in its service
+directories, `/usr/bin/qrexec-client-vm` in every qube. On this host the programs are
+modules of this Python, so qrexec-host writes small `#!/bin/sh` launchers where those
+programs are expected. Each sets PYTHONPATH to the pyqrexec sources, because a launcher may
+run where the host's environment does not reach (a service's environment, a sandbox).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from .sandbox import source_dir
+
+__all__ = ["DOMAIN_PROGRAMS", "program", "launcher_text", "write_launcher", "domain_programs"]
+
+#: the programs a qube's users and services call by name (upstream's /usr/bin in a VM)
+DOMAIN_PROGRAMS = ("qrexec-client-vm", "qubes-policy", "qubes-policy-editor",
+                   "qubes-policy-lint")
+
+
+def program(name: str) -> list[str]:
+    """argv prefix running pyqrexec program `name` with this Python."""
+    return [sys.executable, "-m", f"pyqrexec.cli.{name.replace('-', '_')}"]
+
+
+def launcher_text(name: str, *args: str, env: Mapping[str, str] | None = None) -> str:
+    """A script running program `name` with `args`, then its own arguments, `env` exported."""
+    lines = ["#!/bin/sh",
+             f"PYTHONPATH={shlex.quote(source_dir())}${{PYTHONPATH:+:$PYTHONPATH}}",
+             "export PYTHONPATH"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted((env or {}).items())]
+    words = " ".join(shlex.quote(w) for w in (*program(name), *args))
+    lines.append(f'exec {words} "$@"')
+    return "\n".join(lines) + "\n"
+
+
+def write_launcher(path: Path, name: str, *args: str,
+                   env: Mapping[str, str] | None = None) -> None:
+    path.write_text(launcher_text(name, *args, env=env))
+    os.chmod(path, 0o755)
+
+
+def domain_programs(agent_socket: str) -> dict[str, str]:
+    """Launcher texts of `DOMAIN_PROGRAMS` for a qube whose agent listens on `agent_socket`
+    (the policy tools find qrexec-client-vm by name, so they need no socket of their own)."""
+    texts = {name: launcher_text(name) for name in DOMAIN_PROGRAMS}
+    texts["qrexec-client-vm"] = launcher_text("qrexec-client-vm",
+                                              f"--agent-socket={agent_socket}")
+    return texts
