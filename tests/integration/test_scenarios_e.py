@@ -1,4 +1,4 @@
-"""scenarios.md E: hostile input from a domain (S48, S49, S52, S53, S57, S58, S59's answered
+"""scenarios.md E: hostile input from a domain (S48, S49, S50, S52, S53, S57, S58, S59's answered
 ident, S60, S61) and "refusals and failures never leak".
 
 S50-S56 (S52 and S53 as seen by the policy are here) and the rest of S59 are
@@ -40,7 +40,7 @@ from .rawcalls import (
     split_messages,
 )
 from .test_daemon_socket import BAD_REQUESTS
-from .test_hostile_agent import raw3, raw4
+from .test_hostile_agent import raw3, raw4, trigger
 from .wiretap import tapped_domain, tapped_world
 
 IDENT = b"SOCKET7".ljust(32, b"\0")
@@ -100,7 +100,25 @@ def test_s48_policy_program_arguments(host: QrexecHost) -> None:
     ]
 
 
-# -- S52, S53: refused or fatal before any policy call ----------------------------------------
+# -- S50, S52, S53: refused or fatal before any policy call -----------------------------------
+@pytest.mark.parametrize(("version", "name"), [
+    *((v, n) for v in (2, 3, 4) for n in (b"\0", b"+\0", b"+a\0")),
+    (2, b"\0a"),
+], ids=lambda v: repr(v))
+def test_s50_empty_and_plus_names(host: QrexecHost, recorder: PolicyRecorder, version: int,
+                                  name: bytes) -> None:
+    """S50: service "", "+", "+a" (and for v2 also "\\0a") are refused with the sent ident,
+    and the policy is never asked; a valid name after them is."""
+    dom, agent = attacked(host, recorder, version)
+    agent.send(trigger(version, name, IDENT))
+    assert agent.recv(40) == refused(IDENT)
+    agent.send(trigger(version, b"test.Valid\0", IDENT))
+    assert agent.recv(40) == refused(IDENT)  # the recorder's answer is deny
+    (request,) = recorder.wait(1)
+    assert request["service_and_arg"] == "test.Valid"
+    assert len(recorder.requests) == 1
+
+
 @pytest.mark.parametrize("ident", [b"SOCKET1!".ljust(32, b"\0"),
                                    b"SOCKET1\0X".ljust(32, b"\0"), b"SOCKET1" + b"9" * 25],
                          ids=["invalid-byte", "after-terminator", "no-nul"])
