@@ -1,7 +1,7 @@
 """scenarios.md E: hostile input from a domain (S48, S49, S50, S52, S53, S57, S58, S59's answered
 ident, S60, S61) and "refusals and failures never leak".
 
-S50-S56 (S52 and S53 as seen by the policy are here) and the rest of S59 are
+S50-S56 (S50, S52 and S53 as seen by the policy are here) and the rest of S59 are
 test_hostile_agent.py and test_daemon_socket.py. Here the daemon's policy is a recorder on
 QREXEC_POLICY_SOCKET (or a recording policy program) so the tests see exactly what reaches it.
 """
