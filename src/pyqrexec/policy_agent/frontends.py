@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import shlex
+import signal
 from typing import Protocol
 
+from ..parent_death import dies_with_this_process
 from .request import AskRequest, NotifyRequest, checked_reply, notification_texts, plain_text
 
 __all__ = ["AnswerProgram", "DenyAll", "Frontend", "MAX_PROGRAM_OUTPUT", "log_notification"]
@@ -59,8 +61,11 @@ class AnswerProgram(DenyAll):
 
     async def answer(self, request: AskRequest) -> str:
         try:
+            # like a dialog, the program goes with the agent that asked: its answer could
+            # reach nobody (SIGTERM: a program may want to tidy up)
             proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                preexec_fn=dies_with_this_process(signal.SIGTERM),
             )
         except OSError as err:
             self.log.warning("cannot run answer program %s: %s", self.argv[0], err)
