@@ -9,7 +9,8 @@ State directory layout (docs/qrexec-host.md):
     dom/NAME/merged/  its merged /etc, /usr/bin, … (bubblewrap mode)
     disp/dispN/       a disposable's root (copy of its template's)
     dom0/rpc/         dom0's runtime services (policy.Ask, policy.EvalSimple, …)
-    bin/              qrexec-policy-exec wrapper naming dom0's policy directory
+    bin/              qrexec-policy-exec wrapper naming dom0's policy directory; usr_bin/,
+                      the /usr/bin of sandboxes whose root has none (bubblewrap mode)
     log/              qrexec.NAME.log (daemon), agent.NAME.log, policy-daemon.log, …
 """
 
@@ -481,20 +482,36 @@ class Manager:
                 env[key] = self.base_env[key]
         return env
 
+    def _merged_dirs(self, d: Domain, build: bool) -> tuple[tuple[str, Path], ...]:
+        """`d`'s merged directories, made first when `build`. A root without its own usr/bin
+        shares one host /usr/bin with qrexec's launchers: made once, not at every start of a
+        disposable (a thousand symlinks cost tens of milliseconds)."""
+        home = self.paths.state / "dom" / d.name
+        programs = domain_programs(f"{SANDBOX_RUN}/qrexec-agent")
+        merged = []
+        for rel in merged_dirs(d.cfg.root):
+            shared = rel == "usr/bin" and not (d.cfg.root / rel).is_dir()
+            dest = (self.paths.state / "bin" / "usr_bin" if shared
+                    else home / "merged" / rel.replace("/", "_"))
+            if build and not shared:
+                build_merged_dir(dest, rel, d.cfg.root, programs if rel == "usr/bin" else {})
+            elif build and not dest.is_dir():
+                # complete or absent: a start that failed half-way must not leave half of it
+                partial = dest.with_name(dest.name + ".new")
+                shutil.rmtree(partial, ignore_errors=True)
+                build_merged_dir(partial, rel, d.cfg.root, programs)
+                os.rename(partial, dest)
+            merged.append((rel, dest))
+        return tuple(merged)
+
     async def _spawn_sandboxed(
         self, d: Domain, home: Path, view: Path, pairs: list[tuple[Path, int]], log: Path
     ) -> tuple[asyncio.subprocess.Process, int | None]:
         assert self.bwrap is not None and self.layout is not None
-        merged = []
-        programs = domain_programs(f"{SANDBOX_RUN}/qrexec-agent")
-        for rel in merged_dirs(d.cfg.root):
-            dest = home / "merged" / rel.replace("/", "_")
-            build_merged_dir(dest, rel, d.cfg.root,
-                             programs if rel == "usr/bin" else {})
-            merged.append((rel, dest))
+        merged = self._merged_dirs(d, build=True)
         rfd, wfd = os.pipe()
         spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
-                           vchan_view=view, pairs=tuple(pairs), merged=tuple(merged),
+                           vchan_view=view, pairs=tuple(pairs), merged=merged,
                            info_fd=wfd, env=self._sandbox_env(d))
         command = [*user_wrapper(d.cfg.user), *program("qrexec-agent"), "--no-fork-server"]
         try:
@@ -560,8 +577,7 @@ class Manager:
             shared = self.paths.vchan / str(peer.domid) / str(d.domid)
             if shared.is_dir():
                 pairs.append((shared, peer.domid))
-        merged = tuple((rel, home / "merged" / rel.replace("/", "_"))
-                       for rel in merged_dirs(d.cfg.root))
+        merged = self._merged_dirs(d, build=False)
         spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
                            vchan_view=view, pairs=tuple(pairs), merged=merged,
                            env=self._sandbox_env(d))
