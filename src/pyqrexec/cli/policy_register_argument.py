@@ -26,9 +26,8 @@ from ..policy.registration import (
     policy_dirs,
 )
 
-__all__ = ["main", "run", "DEFAULT_POLICY_DIR", "DEFAULT_LOG_DIR", "LOG_NAME"]
+__all__ = ["main", "run", "DEFAULT_LOG_DIR", "LOG_NAME"]
 
-DEFAULT_POLICY_DIR = "/etc/qubes/policy.d"
 DEFAULT_LOG_DIR = "/var/log/qubes"
 LOG_NAME = "policy-register.log"
 
@@ -97,20 +96,19 @@ def _append(policy_dir: str, registration: Registration) -> None:
 
 def _register(env: Mapping[str, str], registration: Registration, log: _Log) -> int:
     from ..policy.errors import AccessDenied
-    from ..policy.loaders import DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS, DiskFiles, load_policy
+    from ..policy.loaders import DEFAULT_POLICY_DIRS, DiskFiles, load_policy
+    from ..policy_service.paths import legacy_policy_dir, persistent_policy_dir
 
-    policy_dir = env.get("QREXEC_POLICY_DIR") or DEFAULT_POLICY_DIR
+    policy_dir = persistent_policy_dir(env)
     try:
         lock = _lock(policy_dir)
     except OSError as err:
         log(f"refused: cannot lock the policy directory {policy_dir}: {err.strerror}")
         return 1
     try:
-        # the policy engine's directories (policy_service.config), read from `env` itself
         dirs = policy_dirs(DEFAULT_POLICY_DIRS[0], policy_dir)
-        legacy_dir = env.get("QREXEC_LEGACY_POLICY_DIR", DEFAULT_LEGACY_DIR)
         try:
-            policy = load_policy(DiskFiles(), dirs, legacy_dir).policy
+            policy = load_policy(DiskFiles(), dirs, legacy_policy_dir(env)).policy
         except AccessDenied as err:
             log(f"refused: cannot load the policy: {err}")
             return 1

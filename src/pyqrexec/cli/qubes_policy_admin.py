@@ -40,17 +40,14 @@ def _printable(text: str) -> str:
 
 def main() -> int:
     from ..policy.admin import PolicyAdminException, PolicyAdminProtocolException, parse_request
-    from ..policy.loaders import DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS
     from ..policy_service.admin_directory import PolicyDirectory
+    from ..policy_service.paths import legacy_policy_dir, persistent_policy_dir
 
     log_path = os.environ.get("QREXEC_POLICY_ADMIN_LOG", DEFAULT_LOG)
     log = _logger(log_path)
     call = _printable(os.environ.get("QREXEC_SERVICE_FULL_NAME", ""))
     source = _printable(os.environ.get("QREXEC_REMOTE_DOMAIN", ""))
-    directory = PolicyDirectory(
-        os.environ.get("QREXEC_POLICY_DIR", DEFAULT_POLICY_DIRS[-1]),
-        os.environ.get("QREXEC_LEGACY_POLICY_DIR", DEFAULT_LEGACY_DIR),
-    )
+    directory = PolicyDirectory(persistent_policy_dir(), legacy_policy_dir())
     try:
         payload = sys.stdin.buffer.read(MAX_PAYLOAD + 1)
         if len(payload) > MAX_PAYLOAD:

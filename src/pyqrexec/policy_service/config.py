@@ -9,12 +9,12 @@ import sys
 from collections.abc import Sequence
 
 from ..host.qubesd import internal_socket_path
-from ..policy.loaders import DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS
+from ..policy.loaders import DEFAULT_POLICY_DIRS
 from .engine import EngineConfig
+from .paths import legacy_policy_dir, persistent_policy_dir
 
 __all__ = [
     "DEFAULT_SERVICE_PATH",
-    "PERSISTENT_POLICY_DIR",
     "engine_config",
     "legacy_policy_dir",
     "persistent_policy_dir",
@@ -22,16 +22,6 @@ __all__ = [
 ]
 
 DEFAULT_SERVICE_PATH = "/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc"
-PERSISTENT_POLICY_DIR = "/etc/qubes/policy.d"
-
-
-def legacy_policy_dir() -> str:
-    return os.environ.get("QREXEC_LEGACY_POLICY_DIR", DEFAULT_LEGACY_DIR)
-
-
-def persistent_policy_dir() -> str:
-    """`/etc/qubes/policy.d`, or `$QREXEC_POLICY_DIR` (ext) on a host that keeps it elsewhere."""
-    return os.environ.get("QREXEC_POLICY_DIR", PERSISTENT_POLICY_DIR)
 
 
 def engine_config(policy_dirs: Sequence[str] | None) -> EngineConfig:
