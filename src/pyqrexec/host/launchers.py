@@ -17,7 +17,8 @@ from pathlib import Path
 
 from .sandbox import source_dir
 
-__all__ = ["DOMAIN_PROGRAMS", "program", "launcher_text", "write_launcher", "domain_programs"]
+__all__ = ["DOMAIN_PROGRAMS", "program", "launcher_text", "write_launcher", "write_program",
+           "domain_programs"]
 
 #: the programs a qube's users and services call by name (upstream's /usr/bin in a VM)
 DOMAIN_PROGRAMS = ("qrexec-client-vm", "qubes-policy", "qubes-policy-editor",
@@ -42,7 +43,12 @@ def launcher_text(name: str, *args: str, env: Mapping[str, str] | None = None) -
 
 def write_launcher(path: Path, name: str, *args: str,
                    env: Mapping[str, str] | None = None) -> None:
-    path.write_text(launcher_text(name, *args, env=env))
+    write_program(path, launcher_text(name, *args, env=env))
+
+
+def write_program(path: Path, text: str) -> None:
+    """An executable script `text` at `path` (readable by the users domains run as)."""
+    path.write_text(text)
     os.chmod(path, 0o755)
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from ..parent_death import dies_with_this_process
 from ..services.environment import CALL_VARIABLES
 from .config import DOM0_UUID, DomainConfig, HostConfig
-from .launchers import domain_programs, program, write_launcher
+from .launchers import domain_programs, program, write_launcher, write_program
 from .qubesd_server import HostError, QubesdServer
 from .sandbox import (
     SANDBOX_RUN,
@@ -431,7 +431,7 @@ class Manager:
         else:
             (home / "bin").mkdir()
             for name, text in domain_programs(str(run / "qrexec-agent")).items():
-                _write_program(home / "bin" / name, text)
+                write_program(home / "bin" / name, text)
             d.agent = await _spawn(
                 [*user_wrapper(d.cfg.user, die_with_parent=True), *program("qrexec-agent"),
                  f"--agent-socket={run / 'qrexec-agent'}", "--no-fork-server"],
@@ -647,11 +647,6 @@ async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str]
 
 
 # -- process and file helpers ------------------------------------------------------------------
-def _write_program(path: Path, text: str) -> None:
-    path.write_text(text)
-    os.chmod(path, 0o755)
-
-
 def dom0_service_settings(dom0_env: Mapping[str, str]) -> dict[str, str]:
     """The host's `QREXEC*` settings a dom0 service needs back (QREXEC_POLICY_DIR, …).
 
