@@ -633,11 +633,10 @@ def run_service(
     end: ServiceEnd,
     log: Callable[[str], None],
     single_socket: SingleSocket | None = None,
-    hello_sent: bool = False,
 ) -> int:
-    """Service side of §12.2. Returns the status sent, or -1 if the channel closed early.
-    `hello_sent`: the own HELLO already went out (see `service_side.send_hello`)."""
-    relay = Relay(channel, own_version, log, ServiceStream, hello_sent)
+    """Service side of §12.2, after the own HELLO went out (`service_side.send_hello`).
+    Returns the status sent, or -1 if the channel closed early."""
+    relay = Relay(channel, own_version, log, ServiceStream, hello_sent=True)
     sources: list[Source] = []
     out_src: Source | None = None
     err_src: Source | None = None

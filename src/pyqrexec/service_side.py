@@ -33,8 +33,9 @@ _PEER_HELLO_TIMEOUT = 10.0
 
 
 def send_hello(channel: socket.socket, own_version: int) -> None:
-    """The own HELLO, right after connecting: a caller that sees the channel close after it
-    knows the call got as far as the service side (closed early, not a set-up failure)."""
+    """The own HELLO, right after connecting and before anything else (protocol.md §11.A
+    step 6): a caller that sees the channel close after it knows the call got as far as the
+    service side (closed early, not a set-up failure). The functions below assume it sent."""
     channel.sendall(hello(own_version))
 
 
@@ -44,11 +45,9 @@ def send_status_only(
     status: int,
     log: Callable[[str], None],
     eofs: Sequence[int] = VM_FAILURE_EOFS,
-    hello_sent: bool = False,
 ) -> None:
-    """HELLO (unless `hello_sent`), an empty message of each type in `eofs` (none for
-    just-exec), EXIT_CODE."""
-    msgs = b"" if hello_sent else hello(own_version)
+    """An empty message of each type in `eofs` (none for just-exec), then EXIT_CODE."""
+    msgs = b""
     for msgtype in eofs:
         msgs += HEADER.pack(msgtype, 0)
     msgs += pack_exit_code(status)
@@ -80,7 +79,6 @@ def relay_started(
     own_version: int,
     log: Callable[[str], None],
     single_socket: SingleSocket | None = None,
-    hello_sent: bool = False,
 ) -> int:
     """Relay a started service until it is over; closes the channel.
 
@@ -108,7 +106,7 @@ def relay_started(
 
     end = ServiceEnd(stdin=started.stdin, stdout=started.stdout, stderr=started.stderr,
                      pidfd=pidfd, reap=reap, stderr_log=stderr_log)
-    status = run_service(channel, own_version, end, log, single_socket, hello_sent)
+    status = run_service(channel, own_version, end, log, single_socket)
     if pidfd is not None:
         os.close(pidfd)
     channel.close()

@@ -116,8 +116,7 @@ def run_handler(
         _send_status_only(channel, ctx, 0, True)
         channel.close()
         return 0
-    status = relay_started(channel, result, command, text, ctx.own_version, ctx.log, single,
-                           hello_sent=True)
+    status = relay_started(channel, result, command, text, ctx.own_version, ctx.log, single)
     return 1 if status < 0 else status
 
 
@@ -125,4 +124,4 @@ def _send_status_only(
     channel: socket.socket, ctx: HandlerContext, status: int, just_exec: bool
 ) -> None:
     send_status_only(channel, ctx.own_version, status, ctx.log,
-                     () if just_exec else VM_FAILURE_EOFS, hello_sent=True)
+                     () if just_exec else VM_FAILURE_EOFS)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..protocol.cmdline import Command, parse_command, strip_nul
 from ..protocol.constants import EXIT_PROBLEM
 from ..protocol.errors import RemoteProtocolError
-from ..service_side import DOM0_FAILURE_EOFS, relay_started, send_status_only
+from ..service_side import DOM0_FAILURE_EOFS, relay_started, send_hello, send_status_only
 from ..services.lookup import rpc_config_path_from_env, service_path_from_env
 from ..services.session import run_session_waiter
 from ..services.spawn import (
@@ -89,6 +89,15 @@ def run_dom0_service(
         log(f"data vchan connection failed: {err}")
         if isinstance(started, tuple):
             _abandon(started[0])
+        return Dom0CallResult(EXIT_PROBLEM, False)
+    try:
+        send_hello(channel, own_version)
+    except OSError as err:  # the caller is gone already
+        log(f"data channel: {err}")
+        channel.close()
+        if isinstance(started, Failed):
+            return Dom0CallResult(started.status, False)
+        _abandon(started[0])
         return Dom0CallResult(EXIT_PROBLEM, False)
     if isinstance(started, Failed):
         log(started.message)
