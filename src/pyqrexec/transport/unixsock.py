@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import time
 
 __all__ = ["listen_unix", "try_connect", "Backoff", "tune", "stdio_pair"]
@@ -34,18 +35,35 @@ def stdio_pair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
-def listen_unix(path: str, *, mode: int, backlog: int) -> socket.socket:
+def listen_unix(path: str, *, mode: int, backlog: int,
+                staging_dir: str | None = None) -> socket.socket:
     """Unlink a stale file at `path`, bind, chmod to `mode`, listen.
 
     The socket is made under a temporary name and renamed into place once it accepts
     connections, so a peer retrying on ENOENT never meets it half-made (EACCES, ECONNREFUSED).
+
+    `staging_dir`, when we can make a private directory in it (same filesystem as `path`),
+    is where that happens: `path`'s directory may be writable by a domain, which could swap
+    the new socket for a symlink between bind and chmod and have us chmod what it points to.
+    Otherwise the socket is staged beside `path` (a domain's own programs, in its own
+    directories).
     """
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    private = None
+    if staging_dir is not None:
+        # the name needs no secrecy: only we (and the host) may write in `staging_dir`
+        candidate = os.path.join(staging_dir, f".listen-{os.getpid()}-{id(object())}")
+        try:
+            os.mkdir(candidate, 0o700)
+            private = candidate
+        except OSError:
+            private = None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    staging = f"{path}.{os.getpid()}.new"
+    staging = (os.path.join(private, "s") if private is not None
+               else f"{path}.{os.getpid()}.new")
     try:
         sock.bind(staging)
         os.chmod(staging, mode)
@@ -58,6 +76,12 @@ def listen_unix(path: str, *, mode: int, backlog: int) -> socket.socket:
         except OSError:
             pass
         raise
+    finally:
+        if private is not None:
+            try:
+                os.rmdir(private)
+            except OSError:
+                pass
     return sock
 
 
@@ -65,17 +89,39 @@ def listen_unix(path: str, *, mode: int, backlog: int) -> socket.socket:
 _NOT_YET = (errno.ENOENT, errno.ECONNREFUSED)
 
 
-def try_connect(path: str, *, wait_for_listener: bool) -> socket.socket | None:
+def try_connect(path: str, *, wait_for_listener: bool,
+                follow_symlinks: bool = True) -> socket.socket | None:
     """One non-blocking connect attempt: the connected socket, or None to try again later.
 
     A full listen backlog (EAGAIN) is always worth another try: a non-blocking Unix connect
     never completes later, unlike TCP's EINPROGRESS. With `wait_for_listener`, a missing or
     refusing socket (ENOENT, ECONNREFUSED) is too. Any other error is raised.
+
+    Without `follow_symlinks` the socket is reached by descriptor, never through a symlink:
+    in a directory a domain can write, a link to some other socket of the host's would make
+    us its client. (Services and sockets the administrator links on purpose are followed.)
     """
+    if follow_symlinks:
+        return _connect(path, wait_for_listener)
+    try:
+        target = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if wait_for_listener and err.errno in _NOT_YET:
+            return None
+        raise
+    try:
+        if not stat.S_ISSOCK(os.fstat(target).st_mode):
+            raise OSError(errno.ECONNREFUSED, f"not a socket: {path}")
+        return _connect(f"/proc/self/fd/{target}", wait_for_listener)
+    finally:
+        os.close(target)
+
+
+def _connect(address: str, wait_for_listener: bool) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
-        sock.connect(path)
+        sock.connect(address)
     except BlockingIOError:
         sock.close()
         return None

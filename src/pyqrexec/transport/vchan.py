@@ -80,7 +80,11 @@ def listen(directory: str, own: int, peer: int, port: int) -> tuple[socket.socke
     path = pair_path(directory, own, peer, port, own)
     # The peer may run as another user (a non-root agent); which domain may reach
     # which socket is the host's business (directory layout, sandboxes).
-    return listen_unix(path, mode=0o666, backlog=1), path
+    # in a pair directory, stage the socket in the view above it: that one is the host's
+    # (or the domain's own), the pair directory is writable by the peer too
+    staging = os.path.dirname(os.path.dirname(path)) if os.environ.get("VCHAN_PAIR_DIRS") \
+        else None
+    return listen_unix(path, mode=0o666, backlog=1, staging_dir=staging), path
 
 
 def accept_one(
@@ -110,7 +114,7 @@ def connect(
     """Client init: connect, retrying on ENOENT/ECONNREFUSED until `timeout` (None = forever)."""
     path = pair_path(directory, server, own, port, own)
     backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
-    while (sock := try_connect(path, wait_for_listener=True)) is None:
+    while (sock := try_connect(path, wait_for_listener=True, follow_symlinks=False)) is None:
         pause = backoff.next()
         if pause is None:
             raise VchanTimeout(f"cannot connect to {path}")
@@ -128,7 +132,7 @@ async def connect_async(
 
     path = pair_path(directory, server, own, port, own)
     backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
-    while (sock := try_connect(path, wait_for_listener=True)) is None:
+    while (sock := try_connect(path, wait_for_listener=True, follow_symlinks=False)) is None:
         pause = backoff.next()
         if pause is None:
             raise VchanTimeout(f"cannot connect to {path}")
