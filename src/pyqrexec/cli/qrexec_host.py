@@ -112,14 +112,15 @@ def _up(args: argparse.Namespace, state: Path) -> int:
         return 1
     mode = args.sandbox or cfg.sandbox
     bwrap: str | None = None
+    why = "sandbox = plain"
     if mode != "plain":
         bwrap, why = probe_bwrap()
-        if bwrap is None:
-            if mode == "bubblewrap":
-                print(f"qrexec-host: {why}", file=sys.stderr)
-                return 1
-            print(f"qrexec-host: {why}; domains run as plain processes without isolation",
-                  file=sys.stderr)
+        if bwrap is None and mode == "bubblewrap":
+            print(f"qrexec-host: {why}", file=sys.stderr)
+            return 1
+    if bwrap is None:
+        print(f"qrexec-host: warning: {why}: domains run as plain processes, NOT isolated "
+              "from the host or from each other (docs/isolation.md)", file=sys.stderr)
     state.mkdir(parents=True, exist_ok=True)
     ready_fd: int | None = None
     if args.detach:

@@ -45,7 +45,12 @@ _DOMAIN_KEYS = {
     "type", "label", "icon", "tags", "default_dispvm", "template_for_dispvms", "guivm",
     "default_user", "user", "autostart", "root", "uuid", "internal",
 }
-_HOST_KEYS = {"sandbox"}
+_HOST_KEYS = {"sandbox", "uid_base"}
+#: first host uid/gid of the domains' user namespaces: above the ranges systemd and the
+#: usual /etc/subuid allocations use, below 2^31 (docs/isolation.md)
+DEFAULT_UID_BASE = 0x70000000
+#: ids each domain gets: 0..65535 inside, as on an ordinary system
+UID_RANGE = 65536
 
 
 class ConfigError(Exception):
@@ -81,6 +86,7 @@ class HostConfig:
     path: Path
     domains: dict[str, DomainConfig] = field(default_factory=dict)
     sandbox: str = "auto"
+    uid_base: int = DEFAULT_UID_BASE
 
     @property
     def dom0(self) -> DomainConfig:
@@ -183,6 +189,12 @@ class _Parser:
         if sandbox not in SANDBOX_MODES:
             raise self.error(self._key_line("host", None, "sandbox"),
                              f"sandbox must be one of {', '.join(SANDBOX_MODES)}")
+        uid_base = host.get("uid_base", DEFAULT_UID_BASE)
+        if (not isinstance(uid_base, int) or isinstance(uid_base, bool)
+                or not 65536 <= uid_base <= 2**31 - 16 * UID_RANGE):
+            raise self.error(self._key_line("host", None, "uid_base"),
+                             "uid_base must be a whole number from 65536 to "
+                             f"{2**31 - 16 * UID_RANGE}")
         tables = self.data.get("domains", {})
         if not isinstance(tables, dict):
             raise self.error(self._key_line("", None, "domains"), "'domains' must be a table")
@@ -199,7 +211,7 @@ class _Parser:
         for name, table in raw.items():
             domains[name] = self._domain(name, table, dom0_dispvm)
         self._check_references(domains)
-        return HostConfig(self.path, domains, sandbox)
+        return HostConfig(self.path, domains, sandbox, uid_base)
 
     def _domain(self, name: str, t: dict[str, Any], dom0_dispvm: object) -> DomainConfig:
         header = self._header_line("domains", name)

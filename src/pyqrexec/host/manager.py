@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import grp
 import importlib.util
 import json
 import os
@@ -34,16 +35,21 @@ from pathlib import Path
 
 from ..parent_death import dies_with_this_process
 from ..services.environment import CALL_VARIABLES
-from .config import DOM0_UUID, DomainConfig, HostConfig
+from .config import DOM0_UUID, UID_RANGE, DomainConfig, HostConfig
+from .confine import boot_argv, confine_args
 from .launchers import domain_programs, program, write_launcher, write_program
 from .qubesd_server import HostError, QubesdServer
 from .sandbox import (
+    KEPT_CAPS,
     SANDBOX_RUN,
     SANDBOX_VCHAN,
+    Account,
     HostLayout,
     SandboxSpec,
     build_merged_dir,
     bwrap_argv,
+    domain_accounts,
+    etc_files,
     host_layout,
     merged_dirs,
     source_dir,
@@ -54,6 +60,8 @@ __all__ = ["Paths", "Domain", "Manager", "program", "describe_request", "QUIET_M
            "START_TIMEOUT", "DOM0_SERVICES", "dom0_service_settings"]
 
 START_TIMEOUT = 60.0
+#: the accounts' shell in a domain, as in a Qubes qube (bash), where the host has it
+_LOGIN_SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 STOP_TIMEOUT = 5.0
 MAX_DISPOSABLES = 9999
 
@@ -176,7 +184,11 @@ class Domain:
     daemon: asyncio.subprocess.Process | None = None
     #: host pid of the sandbox's PID 1 (bubblewrap mode), for entering it
     ns_pid: int | None = None
+    #: first host uid of its user namespace (bubblewrap mode as root), else None
+    uid_base: int | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: the tasks that notice its agent or daemon ending on their own
+    watchers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -203,6 +215,8 @@ class Manager:
         self.domains["dom0"].domid = 0
         self.domains["dom0"].state = "Running"
         self.next_domid = 1
+        #: whether domains get user namespaces of their own (needs the host's root)
+        self.userns = bwrap is not None and os.geteuid() == 0
         self.services: list[asyncio.subprocess.Process] = []
         self.servers: list[QubesdServer] = []
         self.stopped = asyncio.Event()
@@ -316,14 +330,23 @@ class Manager:
     async def handle(self, method: str, arg: str, dest: str, payload: bytes,
                      internal: bool) -> bytes:
         """Serve one request; every one that is not a read-only query gets a log line."""
-        if method in QUIET_METHODS:
-            return await self._handle(method, arg, dest, payload, internal)
         what = describe_request(method, arg, dest, payload)
+        if method in QUIET_METHODS:
+            try:
+                return await self._handle(method, arg, dest, payload, internal)
+            except HostError:
+                raise
+            except Exception as err:
+                self.log(f"qubesd: {what} -> failed: {type(err).__name__}: {err}")
+                raise HostError("QubesException", f"{method} failed: {err}") from err
         try:
             answer = await self._handle(method, arg, dest, payload, internal)
         except HostError as err:
             self.log(f"qubesd: {what} -> {err.exc_type}: {err.message}")
             raise
+        except Exception as err:  # a bug or the system's refusal: still a proper answer
+            self.log(f"qubesd: {what} -> failed: {type(err).__name__}: {err}")
+            raise HostError("QubesException", f"{method} failed: {err}") from err
         self.log(f"qubesd: {what} -> ok" + (f" {_printable(answer)}" if answer else ""))
         return answer
 
@@ -399,35 +422,42 @@ class Manager:
 
     # -- starting and stopping one domain ----------------------------------------------------
     async def _start(self, d: Domain) -> None:
+        """Views and pair directories, the domain's run and home directories, the agent and
+        the daemon. Every directory is made by descriptor in a host-owned parent that no
+        domain can write (docs/isolation.md): a domain cannot pre-empt or redirect them."""
         p = self.paths
         domid = self.next_domid
         self.next_domid += 1
-        view = p.vchan / str(domid)
-        view.mkdir()
-        os.chmod(view, 0o777)
         d.domid = domid
         d.state = "Transient"
+        if self.userns:
+            d.uid_base = self._free_uid_base()
+        view = p.vchan / str(domid)
+        # the view itself is the host's: the domain writes only inside its pair directories
+        make_dir(p.vchan, str(domid), 0o755)
         pairs: list[tuple[Path, int]] = []
         for peer in self.domains.values():
             if peer is d or peer.domid is None or peer.state == "Dying" or not (
                     p.vchan / str(peer.domid)).is_dir():
                 continue
-            pair = p.vchan / str(peer.domid) / str(domid)
-            pair.mkdir()
-            os.chmod(pair, 0o777)
+            # both domains of the pair (each with its own uids) create sockets here
+            pair = make_dir(p.vchan / str(peer.domid), str(domid), 0o777)
             if self.bwrap:
-                (view / str(peer.domid)).mkdir()
+                make_dir(view, str(peer.domid), 0o755)  # the mount point
                 pairs.append((pair, peer.domid))
             else:
                 os.symlink(pair, view / str(peer.domid))
         home = p.state / "dom" / d.name
         shutil.rmtree(home, ignore_errors=True)
-        run = home / "run"
-        run.mkdir(parents=True)
-        _give(run, d.cfg.user)
+        home.mkdir(parents=True)
+        agent_account = self._account(d, d.cfg.user or "root")
+        run = make_dir(home, "run", 0o755, *self._host_ids(d, agent_account))
+        if d.cfg.user and not self.bwrap:
+            _give(run, d.cfg.user)
         agent_log = p.log_dir / f"agent.{d.name}.log"
         if self.bwrap:
             d.agent, d.ns_pid = await self._spawn_sandboxed(d, home, view, pairs, agent_log)
+            d.watchers.append(asyncio.ensure_future(self._watch(d, d.agent, "agent")))
         else:
             (home / "bin").mkdir()
             for name, text in domain_programs(str(run / "qrexec-agent")).items():
@@ -442,6 +472,9 @@ class Manager:
              f"--socket-dir={p.socket_dir}", f"--policy-program={p.policy_program}",
              str(domid), d.name, d.cfg.default_user],
             p.dom0_env(self.base_env), daemon_log)
+        if not self.bwrap:
+            d.watchers.append(asyncio.ensure_future(self._watch(d, d.agent, "agent")))
+        d.watchers.append(asyncio.ensure_future(self._watch(d, d.daemon, "daemon")))
         if not all([await _wait_path(p.socket_dir / f"qrexec.{name}", START_TIMEOUT,
                                      [d.daemon, d.agent])
                     for name in (d.name, f"uuid:{d.cfg.uuid}")]):
@@ -453,6 +486,68 @@ class Manager:
                             f"domain {d.name} did not start; see {agent_log} and {daemon_log}")
         d.state = "Running"
         self.log(f"{d.name} started (domid {domid})")
+
+    def _free_uid_base(self) -> int:
+        """The lowest uid range no running domain holds: a range is reused only once the
+        domain that had it is gone, processes and files (its directories are removed)."""
+        used = {d.uid_base for d in self.domains.values() if d.uid_base is not None}
+        for slot in range(1, (2**31 - self.config.uid_base) // UID_RANGE):
+            base = self.config.uid_base + slot * UID_RANGE
+            if base not in used:
+                return base
+        raise HostError("QubesException", "no free uid range for another domain")
+
+    def accounts(self, d: Domain) -> list[Account]:
+        """The accounts in `d`'s /etc/passwd (sandbox.domain_accounts)."""
+        wanted = [n for n in (d.cfg.user, d.cfg.default_user) if n]
+        found: dict[str, tuple[int, int, str]] = {}
+        for name in wanted:
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                continue
+            try:
+                group = grp.getgrgid(entry.pw_gid).gr_name
+            except KeyError:
+                group = name
+            found[name] = (entry.pw_uid, entry.pw_gid, group)
+        return domain_accounts(wanted, found)
+
+    def _account(self, d: Domain, name: str) -> Account:
+        return next(a for a in self.accounts(d) if a.name == name)
+
+    def _host_ids(self, d: Domain, account: Account) -> tuple[int, int]:
+        """Host uid and gid of `account` of `d` (-1, -1: no user namespace, leave as is)."""
+        if d.uid_base is None:
+            return -1, -1
+        return d.uid_base + account.uid, d.uid_base + account.gid
+
+    def _homes(self, d: Domain, home: Path) -> tuple[tuple[Path, str], ...]:
+        """`/root` and `/home` of `d`, each user's directory owned by that user."""
+        # 0700 as on any system, unless this host's Python lives below /root (pyenv, say):
+        # then every user of the domain must pass through to run qrexec's programs
+        shared = self.layout is not None and any(
+            path.startswith("/root/") for path in self.layout.extra_ro)
+        root_home = make_dir(home, "root-home", 0o711 if shared else 0o700,
+                             *self._host_ids(d, self._account(d, "root")))
+        homes = make_dir(home, "home", 0o755)
+        for account in self.accounts(d):
+            if account.home.startswith("/home/"):
+                make_dir(homes, account.home[6:], 0o700, *self._host_ids(d, account))
+        return (root_home, "/root"), (homes, "/home")
+
+    async def _watch(self, d: Domain, proc: asyncio.subprocess.Process | None,
+                     what: str) -> None:
+        """A domain whose agent or daemon ends while it runs is halted, as Xen reports a
+        crashed domain: logged, cleaned up, listed as Halted, startable again."""
+        if proc is None:
+            return
+        status = await proc.wait()
+        if d.state != "Running" or proc not in (d.agent, d.daemon):
+            return  # stopping it is what ended the process
+        self.log(f"{d.name}: {what} ended (status {status}); domain halted")
+        with contextlib.suppress(HostError):
+            await self.kill(d.name, quiet=True)
 
     def _plain_env(self, d: Domain) -> dict[str, str]:
         r = d.cfg.root
@@ -476,7 +571,7 @@ class Manager:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
                "PYTHONPATH": source_dir(), "VCHAN_DOMAIN": str(d.domid),
                "VCHAN_SOCKET_DIR": SANDBOX_VCHAN, "VCHAN_PAIR_DIRS": "1",
-               "HOME": "/root" if d.cfg.user is None else "/tmp"}
+               "HOME": self._account(d, d.cfg.user or "root").home}
         for key in ("LANG", "LC_ALL", "TERM", "QREXEC_MAX_PROTOCOL_VERSION"):
             if key in self.base_env:
                 env[key] = self.base_env[key]
@@ -494,7 +589,10 @@ class Manager:
             dest = (self.paths.state / "bin" / "usr_bin" if shared
                     else home / "merged" / rel.replace("/", "_"))
             if build and not shared:
-                build_merged_dir(dest, rel, d.cfg.root, programs if rel == "usr/bin" else {})
+                files = (etc_files(d.name, self.accounts(d), _LOGIN_SHELL) if rel == "etc"
+                         else {})
+                build_merged_dir(dest, rel, d.cfg.root, programs if rel == "usr/bin" else {},
+                                 files)
             elif build and not dest.is_dir():
                 # complete or absent: a start that failed half-way must not leave half of it
                 partial = dest.with_name(dest.name + ".new")
@@ -512,8 +610,8 @@ class Manager:
         rfd, wfd = os.pipe()
         spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
                            vchan_view=view, pairs=tuple(pairs), merged=merged,
-                           info_fd=wfd, env=self._sandbox_env(d))
-        command = [*user_wrapper(d.cfg.user), *program("qrexec-agent"), "--no-fork-server"]
+                           info_fd=wfd, env=self._sandbox_env(d), homes=self._homes(d, home))
+        command = [*self._confine(d), *program("qrexec-agent"), "--no-fork-server"]
         try:
             proc = await _spawn(bwrap_argv(spec, self.layout, command, self.bwrap),
                                 self.base_env, log, pass_fds=(wfd,))
@@ -529,6 +627,11 @@ class Manager:
     async def _stop(self, d: Domain) -> None:
         """Terminate the daemon and the sandbox; remove the domain's sockets and files."""
         d.state = "Dying"
+        current = asyncio.current_task()
+        for task in d.watchers:
+            if task is not current:
+                task.cancel()
+        d.watchers = []
         if d.daemon is not None:
             await _terminate(d.daemon)
         if d.agent is not None:
@@ -546,6 +649,7 @@ class Manager:
                     _remove(p.vchan / str(peer.domid) / str(d.domid))
         shutil.rmtree(p.state / "dom" / d.name, ignore_errors=True)
         d.domid = None
+        d.uid_base = None
         d.state = "Halted"
         if d.disposable:
             self._forget(d)
@@ -560,6 +664,14 @@ class Manager:
             del self.domains[d.name]
 
     # -- running programs inside a domain ------------------------------------------------------
+    def _confine(self, d: Domain, target: int | None = None) -> list[str]:
+        """argv prefix taking a process started in `d`'s namespaces (or, with `target`, on
+        the host, joining those of the sandbox whose PID 1 that is) the rest of the way:
+        `d`'s user namespace and ids, the agent's capabilities and account, the filter."""
+        uid_map = (d.uid_base, UID_RANGE) if d.uid_base is not None else None
+        return [*boot_argv(sys.executable, source_dir()),
+                *confine_args(uid_map, KEPT_CAPS, d.cfg.user, target=target)]
+
     def _sibling_sandbox(self, d: Domain) -> list[str]:
         """bwrap argv prefix for a new process with `d`'s view of the world.
 
@@ -580,8 +692,9 @@ class Manager:
         merged = self._merged_dirs(d, build=False)
         spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
                            vchan_view=view, pairs=tuple(pairs), merged=merged,
-                           env=self._sandbox_env(d))
-        return bwrap_argv(spec, self.layout, user_wrapper(d.cfg.user), self.bwrap)
+                           env=self._sandbox_env(d),
+                           homes=((home / "root-home", "/root"), (home / "home", "/home")))
+        return bwrap_argv(spec, self.layout, self._confine(d), self.bwrap)
 
     def exec_spec(self, d: Domain) -> dict[str, object]:
         """How `call` runs a program inside `d`: argv prefix, environment, agent socket.
@@ -597,8 +710,9 @@ class Manager:
             if d.ns_pid is None:
                 raise HostError("QubesException", f"cannot enter {d.name}'s sandbox")
             if os.geteuid() == 0:
-                prefix = ["nsenter", f"--target={d.ns_pid}", "--mount", "--pid", "--net",
-                          "--ipc", "--uts", "--root", "--wd", *user_wrapper(d.cfg.user)]
+                # confine.py joins the sandbox from the host and becomes the domain's
+                # agent there before it touches any path of the domain
+                prefix = self._confine(d, target=d.ns_pid)
             else:
                 prefix = self._sibling_sandbox(d)
             return {"prefix": prefix, "env": self._sandbox_env(d),
@@ -739,6 +853,27 @@ async def _copy_tree(src: Path, dst: Path) -> None:
         shutil.rmtree(dst, ignore_errors=True)
         raise HostError("QubesException",
                         f"cannot copy {src}: {err.decode(errors='replace').strip()}")
+
+
+def make_dir(parent: Path, name: str, mode: int, uid: int = -1, gid: int = -1) -> Path:
+    """Make `parent/name` (a single component) and set its mode and owner through a
+    descriptor: nothing swapped in by name between the steps is followed or changed."""
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"not a single path component: {name!r}")
+    pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.mkdir(name, 0o700, dir_fd=pfd)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=pfd)
+        try:
+            if uid != -1 or gid != -1:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(pfd)
+    return parent / name
 
 
 def _give(path: Path, user: str | None) -> None:

@@ -6,7 +6,10 @@ Inside a bubblewrap sandbox a domain sees (docs/qrexec-host.md):
   qrexec-host and the pyqrexec sources, at their host paths;
 - `/etc` (and `/usr/bin`, `/usr/local/etc`, … when its root has them) as a *merged
   directory*: a directory of symlinks built on the host, the domain root's entries winning
-  over the host's, the host's own directory shown at `/run/host/<dir>`;
+  over the host's, the host's own directory shown at `/run/host/<dir>`; of the host's
+  `/etc` only the allow-listed entries of `HOST_ETC` (libraries, certificates, time zone…),
+  with the domain's own `passwd`, `group`, `hostname` and `hosts` (`domain_accounts`);
+- `/root` and `/home` of its own (`homes`), owned by the domain's users;
 - its root directory read-only at `/run/qubes-root` (what the merged symlinks point into);
 - `/run/qubes` = its run directory (agent trigger socket `/var/run/qubes/qrexec-agent`);
 - `/run/vchan` = its vchan view: its own directory plus one directory per peer domain
@@ -27,6 +30,10 @@ from pathlib import Path
 import pyqrexec
 
 __all__ = [
+    "Account",
+    "HOST_ETC",
+    "domain_accounts",
+    "etc_files",
     "SandboxSpec",
     "KEPT_CAPS",
     "HostLayout",
@@ -55,6 +62,17 @@ SANDBOX_VCHAN = "/run/vchan"
 KEPT_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER",
              "CAP_KILL")
 _HOST_ONLY = ("qubes-rpc", "qubes")
+#: the host's /etc entries a domain sees: what programs need to run (dynamic linker,
+#: certificates, locales, time zone, name service switch), never the host's accounts,
+#: secrets or service configuration
+HOST_ETC = (
+    "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf",
+    "debian_version", "environment", "fonts", "gai.conf", "host.conf", "inputrc",
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "locale.alias", "locale.conf", "locale.gen",
+    "localtime", "login.defs", "lsb-release", "magic", "mime.types", "networks",
+    "nsswitch.conf", "os-release", "profile", "profile.d", "protocols", "python3",
+    "resolv.conf", "rpc", "services", "shells", "skel", "ssl", "terminfo", "timezone", "xdg",
+)
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
@@ -80,6 +98,8 @@ class SandboxSpec:
     merged: tuple[tuple[str, Path], ...] = ()
     info_fd: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: (host directory, path inside) bound writable: the users' home directories
+    homes: tuple[tuple[Path, str], ...] = ()
 
 
 def bwrap_argv(spec: SandboxSpec, layout: HostLayout, command: Sequence[str],
@@ -102,6 +122,11 @@ def bwrap_argv(spec: SandboxSpec, layout: HostLayout, command: Sequence[str],
           "--tmpfs", "/run", "--dir", "/var", "--symlink", "/run", "/var/run",
           "--perms", "1777", "--tmpfs", "/var/tmp"]
     made = {"/", "/run", "/tmp", "/var"}
+    # the homes first: the Python and pyqrexec directories may lie below /root and must be
+    # mounted over them, not hidden by them
+    for home, inside in spec.homes:
+        a += ["--bind", str(home), inside]
+        made.add(inside)
     for d in layout.extra_ro:
         a += [*_parents(d, made), "--ro-bind", d, d]
     a += ["--ro-bind", str(spec.root), SANDBOX_ROOT,
@@ -112,8 +137,14 @@ def bwrap_argv(spec: SandboxSpec, layout: HostLayout, command: Sequence[str],
         a += ["--bind-try", str(pair), f"{SANDBOX_VCHAN}/{peer}"]
     for rel, merged in spec.merged:
         host = f"/{rel}"
-        a += [*_parents(f"/run/host/{rel}", made), "--ro-bind-try", host, f"/run/host/{rel}",
-              "--ro-bind", str(merged), host]
+        if rel == "etc":
+            a += _parents("/run/host/etc/x", made)
+            for name in HOST_ETC:
+                a += ["--ro-bind-try", f"/etc/{name}", f"/run/host/etc/{name}"]
+        else:
+            a += [*_parents(f"/run/host/{rel}", made), "--ro-bind-try", host,
+                  f"/run/host/{rel}"]
+        a += ["--ro-bind", str(merged), host]
     if spec.info_fd is not None:
         a += ["--info-fd", str(spec.info_fd)]
     a += ["--chdir", "/", "--", *command]
@@ -141,11 +172,13 @@ def merged_dirs(root: Path) -> list[str]:
 
 
 def build_merged_dir(dest: Path, rel: str, root: Path,
-                     programs: Mapping[str, str] | None = None) -> None:
-    """Fill `dest` with symlinks: host `/rel/X` -> `/run/host/rel/X`, then `programs` (name
-    -> script text, written as executables), then the root's own `rel/X` ->
-    `/run/qubes-root/rel/X`; a later entry replaces an earlier one of the same name, so a
-    root bringing its own qrexec-client-vm (upstream's, say) keeps it."""
+                     programs: Mapping[str, str] | None = None,
+                     files: Mapping[str, str] | None = None) -> None:
+    """Fill `dest` with symlinks: host `/rel/X` -> `/run/host/rel/X` (for `/etc` only the
+    `HOST_ETC` entries), then `programs` (name -> script text, written as executables) and
+    `files` (name -> text), then the root's own `rel/X` -> `/run/qubes-root/rel/X`; a later
+    entry replaces an earlier one of the same name, so a root bringing its own
+    qrexec-client-vm (upstream's, say) or its own passwd keeps it."""
     dest.mkdir(parents=True, exist_ok=True)
     host = Path(f"/{rel}")
     entries: dict[str, str] = {}
@@ -153,21 +186,69 @@ def build_merged_dir(dest: Path, rel: str, root: Path,
         for name in os.listdir(host):
             if rel.endswith("etc") and name in _HOST_ONLY:
                 continue  # the host's own qrexec configuration is not the domain's
+            if rel == "etc" and name not in HOST_ETC:
+                continue
             entries[name] = f"/run/host/{rel}/{name}"
-    scripts = dict(programs or {})
-    for name in scripts:
+    written = {name: (text, 0o755) for name, text in (programs or {}).items()}
+    written.update({name: (text, 0o644) for name, text in (files or {}).items()})
+    for name in written:
         entries.pop(name, None)
     own = root / rel
     if own.is_dir():
         for name in os.listdir(own):
             entries[name] = f"{SANDBOX_ROOT}/{rel}/{name}"
-            scripts.pop(name, None)
+            written.pop(name, None)
     for name, target in entries.items():
         os.symlink(target, dest / name)
-    for name, text in scripts.items():
+    for name, (text, mode) in written.items():
         (dest / name).write_text(text)
-        os.chmod(dest / name, 0o755)
+        os.chmod(dest / name, mode)
     os.chmod(dest, 0o755)
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    group: str
+    home: str
+
+
+def domain_accounts(wanted: Sequence[str], host_lookup: Mapping[str, tuple[int, int, str]]
+                    ) -> list[Account]:
+    """The accounts of a domain: root, `user` (1000, as in a Qubes qube), nobody, and each
+    name in `wanted` (the agent's and the daemon's default user) with its host uid and
+    primary group when those are free and below 65534, else the next free id from 1001.
+
+    `host_lookup`: name -> (uid, gid, group name) of the host accounts among `wanted`."""
+    accounts = [Account("root", 0, 0, "root", "/root"),
+                Account("user", 1000, 1000, "user", "/home/user"),
+                Account("nobody", 65534, 65534, "nogroup", "/nonexistent")]
+    for name in wanted:
+        if not name or any(a.name == name for a in accounts):
+            continue
+        taken = {a.uid for a in accounts} | {a.gid for a in accounts}
+        uid, gid, group = host_lookup.get(name, (-1, -1, name))
+        if not 0 < uid < 65534 or uid in taken or not 0 < gid < 65534 or gid in taken:
+            uid = gid = next(n for n in range(1001, 65534) if n not in taken)
+            group = name
+        accounts.append(Account(name, uid, gid, group, f"/home/{name}"))
+    return accounts
+
+
+def etc_files(name: str, accounts: Sequence[Account], shell: str = "/bin/sh"
+              ) -> dict[str, str]:
+    """The generated entries of a domain's /etc."""
+    passwd = "".join(f"{a.name}:x:{a.uid}:{a.gid}:{a.name}:{a.home}:"
+                     f"{'/usr/sbin/nologin' if a.name == 'nobody' else shell}\n"
+                     for a in accounts)
+    groups: dict[int, str] = {}
+    for a in accounts:
+        groups.setdefault(a.gid, a.group)
+    group = "".join(f"{g}:x:{gid}:\n" for gid, g in groups.items())
+    hosts = f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost\n"
+    return {"passwd": passwd, "group": group, "hostname": f"{name}\n", "hosts": hosts}
 
 
 def source_dir() -> str:

@@ -41,7 +41,12 @@ def test_bwrap_argv() -> None:
     ro = pairs(argv, "--ro-bind")
     assert ("/s/roots/work", "/run/qubes-root") in ro
     assert ("/s/dom/work/merged/etc", "/etc") in ro
-    assert ("/etc", "/run/host/etc") in pairs(argv, "--ro-bind-try")
+    # of the host's /etc only the allow-listed entries, never the whole directory
+    host_etc = pairs(argv, "--ro-bind-try")
+    assert ("/etc/ld.so.cache", "/run/host/etc/ld.so.cache") in host_etc
+    assert ("/etc", "/run/host/etc") not in host_etc and ("/etc", "/run/host/etc") not in ro
+    for secret in ("shadow", "gshadow", "sudoers", "ssh", "subuid"):
+        assert (f"/etc/{secret}", f"/run/host/etc/{secret}") not in host_etc
     assert ("/opt/py/3.11", "/opt/py/3.11") in ro
     # parents of extra binds are made traversable, once each
     dirs = [argv[i + 1] for i, a in enumerate(argv) if a == "--dir"]
@@ -96,6 +101,8 @@ def test_merged_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     host_etc = tmp_path / "hostetc"
     (host_etc / "qubes-rpc").mkdir(parents=True)
     (host_etc / "passwd").write_text("")
+    (host_etc / "shadow").write_text("")
+    (host_etc / "ld.so.cache").write_text("")
     (host_etc / "hosts").write_text("")
     root = tmp_path / "root"
     (root / "etc" / "qubes-rpc").mkdir(parents=True)
@@ -104,11 +111,36 @@ def test_merged_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox, "Path",
                         lambda p: host_etc if p == "/etc" else real(p))
     dest = tmp_path / "merged"
-    sandbox.build_merged_dir(dest, "etc", root)
-    links = {p.name: os.readlink(p) for p in dest.iterdir()}
-    # the root's entries win; the host's own qubes-rpc is never shown
-    assert links == {"passwd": "/run/host/etc/passwd", "hosts": "/run/qubes-root/etc/hosts",
+    sandbox.build_merged_dir(dest, "etc", root, files={"passwd": "root:x:0:0::/root:/bin/sh\n",
+                                                        "hosts": "generated\n"})
+    links = {p.name: os.readlink(p) for p in dest.iterdir() if p.is_symlink()}
+    # the root's entries win over generated ones; the host's own qubes-rpc is never shown,
+    # nor any host entry off the allow-list (shadow, the host's passwd)
+    assert links == {"ld.so.cache": "/run/host/etc/ld.so.cache",
+                     "hosts": "/run/qubes-root/etc/hosts",
                      "qubes-rpc": "/run/qubes-root/etc/qubes-rpc"}
+    assert (dest / "passwd").read_text() == "root:x:0:0::/root:/bin/sh\n"
+    assert not (dest / "shadow").exists()
+
+
+def test_domain_accounts() -> None:
+    from pyqrexec.host.sandbox import domain_accounts, etc_files
+
+    accounts = domain_accounts(["nobody", "alice", "bob", ""],
+                               {"nobody": (65534, 65534, "nogroup"),
+                                "alice": (1000, 1000, "alice"),  # taken by `user`
+                                "bob": (1002, 100, "users")})
+    table = {a.name: (a.uid, a.gid, a.group, a.home) for a in accounts}
+    assert table == {"root": (0, 0, "root", "/root"),
+                     "user": (1000, 1000, "user", "/home/user"),
+                     "nobody": (65534, 65534, "nogroup", "/nonexistent"),
+                     "alice": (1001, 1001, "alice", "/home/alice"),
+                     "bob": (1002, 100, "users", "/home/bob")}
+    files = etc_files("work", accounts, "/bin/bash")
+    assert files["passwd"].splitlines()[0] == "root:x:0:0:root:/root:/bin/bash"
+    assert "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin" in files["passwd"]
+    assert "users:x:100:" in files["group"].splitlines()
+    assert files["hostname"] == "work\n" and "127.0.1.1\twork" in files["hosts"]
 
 
 def test_qubesd_requests_are_logged(tmp_path: Path) -> None:
