@@ -1,0 +1,310 @@
+"""Attacks from inside a bubblewrap domain, played against the real qrexec-host.
+
+Each test is one attack of docs/isolation.md's threat model, made by a domain whose agent runs
+as root (`att`) and by one whose agent runs as an unprivileged account (`attu`). Resource
+exhaustion of the vchan port table and of processes and memory is played in its own tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyqrexec.host.sandbox import KEPT_CAPS
+
+from .harness import wait_for
+from .host_world import BWRAP, BWRAP_WHY, HostWorld, python_in_domain, service
+
+pytestmark = pytest.mark.skipif(BWRAP is None or os.geteuid() != 0,
+                                reason=f"needs bubblewrap as root: {BWRAP_WHY}")
+
+ATTACKERS = ["att", "attu"]
+
+CONFIG = """\
+[domains.dom0]
+default_dispvm = "dvm"
+
+[domains.att]
+autostart = true
+
+[domains.attu]
+user = "nobody"
+autostart = true
+
+[domains.victim]
+
+[domains.bystander]
+
+[domains.dvm]
+template_for_dispvms = true
+"""
+
+POLICY = """\
+test.Echo * @anyvm victim allow
+test.Echo * @anyvm bystander allow
+test.Echo * @anyvm @dispvm allow
+test.Echo * @anyvm @anyvm deny
+"""
+
+ECHO = "#!/bin/sh\necho \"$QREXEC_REMOTE_DOMAIN -> $(hostname)\"\n"
+
+
+def layout(top: Path) -> str:
+    for name in ("dom0", "att", "attu", "victim", "bystander", "dvm"):
+        (top / name).mkdir()
+    policy = top / "dom0/etc/qubes/policy.d"
+    policy.mkdir(parents=True)
+    (policy / "30-test.policy").write_text(POLICY)
+    for name in ("victim", "bystander", "dvm"):
+        service(top / name, "test.Echo", ECHO)
+    return CONFIG
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[HostWorld]:
+    w = HostWorld("bubblewrap", layout).up()
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def inside(world: HostWorld, name: str, script: str,
+           timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """`script` run by the domain's default account (root in att, nobody in attu)."""
+    return world.host("run", name, "--", "sh", "-c", script, timeout=timeout)
+
+
+def call(world: HostWorld, source: str, target: str = "victim"
+         ) -> subprocess.CompletedProcess[bytes]:
+    return world.host("call", source, target, "test.Echo", input=b"")
+
+
+# -- 1: whatever the administrator runs in a domain never runs with the host's privileges --
+PAYLOAD = """\
+import os
+with open("{marker}", "a") as f:
+    f.write(open("/proc/self/uid_map").read().split("\\n")[0] + "\\n")
+"""
+
+
+def plant_script(marker: str) -> str:
+    """Shell that plants a `pyqrexec` package, Python start-up hooks and look-alike
+    executables in every directory of the domain its account can write."""
+    payload = shlex.quote(PAYLOAD.format(marker=marker))
+    exe = shlex.quote(f"#!/bin/sh\nhead -1 /proc/self/uid_map >> {marker}\n")
+    modules = " ".join(f'"$d/{m}"' for m in (
+        "pyqrexec/__init__.py", "pyqrexec/cli/__init__.py", "pyqrexec/cli/qrexec_client_vm.py",
+        "pyqrexec/host/__init__.py", "pyqrexec/host/confine.py", "sitecustomize.py",
+        "usercustomize.py", "encodings.py", "ctypes.py", "os.py"))
+    return (
+        'for d in / /tmp /var/tmp /run /run/qubes /run/vchan /run/vchan/* /root /home/* '
+        '"$HOME" /usr/local/bin /etc; do\n'
+        '  [ -d "$d" ] && [ -w "$d" ] || continue\n'
+        '  echo "writable: $d"\n'
+        '  mkdir -p "$d/pyqrexec/cli" "$d/pyqrexec/host" || continue\n'
+        f'  for m in {modules}; do printf %s {payload} > "$m"; done\n'
+        '  for e in python3 python sh nsenter setpriv env qrexec-client-vm; do\n'
+        f'    printf %s {exe} > "$d/$e"; chmod 755 "$d/$e"\n'
+        '  done\n'
+        'done\n')
+
+
+@pytest.mark.parametrize("attacker", ATTACKERS)
+def test_planted_code_never_runs_with_host_privileges(world: HostWorld, attacker: str) -> None:
+    marker = f"/tmp/{world.dir.name}-{attacker}-pwned"
+    planted = inside(world, attacker, plant_script(marker))
+    assert planted.returncode == 0, planted.stderr
+    assert b"writable: /tmp" in planted.stdout  # the domain could plant something
+    # the plants work: a Python started in the domain's /tmp runs them
+    bait = inside(world, attacker, f"cd /tmp && python3 -c 'import ctypes' 2>&1; cat {marker}")
+    assert b"0 " in bait.stdout, bait.stdout
+    inside(world, attacker, f"rm -f {marker}")
+    # the administrator's tools: call (with and without a local program), run
+    assert call(world, attacker).stdout == f"{attacker} -> victim\n".encode()
+    probe = ("head -1 /proc/self/uid_map >&2; grep -E '^(CapEff|CapBnd|Seccomp):' "
+             "/proc/self/status >&2; cat >/dev/null")
+    done = world.host("call", attacker, "victim", "test.Echo", "/bin/sh", "-c", probe,
+                      input=b"")
+    assert done.returncode == 0, done.stderr
+    status = dict(line.split(":", 1) for line in done.stderr.decode().splitlines()[1:])
+    inner, outer, count = done.stderr.decode().split("\n")[0].split()
+    # the local program of `call` is the domain's, not the host's: its root is a host uid
+    # of the domain's own range, with the agent's capabilities at most, filtered
+    assert (inner, count) == ("0", "65536") and int(outer) >= 65536, done.stderr
+    kept = sum(1 << n for n in (0, 1, 3, 5, 6, 7))  # KEPT_CAPS
+    assert len(KEPT_CAPS) == 6
+    assert int(status["CapBnd"], 16) & ~kept == 0 and int(status["CapEff"], 16) & ~kept == 0
+    assert status["Seccomp"].strip() == "2"
+    assert world.host("run", attacker, "--", "true").returncode == 0
+    # nothing planted ran: not inside the domain, and not on the host
+    assert not Path(marker).exists(), Path(marker).read_text()
+    seen = inside(world, attacker, f"cat {marker} 2>/dev/null; true")
+    assert seen.stdout == b"", seen.stdout
+
+
+# -- 2: host secrets -----------------------------------------------------------------------------
+@pytest.mark.parametrize("attacker", ATTACKERS)
+def test_host_secrets_are_out_of_reach(world: HostWorld, attacker: str) -> None:
+    outside = world.dir / "root-only"
+    outside.write_text("host secret\n")
+    outside.chmod(0o600)
+    # a root-only host file the domain can see (in its own root): no capability reaches it
+    visible = world.dir / attacker / "root-only"
+    visible.write_text("host secret\n")
+    visible.chmod(0o600)
+    done = inside(world, attacker, textwrap.dedent(f"""\
+        cat /etc/shadow /run/host/etc/shadow /etc/gshadow /etc/sudoers {outside} \
+            /run/qubes-root/root-only 2>&1
+        ls /etc /run/host/etc
+        id -un; echo "home=$HOME"; cd && echo "in home"
+        """))
+    out = done.stdout.decode()
+    assert "host secret" not in out and "root:" not in out, out
+    for secret in ("shadow", "gshadow", "sudoers", "ssh", "subuid", "machine-id"):
+        assert f"\n{secret}\n" not in f"\n{out}", secret
+    assert "passwd" in out.split() and "ld.so.cache" in out.split()
+    # the users that run calls have their home, as on Qubes
+    user = "root" if attacker == "att" else "nobody"
+    assert f"\n{user}\n" in f"\n{out}"
+    if attacker != "att":
+        return  # an unprivileged agent runs everything as its own account
+    assert "home=/root\nin home" in out, out
+    root_call = world.client("-d", attacker, "root:cd && pwd")
+    assert (root_call.returncode, root_call.stdout) == (0, b"/root\n"), root_call.stderr
+    user_call = world.client("-d", attacker, "user:cd && pwd && touch x && echo ok")
+    assert user_call.stdout == b"/home/user\nok\n", user_call.stderr
+
+
+# -- 3: a domain cannot stop others from starting ---------------------------------------------
+@pytest.mark.parametrize("attacker", ATTACKERS)
+def test_precreated_pair_directories_change_nothing(world: HostWorld, attacker: str) -> None:
+    done = inside(world, attacker,
+                  "n=0; for i in $(seq 1 60); do mkdir /run/vchan/$i 2>/dev/null && "
+                  "n=$((n+1)); ln -s /etc /run/vchan/l$i 2>/dev/null && n=$((n+1)); done; "
+                  "echo made $n")
+    assert done.stdout == b"made 0\n", done.stdout
+    for _ in range(2):
+        for name in ("victim", "bystander"):
+            if world.domains()[name]["state"] == "Running":
+                assert world.host("stop", name).returncode == 0
+        assert call(world, attacker).stdout == f"{attacker} -> victim\n".encode()
+        assert call(world, attacker, "bystander").stdout == \
+            f"{attacker} -> bystander\n".encode()
+        disp = call(world, attacker, "@dispvm")
+        assert disp.returncode == 0 and disp.stdout.startswith(f"{attacker} -> disp".encode())
+
+
+# -- 4: no host-side operation follows what a domain swaps in ------------------------------------
+RACER = """\
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+target, seconds = sys.argv[1], float(sys.argv[2])
+rounds = swaps = 0
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    rounds += 1
+    dirs = ["/run/vchan"] + ["/run/vchan/" + n for n in os.listdir("/run/vchan")]
+    for d in dirs:
+        if not os.access(d, os.W_OK):
+            continue
+        for name in os.listdir(d):
+            # whatever the host makes here, but the sockets of finished vchans (swapping
+            # those only breaks the domain's own calls)
+            if name.startswith(".l") or name.endswith(".sock"):
+                continue
+            link = os.path.join(d, ".l%d" % rounds)
+            try:
+                os.symlink(target, link)
+            except OSError:
+                continue
+            # RENAME_EXCHANGE: what the host made there becomes our symlink, atomically
+            if libc.renameat2(-100, link.encode(), -100, os.path.join(d, name).encode(), 2) == 0:
+                swaps += 1
+            try:
+                os.unlink(link)
+            except OSError:
+                pass
+print(rounds, swaps)
+"""
+
+
+@pytest.mark.parametrize("attacker", ATTACKERS)
+def test_symlink_swaps_change_nothing_outside(world: HostWorld, attacker: str) -> None:
+    target = world.dir / f"target-{attacker}"
+    target.write_text("unchanged\n")
+    target.chmod(0o600)
+    before = target.stat()
+    racer = subprocess.Popen(
+        world.argv("run", attacker, "--", python_in_domain("")[0], "-I", "-c", RACER,
+                   str(target), "12"),
+        env=world.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        calls = 0
+        deadline = time.monotonic() + 20
+        while calls < 100 and time.monotonic() < deadline:
+            # dom0 makes and connects vchan sockets in the pair directory with the attacker
+            done = world.client("-d", attacker, "DEFAULT:true", timeout=30)
+            assert done.returncode == 0, done.stderr
+            calls += 1
+            if calls % 25 == 0:  # the manager makes pair directories for a new domain
+                if world.domains()["bystander"]["state"] == "Running":
+                    world.host("stop", "bystander")
+                world.host("start", "bystander")
+        out, err = racer.communicate(timeout=60)
+    finally:
+        racer.kill()
+        racer.wait()
+    assert calls >= 100
+    rounds = int(out.split()[0]) if out.split() else 0
+    assert rounds >= 100, (out, err)  # the race was really played, all the while
+    after = target.stat()
+    assert stat.S_IMODE(after.st_mode) == 0o600
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+    assert target.read_text() == "unchanged\n"
+    assert call(world, attacker).stdout == f"{attacker} -> victim\n".encode()
+
+
+# -- 6: a domain whose agent or daemon dies is seen to be halted, and starts again -------------
+def _pids(pattern: bytes, marker: bytes) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if pattern in cmdline and marker in cmdline:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("what", ["agent", "daemon"])
+def test_killed_agent_or_daemon_halts_the_domain(world: HostWorld, what: str) -> None:
+    if world.domains()["victim"]["state"] != "Running":
+        assert world.host("start", "victim").returncode == 0
+    domid = world.domid("victim")
+    if what == "agent":
+        marker = f"VCHAN_DOMAIN={domid}\0".encode()
+        pids = [p for p in _pids(b"qrexec_agent", b"")
+                if marker in Path(f"/proc/{p}/environ").read_bytes()]
+    else:
+        pids = _pids(b"qrexec_daemon", f"\0{domid}\0victim\0".encode())
+    assert len(pids) == 1, pids
+    os.kill(pids[0], 9)
+    wait_for(lambda: world.domains()["victim"]["state"] == "Halted", 1.0,
+             f"victim listed as halted after its {what} was killed")
+    assert f"victim: {what} ended".encode() in (world.dir / "up.log").read_bytes()
+    assert not (world.state / "qubes" / "qrexec.victim").exists()
+    assert not (world.state / "vchan" / str(domid)).exists()
+    assert world.host("start", "victim").returncode == 0
+    assert call(world, "att").stdout == b"att -> victim\n"
