@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import stat
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from pyqrexec.log import REPEAT_INTERVAL
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import (
     HEADER,
@@ -331,15 +333,89 @@ def test_port_exhaustion(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None
 
 
 def test_port_exhaustion_by_parity(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
-    """A higher peer only gets the 128 even ports; the lower peers still have the odd ones."""
+    """The higher peers only get the 128 even ports; the lower peers still have the odd ones.
+    (Two higher peers fill that half: one alone may hold only its share of it.)"""
     dom, agent = vm
-    for _ in range(128):
-        allocate(host, agent, 43)[0].close()
+    for i in range(128):
+        allocate(host, agent, 43 + i % 2)[0].close()
     client = RawClient(host, "vm")
     client.hello()
-    client.request(EXEC, 43, 0, b"root:true\0")
+    client.request(EXEC, 45, 0, b"root:true\0")
     assert client.closed()
+    wait_log(dom, "]: Failed to allocate new vchan port, too many clients?\n")
     assert allocate(host, agent, 41)[1] == 513
+
+
+def refused_port(host: QrexecHost, peer: int) -> None:
+    """A request for a new port that the daemon drops without an answer."""
+    client = RawClient(host, "vm")
+    client.hello()
+    client.request(EXEC, peer, 0, b"root:true\0")
+    assert client.closed()
+
+
+def test_port_share_per_caller(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+    """One caller holds at most 64 ports (the default share); the others of its half still
+    get theirs, and a release gives the caller one back."""
+    dom, agent = vm
+    ports = [allocate(host, agent, 43)[1] for _ in range(64)]
+    assert ports == list(range(514, 514 + 128, 2))
+    refused_port(host, 43)
+    wait_log(dom, "]: Domain 43 holds its share of 64 data ports, refusing it another\n")
+    assert allocate(host, agent, 44)[1] == 514 + 128
+    # dom0 is no caller with a share: it gets ports past 64 of its own
+    assert len({allocate(host, agent, 0)[1] for _ in range(70)}) == 70
+    agent.send(pack_connection_terminated(43, 600))
+    assert allocate(host, agent, 43)[1] == 600
+    refused_port(host, 43)
+    # one line for the cause, however often the caller hits it
+    for _ in range(20):
+        refused_port(host, 43)
+    log = dom.daemon_log.read_text()
+    assert log.count("Domain 43 holds its share") == 1, log
+    # ... and when the interval ends, one more that counts the rest
+    wait_log(dom, "refusing it another (and ", REPEAT_INTERVAL + TIMEOUT)
+    counted = re.findall(r"refusing it another \(and (\d+) more like it in the last 10 s\)\n",
+                         dom.daemon_log.read_text())
+    assert counted and 1 <= int(counted[0]) <= 21, counted
+    assert dom.daemon is not None and dom.daemon.poll() is None
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_port_share_configured(host: QrexecHost, how: str) -> None:
+    """--max-ports-per-caller (or its variable) sets the share; 128 = the whole half."""
+    if how == "option":
+        dom, agent = start_attacked_daemon(host, 4, "vm", X,
+                                           extra=["--max-ports-per-caller=128"])
+    else:
+        dom, agent = start_attacked_daemon(host, 4, "vm", X,
+                                           env={"QREXEC_MAX_PORTS_PER_CALLER": "128"})
+    assert [allocate(host, agent, 43)[1] for _ in range(128)][-1] == 768
+    refused_port(host, 43)
+    wait_log(dom, "]: Failed to allocate new vchan port, too many clients?\n")
+
+
+def test_port_share_option_wins(host: QrexecHost) -> None:
+    dom, agent = start_attacked_daemon(host, 4, "vm", X, extra=["--max-ports-per-caller=2"],
+                                       env={"QREXEC_MAX_PORTS_PER_CALLER": "100"})
+    assert [allocate(host, agent, 41)[1] for _ in range(2)] == [513, 515]
+    refused_port(host, 41)
+    wait_log(dom, "]: Domain 41 holds its share of 2 data ports, refusing it another\n")
+
+
+@pytest.mark.parametrize(("args", "env"), [
+    (["--max-ports-per-caller=0"], {}),
+    (["--max-ports-per-caller=129"], {}),
+    (["--max-ports-per-caller=many"], {}),
+    ([], {"QREXEC_MAX_PORTS_PER_CALLER": "-1"}),
+    ([], {"QREXEC_MAX_PORTS_PER_CALLER": ""}),
+])
+def test_port_share_invalid(host: QrexecHost, args: list[str], env: dict[str, str]) -> None:
+    r = subprocess.run([*program("qrexec-daemon"), "--direct", "-u", "x", *args, "42", "vm"],
+                       capture_output=True, env=host.env(0, **env), timeout=30)
+    assert r.returncode == 1
+    assert b"invalid per-caller port share" in r.stderr
+    assert b"usage: qrexec-daemon" in r.stderr
 
 
 # -- client table (§17: more than 256 clients) -------------------------------------------------

@@ -9,9 +9,18 @@ from ..cliargs import GetoptError, getopt
 
 USAGE = """\
 usage: qrexec-daemon [-h|--help] [-q|--quiet] [--socket-dir=PATH] [-p|--policy-program=PATH] \
-[-D|--direct] -u|--uuid=UUID DOMID DOMNAME [DEFAULT_USER]
+[-D|--direct] [--max-ports-per-caller=N] -u|--uuid=UUID DOMID DOMNAME [DEFAULT_USER]
+"""
+_HELP = """
+  --max-ports-per-caller=N
+      most data ports one calling domain may hold at once in this VM's table:
+      1..{half}, default {default} (or ${env}); {half} = only the caller's
+      half of the table limits it. A call that gets no port within {wait:g} s is refused
+      (qrexec-client-vm exits 126).
 """
 _LOG_DIR = "/var/log/qubes"
+#: the per-caller port share when --max-ports-per-caller is not given
+SHARE_ENV = "QREXEC_MAX_PORTS_PER_CALLER"
 
 
 def _startup_timeout() -> float | None:
@@ -25,12 +34,34 @@ def _startup_timeout() -> float | None:
     return float(value if value > 0 else 60)
 
 
+def _port_share(option: str | None) -> int:
+    """The per-caller port share: the option, else the environment, else the default."""
+    from ..protocol.ports import DEFAULT_SHARE, check_share
+
+    text = option if option is not None else os.environ.get(SHARE_ENV)
+    if text is None:
+        return DEFAULT_SHARE
+    try:
+        return check_share(int(text))
+    except ValueError:
+        raise ValueError(f"invalid per-caller port share {text!r} (--max-ports-per-caller "
+                         f"or ${SHARE_ENV})") from None
+
+
+def _help() -> str:
+    from ..daemon.worker import BUSY_WAIT
+    from ..protocol.ports import DEFAULT_SHARE, HALF
+
+    return USAGE + _HELP.format(half=HALF, default=DEFAULT_SHARE, env=SHARE_ENV, wait=BUSY_WAIT)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         opts, pos = getopt(
             args, "hqp:Du:",
-            ["help", "quiet", "socket-dir=", "policy-program=", "direct", "uuid="],
+            ["help", "quiet", "socket-dir=", "policy-program=", "direct", "uuid=",
+             "max-ports-per-caller="],
             gnu=True,
         )
     except GetoptError as err:
@@ -40,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     socket_dir = "/var/run/qubes"
     policy_program = "/usr/bin/qrexec-policy-exec"
     uuid = None
+    share_option = None
     for opt, val in opts:
         if opt in ("-h", "--help"):
-            sys.stderr.write(USAGE)
+            sys.stderr.write(_help())
             return 1
         if opt in ("-q", "--quiet"):
             quiet = True
@@ -54,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             direct = True
         elif opt in ("-u", "--uuid"):
             uuid = val
+        elif opt == "--max-ports-per-caller":
+            share_option = val
     if uuid is None:
         sys.stderr.write("Domain UUID option missing!\n" + USAGE)
         return 1
@@ -69,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     name = pos[1]
     default_user = pos[2] if len(pos) == 3 else "user"
+    try:
+        port_share = _port_share(share_option)
+    except ValueError as err:
+        sys.stderr.write(f"qrexec-daemon: {err}\n{USAGE}")
+        return 1
 
     fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(fd, 0)
@@ -80,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     options = DaemonOptions(
         domid=domid, name=name, uuid=uuid, default_user=default_user, socket_dir=socket_dir,
         vchan_dir=os.path.abspath(vchan.socket_dir()), policy_program=policy_program,
-        own_version=0, startup_timeout=_startup_timeout(),
+        own_version=0, startup_timeout=_startup_timeout(), port_share=port_share,
     )
     if direct:
         return _child(options, None)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..aio import ChannelWriter, recv_exact
+from ..log import RepeatLimited
 from ..protocol.constants import (
     CLIENT_PROTOCOL_VERSION,
     MAX_CLIENTS,
@@ -42,8 +43,8 @@ from ..protocol.messages import (
     parse_exec,
     parse_hello,
 )
+from ..protocol.ports import DEFAULT_SHARE, Busy, PortTable
 from ..transport import vchan
-from .ports import PortTable
 
 __all__ = ["DaemonOptions", "Daemon", "Fatal", "PendingRequest"]
 
@@ -74,6 +75,8 @@ class DaemonOptions:
     own_version: int
     #: seconds for the first control connection; None = wait forever
     startup_timeout: float | None
+    #: most data ports one caller domain may hold in this daemon's table
+    port_share: int = DEFAULT_SHARE
 
 
 @dataclass(eq=False)
@@ -103,7 +106,9 @@ class Daemon:
         self.log = log
         self.worker = worker
         self.loop = asyncio.get_running_loop()
-        self.ports: PortTable[_Client] = PortTable(opts.domid)
+        self.ports: PortTable[_Client] = PortTable(opts.domid, opts.port_share)
+        #: for lines a hostile domain can make us repeat at will
+        self.log_repeated = RepeatLimited(log, self.loop.call_later)
         self.clients: set[_Client] = set()
         self.pending: dict[bytes, PendingRequest] = {}
         #: answered requests whose worker still runs (their idents may be reused)
@@ -228,7 +233,7 @@ class Daemon:
             self._refuse(result.ident)
             return
         if len(self.pending) + len(self.finishing) >= MAX_CLIENTS:
-            self.log("Service request denied, too many pending requests")
+            self.log_repeated("Service request denied, too many pending requests")
             self._refuse(result.ident)
             return
         earlier = self.pending.get(result.ident)
@@ -275,13 +280,24 @@ class Daemon:
         8). Port 0 allocates one with peer `domain` (VM -> dom0, §11.D step 6); None when the
         table is full."""
         if port == 0:
-            allocated = self.ports.allocate(domain, None)
+            allocated = self.allocate(domain, None)
             if allocated is None:
-                self.log("Failed to allocate new vchan port, too many clients?")
                 return None
             port = allocated
         req.answered = True
         await self.send_to_agent(pack_exec(MsgType.SERVICE_CONNECT, domain, port, req.ident))
+        return port
+
+    def allocate(self, peer: int, waiter: _Client | None) -> int | None:
+        """A data port for a channel with `peer`; None (logged) when it gets none."""
+        port = self.ports.allocate(peer, waiter)
+        if port is Busy.SHARE:
+            self.log_repeated(f"Domain {peer} holds its share of {self.ports.share} data "
+                              "ports, refusing it another", cause=f"share {peer}")
+            return None
+        if port is Busy.FULL:
+            self.log_repeated("Failed to allocate new vchan port, too many clients?")
+            return None
         return port
 
     def _refuse(self, ident: bytes) -> None:
@@ -327,7 +343,7 @@ class Daemon:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self.clients) >= MAX_CLIENTS:
-            self.log("too many clients, refusing a connection")
+            self.log_repeated("too many clients, refusing a connection")
             writer.close()
             return
         client = _Client(writer)
@@ -374,9 +390,8 @@ class Daemon:
         if port != 0 and not valid_data_port(port):
             raise RemoteProtocolError(f"client requested invalid port {port}")
         if port == 0:
-            allocated = self.ports.allocate(params.connect_domain, client)
+            allocated = self.allocate(params.connect_domain, client)
             if allocated is None:
-                self.log("Failed to allocate new vchan port, too many clients?")
                 return
             port = allocated
             try:

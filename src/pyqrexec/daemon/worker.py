@@ -36,8 +36,12 @@ __all__ = ["call_worker", "DOM0_NAMES"]
 
 DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 DEFAULT_POLICY_SOCKET = "/run/qubes/policy.sock"
-#: how long a request waits for a data port of a busy target (all its ports in use)
-BUSY_TIMEOUT = 60.0
+#: how long a request may wait for a data port of a busy target before it is refused
+#: (docs/daemon.md "Data ports"): long enough for a burst of short calls to end, short
+#: enough that the caller's refusal is prompt
+BUSY_WAIT = 1.0
+#: the longest pause between two attempts within `BUSY_WAIT`
+_BUSY_PAUSE_MAX = 0.25
 
 
 class WorkerFailure(Exception):
@@ -58,7 +62,8 @@ async def call_worker(daemon: Daemon, pending: PendingRequest) -> int:
             daemon.log(f"ignoring policy answer line {line!r}")
         return await _execute(daemon, pending, answer)
     except WorkerFailure as err:
-        daemon.log(str(err))
+        # a domain can repeat its calls, and so their failures, at will
+        daemon.log_repeated(str(err))
         return err.status
 
 
@@ -70,7 +75,7 @@ async def _ask_policy(daemon: Daemon, pending: PendingRequest) -> PolicyAnswer:
     try:
         reader, writer = await open_unix(path)
     except OSError as err:
-        daemon.log(f"cannot connect to the policy daemon at {path}: {err.strerror}")
+        daemon.log_repeated(f"cannot connect to the policy daemon at {path}: {err.strerror}")
     else:
         try:
             writer.write(text)
@@ -80,7 +85,7 @@ async def _ask_policy(daemon: Daemon, pending: PendingRequest) -> PolicyAnswer:
                 data += more
             return parse_answer(data)
         except (OSError, Malformed) as err:
-            daemon.log(f"bad answer from the policy daemon: {err}")
+            daemon.log_repeated(f"bad answer from the policy daemon: {err}")
         finally:
             writer.close()
     if req.source:
@@ -166,12 +171,13 @@ async def _exec_in(
 ) -> tuple[int, int, asyncio.StreamReader, asyncio.StreamWriter]:
     """EXEC_CMDLINE{own domid, 0} + cmd to `dest`'s daemon: target domid, port, socket.
 
-    A target daemon whose ports for this pair are all in use (128 by the parity rule, §8)
-    closes the connection without an answer. That is a busy target, not a refusal: the
-    request is repeated, with growing pauses, for up to `BUSY_TIMEOUT` seconds.
+    A target daemon that has no port for us (its half of the table is full, or we hold our
+    share of it) closes the connection without an answer. One of those ports may come free
+    soon, so the request is repeated, with growing pauses, for up to `BUSY_WAIT` seconds;
+    then the call is refused like a denied one.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + BUSY_TIMEOUT
+    deadline = loop.time() + BUSY_WAIT
     pause = 0.01
     while True:
         reader, writer = await _open_target(daemon, dest, autostart)
@@ -185,13 +191,18 @@ async def _exec_in(
             return domid, port, reader, writer
         except asyncio.IncompleteReadError as err:
             writer.close()
-            if err.partial or loop.time() + pause > deadline:
+            if err.partial:
                 raise WorkerFailure(EXIT_PROBLEM, f"exec request to {dest} failed: {err}") from err
+            if loop.time() + pause > deadline:
+                raise WorkerFailure(
+                    EXIT_REQUEST_REFUSED,
+                    f"no data port in {dest} for {daemon.opts.name} within {BUSY_WAIT:g} s, "
+                    "refusing the call") from err
         except (OSError, RemoteProtocolError) as err:
             writer.close()
             raise WorkerFailure(EXIT_PROBLEM, f"exec request to {dest} failed: {err}") from err
         await asyncio.sleep(pause)
-        pause = min(pause * 2, 0.5)
+        pause = min(pause * 2, _BUSY_PAUSE_MAX)
 
 
 async def _open_target(
@@ -262,7 +273,7 @@ async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnsw
     cmd = f"QUBESRPC {service} {daemon.opts.name} {kind} {name}".encode()
     port = await daemon.service_connect(pending, 0, 0)
     if port is None:
-        raise WorkerFailure(EXIT_PROBLEM, "Failed to allocate new vchan port, too many clients?")
+        raise WorkerFailure(EXIT_PROBLEM, "no data port for a call to dom0, refusing it")
     status = await _run_forked(daemon, cmd, port)
     if status != 0:
         # the request is answered already: this only gets logged (§11.D step 8)
