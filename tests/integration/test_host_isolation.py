@@ -51,6 +51,7 @@ POLICY = """\
 test.Echo * @anyvm victim allow
 test.Echo * @anyvm bystander allow
 test.Echo * @anyvm @dispvm allow
+test.Hold * att victim allow
 test.Echo * @anyvm @anyvm deny
 """
 
@@ -65,6 +66,8 @@ def layout(top: Path) -> str:
     (policy / "30-test.policy").write_text(POLICY)
     for name in ("victim", "bystander", "dvm"):
         service(top / name, "test.Echo", ECHO)
+    # holds its data port until its caller or the test's end
+    service(top / "victim", "test.Hold", "#!/bin/sh\nexec sleep 30\n")
     return CONFIG
 
 
@@ -271,6 +274,41 @@ def test_symlink_swaps_change_nothing_outside(world: HostWorld, attacker: str) -
     assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
     assert target.read_text() == "unchanged\n"
     assert call(world, attacker).stdout == f"{attacker} -> victim\n".encode()
+
+
+# -- 5: a flood of calls from one domain leaves the target's ports to the others ---------------
+def test_port_flood_leaves_room_for_others(world: HostWorld) -> None:
+    """att and attu both have lower domids than victim: they share one half of victim's
+    port table. att floods victim with calls that never end; attu's call is answered."""
+    if world.domains()["victim"]["state"] != "Running":
+        assert world.host("start", "victim").returncode == 0
+    assert world.domid("att") < world.domid("victim") and world.domid("attu") < world.domid(
+        "victim")
+    flood = subprocess.Popen(
+        world.argv("run", "att", "--", "sh", "-c",
+                   "for i in $(seq 1 140); do qrexec-client-vm victim test.Hold "
+                   "</dev/null >/dev/null 2>&1 & done; wait"),
+        env=world.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = world.state / "log" / "qrexec.victim.log"
+
+    def flood_holds_all_it_may() -> bool:
+        if "holds its share" in log.read_text():
+            return True
+        held = world.host("run", "victim", "--", "pgrep -c -x sleep").stdout.strip()
+        return int(held or 0) >= 128  # the whole half
+
+    try:
+        wait_for(flood_holds_all_it_may, 60, "the flood to take every port it may")
+        start = time.monotonic()
+        done = call(world, "attu")
+        elapsed = time.monotonic() - start
+        assert done.stdout == b"attu -> victim\n", done.stderr
+        assert elapsed < 2.0, elapsed
+    finally:
+        flood.kill()
+        flood.wait()
+        for name in ("att", "victim"):  # and every call of the flood with them
+            world.host("stop", name)
 
 
 # -- 6: a domain whose agent or daemon dies is seen to be halted, and starts again -------------
