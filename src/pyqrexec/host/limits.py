@@ -428,7 +428,7 @@ class CgroupFs:
                 path = tree / domain
                 if path not in dirs:
                     if path.is_dir():  # left by a stop that could not empty it: start afresh
-                        _kill_and_remove(path, _sleep)
+                        _kill_and_remove(path, time.sleep)
                     path.mkdir()
                     dirs[path] = None
                 for name, value, required in controller_files(controller, version, limits):
@@ -544,10 +544,6 @@ def _kill_round(path: Path) -> bool:
 _KILL_ROUNDS = 500
 
 
-def _sleep(seconds: float) -> None:
-    time.sleep(seconds)
-
-
 def _kill_and_remove(path: Path, sleep: Callable[[float], None]) -> None:
     for _ in range(_KILL_ROUNDS):
         if _kill_round(path):
@@ -567,7 +563,7 @@ async def _kill_and_remove_async(path: Path) -> None:
 def _clear_tree(tree: Path) -> None:
     """A tree an earlier host left: its domains' processes are killed, the cgroups go."""
     if tree.is_dir():
-        _kill_and_remove(tree, _sleep)
+        _kill_and_remove(tree, time.sleep)
 
 
 class NoCgroups:
