@@ -335,6 +335,14 @@ def _client(args: argparse.Namespace, state: Path) -> int:
                     args.service, *rest]
             import shutil
 
+            from ..host.limits import join
+
+            try:
+                join(spec.get("cgroup", []))
+            except OSError as err:
+                print(f"qrexec-host: call: cannot join {args.source}'s cgroup: {err}",
+                      file=sys.stderr)
+                return 1
             exe = shutil.which(argv[0]) or argv[0]
             os.execve(exe, argv, spec["env"])
     except QubesdError as err:

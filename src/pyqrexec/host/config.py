@@ -2,7 +2,8 @@
 
 Pure: reads the file, returns `HostConfig` or raises `ConfigError` with a `FILE:LINE: message`
 text (tomllib's own errors carry the line; for a semantic error the line of the offending key,
-else of the domain's table header, is looked up in the text).
+else of the domain's table header, is looked up in the text). A memory limit given as a
+share of RAM reads /proc/meminfo once.
 """
 
 from __future__ import annotations
@@ -10,9 +11,22 @@ from __future__ import annotations
 import re
 import tomllib
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .limits import (
+    DEFAULT_CPU_WEIGHT,
+    DEFAULT_MAX_PROCESSES,
+    DEFAULT_MEMORY,
+    DomainLimits,
+    LimitError,
+    host_memory,
+    parse_cpu_weight,
+    parse_max_processes,
+    parse_memory,
+)
 
 __all__ = [
     "ConfigError",
@@ -41,11 +55,13 @@ _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 _RESERVED = ("anyvm", "dispvm", "none", "default", "Domain-0")
 #: fixed namespace for uuids derived from a domain's name (uuid5)
 _UUID_NAMESPACE = uuidlib.UUID("5c1d1f5e-7d9b-4a8e-9b7e-3f0e2a6b9c41")
+#: resource limits: per domain, with defaults in [host] (docs/qrexec-host.md "Limits")
+_LIMIT_KEYS = ("memory", "max_processes", "cpu_weight")
 _DOMAIN_KEYS = {
     "type", "label", "icon", "tags", "default_dispvm", "template_for_dispvms", "guivm",
-    "default_user", "user", "autostart", "root", "uuid", "internal",
+    "default_user", "user", "autostart", "root", "uuid", "internal", *_LIMIT_KEYS,
 }
-_HOST_KEYS = {"sandbox", "uid_base"}
+_HOST_KEYS = {"sandbox", "uid_base", *_LIMIT_KEYS}
 #: first host uid/gid of the domains' user namespaces: above the ranges systemd and the
 #: usual /etc/subuid allocations use, below 2^31 (docs/isolation.md)
 DEFAULT_UID_BASE = 0x70000000
@@ -75,6 +91,8 @@ class DomainConfig:
     autostart: bool = False
     uuid: str = ""
     internal: bool = False
+    #: what bounds the domain's processes; None for dom0 (this host itself)
+    limits: DomainLimits | None = None
 
     @property
     def colour(self) -> str:
@@ -148,6 +166,8 @@ class _Parser:
         self.path = path
         self.data = data
         self.base = path.resolve().parent
+        self._total_memory: int | None = None
+        self.raw_defaults: dict[str, Any] = {}
 
     # -- locating lines -------------------------------------------------------------------
     def _header_line(self, table: str, name: str | None = None) -> int:
@@ -195,6 +215,9 @@ class _Parser:
             raise self.error(self._key_line("host", None, "uid_base"),
                              "uid_base must be a whole number from 65536 to "
                              f"{2**31 - 16 * UID_RANGE}")
+        self.raw_defaults = {k: v for k, v in host.items() if k in _LIMIT_KEYS}
+        self._limits(self.raw_defaults, lambda key: self._key_line("host", None, key),
+                     "[host]")
         tables = self.data.get("domains", {})
         if not isinstance(tables, dict):
             raise self.error(self._key_line("", None, "domains"), "'domains' must be a table")
@@ -279,7 +302,43 @@ class _Parser:
             guivm=guivm, default_user=default_user, user=user,
             autostart=get("autostart", bool, False) and name != "dom0",
             uuid=uuid or derived_uuid(name), internal=get("internal", bool, False),
+            limits=self._domain_limits(name, t, at),
         )
+
+    def _domain_limits(self, name: str, t: dict[str, Any],
+                       at: Callable[[str], int]) -> DomainLimits | None:
+        given = [key for key in _LIMIT_KEYS if key in t]
+        if name == "dom0":
+            if given:
+                raise self.error(at(given[0]), "domain dom0: dom0 is this host and has no "
+                                 f"limits ({given[0]})")
+            return None
+        values = {**self.raw_defaults, **{key: t[key] for key in given}}
+
+        def line(key: str) -> int:
+            return at(key) if key in t else self._key_line("host", None, key)
+
+        return self._limits(values, line, f"domain {name}")
+
+    def _limits(self, values: dict[str, Any], line: Callable[[str], int],
+                what: str) -> DomainLimits:
+        parsers: dict[str, Callable[[Any], Any]] = {
+            "memory": lambda v: parse_memory(v, self.total_memory),
+            "max_processes": parse_max_processes, "cpu_weight": parse_cpu_weight}
+        defaults = {"memory": DEFAULT_MEMORY, "max_processes": DEFAULT_MAX_PROCESSES,
+                    "cpu_weight": DEFAULT_CPU_WEIGHT}
+        parsed: dict[str, Any] = {}
+        for key, parse_value in parsers.items():
+            try:
+                parsed[key] = parse_value(values.get(key, defaults[key]))
+            except LimitError as err:
+                raise self.error(line(key), f"{what}: {err}") from None
+        return DomainLimits(**parsed)
+
+    def total_memory(self) -> int:
+        if self._total_memory is None:
+            self._total_memory = host_memory()
+        return self._total_memory
 
     def _check_references(self, domains: dict[str, DomainConfig]) -> None:
         seen: dict[str, str] = {}

@@ -38,6 +38,7 @@ from ..services.environment import CALL_VARIABLES
 from .config import DOM0_UUID, UID_RANGE, DomainConfig, HostConfig
 from .confine import boot_argv, confine_args
 from .launchers import domain_programs, program, write_launcher, write_program
+from .limits import Backend, DomainCgroup, NoCgroups, detect
 from .qubesd_server import HostError, QubesdServer
 from .sandbox import (
     KEPT_CAPS,
@@ -186,6 +187,8 @@ class Domain:
     ns_pid: int | None = None
     #: first host uid of its user namespace (bubblewrap mode as root), else None
     uid_base: int | None = None
+    #: the cgroup (or scope) bounding the agent and all it starts, while it runs
+    cgroup: DomainCgroup | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: the tasks that notice its agent or daemon ending on their own
     watchers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -220,6 +223,8 @@ class Manager:
         self.services: list[asyncio.subprocess.Process] = []
         self.servers: list[QubesdServer] = []
         self.stopped = asyncio.Event()
+        #: how domains are limited: chosen by `up`
+        self.cgroups: Backend = NoCgroups()
 
     # -- bring-up and shutdown ------------------------------------------------------------
     def prepare_state(self) -> None:
@@ -246,6 +251,8 @@ class Manager:
         and a call made before the policy agent's services are linked would be denied.
         """
         self.prepare_state()
+        self.cgroups = detect(self.paths.state, self.log)
+        self.log(f"domain limits: {self.cgroups.name}")
         env = self.paths.dom0_env(self.base_env)
         await self._serve_qubesd(self.paths.qubesd_internal, internal=True)
         await self._start_policy_daemon(env)
@@ -292,6 +299,7 @@ class Manager:
         self.servers = []
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.paths.policy_socket)
+        self.cgroups.close()
         self.stopped.set()
 
     # -- lookups ---------------------------------------------------------------------------
@@ -455,6 +463,11 @@ class Manager:
         if d.cfg.user and not self.bwrap:
             _give(run, d.cfg.user)
         agent_log = p.log_dir / f"agent.{d.name}.log"
+        if d.cfg.limits is not None:
+            try:
+                d.cgroup = self.cgroups.create(d.name, d.cfg.limits)
+            except OSError as err:
+                raise HostError("QubesException", f"cannot limit {d.name}: {err}") from err
         if self.bwrap:
             d.agent, d.ns_pid = await self._spawn_sandboxed(d, home, view, pairs, agent_log)
             d.watchers.append(asyncio.ensure_future(self._watch(d, d.agent, "agent")))
@@ -465,7 +478,7 @@ class Manager:
             d.agent = await _spawn(
                 [*user_wrapper(d.cfg.user, die_with_parent=True), *program("qrexec-agent"),
                  f"--agent-socket={run / 'qrexec-agent'}", "--no-fork-server"],
-                self._plain_env(d), agent_log, new_session=True)
+                self._plain_env(d), agent_log, new_session=True, cgroup=d.cgroup)
         daemon_log = p.log_dir / f"qrexec.{d.name}.log"
         d.daemon = await _spawn(
             [*program("qrexec-daemon"), "--direct", f"--uuid={d.cfg.uuid}",
@@ -614,7 +627,7 @@ class Manager:
         command = [*self._confine(d), *program("qrexec-agent"), "--no-fork-server"]
         try:
             proc = await _spawn(bwrap_argv(spec, self.layout, command, self.bwrap),
-                                self.base_env, log, pass_fds=(wfd,))
+                                self.base_env, log, pass_fds=(wfd,), cgroup=d.cgroup)
         finally:
             os.close(wfd)
         try:
@@ -638,6 +651,12 @@ class Manager:
             await _terminate(d.agent, group=self.bwrap is None)
         d.daemon = d.agent = None
         d.ns_pid = None
+        if d.cgroup is not None:  # what the agent's services left behind
+            try:
+                await d.cgroup.remove()
+            except OSError as err:
+                self.log(f"{d.name}: {err}")
+            d.cgroup = None
         p = self.paths
         for name in (d.name, str(d.domid), f"uuid:{d.cfg.uuid}"):
             with contextlib.suppress(FileNotFoundError):
@@ -706,6 +725,8 @@ class Manager:
             return {"prefix": [], "env": self.paths.dom0_env(self.base_env)}
         if not d.running:
             raise HostError("QubesVMNotStartedError", f"Domain is powered off: {d.name}")
+        # the program is the domain's: bounded by its limits like the rest of it
+        cgroup = d.cgroup.procs_files if d.cgroup is not None else []
         if self.bwrap:
             if d.ns_pid is None:
                 raise HostError("QubesException", f"cannot enter {d.name}'s sandbox")
@@ -716,10 +737,11 @@ class Manager:
             else:
                 prefix = self._sibling_sandbox(d)
             return {"prefix": prefix, "env": self._sandbox_env(d),
-                    "agent_socket": f"{SANDBOX_RUN}/qrexec-agent"}
+                    "agent_socket": f"{SANDBOX_RUN}/qrexec-agent", "cgroup": cgroup}
         run = self.paths.state / "dom" / d.name / "run"
         return {"prefix": user_wrapper(d.cfg.user), "env": self._plain_env(d),
-                "agent_socket": str(run / "qrexec-agent"), "root": str(d.cfg.root)}
+                "agent_socket": str(run / "qrexec-agent"), "root": str(d.cfg.root),
+                "cgroup": cgroup}
 
 
 # -- the policy agent (another component; started when installed) ---------------------------
@@ -776,15 +798,23 @@ def dom0_service_settings(dom0_env: Mapping[str, str]) -> dict[str, str]:
 
 
 async def _spawn(argv: list[str], env: Mapping[str, str], log: Path,
-                 new_session: bool = False,
-                 pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
+                 new_session: bool = False, pass_fds: tuple[int, ...] = (),
+                 cgroup: DomainCgroup | None = None) -> asyncio.subprocess.Process:
     """Start a program that dies with the manager (SIGKILL): a manager killed outright
-    cannot stop what it started, and nothing else would."""
+    cannot stop what it started, and nothing else would. With `cgroup`, the program is in
+    it before it runs its first instruction."""
+    dies = dies_with_this_process()
+
+    def preexec() -> None:
+        dies()
+        if cgroup is not None:
+            cgroup.join_in_child()
+
     with open(log, "ab") as out:
         return await asyncio.create_subprocess_exec(
-            *argv, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=new_session, pass_fds=pass_fds,
-            preexec_fn=dies_with_this_process())
+            *(cgroup.prefix if cgroup else []), *argv, env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=new_session, pass_fds=pass_fds, preexec_fn=preexec)
 
 
 async def _wait_path(path: Path, timeout: float,
