@@ -152,6 +152,11 @@ def test_planted_code_never_runs_with_host_privileges(world: HostWorld, attacker
     assert not Path(marker).exists(), Path(marker).read_text()
     seen = inside(world, attacker, f"cat {marker} 2>/dev/null; true")
     assert seen.stdout == b"", seen.stdout
+    # the domain's own users are not fooled either: its launchers ignore the working
+    # directory (python -P)
+    fooled = inside(world, attacker, f"cd /tmp && qrexec-client-vm victim test.Echo; cat {marker}")
+    assert fooled.stdout == f"{attacker} -> victim\n".encode(), fooled
+    assert world.host("stop", attacker).returncode == 0  # the plants go with it
 
 
 # -- 2: host secrets -----------------------------------------------------------------------------
@@ -280,8 +285,11 @@ def test_symlink_swaps_change_nothing_outside(world: HostWorld, attacker: str) -
 def test_port_flood_leaves_room_for_others(world: HostWorld) -> None:
     """att and attu both have lower domids than victim: they share one half of victim's
     port table. att floods victim with calls that never end; attu's call is answered."""
-    if world.domains()["victim"]["state"] != "Running":
-        assert world.host("start", "victim").returncode == 0
+    if world.domains()["victim"]["state"] == "Running":
+        assert world.host("stop", "victim").returncode == 0
+    for name in ("att", "attu", "victim"):  # in this order: victim's domid is the highest
+        if world.domains()[name]["state"] != "Running":
+            assert world.host("start", name).returncode == 0
     assert world.domid("att") < world.domid("victim") and world.domid("attu") < world.domid(
         "victim")
     flood = subprocess.Popen(

@@ -26,8 +26,12 @@ DOMAIN_PROGRAMS = ("qrexec-client-vm", "qubes-policy", "qubes-policy-editor",
 
 
 def program(name: str) -> list[str]:
-    """argv prefix running pyqrexec program `name` with this Python."""
-    return [sys.executable, "-m", f"pyqrexec.cli.{name.replace('-', '_')}"]
+    """argv prefix running pyqrexec program `name` with this Python.
+
+    `-P`: the working directory is not put on the module path. A domain's users run these
+    programs from directories anybody in the domain may write (/tmp, a shared home), where
+    a planted `pyqrexec` package would otherwise be imported instead of ours."""
+    return [sys.executable, "-P", "-m", f"pyqrexec.cli.{name.replace('-', '_')}"]
 
 
 def launcher_text(name: str, *args: str, env: Mapping[str, str] | None = None) -> str:

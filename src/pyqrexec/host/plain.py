@@ -24,7 +24,7 @@ def program_argv(name: str) -> list[str]:
     script = Path(sys.executable).parent / name
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", f"pyqrexec.cli.{name.replace('-', '_')}"]
+    return [sys.executable, "-P", "-m", f"pyqrexec.cli.{name.replace('-', '_')}"]
 
 
 class PlainDomain:
