@@ -51,7 +51,7 @@ POLICY = """\
 test.Echo * @anyvm victim allow
 test.Echo * @anyvm bystander allow
 test.Echo * @anyvm @dispvm allow
-test.Hold * att victim allow
+test.Hold * @anyvm victim allow
 test.Echo * @anyvm @anyvm deny
 """
 
@@ -282,9 +282,11 @@ def test_symlink_swaps_change_nothing_outside(world: HostWorld, attacker: str) -
 
 
 # -- 5: a flood of calls from one domain leaves the target's ports to the others ---------------
-def test_port_flood_leaves_room_for_others(world: HostWorld) -> None:
+@pytest.mark.parametrize("attacker", ATTACKERS)
+def test_port_flood_leaves_room_for_others(world: HostWorld, attacker: str) -> None:
     """att and attu both have lower domids than victim: they share one half of victim's
-    port table. att floods victim with calls that never end; attu's call is answered."""
+    port table. One floods victim with calls that never end; the other's call is answered."""
+    other = "attu" if attacker == "att" else "att"
     if world.domains()["victim"]["state"] == "Running":
         assert world.host("stop", "victim").returncode == 0
     for name in ("att", "attu", "victim"):  # in this order: victim's domid is the highest
@@ -293,7 +295,7 @@ def test_port_flood_leaves_room_for_others(world: HostWorld) -> None:
     assert world.domid("att") < world.domid("victim") and world.domid("attu") < world.domid(
         "victim")
     flood = subprocess.Popen(
-        world.argv("run", "att", "--", "sh", "-c",
+        world.argv("run", attacker, "--", "sh", "-c",
                    "for i in $(seq 1 140); do qrexec-client-vm victim test.Hold "
                    "</dev/null >/dev/null 2>&1 & done; wait"),
         env=world.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -308,14 +310,14 @@ def test_port_flood_leaves_room_for_others(world: HostWorld) -> None:
     try:
         wait_for(flood_holds_all_it_may, 60, "the flood to take every port it may")
         start = time.monotonic()
-        done = call(world, "attu")
+        done = call(world, other)
         elapsed = time.monotonic() - start
-        assert done.stdout == b"attu -> victim\n", done.stderr
+        assert done.stdout == f"{other} -> victim\n".encode(), done.stderr
         assert elapsed < 2.0, elapsed
     finally:
         flood.kill()
         flood.wait()
-        for name in ("att", "victim"):  # and every call of the flood with them
+        for name in (attacker, "victim"):  # and every call of the flood with them
             world.host("stop", name)
 
 
@@ -335,22 +337,25 @@ def _pids(pattern: bytes, marker: bytes) -> list[int]:
 
 
 @pytest.mark.parametrize("what", ["agent", "daemon"])
-def test_killed_agent_or_daemon_halts_the_domain(world: HostWorld, what: str) -> None:
-    if world.domains()["victim"]["state"] != "Running":
-        assert world.host("start", "victim").returncode == 0
-    domid = world.domid("victim")
+@pytest.mark.parametrize("name", ["victim", "attu"])  # a root agent, an unprivileged one
+def test_killed_agent_or_daemon_halts_the_domain(world: HostWorld, what: str,
+                                                 name: str) -> None:
+    if world.domains()[name]["state"] != "Running":
+        assert world.host("start", name).returncode == 0
+    domid = world.domid(name)
     if what == "agent":
         marker = f"VCHAN_DOMAIN={domid}\0".encode()
         pids = [p for p in _pids(b"qrexec_agent", b"")
                 if marker in Path(f"/proc/{p}/environ").read_bytes()]
     else:
-        pids = _pids(b"qrexec_daemon", f"\0{domid}\0victim\0".encode())
+        pids = _pids(b"qrexec_daemon", f"\0{domid}\0{name}\0".encode())
     assert len(pids) == 1, pids
     os.kill(pids[0], 9)
-    wait_for(lambda: world.domains()["victim"]["state"] == "Halted", 1.0,
-             f"victim listed as halted after its {what} was killed")
-    assert f"victim: {what} ended".encode() in (world.dir / "up.log").read_bytes()
-    assert not (world.state / "qubes" / "qrexec.victim").exists()
+    wait_for(lambda: world.domains()[name]["state"] == "Halted", 1.0,
+             f"{name} listed as halted after its {what} was killed")
+    assert f"{name}: {what} ended".encode() in (world.dir / "up.log").read_bytes()
+    assert not (world.state / "qubes" / f"qrexec.{name}").exists()
     assert not (world.state / "vchan" / str(domid)).exists()
-    assert world.host("start", "victim").returncode == 0
-    assert call(world, "att").stdout == b"att -> victim\n"
+    assert world.host("start", name).returncode == 0
+    caller, target = ("att", "victim") if name == "victim" else ("attu", "victim")
+    assert call(world, caller, target).stdout == f"{caller} -> {target}\n".encode()
