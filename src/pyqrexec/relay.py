@@ -514,8 +514,6 @@ def run_caller(
                 relay.queue_message(MsgType.DATA_STDIN)
                 stdin_eof_sent = True
             relay.flush()
-        if src is not None and src.eof:
-            stdin_eof_sent = True
         if exit_seen:
             out_done = out is None or out.closed or relay.channel_eof
             if out is not None and relay.channel_eof and not out.closed:
@@ -546,6 +544,8 @@ def run_caller(
         for s in sources:
             if ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped:
                 _pump_source(relay, s)
+                # its EOF is queued now: an exit code read below must not queue another
+                stdin_eof_sent = stdin_eof_sent or s.eof
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
             for action, payload in relay.read_actions():
                 if action is Action.OUTPUT and out is not None:

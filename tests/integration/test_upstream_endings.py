@@ -7,8 +7,11 @@ rpc-config (services.md §3.1), qrexec-client-vm with a LOCAL_PROGRAM (protocol.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import struct
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,13 +23,16 @@ from pyqrexec.protocol.messages import HEADER
 
 from .calls import World
 from .fake_agent import read_until_eof, recv_exact, start_attacked_daemon
-from .harness import QrexecHost
+from .harness import QrexecHost, wait_for
 from .rawcalls import (
     DATA_TIMEOUT,
     as_caller,
     as_dom0_caller,
+    as_target,
+    children,
     data_handshake,
     read_messages,
+    split_messages,
 )
 from .test_scenarios_c import rpc_config
 
@@ -163,3 +169,86 @@ def test_socket_service_half_close_keeps_its_stdin(host: QrexecHost, where: str)
         service.close()
     assert received == [b"late"]
     assert after[-1] == (EXIT, STATUS_0)
+
+
+# -- qrexec-client-vm with a LOCAL_PROGRAM -------------------------------------------------------
+OpenChannel = Callable[[], contextlib.AbstractContextManager[socket.socket]]
+
+
+def call_fake_target(host: QrexecHost, *args: str) -> tuple[subprocess.Popen[bytes], OpenChannel]:
+    """work runs `qrexec-client-vm ARGS` against personal, a fake agent; the second item opens
+    the service side of that call's data channel."""
+    world = World(host)
+    world.domain("work", 5)
+    target, agent = start_attacked_daemon(host, 4, name="personal", domid=6)
+    proc = world.start_call("work", *args, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, lambda: as_target(agent, target.domid)
+
+
+def only_child(pid: int) -> int:
+    wait_for(lambda: len(children(pid)) == 1, DATA_TIMEOUT, f"the child of {pid}")
+    return children(pid)[0]
+
+
+def process_state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("local", [["/bin/cat"], ["/bin/sleep", "60"]], ids=["cat", "sleep"])
+def test_client_vm_exits_when_the_target_vanishes(host: QrexecHost, local: list[str]) -> None:
+    """The data channel closes without an exit code: qrexec-client-vm exits 255 at once,
+    whether or not its local program is still running."""
+    proc, open_target = call_fake_target(host, "personal", "test.Svc", *local)
+    program = only_child(proc.pid)
+    try:
+        with open_target() as chan:
+            assert data_handshake(chan, 4) == 4
+        try:
+            status = proc.wait(DATA_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("qrexec-client-vm waits for its local program") from None
+        assert status == 255
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(program, signal.SIGKILL)
+
+
+def test_client_vm_sends_one_stdin_eof_when_its_program_fails(host: QrexecHost) -> None:
+    """The local program fails while the target sends stdout EOF and exit code 0: the caller
+    sends at most one empty STDIN and never an exit code; it exits with the program's 1.
+
+    qrexec-client-vm is stopped while the program exits and the target's messages arrive,
+    so it sees both at once (the order in which a busy host may see them)."""
+    fifo = host.root / "go"
+    os.mkfifo(fifo)
+    proc, open_target = call_fake_target(
+        host, "-p", "p", "personal", "test.Svc", "/bin/sh", "-c", f"read x <{fifo}; exit 1")
+    program = only_child(proc.pid)
+    try:
+        with open_target() as chan:
+            assert data_handshake(chan, 4) == 4
+            # the prefix follows our HELLO: from now on the caller watches its program
+            assert messages_until(chan, (STDIN, b"p"))[-1] == (STDIN, b"p")
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                with open(fifo, "w") as go:
+                    go.write("\n")
+                wait_for(lambda: process_state(program) == "Z", DATA_TIMEOUT, "program exit")
+                chan.sendall(msg(STDOUT) + msg(STDERR) + msg(EXIT, STATUS_0))
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            sent = split_messages(read_until_eof(chan))
+        assert proc.wait(DATA_TIMEOUT) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sent.count((STDIN, b"")) <= 1, sent
+    assert EXIT not in [t for t, _ in sent]
