@@ -171,6 +171,26 @@ def test_socket_service_half_close_keeps_its_stdin(host: QrexecHost, where: str)
     assert after[-1] == (EXIT, STATUS_0)
 
 
+def test_exit_on_service_eof_ends_the_call_at_the_sockets_eof(host: QrexecHost) -> None:
+    """rpc-config `exit-on-service-eof = true`: the socket's EOF ends the call at once (the
+    service's input is closed too), without waiting for the caller's stdin EOF."""
+    world = World(host)
+    dom = world.domain("work", 5)
+    rpc_config(world, "work", "test.Sock", "exit-on-service-eof = true\n")
+    received: list[bytes] = []
+    service = SocketService(world.rpc_dir("work") / "test.Sock", half_closing_service(received))
+    try:
+        with as_caller(dom, b"root:QUBESRPC test.Sock dom0") as chan:
+            assert data_handshake(chan, 4) == 4
+            got = read_messages(chan)
+        service.join()
+    finally:
+        service.close()
+    assert b"".join(p for t, p in got if t == STDOUT) == b"early"
+    assert got[-2:] == [(STDOUT, b""), (EXIT, STATUS_0)]
+    assert received == [b""]
+
+
 # -- qrexec-client-vm with a LOCAL_PROGRAM -------------------------------------------------------
 OpenChannel = Callable[[], contextlib.AbstractContextManager[socket.socket]]
 
