@@ -514,8 +514,6 @@ def run_caller(
                 relay.queue_message(MsgType.DATA_STDIN)
                 stdin_eof_sent = True
             relay.flush()
-        if src is not None and src.eof:
-            stdin_eof_sent = True
         if exit_seen:
             out_done = out is None or out.closed or relay.channel_eof
             if out is not None and relay.channel_eof and not out.closed:
@@ -546,6 +544,8 @@ def run_caller(
         for s in sources:
             if ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped:
                 _pump_source(relay, s)
+                # its EOF is queued now: an exit code read below must not queue another
+                stdin_eof_sent = stdin_eof_sent or s.eof
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
             for action, payload in relay.read_actions():
                 if action is Action.OUTPUT and out is not None:
@@ -615,6 +615,9 @@ class ServiceEnd:
         pidfd: int | None,
         reap: Callable[[], int],
         stderr_log: Callable[[bytes], None] | None = None,
+        *,
+        exit_on_client_eof: bool = False,
+        exit_on_service_eof: bool = False,
     ) -> None:
         self.stdin = stdin
         self.stdout = stdout
@@ -625,6 +628,10 @@ class ServiceEnd:
         self.reap = reap
         #: copy stderr text to a log (None: no copy)
         self.stderr_log = stderr_log
+        #: socket services' rpc-config: the caller's stdin EOF ends the call
+        self.exit_on_client_eof = exit_on_client_eof
+        #: socket services' rpc-config: the socket's EOF ends both directions
+        self.exit_on_service_eof = exit_on_service_eof
 
 
 def run_service(
@@ -657,7 +664,10 @@ def run_service(
         inp = Sink(end.stdin.fileno(), sock=end.stdin, shutdown_only=True)
     sinks = [inp] if inp is not None else []
     status: int | None = None
-    exited = end.pidfd is None
+    #: a socket service has no process; what stands for its exit is the end of its input
+    socket_service = end.pidfd is None
+    exited = False
+    client_eof = False
     sent_stderr_eof = False
     switched = False
     poller = select.poll()
@@ -670,11 +680,11 @@ def run_service(
             switched = True
             if out_src is not None and end.stdin is not None and not out_src.eof:
                 _use_single_socket(out_src, end.stdin)
-        if not exited and end.pidfd is None:
-            exited = True
+        if socket_service:
+            exited = _socket_input_over(relay, end, out_src, inp, client_eof)
         streams_done = all(s.eof for s in sources) and relay.version != 0
         if streams_done and exited:
-            if end.pidfd is None:
+            if socket_service:
                 status = 0
             if status is None:
                 status = end.reap()
@@ -713,6 +723,7 @@ def run_service(
                     _write_sink(inp, payload)
                 elif action is Action.OUTPUT_EOF and inp is not None:
                     _end_sink(inp)
+                    client_eof = True
             relay.consumed()
             if relay.failed is not None:
                 _close_end(end, sinks)
@@ -721,6 +732,24 @@ def run_service(
     relay.queue_message(MsgType.DATA_EXIT_CODE, struct.pack("<i", status))
     _flush_blocking(relay)
     return status
+
+
+def _socket_input_over(relay: Relay, end: ServiceEnd, out_src: Source | None, inp: Sink | None,
+                       client_eof: bool) -> bool:
+    """Whether a socket service's input direction is over: the call ends once both directions
+    are (its output may end first, by a half-close, and input still flows). rpc-config may
+    end the call at one side's EOF instead."""
+    if inp is None or out_src is None:
+        return True
+    if end.exit_on_service_eof and out_src.eof and not inp.closed:
+        inp.pending.clear()
+        inp.pending_size = 0
+        _close_sink(inp)
+    if end.exit_on_client_eof and client_eof and inp.closed and not out_src.eof:
+        # stop reading the socket: its EOF is sent now, whatever it still holds
+        out_src.eof = True
+        relay.queue_message(MsgType.DATA_STDOUT)
+    return inp.closed
 
 
 def _use_single_socket(src: Source, both: socket.socket) -> None:

@@ -104,8 +104,11 @@ def relay_started(
             for line in data.decode(errors="replace").splitlines():
                 log(f"{tag}: {line}")
 
+    socket_config = started.config if pid is None else None
     end = ServiceEnd(stdin=started.stdin, stdout=started.stdout, stderr=started.stderr,
-                     pidfd=pidfd, reap=reap, stderr_log=stderr_log)
+                     pidfd=pidfd, reap=reap, stderr_log=stderr_log,
+                     exit_on_client_eof=bool(socket_config and socket_config.exit_on_client_eof),
+                     exit_on_service_eof=bool(socket_config and socket_config.exit_on_service_eof))
     status = run_service(channel, own_version, end, log, single_socket)
     if pidfd is not None:
         os.close(pidfd)

@@ -7,15 +7,19 @@ import contextlib
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyqrexec.protocol.constants import MsgType
-from pyqrexec.protocol.messages import HEADER, hello, pack_trigger4
+from pyqrexec.protocol.messages import HEADER, hello, pack_trigger4, parse_exec
 from pyqrexec.transport import vchan
 
-from .fake_agent import TIMEOUT, RawClient, recv_exact
+from .fake_agent import TIMEOUT, FakeAgent, RawClient, recv_exact
 from .harness import Domain
+
+#: seconds a raw peer waits for any one read on a data channel
+DATA_TIMEOUT = 20.0
 
 
 class PolicyRecorder:
@@ -189,3 +193,49 @@ def children(pid: int) -> list[int]:
         except OSError:
             pass
     return out
+
+
+@contextlib.contextmanager
+def as_caller(dom: Domain, cmd: bytes) -> Iterator[socket.socket]:
+    """dom0 asks `dom` to run `cmd`; the test is the caller end of the data channel."""
+    client = RawClient(dom.host, dom.name)
+    try:
+        client.hello()
+        client.request(MsgType.EXEC_CMDLINE, 0, 0, cmd + b"\0")
+        _, _, port = client.reply()
+        listener, path = vchan.listen(str(dom.host.vchan_dir), 0, dom.domid, port)
+        with vchan.accept_one(listener, path, DATA_TIMEOUT) as chan:
+            chan.settimeout(DATA_TIMEOUT)
+            yield chan
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def as_dom0_caller(dom: Domain, agent: FakeAgent, service: bytes,
+                   ident: bytes) -> Iterator[socket.socket]:
+    """`dom`, a fake agent behind a real daemon, calls `service` in dom0; the test is the
+    caller end of the data channel (the daemon's request worker serves the call)."""
+    agent.send(pack_trigger4(service, b"dom0", ident))
+    t, payload = agent.recv_message()
+    assert t == MsgType.SERVICE_CONNECT
+    params = parse_exec(payload)
+    assert params.connect_domain == 0
+    listener, path = vchan.listen(str(dom.host.vchan_dir), dom.domid, 0, params.connect_port)
+    with vchan.accept_one(listener, path, DATA_TIMEOUT) as chan:
+        chan.settimeout(DATA_TIMEOUT)
+        yield chan
+
+
+@contextlib.contextmanager
+def as_target(agent: FakeAgent, own: int) -> Iterator[socket.socket]:
+    """The fake agent of domain `own` takes the EXEC_CMDLINE it is sent; the test is that
+    call's service side on the data channel it connects."""
+    t, payload = agent.recv_message()
+    assert t == MsgType.EXEC_CMDLINE
+    params = parse_exec(payload)
+    chan = vchan.connect(str(agent.path.parent), params.connect_domain, own,
+                         params.connect_port, DATA_TIMEOUT)
+    chan.settimeout(DATA_TIMEOUT)
+    with chan:
+        yield chan

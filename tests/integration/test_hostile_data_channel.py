@@ -9,25 +9,22 @@ from __future__ import annotations
 import socket
 import struct
 import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 
 from pyqrexec.protocol.constants import MsgType
-from pyqrexec.protocol.messages import HEADER, hello, pack_trigger4, parse_exec
-from pyqrexec.transport import vchan
+from pyqrexec.protocol.messages import HEADER, hello
 
 from .calls import World
 from .fake_agent import (
     FakeAgent,
-    RawClient,
     read_until_eof,
     recv_exact,
     start_attacked_daemon,
 )
 from .harness import Domain, QrexecHost, program, wait_for
-from .rawcalls import data_handshake, split_messages
+from .rawcalls import as_caller, as_dom0_caller, as_target, data_handshake, split_messages
 
 TIMEOUT = 20.0
 STDIN, STDOUT, STDERR, EXIT = (MsgType.DATA_STDIN, MsgType.DATA_STDOUT, MsgType.DATA_STDERR,
@@ -39,22 +36,6 @@ def msg(t: int, payload: bytes = b"") -> bytes:
 
 
 # -- the service side facing a hostile caller -------------------------------------------------
-@contextmanager
-def as_caller(dom: Domain, cmd: bytes) -> Iterator[socket.socket]:
-    """dom0 asks `dom` to run `cmd`; the test is the caller end of the data channel."""
-    client = RawClient(dom.host, dom.name)
-    try:
-        client.hello()
-        client.request(MsgType.EXEC_CMDLINE, 0, 0, cmd + b"\0")
-        _, _, port = client.reply()
-        listener, path = vchan.listen(str(dom.host.vchan_dir), 0, dom.domid, port)
-        with vchan.accept_one(listener, path, TIMEOUT) as chan:
-            chan.settimeout(TIMEOUT)
-            yield chan
-    finally:
-        client.close()
-
-
 def handler_exits(dom: Domain, code: int) -> None:
     wait_for(lambda: f"exited with {code}" in dom.agent_log.read_text(), TIMEOUT,
              f"a handler exit {code}")
@@ -108,13 +89,7 @@ def test_caller_sending_service_messages(host: QrexecHost) -> None:
 def fake_handler(agent: FakeAgent, own: int, service: bytes, hello_first: bool) -> None:
     """The fake agent's "handler" for the EXEC_CMDLINE it is sent: connects the data channel,
     answers with `service` (after a proper HELLO exchange when `hello_first`), closes."""
-    t, payload = agent.recv_message()
-    assert t == MsgType.EXEC_CMDLINE
-    params = parse_exec(payload)
-    chan = vchan.connect(str(agent.path.parent), params.connect_domain, own,
-                         params.connect_port, TIMEOUT)
-    chan.settimeout(TIMEOUT)
-    with chan:
+    with as_target(agent, own) as chan:
         if hello_first:
             chan.sendall(hello(4))
             assert recv_exact(chan, 12) == hello(4)
@@ -225,14 +200,7 @@ def test_vm_breaking_a_call_to_dom0_ends_only_that_call(host: QrexecHost, junk: 
                                        extra=[f"--policy-program={world.policy}"])
 
     def call(ident: bytes, stdin: bytes) -> list[tuple[int, bytes]]:
-        agent.send(pack_trigger4(b"test.Cat", b"dom0", ident))
-        t, payload = agent.recv_message()
-        assert t == MsgType.SERVICE_CONNECT
-        params = parse_exec(payload)
-        assert params.connect_domain == 0
-        listener, path = vchan.listen(str(host.vchan_dir), dom.domid, 0, params.connect_port)
-        with vchan.accept_one(listener, path, TIMEOUT) as chan:
-            chan.settimeout(TIMEOUT)
+        with as_dom0_caller(dom, agent, b"test.Cat", ident) as chan:
             assert data_handshake(chan, 4) == 4
             chan.sendall(stdin)
             return split_messages(read_until_eof(chan))

@@ -197,3 +197,19 @@ def test_reload_follows_includes_outside_the_directories(setup: DaemonSetup) -> 
     (outside / "a.policy").write_text("test.Svc * work vault allow\n")
     assert query(setup.socket, req("work", "vault", "test.Svc")) == W1
     assert "not a directory" in setup.stop()
+
+
+def test_legacy_file_named_plus_argument(setup: DaemonSetup) -> None:
+    """A legacy file `+x` answers requests for `+x` (the empty service); a broken one breaks the
+    whole policy, as any policy file does."""
+    setup.write("35-compat.policy", "!compat-4.0\n")
+    setup.write("30-user.policy", "test.Svc * work vault allow\n")
+    plus_x = setup.write("+x", "work vault allow\n", setup.legacy)
+    setup.start()
+    assert query(setup.socket, req("work", "vault", "+x")) == W1
+    assert query(setup.socket, req("work", "vault", "+y")) == b"result=deny"
+    plus_x.write_text("work vault allow,default_target=personal\n")
+    assert query(setup.socket, req("work", "vault", "test.Svc")) == b"result=deny"
+    log = setup.stop()
+    assert "skipping legacy policy file" not in log
+    assert f"qrexec: test.Svc: work -> vault: error loading policy: {plus_x}:1: " in log

@@ -214,11 +214,10 @@ def _call(args: _Args, domain: int, port: int) -> int:
     )
     channel.close()
     status = result.exit_status
-    if child is not None:
-        while not local_done():
-            os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)
-        if status == 0:
-            status = local_status[0]
+    # 0 means the remote exit code came and the relay saw the local program exit too; without
+    # an exit code (target gone, channel broken) the call is over whatever the program does
+    if child is not None and status == 0 and local_done():
+        status = local_status[0]
     return status
 
 

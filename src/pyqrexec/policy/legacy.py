@@ -65,6 +65,7 @@ def translate_line(
         + [_map_bare(p) for p in params],
         file,
         line,
+        empty_service=True,
     )
 
 
@@ -78,7 +79,7 @@ def compat_order(names: Iterable[str]) -> tuple[list[LegacyFile], list[str]]:
     skipped: list[str] = []
     for name in names:
         if (
-            name.startswith((".", "+"))
+            name.startswith(".")
             or name.endswith(_SKIPPED_SUFFIXES)
             or not set(name) <= _NAME_CHARS
         ):
@@ -93,6 +94,7 @@ def compat_order(names: Iterable[str]) -> tuple[list[LegacyFile], list[str]]:
 def synthetic_denies(service: str, argument: str, file: str) -> list[Rule]:
     """The two rules appended after a legacy file with an argument (line None)."""
     return [
-        replace(parse_rule_fields([service, argument, "@anyvm", dst, "deny"], file, 0), line=None)
+        replace(parse_rule_fields([service, argument, "@anyvm", dst, "deny"], file, 0,
+                                  empty_service=True), line=None)
         for dst in ("@anyvm", "@adminvm")
     ]

@@ -156,10 +156,14 @@ def _invalid_chars(text: str, allowed: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted(set(text) - allowed))
 
 
-def check_service_argument(service: str, argument: str, file: str | None, line: int) -> None:
-    """Validate the SERVICE and ARGUMENT columns (also of `!include-service`)."""
+def check_service_argument(service: str, argument: str, file: str | None, line: int, *,
+                           empty_service: bool = False) -> None:
+    """Validate the SERVICE and ARGUMENT columns (also of `!include-service`).
+
+    `empty_service`: the service may be "" (a legacy file named `+ARG`, docs/policy-engine.md).
+    """
     bad = _invalid_chars(service, _SERVICE_CHARS) if service != "*" else ()
-    if bad or not service:
+    if bad or not (service or empty_service):
         raise PolicySyntaxError(
             file, line, f"service {service!r} contains invalid characters: {bad!r}"
         )
@@ -225,12 +229,14 @@ def parse_action(
     return Action(action, redirect, default_target, user, notify, autostart)
 
 
-def parse_rule_fields(fields: Sequence[str], file: str | None, line: int) -> Rule:
-    """Build a rule from its whitespace-separated fields (also used for legacy lines)."""
+def parse_rule_fields(fields: Sequence[str], file: str | None, line: int, *,
+                      empty_service: bool = False) -> Rule:
+    """Build a rule from its whitespace-separated fields (also used for legacy lines, whose
+    service comes from the file name and may be empty: `empty_service`)."""
     if len(fields) < 5:
         raise PolicySyntaxError(file, line, "wrong number of fields")
     service, argument, src, dst, word, *params = fields
-    check_service_argument(service, argument, file, line)
+    check_service_argument(service, argument, file, line, empty_service=empty_service)
     source = parse_token(src, Column.SOURCE, file, line)
     target = parse_token(dst, Column.TARGET, file, line)
     action = parse_action(word, params, target, file, line)

@@ -86,8 +86,9 @@ def test_compat_order_and_synthetic_rules() -> None:
     names = ["b.Svc", "a.Svc+z", "a.Svc", "a.Svc+", "a.Svc+a", ".x", "y.rpmsave", "y.rpmnew",
              "y.swp", "bad name", "+x"]  # fmt: skip
     order, skipped = compat_order(names)
-    assert [f.name for f in order] == ["a.Svc+", "a.Svc+a", "a.Svc+z", "a.Svc", "b.Svc"]
-    assert sorted(skipped) == sorted([".x", "y.rpmsave", "y.rpmnew", "y.swp", "bad name", "+x"])
+    # `+x` is the empty service with argument `+x`: first in byte order
+    assert [f.name for f in order] == ["+x", "a.Svc+", "a.Svc+a", "a.Svc+z", "a.Svc", "b.Svc"]
+    assert sorted(skipped) == sorted([".x", "y.rpmsave", "y.rpmnew", "y.swp", "bad name"])
     files = {
         COMPAT: "!compat-4.0\n",
         f"{LEGACY}/a.Svc+a": "work vault allow\n$include:shared\n",
@@ -123,6 +124,22 @@ def test_legacy_errors() -> None:
     ]:
         files = {COMPAT: "!compat-4.0", f"{LEGACY}/t.Svc": f"# c\n{text}\n"}
         assert syntax_error(files) == f"{LEGACY}/t.Svc:2: {message}", text
+
+
+def test_legacy_files_without_a_service() -> None:
+    """`+x` and `+` are read for the empty service (as upstream), not skipped."""
+    files = {COMPAT: "!compat-4.0\n", f"{LEGACY}/+x": "work vault allow\n",
+             f"{LEGACY}/+": "$anyvm $anyvm deny\n"}
+    assert rules(files) == [
+        f"{LEGACY}/+:1  + @anyvm @anyvm deny",
+        f"{LEGACY}/+:None  + @anyvm @anyvm deny",
+        f"{LEGACY}/+:None  + @anyvm @adminvm deny",
+        f"{LEGACY}/+x:1  +x work vault allow",
+        f"{LEGACY}/+x:None  +x @anyvm @anyvm deny",
+        f"{LEGACY}/+x:None  +x @anyvm @adminvm deny",
+    ]
+    assert syntax_error({**files, f"{LEGACY}/+x": "work vault maybe\n"}) == (
+        f"{LEGACY}/+x:1: invalid action: maybe")
 
 
 def test_legacy_only_host() -> None:
