@@ -10,6 +10,7 @@ import select
 import socket
 import struct
 import termios
+import threading
 import time
 
 from pyqrexec.protocol.constants import MsgType
@@ -48,7 +49,10 @@ def _flood(sock: socket.socket, message: bytes) -> int:
         sock.setblocking(True)
     left = -sent % len(message)
     if left:
-        sock.sendall(message[len(message) - left :])
+        # the peer reads again only once we read its answers: completing the last message
+        # here could block for ever, so a thread does it while the test reads
+        rest = message[len(message) - left :]
+        threading.Thread(target=sock.sendall, args=(rest,), daemon=True).start()
     return (sent + left) // len(message)
 
 
