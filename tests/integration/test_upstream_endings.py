@@ -109,6 +109,8 @@ def test_exit_on_client_eof_ends_the_call_at_the_callers_eof(host: QrexecHost) -
             chan.sendall(msg(STDIN, b"hi") + msg(STDIN))
             got = read_messages(chan)
             assert not release.is_set()
+            # the service reads its input to EOF on its own time: wait before closing it
+            wait_for(lambda: bool(received), DATA_TIMEOUT, "the service to read its input")
     finally:
         release.set()
         service.close()
