@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import stat
 
+from ..transport.unixsock import listen_unix
 from .frontends import Frontend
 from .request import AskRequest, RequestError, checked_reply, parse_request
 
@@ -35,7 +37,12 @@ class AgentServer:
     async def start(self, path: str) -> asyncio.Server:
         """Listen on `path` (a stale socket there is replaced)."""
         remove_stale_socket(path)
-        return await asyncio.start_unix_server(self.handle, path=path)
+        # made listening under another name, then renamed: whoever waits for the path to
+        # appear (qrexec-host, the tests) never meets a socket that refuses connections
+        umask = os.umask(0)
+        os.umask(umask)
+        sock = listen_unix(path, mode=0o777 & ~umask, backlog=socket.SOMAXCONN)
+        return await asyncio.start_unix_server(self.handle, sock=sock)
 
     async def serve(self, path: str) -> None:
         server = await self.start(path)
