@@ -3,7 +3,8 @@
 
 A dom0 -> VM call moves bytes through four processes: the producer, qrexec-client, the
 agent's handler and the service, joined by a pipe, the vchan (a Unix stream socket) and the
-service's stdin (a stream socket, services.md §4.1). This script builds that chain with
+service's stdin (a stream socket, docs/reference/services.md#arguments-and-environment). This
+script builds that chain with
 the least possible relays, no framing and no call set-up, and times 1 GiB through it:
 
   baseline: head -c SIZE /dev/zero | cat > /dev/null

@@ -6,9 +6,10 @@
   to VM:        head -c SIZE /dev/zero | qrexec-client -d work 'nobody:cat > /dev/null'
   from VM:      qrexec-client -d work 'nobody:head -c SIZE /dev/zero' > /dev/null
 
-The socket floor is the service's half of a call alone: services.md §4.1 makes a service's
-stdin and stdout stream sockets, so `head` as a service writes its 8 KiB chunks into a socket,
-which costs the kernel far more than a pipe. No relay can make a call faster than that.
+The socket floor is the service's half of a call alone: a service's stdin and stdout are stream
+sockets (docs/reference/services.md#arguments-and-environment), so `head` as a service writes
+its 8 KiB chunks into a socket, which costs the kernel far more than a pipe. No relay can make a
+call faster than that.
 The agent runs unprivileged (the host model's mode), so commands start with `/bin/sh -c`
 rather than root's login shell and its profile scripts.
 Usage: bench/throughput.py [SIZE_MIB]   (default 1024)

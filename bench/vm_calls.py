@@ -26,7 +26,8 @@ ALLOW = (b"user=DEFAULT\nresult=allow\ntarget=anotherVM\ntarget_uuid=uuid:%s\n"
 
 
 def serve_policy(path: str, target_uuid: str) -> None:
-    """Answer every policy request with an allow to anotherVM (policy.md §7 format)."""
+    """Answer every policy request with an allow to anotherVM
+    (docs/reference/policy.md#policy-daemon-socket)."""
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     srv.listen(512)

@@ -31,7 +31,7 @@ async def drain_until_eof(loop: asyncio.AbstractEventLoop, sock: socket.socket,
                           ready: Callable[[], Awaitable[None]] | None = None) -> None:
     """Read and drop what a non-blocking socket sends until EOF or an error. `ready` is
     awaited before each read: a socket whose EOF will be reported is not read while the
-    report could not be sent (protocol.md §7 flow control)."""
+    report could not be sent (docs/reference/protocol.md#flow-control)."""
     try:
         while True:
             if ready is not None:
@@ -46,8 +46,8 @@ class ChannelWriter:
     """Serialises whole messages onto one socket shared by many tasks.
 
     `backlog` counts the bytes handed over and not yet taken by the kernel. Flow control
-    (protocol.md §7) waits on it: while the channel cannot take even a header, a program
-    stops reading whatever would add more messages.
+    (docs/reference/protocol.md#flow-control) waits on it: while the channel cannot take even
+    a header, a program stops reading whatever would add more messages.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:

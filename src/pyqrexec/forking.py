@@ -30,7 +30,7 @@ def fork_call(
             signal.signal(sig, signal.SIG_DFL)
         # SIGPIPE stays ignored: the relay handles EPIPE (a service that exits without reading
         # its stdin must not kill the call's process); programs started from here get it back
-        # at its default through posix_spawn (services.md §4.1)
+        # at its default through posix_spawn (docs/reference/services.md#arguments-and-environment)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])

@@ -1,4 +1,5 @@
-"""The data-channel relay: one call's bytes between a vchan and local fds (protocol.md §12).
+"""The data-channel relay: one call's bytes between a vchan and local fds
+(docs/reference/protocol.md#data-channel).
 
 This is the hot path, so it is a plain poll() loop rather than asyncio: local input is read
 into one reused buffer per stream and sent as many 64 KiB messages with a single
@@ -7,7 +8,7 @@ written straight from that buffer. Copies happen only when a local writer is slo
 case the bytes that did not fit are queued (and reading the channel pauses past a limit).
 
 The meaning of each received message comes from `protocol.data`; this module only moves
-bytes and keeps the end-of-call ordering of §12.2.
+bytes and keeps the end-of-call ordering of docs/reference/protocol.md#end-of-a-call.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ _FILTER_TABLE = bytes(b if b in _SAFE_BYTES else 0x5F for b in range(256))
 
 
 def unsafe_filter(data: bytes | memoryview) -> bytes:
-    """Every byte outside 0x20-0x7E except TAB, LF, CR, BS, BEL becomes `_` (cli.md -t/-T)."""
+    """Every byte outside 0x20-0x7E except TAB, LF, CR, BS, BEL becomes `_`
+    (docs/reference/cli.md#qrexec-client -t/-T)."""
     return bytes(data).translate(_FILTER_TABLE)
 
 
@@ -73,7 +75,8 @@ def _grow_pipe(fd: int) -> None:
 
 
 class SingleSocket:
-    """SIGUSR1 from the process behind a relay: "use my stdin socket both ways" (§12.2).
+    """SIGUSR1 from the process behind a relay: "use my stdin socket both ways"
+    (docs/reference/protocol.md#end-of-a-call).
 
     Installed before the process starts (it may signal at once); the wake-up pipe makes the
     relay's poll() return so the switch happens promptly. Only the first signal counts.
@@ -447,12 +450,14 @@ class CallerResult:
         self.status = status
         #: the peer's HELLO never came or was unusable (a set-up failure)
         self.no_hello = no_hello
-        #: the peer broke the channel's rules (§12.1: the caller exits 1)
+        #: the peer broke the channel's rules (docs/reference/protocol.md#data-messages: the caller
+        #: exits 1)
         self.broken = broken
 
     @property
     def exit_status(self) -> int:
-        """The caller's own exit status for this result (§12.1, §12.3); qrexec-client reports
+        """The caller's own exit status for this result (docs/reference/protocol.md#data-messages,
+        docs/reference/protocol.md#caller-exit-status); qrexec-client reports
         a missing HELLO as a set-up failure instead."""
         if self.broken or self.no_hello:
             return 1
@@ -477,7 +482,8 @@ def run_caller(
     stop_input_on_exit: bool = True,
     single_socket: SingleSocket | None = None,
 ) -> CallerResult:
-    """Caller side of §12.2 until the call is over; returns the remote status."""
+    """Caller side of docs/reference/protocol.md#end-of-a-call until the call is over; returns the
+    remote status."""
     relay = Relay(channel, own_version, log, CallerStream)
     sources: list[Source] = []
     src: Source | None = None
@@ -564,7 +570,8 @@ def run_caller(
             if exit_seen:
                 if not stdin_eof_sent and not relay.send_failed:
                     # input queued for a service that has exited is useless: the EOF goes
-                    # right after the message being sent (§12.2 caller step 3)
+                    # right after the message being sent (docs/reference/protocol.md#end-of-a-call
+                    # caller step 3)
                     relay.drop_unsent()
                     relay.queue_message(MsgType.DATA_STDIN)
                     stdin_eof_sent = True
@@ -641,8 +648,8 @@ def run_service(
     log: Callable[[str], None],
     single_socket: SingleSocket | None = None,
 ) -> int:
-    """Service side of §12.2, after the own HELLO went out (`service_side.send_hello`).
-    Returns the status sent, or -1 if the channel closed early."""
+    """Service side of docs/reference/protocol.md#end-of-a-call, after the own HELLO went out
+    (`service_side.send_hello`). Returns the status sent, or -1 if the channel closed early."""
     relay = Relay(channel, own_version, log, ServiceStream, hello_sent=True)
     sources: list[Source] = []
     out_src: Source | None = None

@@ -1,5 +1,7 @@
-"""The service side of one call after the data channel is connected (protocol.md §12.2, §13;
-services.md §8): report a status without running anything, or relay a started service.
+"""The service side of one call after the data channel is connected
+(docs/reference/protocol.md#end-of-a-call;
+docs/reference/services.md#exit-statuses): report a status without running anything, or relay a
+started service.
 
 Shared by the VM agent's per-call handler and dom0's service callers (request worker,
 `qrexec-client -c` to dom0). Blocking; no asyncio.
@@ -23,9 +25,11 @@ from .services.spawn import Started
 __all__ = ["VM_FAILURE_EOFS", "DOM0_FAILURE_EOFS", "send_hello", "send_status_only",
            "relay_started"]
 
-#: a VM handler that started nothing: STDOUT EOF, then STDERR EOF (§13)
+#: a VM handler that started nothing: STDOUT EOF, then STDERR EOF
+#: (docs/reference/protocol.md#command-strings)
 VM_FAILURE_EOFS: tuple[int, ...] = (MsgType.DATA_STDOUT, MsgType.DATA_STDERR)
-#: a dom0 service side that started nothing: STDERR EOF, then STDOUT EOF (§11.D step 8)
+#: a dom0 service side that started nothing: STDERR EOF, then STDOUT EOF
+#: (docs/reference/protocol.md#vm-to-dom0 step 5)
 DOM0_FAILURE_EOFS: tuple[int, ...] = (MsgType.DATA_STDERR, MsgType.DATA_STDOUT)
 
 _HELLO_SIZE = 12
@@ -33,7 +37,8 @@ _PEER_HELLO_TIMEOUT = 10.0
 
 
 def send_hello(channel: socket.socket, own_version: int) -> None:
-    """The own HELLO, right after connecting and before anything else (protocol.md §11.A
+    """The own HELLO, right after connecting and before anything else
+    (docs/reference/protocol.md#dom0-to-vm
     step 6): a caller that sees the channel close after it knows the call got as far as the
     service side (closed early, not a set-up failure). The functions below assume it sent."""
     channel.sendall(hello(own_version))

@@ -1,4 +1,4 @@
-"""Process-wide settings read from the environment (cli.md "Common environment")."""
+"""Process-wide settings read from the environment (docs/reference/cli.md#common-environment)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""qrexec-agent's control loop (protocol.md §7, §11; cli.md qrexec-agent).
+"""qrexec-agent's control loop (docs/reference/protocol.md#control-channel-lifecycle,
+docs/reference/protocol.md#call-flows; docs/reference/cli.md#qrexec-agent).
 
 One asyncio loop holds the control channel to the daemon. Each call gets a forked handler
 process (as upstream does), watched through a pidfd; when it ends the agent reports
@@ -209,7 +210,8 @@ class Agent:
             call.source = command.service.source
 
     def _park(self, call: _Call) -> None:
-        """wait-for-session (services.md §6): hold the call until the waiter has exited."""
+        """wait-for-session (docs/reference/services.md#waiting-for-the-session): hold the call
+        until the waiter has exited."""
         if len(self.parked) >= MAX_PARKED:
             self.log("too many requests waiting for the session, not waiting")
             self._launch(call)
@@ -268,7 +270,7 @@ class Agent:
                                                         f"channel: {err}"))
 
     async def _control_ready(self) -> None:
-        """§7 flow control: the trigger socket and the sockets it tracks are not read while
-        the control channel cannot take a header."""
+        """docs/reference/protocol.md#flow-control: the trigger socket and the sockets it tracks are
+        not read while the control channel cannot take a header."""
         if self.writer is not None:
             await self.writer.ready()

@@ -1,4 +1,5 @@
-"""The agent's side of the fork server (protocol.md §15.2; cli.md qrexec-agent `-s`/`-S`).
+"""The agent's side of the fork server (docs/reference/protocol.md#fork-server-socket;
+docs/reference/cli.md#qrexec-agent `-s`/`-S`).
 
 A request may be handed to the fork server of the user it runs as when it is not `nogui`
 and its rpc-config keeps the service descriptor and sets neither `exit-on-client-eof` nor
@@ -75,7 +76,8 @@ class Handover:
 
 
 def fork_server_allowed(command: Command, config: ServiceConfig) -> bool:
-    """§15.2: not `nogui`, and the rpc-config keeps the descriptor and sets neither
+    """docs/reference/protocol.md#fork-server-socket: not `nogui`, and the rpc-config keeps the
+    descriptor and sets neither
     `exit-on-client-eof` nor `exit-on-service-eof` (shell commands have the defaults)."""
     return not command.nogui and config.fork_server_allowed
 
@@ -100,7 +102,8 @@ def prepare_handover(
     (None: the defaults for a shell command; for a `QUBESRPC` command, none could be read).
     The user is the one after `force-user`. `own_user` is the agent's user in non-root mode:
     then only that user's fork server is used, so that a call for another user still meets
-    the agent's user check (services.md §4.2) instead of running in someone's session.
+    the agent's user check (docs/reference/services.md#starting-the-program) instead of running in
+    someone's session.
     A cmdline that does not parse is left to the agent's handler, which reports 125.
     """
     if not template:

@@ -1,4 +1,5 @@
-"""The serving side of `qrexec-fork-server` (protocol.md §15.2, cli.md qrexec-fork-server).
+"""The serving side of `qrexec-fork-server` (docs/reference/protocol.md#fork-server-socket,
+docs/reference/cli.md#qrexec-fork-server).
 
 The agent connects, sends one `qrexec_cmd_info` + cmdline (without `USER:`) and then only
 waits for EOF. Every accepted connection gets its own child at once, so a slow or silent
@@ -61,7 +62,8 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 
 
 def read_request(conn: socket.socket) -> CmdInfo:
-    """One `qrexec_cmd_info` and its cmdline, checked as §15.2 step 2 says.
+    """One `qrexec_cmd_info` and its cmdline, checked as
+    docs/reference/protocol.md#fork-server-socket step 2 says.
 
     Raises `RemoteProtocolError` (or `OSError`) for anything that must be refused.
     """

@@ -1,5 +1,6 @@
 """The per-call handler: a forked child of the agent (or fork server) that connects the
-data channel, starts what the command asks for and relays it (protocol.md §11.A, §12)."""
+data channel, starts what the command asks for and relays it (docs/reference/protocol.md#dom0-to-vm,
+docs/reference/protocol.md#data-channel)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..transport import vchan
 
 __all__ = ["HandlerContext", "run_handler", "own_user_name"]
 
-#: agent handler / client-vm data connect timeout (protocol.md §18)
+#: agent handler / client-vm data connect timeout (docs/reference/protocol.md#timeouts)
 DATA_CONNECT_TIMEOUT = 120.0
 
 
@@ -34,7 +35,8 @@ class HandlerContext:
     log: Callable[[str], None]
     service_path: tuple[str, ...]
     rpc_config_path: tuple[str, ...]
-    #: a fork-server handler (protocol.md §15.2): the command comes without `USER:`, runs as
+    #: a fork-server handler (docs/reference/protocol.md#fork-server-socket): the command comes
+    #: without `USER:`, runs as
     #: this process's user (no switch, `$SHELL -c` for shell commands); give it an empty
     #: `rpc_config_path`, as the fork server reads no rpc-config
     fork_server: bool = False
@@ -74,8 +76,8 @@ def run_handler(
     except OSError as err:
         log(f"Data vchan connection failed: {err}")
         return 1
-    # HELLO before anything is started (protocol.md §11.A step 6): a handler that dies later
-    # leaves its caller a channel closed early, whatever the service got to do
+    # HELLO before anything is started (docs/reference/protocol.md#dom0-to-vm step 6): a handler
+    # that dies later leaves its caller a channel closed early, whatever the service got to do
     try:
         send_hello(channel, ctx.own_version)
     except OSError as err:

@@ -1,4 +1,5 @@
-"""The agent's trigger socket: call requests from qrexec-client-vm (protocol.md §11.C, §15.1).
+"""The agent's trigger socket: call requests from qrexec-client-vm
+(docs/reference/protocol.md#vm-to-vm, docs/reference/protocol.md#trigger-socket).
 
 Each accepted connection is one request. The agent rewrites its ident to `SOCKET<fd>`,
 forwards it to the daemon in the form the negotiated control version allows, and keeps the
@@ -70,7 +71,7 @@ class TriggerSocket:
                  ready: Callable[[], Awaitable[None]]) -> None:
         self.path = path
         self.send = send
-        #: waits while the control channel is full (protocol.md §7 flow control)
+        #: waits while the control channel is full (docs/reference/protocol.md#flow-control)
         self.ready = ready
         self.version = version
         self.log = log

@@ -1,4 +1,5 @@
-"""policy.RegisterArgument: the dom0 service registering a service argument (cli.md).
+"""policy.RegisterArgument: the dom0 service registering a service argument
+(docs/reference/cli.md#policyregisterargument).
 
 A backend qube (QREXEC_REMOTE_DOMAIN) registers the argument on stdin of service
 QREXEC_SERVICE_ARGUMENT for the frontend qube it named as the call's target

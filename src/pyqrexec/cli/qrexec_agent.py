@@ -1,4 +1,4 @@
-"""qrexec-agent: the VM side of the control channel (cli.md qrexec-agent)."""
+"""qrexec-agent: the VM side of the control channel (docs/reference/cli.md#qrexec-agent)."""
 
 from __future__ import annotations
 

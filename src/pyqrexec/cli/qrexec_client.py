@@ -1,4 +1,4 @@
-"""qrexec-client: dom0 runs a command or service in a domain (cli.md qrexec-client).
+"""qrexec-client: dom0 runs a command or service in a domain (docs/reference/cli.md#qrexec-client).
 
 Kept light: only what a call needs is imported, and only when it is needed.
 """
@@ -34,7 +34,7 @@ usage: qrexec-client [options] -d DOMAIN [-l LOCAL_CMD | -c REQID,SRCNAME,SRCID 
 """
 _DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 _EXIT_PROBLEM = 125
-#: -c to a VM failed (cli.md "Modes")
+#: -c to a VM failed (docs/reference/cli.md#qrexec-client-modes)
 _EXIT_CONNECT_FAILED = 137
 _IDENT_SIZE = 32
 
@@ -213,7 +213,8 @@ def _ident_field(reqid: str) -> bytes:
 
 def _allocate(socket_dir: str, domain: str, msgtype: int, peer: int, payload: bytes,
               log: Callable[[str], None]) -> tuple[socket.socket, int, int] | None:
-    """Connect DOMAIN's daemon and send one request with port 0 (§9): the still open
+    """Connect DOMAIN's daemon and send one request with port 0
+    (docs/reference/protocol.md#client-socket): the still open
     socket and the daemon's (domid, port) answer; None, after logging why, on failure."""
     from ..client.daemon_socket import DaemonNotRunning, connect_daemon, request
 
@@ -236,7 +237,8 @@ def _allocate(socket_dir: str, domain: str, msgtype: int, peer: int, payload: by
 
 
 def _connect_dom0(args: _Args) -> int:
-    """Legacy VM -> dom0 (protocol.md §11.F): §11.D steps 6-8 for the pending request."""
+    """Legacy VM -> dom0 (docs/reference/protocol.md#legacy-connect-mode):
+    docs/reference/protocol.md#vm-to-dom0 steps 3-5 for the pending request."""
     from ..dom0.service_call import run_dom0_service
     from ..protocol.constants import MsgType
 
@@ -261,7 +263,8 @@ def _connect_dom0(args: _Args) -> int:
 
 
 def _connect_vm(args: _Args) -> int:
-    """Legacy VM -> VM (protocol.md §11.F): §11.C steps 7-8; 0 on success, 137 on failure."""
+    """Legacy VM -> VM (docs/reference/protocol.md#legacy-connect-mode):
+    docs/reference/protocol.md#vm-to-vm steps 7-8; 0 on success, 137 on failure."""
     from ..client.daemon_socket import connect_daemon, request
     from ..protocol.constants import MsgType
 

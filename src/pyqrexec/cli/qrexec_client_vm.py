@@ -1,4 +1,5 @@
-"""qrexec-client-vm: a VM calls a service in another domain (cli.md qrexec-client-vm).
+"""qrexec-client-vm: a VM calls a service in another domain
+(docs/reference/cli.md#qrexec-client-vm).
 
 Kept light: only what a call needs is imported, and only when it is needed.
 """

@@ -1,4 +1,4 @@
-"""qrexec-daemon: dom0's daemon for one VM (cli.md qrexec-daemon)."""
+"""qrexec-daemon: dom0's daemon for one VM (docs/reference/cli.md#qrexec-daemon)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _launch(options: object, quiet: bool) -> int:
-    """Fork: the child serves; the parent waits for its report (cli.md behaviour 2)."""
+    """Fork: the child serves; the parent waits for its report (docs/reference/cli.md#qrexec-daemon,
+    step 2)."""
     from ..daemon.daemon import DaemonOptions
 
     assert isinstance(options, DaemonOptions)

@@ -1,4 +1,5 @@
-"""qrexec-fork-server: runs calls inside the user's session (cli.md qrexec-fork-server)."""
+"""qrexec-fork-server: runs calls inside the user's session
+(docs/reference/cli.md#qrexec-fork-server)."""
 
 from __future__ import annotations
 

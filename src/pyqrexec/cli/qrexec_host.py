@@ -1,4 +1,4 @@
-"""qrexec-host: the domain manager of a plain Linux host (cli.md qrexec-host)."""
+"""qrexec-host: the domain manager of a plain Linux host (docs/reference/cli.md#qrexec-host)."""
 
 from __future__ import annotations
 
@@ -31,14 +31,14 @@ commands:
   call SOURCE TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]
                                    run qrexec-client-vm inside SOURCE
   demo [--yes] [--sandbox MODE]    bring up the embedded default (work, anotherVM halted, a
-                                   disposable template; seed-era policy `$anyvm $anyvm ask`),
+                                   disposable template; legacy policy file `$anyvm $anyvm ask`),
                                    call work -> anotherVM test.Add 11 22 (prints 33), shut down
 
 defaults: --config $QREXEC_HOST_CONFIG or ./qrexec-host.toml; --state-dir $QREXEC_HOST_STATE,
 else /run/qrexec-host for root, else $XDG_RUNTIME_DIR/qrexec-host or /tmp/qrexec-host-UID.
-Environment overrides (cli.md "Common environment"): QUBESD_SOCKET, QUBESD_INTERNAL_SOCKET,
-QREXEC_POLICY_SOCKET, VCHAN_SOCKET_DIR (root of the per-domain vchan directories),
-QREXEC_LEGACY_POLICY_DIR (default DOM0_ROOT/etc/qubes-rpc/policy).
+Environment overrides (docs/reference/cli.md#common-environment): QUBESD_SOCKET,
+QUBESD_INTERNAL_SOCKET, QREXEC_POLICY_SOCKET, VCHAN_SOCKET_DIR (root of the per-domain vchan
+directories), QREXEC_LEGACY_POLICY_DIR (default DOM0_ROOT/etc/qubes-rpc/policy).
 """
 
 
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("-u", "--user", default="DEFAULT")
     run_p.add_argument("name")
     run_p.add_argument("cmd", nargs=argparse.REMAINDER)
-    demo = sub.add_parser("demo", help="the embedded default host and the seed's test.Add")
+    demo = sub.add_parser("demo", help="the embedded default host and its test.Add call")
     demo.add_argument("--yes", action="store_true",
                       help="answer the ask dialog with allow (else: asked on this terminal)")
     demo.add_argument("--sandbox", choices=("auto", "bubblewrap", "plain"), default=None)

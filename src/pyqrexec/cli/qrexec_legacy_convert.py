@@ -1,4 +1,5 @@
-"""qrexec-legacy-convert: turn the legacy per-service policy files into policy.d files (cli.md).
+"""qrexec-legacy-convert: turn the legacy per-service policy files into policy.d files
+(docs/reference/cli.md#qrexec-legacy-convert).
 
 The plan comes from `policy.legacy_convert`; this module does the file work, compares the
 policy graphs before and after, and can put every file back as it was.

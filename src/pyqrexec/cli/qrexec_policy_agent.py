@@ -1,4 +1,5 @@
-"""qrexec-policy-agent: answers policy.Ask, shows policy.Notify (cli.md, policy.md §10).
+"""qrexec-policy-agent: answers policy.Ask, shows policy.Notify
+(docs/reference/cli.md#qrexec-policy-agent, docs/reference/policy.md#ask-and-notify).
 
 Front end, first that applies: `--answer-program`; GTK when a display is set and PyGObject
 works; the terminal when one is given (`--tty PATH`, or standard input is a terminal); else

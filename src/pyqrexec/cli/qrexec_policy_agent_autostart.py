@@ -1,4 +1,5 @@
-"""qrexec-policy-agent-autostart: start the agent only in a GUI VM or dom0 (cli.md)."""
+"""qrexec-policy-agent-autostart: start the agent only in a GUI VM or dom0
+(docs/reference/cli.md#qrexec-policy-agent)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""qrexec-policy-daemon: the resident policy evaluator (cli.md, policy.md §7, §9)."""
+"""qrexec-policy-daemon: the resident policy evaluator (docs/reference/cli.md#qrexec-policy-daemon,
+docs/reference/policy.md#policy-daemon-socket, docs/reference/policy.md#evalsimple-and-evalgui)."""
 
 from __future__ import annotations
 

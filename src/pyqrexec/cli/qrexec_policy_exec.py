@@ -1,8 +1,9 @@
 """qrexec-policy-exec (also installed as qrexec-policy): one-shot policy evaluation.
 
-3 arguments: evaluate and print the answer (policy.md §8). 5 arguments (deprecated): evaluate and
-run the allowed call through `qrexec-client -c` (cli.md). `--explain`: show how the decision was
-reached, without dialogs, notifications or log lines.
+3 arguments: evaluate and print the answer (docs/reference/policy.md#policy-program).
+5 arguments (deprecated): evaluate and run the allowed call through `qrexec-client -c`
+(docs/reference/cli.md#qrexec-policy-exec). `--explain`: show how the decision was reached,
+without dialogs, notifications or log lines.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def _explain(args: argparse.Namespace, source: str, target: str, service: str) -
 
 
 def _execute(args: argparse.Namespace, outcome: Outcome) -> int:
-    """Run an allowed call the deprecated way: `qrexec-client -c` (cli.md, 5 arguments)."""
+    """Run an allowed call the deprecated way: `qrexec-client -c`
+    (docs/reference/cli.md#qrexec-policy-exec, 5 arguments)."""
     import os
 
     from ..host.qubesd import QubesdError, call

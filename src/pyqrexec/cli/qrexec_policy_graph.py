@@ -1,4 +1,5 @@
-"""qrexec-policy-graph: the policy as a Graphviz digraph of allowed (and asked) calls (cli.md)."""
+"""qrexec-policy-graph: the policy as a Graphviz digraph of allowed (and asked) calls
+(docs/reference/cli.md#qrexec-policy-graph)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """qubes-policy: list, get, replace or remove policy files through the policy Admin API
-(cli.md "qubes-policy"), in dom0 or in an admin VM."""
+(docs/reference/cli.md#qubes-policy), in dom0 or in an admin VM."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """qubes-policy-admin: the dom0 service behind policy.List, .Get, .Replace, .Remove, .GetFiles
-and policy.include.* (cli.md "qubes-policy-admin").
+and policy.include.* (docs/reference/cli.md#qubes-policy-admin).
 
 Method from QREXEC_SERVICE_FULL_NAME, payload on stdin, result on stdout. A refused request
 prints `ClassName message` on stderr and exits 1; anything unexpected is logged with its

@@ -1,5 +1,5 @@
 """qubes-policy-editor: edit a policy file safely through the policy Admin API
-(cli.md "qubes-policy-editor").
+(docs/reference/cli.md#qubes-policy-editor).
 
 The file is fetched, edited in a temporary copy, linted until it passes (or the user gives up)
 and written back with the token it was fetched with, so a concurrent change is not overwritten.

@@ -1,4 +1,4 @@
-"""qubes-policy-lint: check policy files line by line (cli.md).
+"""qubes-policy-lint: check policy files line by line (docs/reference/cli.md#qubes-policy-lint).
 
 Includes are not followed; each line is parsed on its own (`-i`: as a legacy line, the content of
 an `!include-service * *` file). Every file is checked, even after one with errors.

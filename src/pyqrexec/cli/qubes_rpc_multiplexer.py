@@ -1,4 +1,5 @@
-"""qubes-rpc-multiplexer: the legacy shell dispatcher (services.md §10), kept for scripts.
+"""qubes-rpc-multiplexer: the legacy shell dispatcher
+(docs/reference/services.md#qubes-rpc-multiplexer), kept for scripts.
 
     qubes-rpc-multiplexer SERVICE[+ARG] REMOTE_DOMAIN [TARGET_TYPE TARGET]
 

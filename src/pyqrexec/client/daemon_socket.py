@@ -1,4 +1,5 @@
-"""The client side of the dom0 client <-> daemon socket (protocol.md §9)."""
+"""The client side of the dom0 client <-> daemon socket
+(docs/reference/protocol.md#client-socket)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Calling the policy Admin API from dom0 or an admin VM (cli.md "qubes-policy").
+"""Calling the policy Admin API from dom0 or an admin VM (docs/reference/cli.md#qubes-policy).
 
 In dom0 (VCHAN_DOMAIN unset or 0) a call runs `qrexec-client -d dom0 "DEFAULT:QUBESRPC
 policy.X[+NAME] dom0"`, in a VM `qrexec-client-vm -- dom0 policy.X[+NAME]`. A refusal by the

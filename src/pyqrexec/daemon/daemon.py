@@ -1,4 +1,5 @@
-"""qrexec-daemon's event loop (protocol.md §7-§10).
+"""qrexec-daemon's event loop (docs/reference/protocol.md#control-channel-lifecycle,
+docs/reference/protocol.md#trigger-validation).
 
 One asyncio loop serves the control channel to the VM's agent and the dom0 client socket.
 Everything the agent sends is policed by `protocol.control`; a violation ends the daemon
@@ -50,7 +51,7 @@ __all__ = ["DaemonOptions", "Daemon", "Fatal", "PendingRequest"]
 
 _DEFAULT_PREFIX = b"DEFAULT:"
 #: stop reading the agent while this much of our own output to it waits beyond what the
-#: kernel holds (spec-silent: an agent that sends requests but never reads the answers would
+#: kernel holds (our own limit: an agent that sends requests but never reads the answers would
 #: otherwise grow our memory without bound; an agent that reads never gets near it)
 _AGENT_BACKLOG_LIMIT = 64 << 10
 
@@ -81,7 +82,8 @@ class DaemonOptions:
 
 @dataclass(eq=False)
 class PendingRequest:
-    """A trigger waiting for its policy answer (§10 step 8)."""
+    """A trigger waiting for its policy answer
+    (docs/reference/protocol.md#trigger-validation step 8)."""
 
     ident: bytes
     request: ServiceRequest
@@ -162,7 +164,8 @@ class Daemon:
             try:
                 await self.connect_agent(None)
             except Fatal as err:
-                # status 3 is for the first connection only; a failed reconnect is 1 (§7)
+                # status 3 is for the first connection only; a failed reconnect is 1
+                # (docs/reference/protocol.md#control-channel-lifecycle)
                 raise Fatal(1, f"cannot reconnect to the agent: {err}") from err
             await self.start_socket()
             self.log("qrexec-agent has reconnected")
@@ -186,7 +189,8 @@ class Daemon:
         while True:
             if self.writer is not None:
                 await self.writer.ready(_AGENT_BACKLOG_LIMIT)
-            # EOF between two messages is a disconnect; inside one it is a short read (§17)
+            # EOF between two messages is a disconnect; inside one it is a short read
+            # (docs/reference/protocol.md#refusals)
             try:
                 head = await self.loop.sock_recv(sock, 8)
             except OSError:
@@ -276,9 +280,9 @@ class Daemon:
         return status
 
     async def service_connect(self, req: PendingRequest, domain: int, port: int) -> int | None:
-        """Answer `req` with an allow: SERVICE_CONNECT{domain, port} to the agent (§11.C step
-        8). Port 0 allocates one with peer `domain` (VM -> dom0, §11.D step 6); None when the
-        table is full."""
+        """Answer `req` with an allow: SERVICE_CONNECT{domain, port} to the agent
+        (docs/reference/protocol.md#vm-to-vm step 8). Port 0 allocates one with peer `domain`
+        (VM -> dom0, docs/reference/protocol.md#vm-to-dom0 step 3); None when the table is full."""
         if port == 0:
             allocated = self.allocate(domain, None)
             if allocated is None:
@@ -308,8 +312,8 @@ class Daemon:
                          lambda err: self.log(f"cannot send SERVICE_REFUSED: {err}"))
 
     async def _control_ready(self) -> None:
-        """§7 flow control: client sockets are not read while the control channel cannot
-        take a header."""
+        """docs/reference/protocol.md#flow-control: client sockets are not read while the control
+        channel cannot take a header."""
         if self.writer is not None:
             await self.writer.ready()
 

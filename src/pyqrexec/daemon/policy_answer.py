@@ -1,4 +1,5 @@
-"""The policy's answer as qrexec-daemon reads it (policy.md §6 "Consumer rules"). Pure."""
+"""The policy's answer as qrexec-daemon reads it (docs/reference/policy.md#answer-lines "Consumer
+rules"). Pure."""
 
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def parse_answer(data: bytes) -> PolicyAnswer:
 
 
 def request_text(source: str, target: str, service: str, requested_source: str | None) -> bytes:
-    """The policy-daemon request (policy.md §7); `requested_source` only for v4 triggers."""
+    """The policy-daemon request (docs/reference/policy.md#policy-daemon-socket); `requested_source`
+    only for v4 triggers."""
     lines = [f"source={source}"]
     if requested_source is not None:
         lines.append(f"requested_source={requested_source}")

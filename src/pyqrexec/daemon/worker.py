@@ -1,7 +1,9 @@
-"""The request worker: from a validated trigger to a connected call (protocol.md §11.C-E).
+"""The request worker: from a validated trigger to a connected call
+(docs/reference/protocol.md#vm-to-vm).
 
 Upstream forks a process per request; here each request is an asyncio task of the daemon
-(the spec allows any mechanism with the same observable rules, §10). It asks the policy,
+(any mechanism with the same observable rules will do,
+docs/reference/protocol.md#trigger-validation). It asks the policy,
 then either has the target's daemon start the service and tells our agent where to connect
 (VM -> VM, disposables), or runs a dom0 service itself in a forked child (VM -> dom0).
 """
@@ -276,7 +278,8 @@ async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnsw
         raise WorkerFailure(EXIT_PROBLEM, "no data port for a call to dom0, refusing it")
     status = await _run_forked(daemon, cmd, port)
     if status != 0:
-        # the request is answered already: this only gets logged (§11.D step 8)
+        # the request is answered already: this only gets logged
+        # (docs/reference/protocol.md#vm-to-dom0 step 5)
         daemon.log(f"dom0 service {service} from {daemon.opts.name} failed with {status}")
     return status
 

@@ -1,1 +1,2 @@
-"""dom0 as the service side: VM -> dom0 calls and dom0 -> dom0 calls (services.md §1)."""
+"""dom0 as the service side: VM -> dom0 calls and dom0 -> dom0 calls
+(docs/reference/services.md#who-runs-services)."""

@@ -1,4 +1,5 @@
-"""dom0 -> dom0 calls: `qrexec-client -d dom0 DEFAULT:QUBESRPC ...` (cli.md, services.md §1).
+"""dom0 -> dom0 calls: `qrexec-client -d dom0 DEFAULT:QUBESRPC ...`
+(docs/reference/cli.md#qrexec-client-modes, docs/reference/services.md#who-runs-services).
 
 The calling process becomes the service (`execve`), so the service's status is the client's
 own and its stdin/stdout/stderr are the client's. Only executables can be started this way.
@@ -56,7 +57,8 @@ def exec_dom0_service(cmdline: bytes, log: Callable[[str], None],
         log("dom0 -> dom0 commands must be QUBESRPC service calls")
         return EXIT_PROBLEM
     service_path = service_path_from_env(env)
-    if not command.nogui:  # dom0 skips the rpc-config of nogui commands (services.md §5.1)
+    # dom0 skips the rpc-config of nogui commands (docs/reference/services.md#where-the-files-are)
+    if not command.nogui:
         config = load_service_config(call, rpc_config_path_from_env(env))
         if isinstance(config, LookupFailure):
             log(config.message)

@@ -1,4 +1,5 @@
-"""A VM -> dom0 call, dom0's half (protocol.md §11.D steps 7-8, §11.F to dom0).
+"""A VM -> dom0 call, dom0's half (docs/reference/protocol.md#vm-to-dom0 steps 4-5,
+docs/reference/protocol.md#legacy-connect-mode to dom0).
 
 `run_dom0_service` starts the dom0 service for a command `QUBESRPC svc+arg SRC TYPE TARGET`
 (or a shell command, legacy `qrexec-client -c` only), connects the data channel as its client
@@ -32,7 +33,7 @@ from ..transport import vchan
 
 __all__ = ["WORKER_CONNECT_TIMEOUT", "Dom0CallResult", "run_dom0_service"]
 
-#: dom0 request worker's data connect timeout (protocol.md §18)
+#: dom0 request worker's data connect timeout (docs/reference/protocol.md#timeouts)
 WORKER_CONNECT_TIMEOUT = 5.0
 
 
@@ -52,7 +53,8 @@ class Dom0CallResult:
 
     @property
     def worker_status(self) -> int:
-        """Exit status of a daemon request worker: 0 once the service ran (§11.D step 8)."""
+        """Exit status of a daemon request worker: 0 once the service ran
+        (docs/reference/protocol.md#vm-to-dom0 step 5)."""
         return 0 if self.service_ran else self.status
 
 
@@ -119,7 +121,8 @@ def run_dom0_service(
 def _start(
     text: bytes, remote_domain: bytes | None, env: Mapping[str, str], log: Callable[[str], None]
 ) -> tuple[Started, Command] | Failed:
-    """Parse, configure, wait for the session if asked, start: §11.D step 7 before connect."""
+    """Parse, configure, wait for the session if asked, start: docs/reference/protocol.md#vm-to-dom0
+    step 4 before connect."""
     try:
         parsed = parse_command(text)
     except RemoteProtocolError as err:

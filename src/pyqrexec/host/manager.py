@@ -96,7 +96,8 @@ def _printable(data: bytes, limit: int = 200) -> str:
 
 @dataclass(frozen=True)
 class Paths:
-    """Where everything lives; the upstream paths follow cli.md's environment variables."""
+    """Where everything lives; the upstream paths follow the variables of
+    docs/reference/cli.md#common-environment."""
 
     state: Path
     dom0_root: Path
@@ -787,7 +788,8 @@ def dom0_service_settings(dom0_env: Mapping[str, str]) -> dict[str, str]:
     """The host's `QREXEC*` settings a dom0 service needs back (QREXEC_POLICY_DIR, …).
 
     The service runner removes every inherited `QREXEC*` variable but QREXEC_SERVICE_PATH and
-    QREXEC_AGENT_PID (services.md §4.1); on Qubes the services find their files at fixed paths,
+    QREXEC_AGENT_PID (docs/reference/services.md#arguments-and-environment); on Qubes the services
+    find their files at fixed paths,
     here those live under the state directory, so the launcher restores them. The per-call
     variables are the runner's alone.
     """

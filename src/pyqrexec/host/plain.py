@@ -1,4 +1,5 @@
-"""Domains as plain processes sharing one filesystem (spec README, "Host model: Plain").
+"""Domains as plain processes sharing one filesystem
+(docs/architecture.md#running-one-call-by-hand).
 
 Used by the local demo and the benchmarks: each domain is a `qrexec-agent` with its own
 `VCHAN_DOMAIN` and a `qrexec-daemon` in dom0, all under one temporary directory.

@@ -1,4 +1,5 @@
-"""Client of the qubesd sockets (protocol.md §16): the wire format and a blocking call.
+"""Client of the qubesd sockets (docs/reference/protocol.md#qubesd-calls): the wire format and a
+blocking call.
 
 `qubesd_async` has the asyncio flavour.
 

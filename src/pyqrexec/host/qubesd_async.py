@@ -1,4 +1,5 @@
-"""qubesd calls for asyncio programs (protocol.md §16); the format lives in `qubesd`.
+"""qubesd calls for asyncio programs (docs/reference/protocol.md#qubesd-calls); the format lives in
+`qubesd`.
 
 `start_call` connects and sends before it returns (qubesd starts working at once) and is then
 driven by reader/writer callbacks on a bare non-blocking socket: no task, transport or

@@ -1,4 +1,5 @@
-"""The qubesd socket protocol, server side (protocol.md §16, cli.md qrexec-host).
+"""The qubesd socket protocol, server side (docs/reference/protocol.md#qubesd-calls,
+docs/reference/cli.md#qrexec-host).
 
 Request: `METHOD+ARG SOURCE TYPE DEST\\0PAYLOAD` up to EOF (TYPE `name` or `keyword`); the
 answer is `0\\0DATA` or `2\\0TYPE\\0TRACEBACK\\0MESSAGE\\0` (empty traceback), then EOF.

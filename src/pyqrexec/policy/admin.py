@@ -1,4 +1,5 @@
-"""The policy Admin API (cli.md "qubes-policy-admin"): request checks, tokens, validation.
+"""The policy Admin API (docs/reference/cli.md#qubes-policy-admin): request checks, tokens,
+validation.
 
 Pure: the service program reads the directory, holds the lock and writes files; this module
 decides what a request means and whether a change may be made. Errors are `PolicyAdminException`

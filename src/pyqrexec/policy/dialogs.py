@@ -1,4 +1,5 @@
-"""What the engine sends to qrexec-policy-agent: policy.Ask and policy.Notify (policy.md §10).
+"""What the engine sends to qrexec-policy-agent: policy.Ask and policy.Notify
+(docs/reference/policy.md#ask-and-notify).
 
 Plain data plus the exact JSON encoding; the transport belongs to the daemon.
 """

@@ -1,4 +1,4 @@
-"""Policy errors (policy.md §11).
+"""Policy errors (docs/reference/policy.md#messages).
 
 Every error is an `AccessDenied`, so code that fails to handle one still denies (fails closed).
 """
@@ -35,4 +35,5 @@ class PolicyLoadError(AccessDenied):
 
 
 class SystemInfoError(Exception):
-    """System information is unavailable or malformed (policy.md §4)."""
+    """System information is unavailable or malformed
+    (docs/reference/policy.md#system-information)."""

@@ -1,4 +1,5 @@
-"""Evaluation of one request (policy.md §5, §6): data in, a decision as data out.
+"""Evaluation of one request (docs/reference/policy.md#evaluation,
+docs/reference/policy.md#answer-lines): data in, a decision as data out.
 
 `Evaluation.run()` returns an `Outcome`: either final (allowed or denied, with answer lines, log
 lines and notifications to send) or waiting for the user (`outcome.ask` set), in which case the
@@ -267,7 +268,7 @@ class Evaluation:
         return target
 
     def _grant(self, target: str) -> Outcome:
-        """Steps 8.6–8.7 and the answer lines of §6."""
+        """Steps 8.6–8.7 and the answer lines of docs/reference/policy.md#answer-lines."""
         rule = self.rule
         assert rule is not None
         if self.request.just_evaluate:
@@ -323,7 +324,8 @@ class Evaluation:
         return self._outcome(True, lines)
 
     def _remote(self, domain: Domain, autostart: str, extra: list[str]) -> Outcome:
-        """A RemoteVM target is reached through its relay (§6)."""
+        """A RemoteVM target is reached through its relay
+        (docs/reference/policy.md#answer-lines)."""
         if not domain.relayvm:
             raise _Deny(f"{domain.name}: relayvm is not set", True)
         if not domain.transport_rpc:

@@ -1,9 +1,10 @@
-"""The picture qrexec-policy-graph draws of a policy (cli.md "qrexec-policy-graph").
+"""The picture qrexec-policy-graph draws of a policy (docs/reference/cli.md#qrexec-policy-graph).
 
 `render()` asks the evaluator, for every service named in the rules, every source and every
-requested target, which allow or ask rule would handle the call (policy.md §5 steps 4 and
-6–9.5: no dialog, no loopback check) and returns the lines of a Graphviz digraph: one edge per
-call that is not denied, its two nodes coloured after the qubes' labels.
+requested target, which allow or ask rule would handle the call
+(docs/reference/policy.md#evaluation steps 4 and 6–9.5: no dialog, no loopback check) and
+returns the lines of a Graphviz digraph: one edge per call that is not denied, its two nodes
+coloured after the qubes' labels.
 """
 
 from __future__ import annotations

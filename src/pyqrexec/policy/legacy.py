@@ -1,7 +1,9 @@
-"""Seed-era per-service policy files (policy.md §2): translation into current rules.
+"""Legacy per-service policy files (docs/reference/policy.md#legacy-per-service-files):
+translation into current rules.
 
 `translate_line` turns one legacy line into a `Rule` (validated like a `policy.d` rule) or an
-include; `compat_order` selects and orders the files that `!compat-4.0` includes (§3.6).
+include; `compat_order` selects and orders the files that `!compat-4.0` includes
+(docs/reference/policy.md#compat-mode).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def _map_bare(param: str) -> str:
 def translate_line(
     text: str, file: str, line: int, service: str, argument: str
 ) -> Rule | LegacyInclude | None:
-    """Translate one legacy line for service/argument (policy.md §2.3); None if blank/comment."""
+    """Translate one legacy line for service/argument (docs/reference/policy.md#translation); None
+    if blank/comment."""
     text = text.strip()
     if not text or text.startswith("#"):
         return None
@@ -70,7 +73,8 @@ def translate_line(
 
 
 def compat_order(names: Iterable[str]) -> tuple[list[LegacyFile], list[str]]:
-    """Select and order legacy file names for `!compat-4.0` (policy.md §3.6 steps 1–3).
+    """Select and order legacy file names for `!compat-4.0` (docs/reference/policy.md#compat-mode
+    steps 1–3).
 
     `names` must already be limited to regular files. Returns the files in order and the names
     skipped (for an info log line each).

@@ -1,4 +1,4 @@
-"""qrexec-legacy-convert's plan (cli.md "qrexec-legacy-convert", steps 2–4).
+"""qrexec-legacy-convert's plan (docs/reference/cli.md#qrexec-legacy-convert, steps 2–4).
 
 From two loads of the same policy, one following `!compat-4.0` and one ignoring it, `plan()`
 picks the rules that only the legacy files provide and assigns each to a `policy.d` file: the

@@ -1,4 +1,5 @@
-"""Line-by-line policy checks of qubes-policy-lint (cli.md), shared with qubes-policy-editor.
+"""Line-by-line policy checks of qubes-policy-lint (docs/reference/cli.md#qubes-policy-lint), shared
+with qubes-policy-editor.
 
 Includes are not followed; each line is parsed on its own (`legacy`: as a legacy line, the
 content of an `!include-service * *` file).

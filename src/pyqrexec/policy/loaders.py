@@ -1,4 +1,6 @@
-"""Reading policy from files (policy.md §3.1, §3.3, §3.6, §3.7).
+"""Reading policy from files (docs/reference/policy.md#file-order,
+docs/reference/policy.md#directives, docs/reference/policy.md#compat-mode,
+docs/reference/policy.md#reloading).
 
 The one module of the package that touches the filesystem, and only through `Files`:
 `DiskFiles` for the real thing, `MemoryFiles` for tests and tools that hold text in memory.
@@ -192,7 +194,8 @@ class _Loader:
         return split_lines(data, path)
 
     def select(self, directory: str) -> list[str]:
-        """Paths of the `*.policy` regular files of `directory`, sorted (§3.1 steps 2–3)."""
+        """Paths of the `*.policy` regular files of `directory`, sorted
+        (docs/reference/policy.md#file-order steps 2–3)."""
         try:
             names = self.files.list_dir(directory)
         except OSError as err:
@@ -211,7 +214,9 @@ class _Loader:
 
     def load_dirs(self, dirs: Sequence[str]) -> None:
         existing = [d for d in dirs if self.files.is_dir(d)]
-        if not existing:  # legacy-only host: the policy is "!compat-4.0" (§2.5)
+        # legacy-only host: the policy is "!compat-4.0"
+        # (docs/reference/policy.md#how-legacy-files-are-read)
+        if not existing:
             if self.follow_compat:
                 self.compat(())
             return
@@ -289,7 +294,7 @@ class _Loader:
                 )
 
     def compat(self, stack: tuple[str, ...]) -> None:
-        """Include every legacy file at this point (§3.6)."""
+        """Include every legacy file at this point (docs/reference/policy.md#compat-mode)."""
         directory = self.legacy_dir
         try:
             names = self.files.list_dir(directory) if self.files.is_dir(directory) else []
@@ -358,7 +363,8 @@ def _walk(directory: str, out: dict[str, _Stat]) -> None:
 
 
 class PolicyWatch:
-    """Tells whether the files and directories a loaded policy depends on changed (§3.7).
+    """Tells whether the files and directories a loaded policy depends on changed
+    (docs/reference/policy.md#reloading).
 
     Compares names, inodes, sizes and timestamps of every entry under the directories and of
     every file read, and the content of files modified too close to the load to trust

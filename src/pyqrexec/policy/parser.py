@@ -1,4 +1,5 @@
-"""The `policy.d` line grammar (policy.md §3.2–§3.5): text in, `Rule` or `Directive` out.
+"""The `policy.d` line grammar (docs/reference/policy.md#rule-syntax,
+docs/reference/policy.md#actions-and-parameters): text in, `Rule` or `Directive` out.
 
 Parsing is separate from where text comes from: `loaders.py` reads files and follows
 directives; `qubes-policy-lint` feeds single lines.
@@ -198,7 +199,8 @@ def _redirect(value: str | None, file: str | None, line: int) -> Token | None:
 def parse_action(
     word: str, params: Sequence[str], target: Token, file: str | None, line: int
 ) -> Action:
-    """Parse ACTION and its `key=value` parameters, in the check order of policy.md §3.2."""
+    """Parse ACTION and its `key=value` parameters, in the check order of
+    docs/reference/policy.md#rule-syntax."""
     try:
         action = ActionType(word)
     except ValueError:

@@ -1,4 +1,4 @@
-"""What `policy.RegisterArgument` accepts and writes (cli.md "policy.RegisterArgument").
+"""What `policy.RegisterArgument` accepts and writes (docs/reference/cli.md#policyregisterargument).
 
 Pure: the program reads stdin and the environment, holds the lock, loads the policy and appends
 the line; these functions only decide. Every input comes from the calling backend qube (the
@@ -104,5 +104,6 @@ def already_registered(policy: Policy, registration: Registration) -> bool:
 
 
 def policy_dirs(runtime_dir: str, policy_dir: str) -> Sequence[str]:
-    """The directories of the whole policy, runtime first as everywhere (policy.md §3.1)."""
+    """The directories of the whole policy, runtime first as everywhere
+    (docs/reference/policy.md#file-order)."""
     return [runtime_dir] if runtime_dir == policy_dir else [runtime_dir, policy_dir]

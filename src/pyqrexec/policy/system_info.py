@@ -1,4 +1,4 @@
-"""System information as typed data (policy.md §4).
+"""System information as typed data (docs/reference/policy.md#system-information).
 
 `SystemInfo.from_json` validates the answer of qubesd's `internal.GetSystemInfo`; lookups accept a
 qube name or its `uuid:UUID` alias.

@@ -1,4 +1,5 @@
-"""Qube tokens of the policy columns (policy.md §3.4): parsing, matching and expansion.
+"""Qube tokens of the policy columns (docs/reference/policy.md#tokens): parsing, matching and
+expansion.
 
 A token is plain data (`Token`): its kind, the text as written and, for prefix keywords, the part
 after the prefix. Which kinds a column accepts is one table (`_COLUMNS`), so `@dispvm` in the
@@ -156,7 +157,7 @@ def matches_target(token: Token, req: str, source: Domain | None, info: SystemIn
     """Whether the DST `token` matches the verified request `req` of caller `source`.
 
     Raises `UndecidableDispVM` for a `@dispvm:NAME` token against a `@dispvm` request when the
-    caller has no `default_dispvm` (policy.md §3.4 notes).
+    caller has no `default_dispvm` (docs/reference/policy.md#tokens notes).
     """
     kind = token.kind
     if kind is Kind.DEFAULT:
@@ -185,7 +186,8 @@ def matches_target(token: Token, req: str, source: Domain | None, info: SystemIn
 
 
 def expand(token: Token, info: SystemInfo) -> list[str]:
-    """What `token` can stand for as an ask candidate (policy.md §3.4, expansion table)."""
+    """What `token` can stand for as an ask candidate (docs/reference/policy.md#tokens, expansion
+    table)."""
     kind = token.kind
     if kind is Kind.LITERAL:
         d = info.get(token.text)

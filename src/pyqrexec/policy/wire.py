@@ -1,4 +1,5 @@
-"""What domains send to the policy daemon, parsed strictly (policy.md §7, §9).
+"""What domains send to the policy daemon, parsed strictly
+(docs/reference/policy.md#policy-daemon-socket, docs/reference/policy.md#evalsimple-and-evalgui).
 
 Every byte here comes from outside dom0's control: anything unexpected is a `RequestError`, and
 the daemon closes the connection without an answer.
@@ -109,7 +110,8 @@ def parse_eval_header(header: bytes, service: str) -> tuple[str, str]:
 
 
 def parse_eval_body(body: bytes) -> tuple[str, str]:
-    """`SOURCE\\0TARGET` → (source, target); both sanitized names (policy.md §9 step 3)."""
+    """`SOURCE\\0TARGET` → (source, target); both sanitized names
+    (docs/reference/policy.md#evalsimple-and-evalgui step 3)."""
     source, sep, target = body.partition(b"\0")
     if not sep or not 1 <= len(source) <= 31 or not 1 <= len(target) <= 63:
         raise RequestError("invalid body")

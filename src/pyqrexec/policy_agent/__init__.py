@@ -1,4 +1,5 @@
-"""qrexec-policy-agent: answers policy.Ask and shows policy.Notify (policy.md §10).
+"""qrexec-policy-agent: answers policy.Ask and shows policy.Notify
+(docs/reference/policy.md#ask-and-notify).
 
 For a host manager that owns a terminal::
 

@@ -50,8 +50,8 @@ class DenyAll:
 
 class AnswerProgram(DenyAll):
     """`--answer-program PROG`: PROG (split like a shell word list, never run by a shell) reads
-    the request JSON on stdin; its first output line is the reply if valid (policy.md §10.1).
-    A program that cannot run or exits non-zero denies."""
+    the request JSON on stdin; its first output line is the reply if valid
+    (docs/reference/policy.md#ask). A program that cannot run or exits non-zero denies."""
 
     def __init__(self, program: str, log: logging.Logger) -> None:
         super().__init__(log)

@@ -1,4 +1,5 @@
-"""The desktop front end: a GTK 3 dialog through PyGObject (policy.md §10.1 dialog rules).
+"""The desktop front end: a GTK 3 dialog through PyGObject (docs/reference/policy.md#ask dialog
+rules).
 
 The only module that imports `gi`. GTK runs in the main thread; the agent's asyncio loop runs in
 a second thread and hands each ask to GTK with `GLib.idle_add`, getting the reply back with

@@ -1,4 +1,5 @@
-"""What reaches qrexec-policy-agent and what it may answer (policy.md §10).
+"""What reaches qrexec-policy-agent and what it may answer
+(docs/reference/policy.md#ask-and-notify).
 
 Everything here treats the request as hostile: any deviation from the documented shape is a
 `RequestError`, which the server turns into `deny` (Ask) or a log line (Notify).
@@ -67,7 +68,7 @@ class NotifyRequest:
 
 
 def parse_header(header: bytes) -> str:
-    """The service word of `SERVICE SOURCE [...]` (policy.md §10.1, agent side)."""
+    """The service word of `SERVICE SOURCE [...]` (docs/reference/policy.md#ask, agent side)."""
     try:
         words = header.decode("ascii").split(" ")
     except UnicodeDecodeError as err:
@@ -140,7 +141,7 @@ def _notify(doc: dict[str, Any]) -> NotifyRequest:
 
 
 def parse_request(data: bytes) -> AskRequest | NotifyRequest:
-    """A whole connection's input: header, NUL, JSON (policy.md §10.1)."""
+    """A whole connection's input: header, NUL, JSON (docs/reference/policy.md#ask)."""
     header, nul, payload = data.partition(b"\0")
     if not nul:
         raise RequestError("no NUL after the header")
@@ -177,7 +178,8 @@ _TEXTS = {
 
 
 def notification_texts(note: NotifyRequest) -> tuple[str, str, str]:
-    """Summary (plain), body (Pango markup) and icon name ("" for none) of policy.md §10.2."""
+    """Summary (plain), body (Pango markup) and icon name ("" for none) of
+    docs/reference/policy.md#notify."""
     word, body, icon = _TEXTS[note.resolution]
     call = note.service + ("" if note.argument == "+" else note.argument)
 

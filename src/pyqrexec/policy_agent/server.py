@@ -1,4 +1,5 @@
-"""The agent's socket: one request per connection, each answered in its own task (policy.md §10).
+"""The agent's socket: one request per connection, each answered in its own task
+(docs/reference/policy.md#ask-and-notify).
 
 Several asks may be pending at once; how they are presented (in parallel or queued) is the front
 end's business.
@@ -68,7 +69,7 @@ class AgentServer:
             return checked_reply(reply, request).encode("ascii")
         try:
             await self.frontend.notify(request)
-        except Exception:  # errors never change the decision (policy.md §10.2)
+        except Exception:  # errors never change the decision (docs/reference/policy.md#notify)
             self.log.exception("error showing a notification")
         return b""
 

@@ -1,4 +1,5 @@
-"""The terminal front end: the person at a terminal answers policy.Ask (policy.md §10.1).
+"""The terminal front end: the person at a terminal answers policy.Ask
+(docs/reference/policy.md#ask).
 
 Usable on its own by a host manager that owns a terminal: give it the input file descriptor and
 an output text stream. One prompt at a time; other asks wait their turn. Whatever is typed in

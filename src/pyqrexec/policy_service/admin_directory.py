@@ -1,7 +1,7 @@
 """The policy directory as the Admin API changes it: lock, read, validate, write atomically.
 
 What a request means and whether a change is acceptable is decided by `pyqrexec.policy.admin`;
-this module does the filesystem work around it (cli.md "qubes-policy-admin").
+this module does the filesystem work around it (docs/reference/cli.md#qubes-policy-admin).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Transport to qrexec-policy-agent: policy.Ask and policy.Notify (policy.md §10).
+"""Transport to qrexec-policy-agent: policy.Ask and policy.Notify
+(docs/reference/policy.md#ask-and-notify).
 
 GUI VM dom0: the dom0 socket service (`policy.Ask` in a service directory), header
 `SERVICE dom0 name dom0\\0`, then the JSON. GUI VM a qube: `qrexec-client -d GUIVM

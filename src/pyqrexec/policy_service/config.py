@@ -1,4 +1,5 @@
-"""Paths of the policy engine from options and environment (cli.md "Common environment")."""
+"""Paths of the policy engine from options and environment
+(docs/reference/cli.md#common-environment)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""One policy engine shared by the daemon and qrexec-policy-exec (policy.md §5 steps 1–2, §3.7).
+"""One policy engine shared by the daemon and qrexec-policy-exec
+(docs/reference/policy.md#evaluation steps 1–2, docs/reference/policy.md#reloading).
 
 It fetches system info, reloads the policy when anything changed, runs the pure evaluation,
 shows the ask dialog when one is needed, logs and sends notifications.
@@ -57,7 +58,8 @@ class PolicyEngine:
         return self._policy
 
     def reload(self) -> None:
-        """Load the policy and start watching what it depends on (policy.md §3.7).
+        """Load the policy and start watching what it depends on
+        (docs/reference/policy.md#reloading).
 
         With inotify, the watches are placed before the files are read; a load that finds
         files not watched yet (includes) is done again once they are. Only the last load logs.
@@ -111,7 +113,7 @@ class PolicyEngine:
 
     async def evaluate(self, request: Request) -> Outcome:
         # The reload check runs while qubesd prepares its answer; a system-info failure still
-        # takes precedence over a broken policy (policy.md §5 steps 1, 2).
+        # takes precedence over a broken policy (docs/reference/policy.md#evaluation steps 1, 2).
         fetch = self.system_info.get()
         policy = self.policy()
         try:

@@ -1,4 +1,5 @@
-"""Policy change detection with inotify (policy.md §3.7), `PolicyWatch`'s stat walk as fallback.
+"""Policy change detection with inotify (docs/reference/policy.md#reloading), `PolicyWatch`'s stat
+walk as fallback.
 
 What is watched, all with `CHANGES` (no open/read events, so loading never wakes the watch):
 

@@ -1,4 +1,4 @@
-"""Where the policy files are, from the environment (cli.md "Common environment").
+"""Where the policy files are, from the environment (docs/reference/cli.md#common-environment).
 
 Light on purpose: dom0 services (the Admin API, policy.RegisterArgument) start with it.
 """

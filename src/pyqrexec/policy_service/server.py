@@ -1,4 +1,5 @@
-"""The policy daemon's sockets: requests (policy.md §7) and policy.EvalSimple/EvalGUI (§9).
+"""The policy daemon's sockets: requests (docs/reference/policy.md#policy-daemon-socket) and
+policy.EvalSimple/EvalGUI (docs/reference/policy.md#evalsimple-and-evalgui).
 
 One task per request, so an open ask dialog never holds up another request. The request socket
 is the hot path and uses bare non-blocking sockets with reader callbacks; the Eval sockets use
@@ -50,7 +51,8 @@ async def _read_eval(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 
 
 class _RequestConnection:
-    """One policy request per connection (policy.md §7) on a bare non-blocking socket.
+    """One policy request per connection (docs/reference/policy.md#policy-daemon-socket) on a bare
+    non-blocking socket.
 
     The request has usually arrived by the time the connection is accepted, so it is read at
     once; the reader callback is only registered when it has not.
@@ -212,7 +214,8 @@ class PolicyServer:
             writer.close()
 
     async def _check_gui(self, remote: str, source: str, target: str) -> None:
-        """EvalGUI: both qubes must exist and carry `guivm-REMOTE` (policy.md §9 step 4)."""
+        """EvalGUI: both qubes must exist and carry `guivm-REMOTE`
+        (docs/reference/policy.md#evalsimple-and-evalgui step 4)."""
         try:
             info = await self.engine.system_info.get()
         except SystemInfoError as err:

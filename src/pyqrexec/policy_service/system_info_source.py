@@ -1,4 +1,5 @@
-"""System info from qubesd's `internal.GetSystemInfo`, fetched for every request (policy.md §4).
+"""System info from qubesd's `internal.GetSystemInfo`, fetched for every request
+(docs/reference/policy.md#system-information).
 
 Fetches are shared: requests that arrive while a fetch is running wait for the next one (which
 starts after they arrived, so it sees every change made before them) and share it. A fetch is

@@ -1,4 +1,4 @@
-"""Command strings (protocol.md §13)."""
+"""Command strings (docs/reference/protocol.md#command-strings)."""
 
 from __future__ import annotations
 
@@ -57,15 +57,16 @@ def strip_nul(cmdline: bytes) -> bytes:
 
 
 def check_fork_cmdline(cmdline: bytes) -> bytes:
-    """A fork-server cmdline (§15.2): non-empty, its only NUL at the last byte; the text
-    without the NUL. Anything else means: close the connection."""
+    """A fork-server cmdline (docs/reference/protocol.md#fork-server-socket): non-empty, its only
+    NUL at the last byte; the text without the NUL. Anything else means: close the connection."""
     if not cmdline or cmdline.find(b"\0") != len(cmdline) - 1:
         raise RemoteProtocolError("cmdline empty, not NUL-terminated or with an interior NUL")
     return cmdline[:-1]
 
 
 def replace_default_user(cmdline: bytes, user: bytes) -> bytes:
-    """§9 step 5: a cmdline starting with exactly `DEFAULT:` gets the daemon's default user
+    """docs/reference/protocol.md#client-socket step 4: a cmdline starting with exactly `DEFAULT:`
+    gets the daemon's default user
     in place of `DEFAULT` (the colon stays); any other cmdline is returned unchanged."""
     if not cmdline.startswith(_DEFAULT_USER_PREFIX):
         return cmdline

@@ -1,4 +1,5 @@
-"""Wire constants of qrexec (protocol.md §2, §3)."""
+"""Wire constants of qrexec (docs/reference/protocol.md#constants,
+docs/reference/protocol.md#message-types)."""
 
 from __future__ import annotations
 
@@ -81,5 +82,6 @@ EXIT_PROBLEM = 125
 
 
 def chunk_limit(version: int) -> int:
-    """Largest data payload at a negotiated data-channel version (§12.1)."""
+    """Largest data payload at a negotiated data-channel version
+    (docs/reference/protocol.md#data-messages)."""
     return MAX_DATA_CHUNK_V2 if version < 3 else MAX_DATA_CHUNK_V3

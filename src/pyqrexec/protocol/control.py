@@ -1,4 +1,5 @@
-"""Control-channel message policing (protocol.md §10, §17).
+"""Control-channel message policing (docs/reference/protocol.md#trigger-validation,
+docs/reference/protocol.md#refusals).
 
 The daemon distrusts the agent: `check_agent_header` says whether a header is acceptable at
 all (a violation is fatal for the daemon), and `validate_trigger` turns an accepted trigger
@@ -73,7 +74,8 @@ def valid_data_port(port: int) -> bool:
 
 def parse_connection_terminated(payload: bytes) -> tuple[int, int]:
     """(domain, port) of a CONNECTION_TERMINATED payload; a port outside 513..768 is fatal
-    for the daemon (§8, §10)."""
+    for the daemon (docs/reference/protocol.md#data-ports,
+    docs/reference/protocol.md#trigger-validation)."""
     domain, port = parse_exec_params_only(payload)
     if not valid_data_port(port):
         raise RemoteProtocolError(f"Invalid port in MSG_CONNECTION_TERMINATED ({port})")
@@ -81,7 +83,8 @@ def parse_connection_terminated(payload: bytes) -> tuple[int, int]:
 
 
 def check_agent_header(msgtype: int, length: int, version: int) -> None:
-    """Raise RemoteProtocolError when the daemon must exit over this header (§10 table)."""
+    """Raise RemoteProtocolError when the daemon must exit over this header
+    (docs/reference/protocol.md#trigger-validation table)."""
     if msgtype == MsgType.TRIGGER_SERVICE:
         ok = version == 2 and length == _TRIGGER2_LEN
     elif msgtype == MsgType.TRIGGER_SERVICE3:
@@ -103,7 +106,8 @@ def _force_nul(field: bytes) -> bytes:
 
 
 def _name_field(service: bytes) -> tuple[bytes | None, str]:
-    """Check a v3/v4 service field: only NUL at its last byte (§10 step 5)."""
+    """Check a v3/v4 service field: only NUL at its last byte
+    (docs/reference/protocol.md#trigger-validation step 5)."""
     nul = service.find(b"\0")
     if nul < 0:
         return None, "Service name not NUL-terminated"
@@ -113,7 +117,7 @@ def _name_field(service: bytes) -> tuple[bytes | None, str]:
 
 
 def validate_trigger(msgtype: int, payload: bytes, version: int) -> ServiceRequest | Refusal:
-    """§10 steps 1-6 for a trigger message.
+    """docs/reference/protocol.md#trigger-validation steps 1-6 for a trigger message.
 
     The header is checked again (`check_agent_header`), so a message the daemon must exit
     over, including a non-trigger type, raises RemoteProtocolError here too.
@@ -155,7 +159,8 @@ def validate_trigger(msgtype: int, payload: bytes, version: int) -> ServiceReque
 
 
 def check_daemon_header(msgtype: int, length: int) -> None:
-    """Agent side: raise RemoteProtocolError when the agent must exit (§17)."""
+    """Agent side: raise RemoteProtocolError when the agent must exit
+    (docs/reference/protocol.md#refusals)."""
     if msgtype in (MsgType.EXEC_CMDLINE, MsgType.JUST_EXEC, MsgType.SERVICE_CONNECT):
         if length <= 8:
             raise RemoteProtocolError(f"exec message {msgtype:#x} too short ({length})")
@@ -170,7 +175,8 @@ _CLIENT_TYPES = (MsgType.EXEC_CMDLINE, MsgType.JUST_EXEC, MsgType.SERVICE_CONNEC
 
 
 def check_client_header(msgtype: int, length: int) -> None:
-    """Daemon side of its Unix socket (§9 step 3): type 0x200-0x202, 8 < len <= 65535.
+    """Daemon side of its Unix socket (docs/reference/protocol.md#client-socket step 2): type
+    0x200-0x202, 8 < len <= 65535.
 
     RemoteProtocolError means: close the connection, forward nothing.
     """
@@ -181,7 +187,8 @@ def check_client_header(msgtype: int, length: int) -> None:
 
 
 def parse_client_request(payload: bytes) -> ExecParams:
-    """A client request whose header passed `check_client_header` (§9 step 3): the payload
+    """A client request whose header passed `check_client_header`
+    (docs/reference/protocol.md#client-socket step 2): the payload
     must end with NUL and a non-zero port must be a data port. Ident matching and the
     allocation of port 0 are the daemon's business."""
     request = parse_exec(payload)
@@ -193,7 +200,8 @@ def parse_client_request(payload: bytes) -> ExecParams:
 
 
 def check_trigger_socket_header(msgtype: int, length: int) -> None:
-    """Agent side of its trigger socket (§15.1): TRIGGER_SERVICE4 with 160 < len <= 65160."""
+    """Agent side of its trigger socket (docs/reference/protocol.md#trigger-socket):
+    TRIGGER_SERVICE4 with 160 < len <= 65160."""
     if msgtype != MsgType.TRIGGER_SERVICE4 or not (
         _TRIGGER4_HEAD < length <= _TRIGGER4_HEAD + MAX_SERVICE_NAME_LEN
     ):

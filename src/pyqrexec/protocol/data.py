@@ -1,4 +1,4 @@
-"""Data-channel rules for both ends of a call (protocol.md §12).
+"""Data-channel rules for both ends of a call (docs/reference/protocol.md#data-channel).
 
 The relays move payload bytes themselves (straight between sockets and buffers, without
 copying them through this module); for every received header they ask the stream object

@@ -1,4 +1,4 @@
-"""Incremental reader of `msg_header` + payload messages (protocol.md §4.1).
+"""Incremental reader of `msg_header` + payload messages (docs/reference/protocol.md#header).
 
 `MessageReader` owns no I/O: the caller passes received bytes to `receive_data()`, signals
 end of stream with `receive_eof()` and takes complete messages from `next_message()`. Each

@@ -1,4 +1,4 @@
-"""HELLO negotiation rules per channel (protocol.md §6)."""
+"""HELLO negotiation rules per channel (docs/reference/protocol.md#hello)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ __all__ = ["own_max_version", "negotiate", "negotiate_control", "negotiate_data"
 
 
 def check_hello_header(msgtype: int, length: int) -> None:
-    """The first message of a channel must be a HELLO with len 4 (§6); as a header check
+    """The first message of a channel must be a HELLO with len 4 (docs/reference/protocol.md#hello);
+    as a header check
     (framing.MessageReader) it refuses anything else before its payload is read."""
     if msgtype != MsgType.HELLO or length != 4:
         raise RemoteProtocolError(f"expected HELLO, got type {msgtype:#x} len {length}")
@@ -27,7 +28,7 @@ def own_max_version(setting: str | None) -> tuple[int, str | None]:
     """Own maximum version from `QREXEC_MAX_PROTOCOL_VERSION` and a warning, if any.
 
     `setting` is None when the variable is unset. Any other value than 2, 3, 4, the empty
-    string included, is ignored with a warning (§1).
+    string included, is ignored with a warning (docs/reference/protocol.md#conventions).
     """
     if setting is None:
         return PROTOCOL_VERSION, None

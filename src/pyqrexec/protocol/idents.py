@@ -1,4 +1,5 @@
-"""Request idents and name sanitising (protocol.md §10 steps 1-3, §14)."""
+"""Request idents and name sanitising (docs/reference/protocol.md#trigger-validation steps 1-3,
+docs/reference/protocol.md#request-idents)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ _INT_MAX = 2**31 - 1
 
 
 def valid_ident(field: bytes) -> bool:
-    """A 32-byte ident field as the daemon accepts it (§14)."""
+    """A 32-byte ident field as the daemon accepts it
+    (docs/reference/protocol.md#request-idents)."""
     if len(field) != IDENT_SIZE:
         return False
     nul = field.find(b"\0")

@@ -1,4 +1,5 @@
-"""Codecs for every qrexec message and struct (protocol.md §3, §4).
+"""Codecs for every qrexec message and struct (docs/reference/protocol.md#message-types,
+docs/reference/protocol.md#message-layouts).
 
 All integers are little-endian. Encoders return the full message (header included) unless
 their name says otherwise; decoders take the payload (header already removed) and raise
@@ -75,7 +76,8 @@ class ExecParams:
 
     @property
     def cmdline(self) -> bytes:
-        """The payload as the agent reads it: last byte forced to NUL (§17), text up to the
+        """The payload as the agent reads it: last byte forced to NUL
+        (docs/reference/protocol.md#refusals), text up to the
         first NUL. An unterminated payload thus loses its last byte, as upstream's does."""
         payload = self.payload[:-1]
         nul = payload.find(b"\0")
@@ -156,7 +158,8 @@ def pack_trigger2(service: bytes, target: bytes, ident: bytes) -> bytes:
 
 
 def _name_field(service: bytes) -> bytes:
-    """The v3/v4 service-name field: the name and its NUL, at most 65000 bytes (§2)."""
+    """The v3/v4 service-name field: the name and its NUL, at most 65000 bytes
+    (docs/reference/protocol.md#constants)."""
     if b"\0" in service or len(service) >= MAX_SERVICE_NAME_LEN:
         raise LocalProtocolError(f"service name of {len(service)} bytes does not fit")
     return service + b"\0"
@@ -206,7 +209,8 @@ _MAX_CMD_INFO_LEN = 0x7FFF_FFFF
 def parse_cmd_info_head(data: bytes) -> tuple[int, int, int, int]:
     """(type, domain, port, cmdline_len) of a 16-byte `qrexec_cmd_info` head.
 
-    The fork server refuses `cmdline_len` 0 or > 2^31-1 (§15.2) before reading the cmdline.
+    The fork server refuses `cmdline_len` 0 or > 2^31-1
+    (docs/reference/protocol.md#fork-server-socket) before reading the cmdline.
     """
     if len(data) != CMD_INFO_HEAD.size:
         raise RemoteProtocolError(f"qrexec_cmd_info head must be 16 bytes, got {len(data)}")

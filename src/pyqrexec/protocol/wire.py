@@ -29,7 +29,8 @@ __all__ = [
 HEADER = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
-#: `exec_params` (§4.3): domain and port ahead of an exec-style payload
+#: `exec_params` (docs/reference/protocol.md#exec_params): domain and port ahead of an exec-style
+#: payload
 EXEC_HEAD = struct.Struct("<II")
 _U32_MAX = 0xFFFFFFFF
 
@@ -96,7 +97,8 @@ def pack_exit_code(status: int) -> bytes:
 
 
 def parse_exit_code(payload: bytes) -> int:
-    """Status of an EXIT_CODE payload: first 4 bytes as i32, 255 if shorter (§12.1)."""
+    """Status of an EXIT_CODE payload: first 4 bytes as i32, 255 if shorter
+    (docs/reference/protocol.md#data-messages)."""
     if len(payload) < 4:
         return 255
     (status,) = _I32.unpack_from(payload)

@@ -1,4 +1,6 @@
-"""argv and environment of an executable service (services.md §4.1, §4.2, §9). Pure.
+"""argv and environment of an executable service
+(docs/reference/services.md#arguments-and-environment,
+docs/reference/services.md#starting-the-program, docs/reference/services.md#logging). Pure.
 
 Everything here is bytes: service names, arguments and domain names come from other domains
 and are passed to `execve` untouched, never through a shell's parser.

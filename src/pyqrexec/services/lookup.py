@@ -1,4 +1,5 @@
-"""Finding a service and its configuration file (services.md §2, §5.1).
+"""Finding a service and its configuration file (docs/reference/services.md#service-lookup,
+docs/reference/services.md#where-the-files-are).
 
 Both searches try `DIR/SERVICE+ARG` in every directory, then `DIR/SERVICE` in every directory,
 with the same per-candidate rules; only what is done with the entry found differs.

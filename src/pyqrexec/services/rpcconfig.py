@@ -1,4 +1,5 @@
-"""Per-service configuration files (services.md §5): a TOML subset with strict rejection rules.
+"""Per-service configuration files (docs/reference/services.md#rpc-config): a TOML subset with
+strict rejection rules.
 
 Pure: takes the file's bytes, returns the settings and the warnings to log. Reading the file
 from the `QUBES_RPC_CONFIG_PATH` directories is `lookup.load_service_config`.
@@ -41,7 +42,8 @@ class ServiceConfig:
 
     @property
     def fork_server_allowed(self) -> bool:
-        """Whether these settings let the agent hand the call to a fork server (protocol §15.2)."""
+        """Whether these settings let the agent hand the call to a fork server
+        (docs/reference/protocol.md#fork-server-socket)."""
         return not self.socket_only_keys
 
 
@@ -72,7 +74,8 @@ def _lines(data: bytes) -> tuple[list[bytes], bool]:
     last = pieces.pop()
     lines = [line[:-1] if line.endswith(b"\r") else line for line in pieces]
     if last:
-        # a final line without `\n` keeps its `\r` (the spec's rule, as upstream's getline loop)
+        # a final line without `\n` keeps its `\r` (docs/reference/services.md#syntax, as upstream's
+        # getline loop)
         lines.append(last)
     return lines, bool(last)
 

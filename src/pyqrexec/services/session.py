@@ -1,4 +1,5 @@
-"""Starting `qubes.WaitForSession` before services that ask for it (services.md §6).
+"""Starting `qubes.WaitForSession` before services that ask for it
+(docs/reference/services.md#waiting-for-the-session).
 
 The agent keeps the queue of parked requests (up to `MAX_PARKED`) and the single running waiter;
 this module finds and starts the waiter. dom0 runs it synchronously with `run_session_waiter`.

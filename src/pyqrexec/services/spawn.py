@@ -1,4 +1,5 @@
-"""Starting what a command asks for: an executable, a socket or a TCP service (services.md §3-§4).
+"""Starting what a command asks for: an executable, a socket or a TCP service
+(docs/reference/services.md#socket-services, docs/reference/services.md#executable-services).
 
 This is the I/O edge the relays call. `start_command` never blocks on the service itself; the
 result is either the streams of a started service, a detached start (just-exec), or a failure
@@ -48,7 +49,8 @@ __all__ = [
 
 
 class Executor(enum.Enum):
-    """Who runs the service (services.md §1); decides user handling and how shells are started."""
+    """Who runs the service (docs/reference/services.md#who-runs-services); decides user handling
+    and how shells are started."""
 
     #: VM agent running as root: switches to the requested user's login context
     ROOT_AGENT = "root-agent"
@@ -79,7 +81,8 @@ class SpawnContext:
     #: USER_AGENT: the agent's own user name; None: looked up from the effective uid
     own_user: str | None = None
     log: Callable[[str], None] = _ignore
-    #: environment the service inherits (filtered, §4.1); None: this process's environment
+    #: environment the service inherits (filtered,
+    #: docs/reference/services.md#arguments-and-environment); None: this process's environment
     environ: Mapping[bytes, bytes] | None = None
     #: ROOT_AGENT: the program that switches to the target user (util-linux)
     setpriv: str = "setpriv"

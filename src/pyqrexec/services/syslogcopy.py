@@ -1,4 +1,5 @@
-"""Copying a service's stderr to the system log (services.md §9), best effort."""
+"""Copying a service's stderr to the system log (docs/reference/services.md#logging), best
+effort."""
 
 from __future__ import annotations
 

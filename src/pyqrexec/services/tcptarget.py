@@ -1,4 +1,4 @@
-"""Where a `/dev/tcp` service symlink points (services.md §3.2). Pure."""
+"""Where a `/dev/tcp` service symlink points (docs/reference/services.md#tcp-services). Pure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""vchan over Unix sockets, the convention of upstream's vchan-socket (protocol.md §5).
+"""vchan over Unix sockets, the convention of upstream's vchan-socket
+(docs/reference/protocol.md#transport).
 
 A vchan is addressed by (server domid, client domid, port) and lives at
 `<dir>/vchan.<server>.<client>.<port>.sock`. The server accepts exactly one peer; the client
