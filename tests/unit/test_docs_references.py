@@ -27,7 +27,9 @@ LINK = re.compile(r"\]\((?!https?:|mailto:)([^)\s]*)\)")
 
 
 def sources() -> list[Path]:
-    return sorted(p for p in SRC.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ""))
+    # not what an install generates there (pyqrexec.egg-info copies README.md)
+    return sorted(p for p in SRC.rglob("*") if p.is_file() and p.suffix in (".py", ".md", "")
+                  and not any(part.endswith(".egg-info") for part in p.parts))
 
 
 def pages() -> list[Path]:
