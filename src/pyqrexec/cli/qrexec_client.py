@@ -216,18 +216,19 @@ def _allocate(socket_dir: str, domain: str, msgtype: int, peer: int, payload: by
     """Connect DOMAIN's daemon and send one request with port 0 (§9): the still open
     socket and the daemon's (domid, port) answer; None, after logging why, on failure."""
     from ..client.daemon_socket import DaemonNotRunning, connect_daemon, request
+    from ..protocol.errors import ProtocolError
 
     try:
         sock = connect_daemon(socket_dir, domain)
     except DaemonNotRunning as err:
         log(str(err.strerror))
         return None
-    except (OSError, EOFError, ValueError) as err:
+    except (OSError, EOFError, ValueError, ProtocolError) as err:
         log(f"cannot talk to the qrexec daemon of {domain}: {err}")
         return None
     try:
         answer = request(sock, msgtype, peer, 0, payload)
-    except (OSError, EOFError, ValueError) as err:
+    except (OSError, EOFError, ValueError, ProtocolError) as err:
         sock.close()
         log(f"request to the qrexec daemon of {domain} failed: {err}")
         return None
@@ -264,6 +265,7 @@ def _connect_vm(args: _Args) -> int:
     """Legacy VM -> VM (protocol.md §11.F): §11.C steps 7-8; 0 on success, 137 on failure."""
     from ..client.daemon_socket import connect_daemon, request
     from ..protocol.constants import MsgType
+    from ..protocol.errors import ProtocolError
 
     assert args.connect is not None and args.domain is not None and args.cmdline is not None
     reqid, src_name, src_id = args.connect
@@ -286,7 +288,7 @@ def _connect_vm(args: _Args) -> int:
             target.settimeout(None)
             while target.recv(4096):
                 pass
-    except (OSError, EOFError, ValueError) as err:
+    except (OSError, EOFError, ValueError, ProtocolError) as err:
         log(f"cannot connect the service: {err}")
         return _EXIT_CONNECT_FAILED
     finally:

@@ -273,6 +273,14 @@ class DaemonSession(_Channel):
         self.step = _Step.HELLO
         self._answer_type = 0
 
+    @classmethod
+    def answer_to(cls, msgtype: int) -> DaemonSession:
+        """A session past its HELLO waiting for the answer to a `msgtype` request."""
+        session = cls()
+        session.step = _Step.REQUEST
+        session.expect_answer(msgtype)
+        return session
+
     def expect_answer(self, msgtype: int) -> None:
         """A request of `msgtype` with port 0 went out: its answer comes next."""
         if self.step is not _Step.REQUEST:
