@@ -188,7 +188,8 @@ class CallerOrder:
 
     def opening(self, limit: int) -> list[bytes]:
         """STDIN payloads to send once the version is known: the prefix data in chunks of
-        `limit`, then the EOF if there is no local input to follow it."""
+        `limit`, then the EOF if there is no local input to follow it (even when an
+        EXIT_CODE that came with the HELLO had that EOF sent already, as before)."""
         out = [self.prefix[i : i + limit] for i in range(0, len(self.prefix), limit)]
         self.prefix = b""
         if not self.has_input:
@@ -201,8 +202,9 @@ class CallerOrder:
         self.stdin_eof_sent = True
 
     def exit_code(self, payload: bytes) -> None:
-        """EXIT_CODE arrived (the last one counts)."""
+        """EXIT_CODE arrived (the last one counts); prefix data not sent yet never will be."""
         self.status = parse_exit_code(payload)
+        self.prefix = b""
 
     def eof_after_exit(self) -> bool:
         """After EXIT_CODE (and the other messages that came with it): True once, when the
@@ -233,5 +235,6 @@ class ServiceOrder:
 
     @staticmethod
     def exit_code_due(outputs_ended: bool, exited: bool) -> bool:
-        """Whether EXIT_CODE goes out now: the service's streams all ended and it exited."""
+        """Whether EXIT_CODE goes out now: the service's output streams all ended (their
+        EOFs queued before it) and it exited."""
         return outputs_ended and exited
