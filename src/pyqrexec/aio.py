@@ -11,20 +11,7 @@ from .transport.unixsock import Backoff, try_connect
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-__all__ = ["recv_exact", "drain_until_eof", "ChannelWriter", "connect_unix", "open_unix"]
-
-
-async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
-    """Exactly `n` bytes from a non-blocking socket; raises EOFError on a short read."""
-    parts: list[bytes] = []
-    left = n
-    while left:
-        chunk = await loop.sock_recv(sock, min(left, 1 << 16))
-        if not chunk:
-            raise EOFError(f"short read: {n - left} of {n} bytes")
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
+__all__ = ["drain_until_eof", "ChannelWriter", "connect_unix", "open_unix"]
 
 
 async def drain_until_eof(loop: asyncio.AbstractEventLoop, sock: socket.socket,

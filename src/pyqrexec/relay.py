@@ -23,10 +23,16 @@ import struct
 from collections import deque
 
 from .protocol.constants import MsgType
-from .protocol.data import Action, CallerStream, ServiceStream
+from .protocol.data import (
+    Action,
+    CallerOrder,
+    CallerStream,
+    DataChannel,
+    ServiceOrder,
+    ServiceStream,
+)
 from .protocol.errors import RemoteProtocolError
-from .protocol.handshake import negotiate_data
-from .protocol.wire import HEADER, hello, parse_exit_code, parse_hello
+from .protocol.wire import HEADER, hello
 from .transport.unixsock import tune
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
@@ -144,26 +150,28 @@ class Relay:
                  stream_type: type[CallerStream] | type[ServiceStream],
                  hello_sent: bool = False):
         self.channel = channel
-        self.stream_type = stream_type
-        #: what received messages mean; made once the peer's HELLO fixed the version
-        self.stream: CallerStream | ServiceStream | None = None
+        #: what the peer sends and what it means (`protocol.data`)
+        self.incoming = DataChannel(stream_type, own_version, _RECV_SIZE)
         self.chfd = channel.fileno()
         channel.setblocking(False)
-        self.own_version = own_version
         self.log = log
-        self.version = 0
-        self.limit = 0
         #: (data, source or None) pieces waiting to be sent, in order
         self.outq: deque[tuple[memoryview, Source | None, bool]] = deque()
         self.send_failed = False
         self.channel_eof = False
-        self.rbuf = bytearray(_RECV_SIZE)
-        self.rview = memoryview(self.rbuf)
-        self.rlen = 0
         #: how the peer broke the channel's rules (nothing more is read), None while it has not
         self.failed: str | None = None
         if not hello_sent:
             self._queue(memoryview(hello(own_version)), None, True)
+
+    @property
+    def version(self) -> int:
+        """The negotiated version, 0 until the peer's HELLO."""
+        return self.incoming.version
+
+    @property
+    def limit(self) -> int:
+        return self.incoming.limit
 
     # -- sending -------------------------------------------------------------------------
     def _queue(self, data: memoryview, src: Source | None, last: bool) -> None:
@@ -227,92 +235,32 @@ class Relay:
         self.outq.clear()
 
     # -- receiving -----------------------------------------------------------------------
-    def receive(self) -> bool:
-        """Read what the channel has; False on EOF or error."""
-        if self.rlen == len(self.rbuf):
-            return True
+    def read_actions(self) -> list[tuple[Action, memoryview]]:
+        """Read the channel: what each complete message means (views valid until the next
+        call). When the peer broke the channel's rules, the messages before that come back
+        and `failed` says how; an EOF sets `channel_eof`."""
+        free = self.incoming.free_space()
+        if not free:  # not reached: every complete message is taken out at once
+            return []
         try:
-            n = self.channel.recv_into(self.rview[self.rlen :])
+            n = self.channel.recv_into(free)
         except (BlockingIOError, InterruptedError):
-            return True
+            return []
         except OSError:
             n = 0
         if n == 0:
             self.channel_eof = True
-            return False
-        self.rlen += n
-        return True
-
-    def messages(self) -> list[tuple[int, memoryview]]:
-        """Complete messages in the receive buffer (views valid until `consumed`).
-
-        Messages before a violation of the channel's rules are returned; the violation
-        itself sets `failed`, and nothing after it is read.
-        """
-        out: list[tuple[int, memoryview]] = []
-        pos = 0
+            return []
+        self.incoming.received(n)
+        actions: list[tuple[Action, memoryview]] = []
         try:
-            pos = self._parse(out)
+            actions.extend(self.incoming.actions())
         except RemoteProtocolError as exc:
             self.failed = str(exc)
             self.log(f"data channel broken: {exc}")
-        self._consumed = pos
-        return out
-
-    def _parse(self, out: list[tuple[int, memoryview]]) -> int:
-        pos = 0
-        view = self.rview
-        rlen = self.rlen
-        while rlen - pos >= 8:
-            t, n = _HDR.unpack_from(view, pos)
-            if self.version == 0:
-                if t != MsgType.HELLO or n != 4:
-                    raise RemoteProtocolError(f"data channel: expected HELLO, got {t:#x}")
-            elif n > self.limit:
-                raise RemoteProtocolError(f"data message of {n} bytes over the limit")
-            if rlen - pos - 8 < n:
-                break
-            out.append((t, view[pos + 8 : pos + 8 + n]))
-            pos += 8 + n
-            if self.version == 0:
-                peer = parse_hello(t, bytes(out.pop()[1]))
-                self.version = negotiate_data(peer, self.own_version)
-                self.stream = self.stream_type(self.version)
-                self.limit = self.stream.limit
-        return pos
-
-    def read_actions(self) -> list[tuple[Action, memoryview]]:
-        """Read the channel: what each complete message means. When the peer broke the
-        channel's rules, the messages before that come back and `failed` says how."""
-        self.receive()
-        msgs = self.messages()
-        stream = self.stream
-        if stream is None:  # nothing after the HELLO yet
-            return []
-        actions: list[tuple[Action, memoryview]] = []
-        for t, payload in msgs:
-            action = stream.receive(t, len(payload))
-            if action is Action.BROKEN:
-                self.broken(t, payload)
-                break
-            actions.append((action, payload))
-        for warning in stream.warnings:
+        for warning in self.incoming.take_warnings():
             self.log(warning)
-        stream.warnings.clear()
         return actions
-
-    def broken(self, msgtype: int, payload: memoryview) -> None:
-        """A received message breaks the channel's rules (`protocol.data` says BROKEN)."""
-        self.failed = f"message {msgtype:#x} of {len(payload)} bytes"
-        self.log(f"data channel broken: {self.failed}")
-
-    def consumed(self) -> None:
-        pos = self._consumed
-        if pos:
-            left = self.rlen - pos
-            if left:
-                self.rbuf[:left] = self.rview[pos : self.rlen]
-            self.rlen = left
 
 
 def _read_into(src: Source) -> int:
@@ -427,18 +375,20 @@ def _poll_sources(
 
 
 def _pump_source(relay: Relay, src: Source,
-                 copy: Callable[[bytes], None] | None = None) -> None:
-    """Read what `src` has and queue it (EOF: the empty message); `copy` also gets the bytes."""
+                 copy: Callable[[bytes], None] | None = None) -> bool:
+    """Read what `src` has and queue it (EOF: the empty message); `copy` also gets the bytes.
+    True when that was the EOF."""
     n = _read_into(src)
     if n < 0:
-        return
+        return False
     if n == 0:
         src.eof = True
         relay.queue_message(src.msgtype)
-        return
+        return True
     if copy is not None:
         copy(bytes(src.buf[:n]))
     relay.queue_from_source(src, n)
+    return False
 
 
 class CallerResult:
@@ -485,118 +435,169 @@ def run_caller(
     """Caller side of docs/reference/protocol.md#end-of-a-call until the call is over; returns the
     remote status."""
     relay = Relay(channel, own_version, log, CallerStream)
-    sources: list[Source] = []
     src: Source | None = None
     if local_in is not None:
         _set_nonblocking(local_in)
         _grow_pipe(local_in)
         src = Source(local_in, MsgType.DATA_STDIN, sock=in_sock)
-        sources.append(src)
     out: Sink | None = None
     if local_out is not None:
         _set_nonblocking(local_out)
         out = Sink(local_out, sock=out_sock, shutdown_only=out_sock is not None,
                    filter=filter_stdout)
-    err = Sink(stderr_fd, filter=filter_stderr)
-    sinks = [s for s in (out, err) if s is not None]
-    started = False
-    prefix_left = prefix
-    status: int | None = None
-    exit_seen = False
-    stdin_eof_sent = False
-    poller = select.poll()
-    while True:
-        relay.flush()
-        if relay.version and not started:
-            started = True
-            if local_in is None and not prefix_left:
-                relay.queue_message(MsgType.DATA_STDIN)
-                stdin_eof_sent = True
-        if started and prefix_left and not stdin_eof_sent:
-            while prefix_left:
-                chunk, prefix_left = prefix_left[: relay.limit], prefix_left[relay.limit :]
-                relay.queue_message(MsgType.DATA_STDIN, chunk)
-            if local_in is None:
-                relay.queue_message(MsgType.DATA_STDIN)
-                stdin_eof_sent = True
+    caller = _Caller(relay, src, out, Sink(stderr_fd, filter=filter_stderr),
+                     CallerOrder(local_in is not None, prefix))
+    caller.out_sock = out_sock
+    caller.local_done = local_done
+    caller.local_wait_fd = local_wait_fd
+    caller.stop_input_on_exit = stop_input_on_exit
+    caller.single_socket = single_socket
+    return caller.run()
+
+
+class _Caller:
+    """The caller's loop: one poll() round per `step`; `order` decides what goes when."""
+
+    def __init__(self, relay: Relay, src: Source | None, out: Sink | None, err: Sink,
+                 order: CallerOrder) -> None:
+        self.relay = relay
+        self.src = src
+        self.sources = [src] if src is not None else []
+        self.out = out
+        self.err = err
+        self.sinks = [s for s in (out, err) if s is not None]
+        self.order = order
+        self.started = False
+        self.out_sock: socket.socket | None = None
+        self.local_done: Callable[[], bool] | None = None
+        self.local_wait_fd: int | None = None
+        self.stop_input_on_exit = True
+        self.single_socket: SingleSocket | None = None
+        self.poller = select.poll()
+
+    def run(self) -> CallerResult:
+        relay = self.relay
+        while True:
             relay.flush()
-        if exit_seen:
-            out_done = out is None or out.closed or relay.channel_eof
-            if out is not None and relay.channel_eof and not out.closed:
-                _end_sink(out)
-                out_done = out.closed or not out.pending
-            if out_done and not err.pending and (local_done is None or local_done()):
+            self._start()
+            if self._over():
                 break
-        elif relay.channel_eof:
-            break
-        paused = out is not None and out.pending_size > _PENDING_LIMIT
+            ready = self._poll()
+            if self._step(ready):
+                break
+        self._finish()
+        return self._result()
+
+    def _start(self) -> None:
+        """Once the HELLO fixed the version: the prefix data, and the EOF without input."""
+        if self.started or not self.relay.version:
+            return
+        self.started = True
+        prefix = bool(self.order.prefix)
+        for payload in self.order.opening(self.relay.limit):
+            self.relay.queue_message(MsgType.DATA_STDIN, payload)
+        if prefix:
+            self.relay.flush()
+
+    def _over(self) -> bool:
+        """After EXIT_CODE: over once the output is written out and the local program (if
+        any) is done; before it: over at the channel's EOF."""
+        relay, out = self.relay, self.out
+        if not self.order.exit_seen:
+            return relay.channel_eof
+        out_done = out is None or out.closed or relay.channel_eof
+        if out is not None and relay.channel_eof and not out.closed:
+            _end_sink(out)
+            out_done = out.closed or not out.pending
+        return out_done and not self.err.pending and (
+            self.local_done is None or self.local_done())
+
+    def _poll(self) -> dict[int, int]:
+        relay = self.relay
+        paused = self.out is not None and self.out.pending_size > _PENDING_LIMIT
         extra: dict[int, int] = {}
-        if local_wait_fd is not None and exit_seen:
-            extra[local_wait_fd] = _POLLIN
-        if single_socket is not None:
-            extra[single_socket.fd] = _POLLIN
-        ready = _poll_sources(poller, relay, [] if prefix_left else sources, sinks, extra,
-                              paused and not relay.channel_eof)
-        if single_socket is not None and ready.get(single_socket.fd):
-            single_socket.drain()
-            if single_socket.requested and src is not None and out_sock is not None:
-                _use_single_socket(src, out_sock)
-                single_socket = None
-        for sink in sinks:
+        if self.local_wait_fd is not None and self.order.exit_seen:
+            extra[self.local_wait_fd] = _POLLIN
+        if self.single_socket is not None:
+            extra[self.single_socket.fd] = _POLLIN
+        return _poll_sources(self.poller, relay, self.sources, self.sinks, extra,
+                             paused and not relay.channel_eof)
+
+    def _step(self, ready: dict[int, int]) -> bool:
+        """Serve what poll() found ready; True when the peer broke the channel's rules."""
+        relay = self.relay
+        self._single_socket(ready)
+        for sink in self.sinks:
             if sink.pending and ready.get(sink.fd, 0) & (_POLLOUT | _POLLERR):
                 _drain_sink(sink)
         if relay.outq and ready.get(relay.chfd, 0) & (_POLLOUT | _POLLERR):
             relay.flush()
-        for s in sources:
-            if ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped:
-                _pump_source(relay, s)
-                # its EOF is queued now: an exit code read below must not queue another
-                stdin_eof_sent = stdin_eof_sent or s.eof
+        for s in self.sources:
+            readable = ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped
+            if readable and _pump_source(relay, s):
+                # queued now: an exit code read below must not queue another
+                self.order.input_ended()
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
             for action, payload in relay.read_actions():
-                if action is Action.OUTPUT and out is not None:
-                    _write_sink(out, payload)
-                elif action is Action.OUTPUT_EOF and out is not None:
-                    _end_sink(out)
-                elif action is Action.ERROR:
-                    _write_sink(err, payload)
-                elif action is Action.EXIT:
-                    status = parse_exit_code(bytes(payload))
-                    exit_seen = True
-            relay.consumed()
+                self._received(action, payload)
             if relay.failed is not None:
                 relay.channel_eof = True
-                break
-            if exit_seen:
-                if not stdin_eof_sent and not relay.send_failed:
-                    # input queued for a service that has exited is useless: the EOF goes
-                    # right after the message being sent (docs/reference/protocol.md#end-of-a-call
-                    # caller step 3)
-                    relay.drop_unsent()
-                    relay.queue_message(MsgType.DATA_STDIN)
-                    stdin_eof_sent = True
-                if stop_input_on_exit and src is not None:
-                    src.stopped = True
-                prefix_left = b""
-    if exit_seen and relay.outq and not relay.send_failed:
-        # the STDIN EOF of step 3 goes out unless the service side has closed the channel;
-        # a peer that neither reads nor closes is given the usual 10 s
-        relay.channel.settimeout(_WAKE_MS / 1000)
-        relay.flush()
-        relay.channel.setblocking(False)
-    else:
-        relay.flush()
-    # drain what is left to write locally (bounded by the peer having finished)
-    _finish_sinks(sinks)
-    if relay.version == 0:
-        log("data channel: no usable HELLO from the service side")
-        return CallerResult(None, no_hello=True)
-    if relay.failed is not None:
-        return CallerResult(status if exit_seen else None, broken=True)
-    if not exit_seen:
-        log("vchan connection closed early")
-        return CallerResult(None)
-    return CallerResult(status)
+                return True
+            if self.order.exit_seen:
+                self._after_exit()
+        return False
+
+    def _after_exit(self) -> None:
+        if not self.relay.send_failed and self.order.eof_after_exit():
+            # input queued for a service that has exited is useless: the EOF goes right
+            # after the message being sent (reference: End of a call)
+            self.relay.drop_unsent()
+            self.relay.queue_message(MsgType.DATA_STDIN)
+        if self.stop_input_on_exit and self.src is not None:
+            self.src.stopped = True
+
+    def _single_socket(self, ready: dict[int, int]) -> None:
+        single = self.single_socket
+        if single is None or not ready.get(single.fd):
+            return
+        single.drain()
+        if single.requested and self.src is not None and self.out_sock is not None:
+            _use_single_socket(self.src, self.out_sock)
+            self.single_socket = None
+
+    def _received(self, action: Action, payload: memoryview) -> None:
+        if action is Action.OUTPUT and self.out is not None:
+            _write_sink(self.out, payload)
+        elif action is Action.OUTPUT_EOF and self.out is not None:
+            _end_sink(self.out)
+        elif action is Action.ERROR:
+            _write_sink(self.err, payload)
+        elif action is Action.EXIT:
+            self.order.exit_code(bytes(payload))
+
+    def _finish(self) -> None:
+        relay = self.relay
+        if self.order.exit_seen and relay.outq and not relay.send_failed:
+            # the STDIN EOF of step 3 goes out unless the service side has closed the
+            # channel; a peer that neither reads nor closes is given the usual 10 s
+            relay.channel.settimeout(_WAKE_MS / 1000)
+            relay.flush()
+            relay.channel.setblocking(False)
+        else:
+            relay.flush()
+        # drain what is left to write locally (bounded by the peer having finished)
+        _finish_sinks(self.sinks)
+
+    def _result(self) -> CallerResult:
+        relay, status = self.relay, self.order.status
+        if relay.version == 0:
+            relay.log("data channel: no usable HELLO from the service side")
+            return CallerResult(None, no_hello=True)
+        if relay.failed is not None:
+            return CallerResult(status, broken=True)
+        if status is None:
+            relay.log("vchan connection closed early")
+        return CallerResult(status)
 
 
 def _finish_sinks(sinks: list[Sink]) -> None:
@@ -648,97 +649,133 @@ def run_service(
     log: Callable[[str], None],
     single_socket: SingleSocket | None = None,
 ) -> int:
-    """Service side of docs/reference/protocol.md#end-of-a-call, after the own HELLO went out
-    (`service_side.send_hello`). Returns the status sent, or -1 if the channel closed early."""
-    relay = Relay(channel, own_version, log, ServiceStream, hello_sent=True)
-    sources: list[Source] = []
-    out_src: Source | None = None
-    err_src: Source | None = None
-    for sock in (end.stdin, end.stdout):
-        if sock is not None:
-            tune(sock)
-    if end.stdout is not None:
-        end.stdout.setblocking(False)
-        out_src = Source(end.stdout.fileno(), MsgType.DATA_STDOUT, sock=end.stdout)
-        sources.append(out_src)
-    if end.stderr is not None:
-        _set_nonblocking(end.stderr)
-        err_src = Source(end.stderr, MsgType.DATA_STDERR)
-        sources.append(err_src)
-    inp: Sink | None = None
-    if end.stdin is not None:
-        end.stdin.setblocking(False)
-        inp = Sink(end.stdin.fileno(), sock=end.stdin, shutdown_only=True)
-    sinks = [inp] if inp is not None else []
-    status: int | None = None
-    #: a socket service has no process; what stands for its exit is the end of its input
-    socket_service = end.pidfd is None
-    exited = False
-    client_eof = False
-    sent_stderr_eof = False
-    switched = False
-    poller = select.poll()
-    while True:
-        relay.flush()
-        if relay.version and err_src is None and not sent_stderr_eof:
-            relay.queue_message(MsgType.DATA_STDERR)
-            sent_stderr_eof = True
-        if single_socket is not None and single_socket.requested and not switched:
-            switched = True
-            if out_src is not None and end.stdin is not None and not out_src.eof:
-                _use_single_socket(out_src, end.stdin)
-        if socket_service:
-            exited = _socket_input_over(relay, end, out_src, inp, client_eof)
-        streams_done = all(s.eof for s in sources) and relay.version != 0
-        if streams_done and exited:
-            if socket_service:
-                status = 0
-            if status is None:
-                status = end.reap()
-            break
-        if relay.channel_eof:
-            log("vchan connection closed early")
-            _close_end(end, sinks)
-            return -1
-        paused = inp is not None and inp.pending_size > _PENDING_LIMIT
-        extra: dict[int, int] = {}
-        if end.pidfd is not None and not exited:
-            extra[end.pidfd] = _POLLIN
-        if single_socket is not None and not switched:
-            extra[single_socket.fd] = _POLLIN
-        ready = _poll_sources(poller, relay, sources, sinks, extra, paused)
-        if single_socket is not None and ready.get(single_socket.fd):
-            single_socket.drain()
-        if end.pidfd is not None and not exited and ready.get(end.pidfd, 0):
-            exited = True
+    """Service side of a call (reference: End of a call), after the own HELLO went out
+    (`service_side.send_hello`).
+    Returns the status sent, or -1 if the channel closed early."""
+    return _Service(Relay(channel, own_version, log, ServiceStream, hello_sent=True), end,
+                    single_socket).run()
+
+
+class _Service:
+    """The service side's loop: one poll() round per `step`; `order` decides what goes when."""
+
+    def __init__(self, relay: Relay, end: ServiceEnd, single_socket: SingleSocket | None) -> None:
+        self.relay = relay
+        self.end = end
+        self.single_socket = single_socket
+        self.sources: list[Source] = []
+        self.out_src: Source | None = None
+        self.err_src: Source | None = None
+        for sock in (end.stdin, end.stdout):
+            if sock is not None:
+                tune(sock)
+        if end.stdout is not None:
+            end.stdout.setblocking(False)
+            self.out_src = Source(end.stdout.fileno(), MsgType.DATA_STDOUT, sock=end.stdout)
+            self.sources.append(self.out_src)
+        if end.stderr is not None:
+            _set_nonblocking(end.stderr)
+            self.err_src = Source(end.stderr, MsgType.DATA_STDERR)
+            self.sources.append(self.err_src)
+        self.inp: Sink | None = None
+        if end.stdin is not None:
+            end.stdin.setblocking(False)
+            self.inp = Sink(end.stdin.fileno(), sock=end.stdin, shutdown_only=True)
+        self.sinks = [self.inp] if self.inp is not None else []
+        self.order = ServiceOrder(has_stderr=self.err_src is not None)
+        self.status: int | None = None
+        #: a socket service has no process; what stands for its exit is the end of its input
+        self.socket_service = end.pidfd is None
+        self.exited = False
+        self.switched = False
+        self.poller = select.poll()
+
+    def run(self) -> int:
+        relay, end = self.relay, self.end
+        while True:
+            relay.flush()
+            if relay.version:
+                for msgtype in self.order.opening():
+                    relay.queue_message(msgtype)
+            self._switch_socket()
+            if self.socket_service:
+                self.exited = _socket_input_over(relay, end, self.out_src, self.inp,
+                                                 self.order.client_eof)
+            outputs_ended = all(s.eof for s in self.sources) and relay.version != 0
+            if self.order.exit_code_due(outputs_ended, self.exited):
+                break
+            if relay.channel_eof:
+                relay.log("vchan connection closed early")
+                _close_end(end, self.sinks)
+                return -1
+            if self._step(self._poll()):
+                _close_end(end, self.sinks)
+                return -1
+        status = 0 if self.socket_service else self.status
+        if status is None:
             status = end.reap()
-            if inp is not None and not inp.closed:
-                # the process is gone: nobody will read its stdin
-                inp.pending.clear()
-                inp.pending_size = 0
-                _close_sink(inp)
+        _close_end(end, self.sinks)
+        relay.queue_message(MsgType.DATA_EXIT_CODE, struct.pack("<i", status))
+        _flush_blocking(relay)
+        return status
+
+    def _switch_socket(self) -> None:
+        """SIGUSR1 from the service: read its output from its stdin socket (End of a call)."""
+        single, end, out_src = self.single_socket, self.end, self.out_src
+        if single is None or not single.requested or self.switched:
+            return
+        self.switched = True
+        if out_src is not None and end.stdin is not None and not out_src.eof:
+            _use_single_socket(out_src, end.stdin)
+
+    def _poll(self) -> dict[int, int]:
+        end = self.end
+        paused = self.inp is not None and self.inp.pending_size > _PENDING_LIMIT
+        extra: dict[int, int] = {}
+        if end.pidfd is not None and not self.exited:
+            extra[end.pidfd] = _POLLIN
+        if self.single_socket is not None and not self.switched:
+            extra[self.single_socket.fd] = _POLLIN
+        return _poll_sources(self.poller, self.relay, self.sources, self.sinks, extra, paused)
+
+    def _step(self, ready: dict[int, int]) -> bool:
+        """Serve what poll() found ready; True when the peer broke the channel's rules."""
+        relay, end, inp = self.relay, self.end, self.inp
+        if self.single_socket is not None and ready.get(self.single_socket.fd):
+            self.single_socket.drain()
+        if end.pidfd is not None and not self.exited and ready.get(end.pidfd, 0):
+            self._process_exited()
         if inp is not None and inp.pending and ready.get(inp.fd, 0) & (_POLLOUT | _POLLERR):
             _drain_sink(inp)
         if relay.outq and ready.get(relay.chfd, 0) & (_POLLOUT | _POLLERR):
             relay.flush()
-        for s in sources:
+        for s in self.sources:
             if ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped:
-                _pump_source(relay, s, end.stderr_log if s is err_src else None)
+                _pump_source(relay, s, end.stderr_log if s is self.err_src else None)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
             for action, payload in relay.read_actions():
-                if action is Action.OUTPUT and inp is not None:
-                    _write_sink(inp, payload)
-                elif action is Action.OUTPUT_EOF and inp is not None:
-                    _end_sink(inp)
-                    client_eof = True
-            relay.consumed()
-            if relay.failed is not None:
-                _close_end(end, sinks)
-                return -1
-    _close_end(end, sinks)
-    relay.queue_message(MsgType.DATA_EXIT_CODE, struct.pack("<i", status))
-    _flush_blocking(relay)
-    return status
+                self._received(action, payload)
+            return relay.failed is not None
+        return False
+
+    def _process_exited(self) -> None:
+        self.exited = True
+        self.status = self.end.reap()
+        inp = self.inp
+        if inp is not None and not inp.closed:
+            # the process is gone: nobody will read its stdin
+            inp.pending.clear()
+            inp.pending_size = 0
+            _close_sink(inp)
+
+    def _received(self, action: Action, payload: memoryview) -> None:
+        if self.inp is None:
+            return
+        if action is Action.OUTPUT:
+            _write_sink(self.inp, payload)
+        elif action is Action.OUTPUT_EOF:
+            _end_sink(self.inp)
+            self.order.client_eof = True
 
 
 def _socket_input_over(relay: Relay, end: ServiceEnd, out_src: Source | None, inp: Sink | None,

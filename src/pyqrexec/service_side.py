@@ -13,14 +13,15 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 
+from .protocol.channel import NEED_DATA, DataHello
 from .protocol.cmdline import Command
 from .protocol.constants import MsgType
 from .protocol.errors import RemoteProtocolError
-from .protocol.handshake import negotiate_data
-from .protocol.wire import HEADER, hello, pack_exit_code, parse_hello
+from .protocol.wire import HEADER, hello, pack_exit_code
 from .relay import ServiceEnd, SingleSocket, run_service
 from .services.environment import log_tag
 from .services.spawn import Started
+from .transport.feed import read_message
 
 __all__ = ["VM_FAILURE_EOFS", "DOM0_FAILURE_EOFS", "send_hello", "send_status_only",
            "relay_started"]
@@ -32,7 +33,6 @@ VM_FAILURE_EOFS: tuple[int, ...] = (MsgType.DATA_STDOUT, MsgType.DATA_STDERR)
 #: (docs/reference/protocol.md#vm-to-dom0 step 5)
 DOM0_FAILURE_EOFS: tuple[int, ...] = (MsgType.DATA_STDERR, MsgType.DATA_STDOUT)
 
-_HELLO_SIZE = 12
 _PEER_HELLO_TIMEOUT = 10.0
 
 
@@ -63,16 +63,13 @@ def send_status_only(
 def _read_peer_hello(channel: socket.socket, own_version: int, log: Callable[[str], None]) -> None:
     """Best effort: consume the caller's HELLO so the caller sees an orderly close."""
     channel.settimeout(_PEER_HELLO_TIMEOUT)
+    peer = DataHello(own_version)
     try:
-        data = b""
-        while len(data) < _HELLO_SIZE:
-            chunk = channel.recv(_HELLO_SIZE - len(data))
-            if not chunk:
-                return
-            data += chunk
-        t, _n = HEADER.unpack_from(data)
-        negotiate_data(parse_hello(t, data[8:]), own_version)
-    except (OSError, RemoteProtocolError) as err:
+        read_message(channel, peer, NEED_DATA)
+    except RemoteProtocolError as err:
+        if not peer.reader.eof:  # a caller that closes early is no news
+            log(f"data channel: {err}")
+    except OSError as err:
         log(f"data channel: {err}")
 
 

@@ -14,11 +14,11 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyqrexec.client.daemon_socket import recv_exact
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER, hello, pack_trigger4, parse_exec
 from pyqrexec.transport import vchan
 
+from .fake_agent import recv_exact
 from .harness import PYTHON, Domain, QrexecHost
 
 TIMEOUT = 20.0

@@ -15,25 +15,27 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..aio import ChannelWriter, recv_exact
+from ..aio import ChannelWriter
 from ..forking import fork_call, on_exit
-from ..protocol.cmdline import parse_command, split_user
-from ..protocol.constants import IDENT_SIZE, VCHAN_BASE_PORT, MsgType
-from ..protocol.control import check_daemon_header
-from ..protocol.errors import RemoteProtocolError
-from ..protocol.handshake import negotiate_control
-from ..protocol.messages import (
-    HEADER,
-    hello,
-    pack_connection_terminated,
-    parse_exec,
-    parse_hello,
+from ..protocol.channel import (
+    END_OF_STREAM,
+    NEED_DATA,
+    AgentControl,
+    Exec,
+    Hello,
+    ServiceConnect,
+    ServiceRefused,
 )
+from ..protocol.cmdline import parse_command, split_user
+from ..protocol.constants import VCHAN_BASE_PORT
+from ..protocol.errors import RemoteProtocolError
+from ..protocol.messages import ExecParams, hello, pack_connection_terminated
 from ..services.lookup import rpc_config_path_from_env, service_path_from_env
 from ..services.rpcconfig import ServiceConfig
 from ..services.session import MAX_PARKED, start_session_waiter
 from ..services.spawn import Failed, SpawnContext, service_config_for
 from ..transport import vchan
+from ..transport.feed import read_message_async
 from .fork_client import Handover, hand_over, prepare_handover, watch_until_eof
 from .handler import HandlerContext, run_handler
 from .trigger import TriggerSocket
@@ -116,14 +118,13 @@ class Agent:
         first = True
         while True:
             conn = await self._accept_daemon()
+            channel = AgentControl(self.opts.own_version)
             try:
                 await self.loop.sock_sendall(conn, hello(self.opts.own_version))
-                head = await recv_exact(self.loop, conn, 8)
-                t, n = HEADER.unpack(head)
-                if t != MsgType.HELLO or n != 4:
-                    raise RemoteProtocolError(f"bad HELLO from daemon: type {t:#x} len {n}")
-                peer = parse_hello(t, await recv_exact(self.loop, conn, 4))
-                self.version = negotiate_control(peer, self.opts.own_version)
+                event = await read_message_async(self.loop, conn, channel, NEED_DATA)
+                if not isinstance(event, Hello):
+                    raise EOFError("the daemon closed the channel before its HELLO")
+                self.version = event.version
             except (EOFError, OSError, RemoteProtocolError) as err:
                 self.log(f"control channel handshake failed: {err}")
                 return 1
@@ -136,7 +137,7 @@ class Agent:
                 self.trigger.start()
                 self._notify_ready()
             try:
-                await self._serve_control(conn)
+                await self._serve_control(conn, channel)
             except RemoteProtocolError as err:
                 self.log(f"fatal error from daemon: {err}")
                 return 1
@@ -159,29 +160,28 @@ class Agent:
         except OSError as err:
             self.log(f"cannot notify the service manager: {err}")
 
-    async def _serve_control(self, conn: socket.socket) -> None:
+    async def _serve_control(self, conn: socket.socket, channel: AgentControl) -> None:
         while True:
+            # EOF or an error, even inside a message, ends this daemon's channel
+            # (reference: Refusals)
             try:
-                head = await recv_exact(self.loop, conn, 8)
-            except (EOFError, OSError):
+                event = await read_message_async(self.loop, conn, channel, NEED_DATA)
+            except OSError:
                 return
-            t, n = HEADER.unpack(head)
-            check_daemon_header(t, n)
-            try:
-                payload = await recv_exact(self.loop, conn, n)
-            except (EOFError, OSError):
+            except RemoteProtocolError:
+                if channel.reader.eof:
+                    return
+                raise
+            if event is END_OF_STREAM:
                 return
-            if t in (MsgType.EXEC_CMDLINE, MsgType.JUST_EXEC):
-                self._start_handler(t, payload)
-            elif t == MsgType.SERVICE_CONNECT and self.trigger is not None:
-                params = parse_exec(payload)
-                self.trigger.connect(params.payload[:IDENT_SIZE].ljust(IDENT_SIZE, b"\0"),
-                                     params.connect_domain, params.connect_port)
-            elif t == MsgType.SERVICE_REFUSED and self.trigger is not None:
-                self.trigger.refused(payload)
+            if isinstance(event, Exec):
+                self._start_handler(event.msgtype, event.params)
+            elif isinstance(event, ServiceConnect) and self.trigger is not None:
+                self.trigger.connect(event.ident, event.domain, event.port)
+            elif isinstance(event, ServiceRefused) and self.trigger is not None:
+                self.trigger.refused(event.ident)
 
-    def _start_handler(self, msgtype: int, payload: bytes) -> None:
-        params = parse_exec(payload)
+    def _start_handler(self, msgtype: int, params: ExecParams) -> None:
         call = _Call(msgtype, params.connect_domain, params.connect_port, params.cmdline)
         self._plan(call)
         if call.wait_user is None:

@@ -16,12 +16,11 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ..aio import drain_until_eof, recv_exact
-from ..protocol.control import check_trigger_socket_header
+from ..aio import drain_until_eof
+from ..protocol.channel import NEED_DATA, TriggerConnection
 from ..protocol.errors import LocalProtocolError, RemoteProtocolError
 from ..protocol.idents import agent_ident, parse_agent_ident
 from ..protocol.messages import (
-    HEADER,
     Trigger4,
     field_str,
     pack_connection_terminated,
@@ -30,6 +29,7 @@ from ..protocol.messages import (
     pack_trigger3,
     pack_trigger4,
 )
+from ..transport.feed import read_message_async
 
 __all__ = ["TriggerSocket", "downgrade"]
 
@@ -114,10 +114,9 @@ class TriggerSocket:
     async def _serve(self, conn: socket.socket) -> None:
         try:
             await self.ready()
-            head = await recv_exact(self.loop, conn, 8)
-            t, n = HEADER.unpack(head)
-            check_trigger_socket_header(t, n)
-            trigger = Trigger4.parse(await recv_exact(self.loop, conn, n))
+            trigger = await read_message_async(self.loop, conn, TriggerConnection(), NEED_DATA)
+            if not isinstance(trigger, Trigger4):
+                raise EOFError("no request")
         except (EOFError, OSError, RemoteProtocolError):
             self.log("Invalid request received from qrexec-client-vm, is it outdated?")
             conn.close()

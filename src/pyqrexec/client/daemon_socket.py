@@ -7,26 +7,16 @@ import errno
 import os
 import socket
 
+from ..protocol.channel import NEED_DATA, DaemonSession, Hello, PortAnswer
 from ..protocol.constants import CLIENT_PROTOCOL_VERSION
-from ..protocol.errors import RemoteProtocolError
-from ..protocol.handshake import check_client_hello
-from ..protocol.wire import HEADER, hello, pack_exec, parse_exec_params_only, parse_hello
+from ..protocol.wire import hello, pack_exec
+from ..transport.feed import read_message
 
-__all__ = ["DaemonNotRunning", "connect_daemon", "request", "recv_exact"]
+__all__ = ["DaemonNotRunning", "connect_daemon", "request"]
 
 
 class DaemonNotRunning(OSError):
     pass
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"short read ({len(data)} of {n} bytes)")
-        data += chunk
-    return bytes(data)
 
 
 def connect_daemon(socket_dir: str, domain: str) -> socket.socket:
@@ -40,9 +30,8 @@ def connect_daemon(socket_dir: str, domain: str) -> socket.socket:
             raise DaemonNotRunning(err.errno, f"qrexec daemon for {domain} not running") from err
         raise
     try:
-        head = recv_exact(sock, 12)
-        t, _n = HEADER.unpack_from(head)
-        check_client_hello(parse_hello(t, head[8:]))
+        if not isinstance(read_message(sock, DaemonSession(), NEED_DATA), Hello):
+            raise EOFError("the daemon closed the connection before its HELLO")
         sock.sendall(hello(CLIENT_PROTOCOL_VERSION))
     except BaseException:
         sock.close()
@@ -57,9 +46,8 @@ def request(
     sock.sendall(pack_exec(msgtype, domain, port, payload))
     if port != 0:
         return None
-    head = recv_exact(sock, 16)
-    t, n = HEADER.unpack_from(head)
-    if t != msgtype or n != 8:
-        raise RemoteProtocolError(f"unexpected daemon answer type {t:#x} len {n}")
-    return parse_exec_params_only(head[8:])
+    answer = read_message(sock, DaemonSession.answer_to(msgtype), NEED_DATA)
+    if not isinstance(answer, PortAnswer):
+        raise EOFError("the daemon closed the connection without an answer")
+    return answer.domain, answer.port
 

@@ -16,40 +16,37 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ..aio import ChannelWriter, recv_exact
+from ..aio import ChannelWriter
 from ..log import RepeatLimited
-from ..protocol.constants import (
-    CLIENT_PROTOCOL_VERSION,
-    MAX_CLIENTS,
-    MAX_QREXEC_CMD_LEN,
-    VCHAN_BASE_PORT,
-    MsgType,
+from ..protocol.channel import (
+    END_OF_STREAM,
+    NEED_DATA,
+    ClientRequest,
+    ClientSession,
+    ConnectionTerminated,
+    DaemonControl,
+    Hello,
+    UnexpectedData,
 )
-from ..protocol.control import (
-    Refusal,
-    ServiceRequest,
-    check_agent_header,
-    valid_data_port,
-    validate_trigger,
-)
+from ..protocol.constants import CLIENT_PROTOCOL_VERSION, MAX_CLIENTS, VCHAN_BASE_PORT, MsgType
+from ..protocol.control import Refusal, ServiceRequest
 from ..protocol.errors import RemoteProtocolError
-from ..protocol.handshake import check_client_hello, negotiate_control
+from ..protocol.handshake import IncompatibleVersion
 from ..protocol.messages import (
-    HEADER,
     hello,
     pack_exec,
     pack_exec_params,
     pack_header,
     pack_service_refused,
-    parse_exec,
-    parse_hello,
 )
+from ..protocol.pending import Full, PendingTable
+from ..protocol.pending import PendingRequest as _Pending
 from ..protocol.ports import DEFAULT_SHARE, Busy, PortTable
 from ..transport import vchan
+from ..transport.feed import read_message_async, read_stream_message
 
 __all__ = ["DaemonOptions", "Daemon", "Fatal", "PendingRequest"]
 
-_DEFAULT_PREFIX = b"DEFAULT:"
 #: stop reading the agent while this much of our own output to it waits beyond what the
 #: kernel holds (our own limit: an agent that sends requests but never reads the answers would
 #: otherwise grow our memory without bound; an agent that reads never gets near it)
@@ -81,13 +78,10 @@ class DaemonOptions:
 
 
 @dataclass(eq=False)
-class PendingRequest:
-    """A trigger waiting for its policy answer
-    (docs/reference/protocol.md#trigger-validation step 8)."""
+class PendingRequest(_Pending):
+    """A trigger waiting for its policy answer (reference: Trigger validation, 8), and the
+    task working on it."""
 
-    ident: bytes
-    request: ServiceRequest
-    answered: bool = False
     task: asyncio.Task[int] | None = None
 
 
@@ -112,12 +106,11 @@ class Daemon:
         #: for lines a hostile domain can make us repeat at will
         self.log_repeated = RepeatLimited(log, self.loop.call_later)
         self.clients: set[_Client] = set()
-        self.pending: dict[bytes, PendingRequest] = {}
-        #: answered requests whose worker still runs (their idents may be reused)
-        self.finishing: list[PendingRequest] = []
+        self.requests: PendingTable[PendingRequest] = PendingTable(MAX_CLIENTS)
         self.control: socket.socket | None = None
+        #: the control channel's state (what the agent may send next), None between agents
+        self.channel: DaemonControl | None = None
         self.writer: ChannelWriter | None = None
-        self.version = 0
         self.server: asyncio.AbstractServer | None = None
         self._paths: list[str] = []
 
@@ -131,23 +124,20 @@ class Daemon:
         except OSError as err:
             raise Fatal(3, f"cannot connect to the agent: {err}") from err
         sock.setblocking(False)
+        channel = DaemonControl(self.opts.own_version)
         try:
-            head = await recv_exact(self.loop, sock, 8)
-            t, n = HEADER.unpack(head)
-            if t != MsgType.HELLO or n != 4:
-                raise RemoteProtocolError(f"bad HELLO: type {t:#x} len {n}")
-            peer = parse_hello(t, await recv_exact(self.loop, sock, 4))
-            try:
-                version = negotiate_control(peer, self.opts.own_version)
-            except RemoteProtocolError as err:
-                raise Fatal(1, f"Incompatible agent protocol version (remote {peer}, "
-                               f"local {self.opts.own_version})") from err
-            await self.loop.sock_sendall(sock, hello(version))
+            event = await read_message_async(self.loop, sock, channel, NEED_DATA)
+            if not isinstance(event, Hello):
+                raise EOFError("the agent closed the channel before its HELLO")
+            await self.loop.sock_sendall(sock, hello(channel.version))
+        except IncompatibleVersion as err:
+            sock.close()
+            raise Fatal(1, str(err)) from err
         except (EOFError, OSError, RemoteProtocolError) as err:
             sock.close()
             raise Fatal(1, f"control channel handshake failed: {err}") from err
         self.control = sock
-        self.version = version
+        self.channel = channel
         self.writer = ChannelWriter(self.loop, sock)
 
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
@@ -174,50 +164,41 @@ class Daemon:
         self.stop_socket()
         for client in list(self.clients):
             client.writer.close()
-        for req in self.pending.values():
+        for req in self.requests.drop_pending():
             if req.task is not None:
                 req.task.cancel()
-        self.pending.clear()
         if self.writer is not None:
             self.writer.close()
         if self.control is not None:
             self.control.close()
         self.control = None
+        self.channel = None
         self.writer = None
 
     async def _serve_control(self, sock: socket.socket) -> None:
+        assert self.channel is not None
+        channel = self.channel
         while True:
             if self.writer is not None:
                 await self.writer.ready(_AGENT_BACKLOG_LIMIT)
             # EOF between two messages is a disconnect; inside one it is a short read
             # (docs/reference/protocol.md#refusals)
             try:
-                head = await self.loop.sock_recv(sock, 8)
-            except OSError:
-                head = b""
-            if not head:
-                self.log("qrexec-agent has disconnected")
-                return
-            try:
-                head += await recv_exact(self.loop, sock, 8 - len(head))
-            except (EOFError, OSError) as err:
-                raise Fatal(1, f"short read from the agent (header): {err}") from err
-            t, n = HEADER.unpack(head)
-            try:
-                check_agent_header(t, n, self.version)
+                event = await read_message_async(self.loop, sock, channel, NEED_DATA)
+            except OSError as err:
+                if not channel.buffered:
+                    event = END_OF_STREAM
+                else:
+                    raise Fatal(1, f"short read from the agent: {err}") from err
             except RemoteProtocolError as err:
                 raise Fatal(1, str(err)) from err
-            try:
-                payload = await recv_exact(self.loop, sock, n)
-            except (EOFError, OSError) as err:
-                raise Fatal(1, f"short read from the agent: {err}") from err
-            if t == MsgType.CONNECTION_TERMINATED:
-                params = parse_exec(payload)
-                if not valid_data_port(params.connect_port):
-                    raise Fatal(1, "Invalid port in MSG_CONNECTION_TERMINATED")
-                self._release(params.connect_domain, params.connect_port)
-            else:
-                self._handle_trigger(t, payload)
+            if event is END_OF_STREAM:
+                self.log("qrexec-agent has disconnected")
+                return
+            if isinstance(event, ConnectionTerminated):
+                self._release(event.domain, event.port)
+            elif isinstance(event, (ServiceRequest, Refusal)):
+                self._handle_trigger(event)
 
     def _release(self, peer: int, port: int) -> None:
         released, client = self.ports.release(peer, port)
@@ -230,32 +211,24 @@ class Daemon:
         await self.writer.send(data)
 
     # -- call requests --------------------------------------------------------------------
-    def _handle_trigger(self, msgtype: int, payload: bytes) -> None:
-        result = validate_trigger(msgtype, payload, self.version)
+    def _handle_trigger(self, result: ServiceRequest | Refusal) -> None:
         if isinstance(result, Refusal):
             self.log(f"refusing request: {result.reason}")
             self._refuse(result.ident)
             return
-        if len(self.pending) + len(self.finishing) >= MAX_CLIENTS:
+        full = self.requests.admit(result.ident)
+        if full is Full.TOO_MANY:
             self.log_repeated("Service request denied, too many pending requests")
-            self._refuse(result.ident)
+        elif self.worker is None:
+            self.log(f"no policy worker: refusing {result.service}")
+        elif full is Full.DUPLICATE:
+            self.log("duplicate request ident, refusing")
+        else:
+            req = PendingRequest(result.ident, result)
+            self.requests.add(req)
+            req.task = self.loop.create_task(self._run_worker(req))
             return
-        earlier = self.pending.get(result.ident)
-        if earlier is not None and earlier.answered:
-            # answered already (a disposable call's worker waits for the call's end): the
-            # agent has closed that request's socket and may reuse its ident
-            del self.pending[result.ident]
-            self.finishing.append(earlier)
-        if result.ident in self.pending or self.worker is None:
-            if self.worker is None:
-                self.log(f"no policy worker: refusing {result.service}")
-            else:
-                self.log("duplicate request ident, refusing")
-            self._refuse(result.ident)
-            return
-        req = PendingRequest(result.ident, result)
-        self.pending[result.ident] = req
-        req.task = self.loop.create_task(self._run_worker(req))
+        self._refuse(result.ident)
 
     async def _run_worker(self, req: PendingRequest) -> int:
         assert self.worker is not None
@@ -266,9 +239,7 @@ class Daemon:
         except Exception as err:  # noqa: BLE001 - a worker failure refuses the call
             self.log(f"request worker failed: {err!r}")
             status = 1
-        if self.pending.get(req.ident) is req:
-            del self.pending[req.ident]
-        self.finishing = [r for r in self.finishing if r is not req]
+        self.requests.done(req)
         if status != 0:
             if req.answered:
                 self.log(f"request worker exited with code {status}, but the response "
@@ -364,59 +335,41 @@ class Daemon:
 
     async def _client_session(self, client: _Client, reader: asyncio.StreamReader,
                               writer: asyncio.StreamWriter) -> None:
+        session = ClientSession()
         writer.write(hello(CLIENT_PROTOCOL_VERSION))
         await writer.drain()
-        head = await reader.readexactly(8)
-        t, n = HEADER.unpack(head)
-        if t != MsgType.HELLO or n != 4:
-            raise RemoteProtocolError(f"bad client HELLO (type {t:#x} len {n})")
-        check_client_hello(parse_hello(t, await reader.readexactly(4)))
+        if not isinstance(await read_stream_message(reader, session, NEED_DATA), Hello):
+            raise EOFError("closed before its HELLO")
         await self._control_ready()
-        head = await reader.readexactly(8)
-        t, n = HEADER.unpack(head)
-        if t not in (MsgType.EXEC_CMDLINE, MsgType.JUST_EXEC, MsgType.SERVICE_CONNECT):
-            raise RemoteProtocolError(f"client sent message type {t:#x}")
-        if not 8 < n <= MAX_QREXEC_CMD_LEN:
-            raise RemoteProtocolError(f"client sent length {n}")
-        params = parse_exec(await reader.readexactly(n))
-        payload = params.payload
-        if not payload.endswith(b"\0"):
-            raise RemoteProtocolError("client payload not NUL-terminated")
-        if t == MsgType.SERVICE_CONNECT:
-            ident = payload[: payload.find(b"\0")]
-            req = self._pending_by_ident(ident)
+        request = await read_stream_message(reader, session, NEED_DATA)
+        if not isinstance(request, ClientRequest):
+            raise EOFError("closed before its request")
+        params = request.params
+        if request.msgtype == MsgType.SERVICE_CONNECT:
+            req = self.requests.by_client_ident(request.ident)
             if req is None or req.answered:
                 raise RemoteProtocolError("SERVICE_CONNECT for an unknown request")
             req.answered = True
         elif params.connect_port != 0:
             self.log(f"client requested port {params.connect_port} itself")
         port = params.connect_port
-        if port != 0 and not valid_data_port(port):
-            raise RemoteProtocolError(f"client requested invalid port {port}")
         if port == 0:
             allocated = self.allocate(params.connect_domain, client)
             if allocated is None:
                 return
             port = allocated
             try:
-                writer.write(pack_header(t, 8) + pack_exec_params(self.opts.domid, port))
+                writer.write(pack_header(request.msgtype, 8)
+                             + pack_exec_params(self.opts.domid, port))
                 await writer.drain()
             except OSError:
                 self.ports.release(params.connect_domain, port)
                 raise
-        if t != MsgType.SERVICE_CONNECT and payload.startswith(_DEFAULT_PREFIX):
-            payload = self.opts.default_user.encode() + payload[len(_DEFAULT_PREFIX) - 1 :]
-        await self.send_to_agent(pack_exec(t, params.connect_domain, port, payload))
+        payload = request.for_agent(self.opts.default_user.encode())
+        await self.send_to_agent(pack_exec(request.msgtype, params.connect_domain, port, payload))
         # RUNNING: nothing more may come; EOF (or a release) ends the connection
-        extra = await reader.read(1)
-        if extra:
+        if isinstance(await read_stream_message(reader, session, NEED_DATA), UnexpectedData):
             self.log("Unexpected data received from client")
-
-    def _pending_by_ident(self, ident: bytes) -> PendingRequest | None:
-        for key, req in self.pending.items():
-            if key[: key.find(b"\0")] == ident:
-                return req
-        return None
 
 
 async def run_daemon(daemon: Daemon, ready: Callable[[], None] | None) -> int:

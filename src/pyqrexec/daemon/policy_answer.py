@@ -43,6 +43,31 @@ def parse_answer(data: bytes) -> PolicyAnswer:
         raise Malformed("non-ASCII answer") from err
     if text.endswith("\n"):
         text = text[:-1]
+    result, values, ignored = _lines(text)
+    if "autostart" in values and values["autostart"] not in ("True", "False"):
+        raise Malformed(f"bad autostart {values['autostart']!r}")
+    present = [k for k in _ALLOW_NEEDS if k in values]
+    if result == "allow" and len(present) != len(_ALLOW_NEEDS):
+        raise Malformed("allow without user, target, requested_target and autostart")
+    if result == "deny":
+        if present:
+            raise Malformed(f"deny with {', '.join(present)}")
+        return PolicyAnswer(False, ignored=tuple(ignored))
+    return PolicyAnswer(
+        True,
+        user=values["user"],
+        target=values["target"],
+        target_uuid=values.get("target_uuid"),
+        autostart=values["autostart"] == "True",
+        requested_target=values["requested_target"],
+        service=values.get("service"),
+        policy_source=values.get("policy_source"),
+        ignored=tuple(ignored),
+    )
+
+
+def _lines(text: str) -> tuple[str, dict[str, str], list[str]]:
+    """(result, the other known keys' values, lines with unknown keys) of an answer."""
     values: dict[str, str] = {}
     result: str | None = None
     ignored: list[str] = []
@@ -64,26 +89,7 @@ def parse_answer(data: bytes) -> PolicyAnswer:
             ignored.append(line)
     if result is None:
         raise Malformed("no result")
-    if "autostart" in values and values["autostart"] not in ("True", "False"):
-        raise Malformed(f"bad autostart {values['autostart']!r}")
-    present = [k for k in _ALLOW_NEEDS if k in values]
-    if result == "allow" and len(present) != len(_ALLOW_NEEDS):
-        raise Malformed("allow without user, target, requested_target and autostart")
-    if result == "deny":
-        if present:
-            raise Malformed(f"deny with {', '.join(present)}")
-        return PolicyAnswer(False, ignored=tuple(ignored))
-    return PolicyAnswer(
-        True,
-        user=values["user"],
-        target=values["target"],
-        target_uuid=values.get("target_uuid"),
-        autostart=values["autostart"] == "True",
-        requested_target=values["requested_target"],
-        service=values.get("service"),
-        policy_source=values.get("policy_source"),
-        ignored=tuple(ignored),
-    )
+    return result, values, ignored
 
 
 def request_text(source: str, target: str, service: str, requested_source: str | None) -> bytes:

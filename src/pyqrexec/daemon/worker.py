@@ -20,6 +20,7 @@ from ..aio import open_unix
 from ..forking import fork_call, wait_exit
 from ..host.qubesd import QubesdError
 from ..host.qubesd_async import call_async
+from ..protocol.channel import NEED_DATA, DaemonSession, Hello, PortAnswer
 from ..protocol.constants import (
     CLIENT_PROTOCOL_VERSION,
     EXIT_PROBLEM,
@@ -27,8 +28,8 @@ from ..protocol.constants import (
     MsgType,
 )
 from ..protocol.errors import RemoteProtocolError
-from ..protocol.handshake import check_client_hello
-from ..protocol.wire import HEADER, hello, pack_exec, parse_exec_params_only, parse_hello
+from ..protocol.wire import hello, pack_exec
+from ..transport.feed import read_stream_message
 from .policy_answer import ANSWER_LIMIT, Malformed, PolicyAnswer, parse_answer, request_text
 
 if TYPE_CHECKING:
@@ -147,9 +148,11 @@ async def _execute(daemon: Daemon, pending: PendingRequest, answer: PolicyAnswer
     return 0
 
 
-async def _open_daemon(
-    daemon: Daemon, dest: str
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+#: a connection to a daemon's socket after the HELLO exchange
+_Opened = tuple[asyncio.StreamReader, asyncio.StreamWriter, DaemonSession]
+
+
+async def _open_daemon(daemon: Daemon, dest: str) -> _Opened | None:
     path = os.path.join(daemon.opts.socket_dir, f"qrexec.{dest}")
     try:
         reader, writer = await open_unix(path)
@@ -157,15 +160,15 @@ async def _open_daemon(
         if err.errno in (errno.ENOENT, errno.ECONNREFUSED):
             return None
         raise WorkerFailure(EXIT_PROBLEM, f"cannot connect to {path}: {err}") from err
+    session = DaemonSession()
     try:
-        head = await reader.readexactly(12)
-        t, _n = HEADER.unpack_from(head)
-        check_client_hello(parse_hello(t, head[8:]))
+        if not isinstance(await read_stream_message(reader, session, NEED_DATA), Hello):
+            raise EOFError("closed before its HELLO")
         writer.write(hello(CLIENT_PROTOCOL_VERSION))
-    except (OSError, asyncio.IncompleteReadError, RemoteProtocolError) as err:
+    except (OSError, EOFError, RemoteProtocolError) as err:
         writer.close()
         raise WorkerFailure(EXIT_PROBLEM, f"handshake with {path} failed: {err}") from err
-    return reader, writer
+    return reader, writer, session
 
 
 async def _exec_in(
@@ -182,24 +185,20 @@ async def _exec_in(
     deadline = loop.time() + BUSY_WAIT
     pause = 0.01
     while True:
-        reader, writer = await _open_target(daemon, dest, autostart)
+        reader, writer, session = await _open_target(daemon, dest, autostart)
         try:
             writer.write(pack_exec(MsgType.EXEC_CMDLINE, daemon.opts.domid, 0, cmd))
-            head = await reader.readexactly(16)
-            t, n = HEADER.unpack_from(head)
-            if t != MsgType.EXEC_CMDLINE or n != 8:
-                raise RemoteProtocolError(f"answer type {t:#x} len {n}")
-            domid, port = parse_exec_params_only(head[8:])
-            return domid, port, reader, writer
-        except asyncio.IncompleteReadError as err:
+            session.expect_answer(MsgType.EXEC_CMDLINE)
+            answer = await read_stream_message(reader, session, NEED_DATA)
+            if isinstance(answer, PortAnswer):
+                return answer.domain, answer.port, reader, writer
+            # closed without an answer: no port for us now
             writer.close()
-            if err.partial:
-                raise WorkerFailure(EXIT_PROBLEM, f"exec request to {dest} failed: {err}") from err
             if loop.time() + pause > deadline:
                 raise WorkerFailure(
                     EXIT_REQUEST_REFUSED,
                     f"no data port in {dest} for {daemon.opts.name} within {BUSY_WAIT:g} s, "
-                    "refusing the call") from err
+                    "refusing the call")
         except (OSError, RemoteProtocolError) as err:
             writer.close()
             raise WorkerFailure(EXIT_PROBLEM, f"exec request to {dest} failed: {err}") from err
@@ -207,9 +206,7 @@ async def _exec_in(
         pause = min(pause * 2, _BUSY_PAUSE_MAX)
 
 
-async def _open_target(
-    daemon: Daemon, dest: str, autostart: bool
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _open_target(daemon: Daemon, dest: str, autostart: bool) -> _Opened:
     """The target's daemon socket after HELLO; starts the target first if allowed."""
     opened = await _open_daemon(daemon, dest)
     if opened is None:

@@ -74,12 +74,26 @@ class MessageReader:
     `check_header` is a public attribute: a channel that changes rules (HELLO first, then
     version-dependent checks) replaces it between messages. Once a check or a short read
     has raised RemoteProtocolError, every later `next_message` raises it again.
+
+    Two ways to feed it and take messages out:
+
+    - `receive_data()` and `next_message()`: bytes in, copies out (control channels).
+      `wanted` says how many bytes complete the next header or message, so a program can
+      read no further than the message it expects (a socket handed on afterwards keeps the
+      rest unread).
+    - with a fixed `capacity`: `free_space()` is a view to receive into, `received(n)`
+      counts what arrived, and `next_view()` returns payloads as views into the buffer
+      (the data path: no copies). A view stays valid until the next `free_space()`.
     """
 
-    def __init__(self, check_header: HeaderCheck) -> None:
+    def __init__(self, check_header: HeaderCheck, capacity: int | None = None) -> None:
         self.check_header = check_header
-        self._buf = bytearray()
+        self._fixed = capacity is not None
+        self._buf = bytearray(capacity or 0)
+        self._view = memoryview(self._buf) if self._fixed else None
+        #: unread bytes are `_buf[_pos:_end]`
         self._pos = 0
+        self._end = 0
         self._header: tuple[int, int] | None = None
         self._eof = False
         self._error: RemoteProtocolError | None = None
@@ -88,7 +102,15 @@ class MessageReader:
     def buffered(self) -> int:
         """Received bytes not yet returned in a message (a checked header included)."""
         pending = HEADER_SIZE if self._header is not None else 0
-        return len(self._buf) - self._pos + pending
+        return self._end - self._pos + pending
+
+    @property
+    def wanted(self) -> int:
+        """Bytes still missing from the next header (none checked yet) or payload."""
+        available = self._end - self._pos
+        if self._header is None:
+            return max(HEADER_SIZE - available, 0)
+        return max(self._header[1] - available, 0)
 
     @property
     def eof(self) -> bool:
@@ -99,13 +121,60 @@ class MessageReader:
             raise LocalProtocolError("data received after EOF")
         if not data:
             raise LocalProtocolError("empty data: signal end of stream with receive_eof()")
+        if self._fixed:
+            n = len(data)
+            self.free_space()[:n] = data
+            self.received(n)
+            return
         self._buf += data
+        self._end = len(self._buf)
 
     def receive_eof(self) -> None:
         self._eof = True
 
+    def free_space(self) -> memoryview:
+        """Fixed capacity only: where the next bytes go (unread bytes moved to the front
+        first, which ends the validity of views handed out before)."""
+        assert self._view is not None, "free_space() needs a fixed capacity"
+        if self._pos:
+            left = self._end - self._pos
+            if left:
+                self._buf[:left] = self._view[self._pos : self._end]
+            self._pos, self._end = 0, left
+        return self._view[self._end :]
+
+    def received(self, n: int) -> None:
+        """`n` bytes were written at the start of `free_space()`."""
+        if self._eof:
+            raise LocalProtocolError("data received after EOF")
+        self._end += n
+
     def next_message(self) -> Message | Signal:
         """The next complete message, NEED_DATA, or END_OF_STREAM."""
+        found = self._locate()
+        if isinstance(found, Signal):
+            return found
+        msgtype, start, end = found
+        payload = bytes(self._buf[start:end])
+        self._compact()
+        return Message(msgtype, payload)
+
+    def next_view(self) -> tuple[int, memoryview] | Signal:
+        """Fixed capacity only: `next_message` with the payload as a view into the buffer."""
+        assert self._view is not None, "next_view() needs a fixed capacity"
+        found = self._locate()
+        if isinstance(found, Signal):
+            return found
+        msgtype, start, end = found
+        return msgtype, self._view[start:end]
+
+    def __iter__(self) -> Iterator[Message]:
+        """Every complete message now available (stops at NEED_DATA or END_OF_STREAM)."""
+        while isinstance(message := self.next_message(), Message):
+            yield message
+
+    def _locate(self) -> tuple[int, int, int] | Signal:
+        """(type, payload start, payload end) of the next complete message, consumed."""
         if self._error is not None:
             raise self._error
         try:
@@ -114,13 +183,8 @@ class MessageReader:
             self._error = err
             raise
 
-    def __iter__(self) -> Iterator[Message]:
-        """Every complete message now available (stops at NEED_DATA or END_OF_STREAM)."""
-        while isinstance(message := self.next_message(), Message):
-            yield message
-
-    def _next(self) -> Message | Signal:
-        available = len(self._buf) - self._pos
+    def _next(self) -> tuple[int, int, int] | Signal:
+        available = self._end - self._pos
         if self._header is None:
             if available < HEADER_SIZE:
                 return self._short(available)
@@ -132,11 +196,10 @@ class MessageReader:
         msgtype, length = self._header
         if available < length:
             return self._short(available + HEADER_SIZE)
-        payload = bytes(self._buf[self._pos : self._pos + length])
+        start = self._pos
         self._pos += length
         self._header = None
-        self._compact()
-        return Message(msgtype, payload)
+        return msgtype, start, self._pos
 
     def _short(self, pending: int) -> Signal:
         if not self._eof:
@@ -146,9 +209,12 @@ class MessageReader:
         return END_OF_STREAM
 
     def _compact(self) -> None:
-        if self._pos == len(self._buf):
+        if self._fixed:
+            return
+        if self._pos == self._end:
             self._buf.clear()
-            self._pos = 0
+            self._pos = self._end = 0
         elif self._pos >= _COMPACT_AT:
             del self._buf[: self._pos]
+            self._end -= self._pos
             self._pos = 0

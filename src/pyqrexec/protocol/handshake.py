@@ -12,8 +12,12 @@ from .constants import (
 )
 from .errors import RemoteProtocolError
 
-__all__ = ["own_max_version", "negotiate", "negotiate_control", "negotiate_data",
-           "check_client_hello", "check_hello_header"]
+__all__ = ["IncompatibleVersion", "own_max_version", "negotiate", "negotiate_control",
+           "negotiate_data", "check_client_hello", "check_hello_header"]
+
+
+class IncompatibleVersion(RemoteProtocolError):
+    """The peer's HELLO is well-formed, but its version is below what the channel needs."""
 
 
 def check_hello_header(msgtype: int, length: int) -> None:
@@ -40,7 +44,7 @@ def own_max_version(setting: str | None) -> tuple[int, str | None]:
 def negotiate(peer: int, own: int, minimum: int) -> int:
     version = min(peer, own)
     if version < minimum:
-        raise RemoteProtocolError(
+        raise IncompatibleVersion(
             f"Incompatible agent protocol version (remote {peer}, local {own})"
         )
     return version

@@ -109,17 +109,26 @@ def accept_one(
     return conn
 
 
+def _attempt(path: str, backoff: Backoff) -> socket.socket | float:
+    """One connect attempt: the socket, or the pause before the next (VchanTimeout when
+    time is up)."""
+    sock = try_connect(path, wait_for_listener=True, follow_symlinks=False)
+    if sock is not None:
+        return sock
+    pause = backoff.next()
+    if pause is None:
+        raise VchanTimeout(f"cannot connect to {path}")
+    return pause
+
+
 def connect(
     directory: str, server: int, own: int, port: int, timeout: float | None = None
 ) -> socket.socket:
     """Client init: connect, retrying on ENOENT/ECONNREFUSED until `timeout` (None = forever)."""
     path = pair_path(directory, server, own, port, own)
     backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
-    while (sock := try_connect(path, wait_for_listener=True, follow_symlinks=False)) is None:
-        pause = backoff.next()
-        if pause is None:
-            raise VchanTimeout(f"cannot connect to {path}")
-        time.sleep(pause)
+    while not isinstance(sock := _attempt(path, backoff), socket.socket):
+        time.sleep(sock)
     sock.setblocking(True)
     tune(sock)
     return sock
@@ -133,10 +142,7 @@ async def connect_async(
 
     path = pair_path(directory, server, own, port, own)
     backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
-    while (sock := try_connect(path, wait_for_listener=True, follow_symlinks=False)) is None:
-        pause = backoff.next()
-        if pause is None:
-            raise VchanTimeout(f"cannot connect to {path}")
-        await asyncio.sleep(pause)
+    while not isinstance(sock := _attempt(path, backoff), socket.socket):
+        await asyncio.sleep(sock)
     tune(sock)
     return sock
