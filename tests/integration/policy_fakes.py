@@ -109,6 +109,8 @@ def env(tmp: Path, qubesd: str) -> dict[str, str]:
     out["QUBESD_SOCKET"] = qubesd
     out["QREXEC_LEGACY_POLICY_DIR"] = str(tmp / "legacy")
     out["QREXEC_SERVICE_PATH"] = str(tmp / "rpc")
+    out["QREXEC_LOG_DIR"] = str(tmp / "log")
+    out["QREXEC_GRANTS_FILE"] = str(tmp / "grants.json")
     return out
 
 

@@ -48,7 +48,8 @@ def world(host: QrexecHost) -> Iterator[World]:
 def _start_policy_daemon(world: World) -> subprocess.Popen[bytes]:
     root = world.host.root
     env = world.host.env(0, QUBESD_INTERNAL_SOCKET=str(root / "qubesd.internal.sock"),
-                         QREXEC_LEGACY_POLICY_DIR=str(root / "legacy"))
+                         QREXEC_LEGACY_POLICY_DIR=str(root / "legacy"),
+                         QREXEC_LOG_DIR=str(root))
     proc = subprocess.Popen(
         [*program("qrexec-policy-daemon"), "--policy-path", str(root / "policy.d"),
          "--socket-path", str(root / "policy.sock"),
