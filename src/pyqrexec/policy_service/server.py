@@ -111,7 +111,7 @@ class _RequestConnection:
             if end is not None:
                 self._start(self.buffer[:end])
             elif len(self.buffer) > MAX_REQUEST_SIZE:
-                self._reject(RequestError("request too long"))
+                self._reject(RequestError("request too long"), self.buffer)
                 return
 
     def _stop_reading(self) -> None:
@@ -119,17 +119,17 @@ class _RequestConnection:
             self.reading = False
             self.loop.remove_reader(self.fd)
 
-    def _reject(self, err: RequestError) -> None:
+    def _reject(self, err: RequestError, data: bytes) -> None:
         self.started = True
         self.server.log.warning("error parsing policy request: %s", err)
-        self.server.refused(self.reported_id, self.buffer, err)
+        self.server.refused(self.reported_id, data, err)
         self._close()
 
     def _start(self, data: bytes) -> None:
         try:
             request = parse_request(data)
         except RequestError as err:
-            self._reject(err)
+            self._reject(err, data)
             return
         self.started = True
         self.server.spawn(self._answer(request))
