@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 from .parser import ActionType, Rule
+from .system_info import SystemInfo
 
 __all__ = [
     "ALWAYS",
@@ -27,7 +28,9 @@ __all__ = [
     "Remember",
     "always_rule",
     "rule_id",
+    "running",
     "split_reply",
+    "unusable",
 ]
 
 FOR = "for"
@@ -83,6 +86,9 @@ class Grant:
     expires: float | None  # wall-clock seconds; None: until a qube in `halts` halts
     halts: tuple[str, ...] = ()
     guivm: str = ""  # where the person who answered sat
+    #: those of `halts` seen running since the answer: only they can halt (a target that
+    #: the call itself is to start is not "halted" before it ever ran)
+    seen: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -101,6 +107,7 @@ class Grant:
     def to_json(self) -> dict[str, object]:
         out = asdict(self)
         out["halts"] = list(self.halts)
+        out["seen"] = list(self.seen)
         return out
 
     @classmethod
@@ -114,15 +121,18 @@ class Grant:
         expires = doc.get("expires")
         created = doc.get("created")
         halts = doc.get("halts", [])
+        seen = doc.get("seen", [])
         if expires is not None and not isinstance(expires, int | float):
             raise ValueError("grant: bad expires")
         if not isinstance(created, int | float):
             raise ValueError("grant: bad created")
-        if not isinstance(halts, list) or not all(isinstance(h, str) for h in halts):
-            raise ValueError("grant: bad halts")
+        for names in (halts, seen):
+            if not isinstance(names, list) or not all(isinstance(h, str) for h in names):
+                raise ValueError("grant: bad halts or seen")
         return cls(doc["id"], doc["source"], doc["target"], doc["service"], doc["argument"],
                    doc["rule"], doc["answer"], float(created),
-                   None if expires is None else float(expires), tuple(halts), doc["guivm"])
+                   None if expires is None else float(expires), tuple(halts), doc["guivm"],
+                   tuple(seen))
 
 
 def _iso(t: float) -> str:
@@ -184,6 +194,24 @@ class GrantTable:
         if not isinstance(grants, list):
             raise ValueError("grants is not a list")
         return cls(Grant.from_json(g) for g in grants)
+
+
+def unusable(grant: Grant, candidates: Iterable[str], info: SystemInfo, now: float) -> str:
+    """Why `grant` cannot decide now ("" when it can): "expired", "NAME halted" (both end
+    it), or "not a choice" (the target is not offered any more: ask, keep the grant)."""
+    if grant.expires is not None and grant.expires <= now:
+        return "expired"
+    for name in grant.seen:
+        domain = info.get(name)
+        if domain is None or not domain.is_running:
+            return f"{name} halted"
+    if grant.answer.startswith("allow:") and grant.answer[6:] not in candidates:
+        return "not a choice"
+    return ""
+
+
+def running(names: Iterable[str], info: SystemInfo) -> tuple[str, ...]:
+    return tuple(n for n in names if (d := info.get(n)) is not None and d.is_running)
 
 
 def new_grant_id() -> str:

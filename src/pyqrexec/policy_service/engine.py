@@ -27,7 +27,9 @@ from ..policy.grants import (
     Remember,
     new_grant_id,
     rule_id,
+    running,
     split_reply,
+    unusable,
 )
 from ..policy.loaders import DiskFiles, LoadResult, PolicyWatch, load_policy
 from ..policy.parser import Policy
@@ -204,7 +206,7 @@ class PolicyEngine:
                 for grant in expired:
                     table.remove(grant.id)
             for grant in expired:
-                self._audit_grant("grant-expired", grant, reason="time")
+                self._audit_grant("grant-expired", grant, reason="expired")
 
     def _grant_for(self, evaluation: Evaluation, info: SystemInfo) -> Grant | None:
         """A live grant made by this very ask rule for this very request, if any."""
@@ -215,20 +217,24 @@ class PolicyEngine:
         grant = self.grants.table.find(key, rule_id(evaluation.rule))
         if grant is None:
             return None
-        for name in grant.halts:
-            domain = info.get(name)
-            if domain is None or not domain.is_running:
+        why = unusable(grant, evaluation.candidates, info, time.time())
+        if why in ("", "not a choice"):  # no longer a choice: ask, as without a grant
+            seen = running(grant.halts, info)
+            if not why and not set(seen) <= set(grant.seen):
+                grant = dataclasses.replace(grant, seen=tuple(dict.fromkeys(grant.seen + seen)))
                 with self.grants.locked() as table:
-                    table.remove(grant.id)
-                self._audit_grant("grant-expired", grant, reason=f"{name} halted")
-                return None
-        if grant.answer.startswith("allow:") and grant.answer[6:] not in evaluation.candidates:
-            return None  # no longer a choice: ask, as without a grant
-        return grant
+                    table.add(grant)
+            return None if why else grant
+        with self.grants.locked() as table:
+            table.remove(grant.id)
+        self._audit_grant("grant-expired", grant, reason=why)
+        return None
 
     def _remember(
         self, evaluation: Evaluation, reply: str, remember: Remember, guivm: str, call: str | None
     ) -> None:
+        """A grant for this request and this ask rule; "until halt" ends when the source or
+        the chosen qube, once seen running, is seen halted."""
         assert self.grants is not None and evaluation.rule is not None
         now = time.time()
         halts: tuple[str, ...] = ()
@@ -241,6 +247,7 @@ class PolicyEngine:
             new_grant_id(), evaluation.source, evaluation.req, evaluation.service,
             evaluation.argument, rule_id(evaluation.rule), reply, now,
             None if remember.kind == HALT else now + remember.seconds, halts, guivm,
+            running(halts, evaluation.info),
         )
         with self.grants.locked() as table:
             table.add(grant)
