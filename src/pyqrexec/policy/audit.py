@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "AUDIT_SOCKET_NAME",
     "CALL_ADDRESS_PREFIX",
     "DECISION_FIELDS",
+    "DECISION_KEYS",
     "END_FIELDS",
     "EndReport",
     "ReportError",
@@ -28,6 +30,7 @@ __all__ = [
     "call_id_from_address",
     "encode",
     "end_report_text",
+    "fields_json",
     "new_call_id",
     "parse_end_report",
     "parse_records",
@@ -111,6 +114,18 @@ def parse_time(text: str) -> float:
 
 
 _encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+#: `"key":` of the decision fields after time and event, for `fields_json`
+DECISION_KEYS = tuple(f'"{k}":' for k in DECISION_FIELDS[2:])
+_CONSTANTS: dict[object, str] = {None: "null", True: "true", False: "false"}
+
+
+def fields_json(keys: Sequence[str], values: Sequence[str | bool | None]) -> str:
+    """`"k1":v1,"k2":v2…` for string, boolean and null values: what `encode` gives for
+    them, in a fifth of the time (a decision's record is on the hot path)."""
+    return ",".join([
+        k + (encode_basestring_ascii(v) if v.__class__ is str else _CONSTANTS[v])
+        for k, v in zip(keys, values, strict=True)
+    ])
 
 
 def encode(record: Mapping[str, Any]) -> bytes:

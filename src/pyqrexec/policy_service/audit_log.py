@@ -1,10 +1,11 @@
 """The audit trail's file: append-only, one write(2) per line, rotation-safe (docs/audit.md).
 
 The file is opened with O_APPEND, so each line lands whole at the end even with several
-writers (qrexec-policy-exec, qubes-policy --revoke). Before each write the path is compared
-with the open file (one stat): once it was moved or removed — rotated — a new file is opened,
-and SIGHUP reopens at once. Lines written between the move and the next write go to the moved
-file, so none is lost.
+writers (qubes-policy --revoke). At most every `CHECK_INTERVAL` seconds, before a write, the
+path is compared with the open file (one stat): once it was moved or removed — rotated — a
+new file is opened; SIGHUP reopens at once. Lines written between a move and the check go to
+the moved file, so none is lost; only a file deleted outright loses what was written to it
+in the meantime.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from ..policy.audit import encode, utc_ms
 __all__ = ["AuditLog"]
 
 FILE_MODE = 0o640
+#: how often the path is checked for a rotation: a stat per line would cost more than the
+#: line's write
+CHECK_INTERVAL = 0.5
 
 
 class AuditLog:
@@ -29,6 +33,7 @@ class AuditLog:
         self.fd = -1
         self._ident: tuple[int, int] | None = None
         self._failing = False
+        self._checked = 0.0
 
     def reopen(self) -> None:
         if self.fd >= 0:
@@ -55,11 +60,21 @@ class AuditLog:
     def write(self, record: Mapping[str, Any]) -> None:
         """Append `record` (its `time` is set here). A failure is logged, once until the
         next success; the call it describes goes on (the trail is not a gate)."""
-        line = encode({"time": utc_ms(time.time()), **record})
-        if self.fd < 0 or not self._current():
-            self.reopen()
-            if self.fd < 0:
-                return
+        now = time.time()
+        self._append(encode({"time": utc_ms(now), **record}), now)
+
+    def write_fields(self, event: str, fields: str) -> None:
+        """Append a record of `event` whose other fields are `fields` (`fields_json`)."""
+        now = time.time()
+        self._append(f'{{"time":"{utc_ms(now)}","event":"{event}",{fields}}}\n'.encode(), now)
+
+    def _append(self, line: bytes, now: float) -> None:
+        if self.fd < 0 or not now - CHECK_INTERVAL < self._checked <= now:
+            self._checked = now
+            if self.fd < 0 or not self._current():
+                self.reopen()
+                if self.fd < 0:
+                    return
         try:
             written = os.write(self.fd, line)
         except OSError as err:

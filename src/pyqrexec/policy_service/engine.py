@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..host.inotify import InotifyUnavailable
-from ..policy.audit import answer_target
+from ..policy.audit import DECISION_KEYS, answer_target, fields_json
 from ..policy.dialogs import Notification
 from ..policy.errors import AccessDenied, SystemInfoError
 from ..policy.evaluation import Evaluation, Outcome, Request, split_service
@@ -311,24 +311,26 @@ class PolicyEngine:
         if self.audit is None or call is None:
             return
         service, argument = split_service(request.service_and_arg)
-        target, uuid = answer_target(outcome.lines) if outcome.allowed else (None, None)
-        self.audit.write({
-            "event": "decision",
-            "call": call,
-            "source": request.source,
-            "requested_source": request.requested_source or None,
-            "intended_target": request.intended_target,
-            "target": target,
-            "target_uuid": uuid,
-            "service": service,
-            "argument": argument,
-            "decision": "allow" if outcome.allowed else "deny",
-            "rule": outcome.rule.where if outcome.rule is not None else None,
-            "grant": grant.id if grant is not None else None,
-            "asked": bool(asked),
-            "answer": grant.answer if grant is not None else reply,
-            "reason": outcome.reason or None,
-        })
+        target = uuid = None
+        if outcome.allowed:
+            target, uuid = answer_target(outcome.lines)
+        rule = outcome.rule
+        self.audit.write_fields("decision", fields_json(DECISION_KEYS, (
+            call,
+            request.source,
+            request.requested_source or None,
+            request.intended_target,
+            target,
+            uuid,
+            service,
+            argument,
+            "allow" if outcome.allowed else "deny",
+            rule.where if rule is not None else None,
+            grant.id if grant is not None else None,
+            bool(asked),
+            grant.answer if grant is not None else reply,
+            outcome.reason or None,
+        )))
 
     def _audit_grant(self, event: str, grant: Grant, **extra: Any) -> None:
         if self.audit is not None:
