@@ -51,10 +51,11 @@ def test_ask_offers_remembering_and_upstream_replies_still_work(setup: DaemonSet
     assert json.loads(payload)["remember"] == ["for", "halt", "always"]
     assert query(setup.socket, req("work", "vault", "test.Svc")) == W1
     assert asks(setup) == 2  # once means once
-    # a suffix nobody offered, or a malformed one, counts once
+    # a malformed suffix makes the reply invalid, as any other unknown reply
     answering(setup, b"allow:vault for=99999999")
-    assert query(setup.socket, req("work", "vault", "test.Svc")) == W1
-    assert query(setup.socket, req("work", "vault", "test.Svc")) == W1
+    assert query(setup.socket, req("work", "vault", "test.Svc")) == b"result=deny"
+    answering(setup, b"deny always")
+    assert query(setup.socket, req("work", "vault", "test.Svc")) == b"result=deny"
     assert asks(setup) == 4
 
 

@@ -170,10 +170,12 @@ def show(path: str, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     from ..policy.audit import audit_path
 
     args = parser().parse_args(argv)
-    return show(args.file or audit_path(), args, sys.stdout)
+    return show(args.file or audit_path(os.environ), args, sys.stdout)
 
 
 def run() -> None:

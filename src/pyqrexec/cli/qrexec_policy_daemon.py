@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = PolicyEngine(engine_config(args.policy_path, grants=True), log)
     engine.reload()  # a broken policy is logged here and denies every call until fixed
     if not args.no_audit:
-        engine.audit = AuditLog(audit_path(), log)
+        engine.audit = AuditLog(audit_path(os.environ), log)
         engine.audit.reopen()
     engine.grants = GrantStore(grants_path(policy_socket=args.socket_path))
     server = PolicyServer(engine, log)

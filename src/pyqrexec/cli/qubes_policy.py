@@ -60,6 +60,7 @@ def _run(method: str, name: str, include: bool) -> None:
 
 def _grants(revoke: str | None) -> int:
     """List the grants, or revoke one, in the policy daemon's runtime file (docs/audit.md)."""
+    import os
     import time
 
     from ..policy.audit import audit_path
@@ -88,7 +89,7 @@ def _grants(revoke: str | None) -> int:
     if grant is None:
         print(f"qubes-policy: no grant {revoke}", file=sys.stderr)
         return 1
-    audit = AuditLog(audit_path(), logger("qubes-policy"))
+    audit = AuditLog(audit_path(os.environ), logger("qubes-policy"))
     audit.write(grant_record("grant-revoked", grant, reason="qubes-policy --revoke"))
     audit.close()
     print(f"revoked {grant.describe()}")

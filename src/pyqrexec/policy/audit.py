@@ -8,8 +8,9 @@ can end a line or forge another record.
 from __future__ import annotations
 
 import json
-import os
+import posixpath
 import re
+import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,18 +61,17 @@ END_FIELDS = (
 )  # fmt: skip
 
 
-def audit_path(env: Mapping[str, str] | None = None) -> str:
+def audit_path(env: Mapping[str, str]) -> str:
     """`QREXEC_LOG_DIR/qrexec-audit.jsonl` (default `/var/log/qubes`)."""
-    directory = (os.environ if env is None else env).get("QREXEC_LOG_DIR") or DEFAULT_LOG_DIR
-    return os.path.join(directory, AUDIT_FILE)
+    return posixpath.join(env.get("QREXEC_LOG_DIR") or DEFAULT_LOG_DIR, AUDIT_FILE)
 
 
 def audit_socket_for(policy_socket: str) -> str:
-    return os.path.join(os.path.dirname(policy_socket), AUDIT_SOCKET_NAME)
+    return posixpath.join(posixpath.dirname(policy_socket), AUDIT_SOCKET_NAME)
 
 
 def new_call_id() -> str:
-    return os.urandom(8).hex()
+    return secrets.token_hex(8)
 
 
 def call_id_from_address(address: object) -> str | None:

@@ -9,8 +9,8 @@ rule, is never short-cut. The answer it repeats is checked again like a fresh re
 from __future__ import annotations
 
 import json
-import os
 import re
+import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
@@ -50,8 +50,8 @@ class Remember:
 
 
 def split_reply(reply: str, offered: Iterable[str] = REMEMBER_OFFER) -> tuple[str, Remember | None]:
-    """`allow:T for=300` → (`allow:T`, Remember(for, 300)). A suffix that is malformed or not
-    offered is dropped: the answer counts once (never more than the person said)."""
+    """`allow:T for=300` → (`allow:T`, Remember(for, 300)). With a suffix that is malformed
+    or was not offered the reply comes back whole: an invalid answer, denied like any other."""
     base, sep, suffix = reply.partition(" ")
     if not sep:
         return reply, None
@@ -65,6 +65,8 @@ def split_reply(reply: str, offered: Iterable[str] = REMEMBER_OFFER) -> tuple[st
         remember = Remember(HALT)
     elif suffix == ALWAYS and ALWAYS in offered and base.startswith("allow:"):
         remember = Remember(ALWAYS)
+    if remember is None:
+        return reply, None
     return base, remember
 
 
@@ -215,7 +217,7 @@ def running(names: Iterable[str], info: SystemInfo) -> tuple[str, ...]:
 
 
 def new_grant_id() -> str:
-    return os.urandom(4).hex()
+    return secrets.token_hex(4)
 
 
 def always_rule(rule: Rule, source: str, target: str, service: str, argument: str,

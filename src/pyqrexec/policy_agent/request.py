@@ -165,8 +165,8 @@ def parse_request(data: bytes) -> AskRequest | NotifyRequest:
 
 def checked_reply(line: str, request: AskRequest) -> str:
     """`line` if it is `deny` or `allow:X` with X a candidate, else `deny`; a remembering
-    suffix (` for=SECONDS`, ` until=halt`, ` always`) only if offered and well-formed, else
-    the answer counts once."""
+    suffix (` for=SECONDS`, ` until=halt`, ` always`) only if offered and well-formed (any
+    other suffix makes the line invalid: `deny`)."""
     base, remember = split_reply(line.strip("\r\n"), request.remember)
     if base != "deny" and not (
         base.startswith("allow:") and base[len("allow:") :] in request.targets
