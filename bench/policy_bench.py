@@ -5,6 +5,9 @@ the other, as qrexec-daemon workers do) and for concurrent clients, next to a ba
 in the same run: a bare Unix-socket echo server answering the same way (connect, send, shut down
 the write side, read to EOF), so that the ratio is comparable across machines.
 
+It then runs the daemon again with `--no-audit` and prints the decisions per second with and
+without the audit trail (docs/audit.md), and their ratio.
+
     PYTHONPATH=src python3 bench/policy_bench.py [--requests 1000] [--concurrency 8]
 """
 
@@ -108,21 +111,28 @@ def main() -> None:
                     subprocess.Popen([sys.executable, "-c", SERVER, str(path), mode, str(info)])
                 )
                 wait_for(str(path), procs[-1])
-            daemon_args = [
-                f"--policy-path={tmp / 'etc'}",
-                f"--socket-path={tmp / 'policy.sock'}",
-                f"--eval-socket-path={tmp / 'eval.sock'}",
-                f"--gui-socket-path={tmp / 'gui.sock'}",
-            ]
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "pyqrexec.cli.qrexec_policy_daemon", *daemon_args],
-                env=env,
-                stderr=subprocess.DEVNULL,
-            )
-            procs.append(daemon)
-            wait_for(str(tmp / "policy.sock"), daemon)
+            env["QREXEC_LOG_DIR"] = str(tmp / "log")
+
+            def start_daemon(name: str, *extra: str) -> str:
+                sock = str(tmp / f"{name}.sock")
+                daemon_args = [
+                    f"--policy-path={tmp / 'etc'}",
+                    f"--socket-path={sock}",
+                    f"--eval-socket-path={tmp / name}-eval.sock",
+                    f"--gui-socket-path={tmp / name}-gui.sock",
+                    *extra,
+                ]
+                daemon = subprocess.Popen(
+                    [sys.executable, "-m", "pyqrexec.cli.qrexec_policy_daemon", *daemon_args],
+                    env=env,
+                    stderr=subprocess.DEVNULL,
+                )
+                procs.append(daemon)
+                wait_for(sock, daemon)
+                return sock
+
             request = b"source=work\nintended_target=vault\nservice_and_arg=test.Svc+x\n\n"
-            policy_sock, echo_sock = str(tmp / "policy.sock"), str(tmp / "echo.sock")
+            policy_sock, echo_sock = start_daemon("policy"), str(tmp / "echo.sock")
             sequential(policy_sock, request, 50)  # warm up
             sequential(echo_sock, request, 50)
             echo_rps, echo_ms, _ = sequential(echo_sock, request, args.requests)
@@ -131,6 +141,20 @@ def main() -> None:
                 raise SystemExit(f"unexpected answer: {answer!r}")
             c_echo = concurrent(echo_sock, request, args.requests, args.concurrency)
             c_rps = concurrent(policy_sock, request, args.requests, args.concurrency)
+            # with and without the audit trail: two fresh daemons with the same history,
+            # alternating rounds so that load changes on a shared machine hit both alike;
+            # the best round of each
+            (tmp / "log" / "qrexec-audit.jsonl").unlink()
+            policy_sock, bare_sock = start_daemon("audited"), start_daemon("bare", "--no-audit")
+            for sock in (policy_sock, bare_sock):
+                sequential(sock, request, 200)
+            audited: list[float] = []
+            bare: list[float] = []
+            for r in range(8):
+                rounds = [(audited, policy_sock), (bare, bare_sock)]
+                for figures, sock in rounds if r % 2 else reversed(rounds):
+                    figures.append(sequential(sock, request, args.requests // 2)[0])
+            audit_lines = len((tmp / "log" / "qrexec-audit.jsonl").read_bytes().splitlines())
         finally:
             for proc in procs:
                 proc.terminate()
@@ -143,6 +167,10 @@ def main() -> None:
     print(f"concurrent ({c} clients) policy daemon: {c_rps:8.0f} requests/s")
     print(f"concurrent ({c} clients) echo baseline: {c_echo:8.0f} requests/s")
     print(f"concurrent  ratio policy/echo: {c_rps / c_echo:.3f}")
+    on, off = statistics.median(audited), statistics.median(bare)
+    print(f"audit trail on : {on:8.0f} decisions/s ({audit_lines} lines written)")
+    print(f"audit trail off: {off:8.0f} decisions/s")
+    print(f"audit ratio on/off: {on / off:.3f} (median of 8 alternating rounds)")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,8 @@ def env(tmp: Path, qubesd: str) -> dict[str, str]:
     out["QUBESD_SOCKET"] = qubesd
     out["QREXEC_LEGACY_POLICY_DIR"] = str(tmp / "legacy")
     out["QREXEC_SERVICE_PATH"] = str(tmp / "rpc")
+    out["QREXEC_LOG_DIR"] = str(tmp / "log")
+    out["QREXEC_GRANTS_FILE"] = str(tmp / "grants.json")
     return out
 
 
@@ -146,6 +148,8 @@ class DaemonSetup:
     eval_socket: str = ""
     gui_socket: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    #: where the daemon's stderr goes (None: a pipe, read when it stops)
+    log_file: Path | None = None
 
     def write(self, name: str, text: str, directory: Path | None = None) -> Path:
         path = (directory or self.etc) / name
@@ -153,7 +157,7 @@ class DaemonSetup:
         path.write_text(text)
         return path
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         self.socket = str(self.tmp / "policy.sock")
         self.eval_socket = str(self.tmp / "rpc" / "policy.EvalSimple")
         self.gui_socket = str(self.tmp / "rpc" / "policy.EvalGUI")
@@ -163,8 +167,13 @@ class DaemonSetup:
             f"--socket-path={self.socket}",
             f"--eval-socket-path={self.eval_socket}",
             f"--gui-socket-path={self.gui_socket}",
+            *extra,
         ]
-        self.proc = subprocess.Popen(args, env=self.env, stderr=subprocess.PIPE)
+        if self.log_file is not None:  # many requests: more log than a pipe holds
+            with open(self.log_file, "ab") as log:
+                self.proc = subprocess.Popen(args, env=self.env, stderr=log)
+        else:
+            self.proc = subprocess.Popen(args, env=self.env, stderr=subprocess.PIPE)
         for path in (self.socket, self.eval_socket, self.gui_socket):
             wait_for(path, self.proc)
 
@@ -174,4 +183,6 @@ class DaemonSetup:
         self.proc.terminate()
         _, err = self.proc.communicate(timeout=10)
         self.proc = None
+        if self.log_file is not None:
+            return self.log_file.read_text()
         return err.decode()

@@ -65,6 +65,7 @@ class PolicyWorld:
             QREXEC_LEGACY_POLICY_DIR=str(self.legacy),
             QREXEC_SERVICE_PATH=str(self.world.rpc_dir("dom0")),
             QREXEC_POLICY_SOCKET=str(self.policy_socket),
+            QREXEC_LOG_DIR=str(self.root / "log"),
         )
 
     def _fallback_program(self) -> Path:

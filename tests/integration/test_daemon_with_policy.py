@@ -48,7 +48,8 @@ def world(host: QrexecHost) -> Iterator[World]:
 def _start_policy_daemon(world: World) -> subprocess.Popen[bytes]:
     root = world.host.root
     env = world.host.env(0, QUBESD_INTERNAL_SOCKET=str(root / "qubesd.internal.sock"),
-                         QREXEC_LEGACY_POLICY_DIR=str(root / "legacy"))
+                         QREXEC_LEGACY_POLICY_DIR=str(root / "legacy"),
+                         QREXEC_LOG_DIR=str(root))
     proc = subprocess.Popen(
         [*program("qrexec-policy-daemon"), "--policy-path", str(root / "policy.d"),
          "--socket-path", str(root / "policy.sock"),
@@ -82,3 +83,29 @@ def test_fallback_to_policy_exec_without_socket(world: World) -> None:
     assert r.stdout == b"echo from vault for work\n"
     r = world.call("work", "personal", "test.Echo")
     assert r.returncode == 126
+
+
+def test_worker_reports_the_end_under_the_decisions_call_id(world: World) -> None:
+    """docs/audit.md "Calls' ends": the real qrexec-daemon's worker names the call in its
+    policy connection and reports its end on the audit socket."""
+    import json
+
+    proc = _start_policy_daemon(world)
+    trail = world.host.root / "qrexec-audit.jsonl"
+    try:
+        r = world.call("work", "vault", "test.Echo")
+        assert r.returncode == 0, r.stderr
+
+        def records() -> list[dict[str, object]]:
+            return [json.loads(line) for line in trail.read_text().splitlines()]
+
+        wait_for(lambda: len(records()) == 2, 20, "the end record")
+        decision, end = records()
+        assert decision["event"] == "decision" and decision["decision"] == "allow"
+        assert end["event"] == "end" and end["call"] == decision["call"]
+        assert (end["source"], end["target"], end["scope"], end["status"]) == (
+            "work", "vault", "connect", 0)
+        assert isinstance(end["duration_ms"], int)
+    finally:
+        proc.terminate()
+        proc.wait(10)

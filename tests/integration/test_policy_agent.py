@@ -176,3 +176,19 @@ def test_autostart_only_in_gui_vm_or_dom0(tmp_path: Path) -> None:
     marker.touch()
     out = _autostart(marker)
     assert out.returncode == 0 and out.stdout.startswith("usage: qrexec-policy-agent")
+
+
+def test_answer_program_remembers_for_a_time(agent_setup: AgentSetup) -> None:
+    """The extended reply passes the real agent only as offered; the daemon keeps the grant."""
+    d = agent_setup.daemon
+    d.write("30-user.policy", ASK_POLICY)
+    count = d.tmp / "count"
+    body = (f"open({str(count)!r}, 'a').write('x')\n"
+            "print('allow:personal for=300' if 'for' in request['remember'] "
+            "else 'allow:personal')\n")
+    agent_setup.start("--answer-program", answer_program(d.tmp, body))
+    d.start()
+    for _ in range(3):
+        answer = query(d.socket, req("work", "personal", "test.Svc"))
+        assert answer.startswith(b"user=DEFAULT\nresult=allow\ntarget=personal\n"), answer
+    assert count.read_text() == "x"  # asked once

@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("target")
     call.add_argument("service")
     call.add_argument("args", nargs=argparse.REMAINDER)
+    logs = sub.add_parser("logs", help="list the host's log files; --audit: the audit trail")
+    logs.add_argument("--audit", action="store_true",
+                      help="show the policy daemon's audit trail (options of qrexec-audit)")
+    from .qrexec_audit import add_arguments as audit_arguments
+
+    audit_arguments(logs, file=False)
     return parser
 
 
@@ -97,7 +103,25 @@ def main(argv: list[str] | None = None) -> int:
         return _up(args, state)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "logs":
+        return _logs(args, state)
     return _client(args, state)
+
+
+def _logs(args: argparse.Namespace, state: Path) -> int:
+    """`logs`: the host's log files; `logs --audit`: its audit trail, as qrexec-audit shows it."""
+    from ..policy.audit import AUDIT_FILE
+    from .qrexec_audit import show
+
+    log_dir = state / "log"
+    if args.audit:
+        return show(str(log_dir / AUDIT_FILE), args, sys.stdout)
+    if not log_dir.is_dir():
+        print(f"qrexec-host: no logs in {log_dir}", file=sys.stderr)
+        return 1
+    for path in sorted(log_dir.iterdir()):
+        print(path)
+    return 0
 
 
 # -- up ------------------------------------------------------------------------------------

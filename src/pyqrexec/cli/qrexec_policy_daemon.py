@@ -25,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--eval-socket-path", default="/etc/qubes-rpc/policy.EvalSimple")
     parser.add_argument("--gui-socket-path", default="/etc/qubes-rpc/policy.EvalGUI")
+    parser.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="do not keep the audit trail $QREXEC_LOG_DIR/qrexec-audit.jsonl (docs/audit.md)",
+    )
     return parser
 
 
@@ -36,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from ..parent_death import keep_parent_death_signal
+    from ..policy.audit import audit_path
+    from ..policy_service.audit_log import AuditLog
     from ..policy_service.config import engine_config, logger
     from ..policy_service.engine import PolicyEngine
+    from ..policy_service.grant_store import GrantStore, grants_path
     from ..policy_service.server import PolicyServer
 
     os.umask(0o007)
@@ -49,11 +57,20 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyError, OSError) as err:
             print(f"qrexec-policy-daemon: cannot switch to group qubes: {err}", file=sys.stderr)
     log = logger("qrexec-policy-daemon")
-    engine = PolicyEngine(engine_config(args.policy_path), log)
+    engine = PolicyEngine(engine_config(args.policy_path, grants=True), log)
     engine.reload()  # a broken policy is logged here and denies every call until fixed
+    if not args.no_audit:
+        engine.audit = AuditLog(audit_path(os.environ), log)
+        engine.audit.reopen()
+    engine.grants = GrantStore(grants_path(policy_socket=args.socket_path))
     server = PolicyServer(engine, log)
+
+    async def serve() -> None:
+        engine.start_grants()
+        await server.serve(args.socket_path, args.eval_socket_path, args.gui_socket_path)
+
     try:
-        asyncio.run(server.serve(args.socket_path, args.eval_socket_path, args.gui_socket_path))
+        asyncio.run(serve())
     except KeyboardInterrupt:
         return 0
     except OSError as err:

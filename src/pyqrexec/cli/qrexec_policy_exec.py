@@ -13,7 +13,8 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..policy.evaluation import Outcome
+    from ..policy.evaluation import Evaluation, Outcome
+    from ..policy.grants import Grant
 
 __all__ = ["main", "run"]
 
@@ -73,7 +74,12 @@ def _explain(args: argparse.Namespace, source: str, target: str, service: str) -
     evaluation = Evaluation(request, info, policy)
     outcome = evaluation.run()
     if outcome.ask is not None:
-        print("decision: ask")
+        grant = _live_grant(evaluation)
+        if grant is not None:
+            print(f"decision: {'deny' if grant.answer == 'deny' else 'allow'} (remembered)")
+            print(f"decided by: {grant.describe()}")
+        else:
+            print("decision: ask")
         print(f"candidates: {' '.join(outcome.ask.targets)}")
         if outcome.ask.default_target:
             print(f"default target: {outcome.ask.default_target}")
@@ -89,6 +95,23 @@ def _explain(args: argparse.Namespace, source: str, target: str, service: str) -
     for passed, why in evaluation.considered:
         print(f"  {passed.where}: {passed}  ({why})")
     return 0 if outcome.allowed else 1
+
+
+def _live_grant(evaluation: Evaluation) -> Grant | None:
+    """The policy daemon's grant for the ask rule reached, if one lives (docs/audit.md)."""
+    import time
+
+    from ..policy.grants import rule_id, unusable
+    from ..policy_service.grant_store import GrantStore, grants_path
+
+    assert evaluation.rule is not None
+    store = GrantStore(grants_path())
+    store.refresh()
+    key = (evaluation.source, evaluation.req, evaluation.service, evaluation.argument)
+    grant = store.table.find(key, rule_id(evaluation.rule))
+    if grant is None or unusable(grant, evaluation.candidates, evaluation.info, time.time()):
+        return None
+    return grant
 
 
 def _execute(args: argparse.Namespace, outcome: Outcome) -> int:

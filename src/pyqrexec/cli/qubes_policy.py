@@ -15,7 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qubes-policy",
         usage="qubes-policy {[-l|--list] | -g|--get | -r|--replace | -d|--remove} "
-        "[include/][NAME]",
+        "[include/][NAME]\n       qubes-policy --grants | --revoke ID",
     )
     methods = parser.add_mutually_exclusive_group()
     for short, long, method, text in (
@@ -23,10 +23,15 @@ def _parser() -> argparse.ArgumentParser:
         ("-g", "--get", "get", "print the content of a policy file"),
         ("-r", "--replace", "replace", "replace a policy file with standard input"),
         ("-d", "--remove", "remove", "remove a policy file"),
+        (None, "--grants", "grants", "list the remembered answers to asks (dom0 only)"),
     ):
+        names = (short, long) if short else (long,)
         methods.add_argument(
-            short, long, dest="method", action="store_const", const=method, help=text
+            *names, dest="method", action="store_const", const=method, help=text
         )
+    methods.add_argument(
+        "--revoke", metavar="ID", help="end the grant ID at once (dom0 only; see --grants)"
+    )
     parser.add_argument(
         "name",
         nargs="?",
@@ -53,9 +58,51 @@ def _run(method: str, name: str, include: bool) -> None:
         api.remove(name, include=include)
 
 
+def _grants(revoke: str | None) -> int:
+    """List the grants, or revoke one, in the policy daemon's runtime file (docs/audit.md)."""
+    import os
+    import time
+
+    from ..policy.audit import audit_path
+    from ..policy_service.audit_log import AuditLog
+    from ..policy_service.config import logger
+    from ..policy_service.engine import grant_record
+    from ..policy_service.grant_store import GrantStore, grants_path
+
+    store = GrantStore(grants_path())
+    if revoke is None:
+        store.refresh()
+        if store.problem:
+            print(f"qubes-policy: {store.path}: {store.problem}", file=sys.stderr)
+            return 1
+        now = time.time()
+        for live in store.table:
+            if live.expires is None or live.expires > now:
+                print(live.describe())
+        return 0
+    try:
+        with store.locked() as table:
+            grant = table.remove(revoke)
+    except OSError as err:
+        print(f"qubes-policy: {store.path}: {err}", file=sys.stderr)
+        return 1
+    if grant is None:
+        print(f"qubes-policy: no grant {revoke}", file=sys.stderr)
+        return 1
+    audit = AuditLog(audit_path(os.environ), logger("qubes-policy"))
+    audit.write(grant_record("grant-revoked", grant, reason="qubes-policy --revoke"))
+    audit.close()
+    print(f"revoked {grant.describe()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.method == "grants" or args.revoke is not None:
+        if args.name:
+            parser.error("--grants and --revoke take no file name")
+        return _grants(args.revoke)
     name: str = args.name
     include = name == "include" or name.startswith(_INCLUDE)
     if include:

@@ -30,6 +30,7 @@ from ..protocol.constants import (
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.wire import hello, pack_exec
 from ..transport.feed import read_stream_message
+from .call_audit import CallAudit
 from .policy_answer import ANSWER_LIMIT, Malformed, PolicyAnswer, parse_answer, request_text
 
 if TYPE_CHECKING:
@@ -57,26 +58,31 @@ class WorkerFailure(Exception):
 
 async def call_worker(daemon: Daemon, pending: PendingRequest) -> int:
     """Run one request; 0 = answered with an allow (or the dom0 service ran)."""
+    audit = CallAudit()
     try:
-        answer = await _ask_policy(daemon, pending)
+        answer = await _ask_policy(daemon, pending, audit)
         if not answer.allow:
             return EXIT_REQUEST_REFUSED
+        audit.allowed(answer)
         for line in answer.ignored:
             daemon.log(f"ignoring policy answer line {line!r}")
-        return await _execute(daemon, pending, answer)
+        status = await _execute(daemon, pending, answer)
     except WorkerFailure as err:
         # a domain can repeat its calls, and so their failures, at will
         daemon.log_repeated(str(err))
-        return err.status
+        status = err.status
+    audit.ended(status)
+    return status
 
 
 # -- asking the policy --------------------------------------------------------------------
-async def _ask_policy(daemon: Daemon, pending: PendingRequest) -> PolicyAnswer:
+async def _ask_policy(daemon: Daemon, pending: PendingRequest,
+                      audit: CallAudit) -> PolicyAnswer:
     req = pending.request
     text = request_text(daemon.opts.name, req.target, req.service, req.source)
     path = os.environ.get("QREXEC_POLICY_SOCKET", DEFAULT_POLICY_SOCKET)
     try:
-        reader, writer = await open_unix(path)
+        reader, writer = await asyncio.open_unix_connection(sock=await audit.connect(path))
     except OSError as err:
         daemon.log_repeated(f"cannot connect to the policy daemon at {path}: {err.strerror}")
     else:
@@ -86,7 +92,9 @@ async def _ask_policy(daemon: Daemon, pending: PendingRequest) -> PolicyAnswer:
             data = await reader.read(ANSWER_LIMIT + 1)
             while len(data) <= ANSWER_LIMIT and (more := await reader.read(ANSWER_LIMIT)):
                 data += more
-            return parse_answer(data)
+            answer = parse_answer(data)
+            audit.policy_socket = path
+            return answer
         except (OSError, Malformed) as err:
             daemon.log_repeated(f"bad answer from the policy daemon: {err}")
         finally:

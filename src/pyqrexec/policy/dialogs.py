@@ -23,18 +23,22 @@ class AskRequest:
     targets: tuple[str, ...]
     default_target: str
     icons: tuple[tuple[str, str], ...]
+    #: how an answer may be remembered (docs/policy-agent.md "Remembering an answer"); the
+    #: key is left out when empty, so the JSON stays upstream's
+    remember: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "source": self.source,
-                "service": self.service,
-                "argument": self.argument,
-                "targets": list(self.targets),
-                "default_target": self.default_target,
-                "icons": dict(self.icons),
-            }
-        ).encode("ascii")
+        doc: dict[str, object] = {
+            "source": self.source,
+            "service": self.service,
+            "argument": self.argument,
+            "targets": list(self.targets),
+            "default_target": self.default_target,
+            "icons": dict(self.icons),
+        }
+        if self.remember:
+            doc["remember"] = list(self.remember)
+        return json.dumps(doc).encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,15 @@ GUARD_SECONDS = 1.0
 _ID, _LABEL, _ICON = 0, 1, 2
 
 
+#: (offer, reply suffix, label) of the "Remember" chooser
+_REMEMBER = (
+    ("for", " for=300", "For 5 minutes"),
+    ("for", " for=3600", "For 1 hour"),
+    ("halt", " until=halt", "Until the source or the target halts"),
+    ("always", " always", "Always (a rule in 25-user-grants.policy)"),
+)
+
+
 def display_available() -> bool:
     """Whether GTK can open the default display."""
     ok, _ = Gtk.init_check(None)
@@ -107,6 +116,19 @@ class AskDialog:
         grid.attach(Gtk.Label(label="Target:", xalign=1), 0, target_row, 1, 1)
         grid.attach(self.combo, 1, target_row, 1, 1)
 
+        # remembering the answer, when the policy daemon offers it (docs/policy-agent.md)
+        self.remember: Any = None
+        offered = [(suffix, text) for kind, suffix, text in _REMEMBER if kind in request.remember]
+        if offered:
+            self.remember = Gtk.ComboBoxText()
+            self.remember.append("", "This time only")
+            for suffix, text in offered:
+                self.remember.append(suffix, text)
+            self.remember.set_active_id("")
+            target_row += 1
+            grid.attach(Gtk.Label(label="Remember:", xalign=1), 0, target_row, 1, 1)
+            grid.attach(self.remember, 1, target_row, 1, 1)
+
         buttons = Gtk.ButtonBox(layout_style=Gtk.ButtonBoxStyle.END, spacing=8)
         self.deny_button = Gtk.Button.new_with_mnemonic("_Deny")
         self.allow_button = Gtk.Button.new_with_mnemonic("_Allow")
@@ -117,7 +139,7 @@ class AskDialog:
 
         self.combo.connect("changed", lambda *_: self._update())
         self.allow_button.connect("clicked", lambda *_: self.allow())
-        self.deny_button.connect("clicked", lambda *_: self.cancel())
+        self.deny_button.connect("clicked", lambda *_: self.cancel(remembered=True))
         self.window.connect("key-press-event", self._key)
         self.window.connect("focus-in-event", lambda *_: self._start_guard())
         self.window.connect("delete-event", self._closed)
@@ -166,14 +188,20 @@ class AskDialog:
         self.window.present()
         self._start_guard()
 
+    def remembered(self) -> str:
+        """The chosen reply suffix ("" for this time only)."""
+        return str(self.remember.get_active_id() or "") if self.remember is not None else ""
+
     def allow(self) -> None:
         target = self.choice()
         if not self.guarded and target is not None:
-            self._finish(f"allow:{target}")
+            self._finish(f"allow:{target}{self.remembered()}")
 
-    def cancel(self) -> None:
+    def cancel(self, remembered: bool = False) -> None:
+        """Deny; with the Deny button, for the chosen time too ("always" is for allow only)."""
         if not self.guarded:
-            self._finish("deny")
+            suffix = self.remembered() if remembered else ""
+            self._finish("deny" + ("" if suffix == " always" else suffix))
 
     def _key(self, _widget: Any, event: Any) -> bool:
         if event.keyval == Gdk.KEY_Escape:

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..policy.grants import FOR, HALT, REMEMBER_OFFER, Remember, split_reply
+
 __all__ = [
     "ASK",
     "NOTIFY",
@@ -24,6 +26,7 @@ __all__ = [
     "parse_header",
     "parse_request",
     "plain_text",
+    "remember_suffix",
     "target_label",
 ]
 
@@ -51,6 +54,8 @@ class AskRequest:
     default_target: str  # "" or one of `targets`
     icons: tuple[tuple[str, str], ...]
     raw: bytes  # the JSON as received (what --answer-program reads)
+    #: how the answer may be remembered (`for`, `halt`, `always`); empty from upstream
+    remember: tuple[str, ...] = ()
 
     @property
     def shown_argument(self) -> str:
@@ -115,7 +120,11 @@ def _ask(doc: dict[str, Any], raw: bytes) -> AskRequest:
         isinstance(k, str) and isinstance(v, str) for k, v in icons.items()
     ):
         raise RequestError("'icons' is not an object of strings")
+    remember = doc.get("remember", [])
+    if not isinstance(remember, list):
+        raise RequestError("'remember' is not a list")
     return AskRequest(
+        remember=tuple(r for r in REMEMBER_OFFER if r in remember),  # unknown ones: not shown
         source=_word(doc, "source"),
         service=_word(doc, "service"),
         argument=_argument(doc),
@@ -156,11 +165,23 @@ def parse_request(data: bytes) -> AskRequest | NotifyRequest:
 
 
 def checked_reply(line: str, request: AskRequest) -> str:
-    """`line` if it is `deny` or `allow:X` with X a candidate, else `deny`."""
-    line = line.strip("\r\n")
-    if line.startswith("allow:") and line[len("allow:") :] in request.targets:
-        return line
-    return "deny"
+    """`line` if it is `deny` or `allow:X` with X a candidate, else `deny`; a remembering
+    suffix (` for=SECONDS`, ` until=halt`, ` always`) only if offered and well-formed (any
+    other suffix makes the line invalid: `deny`)."""
+    base, remember = split_reply(line.strip("\r\n"), request.remember)
+    if base != "deny" and not (
+        base.startswith("allow:") and base[len("allow:") :] in request.targets
+    ):
+        return "deny"
+    return base + remember_suffix(remember)
+
+
+def remember_suffix(remember: Remember | None) -> str:
+    if remember is None:
+        return ""
+    if remember.kind == FOR:
+        return f" for={remember.seconds}"
+    return " until=halt" if remember.kind == HALT else " always"
 
 
 def target_label(target: str) -> str:

@@ -16,6 +16,7 @@ import os
 import termios
 from typing import TextIO
 
+from ..policy.grants import ALWAYS, FOR, HALT, MAX_SECONDS
 from .frontends import DenyAll
 from .request import AskRequest, NotifyRequest, notification_texts, plain_text, target_label
 
@@ -102,9 +103,40 @@ def prompt_text(request: AskRequest) -> str:
     return "\n".join(lines) + "\n"
 
 
+def remember_help(request: AskRequest) -> str:
+    """How to remember an answer, when the policy daemon offers it (else "")."""
+    words = []
+    if FOR in request.remember:
+        words.append("5m / 1h / 30s = for that long")
+    if HALT in request.remember:
+        words.append("halt = until a qube halts")
+    if ALWAYS in request.remember:
+        words.append("always (allow only)")
+    if not words:
+        return ""
+    return "  Remember the answer: add a word after it: " + ", ".join(words) + "\n"
+
+
 def question_text(request: AskRequest) -> str:
     default = f"Enter = {target_label(request.default_target)}, " if request.default_target else ""
-    return f"Allow to which target? [number or name, {default}n = deny]: "
+    return remember_help(request) + (
+        f"Allow to which target? [number or name, {default}n = deny]: ")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _remember_word(word: str, request: AskRequest) -> str | None:
+    """The reply suffix a typed word means ("" for none), or None if it means nothing."""
+    word = word.lower()
+    if word == "halt" and HALT in request.remember:
+        return " until=halt"
+    if word == ALWAYS and ALWAYS in request.remember:
+        return " always"
+    if FOR in request.remember and len(word) > 1 and word[:-1].isdigit() and word[-1] in _UNITS:
+        seconds = int(word[:-1]) * _UNITS[word[-1]]
+        return f" for={seconds}" if 0 < seconds <= MAX_SECONDS else None
+    return None
 
 
 def interpret(line: str, request: AskRequest) -> str | None:
@@ -112,13 +144,23 @@ def interpret(line: str, request: AskRequest) -> str | None:
     text = line.strip()
     if not text:
         return f"allow:{request.default_target}" if request.default_target else None
-    if text.lower() in DENY_WORDS:
-        return "deny"
-    if text.isdigit() and 1 <= int(text) <= len(request.targets):
-        return f"allow:{request.targets[int(text) - 1]}"
+    choice, _, word = text.rpartition(" ") if " " in text else (text, "", "")
+    suffix = ""
+    if word:
+        found = _remember_word(word, request)
+        if found is None:  # maybe a label with a space, like "Disposable VM (x)"
+            choice, suffix = text, ""
+        else:
+            suffix = found
+    if not choice and word:
+        return None
+    if choice.lower() in DENY_WORDS:
+        return None if suffix == " always" else "deny" + suffix
+    if choice.isdigit() and 1 <= int(choice) <= len(request.targets):
+        return f"allow:{request.targets[int(choice) - 1]}" + suffix
     for target in request.targets:
-        if text in (target, target_label(target)):
-            return f"allow:{target}"
+        if choice in (target, target_label(target)):
+            return f"allow:{target}" + suffix
     return None
 
 

@@ -25,10 +25,19 @@ __all__ = [
 DEFAULT_SERVICE_PATH = "/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc"
 
 
-def engine_config(policy_dirs: Sequence[str] | None) -> EngineConfig:
-    """`policy_dirs` replaces both default directories when given (`--path`, `--policy-path`)."""
+def engine_config(policy_dirs: Sequence[str] | None, grants: bool = False) -> EngineConfig:
+    """`policy_dirs` replaces both default directories when given (`--path`, `--policy-path`).
+
+    With `grants`, "always" answers are written into the persistent directory:
+    `$QREXEC_POLICY_DIR`, else the last of `policy_dirs` (the default's is /etc/qubes/policy.d).
+    """
+    dirs = list(policy_dirs) if policy_dirs else list(DEFAULT_POLICY_DIRS)
+    persistent = None
+    if grants:
+        persistent = os.environ.get("QREXEC_POLICY_DIR") or dirs[-1]
     return EngineConfig(
-        policy_dirs=list(policy_dirs) if policy_dirs else list(DEFAULT_POLICY_DIRS),
+        policy_dirs=dirs,
+        persistent_dir=persistent,
         legacy_dir=legacy_policy_dir(),
         qubesd_internal_socket=internal_socket_path(),
         service_path=os.environ.get("QREXEC_SERVICE_PATH", DEFAULT_SERVICE_PATH).split(":"),

@@ -12,12 +12,20 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import Coroutine
 from typing import Any
 
+from ..policy.audit import (
+    ReportError,
+    audit_socket_for,
+    call_id_from_address,
+    new_call_id,
+    parse_end_report,
+)
 from ..policy.errors import SystemInfoError
-from ..policy.evaluation import Request
+from ..policy.evaluation import Request, split_service
 from ..policy.wire import (
     MAX_EVAL_BODY,
     MAX_REQUEST_SIZE,
@@ -34,6 +42,10 @@ __all__ = ["PolicyServer"]
 _MAX_HEADER = 4096
 _BACKLOG = 128
 _RECV_SIZE = 65536
+#: allowed calls whose end may still be reported (the oldest are forgotten first)
+_MAX_PENDING_ENDS = 65536
+_MAX_REPORT = 1024
+_REPORT_TIMEOUT = 10.0
 
 
 async def _read_eval(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -59,8 +71,12 @@ class _RequestConnection:
     """
 
     def __init__(
-        self, server: PolicyServer, loop: asyncio.AbstractEventLoop, sock: socket.socket
+        self, server: PolicyServer, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+        address: object,
     ) -> None:
+        # a pyqrexec qrexec-daemon names the call in its socket's address; it may report the
+        # call's end later under that id
+        self.reported_id = call_id_from_address(address) if server.auditing else None
         self.server = server
         self.loop = loop
         self.sock = sock
@@ -97,7 +113,7 @@ class _RequestConnection:
             if end is not None:
                 self._start(self.buffer[:end])
             elif len(self.buffer) > MAX_REQUEST_SIZE:
-                self._reject(RequestError("request too long"))
+                self._reject(RequestError("request too long"), self.buffer)
                 return
 
     def _stop_reading(self) -> None:
@@ -105,26 +121,33 @@ class _RequestConnection:
             self.reading = False
             self.loop.remove_reader(self.fd)
 
-    def _reject(self, err: RequestError) -> None:
+    def _reject(self, err: RequestError, data: bytes) -> None:
         self.started = True
         self.server.log.warning("error parsing policy request: %s", err)
+        self.server.refused(self.reported_id, data, err)
         self._close()
 
     def _start(self, data: bytes) -> None:
         try:
             request = parse_request(data)
         except RequestError as err:
-            self._reject(err)
+            self._reject(err, data)
             return
         self.started = True
         self.server.spawn(self._answer(request))
 
     async def _answer(self, request: Request) -> None:
         answer = b"result=deny\n"
+        server = self.server
+        call = None
+        if server.auditing:
+            call = self.reported_id or new_call_id()
         try:
-            outcome = await self.server.engine.evaluate(request)
+            outcome = await server.engine.evaluate(request, call)
             if outcome.lines:
                 answer = outcome.answer.encode()
+            if outcome.allowed and self.reported_id is not None:
+                server.expect_end(self.reported_id, request, outcome.lines)
         except Exception:  # a bug must not leave the caller waiting: deny, and say why
             self.server.log.exception("error evaluating %s", request)
         finally:
@@ -158,12 +181,66 @@ class PolicyServer:
         self.engine = engine
         self.log = log
         self._tasks: set[asyncio.Task[None]] = set()
+        self.auditing = engine.audit is not None
+        #: call id -> (source, target, service, argument) of allowed calls not ended yet
+        self._ends: dict[str, tuple[str, str | None, str, str]] = {}
+
+    # -- the audit trail ------------------------------------------------------------------
+
+    def refused(self, call: str | None, data: bytes, err: RequestError) -> None:
+        """A request that could not be parsed is in the trail too, escaped like any name."""
+        if self.engine.audit is not None:
+            self.engine.audit.write({
+                "event": "refused",
+                "call": call or new_call_id(),
+                "reason": str(err),
+                "request": data[:1024].decode("utf-8", errors="backslashreplace"),
+            })
+
+    def expect_end(self, call: str, request: Request, lines: list[str]) -> None:
+        if len(self._ends) >= _MAX_PENDING_ENDS:
+            del self._ends[next(iter(self._ends))]
+        target = next((line[7:] for line in lines if line.startswith("target=")), None)
+        service, argument = split_service(request.service_and_arg)
+        self._ends[call] = (request.source, target, service, argument)
+
+    async def handle_report(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One end report per connection; anything we do not understand is dropped."""
+        try:
+            async with asyncio.timeout(_REPORT_TIMEOUT):
+                data = await reader.read(_MAX_REPORT + 1)
+                while len(data) <= _MAX_REPORT and (more := await reader.read(_MAX_REPORT)):
+                    data += more
+            report = parse_end_report(data)
+        except (OSError, TimeoutError, ReportError):
+            return
+        finally:
+            writer.close()
+        audit = self.engine.audit
+        if audit is None:
+            return
+        source, target, service, argument = self._ends.pop(report.call, (None, None, None, None))
+        audit.write({
+            "event": "end",
+            "call": report.call,
+            "source": source,
+            "target": target,
+            "service": service,
+            "argument": argument,
+            "scope": report.scope,
+            "duration_ms": report.duration_ms,
+            "status": report.status,
+            "bytes_in": report.bytes_in,
+            "bytes_out": report.bytes_out,
+        })
 
     def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         for _ in range(_BACKLOG):
             try:
-                sock, _ = listener.accept()
+                sock, address = listener.accept()
             except BlockingIOError:
                 return
             except OSError as err:  # out of descriptors, say: pause instead of spinning
@@ -172,7 +249,7 @@ class PolicyServer:
                 loop.call_later(1.0, loop.add_reader, listener, self._accept, listener)
                 return
             sock.setblocking(False)
-            _RequestConnection(self, loop, sock)
+            _RequestConnection(self, loop, sock, address)
 
     async def _serve_requests(self, listener: socket.socket) -> None:
         """The request socket, served with bare sockets (the hot path), until cancelled."""
@@ -227,8 +304,17 @@ class PolicyServer:
                 raise RequestError(f"{name} is not managed by {remote}")
 
     async def serve(self, policy_socket: str, eval_socket: str, gui_socket: str) -> None:
-        """Listen on the three sockets (mode 0660, stale files removed) and serve forever."""
-        for path in (policy_socket, eval_socket, gui_socket):
+        """Listen on the three sockets (mode 0660, stale files removed) and serve forever.
+
+        With the audit trail, a fourth socket beside the request socket takes end reports;
+        its presence tells a qrexec-daemon that it may send them.
+        """
+        sockets = [policy_socket, eval_socket, gui_socket]
+        audit = self.engine.audit
+        if audit is not None:
+            sockets.append(audit_socket_for(policy_socket))
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, audit.reopen)
+        for path in sockets:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -243,7 +329,11 @@ class PolicyServer:
                 lambda r, w: self.handle_eval(r, w, gui=True), gui_socket, limit=_MAX_HEADER
             ),
         ]
-        for path in (policy_socket, eval_socket, gui_socket):
+        if audit is not None:
+            servers.append(
+                await asyncio.start_unix_server(self.handle_report, sockets[3], limit=_MAX_HEADER)
+            )
+        for path in sockets:
             os.chmod(path, 0o660)
         self.log.info("policy daemon listening on %s", policy_socket)
         await asyncio.gather(self._serve_requests(listener), *(s.serve_forever() for s in servers))

@@ -94,6 +94,23 @@ def test_interpret() -> None:
     assert interpret("", ask(default_target="")) is None
 
 
+def test_interpret_remembering() -> None:
+    import dataclasses
+
+    request = dataclasses.replace(ask(), remember=("for", "halt", "always"))
+    assert interpret("2 5m", request) == "allow:personal for=300"
+    assert interpret("personal 1h", request) == "allow:personal for=3600"
+    assert interpret("n 1h", request) == "deny for=3600"
+    assert interpret("vault halt", request) == "allow:vault until=halt"
+    assert interpret("vault always", request) == "allow:vault always"
+    assert interpret("Disposable VM (default-dvm) 30s", request) == (
+        "allow:@dispvm:default-dvm for=30")
+    for nothing in ("n always", "vault 8d", "vault forever", "vault 0m"):
+        assert interpret(nothing, request) is None
+    # not offered (an upstream policy daemon): no remembering words
+    assert interpret("vault always", ask()) is None
+
+
 def test_first_second_ignored(pty: Pty) -> None:
     async def main() -> None:
         task = asyncio.create_task(pty.frontend().answer(ask()))

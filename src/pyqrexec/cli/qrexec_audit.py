@@ -1,0 +1,186 @@
+"""qrexec-audit: read the policy daemon's audit trail (docs/audit.md).
+
+    qrexec-audit [--file PATH] [--source NAME] [--target NAME] [--service NAME]
+                 [--decision allow|deny] [--event EVENT] [--call ID]
+                 [--since TIME] [--until TIME] [--json] [--follow]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+__all__ = ["main", "run"]
+
+_POLL = 0.5
+
+
+def parser(prog: str = "qrexec-audit") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Show the qrexec audit trail.")
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser, file: bool = True) -> None:
+    if file:
+        p.add_argument("--file", help="the trail (default $QREXEC_LOG_DIR/qrexec-audit.jsonl)")
+    p.add_argument("--source", help="only calls from this qube")
+    p.add_argument("--target", help="only calls to this qube (as requested or resolved)")
+    p.add_argument("--service", help="only this service (SERVICE or SERVICE+ARG)")
+    p.add_argument("--decision", choices=("allow", "deny"), help="only such decisions")
+    p.add_argument("--event", help="only records of this event (decision, end, refused, "
+                   "grant-created, grant-expired, grant-revoked)")
+    p.add_argument("--call", help="only the records of this call id")
+    p.add_argument("--since", help="from this time (ISO 8601, UTC unless given; or epoch s)")
+    p.add_argument("--until", help="up to this time")
+    p.add_argument("--json", action="store_true", help="the records as JSON lines")
+    p.add_argument("--follow", "-f", action="store_true", help="wait for new records")
+
+
+class Filter:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from ..policy.audit import parse_time
+
+        self.args = args
+        self.since = parse_time(args.since) if args.since else None
+        self.until = parse_time(args.until) if args.until else None
+
+    def __call__(self, r: dict[str, Any]) -> bool:
+        from ..policy.audit import parse_time
+
+        a = self.args
+        if a.source is not None and a.source not in (r.get("source"), r.get("requested_source")):
+            return False
+        if a.target is not None and a.target not in (r.get("target"), r.get("intended_target")):
+            return False
+        if a.service is not None:
+            full = f"{r.get('service')}{r.get('argument') or ''}"
+            if a.service not in (r.get("service"), full):
+                return False
+        if a.decision is not None and r.get("decision") != a.decision:
+            return False
+        if a.event is not None and r.get("event") != a.event:
+            return False
+        if a.call is not None and r.get("call") != a.call:
+            return False
+        if self.since is not None or self.until is not None:
+            try:
+                t = parse_time(str(r.get("time")))
+            except ValueError:
+                return False
+            if (self.since is not None and t < self.since) or (
+                self.until is not None and t > self.until
+            ):
+                return False
+        return True
+
+
+def _shown(value: object) -> str:
+    """A value for the table: names come from domains, so nothing unprintable is shown raw."""
+    import json
+
+    if value is None:
+        return "-"
+    text = str(value)
+    if text.isprintable() and text.isascii() and " " not in text:
+        return text
+    return json.dumps(text)
+
+
+def row(r: dict[str, Any]) -> str:
+    event = r.get("event")
+    head = [_shown(r.get("time")), _shown(event), _shown(r.get("call") or r.get("grant"))]
+    call = f"{_shown(r.get('service'))}{_shown(r.get('argument') or '')}"
+    if event == "decision":
+        target = r.get("target") or r.get("intended_target")
+        by = f"grant {r['grant']}" if r.get("grant") else _shown(r.get("rule"))
+        asked = f" asked={_shown(r.get('answer'))}" if r.get("asked") else ""
+        rest = [f"{_shown(r.get('source'))} -> {_shown(target)}", call,
+                _shown(r.get("decision")), by + asked]
+    elif event == "end":
+        rest = [f"{_shown(r.get('source'))} -> {_shown(r.get('target'))}", call,
+                f"{r.get('scope')} {r.get('duration_ms')} ms status {r.get('status')}"]
+    elif event == "refused":
+        rest = [_shown(r.get("reason")), _shown(r.get("request"))]
+    else:
+        until = r.get("expires") or "halt of " + ",".join(r.get("halts") or [])
+        rest = [f"{_shown(r.get('source'))} -> {_shown(r.get('target'))}", call,
+                _shown(r.get("answer")), f"until {_shown(until)}", _shown(r.get("reason"))]
+    return "  ".join(head + rest)
+
+
+def _lines(path: str, follow: bool) -> Iterator[bytes]:
+    """The file's whole lines; with `follow`, new ones as they come, across rotations."""
+    import os
+
+    f = open(path, "rb")  # noqa: SIM115 - reopened on rotation
+    try:
+        ident = os.fstat(f.fileno()).st_ino
+        partial = b""
+        while True:
+            for line in f:
+                if line.endswith(b"\n"):
+                    yield partial + line
+                    partial = b""
+                else:
+                    partial += line
+            if not follow:
+                return
+            time.sleep(_POLL)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if st.st_ino != ident or st.st_size < f.tell():  # rotated: the new file
+                f.close()
+                f = open(path, "rb")  # noqa: SIM115
+                ident, partial = os.fstat(f.fileno()).st_ino, b""
+    finally:
+        f.close()
+
+
+def show(path: str, args: argparse.Namespace, out: TextIO) -> int:
+    import json
+
+    from ..policy.audit import parse_records
+
+    try:
+        keep = Filter(args)
+    except ValueError as err:
+        print(f"qrexec-audit: bad time: {err}", file=sys.stderr)
+        return 2
+    try:
+        for record in parse_records(_lines(path, args.follow)):
+            if keep(record):
+                out.write(json.dumps(record) if args.json else row(record))
+                out.write("\n")
+                if args.follow:
+                    out.flush()
+    except FileNotFoundError:
+        print(f"qrexec-audit: {path}: no audit trail", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from ..policy.audit import audit_path
+
+    args = parser().parse_args(argv)
+    return show(args.file or audit_path(os.environ), args, sys.stdout)
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,84 @@
+"""A request worker's part in the audit trail (docs/audit.md "Calls' ends").
+
+The worker's policy connection is bound to an abstract address that carries a fresh call id:
+the request's bytes stay upstream's, and the policy daemon reads the id from the address it
+accepted. When a call the policy allowed is over (as far as the worker sees it), one end
+report goes to the policy daemon's audit socket — only if that socket exists, which is how a
+policy daemon announces that it takes them; an upstream one has none and hears nothing.
+The report is sent after the call, in its own task: nothing waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+
+from ..policy.audit import (
+    CALL_ADDRESS_PREFIX,
+    EndReport,
+    audit_socket_for,
+    end_report_text,
+    new_call_id,
+)
+from .policy_answer import PolicyAnswer
+
+__all__ = ["CallAudit"]
+
+_DOM0 = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
+_tasks: set[asyncio.Task[None]] = set()
+
+
+class CallAudit:
+    def __init__(self) -> None:
+        self.call = new_call_id()
+        self.started = time.monotonic()
+        self.policy_socket: str | None = None  # set once the policy daemon answered
+        self.scope: str | None = None  # set once the call was allowed
+
+    async def connect(self, path: str) -> socket.socket:
+        """A connection to the policy socket `path` whose address names this call."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # a clash (never expected) only loses the join
+            sock.bind(CALL_ADDRESS_PREFIX + self.call.encode())
+        pause = 0.001
+        while True:
+            try:
+                sock.connect(path)
+                return sock
+            except BlockingIOError:  # a full backlog: a Unix connect never completes later
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.05)
+            except OSError:
+                sock.close()
+                raise
+
+    def allowed(self, answer: PolicyAnswer) -> None:
+        """VM -> dom0 calls and disposables run to their end inside the worker; for other
+        calls it only sees them connected."""
+        target = answer.target or ""
+        whole = target.startswith("@dispvm:") or (
+            target in _DOM0 and answer.target_uuid is None)
+        self.scope = "call" if whole else "connect"
+
+    def ended(self, status: int) -> None:
+        if self.scope is None or self.policy_socket is None:
+            return
+        ms = int((time.monotonic() - self.started) * 1000)
+        report = EndReport(self.call, self.scope, ms, status)
+        task = asyncio.get_running_loop().create_task(
+            _send(audit_socket_for(self.policy_socket), end_report_text(report)))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+
+
+async def _send(path: str, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        _, writer = await asyncio.open_unix_connection(path)
+        try:
+            writer.write(data)
+            await writer.drain()
+        finally:
+            writer.close()
