@@ -15,6 +15,7 @@ from .paths import legacy_policy_dir, persistent_policy_dir
 
 __all__ = [
     "DEFAULT_SERVICE_PATH",
+    "default_policy_dirs",
     "engine_config",
     "legacy_policy_dir",
     "persistent_policy_dir",
@@ -24,10 +25,17 @@ __all__ = [
 DEFAULT_SERVICE_PATH = "/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc"
 
 
+def default_policy_dirs() -> list[str]:
+    """Both upstream directories; `$QREXEC_POLICY_DIR` alone where a host keeps its policy
+    elsewhere (a qrexec-host's dom0 tools must read the policy its daemons read)."""
+    moved = os.environ.get("QREXEC_POLICY_DIR")
+    return [moved] if moved else list(DEFAULT_POLICY_DIRS)
+
+
 def engine_config(policy_dirs: Sequence[str] | None) -> EngineConfig:
     """`policy_dirs` replaces both default directories when given (`--path`, `--policy-path`)."""
     return EngineConfig(
-        policy_dirs=list(policy_dirs) if policy_dirs else list(DEFAULT_POLICY_DIRS),
+        policy_dirs=list(policy_dirs) if policy_dirs else default_policy_dirs(),
         legacy_dir=legacy_policy_dir(),
         qubesd_internal_socket=internal_socket_path(),
         service_path=os.environ.get("QREXEC_SERVICE_PATH", DEFAULT_SERVICE_PATH).split(":"),
