@@ -395,3 +395,34 @@ def test_failed_autostart_fails_up(tmp_path: Path) -> None:
     finally:
         w.close()
 
+
+
+# -- qvm-style operations ---------------------------------------------------------------------
+def test_list_as_json_and_chosen_fields(world: DailyWorld) -> None:
+    r = world.host("list", "--format=json", "--fields=name,state,tags,template_for_dispvms")
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["work"] == {"name": "work", "state": "Running", "tags": ["work"],
+                            "template_for_dispvms": False}
+    assert rows["dvm"]["template_for_dispvms"] is True
+    r = world.host("list", "--fields=name,uuid")
+    lines = r.stdout.decode().splitlines()
+    assert lines[0].split() == ["NAME", "UUID"] and len(lines) == len(rows) + 1
+    r = world.host("list", "--fields=name,secret")
+    assert r.returncode == 2 and b"unknown field 'secret'" in r.stderr
+
+
+def test_shutdown_is_graceful(world: DailyWorld) -> None:
+    if world.domains()["other"]["state"] != "Halted":
+        assert world.host("stop", "other").returncode == 0
+    assert world.host("start", "other").returncode == 0
+    r = world.host("shutdown", "other", "--wait", "--timeout=20")
+    assert r.returncode == 0, r.stderr
+    assert world.domains()["other"]["state"] == "Halted"
+    assert "other shut down" in world.log()
+    assert "agent ended" not in world.log()  # not taken for a crash
+    r = world.host("shutdown", "other")
+    assert r.returncode == 1 and b"QubesVMNotStartedError" in r.stderr
+    assert world.host("start", "other").returncode == 0
+    assert world.host("shutdown", "other", "--timeout=20").returncode == 0
+    wait_for(lambda: world.domains()["other"]["state"] == "Halted", 30, "other to halt")

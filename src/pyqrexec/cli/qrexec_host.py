@@ -42,6 +42,12 @@ QREXEC_LEGACY_POLICY_DIR (default DOM0_ROOT/etc/qubes-rpc/policy).
 """
 
 
+#: `list` fields: the default table's, and every one there is
+TABLE_FIELDS = ("name", "type", "state", "domid", "label")
+LIST_FIELDS = (*TABLE_FIELDS, "uuid", "tags", "default_dispvm", "template_for_dispvms",
+               "autostart", "disposable")
+
+
 def default_state_dir() -> Path:
     if os.environ.get("QREXEC_HOST_STATE"):
         return Path(os.environ["QREXEC_HOST_STATE"])
@@ -74,7 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="stop every domain and the manager")
     for name in ("start", "stop"):
         sub.add_parser(name, help=f"{name} one domain").add_argument("name")
-    sub.add_parser("list", help="table of domains")
+    ls = sub.add_parser("list", help="the domains: a table, or JSON")
+    ls.add_argument("--format", choices=("table", "json"), default="table",
+                    help="table (default) or a JSON list of objects")
+    ls.add_argument("--fields", default=None, metavar="F1,F2,…",
+                    help=f"which fields, in order (default {','.join(TABLE_FIELDS)}; any of "
+                    f"{','.join(LIST_FIELDS)})")
+    shut = sub.add_parser("shutdown", help="stop a domain gracefully (SIGTERM, then kill)")
+    shut.add_argument("name", help="the domain")
+    shut.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                      help="seconds between SIGTERM and SIGKILL (default 5)")
+    shut.add_argument("--wait", action="store_true",
+                      help="return once the domain is halted (default: once it is told)")
     run_p = sub.add_parser("run", help="run a command in a domain (like qvm-run)")
     run_p.add_argument("-u", "--user", default="DEFAULT")
     run_p.add_argument("name")
@@ -356,9 +373,10 @@ def _client(args: argparse.Namespace, state: Path) -> int:
     paths = Paths.make(state, state, os.environ)  # dom0's root matters only to `up`
     sock = str(paths.qubesd)
 
-    def qcall(method: str, dest: str = "dom0", ok: tuple[str, ...] = ()) -> bytes:
+    def qcall(method: str, dest: str = "dom0", ok: tuple[str, ...] = (), arg: str = "",
+              payload: bytes = b"") -> bytes:
         try:
-            return call(method, dest, path=sock)
+            return call(method, dest, arg=arg, payload=payload, path=sock)
         except QubesdError as err:
             if err.exc_type in ok:
                 return b""
@@ -383,13 +401,21 @@ def _client(args: argparse.Namespace, state: Path) -> int:
             qcall("admin.vm.Kill", args.name)
             return 0
         if args.command == "list":
+            fields = args.fields.split(",") if args.fields else list(TABLE_FIELDS)
+            unknown = [f for f in fields if f not in LIST_FIELDS]
+            if unknown:
+                print(f"qrexec-host: list: unknown field {unknown[0]!r} (one of "
+                      f"{', '.join(LIST_FIELDS)})", file=sys.stderr)
+                return 2
             rows = json.loads(qcall("pyqrexec.host.List"))
-            table = [("NAME", "TYPE", "STATE", "DOMID", "LABEL")] + [
-                (r["name"], r["type"], r["state"],
-                 "-" if r["domid"] is None else str(r["domid"]), r["label"]) for r in rows]
-            widths = [max(len(row[i]) for row in table) for i in range(5)]
-            for row in table:
-                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            if args.format == "json":
+                print(json.dumps([{f: r.get(f) for f in fields} for r in rows], indent=1))
+                return 0
+            _print_table(fields, rows)
+            return 0
+        if args.command == "shutdown":
+            qcall("admin.vm.Shutdown", args.name, arg="wait" if args.wait else "",
+                  payload=str(args.timeout).encode())
             return 0
         if args.command == "run":
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -414,6 +440,20 @@ def _client(args: argparse.Namespace, state: Path) -> int:
         print(f"qrexec-host: {err}", file=sys.stderr)
         return 1
     return 2
+
+
+def _print_table(fields: list[str], rows: list[dict[str, object]]) -> None:
+    def cell(value: object) -> str:
+        if value is None or value == []:
+            return "-"
+        if isinstance(value, list):
+            return ",".join(map(str, value))
+        return str(value)
+
+    table = [[f.upper() for f in fields]] + [[cell(r.get(f)) for f in fields] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(fields))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _call(args: argparse.Namespace, spec: dict[str, object], log_dir: Path) -> int:

@@ -362,7 +362,10 @@ class Manager:
 
     def listing(self) -> list[dict[str, object]]:
         return [{"name": d.name, "type": d.cfg.type, "state": d.state, "domid": d.domid,
-                 "label": d.cfg.label, "uuid": d.cfg.uuid}
+                 "label": d.cfg.label, "uuid": d.cfg.uuid, "tags": list(d.cfg.tags),
+                 "default_dispvm": d.cfg.default_dispvm,
+                 "template_for_dispvms": d.cfg.template_for_dispvms,
+                 "autostart": d.cfg.autostart, "disposable": d.disposable}
                 for d in self.domains.values()]
 
     # -- the qubesd methods ------------------------------------------------------------------
@@ -402,6 +405,8 @@ class Manager:
             if method == "admin.vm.Kill":
                 await self.kill(self.resolve(dest).name)
                 return b""
+            if method == "admin.vm.Shutdown":
+                return await self._shutdown_method(self.resolve(dest).name, arg, payload)
             if method == "admin.vm.CreateDisposable":
                 return await self.create_disposable(self.resolve(dest), payload == b"uuid")
             if method == "pyqrexec.host.List":
@@ -439,6 +444,59 @@ class Manager:
             await self._stop(d)
         if not quiet:
             self.log(f"{name} halted")
+
+    async def _shutdown_method(self, name: str, arg: str, payload: bytes) -> bytes:
+        """`admin.vm.Shutdown[+wait]`, payload the seconds to wait before killing."""
+        try:
+            timeout = float(payload.decode("ascii")) if payload else STOP_TIMEOUT
+        except (UnicodeDecodeError, ValueError):
+            raise HostError("QubesException", "invalid timeout") from None
+        if not 0 <= timeout <= 3600:
+            raise HostError("QubesException", "timeout must be 0 to 3600 seconds")
+        d = self.domains.get(name)
+        if d is None or not d.running:
+            raise HostError("QubesVMNotStartedError", f"Domain is powered off: {name}")
+        task = asyncio.ensure_future(self.shutdown_domain(name, timeout))
+        if arg == "wait":
+            await task
+        else:  # like qvm-shutdown without --wait: started, not finished
+            _ECHOES.add(task)
+            task.add_done_callback(_ECHOES.discard)
+        return b""
+
+    async def shutdown_domain(self, name: str, timeout: float) -> None:
+        """Graceful stop: SIGTERM to the domain's processes, `timeout` seconds for its agent
+        to end, then what `kill` does (SIGKILL to whatever is left, cleanup)."""
+        d = self.domains[name]
+        if name == "dom0":
+            raise HostError("QubesException", "dom0 cannot be shut down")
+        async with d.lock:
+            if not d.running:
+                raise HostError("QubesVMNotStartedError", f"Domain is powered off: {name}")
+            d.state = "Dying"  # its agent ending now is the shutdown, not a crash
+            self._signal_domain(d, signal.SIGTERM)
+            if d.agent is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(d.agent.wait()), timeout)
+            await self._stop(d)
+        self.log(f"{name} shut down")
+
+    def _signal_domain(self, d: Domain, sig: int) -> None:
+        """`sig` to the domain's process tree: a sandbox's PID 1 (its end ends the
+        namespace), a plain agent's process group, and whatever is in its cgroup."""
+        pids: set[int] = set()
+        if d.cgroup is not None:
+            for procs in d.cgroup.procs_files:
+                with contextlib.suppress(OSError, ValueError):
+                    pids.update(int(p) for p in Path(procs).read_text().split())
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.bwrap and d.ns_pid is not None:
+                os.kill(d.ns_pid, sig)
+            elif d.agent is not None:
+                os.killpg(d.agent.pid, sig)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
     async def create_disposable(self, template: Domain, want_uuid: bool) -> bytes:
         t = template.cfg
