@@ -25,7 +25,10 @@ commands:
   up [--detach] [--sandbox MODE]   start dom0's side and the autostart domains
   down                             stop every domain and the manager
   start NAME / stop NAME           start / kill one domain
-  list                             table: name, type, state, domid, label
+  shutdown NAME [--timeout S] [--wait]
+                                   SIGTERM to the domain's processes, SIGKILL after S s
+  list [--format json] [--fields F,…]
+                                   table (name, type, state, domid, label) or JSON
   run [-u USER] NAME -- CMD...     run CMD in NAME through qrexec-client (like qvm-run;
                                    starts NAME; stdin/stdout/exit status passed through)
   call SOURCE TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]
@@ -39,6 +42,8 @@ else /run/qrexec-host for root, else $XDG_RUNTIME_DIR/qrexec-host or /tmp/qrexec
 Environment overrides (cli.md "Common environment"): QUBESD_SOCKET, QUBESD_INTERNAL_SOCKET,
 QREXEC_POLICY_SOCKET, VCHAN_SOCKET_DIR (root of the per-domain vchan directories),
 QREXEC_LEGACY_POLICY_DIR (default DOM0_ROOT/etc/qubes-rpc/policy).
+`up` holds STATE/lock: one manager per state directory. Ask rules are asked on the terminal
+`up` runs on, else in a GTK dialog, else denied (said once at start); see docs/qrexec-host.md.
 """
 
 
