@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyqrexec
+from pyqrexec.parent_death import dies_with_this_process
 
 SRC = str(Path(pyqrexec.__file__).resolve().parents[1])
 PYTHON = sys.executable
@@ -30,6 +31,25 @@ def program(name: str) -> list[str]:
     return [PYTHON, "-m", f"pyqrexec.cli.{name.replace('-', '_')}"]
 
 
+def dies_with_tests() -> Callable[[], None] | None:
+    """`preexec_fn` making a program die with the test run (SIGKILL): a run that ends
+    without stopping what it started (a failed fixture, an interrupted session) must not
+    leave agents and daemons behind. Only from the main thread: the signal fires when the
+    starting thread ends, and a worker thread ends long before the test does."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return dies_with_this_process()
+
+
+def _dying(wrapper: list[str]) -> list[str]:
+    """A `setpriv` wrapper that keeps the parent-death signal its switch of user clears."""
+    if wrapper[:1] == ["setpriv"] and not any(a.startswith("--pdeathsig") for a in wrapper):
+        return ["setpriv", "--pdeathsig=KILL", *wrapper[1:]]
+    return wrapper
+
+
 def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -37,6 +57,15 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def process_gone(pid: int) -> bool:
+    """The process has ended (a zombie nobody reaped counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def parent_pid(pid: int) -> int:
@@ -85,11 +114,11 @@ class Domain:
         """Start the agent; `fork_server` is its `-s` template (default: `-S`, none)."""
         e = self.host.env(self.domid, **self.agent_env, **(env or {}))
         fs = ["-S"] if fork_server is None else ["-s", fork_server]
-        argv = [*(wrapper or []), *program("qrexec-agent"), "-a", self.agent_socket, *fs,
-                *(extra or [])]
+        argv = [*_dying(wrapper or []), *program("qrexec-agent"), "-a", self.agent_socket,
+                *fs, *(extra or [])]
         log = open(self.agent_log, "ab")  # noqa: SIM115 - handed to the child
         self.agent = subprocess.Popen(argv, env=e, stdout=log, stderr=log,
-                                      stdin=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, preexec_fn=dies_with_tests())
         log.close()
         return self.agent
 
@@ -101,7 +130,7 @@ class Domain:
                 str(self.domid), self.name, self.user]
         log = open(self.daemon_log, "ab")  # noqa: SIM115
         self.daemon = subprocess.Popen(argv, env=e, stdout=log, stderr=log,
-                                       stdin=subprocess.DEVNULL)
+                                       stdin=subprocess.DEVNULL, preexec_fn=dies_with_tests())
         log.close()
         if wait:
             self.wait_daemon_ready()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import program, wait_for
+from .harness import process_gone, program, wait_for
 
 
 def _leftovers(marker: str) -> list[str]:
@@ -31,15 +31,6 @@ def test_demo_yes_prints_33_and_cleans_up(sandbox: str) -> None:
     top = err.split("domains in ", 1)[1].split(";", 1)[0]
     assert _leftovers(top) == []
     assert not os.path.exists(top)
-
-
-def _gone(pid: int) -> bool:
-    """The process has ended (a zombie nobody reaped counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def _demo_dir(err: Path) -> Path | None:
@@ -87,8 +78,10 @@ def test_demo_killed_outright_takes_its_host_down(tmp_path: Path) -> None:
         demo.send_signal(signal.SIGKILL)
         demo.wait()
         wait_for(lambda: not _leftovers(str(top)), 30, "the demo's host to go")
+        # and its directory with it: nobody else would remove it
+        wait_for(lambda: not top.exists(), 30, "the demo's directory to go")
         # the answer program goes with the policy agent that ran it
-        wait_for(lambda: _gone(int(started.read_text())), 30, "the answer program to go")
+        wait_for(lambda: process_gone(int(started.read_text())), 30, "the answer program to go")
     finally:
         if demo.poll() is None:
             demo.kill()

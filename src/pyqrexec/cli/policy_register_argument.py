@@ -144,7 +144,9 @@ def main(env: Mapping[str, str] | None = None, stdin: BinaryIO | None = None) ->
 
 
 def run() -> None:
-    sys.exit(main())
+    from . import entry
+
+    entry(main)
 
 
 if __name__ == "__main__":

@@ -375,7 +375,9 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
 
 
 def run() -> None:
-    sys.exit(main())
+    from . import entry
+
+    entry(main)
 
 
 if __name__ == "__main__":

@@ -250,7 +250,9 @@ def _spawn_local(
         os.close(fd)
     return pid, prog_out_ours, prog_in_ours
 def run() -> None:
-    sys.exit(main())
+    from . import entry
+
+    entry(main)
 
 
 if __name__ == "__main__":

@@ -230,7 +230,9 @@ def _open_log(name: str, log: object) -> None:
 
 
 def run() -> None:
-    sys.exit(main())
+    from . import entry
+
+    entry(main)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ commands:
   up [--detach] [--sandbox MODE]   start dom0's side and the autostart domains
   down                             stop every domain and the manager
   start NAME / stop NAME           start / kill one domain
-  list                             table: name, type, state, domid, label
+  shutdown NAME [--timeout S] [--wait]
+                                   SIGTERM to the domain's processes, SIGKILL after S s
+  list [--format json] [--fields F,…]
+                                   table (name, type, state, domid, label) or JSON
   run [-u USER] NAME -- CMD...     run CMD in NAME through qrexec-client (like qvm-run;
                                    starts NAME; stdin/stdout/exit status passed through)
   call SOURCE TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]
@@ -39,7 +42,15 @@ else /run/qrexec-host for root, else $XDG_RUNTIME_DIR/qrexec-host or /tmp/qrexec
 Environment overrides (docs/reference/cli.md#common-environment): QUBESD_SOCKET,
 QUBESD_INTERNAL_SOCKET, QREXEC_POLICY_SOCKET, VCHAN_SOCKET_DIR (root of the per-domain vchan
 directories), QREXEC_LEGACY_POLICY_DIR (default DOM0_ROOT/etc/qubes-rpc/policy).
+`up` holds STATE/lock: one manager per state directory. Ask rules are asked on the terminal
+`up` runs on, else in a GTK dialog, else denied (said once at start); see docs/qrexec-host.md.
 """
+
+
+#: `list` fields: the default table's, and every one there is
+TABLE_FIELDS = ("name", "type", "state", "domid", "label")
+LIST_FIELDS = (*TABLE_FIELDS, "uuid", "tags", "default_dispvm", "template_for_dispvms",
+               "autostart", "disposable")
 
 
 def default_state_dir() -> Path:
@@ -69,10 +80,23 @@ def _parser() -> argparse.ArgumentParser:
                     help="override the config's [host] sandbox (default auto)")
     up.add_argument("--policy-agent-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for qrexec-policy-agent (repeatable)")
+    # the demo's own directory: removed by `up` on its way out, however the demo ended
+    up.add_argument("--remove-on-exit", type=Path, default=None, help=argparse.SUPPRESS)
     sub.add_parser("down", help="stop every domain and the manager")
     for name in ("start", "stop"):
         sub.add_parser(name, help=f"{name} one domain").add_argument("name")
-    sub.add_parser("list", help="table of domains")
+    ls = sub.add_parser("list", help="the domains: a table, or JSON")
+    ls.add_argument("--format", choices=("table", "json"), default="table",
+                    help="table (default) or a JSON list of objects")
+    ls.add_argument("--fields", default=None, metavar="F1,F2,…",
+                    help=f"which fields, in order (default {','.join(TABLE_FIELDS)}; any of "
+                    f"{','.join(LIST_FIELDS)})")
+    shut = sub.add_parser("shutdown", help="stop a domain gracefully (SIGTERM, then kill)")
+    shut.add_argument("name", help="the domain")
+    shut.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                      help="seconds between SIGTERM and SIGKILL (default 5)")
+    shut.add_argument("--wait", action="store_true",
+                      help="return once the domain is halted (default: once it is told)")
     run_p = sub.add_parser("run", help="run a command in a domain (like qvm-run)")
     run_p.add_argument("-u", "--user", default="DEFAULT")
     run_p.add_argument("name")
@@ -146,20 +170,27 @@ def _up(args: argparse.Namespace, state: Path) -> int:
         print(f"qrexec-host: warning: {why}: domains run as plain processes, NOT isolated "
               "from the host or from each other (docs/isolation.md)", file=sys.stderr)
     state.mkdir(parents=True, exist_ok=True)
+    lock = lock_state(state)
+    if lock is None:
+        return 1
     ready_fd: int | None = None
     if args.detach:
         rfd, wfd = os.pipe()
         if os.fork() != 0:
             os.close(wfd)
-            answer = os.read(rfd, 1)
+            answer = _read_all(rfd)
             if answer == b"1":
                 return 0
+            why = answer[1:].decode(errors="replace").strip()
+            for line in why.splitlines():
+                print(f"qrexec-host: {line}", file=sys.stderr)
             print(f"qrexec-host: start failed; see {state / 'log' / 'qrexec-host.log'}",
                   file=sys.stderr)
             return 1
         os.close(rfd)
         ready_fd = wfd
         os.setsid()
+        _write_pid(lock)
         (state / "log").mkdir(exist_ok=True)
         fd = os.open(state / "log" / "qrexec-host.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                      0o640)
@@ -169,14 +200,70 @@ def _up(args: argparse.Namespace, state: Path) -> int:
         os.dup2(fd, 2)
         os.close(fd)
         os.close(null)
-    status = _serve(cfg, state, bwrap, args.policy_agent_arg, ready_fd)
+    status = _serve(cfg, state, bwrap, args.policy_agent_arg, ready_fd,
+                    remove_on_exit=args.remove_on_exit)
     if ready_fd is not None:
         os._exit(status)
     return status
 
 
+def _read_all(fd: int) -> bytes:
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
+    return data
+
+
+def lock_state(state: Path) -> int | None:
+    """Hold `STATE/lock` for as long as this `up` lives: two managers on one state directory
+    would share its sockets and directories and each stop only part of what they started.
+    The descriptor is never inherited (O_CLOEXEC); the lock goes when the process does."""
+    import fcntl
+
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        print(f"qrexec-host: {state} is in use by another `qrexec-host up` (pid {holder}); "
+              f"stop it first with `qrexec-host --state-dir={state} down`", file=sys.stderr)
+        return None
+    _write_pid(fd)
+    return fd
+
+
+def _write_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def wait_unlocked(state: Path, timeout: float) -> bool:
+    """True once no `up` holds `STATE/lock` (it has stopped and cleaned up), or there is
+    none; False after `timeout` seconds."""
+    import fcntl
+    import time
+
+    try:
+        fd = os.open(state / "lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+
+
 def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
-           ready_fd: int | None) -> int:
+           ready_fd: int | None, remove_on_exit: Path | None = None) -> int:
     import asyncio
     import signal
 
@@ -186,16 +273,24 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
 
     assert isinstance(cfg, HostConfig)
 
+    def failed(why: str) -> None:
+        print(f"qrexec-host: {why}", file=sys.stderr, flush=True)
+        if ready_fd is not None:
+            os.write(ready_fd, b"0" + why.encode())
+
     async def amain() -> int:
-        manager = Manager(cfg, state, bwrap, policy_agent_args=agent_args)
+        manager = Manager(cfg, state, bwrap, policy_agent_args=agent_args,
+                          terminal=ready_fd is None and os.isatty(0))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(manager.shutdown()))
         try:
             await manager.up()
         except (HostError, OSError) as err:
-            print(f"qrexec-host: {err}", file=sys.stderr)
+            failed(str(err.message if isinstance(err, HostError) else err))
             await manager.shutdown()
+            return 1
+        if manager.stopped.is_set():  # SIGTERM or SIGINT while starting
             return 1
         mode = f"bubblewrap ({bwrap})" if bwrap else "plain processes"
         print(f"qrexec-host: up; state {state}; sandbox: {mode}", file=sys.stderr, flush=True)
@@ -206,7 +301,13 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
         print("qrexec-host: down", file=sys.stderr, flush=True)
         return 0
 
-    return asyncio.run(amain())
+    try:
+        return asyncio.run(amain())
+    finally:
+        if remove_on_exit is not None:
+            import shutil
+
+            shutil.rmtree(remove_on_exit, ignore_errors=True)
 
 
 # -- demo ------------------------------------------------------------------------------------
@@ -240,7 +341,8 @@ def _demo(args: argparse.Namespace) -> int:
     sandbox = [f"--sandbox={args.sandbox}"] if args.sandbox else []
     print(f"qrexec-host demo: domains in {top}; logs in {state / 'log'}", file=sys.stderr)
     # a demo killed outright still takes its host down: `up` stops everything on SIGTERM
-    up = subprocess.Popen([*me, "up", *sandbox, *agent],
+    keep = [] if args.keep else [f"--remove-on-exit={top}"]
+    up = subprocess.Popen([*me, "up", *sandbox, *agent, *keep],
                           preexec_fn=dies_with_this_process(signal.SIGTERM))
     qubesd = str(state / "qubesd.sock")
     status = 1
@@ -272,7 +374,8 @@ def _demo(args: argparse.Namespace) -> int:
                 if "test.Add" in line and ("allowed" in line or "denied" in line):
                     print(f"dom0 policy log: {line}", file=sys.stderr)
     finally:
-        subprocess.run([*me, "down"], stdout=subprocess.DEVNULL)
+        # a host already going (Ctrl-C reached it too) has nothing more to say
+        subprocess.run([*me, "down"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             up.wait(60)
         except subprocess.TimeoutExpired:
@@ -284,9 +387,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # -- commands talking to a running manager ---------------------------------------------------
+def _unreachable(sock: str, state: Path, err: object) -> str:
+    """What to tell someone whose command found no manager: which socket, and what to do."""
+    return (f"no qrexec-host is running on {state} (cannot connect to {sock}: {err}); "
+            f"start it with `qrexec-host --state-dir={state} up`")
+
+
 def _client(args: argparse.Namespace, state: Path) -> int:
     import json
-    import time
 
     from ..host.manager import Paths, program
     from ..host.qubesd import QubesdError, call
@@ -294,20 +402,26 @@ def _client(args: argparse.Namespace, state: Path) -> int:
     paths = Paths.make(state, state, os.environ)  # dom0's root matters only to `up`
     sock = str(paths.qubesd)
 
-    def qcall(method: str, dest: str = "dom0", ok: tuple[str, ...] = ()) -> bytes:
+    def qcall(method: str, dest: str = "dom0", ok: tuple[str, ...] = (), arg: str = "",
+              payload: bytes = b"") -> bytes:
         try:
-            return call(method, dest, path=sock)
+            return call(method, dest, arg=arg, payload=payload, path=sock)
         except QubesdError as err:
             if err.exc_type in ok:
                 return b""
+            if not err.exc_type:  # no answer at all: nobody listens there
+                cause = err.__cause__ if err.__cause__ is not None else err
+                reason = getattr(cause, "strerror", None) or str(cause)
+                raise QubesdError(_unreachable(sock, state, reason)) from err
             raise
 
     try:
         if args.command == "down":
             qcall("pyqrexec.host.Shutdown")
-            deadline = time.monotonic() + 60
-            while os.path.exists(sock) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            if not wait_unlocked(state, 60):
+                print("qrexec-host: down: the manager has not stopped after 60 s",
+                      file=sys.stderr)
+                return 1
             return 0
         if args.command == "start":
             qcall("admin.vm.Start", args.name)
@@ -316,13 +430,21 @@ def _client(args: argparse.Namespace, state: Path) -> int:
             qcall("admin.vm.Kill", args.name)
             return 0
         if args.command == "list":
+            fields = args.fields.split(",") if args.fields else list(TABLE_FIELDS)
+            unknown = [f for f in fields if f not in LIST_FIELDS]
+            if unknown:
+                print(f"qrexec-host: list: unknown field {unknown[0]!r} (one of "
+                      f"{', '.join(LIST_FIELDS)})", file=sys.stderr)
+                return 2
             rows = json.loads(qcall("pyqrexec.host.List"))
-            table = [("NAME", "TYPE", "STATE", "DOMID", "LABEL")] + [
-                (r["name"], r["type"], r["state"],
-                 "-" if r["domid"] is None else str(r["domid"]), r["label"]) for r in rows]
-            widths = [max(len(row[i]) for row in table) for i in range(5)]
-            for row in table:
-                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            if args.format == "json":
+                print(json.dumps([{f: r.get(f) for f in fields} for r in rows], indent=1))
+                return 0
+            _print_table(fields, rows)
+            return 0
+        if args.command == "shutdown":
+            qcall("admin.vm.Shutdown", args.name, arg="wait" if args.wait else "",
+                  payload=str(args.timeout).encode())
             return 0
         if args.command == "run":
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -342,37 +464,128 @@ def _client(args: argparse.Namespace, state: Path) -> int:
         if args.command == "call":
             qcall("admin.vm.Start", args.source, ok=("QubesVMNotHaltedError",))
             spec = json.loads(qcall("pyqrexec.host.Exec", args.source))
-            if "agent_socket" not in spec:
-                print(f"qrexec-host: call: {args.source} has no qrexec-agent; in dom0 use "
-                      "`run dom0 -- qrexec-client …`", file=sys.stderr)
-                return 2
-            rest = args.args[1:] if args.args[:1] == ["--"] else args.args
-            root = spec.get("root")
-            if root and rest and rest[0].startswith("/"):
-                # plain mode shares the host's filesystem: a program named by its path in
-                # the domain is found in the domain's root first
-                inside = os.path.join(root, rest[0].lstrip("/"))
-                if os.path.exists(inside):
-                    rest = [inside, *rest[1:]]
-            argv = [*spec["prefix"], *program("qrexec-client-vm"),
-                    f"--agent-socket={spec['agent_socket']}", "--", args.target,
-                    args.service, *rest]
-            import shutil
-
-            from ..host.limits import join
-
-            try:
-                join(spec.get("cgroup", []))
-            except OSError as err:
-                print(f"qrexec-host: call: cannot join {args.source}'s cgroup: {err}",
-                      file=sys.stderr)
-                return 1
-            exe = shutil.which(argv[0]) or argv[0]
-            os.execve(exe, argv, spec["env"])
+            return _call(args, spec, paths.log_dir)
     except QubesdError as err:
         print(f"qrexec-host: {err}", file=sys.stderr)
         return 1
     return 2
+
+
+def _print_table(fields: list[str], rows: list[dict[str, object]]) -> None:
+    def cell(value: object) -> str:
+        if value is None or value == []:
+            return "-"
+        if isinstance(value, list):
+            return ",".join(map(str, value))
+        return str(value)
+
+    table = [[f.upper() for f in fields]] + [[cell(r.get(f)) for f in fields] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(fields))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _call(args: argparse.Namespace, spec: dict[str, object], log_dir: Path) -> int:
+    """qrexec-client-vm inside SOURCE, waited for here on the host: when the call is
+    refused or finds no service, the person at this terminal is told why (the domain's
+    program itself gets exactly what it gets on Qubes)."""
+    import shutil
+    import signal
+    import subprocess
+
+    from ..host.limits import join
+    from ..host.manager import program
+
+    if "agent_socket" not in spec:
+        print(f"qrexec-host: call: {args.source} has no qrexec-agent; in dom0 use "
+              "`run dom0 -- qrexec-client …`", file=sys.stderr)
+        return 2
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+    root = spec.get("root")
+    if isinstance(root, str) and rest and rest[0].startswith("/"):
+        # plain mode shares the host's filesystem: a program named by its path in
+        # the domain is found in the domain's root first
+        inside = os.path.join(root, rest[0].lstrip("/"))
+        if os.path.exists(inside):
+            rest = [inside, *rest[1:]]
+    prefix = spec["prefix"]
+    env = spec["env"]
+    cgroup = spec.get("cgroup", [])
+    assert isinstance(prefix, list) and isinstance(env, dict) and isinstance(cgroup, list)
+    argv = [*prefix, *program("qrexec-client-vm"), f"--agent-socket={spec['agent_socket']}",
+            "--", args.target, args.service, *rest]
+    exe = shutil.which(argv[0]) or argv[0]
+    marks = _log_marks(log_dir)
+
+    def enter() -> None:
+        join(cgroup)  # the program is the domain's: bounded by its limits
+
+    # Ctrl-C reaches the program (same process group); this side only reports
+    signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        proc = subprocess.Popen([exe, *argv[1:]], env=env, preexec_fn=enter)
+    except (OSError, subprocess.SubprocessError) as err:
+        print(f"qrexec-host: call: cannot run {argv[0]} in {args.source}: {err}",
+              file=sys.stderr)
+        return 1
+    status = proc.wait()
+    if status < 0:
+        return 128 - status
+    if status == 126:
+        why = _refusal(log_dir, marks, args)
+        if why:
+            print(f"qrexec-host: call: {why}", file=sys.stderr)
+    elif status == 127:
+        missing = _missing_service(log_dir, marks, args.service)
+        if missing:
+            print(f"qrexec-host: call: {missing}", file=sys.stderr)
+    return status
+
+
+def _log_marks(log_dir: Path) -> dict[Path, int]:
+    """How long the policy daemon's and the agents' logs are before a call."""
+    marks: dict[Path, int] = {}
+    for log in [log_dir / "policy-daemon.log", *log_dir.glob("agent.*.log")]:
+        try:
+            marks[log] = log.stat().st_size
+        except OSError:
+            continue
+    return marks
+
+
+def _new_lines(log: Path, marks: dict[Path, int]) -> list[str]:
+    try:
+        with open(log, "rb") as f:
+            f.seek(marks.get(log, 0))
+            return f.read(1 << 20).decode(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _refusal(log_dir: Path, marks: dict[Path, int], args: argparse.Namespace) -> str:
+    """The policy daemon's reason for refusing this call, from what it logged meanwhile."""
+    service = args.service.split("+", 1)[0]
+    found = ""
+    for line in _new_lines(log_dir / "policy-daemon.log", marks):
+        if line.startswith("error loading policy: "):
+            found = f"policy failed to load: {line[len('error loading policy: '):]}"
+        head = f"qrexec: {service}"
+        if line.startswith(head) and f": {args.source} -> " in line:
+            reason = line.split(" -> ", 1)[1].split(": ", 1)[-1]
+            for prefix, text in (("error loading policy: ", "policy failed to load: "),
+                                 ("denied: ", "refused: ")):
+                if reason.startswith(prefix):
+                    found = text + reason[len(prefix):]
+    return found
+
+
+def _missing_service(log_dir: Path, marks: dict[Path, int], service: str) -> str:
+    """"no such service …" when a target's agent logged that it has none."""
+    for log in sorted(log_dir.glob("agent.*.log")):
+        for line in _new_lines(log, marks):
+            if "Service not found: " in line and service.split("+", 1)[0] in line:
+                return f"no such service {service} in {log.name[6:-4]}"
+    return ""
 
 
 def _run_in_dom0(spec: dict[str, object], user: str, cmd: list[str]) -> int:
@@ -395,7 +608,9 @@ def _run_in_dom0(spec: dict[str, object], user: str, cmd: list[str]) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    from . import entry
+
+    entry(main)
 
 
 if __name__ == "__main__":

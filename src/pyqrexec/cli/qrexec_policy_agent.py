@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
         "--frontend", choices=FRONTENDS, default="auto", help="who answers (default: auto)"
     )
     parser.add_argument("--tty", metavar="PATH", help="ask at this terminal (implies terminal)")
+    parser.add_argument("--check", action="store_true",
+                        help="only say whether the front end can be used here (exit 0) or "
+                        "not (exit 1, with the reason)")
     return parser
 
 
@@ -69,8 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     from ..policy_agent import AgentServer, AnswerProgram, DenyAll, Frontend, TerminalFrontend
     from ..policy_service.config import logger
 
-    log = logger("qrexec-policy-agent")
     kind = _choose(args)
+    if args.check:
+        reason = _gtk_reason() if kind == "gtk" else None
+        if reason is not None:
+            print(f"qrexec-policy-agent: cannot use GTK: {reason}", file=sys.stderr)
+            return 1
+        print(kind)
+        return 0
+    log = logger("qrexec-policy-agent")
     os.umask(0o007)
     frontend: Frontend
     try:
@@ -104,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    from . import entry
+
+    entry(main)
 
 
 if __name__ == "__main__":

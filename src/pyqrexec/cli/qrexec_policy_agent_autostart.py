@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None, markers: tuple[str, ...] = MARKERS) -> i
 
 
 def run() -> None:
-    sys.exit(main())
+    from . import entry
+
+    entry(main)
 
 
 if __name__ == "__main__":

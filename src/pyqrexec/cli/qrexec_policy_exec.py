@@ -157,10 +157,23 @@ def _execute(args: argparse.Namespace, outcome: Outcome) -> int:
     return 1
 
 
+def _warn_missing(args: argparse.Namespace) -> None:
+    """A policy that is not where this program looks gives wrong answers, not errors."""
+    import os
+
+    from ..policy_service.config import default_policy_dirs
+
+    dirs = args.path or default_policy_dirs()
+    if not any(os.path.isdir(d) for d in dirs):
+        print(f"qrexec-policy-exec: warning: no policy directory found ({', '.join(dirs)}); "
+              "set QREXEC_POLICY_DIR or give --path", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     count = len(args.args)
+    _warn_missing(args)
     if args.explain:
         if count != 3:
             parser.error(f"--explain takes 3 positional arguments, not {count}")
@@ -181,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    from . import entry
+
+    entry(main)
 
 
 if __name__ == "__main__":

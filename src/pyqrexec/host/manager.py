@@ -193,6 +193,9 @@ class Domain:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: the tasks that notice its agent or daemon ending on their own
     watchers: list[asyncio.Task[None]] = field(default_factory=list)
+    #: pair directories made for it at start in older domains' views, with the peer's domid
+    #: (those of domains started later are inside its own view)
+    pairs: list[tuple[Path, int]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -207,14 +210,18 @@ class Manager:
     def __init__(self, config: HostConfig, state_dir: Path, bwrap: str | None,
                  env: Mapping[str, str] | None = None,
                  log: Callable[[str], None] | None = None,
-                 policy_agent_args: list[str] | None = None) -> None:
-        self.config = config
+                 policy_agent_args: list[str] | None = None,
+                 terminal: bool = False) -> None:
         self.base_env = dict(os.environ if env is None else env)
+        self.log = log or (lambda msg: print(f"qrexec-host: {msg}", file=sys.stderr,
+                                             flush=True))
+        self.config = config = unprivileged_accounts(config, self.log)
         self.paths = Paths.make(state_dir.resolve(), config.dom0.root, self.base_env)
         self.bwrap = bwrap
         self.layout: HostLayout | None = host_layout() if bwrap else None
-        self.log = log or (lambda msg: print(f"qrexec-host: {msg}", file=sys.stderr))
         self.policy_agent_args = policy_agent_args or []
+        #: `up` runs in the foreground on a terminal: ask rules can be asked there
+        self.terminal = terminal
         self.domains: dict[str, Domain] = {n: Domain(c) for n, c in config.domains.items()}
         self.domains["dom0"].domid = 0
         self.domains["dom0"].state = "Running"
@@ -223,6 +230,8 @@ class Manager:
         self.userns = bwrap is not None and os.geteuid() == 0
         self.services: list[asyncio.subprocess.Process] = []
         self.servers: list[QubesdServer] = []
+        #: set once shutdown has begun; `stopped` once it has ended
+        self.stopping = False
         self.stopped = asyncio.Event()
         #: how domains are limited: chosen by `up`
         self.cgroups: Backend = NoCgroups()
@@ -257,17 +266,21 @@ class Manager:
         env = self.paths.dom0_env(self.base_env)
         await self._serve_qubesd(self.paths.qubesd_internal, internal=True)
         await self._start_policy_daemon(env)
-        agent = await start_policy_agent(self.paths, env, self.policy_agent_args, self.log)
+        agent_args, ask = choose_frontend(self.policy_agent_args, self.terminal,
+                                          self.base_env)
+        agent = await start_policy_agent(self.paths, env, agent_args, self.log, ask=ask)
         if agent is not None:
             self.services.append(agent)
         await self._serve_qubesd(self.paths.qubesd, internal=False)
         for d in list(self.domains.values()):
-            if d.cfg.autostart:
+            if d.cfg.autostart and not self.stopping:
                 try:
                     await self.start(d.name)
                 except HostError as err:
                     if err.exc_type != "QubesVMNotHaltedError":  # started meanwhile: fine
-                        self.log(f"autostart of {d.name} failed: {err.message}")
+                        # `up` has not done what the file asks: it fails, and says why
+                        raise HostError(err.exc_type, f"autostart of {d.name} failed: "
+                                        f"{err.message}") from err
 
     async def _serve_qubesd(self, path: Path, internal: bool) -> None:
         server = QubesdServer(self, str(path), internal)
@@ -283,13 +296,25 @@ class Manager:
         # one left by a manager that was killed would pass for the new daemon's at once
         with contextlib.suppress(FileNotFoundError):
             os.unlink(p.policy_socket)
-        proc = await _spawn(argv, env, p.log_dir / "policy-daemon.log")
+        proc = await _spawn(argv, env, p.log_dir / "policy-daemon.log", echo=self._policy_line)
         self.services.append(proc)
         if not await _wait_path(p.policy_socket, 30, [proc]):
             raise HostError("QubesException", "the policy daemon did not start; see "
                             f"{p.log_dir / 'policy-daemon.log'}")
 
+    def _policy_line(self, line: str) -> None:
+        """The policy daemon's log line as it is written: a policy that does not load is
+        the administrator's to fix, so it goes where they look (stderr of `up`), with its
+        FILE:LINE, at start and at every reload that fails."""
+        prefix = "error loading policy: "
+        if line.startswith(prefix):
+            self.log(f"policy failed to load: {line[len(prefix):]}")
+
     async def shutdown(self) -> None:
+        if self.stopping:
+            await self.stopped.wait()
+            return
+        self.stopping = True
         await asyncio.gather(*(self.kill(d.name, quiet=True) for d in list(self.domains.values())
                                if d.running and d.name != "dom0"), return_exceptions=True)
         for proc in reversed(self.services):
@@ -298,8 +323,14 @@ class Manager:
         for server in self.servers:
             await server.close()
         self.servers = []
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.paths.policy_socket)
+        p = self.paths
+        for sock in (p.policy_socket, p.policy_agent_socket, p.qubesd, p.qubesd_internal):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sock)
+        # what only a running host needs; the logs (and the lock) stay
+        for d in (p.socket_dir, p.vchan, p.state / "dom", p.state / "disp", p.state / "dom0",
+                  p.state / "bin"):
+            shutil.rmtree(d, ignore_errors=True)
         self.cgroups.close()
         self.stopped.set()
 
@@ -332,7 +363,10 @@ class Manager:
 
     def listing(self) -> list[dict[str, object]]:
         return [{"name": d.name, "type": d.cfg.type, "state": d.state, "domid": d.domid,
-                 "label": d.cfg.label, "uuid": d.cfg.uuid}
+                 "label": d.cfg.label, "uuid": d.cfg.uuid, "tags": list(d.cfg.tags),
+                 "default_dispvm": d.cfg.default_dispvm,
+                 "template_for_dispvms": d.cfg.template_for_dispvms,
+                 "autostart": d.cfg.autostart, "disposable": d.disposable}
                 for d in self.domains.values()]
 
     # -- the qubesd methods ------------------------------------------------------------------
@@ -351,7 +385,9 @@ class Manager:
         try:
             answer = await self._handle(method, arg, dest, payload, internal)
         except HostError as err:
-            self.log(f"qubesd: {what} -> {err.exc_type}: {err.message}")
+            if not (method == "admin.vm.Start" and err.exc_type == "QubesVMNotHaltedError"):
+                # starting what runs changes nothing: `call` and `run` do it every time
+                self.log(f"qubesd: {what} -> {err.exc_type}: {err.message}")
             raise
         except Exception as err:  # a bug or the system's refusal: still a proper answer
             self.log(f"qubesd: {what} -> failed: {type(err).__name__}: {err}")
@@ -370,6 +406,8 @@ class Manager:
             if method == "admin.vm.Kill":
                 await self.kill(self.resolve(dest).name)
                 return b""
+            if method == "admin.vm.Shutdown":
+                return await self._shutdown_method(self.resolve(dest).name, arg, payload)
             if method == "admin.vm.CreateDisposable":
                 return await self.create_disposable(self.resolve(dest), payload == b"uuid")
             if method == "pyqrexec.host.List":
@@ -407,6 +445,59 @@ class Manager:
             await self._stop(d)
         if not quiet:
             self.log(f"{name} halted")
+
+    async def _shutdown_method(self, name: str, arg: str, payload: bytes) -> bytes:
+        """`admin.vm.Shutdown[+wait]`, payload the seconds to wait before killing."""
+        try:
+            timeout = float(payload.decode("ascii")) if payload else STOP_TIMEOUT
+        except (UnicodeDecodeError, ValueError):
+            raise HostError("QubesException", "invalid timeout") from None
+        if not 0 <= timeout <= 3600:
+            raise HostError("QubesException", "timeout must be 0 to 3600 seconds")
+        d = self.domains.get(name)
+        if d is None or not d.running:
+            raise HostError("QubesVMNotStartedError", f"Domain is powered off: {name}")
+        task = asyncio.ensure_future(self.shutdown_domain(name, timeout))
+        if arg == "wait":
+            await task
+        else:  # like qvm-shutdown without --wait: started, not finished
+            _ECHOES.add(task)
+            task.add_done_callback(_ECHOES.discard)
+        return b""
+
+    async def shutdown_domain(self, name: str, timeout: float) -> None:
+        """Graceful stop: SIGTERM to the domain's processes, `timeout` seconds for its agent
+        to end, then what `kill` does (SIGKILL to whatever is left, cleanup)."""
+        d = self.domains[name]
+        if name == "dom0":
+            raise HostError("QubesException", "dom0 cannot be shut down")
+        async with d.lock:
+            if not d.running:
+                raise HostError("QubesVMNotStartedError", f"Domain is powered off: {name}")
+            d.state = "Dying"  # its agent ending now is the shutdown, not a crash
+            self._signal_domain(d, signal.SIGTERM)
+            if d.agent is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(d.agent.wait()), timeout)
+            await self._stop(d)
+        self.log(f"{name} shut down")
+
+    def _signal_domain(self, d: Domain, sig: int) -> None:
+        """`sig` to the domain's process tree: a sandbox's PID 1 (its end ends the
+        namespace), a plain agent's process group, and whatever is in its cgroup."""
+        pids: set[int] = set()
+        if d.cgroup is not None:
+            for procs in d.cgroup.procs_files:
+                with contextlib.suppress(OSError, ValueError):
+                    pids.update(int(p) for p in Path(procs).read_text().split())
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.bwrap and d.ns_pid is not None:
+                os.kill(d.ns_pid, sig)
+            elif d.agent is not None:
+                os.killpg(d.agent.pid, sig)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
     async def create_disposable(self, template: Domain, want_uuid: bool) -> bytes:
         t = template.cfg
@@ -454,6 +545,7 @@ class Manager:
             if self.bwrap:
                 make_dir(view, str(peer.domid), 0o755)  # the mount point
                 pairs.append((pair, peer.domid))
+                d.pairs.append((pair, peer.domid))
             else:
                 os.symlink(pair, view / str(peer.domid))
         home = p.state / "dom" / d.name
@@ -670,6 +762,7 @@ class Manager:
         shutil.rmtree(p.state / "dom" / d.name, ignore_errors=True)
         d.domid = None
         d.uid_base = None
+        d.pairs = []
         d.state = "Halted"
         if d.disposable:
             self._forget(d)
@@ -702,13 +795,11 @@ class Manager:
         assert self.bwrap is not None and self.layout is not None and d.domid is not None
         home = self.paths.state / "dom" / d.name
         view = self.paths.vchan / str(d.domid)
-        pairs = []
-        for peer in self.domains.values():
-            if peer is d or peer.domid is None:
-                continue
-            shared = self.paths.vchan / str(peer.domid) / str(d.domid)
-            if shared.is_dir():
-                pairs.append((shared, peer.domid))
+        # the pairs with domains older than `d` (in their views); those with domains
+        # started later are directories of `d`'s own view, shown with it: binding the later
+        # peer's mount point over one would hide it (a data socket made there reaches nobody)
+        running = {peer.domid for peer in self.domains.values() if peer.domid is not None}
+        pairs = [(pair, peer) for pair, peer in d.pairs if peer in running and pair.is_dir()]
         merged = self._merged_dirs(d, build=False)
         spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
                            vchan_view=view, pairs=tuple(pairs), merged=merged,
@@ -758,10 +849,70 @@ def policy_agent_argv() -> list[str] | None:
     return [exe] if exe else None
 
 
+def unprivileged_accounts(config: HostConfig, log: Callable[[str], None]) -> HostConfig:
+    """The config as a host without root can serve it: every agent runs as the account
+    running `up` (nothing can switch to another), so that account is each domain's `user`
+    in effect and its default user; a file asking for another account is told once."""
+    if os.geteuid() == 0:
+        return config
+    try:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        me = str(os.geteuid())
+    domains = dict(config.domains)
+    for name, c in config.domains.items():
+        if name == "dom0":
+            continue
+        if c.user not in (None, me):
+            log(f"{name}: user = {c.user!r} ignored: without root every domain runs as {me}")
+        elif c.default_user not in ("root", me):
+            log(f"{name}: default_user = {c.default_user!r} ignored: without root every "
+                f"domain runs as {me}")
+        domains[name] = dataclasses.replace(c, user=None, default_user=me)
+    return dataclasses.replace(config, domains=domains)
+
+
+def choose_frontend(args: list[str], terminal: bool,
+                    env: Mapping[str, str]) -> tuple[list[str], str | None]:
+    """The policy agent's arguments and who answers ask rules (None: nobody).
+
+    Given options win; else the terminal `up` runs on, else a GTK dialog on the display,
+    else nobody: then policy.Ask is not offered, and an ask is denied as "no front end to
+    ask" (policy_service/agent_client.py), never as if someone had said no."""
+    given = ("--frontend", "--answer-program", "--tty")
+    if any(a.startswith(given) for a in args):
+        deny = any(a in ("--frontend=deny",) for a in args)
+        return args, None if deny else "as configured"
+    if terminal:
+        return [*args, "--frontend=terminal", "--tty=/dev/tty"], "on this terminal"
+    if env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
+        import subprocess
+
+        argv = policy_agent_argv()
+        try:
+            usable = argv is not None and subprocess.run(
+                [*argv, "--frontend=gtk", "--check"], env=dict(env), timeout=30,
+                stdin=subprocess.DEVNULL, capture_output=True).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            usable = False
+        if usable:
+            return [*args, "--frontend=gtk"], "in a GTK dialog"
+    return [*args, "--frontend=deny"], None
+
+
 async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str],
-                             log: Callable[[str], None]) -> asyncio.subprocess.Process | None:
-    """Start qrexec-policy-agent on its socket and link policy.Ask / policy.Notify to it in
-    dom0's runtime service directory; None (and a note) when it is not installed."""
+                             log: Callable[[str], None],
+                             ask: str | None = "as configured"
+                             ) -> asyncio.subprocess.Process | None:
+    """Start qrexec-policy-agent on its socket and link policy.Notify (and policy.Ask when
+    `ask` says who answers) to it in dom0's runtime service directory; None (and a note)
+    when it is not installed."""
+    if ask is None:
+        log("no front end to ask: ask rules will be denied. To be asked, run `up` on a "
+            "terminal, or with DISPLAY and GTK, or give "
+            "--policy-agent-arg=--answer-program=PROG")
+    elif ask != "as configured":
+        log(f"ask rules are asked {ask}")
     argv = policy_agent_argv()
     if argv is None:
         log("qrexec-policy-agent not found: ask rules are denied, notifications dropped")
@@ -775,7 +926,7 @@ async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str]
         log(f"qrexec-policy-agent did not start; see {paths.log_dir / 'policy-agent.log'}")
         await _terminate(proc)
         return None
-    for service in ("policy.Ask", "policy.Notify"):
+    for service in ("policy.Ask", "policy.Notify") if ask is not None else ("policy.Notify",):
         link = paths.dom0_rpc / service
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link)
@@ -801,10 +952,12 @@ def dom0_service_settings(dom0_env: Mapping[str, str]) -> dict[str, str]:
 
 async def _spawn(argv: list[str], env: Mapping[str, str], log: Path,
                  new_session: bool = False, pass_fds: tuple[int, ...] = (),
-                 cgroup: DomainCgroup | None = None) -> asyncio.subprocess.Process:
+                 cgroup: DomainCgroup | None = None,
+                 echo: Callable[[str], None] | None = None) -> asyncio.subprocess.Process:
     """Start a program that dies with the manager (SIGKILL): a manager killed outright
     cannot stop what it started, and nothing else would. With `cgroup`, the program is in
-    it before it runs its first instruction."""
+    it before it runs its first instruction. With `echo`, its output reaches the log
+    through the manager, which shows `echo` every line as it comes."""
     dies = dies_with_this_process()
 
     def preexec() -> None:
@@ -813,10 +966,34 @@ async def _spawn(argv: list[str], env: Mapping[str, str], log: Path,
             cgroup.join_in_child()
 
     with open(log, "ab") as out:
-        return await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             *(cgroup.prefix if cgroup else []), *argv, env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out if echo is None else asyncio.subprocess.PIPE,
+            stderr=out if echo is None else asyncio.subprocess.STDOUT,
             start_new_session=new_session, pass_fds=pass_fds, preexec_fn=preexec)
+    if echo is not None:
+        assert proc.stdout is not None
+        _ECHOES.add(asyncio.ensure_future(_copy_lines(proc.stdout, log, echo)))
+    return proc
+
+
+#: the tasks copying output through the manager (kept referenced while they run)
+_ECHOES: set[asyncio.Task[None]] = set()
+
+
+async def _copy_lines(stream: asyncio.StreamReader, log: Path,
+                      echo: Callable[[str], None]) -> None:
+    with open(log, "ab", buffering=0) as out:
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the stream's limit: take it in parts
+                line = await stream.read(65536)
+            if not line:
+                return
+            out.write(line)
+            echo(line.decode(errors="replace").rstrip("\n"))
 
 
 async def _wait_path(path: Path, timeout: float,

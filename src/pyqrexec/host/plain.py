@@ -17,6 +17,8 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
+from ..parent_death import dies_with_this_process
+
 __all__ = ["PlainHost", "PlainDomain", "program_argv"]
 
 
@@ -54,14 +56,14 @@ class PlainDomain:
         agent = subprocess.Popen(
             [*(agent_wrapper or []), *argv, "-a", str(h.root / f"agent.{self.name}"), "-S"],
             env=env, stdout=log, stderr=log,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, preexec_fn=dies_with_this_process(),
         )
         daemon = subprocess.Popen(
             [*program_argv("qrexec-daemon"), "--direct", f"--uuid={self.uuid}",
              f"--socket-dir={h.socket_dir}", *(daemon_args or []),
              str(self.domid), self.name, self.user],
             env=h.env(0, **(daemon_env or {})), stdout=log, stderr=log,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, preexec_fn=dies_with_this_process(),
         )
         log.close()
         self.procs = [agent, daemon]

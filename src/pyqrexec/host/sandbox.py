@@ -193,6 +193,12 @@ def build_merged_dir(dest: Path, rel: str, root: Path,
     written.update({name: (text, 0o644) for name, text in (files or {}).items()})
     for name in written:
         entries.pop(name, None)
+    if rel.endswith("etc"):
+        # qrexec's own configuration is always the root's, even before it exists: a
+        # service directory the administrator adds to a running domain's root is then
+        # seen at once (the link resolves through the live root), not at the next start
+        for name in _HOST_ONLY:
+            entries[name] = f"{SANDBOX_ROOT}/{rel}/{name}"
     own = root / rel
     if own.is_dir():
         for name in os.listdir(own):

@@ -67,6 +67,12 @@ class AgentClient:
         return out[:MAX_REPLY]
 
     async def ask(self, ask: AskRequest) -> str:
+        if ask.guivm in ADMIN_FORMS:
+            try:
+                self._service_socket("policy.Ask")
+            except AgentError:
+                # nobody could be asked: say so, not that someone said no
+                raise AgentError("no front end to ask (no policy.Ask service in dom0)") from None
         return parse_ask_reply(await self.call(ask.guivm, "policy.Ask", ask.to_json()))
 
     async def notify(self, note: Notification) -> None:

@@ -16,6 +16,7 @@ from .paths import legacy_policy_dir, persistent_policy_dir
 
 __all__ = [
     "DEFAULT_SERVICE_PATH",
+    "default_policy_dirs",
     "engine_config",
     "legacy_policy_dir",
     "persistent_policy_dir",
@@ -25,13 +26,20 @@ __all__ = [
 DEFAULT_SERVICE_PATH = "/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc"
 
 
+def default_policy_dirs() -> list[str]:
+    """Both upstream directories; `$QREXEC_POLICY_DIR` alone where a host keeps its policy
+    elsewhere (a qrexec-host's dom0 tools must read the policy its daemons read)."""
+    moved = os.environ.get("QREXEC_POLICY_DIR")
+    return [moved] if moved else list(DEFAULT_POLICY_DIRS)
+
+
 def engine_config(policy_dirs: Sequence[str] | None, grants: bool = False) -> EngineConfig:
-    """`policy_dirs` replaces both default directories when given (`--path`, `--policy-path`).
+    """`policy_dirs` replaces the default directories when given (`--path`, `--policy-path`).
 
     With `grants`, "always" answers are written into the persistent directory:
     `$QREXEC_POLICY_DIR`, else the last of `policy_dirs` (the default's is /etc/qubes/policy.d).
     """
-    dirs = list(policy_dirs) if policy_dirs else list(DEFAULT_POLICY_DIRS)
+    dirs = list(policy_dirs) if policy_dirs else default_policy_dirs()
     persistent = None
     if grants:
         persistent = os.environ.get("QREXEC_POLICY_DIR") or dirs[-1]

@@ -69,12 +69,17 @@ def listen_unix(path: str, *, mode: int, backlog: int,
         os.chmod(staging, mode)
         sock.listen(backlog)
         os.rename(staging, path)
-    except BaseException:
+    except BaseException as err:
         sock.close()
         try:
             os.unlink(staging)
         except OSError:
             pass
+        if private is not None and isinstance(err, OSError) and err.errno == errno.EXDEV:
+            # `path`'s directory is another mount (a pair directory bound into a sandbox
+            # whose own view we may write): stage beside `path` as without a private one
+            os.rmdir(private)
+            return listen_unix(path, mode=mode, backlog=backlog)
         raise
     finally:
         if private is not None:

@@ -118,7 +118,8 @@ def test_merged_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # nor any host entry off the allow-list (shadow, the host's passwd)
     assert links == {"ld.so.cache": "/run/host/etc/ld.so.cache",
                      "hosts": "/run/qubes-root/etc/hosts",
-                     "qubes-rpc": "/run/qubes-root/etc/qubes-rpc"}
+                     "qubes-rpc": "/run/qubes-root/etc/qubes-rpc",
+                     "qubes": "/run/qubes-root/etc/qubes"}
     assert (dest / "passwd").read_text() == "root:x:0:0::/root:/bin/sh\n"
     assert not (dest / "shadow").exists()
 
