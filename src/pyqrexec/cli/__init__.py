@@ -13,7 +13,7 @@ INTERRUPTED = 130
 _COMMON = ((INTERRUPTED, "interrupted (Ctrl-C)"),)
 _USAGE2 = (2, "usage error")
 
-#: each program's exit statuses (docs/programs.md, after upstream's), shown by --help
+#: each program's exit statuses (docs/reference/cli.md, after upstream's), shown by --help
 EXIT_STATUS: dict[str, tuple[tuple[int | str, str], ...]] = {
     "qrexec-daemon": ((0, "stopped on SIGTERM or its domain's end"),
                       (1, "usage error or start-up failure"),
@@ -41,6 +41,8 @@ EXIT_STATUS: dict[str, tuple[tuple[int | str, str], ...]] = {
                               _USAGE2),
     "qrexec-policy-agent": ((0, "stopped"), (1, "the front end cannot be used"), _USAGE2),
     "qrexec-policy-agent-autostart": ((0, "done"),),
+    "qrexec-audit": ((0, "done (also when --follow is interrupted)"), (1, "cannot read the trail"),
+                     _USAGE2),
     "qrexec-policy-register-argument": ((0, "registered"), (1, "refused")),
     "qrexec-host": ((0, "done"), (1, "error (printed on stderr)"), _USAGE2,
                     ("N", "run/call: the command's or service's status"),

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..parent_death import dies_with_this_process
+from ..policy.audit import AUDIT_SOCKET_NAME
 from ..services.environment import CALL_VARIABLES
 from .config import DOM0_UUID, UID_RANGE, DomainConfig, HostConfig
 from .confine import boot_argv, confine_args
@@ -324,7 +325,10 @@ class Manager:
             await server.close()
         self.servers = []
         p = self.paths
-        for sock in (p.policy_socket, p.policy_agent_socket, p.qubesd, p.qubesd_internal):
+        # the policy daemon's audit socket lies beside its main one (policy/audit.py)
+        audit_socket = p.policy_socket.with_name(AUDIT_SOCKET_NAME)
+        for sock in (p.policy_socket, audit_socket, p.policy_agent_socket, p.qubesd,
+                     p.qubesd_internal):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(sock)
         # what only a running host needs; the logs (and the lock) stay
