@@ -34,6 +34,10 @@ NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 #: a Python nobody can run (the tests' own may live below /root)
 SYSTEM_PYTHON = "/usr/bin/python3"
 
+#: test.Who's exit status in each domain (a disposable answers as its template, dvm)
+WHO_STATUS = {"work": 0, "vault": 3, "other": 0, "bare": 0, "dvm": 4}
+
+
 def daily_layout(top: Path) -> str:
     """The default world plus: an ask rule, a slow service and a service-less domain."""
     config = default_layout(top)
@@ -45,6 +49,8 @@ def daily_layout(top: Path) -> str:
                 "test.Missing * work vault allow\n")
     service(top / "vault", "test.Ask", "#!/bin/sh\necho asked\n")
     service(top / "other", "test.Slow", f"#!/bin/sh\ntouch {top}/slow-started\nexec sleep 60\n")
+    for name, status in WHO_STATUS.items():  # who answers `run --service test.Who`
+        service(top / name, "test.Who", f"#!/bin/sh\necho {name} \"$1\"\nexit {status}\n")
     return config + "\n[domains.bare]\n"
 
 
@@ -426,3 +432,72 @@ def test_shutdown_is_graceful(world: DailyWorld) -> None:
     assert world.host("start", "other").returncode == 0
     assert world.host("shutdown", "other", "--timeout=20").returncode == 0
     wait_for(lambda: world.domains()["other"]["state"] == "Halted", 30, "other to halt")
+
+
+def test_run_service(world: DailyWorld) -> None:
+    r = world.host("run", "--service", "vault", "test.Echo+x", input=b"ping\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines()[0].endswith("from dom0 as nobody")
+    assert r.stdout.decode().splitlines()[1] == "ping"
+    r = world.host("run", "--service", "work", "--", "test.Who+arg")
+    assert (r.returncode, r.stdout) == (0, b"work arg\n"), r.stderr
+    r = world.host("run", "--service", "work", "--", "test.Who", "and more")
+    assert r.returncode == 2 and b"--service takes one word" in r.stderr
+
+
+def test_run_in_a_disposable(world: DailyWorld) -> None:
+    before = set(world.domains())
+    r = world.host("run", "--dispvm", "--", "echo in a disposable; exit 5")
+    assert (r.returncode, r.stdout) == (5, b"in a disposable\n"), r.stderr
+    r = world.host("run", "--dispvm=dvm", "--service", "test.Who+d")
+    assert (r.returncode, r.stdout) == (4, b"dvm d\n"), r.stderr
+    assert set(world.domains()) == before  # each disposable killed and removed
+    assert not any((world.state / "disp").glob("disp*"))
+    r = world.host("run", "--dispvm=work", "--", "true")
+    assert r.returncode == 1 and b"template_for_dispvms" in r.stderr
+    r = world.host("run", "--dispvm", "work", "--", "true")  # no NAME with --dispvm
+    assert r.returncode == 127
+    assert set(world.domains()) == before
+
+
+def test_run_in_all_running_domains(world: DailyWorld) -> None:
+    for name in ("work", "vault"):
+        world.host("start", name)
+    running = [n for n, d in world.domains().items()
+               if d["state"] == "Running" and n != "dom0"]
+    r = world.host("run", "--all", "--service", "test.Who+all")
+    who = ["dvm" if n.startswith("disp") else n for n in running]
+    assert r.stdout.decode().splitlines() == [f"{n} all" for n in who], r.stderr
+    assert r.returncode == max(WHO_STATUS[n] for n in who) == 3
+    r = world.host("run", "--all", "--", "exit 0")
+    assert r.returncode == 0, r.stderr
+
+
+ESCAPES = "printf 'a\\033[31mb\\tc\\177d\\n'; printf 'e\\033]0;x\\007\\n' >&2"
+
+
+def test_run_filters_escape_characters(world: DailyWorld) -> None:
+    for name in ("work", "dom0"):
+        r = world.host("run", "--filter-escape-chars", name, "--", ESCAPES)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b"a_[31mb\tc_d\n" and r.stderr == b"e_]0;x\x07\n", (name, r)
+        for opts in (["--no-filter-escape-chars"], [], ["-p"]):  # default: no terminal
+            r = world.host("run", *opts, name, "--", ESCAPES)
+            assert r.stdout == b"a\033[31mb\tc\177d\n", (name, opts, r)
+
+
+def test_run_filters_for_a_terminal_by_default(world: DailyWorld) -> None:
+    master, slave = pty.openpty()
+    try:
+        for opts, want in (([], b"a_[31mb"), (["--no-filter-escape-chars"], b"a\033[31mb")):
+            proc = subprocess.Popen(world.argv("run", *opts, "work", "--", ESCAPES),
+                                    stdout=slave, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL, env=world.env())
+            assert proc.wait(60) == 0, proc.stderr
+            out = b""
+            while select.select([master], [], [], 0)[0] and not out.endswith(b"\n"):
+                out += os.read(master, 1024)
+            assert out.startswith(want), out
+    finally:
+        os.close(master)
+        os.close(slave)

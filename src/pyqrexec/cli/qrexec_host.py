@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..host.manager import Paths
 
 __all__ = ["main", "run", "default_state_dir"]
 
@@ -31,6 +35,12 @@ commands:
                                    table (name, type, state, domid, label) or JSON
   run [-u USER] NAME -- CMD...     run CMD in NAME through qrexec-client (like qvm-run;
                                    starts NAME; stdin/stdout/exit status passed through)
+  run --service NAME SERVICE[+ARG] call SERVICE in NAME as from dom0
+  run --dispvm[=TEMPLATE] -- CMD   in a new disposable (default dom0's default_dispvm),
+                                   killed afterwards; the template only with `=`
+  run --all -- CMD                 in every running domain but dom0; worst exit status
+  run --[no-]filter-escape-chars   control characters in the output become _ (default:
+                                   when stdout is a terminal); -p/--pass-io is the default
   call SOURCE TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]
                                    run qrexec-client-vm inside SOURCE
   demo [--yes] [--sandbox MODE]    bring up the embedded default (work, anotherVM halted, a
@@ -51,6 +61,13 @@ directories), QREXEC_LEGACY_POLICY_DIR (default DOM0_ROOT/etc/qubes-rpc/policy).
 TABLE_FIELDS = ("name", "type", "state", "domid", "label")
 LIST_FIELDS = (*TABLE_FIELDS, "uuid", "tags", "default_dispvm", "template_for_dispvms",
                "autostart", "disposable")
+
+
+class QCall(Protocol):
+    """One qubesd request from a client command; errors in `ok` answer b""."""
+
+    def __call__(self, method: str, dest: str = "dom0", ok: tuple[str, ...] = (),
+                 arg: str = "", payload: bytes = b"") -> bytes: ...
 
 
 def default_state_dir() -> Path:
@@ -98,9 +115,28 @@ def _parser() -> argparse.ArgumentParser:
     shut.add_argument("--wait", action="store_true",
                       help="return once the domain is halted (default: once it is told)")
     run_p = sub.add_parser("run", help="run a command in a domain (like qvm-run)")
-    run_p.add_argument("-u", "--user", default="DEFAULT")
-    run_p.add_argument("name")
-    run_p.add_argument("cmd", nargs=argparse.REMAINDER)
+    run_p.add_argument("-u", "--user", default="DEFAULT",
+                       help="the user in the domain (default: its default_user)")
+    run_p.add_argument("--service", action="store_true",
+                       help="CMD is one service NAME[+ARG], called as from dom0")
+    where = run_p.add_mutually_exclusive_group()
+    where.add_argument("--dispvm", nargs="?", const="", default=None, metavar="TEMPLATE",
+                       help="in a new disposable of TEMPLATE (default: dom0's "
+                       "default_dispvm), killed afterwards; no NAME then")
+    where.add_argument("--all", action="store_true",
+                       help="in every running domain but dom0, one after the other; no NAME "
+                       "then; exit status the worst one")
+    esc = run_p.add_mutually_exclusive_group()
+    esc.add_argument("--filter-escape-chars", dest="filter_esc", action="store_true",
+                     default=None, help="replace terminal control characters in the "
+                     "command's output with _ (default when stdout is a terminal)")
+    esc.add_argument("--no-filter-escape-chars", dest="filter_esc", action="store_false",
+                     help="pass the output as it is (default when stdout is no terminal)")
+    run_p.add_argument("-p", "--pass-io", action="store_true",
+                       help="pass stdin, stdout and the exit status (the default here)")
+    run_p.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME -- CMD",
+                       help="the domain (not with --dispvm or --all), then the command: one "
+                       "word is a shell command line, more are an argv")
     demo = sub.add_parser("demo", help="the embedded default host and its test.Add call")
     demo.add_argument("--yes", action="store_true",
                       help="answer the ask dialog with allow (else: asked on this terminal)")
@@ -121,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_bare_dispvm(sys.argv[1:] if argv is None else argv))
     state = (args.state_dir or default_state_dir()).resolve()
     if args.command == "up":
         return _up(args, state)
@@ -130,6 +166,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "logs":
         return _logs(args, state)
     return _client(args, state)
+
+
+def _bare_dispvm(argv: list[str]) -> list[str]:
+    """`run --dispvm CMD`: a bare --dispvm takes no word from the command (its template is
+    given only as --dispvm=TEMPLATE), which argparse cannot say by itself."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):  # qrexec-host's own options
+        i += 1 if "=" in argv[i] or argv[i] in ("-h", "--help", "--version") else 2
+    if argv[i:i + 1] != ["run"]:
+        return argv
+    argv = list(argv)
+    i += 1
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        if argv[i] == "--dispvm":
+            argv[i] = "--dispvm="
+        elif argv[i] in ("-u", "--user"):
+            i += 1
+        i += 1
+    return argv
 
 
 def _logs(args: argparse.Namespace, state: Path) -> int:
@@ -396,7 +451,7 @@ def _unreachable(sock: str, state: Path, err: object) -> str:
 def _client(args: argparse.Namespace, state: Path) -> int:
     import json
 
-    from ..host.manager import Paths, program
+    from ..host.manager import Paths
     from ..host.qubesd import QubesdError, call
 
     paths = Paths.make(state, state, os.environ)  # dom0's root matters only to `up`
@@ -447,20 +502,7 @@ def _client(args: argparse.Namespace, state: Path) -> int:
                   payload=str(args.timeout).encode())
             return 0
         if args.command == "run":
-            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-            if not cmd:
-                print("qrexec-host: run: no command given", file=sys.stderr)
-                return 2
-            if args.name == "dom0":
-                return _run_in_dom0(json.loads(qcall("pyqrexec.host.Exec", "dom0")),
-                                    args.user, cmd)
-            qcall("admin.vm.Start", args.name, ok=("QubesVMNotHaltedError",))
-            import shlex
-
-            line = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
-            argv = [*program("qrexec-client"), f"--socket-dir={paths.socket_dir}",
-                    "-d", args.name, f"{args.user}:{line}"]
-            os.execve(argv[0], argv, paths.client_env(os.environ))
+            return _run(args, paths, qcall)
         if args.command == "call":
             qcall("admin.vm.Start", args.source, ok=("QubesVMNotHaltedError",))
             spec = json.loads(qcall("pyqrexec.host.Exec", args.source))
@@ -469,6 +511,75 @@ def _client(args: argparse.Namespace, state: Path) -> int:
         print(f"qrexec-host: {err}", file=sys.stderr)
         return 1
     return 2
+
+
+def _run(args: argparse.Namespace, paths: Paths, qcall: QCall) -> int:
+    """`run`: in one domain, a new disposable, or every running domain; the command's
+    streams and exit status passed through."""
+    import json
+    import shlex
+
+    words = list(args.words)
+    name = None
+    if args.dispvm is None and not args.all:
+        if not words or words[0] == "--":
+            print("qrexec-host: run: no domain given", file=sys.stderr)
+            return 2
+        name = words.pop(0)
+    cmd = words[1:] if words[:1] == ["--"] else words
+    if not cmd:
+        print("qrexec-host: run: no command given", file=sys.stderr)
+        return 2
+    if args.service:
+        if len(cmd) != 1 or not cmd[0] or any(c.isspace() for c in cmd[0]):
+            print("qrexec-host: run: --service takes one word, NAME[+ARG]", file=sys.stderr)
+            return 2
+        line = f"QUBESRPC {cmd[0]} dom0"
+    else:
+        line = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
+    filter_esc = args.filter_esc
+    if filter_esc is None:
+        filter_esc = os.isatty(sys.stdout.fileno())
+    if name == "dom0":
+        if args.service:
+            print("qrexec-host: run: --service in dom0: use qrexec-client", file=sys.stderr)
+            return 2
+        return _run_in_dom0(json.loads(qcall("pyqrexec.host.Exec", "dom0")),
+                            args.user, cmd, filter_esc)
+    if name is not None:
+        return _run_in(name, args.user, line, filter_esc, paths, qcall)
+    if args.all:
+        names = [r["name"] for r in json.loads(qcall("pyqrexec.host.List"))
+                 if r["state"] == "Running" and r["name"] != "dom0"]
+        worst = 0
+        for each in names:
+            worst = max(worst, _run_in(each, args.user, line, filter_esc, paths, qcall))
+        return worst
+    disp = qcall("admin.vm.CreateDisposable", args.dispvm or "dom0").decode()
+    try:
+        return _run_in(disp, args.user, line, filter_esc, paths, qcall)
+    finally:
+        qcall("admin.vm.Kill", disp, ok=("QubesVMNotStartedError",))
+
+
+def _run_in(name: str, user: str, line: str, filter_esc: bool, paths: Paths,
+            qcall: QCall) -> int:
+    """qrexec-client -d NAME USER:LINE, NAME started first; Ctrl-C reaches the client (same
+    process group), which ends the command."""
+    import signal
+    import subprocess
+
+    from ..host.manager import program
+
+    qcall("admin.vm.Start", name, ok=("QubesVMNotHaltedError",))
+    argv = [*program("qrexec-client"), f"--socket-dir={paths.socket_dir}", "-d", name,
+            *(["-t", "-T"] if filter_esc else []), f"{user}:{line}"]
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        status = subprocess.call(argv, env=paths.client_env(os.environ))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 128 - status if status < 0 else status
 
 
 def _print_table(fields: list[str], rows: list[dict[str, object]]) -> None:
@@ -588,23 +699,58 @@ def _missing_service(log_dir: Path, marks: dict[Path, int], service: str) -> str
     return ""
 
 
-def _run_in_dom0(spec: dict[str, object], user: str, cmd: list[str]) -> int:
+def _run_in_dom0(spec: dict[str, object], user: str, cmd: list[str], filter_esc: bool) -> int:
     """`run dom0`: dom0 is this host, so the command runs here, with dom0's environment; as
     for a domain, one word is a shell command line and more are an argv."""
+    import shutil
+
     from ..host.sandbox import user_wrapper
 
     env = spec["env"]
     assert isinstance(env, dict)
     argv = ["/bin/sh", "-c", cmd[0]] if len(cmd) == 1 else cmd
     argv = [*user_wrapper(None if user == "DEFAULT" else user), *argv]
-    import shutil
-
     exe = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
+    if filter_esc:
+        return _filtered(exe, argv, env)
     try:
         os.execve(exe, argv, env)
     except OSError as err:
         print(f"qrexec-host: run: {argv[0]}: {err.strerror}", file=sys.stderr)
     return 127
+
+
+def _filtered(exe: str, argv: list[str], env: dict[str, str]) -> int:
+    """The program with its stdout and stderr filtered as qrexec-client -t -T filters a
+    domain's (dom0's own commands do not pass through qrexec-client)."""
+    import selectors
+    import signal
+    import subprocess
+
+    from ..relay import unsafe_filter
+
+    signal.signal(signal.SIGINT, lambda *_: None)  # the program gets it and ends
+    try:
+        proc = subprocess.Popen([exe, *argv[1:]], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    except OSError as err:
+        print(f"qrexec-host: run: {argv[0]}: {err.strerror}", file=sys.stderr)
+        return 127
+    assert proc.stdout is not None and proc.stderr is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, sys.stdout.fileno())
+    sel.register(proc.stderr, selectors.EVENT_READ, sys.stderr.fileno())
+    while sel.get_map():
+        for key, _ in sel.select():
+            data = os.read(key.fd, 65536)
+            if not data:
+                sel.unregister(key.fileobj)
+                continue
+            out = unsafe_filter(data)
+            while out:
+                out = out[os.write(key.data, out):]
+    status = proc.wait()
+    return 128 - status if status < 0 else status
 
 
 def run() -> None:

@@ -504,6 +504,9 @@ class Manager:
                 os.kill(pid, sig)
 
     async def create_disposable(self, template: Domain, want_uuid: bool) -> bytes:
+        if template.name == "dom0" and template.cfg.default_dispvm:
+            # asked of dom0 (`qrexec-host run --dispvm`): a disposable of its default_dispvm
+            template = self.domains[template.cfg.default_dispvm]
         t = template.cfg
         if not t.template_for_dispvms:
             raise HostError("QubesException",
