@@ -501,3 +501,49 @@ def test_run_filters_for_a_terminal_by_default(world: DailyWorld) -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_prefs_show_and_set_what_the_policy_sees(world: DailyWorld) -> None:
+    r = world.host("prefs", "bare")
+    assert r.returncode == 0, r.stderr
+    shown = dict(line.split(None, 1) for line in r.stdout.decode().splitlines())
+    assert list(shown) == ["label", "tags", "default_dispvm", "template_for_dispvms",
+                           "guivm", "internal", "default_user", "type", "uuid"]
+    assert shown["label"] == "red" and shown["tags"] == "-" and shown["type"] == "AppVM"
+    assert shown["default_dispvm"] == "dvm" and shown["template_for_dispvms"] == "false"
+    assert world.host("prefs", "bare", "label").stdout == b"red\n"
+
+    # test.Tagged: allowed to whoever has tag vip; the policy sees a change at once
+    policy = world.dir / "dom0/etc/qubes/policy.d/10-tagged.policy"
+    policy.write_text("test.Tagged * @tag:vip @default allow target=vault\n"
+                      "test.Tagged * @anyvm @anyvm deny\n")
+    service(world.dir / "vault", "test.Tagged", "#!/bin/sh\necho tagged\n")
+    r = world.host("call", "bare", "@default", "test.Tagged", input=b"")
+    assert r.returncode == 126, r.stderr
+    assert world.host("prefs", "bare", "tags", "vip,other").returncode == 0
+    assert world.host("prefs", "bare", "tags").stdout == b"vip,other\n"
+    r = world.host("call", "bare", "@default", "test.Tagged", input=b"")
+    assert (r.returncode, r.stdout) == (0, b"tagged\n"), r.stderr
+    info = json.loads(world.qubesd("internal.GetSystemInfo", internal=True))["domains"]
+    assert info["bare"]["tags"] == ["vip", "other"]
+    assert world.host("prefs", "bare", "label", "blue").returncode == 0
+    info = json.loads(world.qubesd("internal.GetSystemInfo", internal=True))["domains"]
+    assert info["bare"]["label"] == "0x3465a4" and info["bare"]["icon"] == "appvm-blue"
+    assert world.host("prefs", "bare", "tags", "").returncode == 0
+    r = world.host("call", "bare", "@default", "test.Tagged", input=b"")
+    assert r.returncode == 126, r.stderr
+
+    for args, message in (
+            (("bare", "colour", "red"), b"QubesNoSuchPropertyError: no such property 'colour'"),
+            (("bare", "label", "pink"), b"unknown label 'pink'"),
+            (("bare", "tags", "a b"), b"invalid tag 'a b'"),
+            (("bare", "internal", "maybe"), b"internal must be true or false"),
+            (("bare", "default_dispvm", "work"), b"does not have template_for_dispvms"),
+            (("bare", "guivm", "nosuch"), b"guivm names unknown domain 'nosuch'"),
+            (("dvm", "template_for_dispvms", "false"), b"dvm is the default_dispvm of"),
+            (("bare", "uuid", "0"), b"property 'uuid' is read-only"),
+            (("nosuch", "label", "red"), b"QubesVMNotFoundError"),
+            (("bare", "colour"), b"no such property 'colour'")):
+        r = world.host("prefs", *args)
+        assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
+    assert world.host("prefs", "bare", "label").stdout == b"blue\n"

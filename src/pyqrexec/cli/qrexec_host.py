@@ -33,6 +33,8 @@ commands:
                                    SIGTERM to the domain's processes, SIGKILL after S s
   list [--format json] [--fields F,…]
                                    table (name, type, state, domid, label) or JSON
+  prefs NAME [KEY [VALUE]]         the properties the policy sees (label, tags, …); with
+                                   VALUE: set KEY at once, until `down`
   run [-u USER] NAME -- CMD...     run CMD in NAME through qrexec-client (like qvm-run;
                                    starts NAME; stdin/stdout/exit status passed through)
   run --service NAME SERVICE[+ARG] call SERVICE in NAME as from dom0
@@ -114,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
                       help="seconds between SIGTERM and SIGKILL (default 5)")
     shut.add_argument("--wait", action="store_true",
                       help="return once the domain is halted (default: once it is told)")
+    prefs = sub.add_parser("prefs", help="show or set the properties the policy sees")
+    prefs.add_argument("name", help="the domain")
+    prefs.add_argument("key", nargs="?", help="one property (default: all of them)")
+    prefs.add_argument("value", nargs="?",
+                       help="set KEY to this, at once, until `down` (tags: comma-separated; "
+                       "booleans: true/false; an empty value clears default_dispvm, guivm "
+                       "or tags)")
     run_p = sub.add_parser("run", help="run a command in a domain (like qvm-run)")
     run_p.add_argument("-u", "--user", default="DEFAULT",
                        help="the user in the domain (default: its default_user)")
@@ -503,6 +512,23 @@ def _client(args: argparse.Namespace, state: Path) -> int:
             return 0
         if args.command == "run":
             return _run(args, paths, qcall)
+        if args.command == "prefs":
+            if args.value is not None:
+                qcall("pyqrexec.host.SetPref", args.name, arg=args.key,
+                      payload=args.value.encode())
+                return 0
+            props = json.loads(qcall("pyqrexec.host.Prefs", args.name))
+            if args.key is None:
+                _print_table(["property", "value"],
+                             [{"property": k, "value": v} for k, v in props.items()],
+                             header=False)
+            elif args.key in props:
+                print(_pref_text(props[args.key]))
+            else:
+                print(f"qrexec-host: prefs: no such property {args.key!r} (one of "
+                      f"{', '.join(props)})", file=sys.stderr)
+                return 1
+            return 0
         if args.command == "call":
             qcall("admin.vm.Start", args.source, ok=("QubesVMNotHaltedError",))
             spec = json.loads(qcall("pyqrexec.host.Exec", args.source))
@@ -582,15 +608,24 @@ def _run_in(name: str, user: str, line: str, filter_esc: bool, paths: Paths,
     return 128 - status if status < 0 else status
 
 
-def _print_table(fields: list[str], rows: list[dict[str, object]]) -> None:
-    def cell(value: object) -> str:
-        if value is None or value == []:
-            return "-"
-        if isinstance(value, list):
-            return ",".join(map(str, value))
-        return str(value)
+def _pref_text(value: object) -> str:
+    """A property as `prefs NAME KEY VALUE` takes it back."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
 
-    table = [[f.upper() for f in fields]] + [[cell(r.get(f)) for f in fields] for r in rows]
+
+def _print_table(fields: list[str], rows: list[dict[str, object]],
+                 header: bool = True) -> None:
+    def cell(value: object) -> str:
+        return _pref_text(value) or "-"
+
+    table = [[f.upper() for f in fields]] if header else []
+    table += [[cell(r.get(f)) for f in fields] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(fields))]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

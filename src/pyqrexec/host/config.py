@@ -12,7 +12,7 @@ import re
 import tomllib
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,9 @@ __all__ = [
     "validate_name",
     "derived_uuid",
     "icon_for",
+    "PREFS",
+    "prefs",
+    "with_pref",
 ]
 
 DOMAIN_TYPES = ("AdminVM", "AppVM", "TemplateVM", "StandaloneVM", "DispVM")
@@ -125,6 +128,100 @@ def validate_name(name: str) -> str | None:
     if name.endswith("-dm"):
         return f"domain name {name!r} cannot end with '-dm'"
     return None
+
+
+def label_problem(label: str) -> str | None:
+    if label in LABELS or re.fullmatch(r"0x[0-9a-fA-F]{6}", label):
+        return None
+    return f"unknown label {label!r} (one of {', '.join(LABELS)} or 0xRRGGBB)"
+
+
+def tag_problem(tag: object) -> str | None:
+    if isinstance(tag, str) and re.fullmatch(r"[A-Za-z0-9_-]+", tag):
+        return None
+    return f"invalid tag {tag!r}"
+
+
+def user_problem(user: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", user):
+        return None
+    return f"invalid user name {user!r}"
+
+
+def reference_problem(domains: dict[str, DomainConfig], d: DomainConfig,
+                      key: str) -> str | None:
+    """Why `d`'s default_dispvm or guivm cannot name what it names."""
+    ref = d.default_dispvm if key == "default_dispvm" else d.guivm
+    if ref is None:
+        return None
+    if ref not in domains:
+        return f"{key} names unknown domain {ref!r}"
+    if key == "default_dispvm" and not domains[ref].template_for_dispvms:
+        return f"default_dispvm {ref!r} does not have template_for_dispvms = true"
+    return None
+
+
+#: the properties the policy sees, as `qrexec-host prefs` shows them; the settable ones
+PREFS = ("label", "tags", "default_dispvm", "template_for_dispvms", "guivm", "internal",
+         "default_user", "type", "uuid")
+SETTABLE_PREFS = PREFS[:7]
+
+
+def prefs(d: DomainConfig) -> dict[str, object]:
+    return {"label": d.label, "tags": list(d.tags), "default_dispvm": d.default_dispvm,
+            "template_for_dispvms": d.template_for_dispvms, "guivm": d.guivm,
+            "internal": d.internal, "default_user": d.default_user, "type": d.type,
+            "uuid": d.uuid}
+
+
+class PrefError(Exception):
+    """Why a property cannot be set; `kind` is qubesd's exception type for it."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def with_pref(domains: dict[str, DomainConfig], name: str, key: str,
+              text: str) -> DomainConfig:
+    """`name`'s config with `key` set from `text` (as `qrexec-host prefs` gives it), checked
+    as the TOML file is: the value's type and form, and what other domains name."""
+    if key not in PREFS:
+        raise PrefError("QubesNoSuchPropertyError", f"no such property {key!r} (one of "
+                        f"{', '.join(PREFS)})")
+    if key not in SETTABLE_PREFS:
+        raise PrefError("QubesPropertyValueError", f"property {key!r} is read-only")
+    d = domains[name]
+    value: Any = text
+    why: str | None = None
+    if key == "label":
+        why = label_problem(text)
+    elif key == "tags":
+        tags = tuple(t for t in text.split(",") if t)
+        value = tags
+        why = next(filter(None, map(tag_problem, tags)), None)
+    elif key in ("template_for_dispvms", "internal"):
+        bools = {"true": True, "false": False, "1": True, "0": False}
+        value = bools.get(text.lower())
+        why = None if value is not None else f"{key} must be true or false"
+        if key == "template_for_dispvms" and value is False:
+            users = [o.name for o in domains.values() if o.default_dispvm == name]
+            if users:
+                why = f"{name} is the default_dispvm of {', '.join(users)}"
+    elif key in ("default_dispvm", "guivm"):
+        value = text or None
+    elif key == "default_user":
+        why = user_problem(text)
+    if why:
+        raise PrefError("QubesPropertyValueError", f"domain {name}: {why}")
+    changed = replace(d, **{key: value})
+    if key == "label" and d.icon == icon_for(d.type, d.label):
+        changed = replace(changed, icon=icon_for(d.type, text))
+    if key in ("default_dispvm", "guivm"):
+        why = reference_problem(domains, changed, key)
+        if why:
+            raise PrefError("QubesPropertyValueError", f"domain {name}: {why}")
+    return changed
 
 
 def derived_uuid(name: str) -> str:
@@ -265,13 +362,14 @@ class _Parser:
             raise self.error(at("type") if "type" in t else header,
                              "only dom0 is, and dom0 must be, of type AdminVM")
         label = get("label", str, "black" if name == "dom0" else "red")
-        if label not in LABELS and not re.fullmatch(r"0x[0-9a-fA-F]{6}", label):
-            raise self.error(at("label"), f"domain {name}: unknown label {label!r} "
-                             f"(one of {', '.join(LABELS)} or 0xRRGGBB)")
+        why = label_problem(label)
+        if why:
+            raise self.error(at("label"), f"domain {name}: {why}")
         tags = get("tags", list, [])
         for tag in tags:
-            if not isinstance(tag, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", tag):
-                raise self.error(at("tags"), f"domain {name}: invalid tag {tag!r}")
+            why = tag_problem(tag)
+            if why:
+                raise self.error(at("tags"), f"domain {name}: {why}")
         uuid = get("uuid", str, "")
         if uuid:
             try:
@@ -290,8 +388,9 @@ class _Parser:
             user = None
         default_user = get("default_user", str, user or "root")
         for key, value in (("user", user or ""), ("default_user", default_user)):
-            if value and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", value):
-                raise self.error(at(key), f"domain {name}: invalid user name {value!r}")
+            why = user_problem(value) if value else None
+            if why:
+                raise self.error(at(key), f"domain {name}: {why}")
         default_dispvm = get("default_dispvm", str, dom0_dispvm or "") or None
         guivm = get("guivm", str, "" if name == "dom0" else "dom0") or None
         return DomainConfig(
@@ -347,13 +446,8 @@ class _Parser:
                 raise self.error(self._key_line("domains", d.name, "uuid"),
                                  f"domain {d.name}: uuid {d.uuid} is also {seen[d.uuid]}'s")
             seen[d.uuid] = d.name
-            for key, ref in (("default_dispvm", d.default_dispvm), ("guivm", d.guivm)):
-                if ref is None:
-                    continue
-                line = self._key_line("domains", d.name, key)
-                if ref not in domains:
-                    raise self.error(line, f"domain {d.name}: {key} names unknown domain "
-                                     f"{ref!r}")
-                if key == "default_dispvm" and not domains[ref].template_for_dispvms:
-                    raise self.error(line, f"domain {d.name}: default_dispvm {ref!r} does not "
-                                     "have template_for_dispvms = true")
+            for key in ("default_dispvm", "guivm"):
+                why = reference_problem(domains, d, key)
+                if why:
+                    raise self.error(self._key_line("domains", d.name, key),
+                                     f"domain {d.name}: {why}")

@@ -36,7 +36,15 @@ from pathlib import Path
 from ..parent_death import dies_with_this_process
 from ..policy.audit import AUDIT_SOCKET_NAME
 from ..services.environment import CALL_VARIABLES
-from .config import DOM0_UUID, UID_RANGE, DomainConfig, HostConfig
+from .config import (
+    DOM0_UUID,
+    UID_RANGE,
+    DomainConfig,
+    HostConfig,
+    PrefError,
+    prefs,
+    with_pref,
+)
 from .confine import boot_argv, confine_args
 from .launchers import domain_programs, program, write_launcher, write_program
 from .limits import Backend, DomainCgroup, NoCgroups, detect
@@ -70,7 +78,8 @@ MAX_DISPOSABLES = 9999
 
 #: qubesd methods that change nothing: not logged (the policy daemon asks for the system
 #: info on every call, the command-line tools poll the listing)
-QUIET_METHODS = ("internal.GetSystemInfo", "pyqrexec.host.List", "pyqrexec.host.Exec")
+QUIET_METHODS = ("internal.GetSystemInfo", "pyqrexec.host.List", "pyqrexec.host.Exec",
+                 "pyqrexec.host.Prefs")
 
 
 #: dom0 services this host installs in dom0's runtime service directory: service name ->
@@ -416,6 +425,11 @@ class Manager:
                 return await self.create_disposable(self.resolve(dest), payload == b"uuid")
             if method == "pyqrexec.host.List":
                 return json.dumps(self.listing()).encode()
+            if method == "pyqrexec.host.Prefs":
+                return json.dumps(prefs(self.resolve(dest).cfg)).encode()
+            if method == "pyqrexec.host.SetPref":
+                self.set_pref(self.resolve(dest), arg, payload)
+                return b""
             if method == "pyqrexec.host.Exec":
                 return json.dumps(self.exec_spec(self.resolve(dest))).encode()
             if method == "pyqrexec.host.Shutdown":
@@ -423,6 +437,20 @@ class Manager:
                     lambda: asyncio.ensure_future(self.shutdown()))
                 return b""
         raise HostError("QubesException", "unsupported method")
+
+    def set_pref(self, d: Domain, key: str, payload: bytes) -> None:
+        """`pyqrexec.host.SetPref+KEY`, payload the value: the policy sees it from its next
+        request on (it asks for the system info every time); a running domain's daemon
+        keeps the default_user it was started with until the domain restarts."""
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HostError("QubesPropertyValueError", "value is not UTF-8") from None
+        domains = {n: o.cfg for n, o in self.domains.items()}
+        try:
+            d.cfg = with_pref(domains, d.name, key, text)
+        except PrefError as err:
+            raise HostError(err.kind, str(err)) from None
 
     async def start(self, name: str) -> None:
         d = self.domains[name]
