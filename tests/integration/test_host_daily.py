@@ -493,7 +493,8 @@ def test_run_filters_for_a_terminal_by_default(world: DailyWorld) -> None:
             proc = subprocess.Popen(world.argv("run", *opts, "work", "--", ESCAPES),
                                     stdout=slave, stderr=subprocess.PIPE,
                                     stdin=subprocess.DEVNULL, env=world.env())
-            assert proc.wait(60) == 0, proc.stderr
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
             out = b""
             while select.select([master], [], [], 0)[0] and not out.endswith(b"\n"):
                 out += os.read(master, 1024)
