@@ -18,6 +18,7 @@ import uuid as uuidlib
 from pathlib import Path
 
 from ..parent_death import dies_with_this_process
+from .launchers import program
 
 __all__ = ["PlainHost", "PlainDomain", "program_argv"]
 
@@ -27,7 +28,7 @@ def program_argv(name: str) -> list[str]:
     script = Path(sys.executable).parent / name
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-P", "-m", f"pyqrexec.cli.{name.replace('-', '_')}"]
+    return program(name)
 
 
 class PlainDomain:
@@ -51,7 +52,7 @@ class PlainDomain:
         if agent_wrapper:
             # an unprivileged agent may not read the install location (e.g. under /root):
             # run it from the package's own directory, which it must be able to read
-            argv = [sys.executable, "-m", "pyqrexec.cli.qrexec_agent"]
+            argv = program("qrexec-agent")
             env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
         agent = subprocess.Popen(
             [*(agent_wrapper or []), *argv, "-a", str(h.root / f"agent.{self.name}"), "-S"],
