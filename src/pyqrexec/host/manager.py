@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import grp
 import importlib.util
 import json
@@ -387,24 +388,20 @@ class Manager:
                      internal: bool) -> bytes:
         """Serve one request; every one that is not a read-only query gets a log line."""
         what = describe_request(method, arg, dest, payload)
-        if method in QUIET_METHODS:
-            try:
-                return await self._handle(method, arg, dest, payload, internal)
-            except HostError:
-                raise
-            except Exception as err:
-                self.log(f"qubesd: {what} -> failed: {type(err).__name__}: {err}")
-                raise HostError("QubesException", f"{method} failed: {err}") from err
+        quiet = method in QUIET_METHODS
         try:
             answer = await self._handle(method, arg, dest, payload, internal)
         except HostError as err:
-            if not (method == "admin.vm.Start" and err.exc_type == "QubesVMNotHaltedError"):
-                # starting what runs changes nothing: `call` and `run` do it every time
+            # starting what runs changes nothing: `call` and `run` do it every time
+            noise = method == "admin.vm.Start" and err.exc_type == "QubesVMNotHaltedError"
+            if not (quiet or noise):
                 self.log(f"qubesd: {what} -> {err.exc_type}: {err.message}")
             raise
         except Exception as err:  # a bug or the system's refusal: still a proper answer
             self.log(f"qubesd: {what} -> failed: {type(err).__name__}: {err}")
             raise HostError("QubesException", f"{method} failed: {err}") from err
+        if quiet:
+            return answer
         self.log(f"qubesd: {what} -> ok" + (f" {_printable(answer)}" if answer else ""))
         return answer
 
@@ -638,21 +635,9 @@ class Manager:
                 return base
         raise HostError("QubesException", "no free uid range for another domain")
 
-    def accounts(self, d: Domain) -> list[Account]:
+    def accounts(self, d: Domain) -> tuple[Account, ...]:
         """The accounts in `d`'s /etc/passwd (sandbox.domain_accounts)."""
-        wanted = [n for n in (d.cfg.user, d.cfg.default_user) if n]
-        found: dict[str, tuple[int, int, str]] = {}
-        for name in wanted:
-            try:
-                entry = pwd.getpwnam(name)
-            except KeyError:
-                continue
-            try:
-                group = grp.getgrgid(entry.pw_gid).gr_name
-            except KeyError:
-                group = name
-            found[name] = (entry.pw_uid, entry.pw_gid, group)
-        return domain_accounts(wanted, found)
+        return _accounts_for(d.cfg.user, d.cfg.default_user)
 
     def _account(self, d: Domain, name: str) -> Account:
         return next(a for a in self.accounts(d) if a.name == name)
@@ -669,13 +654,15 @@ class Manager:
         # then every user of the domain must pass through to run qrexec's programs
         shared = self.layout is not None and any(
             path.startswith("/root/") for path in self.layout.extra_ro)
-        root_home = make_dir(home, "root-home", 0o711 if shared else 0o700,
-                             *self._host_ids(d, self._account(d, "root")))
-        homes = make_dir(home, "home", 0o755)
+        binds = _home_binds(home)
+        (root_home, _), (homes, _) = binds
+        make_dir(home, root_home.name, 0o711 if shared else 0o700,
+                 *self._host_ids(d, self._account(d, "root")))
+        make_dir(home, homes.name, 0o755)
         for account in self.accounts(d):
             if account.home.startswith("/home/"):
                 make_dir(homes, account.home[6:], 0o700, *self._host_ids(d, account))
-        return (root_home, "/root"), (homes, "/home")
+        return binds
 
     async def _watch(self, d: Domain, proc: asyncio.subprocess.Process | None,
                      what: str) -> None:
@@ -839,7 +826,7 @@ class Manager:
         spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
                            vchan_view=view, pairs=tuple(pairs), merged=merged,
                            env=self._sandbox_env(d),
-                           homes=((home / "root-home", "/root"), (home / "home", "/home")))
+                           homes=_home_binds(home))
         return bwrap_argv(spec, self.layout, self._confine(d), self.bwrap)
 
     def exec_spec(self, d: Domain) -> dict[str, object]:
@@ -1097,6 +1084,30 @@ async def _copy_tree(src: Path, dst: Path) -> None:
         shutil.rmtree(dst, ignore_errors=True)
         raise HostError("QubesException",
                         f"cannot copy {src}: {err.decode(errors='replace').strip()}")
+
+
+@functools.lru_cache(maxsize=256)
+def _accounts_for(user: str | None, default_user: str | None) -> tuple[Account, ...]:
+    """The accounts of a domain with these config keys, with the host's ids of the named
+    ones (looked up once: a domain's start asks for them several times)."""
+    wanted = [n for n in (user, default_user) if n]
+    found: dict[str, tuple[int, int, str]] = {}
+    for name in wanted:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        try:
+            group = grp.getgrgid(entry.pw_gid).gr_name
+        except KeyError:
+            group = name
+        found[name] = (entry.pw_uid, entry.pw_gid, group)
+    return tuple(domain_accounts(wanted, found))
+
+
+def _home_binds(home: Path) -> tuple[tuple[Path, str], tuple[Path, str]]:
+    """Where a domain's homes live on the host (under its `STATE/dom/NAME`) and inside."""
+    return (home / "root-home", "/root"), (home / "home", "/home")
 
 
 def make_dir(parent: Path, name: str, mode: int, uid: int = -1, gid: int = -1) -> Path:
