@@ -21,9 +21,8 @@ calls until step 1 has taken the host's privileges away. Then:
    "nobody", and capabilities act only on what the namespace owns.
 2. The capability bounding set is cut to `--caps` (a new user namespace starts with all).
 3. (`--user NAME`) the account from the *domain's* /etc/passwd, with its groups.
-4. The parent-death signal is set again (ID changes clear it) when `--pdeathsig` is given.
-5. The seccomp filter (host/seccomp.py), with no_new_privs.
-6. exec of the command; with `--target` in a child (joining a PID namespace takes effect
+4. The seccomp filter (host/seccomp.py), with no_new_privs.
+5. exec of the command; with `--target` in a child (joining a PID namespace takes effect
    for children only), whose exit status this process passes on.
 
 Any failure ends the process with status 125 and one line on stderr: nothing is run
@@ -42,7 +41,6 @@ __all__ = ["boot_argv", "confine_args", "main", "CAP_NUMBERS"]
 
 _CLONE_NEWUSER = 0x10000000
 _PR_CAPBSET_DROP = 24
-_PR_SET_PDEATHSIG = 1
 EXIT_FAILED = 125
 
 #: capability numbers (linux/capability.h) of the ones a domain may keep
@@ -60,7 +58,7 @@ def boot_argv(python: str, source: str) -> list[str]:
 
 
 def confine_args(uid_map: tuple[int, int] | None, caps: Sequence[str], user: str | None,
-                 pdeathsig: bool = False, target: int | None = None) -> list[str]:
+                 target: int | None = None) -> list[str]:
     """The options of `main` for one confinement, ending with `--`."""
     out: list[str] = [] if target is None else [f"--target={target}"]
     if uid_map is not None:
@@ -68,8 +66,6 @@ def confine_args(uid_map: tuple[int, int] | None, caps: Sequence[str], user: str
     out.append("--caps=" + ",".join(caps))
     if user and user != "root":
         out.append(f"--user={user}")
-    if pdeathsig:
-        out.append("--pdeathsig")
     return [*out, "--"]
 
 
@@ -146,12 +142,11 @@ def _limit_capabilities(keep: set[int]) -> None:
             last = int(f.read())
     except (OSError, ValueError):
         last = 63
-    libc = _libc()
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                           ctypes.c_ulong]
+    from .seccomp import prctl
+
     for cap in range(last + 1):
         # without CAP_SETPCAP (EPERM: an unprivileged host) the set is bwrap's already
-        if (cap not in keep and libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+        if (cap not in keep and prctl(_PR_CAPBSET_DROP, cap) != 0
                 and ctypes.get_errno() != 1):
             raise _Failed(f"cannot drop capability {cap}")
 
@@ -178,8 +173,7 @@ def _run(argv: list[str]) -> None:
     command = argv[1:]
     if not command:
         raise _Failed("usage: confine [--map=BASE:COUNT] [--caps=LIST] [--user=NAME] "
-                      "[--pdeathsig] -- COMMAND...")
-    parent = os.getppid()
+                      "-- COMMAND...")
     from . import seccomp  # before joining the domain: nothing is imported from inside it
 
     arch = seccomp.native_arch()
@@ -197,11 +191,6 @@ def _run(argv: list[str]) -> None:
     _limit_capabilities(caps)
     if options.get("--user") not in (None, "", "root"):
         _become(options["--user"])
-    if "--pdeathsig" in options:
-        libc = _libc()
-        _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
-        if os.getppid() != parent:
-            os._exit(EXIT_FAILED)
     if namespaces:
         _run_child(program, command)
     seccomp.install(program)

@@ -26,7 +26,8 @@ import struct
 from dataclasses import dataclass
 
 __all__ = ["Arch", "ARCHES", "native_arch", "build", "install", "DENIED", "UNSUPPORTED",
-           "ALLOWED_FAMILIES", "NAMESPACE_FLAGS", "DENIED_IOCTLS", "ALLOWED_PERSONALITIES"]
+           "ALLOWED_FAMILIES", "NAMESPACE_FLAGS", "DENIED_IOCTLS", "ALLOWED_PERSONALITIES",
+           "prctl"]
 
 # classic BPF opcodes (linux/bpf_common.h) and seccomp return values (linux/seccomp.h)
 _LD_W_ABS = 0x20
@@ -210,21 +211,26 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+def prctl(option: int, arg2: int, arg3: int = 0) -> int:
+    """prctl(2) from the C library; -1 with errno (ctypes.get_errno) on failure."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                           ctypes.c_ulong]
+    return int(libc.prctl(option, arg2, arg3, 0, 0))
+
+
 def install(program: bytes) -> None:
     """Load `program` into this process (and everything it will start).
 
     no_new_privs comes first: the kernel demands it of a process without CAP_SYS_ADMIN, and
     it is right anyway: no set-user-ID program may regain what the sandbox took away.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                           ctypes.c_ulong]
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    if prctl(_PR_SET_NO_NEW_PRIVS, 1) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"PR_SET_NO_NEW_PRIVS: {os.strerror(code)}")
     buf = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER,
-                  ctypes.cast(ctypes.pointer(prog), ctypes.c_void_p).value or 0, 0, 0) != 0:
+    if prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER,
+             ctypes.cast(ctypes.pointer(prog), ctypes.c_void_p).value or 0) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"seccomp: {os.strerror(code)}")
