@@ -20,7 +20,7 @@ import pytest
 
 from pyqrexec.host.sandbox import KEPT_CAPS
 
-from .harness import wait_for
+from .harness import parent_pid, wait_for
 from .host_world import BWRAP, BWRAP_WHY, HostWorld, python_in_domain, service
 
 pytestmark = pytest.mark.skipif(BWRAP is None or os.geteuid() != 0,
@@ -329,7 +329,18 @@ def test_port_flood_leaves_room_for_others(world: HostWorld, attacker: str) -> N
 
 
 # -- 6: a domain whose agent or daemon dies is seen to be halted, and starts again -------------
-def _pids(pattern: bytes, marker: bytes) -> list[int]:
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = parent_pid(pid)
+    return False
+
+
+def _pids(world: HostWorld, pattern: bytes, marker: bytes) -> list[int]:
+    """This host's processes whose command line holds `pattern` and `marker` (other tests
+    may run hosts of their own at the same time)."""
+    assert world.proc is not None
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -338,7 +349,8 @@ def _pids(pattern: bytes, marker: bytes) -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if pattern in cmdline and marker in cmdline:
+        if pattern in cmdline and marker in cmdline and _descends_from(int(entry),
+                                                                       world.proc.pid):
             found.append(int(entry))
     return found
 
@@ -352,10 +364,10 @@ def test_killed_agent_or_daemon_halts_the_domain(world: HostWorld, what: str,
     domid = world.domid(name)
     if what == "agent":
         marker = f"VCHAN_DOMAIN={domid}\0".encode()
-        pids = [p for p in _pids(b"qrexec_agent", b"")
+        pids = [p for p in _pids(world, b"qrexec_agent", b"")
                 if marker in Path(f"/proc/{p}/environ").read_bytes()]
     else:
-        pids = _pids(b"qrexec_daemon", f"\0{domid}\0{name}\0".encode())
+        pids = _pids(world, b"qrexec_daemon", f"\0{domid}\0{name}\0".encode())
     assert len(pids) == 1, pids
     os.kill(pids[0], 9)
     wait_for(lambda: world.domains()[name]["state"] == "Halted", 1.0,
