@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyqrexec
-from pyqrexec.parent_death import dies_with_this_process
+from pyqrexec.system.parent_death import dies_with_this_process
 
 SRC = str(Path(pyqrexec.__file__).resolve().parents[1])
 PYTHON = sys.executable

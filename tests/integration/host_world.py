@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pyqrexec.host.qubesd import call
 from pyqrexec.host.sandbox import probe_bwrap
+from pyqrexec.qubesd.client import call
 
 from .harness import PYTHON, SRC, cleanup_dir, program, wait_for
 

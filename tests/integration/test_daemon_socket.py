@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from pyqrexec.log import REPEAT_INTERVAL
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import (
     HEADER,
@@ -32,6 +31,7 @@ from pyqrexec.protocol.messages import (
     pack_trigger4,
     parse_exec,
 )
+from pyqrexec.system.log import REPEAT_INTERVAL
 
 from .fake_agent import (
     TIMEOUT,

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from pyqrexec.agent.fork_client import Handover, connect_handover, prepare_handover
+from pyqrexec.call.relay import run_caller
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import CmdInfo, pack_cmd_info
-from pyqrexec.relay import run_caller
 from pyqrexec.services.rpcconfig import DEFAULT_CONFIG
 from pyqrexec.transport import vchan
 

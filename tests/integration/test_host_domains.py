@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyqrexec.host.qubesd import QubesdError
+from pyqrexec.qubesd.client import QubesdError
 
 from .harness import wait_for
 from .host_world import BWRAP, BWRAP_WHY, SANDBOX_MODES, HostWorld, python_in_domain, service

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyqrexec.parent_death import dies_with_this_process
+from pyqrexec.system.parent_death import dies_with_this_process
 
 from .harness import PYTHON, SRC
 from .host_world import SANDBOX_MODES, HostWorld
@@ -117,7 +117,7 @@ def _child(code: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing groups needs root")
 def test_parent_death_signal_survives_a_group_change() -> None:
     """What the policy daemon does when it switches to group qubes."""
-    code = ("import os; from pyqrexec.parent_death import *\n"
+    code = ("import os; from pyqrexec.system.parent_death import *\n"
             "before = parent_death_signal()\n"
             "{switch}\n"
             "print(before, parent_death_signal())\n")
@@ -131,7 +131,7 @@ def test_parent_death_signal_survives_a_group_change() -> None:
 def test_child_whose_parent_is_gone_already_takes_the_signal() -> None:
     """The parent may end between the fork and the request: the request then comes too late
     to fire, so the child signals itself."""
-    done = _child("import os, signal; from pyqrexec.parent_death import *\n"
+    done = _child("import os, signal; from pyqrexec.system.parent_death import *\n"
                   "set_parent_death_signal(signal.SIGTERM, os.getppid() + 1)\n"
                   "print('still here')\n")
     assert done.returncode == -signal.SIGTERM and "still here" not in done.stdout

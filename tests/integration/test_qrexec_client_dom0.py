@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyqrexec.dom0.service_call import Dom0CallResult, run_dom0_service
+from pyqrexec.call.dom0_service import Dom0CallResult, run_dom0_service
 from pyqrexec.protocol.constants import MsgType
 
 from .connect_fakes import SourceAgent, accept_data, speak_as_caller, start_source

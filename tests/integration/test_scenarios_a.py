@@ -88,8 +88,8 @@ def _have(module: str) -> bool:
         return False
 
 
-@pytest.mark.skipif(not _have("pyqrexec.dom0.service_call"),
-                    reason="VM -> dom0 calls need pyqrexec.dom0.service_call (not merged yet)")
+@pytest.mark.skipif(not _have("pyqrexec.call.dom0_service"),
+                    reason="VM -> dom0 calls need pyqrexec.call.dom0_service (not merged yet)")
 def test_s9_vm_to_dom0_with_keyword_target(host: QrexecHost, work: tuple[World, Tap]) -> None:
     world, tap = work
     world.service("dom0", "test.Env", "#!/bin/sh\nenv\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from pyqrexec.aio import ChannelWriter
+from pyqrexec.transport.aio import ChannelWriter
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:

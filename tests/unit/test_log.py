@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyqrexec.log import REPEAT_INTERVAL, RepeatLimited
+from pyqrexec.system.log import REPEAT_INTERVAL, RepeatLimited
 
 
 class Clock:

@@ -13,9 +13,9 @@ import struct
 import threading
 from collections.abc import Callable
 
+from pyqrexec.call.relay import ServiceEnd, run_caller, run_service
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER, hello, pack_exit_code, pack_header
-from pyqrexec.relay import ServiceEnd, run_caller, run_service
 
 STDIN, STDOUT = MsgType.DATA_STDIN, MsgType.DATA_STDOUT
 STDERR, EXIT = MsgType.DATA_STDERR, MsgType.DATA_EXIT_CODE

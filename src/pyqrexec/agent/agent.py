@@ -15,8 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..aio import ChannelWriter
-from ..forking import fork_call, on_exit
+from ..call.domain_handler import HandlerContext, run_handler
 from ..protocol.channel import (
     END_OF_STREAM,
     NEED_DATA,
@@ -34,10 +33,11 @@ from ..services.lookup import rpc_config_path_from_env, service_path_from_env
 from ..services.rpcconfig import ServiceConfig
 from ..services.session import MAX_PARKED, start_session_waiter
 from ..services.spawn import Failed, SpawnContext, service_config_for
+from ..system.forking import fork_call, on_exit
 from ..transport import vchan
+from ..transport.aio import ChannelWriter
 from ..transport.feed import read_message_async
 from .fork_client import Handover, hand_over, prepare_handover, watch_until_eof
-from .handler import HandlerContext, run_handler
 from .trigger import TriggerSocket
 
 __all__ = ["AgentOptions", "Agent"]

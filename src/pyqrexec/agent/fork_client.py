@@ -42,11 +42,11 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ..aio import connect_unix, drain_until_eof
 from ..protocol.cmdline import Command, parse_command, split_user
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import CmdInfo, pack_cmd_info
 from ..services.rpcconfig import DEFAULT_CONFIG, ServiceConfig
+from ..transport.aio import connect_unix, drain_until_eof
 
 __all__ = [
     "DEFAULT_TEMPLATE",

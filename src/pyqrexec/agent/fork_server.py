@@ -17,12 +17,12 @@ import socket
 import time
 from functools import partial
 
-from ..forking import fork_call
+from ..call.domain_handler import HandlerContext, run_handler
 from ..protocol.cmdline import check_fork_cmdline, parse_command
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import CMD_INFO_HEAD, CmdInfo, parse_cmd_info_head
+from ..system.forking import fork_call
 from ..transport.unixsock import listen_unix
-from .handler import HandlerContext, run_handler
 
 __all__ = ["default_socket_path", "bind", "serve_forever", "read_request", "serve_connection"]
 

@@ -16,7 +16,6 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ..aio import drain_until_eof
 from ..protocol.channel import NEED_DATA, TriggerConnection
 from ..protocol.errors import LocalProtocolError, RemoteProtocolError
 from ..protocol.idents import agent_ident, parse_agent_ident
@@ -29,6 +28,7 @@ from ..protocol.messages import (
     pack_trigger3,
     pack_trigger4,
 )
+from ..transport.aio import drain_until_eof
 from ..transport.feed import read_message_async
 
 __all__ = ["TriggerSocket", "downgrade"]

@@ -98,7 +98,7 @@ def _append(policy_dir: str, registration: Registration) -> None:
 def _register(env: Mapping[str, str], registration: Registration, log: _Log) -> int:
     from ..policy.errors import AccessDenied
     from ..policy.loaders import DEFAULT_POLICY_DIRS, DiskFiles, load_policy
-    from ..policy_service.paths import legacy_policy_dir, persistent_policy_dir
+    from ..policy_daemon.paths import legacy_policy_dir, persistent_policy_dir
 
     policy_dir = persistent_policy_dir(env)
     try:

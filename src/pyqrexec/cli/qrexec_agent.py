@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..cliargs import GetoptError, getopt
+from .args import GetoptError, getopt
 
 USAGE = """\
 usage: qrexec-agent [-h|--help] [-a|--agent-socket=PATH] [-s|--fork-server-socket=PATH] \
@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     import asyncio
 
     from ..agent.agent import Agent, AgentOptions
-    from ..agent.handler import own_user_name
-    from ..log import Logger
-    from ..settings import max_protocol_version
+    from ..call.domain_handler import own_user_name
+    from ..system.log import Logger
+    from ..system.settings import max_protocol_version
     from ..transport import vchan
 
     log = Logger("qrexec-agent")

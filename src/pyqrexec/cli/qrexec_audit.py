@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 __all__ = ["main", "run"]
@@ -41,41 +41,43 @@ def add_arguments(p: argparse.ArgumentParser, file: bool = True) -> None:
 
 
 class Filter:
+    """Whether a record matches every filter option given; each option is one check."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         from ..policy.audit import parse_time
 
-        self.args = args
+        self._parse_time = parse_time
         self.since = parse_time(args.since) if args.since else None
         self.until = parse_time(args.until) if args.until else None
+        checks: list[Callable[[dict[str, Any]], bool]] = []
+        if args.source is not None:
+            checks.append(lambda r: args.source in (r.get("source"), r.get("requested_source")))
+        if args.target is not None:
+            checks.append(lambda r: args.target in (r.get("target"), r.get("intended_target")))
+        if args.service is not None:
+            checks.append(lambda r: args.service in (
+                r.get("service"), f"{r.get('service')}{r.get('argument') or ''}"))
+        for key in ("decision", "event", "call"):
+            if getattr(args, key) is not None:
+                checks.append(self._equal(key, getattr(args, key)))
+        if self.since is not None or self.until is not None:
+            checks.append(self._in_time)
+        self.checks = checks
+
+    @staticmethod
+    def _equal(key: str, wanted: object) -> Callable[[dict[str, Any]], bool]:
+        return lambda r: r.get(key) == wanted
+
+    def _in_time(self, r: dict[str, Any]) -> bool:
+        try:
+            t = self._parse_time(str(r.get("time")))
+        except ValueError:
+            return False
+        return not ((self.since is not None and t < self.since)
+                    or (self.until is not None and t > self.until))
 
     def __call__(self, r: dict[str, Any]) -> bool:
-        from ..policy.audit import parse_time
-
-        a = self.args
-        if a.source is not None and a.source not in (r.get("source"), r.get("requested_source")):
-            return False
-        if a.target is not None and a.target not in (r.get("target"), r.get("intended_target")):
-            return False
-        if a.service is not None:
-            full = f"{r.get('service')}{r.get('argument') or ''}"
-            if a.service not in (r.get("service"), full):
-                return False
-        if a.decision is not None and r.get("decision") != a.decision:
-            return False
-        if a.event is not None and r.get("event") != a.event:
-            return False
-        if a.call is not None and r.get("call") != a.call:
-            return False
-        if self.since is not None or self.until is not None:
-            try:
-                t = parse_time(str(r.get("time")))
-            except ValueError:
-                return False
-            if (self.since is not None and t < self.since) or (
-                self.until is not None and t > self.until
-            ):
-                return False
-        return True
+        return all(check(r) for check in self.checks)
 
 
 def _shown(value: object) -> str:

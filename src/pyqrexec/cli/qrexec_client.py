@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cliargs import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
+from .args import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
 TYPE_CHECKING = False
@@ -182,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _logger() -> Callable[[str], None]:
-    from ..log import Logger
+    from ..system.log import Logger
 
     return Logger("qrexec-client")
 
 
 def _kill(domain: str) -> None:
     """-k: ask qubesd to kill DOMAIN; a failure is only logged."""
-    from ..host.qubesd import QubesdError, call
+    from ..qubesd.client import QubesdError, call
 
     try:
         call("admin.vm.Kill", domain)
@@ -199,7 +199,7 @@ def _kill(domain: str) -> None:
 
 def _call_dom0(args: _Args) -> int:
     """dom0 -> dom0: this process becomes the service (returns only on failure)."""
-    from ..dom0.local_exec import exec_dom0_service
+    from ..call.dom0_local import exec_dom0_service
 
     log = _logger()
     if args.local_cmd is not None:
@@ -242,7 +242,7 @@ def _allocate(socket_dir: str, domain: str, msgtype: int, peer: int, payload: by
 def _connect_dom0(args: _Args) -> int:
     """Legacy VM -> dom0 (docs/reference/protocol.md#legacy-connect-mode):
     docs/reference/protocol.md#vm-to-dom0 steps 3-5 for the pending request."""
-    from ..dom0.service_call import run_dom0_service
+    from ..call.dom0_service import run_dom0_service
     from ..protocol.constants import MsgType
 
     assert args.connect is not None and args.cmdline is not None
@@ -348,8 +348,8 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         if proc is not None:
             proc.kill()
         return _EXIT_PROBLEM
-    from ..relay import run_caller
-    from ..settings import max_protocol_version
+    from ..call.relay import run_caller
+    from ..system.settings import max_protocol_version
 
     if args.just_exec:
         local_in = None

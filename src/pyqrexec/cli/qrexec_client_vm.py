@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cliargs import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
+from .args import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
 TYPE_CHECKING = False
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _call(args: _Args, domain: int, port: int) -> int:
 
-    from ..log import Logger
+    from ..system.log import Logger
     from ..transport import vchan
 
     log = Logger("qrexec-client-vm")
@@ -166,7 +166,7 @@ def _call(args: _Args, domain: int, port: int) -> int:
     pidfd = None
     single = None
     if args.program is not None:
-        from ..relay import SingleSocket
+        from ..call.relay import SingleSocket
 
         single = SingleSocket()  # before the program exists: it may signal at once
         child, in_sock, out_sock = _spawn_local(args.program, args.saved or {})
@@ -190,8 +190,8 @@ def _call(args: _Args, domain: int, port: int) -> int:
     except OSError as err:
         log(f"Data vchan connection failed: {err}")
         return 1
-    from ..relay import run_caller
-    from ..settings import max_protocol_version
+    from ..call.relay import run_caller
+    from ..system.settings import max_protocol_version
 
     local_status: list[int] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cliargs import GetoptError, getopt
+from .args import GetoptError, getopt
 
 USAGE = """\
 usage: qrexec-daemon [-h|--help] [-q|--quiet] [--socket-dir=PATH] [-p|--policy-program=PATH] \
@@ -180,8 +180,8 @@ def _child(options: object, report_fd: int | None) -> int:
 
     from ..daemon.daemon import Daemon, DaemonOptions, run_daemon
     from ..daemon.worker import call_worker
-    from ..log import Logger
-    from ..settings import max_protocol_version
+    from ..system.log import Logger
+    from ..system.settings import max_protocol_version
 
     assert isinstance(options, DaemonOptions)
     log = Logger("qrexec-daemon")

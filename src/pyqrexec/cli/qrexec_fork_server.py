@@ -16,10 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     from ..agent.fork_server import bind, default_socket_path, serve_forever
-    from ..agent.handler import HandlerContext, own_user_name
-    from ..log import Logger
+    from ..call.domain_handler import HandlerContext, own_user_name
     from ..services.lookup import service_path_from_env
-    from ..settings import max_protocol_version
+    from ..system.log import Logger
+    from ..system.settings import max_protocol_version
     from ..transport import vchan
 
     log = Logger(PROG)

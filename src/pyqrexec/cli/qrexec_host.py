@@ -333,7 +333,7 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
 
     from ..host.config import HostConfig
     from ..host.manager import Manager
-    from ..host.qubesd_server import HostError
+    from ..qubesd.server import HostError
 
     assert isinstance(cfg, HostConfig)
 
@@ -385,8 +385,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     from ..host.demo import CALL, write_demo
     from ..host.manager import program
-    from ..host.qubesd import QubesdError, call
-    from ..parent_death import dies_with_this_process
+    from ..qubesd.client import QubesdError, call
+    from ..system.parent_death import dies_with_this_process
 
     top = Path(tempfile.mkdtemp(prefix="qrexec-demo-"))
     os.chmod(top, 0o755)
@@ -461,7 +461,7 @@ def _client(args: argparse.Namespace, state: Path) -> int:
     import json
 
     from ..host.manager import Paths
-    from ..host.qubesd import QubesdError, call
+    from ..qubesd.client import QubesdError, call
 
     paths = Paths.make(state, state, os.environ)  # dom0's root matters only to `up`
     sock = str(paths.qubesd)
@@ -762,7 +762,7 @@ def _filtered(exe: str, argv: list[str], env: dict[str, str]) -> int:
     import signal
     import subprocess
 
-    from ..relay import unsafe_filter
+    from ..call.relay import unsafe_filter
 
     signal.signal(signal.SIGINT, lambda *_: None)  # the program gets it and ends
     try:

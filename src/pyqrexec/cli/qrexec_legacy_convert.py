@@ -74,7 +74,7 @@ class _Changes:
 
 def _graph(policy_dir: str, info: SystemInfo) -> list[str]:
     from ..policy.graph import GraphOptions
-    from ..policy_service.snapshot import graph_lines
+    from ..policy_daemon.snapshot import graph_lines
 
     return graph_lines(policy_dir, info, GraphOptions(full_output=True))
 
@@ -90,7 +90,7 @@ def _read(path: str) -> str | None:
 def _convert(policy_dir: str, legacy_dir: str, changes: _Changes) -> None:
     """Steps 2–5; raises `AccessDenied` (policy does not load) or `OSError`."""
     from ..policy.legacy_convert import new_text, plan
-    from ..policy_service.snapshot import load_dir
+    from ..policy_daemon.snapshot import load_dir
 
     print("Converting old policy files into new format files....")
     with_compat = load_dir(policy_dir)
@@ -129,8 +129,8 @@ def _wants_restore() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     from ..policy.errors import AccessDenied, SystemInfoError
-    from ..policy_service.config import legacy_policy_dir, persistent_policy_dir
-    from ..policy_service.snapshot import system_info_from_qubesd
+    from ..policy_daemon.config import legacy_policy_dir, persistent_policy_dir
+    from ..policy_daemon.snapshot import system_info_from_qubesd
 
     argparse.ArgumentParser(
         prog=_PROG, description="Convert legacy Qubes 4.0 policy files"

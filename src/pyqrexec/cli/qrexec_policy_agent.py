@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     import asyncio
 
     from ..policy_agent import AgentServer, AnswerProgram, DenyAll, Frontend, TerminalFrontend
-    from ..policy_service.config import logger
+    from ..policy_daemon.config import logger
 
     kind = _choose(args)
     if args.check:

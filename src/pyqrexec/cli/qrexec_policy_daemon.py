@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     import grp
     import os
 
-    from ..parent_death import keep_parent_death_signal
     from ..policy.audit import audit_path
-    from ..policy_service.audit_log import AuditLog
-    from ..policy_service.config import engine_config, logger
-    from ..policy_service.engine import PolicyEngine
-    from ..policy_service.grant_store import GrantStore, grants_path
-    from ..policy_service.server import PolicyServer
+    from ..policy_daemon.audit_log import AuditLog
+    from ..policy_daemon.config import engine_config, logger
+    from ..policy_daemon.engine import PolicyEngine
+    from ..policy_daemon.grant_store import GrantStore, grants_path
+    from ..policy_daemon.server import PolicyServer
+    from ..system.parent_death import keep_parent_death_signal
 
     os.umask(0o007)
     if os.geteuid() == 0:

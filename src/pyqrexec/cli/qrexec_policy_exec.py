@@ -35,8 +35,8 @@ def _evaluate(args: argparse.Namespace, source: str, target: str, service: str) 
     import asyncio
 
     from ..policy.evaluation import Request
-    from ..policy_service.config import engine_config, logger
-    from ..policy_service.engine import PolicyEngine
+    from ..policy_daemon.config import engine_config, logger
+    from ..policy_daemon.engine import PolicyEngine
 
     request = Request(source, target, service, "", args.assume_yes_for_ask, args.just_evaluate)
     engine = PolicyEngine(engine_config(args.path), logger("qrexec-policy-exec", syslog=True))
@@ -50,12 +50,12 @@ def _evaluate(args: argparse.Namespace, source: str, target: str, service: str) 
 
 
 def _explain(args: argparse.Namespace, source: str, target: str, service: str) -> int:
-    from ..host.qubesd import QubesdError, call
     from ..policy.errors import AccessDenied, SystemInfoError
     from ..policy.evaluation import Evaluation, Request
     from ..policy.loaders import DiskFiles, load_policy
     from ..policy.system_info import SystemInfo
-    from ..policy_service.config import engine_config
+    from ..policy_daemon.config import engine_config
+    from ..qubesd.client import QubesdError, call
 
     config = engine_config(args.path)
     try:
@@ -102,7 +102,7 @@ def _live_grant(evaluation: Evaluation) -> Grant | None:
     import time
 
     from ..policy.grants import rule_id, unusable
-    from ..policy_service.grant_store import GrantStore, grants_path
+    from ..policy_daemon.grant_store import GrantStore, grants_path
 
     assert evaluation.rule is not None
     store = GrantStore(grants_path())
@@ -119,8 +119,8 @@ def _execute(args: argparse.Namespace, outcome: Outcome) -> int:
     (docs/reference/cli.md#qrexec-policy-exec, 5 arguments)."""
     import os
 
-    from ..host.qubesd import QubesdError, call
     from ..policy.evaluation import split_service
+    from ..qubesd.client import QubesdError, call
 
     domid, source, target, service_and_arg, ident = args.args
     answer = dict(line.split("=", 1) for line in outcome.lines)
@@ -161,7 +161,7 @@ def _warn_missing(args: argparse.Namespace) -> None:
     """A policy that is not where this program looks gives wrong answers, not errors."""
     import os
 
-    from ..policy_service.config import default_policy_dirs
+    from ..policy_daemon.config import default_policy_dirs
 
     dirs = args.path or default_policy_dirs()
     if not any(os.path.isdir(d) for d in dirs):

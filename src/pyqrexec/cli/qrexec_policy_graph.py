@@ -53,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ..policy.errors import AccessDenied, SystemInfoError
     from ..policy.graph import GraphOptions, option_error
-    from ..policy_service.config import persistent_policy_dir
-    from ..policy_service.snapshot import (
+    from ..policy_daemon.config import persistent_policy_dir
+    from ..policy_daemon.snapshot import (
         graph_lines,
         system_info_from_file,
         system_info_from_qubesd,

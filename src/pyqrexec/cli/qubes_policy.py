@@ -64,10 +64,10 @@ def _grants(revoke: str | None) -> int:
     import time
 
     from ..policy.audit import audit_path
-    from ..policy_service.audit_log import AuditLog
-    from ..policy_service.config import logger
-    from ..policy_service.engine import grant_record
-    from ..policy_service.grant_store import GrantStore, grants_path
+    from ..policy_daemon.audit_log import AuditLog
+    from ..policy_daemon.config import logger
+    from ..policy_daemon.engine import grant_record
+    from ..policy_daemon.grant_store import GrantStore, grants_path
 
     store = GrantStore(grants_path())
     if revoke is None:

@@ -40,8 +40,8 @@ def _printable(text: str) -> str:
 
 def main() -> int:
     from ..policy.admin import PolicyAdminException, PolicyAdminProtocolException, parse_request
-    from ..policy_service.admin_directory import PolicyDirectory
-    from ..policy_service.paths import legacy_policy_dir, persistent_policy_dir
+    from ..policy_daemon.admin_directory import PolicyDirectory
+    from ..policy_daemon.paths import legacy_policy_dir, persistent_policy_dir
 
     log_path = os.environ.get("QREXEC_POLICY_ADMIN_LOG", DEFAULT_LOG)
     log = _logger(log_path)

@@ -55,7 +55,7 @@ def _program(name: str) -> list[str]:
     found = shutil.which(name)
     if found:
         return [found]
-    from ..host.plain import program_argv
+    from ..system.programs import program_argv
 
     return program_argv(name)
 

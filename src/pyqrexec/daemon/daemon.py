@@ -16,8 +16,6 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ..aio import ChannelWriter
-from ..log import RepeatLimited
 from ..protocol.channel import (
     END_OF_STREAM,
     NEED_DATA,
@@ -42,7 +40,9 @@ from ..protocol.messages import (
 from ..protocol.pending import Full, PendingTable
 from ..protocol.pending import PendingRequest as _Pending
 from ..protocol.ports import DEFAULT_SHARE, Busy, PortTable
+from ..system.log import RepeatLimited
 from ..transport import vchan
+from ..transport.aio import ChannelWriter
 from ..transport.feed import read_message_async, read_stream_message
 
 __all__ = ["DaemonOptions", "Daemon", "Fatal", "PendingRequest"]

@@ -16,10 +16,6 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from ..aio import open_unix
-from ..forking import fork_call, wait_exit
-from ..host.qubesd import QubesdError
-from ..host.qubesd_async import call_async
 from ..protocol.channel import NEED_DATA, DaemonSession, Hello, PortAnswer
 from ..protocol.constants import (
     CLIENT_PROTOCOL_VERSION,
@@ -29,6 +25,10 @@ from ..protocol.constants import (
 )
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.wire import hello, pack_exec
+from ..qubesd.client import QubesdError
+from ..qubesd.client_async import call_async
+from ..system.forking import fork_call, wait_exit
+from ..transport.aio import open_unix
 from ..transport.feed import read_stream_message
 from .call_audit import CallAudit
 from .policy_answer import ANSWER_LIMIT, Malformed, PolicyAnswer, parse_answer, request_text
@@ -291,7 +291,7 @@ async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnsw
 
 async def _run_forked(daemon: Daemon, cmd: bytes, port: int) -> int:
     """Run the dom0 side of a VM -> dom0 call in a child process; its exit status."""
-    from ..dom0.service_call import WORKER_CONNECT_TIMEOUT, run_dom0_service
+    from ..call.dom0_service import WORKER_CONNECT_TIMEOUT, run_dom0_service
 
     def body() -> int:
         result = run_dom0_service(cmd, daemon.opts.domid, port,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..system.programs import program
 from .sandbox import source_dir
 
 __all__ = ["DOMAIN_PROGRAMS", "program", "launcher_text", "write_launcher", "write_program",
@@ -23,15 +23,6 @@ __all__ = ["DOMAIN_PROGRAMS", "program", "launcher_text", "write_launcher", "wri
 #: the programs a qube's users and services call by name (upstream's /usr/bin in a VM)
 DOMAIN_PROGRAMS = ("qrexec-client-vm", "qubes-policy", "qubes-policy-editor",
                    "qubes-policy-lint")
-
-
-def program(name: str) -> list[str]:
-    """argv prefix running pyqrexec program `name` with this Python.
-
-    `-P`: the working directory is not put on the module path. A domain's users run these
-    programs from directories anybody in the domain may write (/tmp, a shared home), where
-    a planted `pyqrexec` package would otherwise be imported instead of ours."""
-    return [sys.executable, "-P", "-m", f"pyqrexec.cli.{name.replace('-', '_')}"]
 
 
 def launcher_text(name: str, *args: str, env: Mapping[str, str] | None = None) -> str:

@@ -34,9 +34,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..parent_death import dies_with_this_process
 from ..policy.audit import AUDIT_SOCKET_NAME
+from ..qubesd.server import HostError, QubesdServer
 from ..services.environment import CALL_VARIABLES
+from ..system.parent_death import dies_with_this_process
 from .config import (
     DOM0_UUID,
     UID_RANGE,
@@ -49,7 +50,6 @@ from .config import (
 from .confine import boot_argv, confine_args
 from .launchers import domain_programs, program, write_launcher, write_program
 from .limits import Backend, DomainCgroup, NoCgroups, detect
-from .qubesd_server import HostError, QubesdServer
 from .sandbox import (
     KEPT_CAPS,
     SANDBOX_RUN,
@@ -900,7 +900,7 @@ def choose_frontend(args: list[str], terminal: bool,
 
     Given options win; else the terminal `up` runs on, else a GTK dialog on the display,
     else nobody: then policy.Ask is not offered, and an ask is denied as "no front end to
-    ask" (policy_service/agent_client.py), never as if someone had said no."""
+    ask" (policy_daemon/agent_client.py), never as if someone had said no."""
     given = ("--frontend", "--answer-program", "--tty")
     if any(a.startswith(given) for a in args):
         deny = any(a in ("--frontend=deny",) for a in args)

@@ -11,24 +11,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid as uuidlib
 from pathlib import Path
 
-from ..parent_death import dies_with_this_process
-from .launchers import program
+from ..system.parent_death import dies_with_this_process
+from ..system.programs import program, program_argv
 
-__all__ = ["PlainHost", "PlainDomain", "program_argv"]
-
-
-def program_argv(name: str) -> list[str]:
-    """How to start program `name`: the installed script beside this Python, else -m."""
-    script = Path(sys.executable).parent / name
-    if script.exists():
-        return [str(script)]
-    return program(name)
+__all__ = ["PlainHost", "PlainDomain"]
 
 
 class PlainDomain:

@@ -275,30 +275,9 @@ class Evaluation:
             return self._outcome(True, ["result=allow"])
         admin = target in ADMIN_FORMS
         disp = target.startswith("@dispvm:")
-        domain = None if admin else self.info.get(target[len("@dispvm:") :] if disp else target)
-        if not admin and domain is None:
-            raise _Deny(f"target {target} does not exist", False)
-        if not disp and (
-            target == self.source
-            or (admin and self.source in ADMIN_FORMS)
-            or _same(domain, self.source_domain)
-        ):
-            raise _Deny("loopback qrexec connection not supported", True)
+        domain = self._granted_domain(target, admin, disp)
         r = self.request
-        self._log.append(
-            (
-                "info",
-                f"qrexec: {self.service}{self.argument}: {self.source} -> {self.req}: "
-                f"allowed to {target}",
-            )
-        )
-        source = self.source_domain
-        if rule.action.notifies and source is not None and source.guivm:
-            self._notifications.append(
-                Notification(
-                    source.guivm, "allow", self.service, self.argument, self.source, target
-                )
-            )
+        self._note_allowed(target, rule.action.notifies)
         user = rule.action.user or "DEFAULT"
         autostart = str(rule.action.autostarts)
         extra = [f"policy_source={self.source}"] if r.requested_source else []
@@ -322,6 +301,35 @@ class Evaluation:
             *extra,
         ]
         return self._outcome(True, lines)
+
+    def _granted_domain(self, target: str, admin: bool, disp: bool) -> Domain | None:
+        """The domain `target` names (None for dom0), refused if it is missing or the caller."""
+        domain = None if admin else self.info.get(target[len("@dispvm:") :] if disp else target)
+        if not admin and domain is None:
+            raise _Deny(f"target {target} does not exist", False)
+        if not disp and (
+            target == self.source
+            or (admin and self.source in ADMIN_FORMS)
+            or _same(domain, self.source_domain)
+        ):
+            raise _Deny("loopback qrexec connection not supported", True)
+        return domain
+
+    def _note_allowed(self, target: str, notifies: bool) -> None:
+        self._log.append(
+            (
+                "info",
+                f"qrexec: {self.service}{self.argument}: {self.source} -> {self.req}: "
+                f"allowed to {target}",
+            )
+        )
+        source = self.source_domain
+        if notifies and source is not None and source.guivm:
+            self._notifications.append(
+                Notification(
+                    source.guivm, "allow", self.service, self.argument, self.source, target
+                )
+            )
 
     def _remote(self, domain: Domain, autostart: str, extra: list[str]) -> Outcome:
         """A RemoteVM target is reached through its relay

@@ -188,6 +188,8 @@ def matches_target(token: Token, req: str, source: Domain | None, info: SystemIn
 def expand(token: Token, info: SystemInfo) -> list[str]:
     """What `token` can stand for as an ask candidate (docs/reference/policy.md#tokens, expansion
     table)."""
+    # complexity 24: one branch per token kind, in the expansion table's order, so that the
+    # table and the code can be read side by side
     kind = token.kind
     if kind is Kind.LITERAL:
         d = info.get(token.text)

@@ -14,7 +14,7 @@ import shlex
 import signal
 from typing import Protocol
 
-from ..parent_death import dies_with_this_process
+from ..system.parent_death import dies_with_this_process
 from .request import AskRequest, NotifyRequest, checked_reply, notification_texts, plain_text
 
 __all__ = ["AnswerProgram", "DenyAll", "Frontend", "MAX_PROGRAM_OUTPUT", "log_notification"]

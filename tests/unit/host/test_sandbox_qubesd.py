@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pyqrexec.host.qubesd import encode_call
-from pyqrexec.host.qubesd_server import HostError, error_response, parse_request
 from pyqrexec.host.sandbox import HostLayout, SandboxSpec, bwrap_argv, user_wrapper
+from pyqrexec.qubesd.client import encode_call
+from pyqrexec.qubesd.server import HostError, error_response, parse_request
 
 
 def pairs(argv: list[str], option: str) -> list[tuple[str, str]]:

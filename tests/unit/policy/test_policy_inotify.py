@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pyqrexec.host import inotify
-from pyqrexec.host.inotify import IN_Q_OVERFLOW, Event, InotifyUnavailable
 from pyqrexec.policy.loaders import PolicyWatch
 from pyqrexec.policy.parser import Policy
-from pyqrexec.policy_service import inotify_watch
-from pyqrexec.policy_service.engine import EngineConfig, PolicyEngine
-from pyqrexec.policy_service.inotify_watch import InotifyWatch, lookups
+from pyqrexec.policy_daemon import inotify_watch
+from pyqrexec.policy_daemon.engine import EngineConfig, PolicyEngine
+from pyqrexec.policy_daemon.inotify_watch import InotifyWatch, lookups
+from pyqrexec.system import inotify
+from pyqrexec.system.inotify import IN_Q_OVERFLOW, Event, InotifyUnavailable
 
 RULE = "test.Svc * work vault allow\n"
 
@@ -145,7 +145,7 @@ def test_falls_back_when_inotify_cannot_start(tree: Path, monkeypatch: pytest.Mo
         raise InotifyUnavailable(38, "inotify_init1: Function not implemented")
 
     monkeypatch.setattr(inotify_watch, "InotifyWatch", no_inotify)
-    monkeypatch.setattr("pyqrexec.policy_service.engine.InotifyWatch", no_inotify)
+    monkeypatch.setattr("pyqrexec.policy_daemon.engine.InotifyWatch", no_inotify)
     engine = _engine(tree)
     assert _rules(engine) == ["test.Svc\t*\twork\tvault\tallow"]
     assert isinstance(engine._watch, PolicyWatch)

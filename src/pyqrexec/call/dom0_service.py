@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from ..protocol.cmdline import Command, parse_command, strip_nul
 from ..protocol.constants import EXIT_PROBLEM
 from ..protocol.errors import RemoteProtocolError
-from ..service_side import DOM0_FAILURE_EOFS, relay_started, send_hello, send_status_only
 from ..services.lookup import rpc_config_path_from_env, service_path_from_env
 from ..services.session import run_session_waiter
 from ..services.spawn import (
@@ -30,6 +29,7 @@ from ..services.spawn import (
     start_command,
 )
 from ..transport import vchan
+from .service_side import DOM0_FAILURE_EOFS, relay_started, send_hello, send_status_only
 
 __all__ = ["WORKER_CONNECT_TIMEOUT", "Dom0CallResult", "run_dom0_service"]
 
@@ -79,7 +79,7 @@ def run_dom0_service(
     """
     env = os.environ if environ is None else environ
     if own_version is None:
-        from ..settings import max_protocol_version
+        from ..system.settings import max_protocol_version
 
         own_version = max_protocol_version(log)
     text = strip_nul(command)

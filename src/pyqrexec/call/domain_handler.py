@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from ..protocol.cmdline import Command, parse_command, split_user, strip_nul
 from ..protocol.constants import EXIT_PROBLEM, MsgType
 from ..protocol.errors import RemoteProtocolError
-from ..relay import SingleSocket
-from ..service_side import VM_FAILURE_EOFS, relay_started, send_hello, send_status_only
 from ..services.rpcconfig import ServiceConfig
 from ..services.spawn import Detached, Executor, Failed, SpawnContext, start_command
 from ..transport import vchan
+from .relay import SingleSocket
+from .service_side import VM_FAILURE_EOFS, relay_started, send_hello, send_status_only
 
 __all__ = ["HandlerContext", "run_handler", "own_user_name"]
 

@@ -9,8 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..host.qubesd import internal_socket_path
 from ..policy.loaders import DEFAULT_POLICY_DIRS
+from ..qubesd.client import internal_socket_path
 from .engine import EngineConfig
 from .paths import legacy_policy_dir, persistent_policy_dir
 

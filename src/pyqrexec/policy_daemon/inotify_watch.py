@@ -25,8 +25,8 @@ import posixpath
 import stat
 from collections.abc import Sequence
 
-from ..host.inotify import CHANGES, Inotify, InotifyUnavailable
 from ..policy.loaders import DiskFiles
+from ..system.inotify import CHANGES, Inotify, InotifyUnavailable
 
 __all__ = ["InotifyWatch", "lookups"]
 

@@ -13,7 +13,7 @@ import contextlib
 import os
 from typing import Protocol
 
-from .qubesd import MAX_RESPONSE
+from .client import MAX_RESPONSE
 
 __all__ = ["HostError", "Backend", "QubesdServer", "parse_request", "error_response"]
 

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..host.inotify import InotifyUnavailable
 from ..policy.audit import DECISION_KEYS, answer_target, fields_json
 from ..policy.dialogs import Notification
 from ..policy.errors import AccessDenied, SystemInfoError
@@ -35,6 +34,7 @@ from ..policy.grants import (
 from ..policy.loaders import DiskFiles, LoadResult, PolicyWatch, load_policy
 from ..policy.parser import Policy
 from ..policy.system_info import SystemInfo
+from ..system.inotify import InotifyUnavailable
 from .agent_client import AgentClient, AgentError
 from .audit_log import AuditLog
 from .grant_store import GrantStore

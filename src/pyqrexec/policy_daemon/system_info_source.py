@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 
-from ..host.qubesd import QubesdError
-from ..host.qubesd_async import start_call
 from ..policy.errors import SystemInfoError
 from ..policy.system_info import SystemInfo
+from ..qubesd.client import QubesdError
+from ..qubesd.client_async import start_call
 
 __all__ = ["SystemInfoSource"]
 

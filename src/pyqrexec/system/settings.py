@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .protocol.handshake import own_max_version
+from ..protocol.handshake import own_max_version
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
 TYPE_CHECKING = False

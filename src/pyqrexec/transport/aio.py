@@ -6,7 +6,7 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING
 
-from .transport.unixsock import Backoff, try_connect
+from .unixsock import Backoff, try_connect
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

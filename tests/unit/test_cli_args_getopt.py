@@ -1,4 +1,4 @@
-"""cliargs.getopt against the standard library's getopt, on the option sets of our programs
+"""cli.args.getopt against the standard library's getopt, on the option sets of our programs
 and on arbitrary argument lists: same options, same operands, same error messages."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyqrexec.cliargs import GetoptError, getopt
+from pyqrexec.cli.args import GetoptError, getopt
 
 CLIENT = ("hd:l:ec:tTEw:Wkp:", ["help", "socket-dir=", "prefix-data=", "use-stdin-socket",
                                 "no-exit-code"])

@@ -13,15 +13,15 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 
-from .protocol.channel import NEED_DATA, DataHello
-from .protocol.cmdline import Command
-from .protocol.constants import MsgType
-from .protocol.errors import RemoteProtocolError
-from .protocol.wire import HEADER, hello, pack_exit_code
+from ..protocol.channel import NEED_DATA, DataHello
+from ..protocol.cmdline import Command
+from ..protocol.constants import MsgType
+from ..protocol.errors import RemoteProtocolError
+from ..protocol.wire import HEADER, hello, pack_exit_code
+from ..services.environment import log_tag
+from ..services.spawn import Started
+from ..transport.feed import read_message
 from .relay import ServiceEnd, SingleSocket, run_service
-from .services.environment import log_tag
-from .services.spawn import Started
-from .transport.feed import read_message
 
 __all__ = ["VM_FAILURE_EOFS", "DOM0_FAILURE_EOFS", "send_hello", "send_status_only",
            "relay_started"]

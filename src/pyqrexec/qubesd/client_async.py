@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from .qubesd import MAX_RESPONSE, QubesdError, decode_response, encode_call, socket_path
+from .client import MAX_RESPONSE, QubesdError, decode_response, encode_call, socket_path
 
 __all__ = ["call_async", "start_call"]
 

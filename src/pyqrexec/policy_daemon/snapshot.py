@@ -6,12 +6,12 @@ read from disk with the legacy directory of the environment.
 
 from __future__ import annotations
 
-from ..host.qubesd import QubesdError, call, internal_socket_path
 from ..policy.errors import SystemInfoError
 from ..policy.graph import GraphOptions, render
 from ..policy.loaders import DiskFiles, load_policy
 from ..policy.parser import Policy
 from ..policy.system_info import SystemInfo
+from ..qubesd.client import QubesdError, call, internal_socket_path
 from .config import legacy_policy_dir
 
 __all__ = ["system_info_from_file", "system_info_from_qubesd", "load_dir", "graph_lines"]

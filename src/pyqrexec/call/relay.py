@@ -22,8 +22,8 @@ import socket
 import struct
 from collections import deque
 
-from .protocol.constants import MsgType
-from .protocol.data import (
+from ..protocol.constants import MsgType
+from ..protocol.data import (
     Action,
     CallerOrder,
     CallerStream,
@@ -31,9 +31,9 @@ from .protocol.data import (
     ServiceOrder,
     ServiceStream,
 )
-from .protocol.errors import RemoteProtocolError
-from .protocol.wire import HEADER, hello
-from .transport.unixsock import tune
+from ..protocol.errors import RemoteProtocolError
+from ..protocol.wire import HEADER, hello
+from ..transport.unixsock import tune
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
 TYPE_CHECKING = False
