@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pyqrexec.host.limits import Backend, CgroupFs, DomainLimits, NoCgroups, detect
+from pyqrexec.host.cgroups import Backend, CgroupFs, NoCgroups, detect
+from pyqrexec.host.limits import DomainLimits
 
 from .harness import SRC
 
@@ -99,7 +100,7 @@ def test_no_cgroups_leaves_rlimit_nproc(tmp_path: Path) -> None:
 def test_without_root_nor_systemd_up_says_what_is_not_limited(tmp_path: Path) -> None:
     if os.path.isdir("/run/systemd/system"):
         pytest.skip("systemd runs here")
-    code = ("import sys; from pathlib import Path; from pyqrexec.host.limits import detect; "
+    code = ("import sys; from pathlib import Path; from pyqrexec.host.cgroups import detect; "
             "b = detect(Path(sys.argv[1]), print); print('backend', b.name)")
     done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                            sys.executable, "-c", code, str(tmp_path / "state")],

@@ -639,7 +639,7 @@ def _call(args: argparse.Namespace, spec: dict[str, object], log_dir: Path) -> i
     import signal
     import subprocess
 
-    from ..host.limits import join
+    from ..host.cgroups import join
     from ..host.manager import program
 
     if "agent_socket" not in spec:

@@ -38,6 +38,7 @@ from ..policy.audit import AUDIT_SOCKET_NAME
 from ..qubesd.server import HostError, QubesdServer
 from ..services.environment import CALL_VARIABLES
 from ..system.parent_death import dies_with_this_process
+from .cgroups import Backend, DomainCgroup, NoCgroups, detect
 from .config import (
     DOM0_UUID,
     UID_RANGE,
@@ -49,7 +50,6 @@ from .config import (
 )
 from .confine import boot_argv, confine_args
 from .launchers import domain_programs, program, write_launcher, write_program
-from .limits import Backend, DomainCgroup, NoCgroups, detect
 from .sandbox import (
     KEPT_CAPS,
     SANDBOX_RUN,

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from pyqrexec.host.cgroups import Systemd
 from pyqrexec.host.config import ConfigError, parse
 from pyqrexec.host.limits import (
     DEFAULT_CPU_WEIGHT,
     DEFAULT_MAX_PROCESSES,
     DomainLimits,
     LimitError,
-    Systemd,
     controller_files,
     cpu_shares,
     own_cgroups,
