@@ -10,7 +10,7 @@ import pytest
 
 from .agent_setup import agent_setup  # noqa: F401  (a fixture)
 from .harness import Domain, QrexecHost, cleanup_dir
-from .policy_fakes import DaemonSetup, FakeAgent, FakeQubesd, env
+from .policy_fakes import DaemonSetup, FakePolicyAgent, FakeQubesd, env
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def setup(tmp_path: Path) -> Iterator[DaemonSetup]:
     """A policy daemon's world: fake qubesd, fake policy agent, policy directories."""
     (tmp_path / "rpc").mkdir()
     qubesd = FakeQubesd(str(tmp_path / "qubesd.sock"))
-    agent = FakeAgent(str(tmp_path / "agent.sock"))
+    agent = FakePolicyAgent(str(tmp_path / "agent.sock"))
     for service in ("policy.Ask", "policy.Notify"):
         (tmp_path / "rpc" / service).symlink_to(tmp_path / "agent.sock")
     s = DaemonSetup(

@@ -83,7 +83,7 @@ class FakeQubesd(FakeServer):
             return [r.split(b"\0", 1)[0] for r in self.requests]
 
 
-class FakeAgent(FakeServer):
+class FakePolicyAgent(FakeServer):
     """policy.Ask / policy.Notify: `answer(json)` gives the Ask reply (it may block)."""
 
     def __init__(self, path: str) -> None:
@@ -114,7 +114,7 @@ def env(tmp: Path, qubesd: str) -> dict[str, str]:
     return out
 
 
-def wait_for(path: str, proc: subprocess.Popen[bytes]) -> None:
+def wait_for_socket(path: str, proc: subprocess.Popen[bytes]) -> None:
     """Wait until `proc` created `path` (fails if it exits first)."""
     while not os.path.exists(path):
         if proc.poll() is not None:
@@ -142,7 +142,7 @@ class DaemonSetup:
     run: Path  # the runtime policy directory
     legacy: Path
     qubesd: FakeQubesd
-    agent: FakeAgent
+    agent: FakePolicyAgent
     env: dict[str, str]
     socket: str = ""
     eval_socket: str = ""
@@ -175,7 +175,7 @@ class DaemonSetup:
         else:
             self.proc = subprocess.Popen(args, env=self.env, stderr=subprocess.PIPE)
         for path in (self.socket, self.eval_socket, self.gui_socket):
-            wait_for(path, self.proc)
+            wait_for_socket(path, self.proc)
 
     def stop(self) -> str:
         """Stop the daemon and return what it logged."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .calls import NOBODY, World, write_exe
 from .harness import PYTHON, SRC, Domain, QrexecHost, cleanup_dir, program, wait_for
-from .policy_fakes import FIXTURE, FakeAgent, FakeQubesd
+from .policy_fakes import FIXTURE, FakePolicyAgent, FakeQubesd
 
 #: the agents' account and the daemons' default user (scenarios.md preamble)
 ROOT = os.geteuid() == 0
@@ -43,7 +43,7 @@ class PolicyWorld:
         for d in (self.etc, self.run, self.legacy):
             d.mkdir()
         self.qubesd = FakeQubesd(str(self.root / "qubesd.sock"))
-        self.notify = FakeAgent(str(self.root / "notify.sock"))
+        self.notify = FakePolicyAgent(str(self.root / "notify.sock"))
         self.policy_socket = self.root / "policy.sock"
         self.policy_log = self.root / "policy-daemon.log"
         self.program_args = self.root / "policy-program.args"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .agent_setup import AgentSetup
+from .harness import wait_for
 from .policy_fakes import query
 
 ASK_POLICY = "test.Svc * work sys-usb deny\ntest.Svc * work @anyvm ask default_target=vault\n"
@@ -70,18 +71,20 @@ def test_notifications_logged(agent_setup: AgentSetup) -> None:
     assert query(d.socket, req("personal", "vault", "test.Svc+x")) == b"result=deny"
     allowed = query(d.socket, req("work", "vault", "test.Svc"))
     assert allowed.startswith(b"user=DEFAULT\nresult=allow")
-    time.sleep(0.5)  # notifications are sent in the background
+    # notifications are sent in the background: wait until the agent has shown both
+    agent_setup.wait_logged("Denied: test.Svc: Denied test.Svc+x from personal to vault",
+                            "Allowed: test.Svc: Allowed test.Svc from work to vault")
     d.stop()
-    log = agent_setup.stop()
-    assert "Denied: test.Svc: Denied test.Svc+x from personal to vault" in log
-    assert "Allowed: test.Svc: Allowed test.Svc from work to vault" in log
+    agent_setup.stop()
 
 
 def test_slow_answer_does_not_block_another(agent_setup: AgentSetup) -> None:
     d = agent_setup.daemon
     release = d.tmp / "release"
+    asked = d.tmp / "asked"
     d.write("30-user.policy", "test.Svc * @anyvm @anyvm ask default_target=vault\n")
     body = (
+        f"if request['source'] == 'work':\n    open({str(asked)!r}, 'w').close()\n"
         f"while request['source'] == 'work' and not os.path.exists({str(release)!r}):\n"
         "    time.sleep(0.02)\n"
         "print('allow:vault')\n"
@@ -93,7 +96,7 @@ def test_slow_answer_does_not_block_another(agent_setup: AgentSetup) -> None:
         target=lambda: results.append(query(d.socket, req("work", "vault", "test.Svc")))
     )
     slow.start()
-    time.sleep(0.3)
+    wait_for(asked.exists, what="the slow question to reach the agent")
     fast = query(d.socket, req("personal", "vault", "test.Svc"))
     assert fast.startswith(b"user=DEFAULT\nresult=allow\ntarget=vault\n")
     assert slow.is_alive()
