@@ -778,10 +778,14 @@ def _log_marks(log_dir: Path) -> dict[Path, int]:
 
 
 def _new_lines(log: Path, marks: dict[Path, int]) -> list[str]:
+    """What was logged since the mark, each line's message alone (host/logsink.py)."""
+    from ..host.logsink import message_of
+
     try:
         with open(log, "rb") as f:
             f.seek(marks.get(log, 0))
-            return f.read(1 << 20).decode(errors="replace").splitlines()
+            return [message_of(line)
+                    for line in f.read(1 << 20).decode(errors="replace").splitlines()]
     except OSError:
         return []
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 __all__ = ["STAMP_RE", "stamp", "stamped", "HostLog", "under_journal", "use_journal",
-           "journal_socket", "open_sink", "identifier", "JOURNAL_LIST", "stamps_needed"]
+           "journal_socket", "open_sink", "message_of", "identifier", "JOURNAL_LIST", "stamps_needed"]
 
 #: `YYYY-MM-DD HH:MM:SS.mmm ` at the start of a line (local time, as log.Logger writes it)
 STAMP_RE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3}) ")
@@ -43,6 +43,18 @@ def stamped(program: str, message: str, pid: int | None = None) -> str:
     if STAMP_RE.match(message):
         return message
     return f"{stamp()} {program}[{os.getpid() if pid is None else pid}]: {message}"
+
+
+_PROGRAM = re.compile(r"[^\s\[\]:]+\[\d+\]: ")
+
+
+def message_of(line: str) -> str:
+    """A logged line without the stamp and `PROGRAM[PID]: ` that `stamped` put before it."""
+    m = STAMP_RE.match(line)
+    if m is None:
+        return line
+    p = _PROGRAM.match(line, m.end())
+    return line[p.end() if p else m.end():]
 
 
 def identifier(log: Path) -> str:
