@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 __all__ = ["STAMP_RE", "stamp", "stamped", "HostLog", "under_journal", "use_journal",
-           "journal_socket", "open_sink", "message_of", "identifier", "JOURNAL_LIST", "stamps_needed"]
+           "journal_socket", "open_sink", "message_of", "identifier", "JOURNAL_LIST",
+           "stamps_needed"]
 
 #: `YYYY-MM-DD HH:MM:SS.mmm ` at the start of a line (local time, as log.Logger writes it)
 STAMP_RE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3}) ")
