@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -45,6 +46,13 @@ commands:
                                    when stdout is a terminal); -p/--pass-io is the default
   call SOURCE TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]
                                    run qrexec-client-vm inside SOURCE
+  reload                           read the config file again: add, remove, change halted
+                                   domains; a running one only in what the policy sees
+                                   (label, tags, …); also on SIGHUP to `up`
+  logs [NAME] [-f] [--since WHEN]  the manager's, daemons', agents' and policy logs merged
+                                   in time order; WHEN: 10m, 2h, 1d, ISO time; --files,
+                                   --audit
+  install-system [--prefix DIR]    systemd unit (Type=notify), man pages, bash completion
   demo [--yes] [--sandbox MODE]    bring up the embedded default (work, anotherVM halted, a
                                    disposable template; legacy policy file `$anyvm $anyvm ask`),
                                    call work -> anotherVM test.Add 11 22 (prints 33), shut down
@@ -156,12 +164,18 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("target")
     call.add_argument("service")
     call.add_argument("args", nargs=argparse.REMAINDER)
-    logs = sub.add_parser("logs", help="list the host's log files; --audit: the audit trail")
-    logs.add_argument("--audit", action="store_true",
-                      help="show the policy daemon's audit trail (options of qrexec-audit)")
-    from .qrexec_audit import add_arguments as audit_arguments
+    from . import host_logs
 
-    audit_arguments(logs, file=False)
+    host_logs.add_arguments(sub.add_parser(
+        "logs", help="the host's logs merged in time order (-f follows); --audit: the "
+        "audit trail"))
+    sub.add_parser("reload", help="read the config file again: add, remove or change "
+                   "domains without `down`")
+    inst = sub.add_parser("install-system", help="install the systemd unit, man pages and "
+                          "bash completion")
+    from ..tools.install import add_arguments as install_arguments
+
+    install_arguments(inst)
     return parser
 
 
@@ -173,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return _demo(args)
     if args.command == "logs":
-        return _logs(args, state)
+        from .host_logs import logs_command
+
+        return logs_command(args, state)
+    if args.command == "install-system":
+        from ..tools.install import install_command
+
+        return install_command(args)
     return _client(args, state)
 
 
@@ -194,22 +214,6 @@ def _bare_dispvm(argv: list[str]) -> list[str]:
             i += 1
         i += 1
     return argv
-
-
-def _logs(args: argparse.Namespace, state: Path) -> int:
-    """`logs`: the host's log files; `logs --audit`: its audit trail, as qrexec-audit shows it."""
-    from ..policy.audit import AUDIT_FILE
-    from .qrexec_audit import show
-
-    log_dir = state / "log"
-    if args.audit:
-        return show(str(log_dir / AUDIT_FILE), args, sys.stdout)
-    if not log_dir.is_dir():
-        print(f"qrexec-host: no logs in {log_dir}", file=sys.stderr)
-        return 1
-    for path in sorted(log_dir.iterdir()):
-        print(path)
-    return 0
 
 
 # -- up ------------------------------------------------------------------------------------
@@ -331,23 +335,46 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
     import asyncio
     import signal
 
+    from ..host import logsink
     from ..host.config import HostConfig
     from ..host.manager import Manager
+    from ..host.notify import notify
     from ..qubesd.server import HostError
 
     assert isinstance(cfg, HostConfig)
+    # systemd's settings are for this process: no program it starts speaks for it
+    notify_env = {"NOTIFY_SOCKET": os.environ.pop("NOTIFY_SOCKET", "")}
+    journal = logsink.under_journal(os.environ)
+    os.environ.pop("JOURNAL_STREAM", None)
+    log_dir = state / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logsink.use_journal(logsink.journal_socket(os.environ) if journal else None, log_dir)
+    if journal:
+        say = logsink.HostLog(None)
+    elif ready_fd is not None:  # stderr is qrexec-host.log
+        say = logsink.HostLog(None, plain=False)
+    else:
+        say = logsink.HostLog(log_dir / "qrexec-host.log")
 
     def failed(why: str) -> None:
-        print(f"qrexec-host: {why}", file=sys.stderr, flush=True)
+        say(why)
         if ready_fd is not None:
             os.write(ready_fd, b"0" + why.encode())
 
     async def amain() -> int:
-        manager = Manager(cfg, state, bwrap, policy_agent_args=agent_args,
+        manager = Manager(cfg, state, bwrap, policy_agent_args=agent_args, log=say,
                           terminal=ready_fd is None and os.isatty(0))
         loop = asyncio.get_running_loop()
+        told = []
+
+        def stop() -> None:
+            told.append(notify("STOPPING=1", notify_env))
+            asyncio.ensure_future(manager.shutdown())
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(manager.shutdown()))
+            loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
+            _reload_on_signal(manager, say, notify_env)))
         try:
             await manager.up()
         except (HostError, OSError) as err:
@@ -357,12 +384,16 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
         if manager.stopped.is_set():  # SIGTERM or SIGINT while starting
             return 1
         mode = f"bubblewrap ({bwrap})" if bwrap else "plain processes"
-        print(f"qrexec-host: up; state {state}; sandbox: {mode}", file=sys.stderr, flush=True)
+        say(f"up; state {state}; sandbox: {mode}")
+        notify(f"READY=1\nSTATUS=up; state {state}; sandbox: {mode}\nMAINPID={os.getpid()}",
+               notify_env)
         if ready_fd is not None:
             os.write(ready_fd, b"1")
             os.close(ready_fd)
         await manager.stopped.wait()
-        print("qrexec-host: down", file=sys.stderr, flush=True)
+        if not told:  # `down` stopped it
+            notify("STOPPING=1", notify_env)
+        say("down")
         return 0
 
     try:
@@ -372,6 +403,22 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
             import shutil
 
             shutil.rmtree(remove_on_exit, ignore_errors=True)
+
+
+async def _reload_on_signal(manager: object, say: Callable[[str], None],
+                            notify_env: dict[str, str]) -> None:
+    """SIGHUP: `reload` (systemd's ExecReload sends it); what happened is in the log."""
+    from ..host.manager import Manager
+    from ..host.notify import notify
+    from ..qubesd.server import HostError
+
+    assert isinstance(manager, Manager)
+    notify("RELOADING=1", notify_env)
+    try:
+        await manager.reload()
+    except HostError as err:
+        say(f"reload: {err.message}")
+    notify("READY=1", notify_env)
 
 
 # -- demo ------------------------------------------------------------------------------------
@@ -457,14 +504,9 @@ def _unreachable(sock: str, state: Path, err: object) -> str:
             f"start it with `qrexec-host --state-dir={state} up`")
 
 
-def _client(args: argparse.Namespace, state: Path) -> int:
-    import json
-
-    from ..host.manager import Paths
+def _qcall(sock: str, state: Path) -> QCall:
+    """One qubesd request to the manager on `sock`; no manager there is said plainly."""
     from ..qubesd.client import QubesdError, call
-
-    paths = Paths.make(state, state, os.environ)  # dom0's root matters only to `up`
-    sock = str(paths.qubesd)
 
     def qcall(method: str, dest: str = "dom0", ok: tuple[str, ...] = (), arg: str = "",
               payload: bytes = b"") -> bytes:
@@ -479,64 +521,100 @@ def _client(args: argparse.Namespace, state: Path) -> int:
                 raise QubesdError(_unreachable(sock, state, reason)) from err
             raise
 
+    return qcall
+
+
+class Command(Protocol):
+    """A command talking to the running manager."""
+
+    def __call__(self, args: argparse.Namespace, state: Path, paths: Paths,
+                 qcall: QCall) -> int: ...
+
+
+def _client(args: argparse.Namespace, state: Path) -> int:
+    from ..host.manager import Paths
+    from ..qubesd.client import QubesdError
+    from .host_admin import reload_command
+
+    commands: dict[str, Command] = {
+        "down": _down, "start": _start, "stop": _stop, "list": _list, "shutdown": _shutdown,
+        "run": lambda args, state, paths, qcall: _run(args, paths, qcall),
+        "prefs": _prefs, "call": _call_command, "reload": reload_command,
+    }
+    paths = Paths.make(state, state, os.environ)  # dom0's root matters only to `up`
     try:
-        if args.command == "down":
-            qcall("pyqrexec.host.Shutdown")
-            if not wait_unlocked(state, 60):
-                print("qrexec-host: down: the manager has not stopped after 60 s",
-                      file=sys.stderr)
-                return 1
-            return 0
-        if args.command == "start":
-            qcall("admin.vm.Start", args.name)
-            return 0
-        if args.command == "stop":
-            qcall("admin.vm.Kill", args.name)
-            return 0
-        if args.command == "list":
-            fields = args.fields.split(",") if args.fields else list(TABLE_FIELDS)
-            unknown = [f for f in fields if f not in LIST_FIELDS]
-            if unknown:
-                print(f"qrexec-host: list: unknown field {unknown[0]!r} (one of "
-                      f"{', '.join(LIST_FIELDS)})", file=sys.stderr)
-                return 2
-            rows = json.loads(qcall("pyqrexec.host.List"))
-            if args.format == "json":
-                print(json.dumps([{f: r.get(f) for f in fields} for r in rows], indent=1))
-                return 0
-            _print_table(fields, rows)
-            return 0
-        if args.command == "shutdown":
-            qcall("admin.vm.Shutdown", args.name, arg="wait" if args.wait else "",
-                  payload=str(args.timeout).encode())
-            return 0
-        if args.command == "run":
-            return _run(args, paths, qcall)
-        if args.command == "prefs":
-            if args.value is not None:
-                qcall("pyqrexec.host.SetPref", args.name, arg=args.key,
-                      payload=args.value.encode())
-                return 0
-            props = json.loads(qcall("pyqrexec.host.Prefs", args.name))
-            if args.key is None:
-                _print_table(["property", "value"],
-                             [{"property": k, "value": v} for k, v in props.items()],
-                             header=False)
-            elif args.key in props:
-                print(_pref_text(props[args.key]))
-            else:
-                print(f"qrexec-host: prefs: no such property {args.key!r} (one of "
-                      f"{', '.join(props)})", file=sys.stderr)
-                return 1
-            return 0
-        if args.command == "call":
-            qcall("admin.vm.Start", args.source, ok=("QubesVMNotHaltedError",))
-            spec = json.loads(qcall("pyqrexec.host.Exec", args.source))
-            return _call(args, spec, paths.log_dir)
+        return commands[args.command](args, state, paths, _qcall(str(paths.qubesd), state))
     except QubesdError as err:
         print(f"qrexec-host: {err}", file=sys.stderr)
         return 1
-    return 2
+
+
+def _down(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
+    qcall("pyqrexec.host.Shutdown")
+    if not wait_unlocked(state, 60):
+        print("qrexec-host: down: the manager has not stopped after 60 s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _start(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
+    qcall("admin.vm.Start", args.name)
+    return 0
+
+
+def _stop(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
+    qcall("admin.vm.Kill", args.name)
+    return 0
+
+
+def _shutdown(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
+    qcall("admin.vm.Shutdown", args.name, arg="wait" if args.wait else "",
+          payload=str(args.timeout).encode())
+    return 0
+
+
+def _list(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
+    import json
+
+    fields = args.fields.split(",") if args.fields else list(TABLE_FIELDS)
+    unknown = [f for f in fields if f not in LIST_FIELDS]
+    if unknown:
+        print(f"qrexec-host: list: unknown field {unknown[0]!r} (one of "
+              f"{', '.join(LIST_FIELDS)})", file=sys.stderr)
+        return 2
+    rows = json.loads(qcall("pyqrexec.host.List"))
+    if args.format == "json":
+        print(json.dumps([{f: r.get(f) for f in fields} for r in rows], indent=1))
+    else:
+        _print_table(fields, rows)
+    return 0
+
+
+def _prefs(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
+    import json
+
+    if args.value is not None:
+        qcall("pyqrexec.host.SetPref", args.name, arg=args.key, payload=args.value.encode())
+        return 0
+    props = json.loads(qcall("pyqrexec.host.Prefs", args.name))
+    if args.key is None:
+        _print_table(["property", "value"],
+                     [{"property": k, "value": v} for k, v in props.items()], header=False)
+    elif args.key in props:
+        print(_pref_text(props[args.key]))
+    else:
+        print(f"qrexec-host: prefs: no such property {args.key!r} (one of "
+              f"{', '.join(props)})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _call_command(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
+    import json
+
+    qcall("admin.vm.Start", args.source, ok=("QubesVMNotHaltedError",))
+    spec = json.loads(qcall("pyqrexec.host.Exec", args.source))
+    return _call(args, spec, paths.log_dir)
 
 
 def _run(args: argparse.Namespace, paths: Paths, qcall: QCall) -> int:
@@ -700,10 +778,14 @@ def _log_marks(log_dir: Path) -> dict[Path, int]:
 
 
 def _new_lines(log: Path, marks: dict[Path, int]) -> list[str]:
+    """What was logged since the mark, each line's message alone (host/logsink.py)."""
+    from ..host.logsink import message_of
+
     try:
         with open(log, "rb") as f:
             f.seek(marks.get(log, 0))
-            return f.read(1 << 20).decode(errors="replace").splitlines()
+            return [message_of(line)
+                    for line in f.read(1 << 20).decode(errors="replace").splitlines()]
     except OSError:
         return []
 

@@ -50,6 +50,7 @@ from .config import (
 )
 from .confine import boot_argv, confine_args
 from .launchers import domain_programs, program, write_launcher, write_program
+from .logsink import identifier, open_sink, stamped, stamps_needed
 from .sandbox import (
     KEPT_CAPS,
     SANDBOX_RUN,
@@ -429,6 +430,8 @@ class Manager:
                 return b""
             if method == "pyqrexec.host.Exec":
                 return json.dumps(self.exec_spec(self.resolve(dest))).encode()
+            if method == "pyqrexec.host.Reload":
+                return json.dumps(await self.reload()).encode()
             if method == "pyqrexec.host.Shutdown":
                 asyncio.get_running_loop().call_soon(
                     lambda: asyncio.ensure_future(self.shutdown()))
@@ -448,6 +451,40 @@ class Manager:
             d.cfg = with_pref(domains, d.name, key, text)
         except PrefError as err:
             raise HostError(err.kind, str(err)) from None
+
+    async def reload(self) -> dict[str, object]:
+        """`pyqrexec.host.Reload` (and SIGHUP): the config file read again and applied, all
+        or nothing (host/reload.py); added domains with `autostart` are started. The answer
+        says what changed and whether the policy loads (its error is logged as at start)."""
+        from .config import ConfigError, load
+        from .reload import ReloadRefused, plan_reload, policy_problem
+
+        try:
+            new = unprivileged_accounts(load(self.config.path), lambda _: None)
+            plan = plan_reload(self.config, new, self.domains)
+        except (ConfigError, ReloadRefused) as err:
+            raise HostError("QubesException", f"nothing changed: {err}") from None
+        self.config = new
+        for name in plan.removed:
+            del self.domains[name]
+        for name, (cfg, _) in plan.changed.items():
+            self.domains[name].cfg = cfg
+        for cfg in plan.added:
+            self.domains[cfg.name] = Domain(cfg)
+        answer = plan.summary()
+        self.log(f"reloaded {self.config.path}: added {answer['added']}, removed "
+                 f"{answer['removed']}, changed {answer['changed']}")
+        started = []
+        for cfg in plan.added:
+            if cfg.autostart:
+                await self.start(cfg.name)
+                started.append(cfg.name)
+        answer["started"] = started
+        problem = policy_problem(str(self.paths.policy_dir), str(self.paths.legacy_policy))
+        if problem:
+            self.log(f"policy failed to load: {problem}")
+        answer["policy_error"] = problem
+        return answer
 
     async def start(self, name: str) -> None:
         d = self.domains[name]
@@ -943,7 +980,7 @@ async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str]
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock)
     proc = await _spawn([*argv, f"--socket-path={sock}", *extra], env,
-                        paths.log_dir / "policy-agent.log")
+                        paths.log_dir / "policy-agent.log", echo=lambda _: None)
     if not await _wait_path(sock, 30, [proc]):
         log(f"qrexec-policy-agent did not start; see {paths.log_dir / 'policy-agent.log'}")
         await _terminate(proc)
@@ -987,7 +1024,7 @@ async def _spawn(argv: list[str], env: Mapping[str, str], log: Path,
         if cgroup is not None:
             cgroup.join_in_child()
 
-    with open(log, "ab") as out:
+    with open_sink(log) as out:
         proc = await asyncio.create_subprocess_exec(
             *(cgroup.prefix if cgroup else []), *argv, env=dict(env),
             stdin=asyncio.subprocess.DEVNULL,
@@ -996,7 +1033,7 @@ async def _spawn(argv: list[str], env: Mapping[str, str], log: Path,
             start_new_session=new_session, pass_fds=pass_fds, preexec_fn=preexec)
     if echo is not None:
         assert proc.stdout is not None
-        _ECHOES.add(asyncio.ensure_future(_copy_lines(proc.stdout, log, echo)))
+        _ECHOES.add(asyncio.ensure_future(_copy_lines(proc.stdout, log, echo, proc.pid)))
     return proc
 
 
@@ -1005,8 +1042,9 @@ _ECHOES: set[asyncio.Task[None]] = set()
 
 
 async def _copy_lines(stream: asyncio.StreamReader, log: Path,
-                      echo: Callable[[str], None]) -> None:
-    with open(log, "ab", buffering=0) as out:
+                      echo: Callable[[str], None], pid: int) -> None:
+    program = identifier(log).split(".", 1)[0]
+    with open_sink(log) as out:
         while True:
             try:
                 line = await stream.readline()
@@ -1014,8 +1052,10 @@ async def _copy_lines(stream: asyncio.StreamReader, log: Path,
                 line = await stream.read(65536)
             if not line:
                 return
-            out.write(line)
-            echo(line.decode(errors="replace").rstrip("\n"))
+            text = line.decode(errors="replace").rstrip("\n")
+            # the policy daemon's and agent's lines carry no time: merged views need one
+            out.write((stamped(program, text, pid) + "\n").encode() if stamps_needed() else line)
+            echo(text)
 
 
 async def _wait_path(path: Path, timeout: float,

@@ -1,0 +1,1 @@
+"""Tools for packaging pyqrexec on a real host: man pages, completion, the systemd unit."""
