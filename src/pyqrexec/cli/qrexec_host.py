@@ -156,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("target")
     call.add_argument("service")
     call.add_argument("args", nargs=argparse.REMAINDER)
+    from ..remote.trust import add_arguments as remote_arguments
+
+    remote_arguments(sub)
     logs = sub.add_parser("logs", help="list the host's log files; --audit: the audit trail")
     logs.add_argument("--audit", action="store_true",
                       help="show the policy daemon's audit trail (options of qrexec-audit)")
@@ -174,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args)
     if args.command == "logs":
         return _logs(args, state)
+    if args.command == "remote":
+        from ..remote.trust import run
+
+        return run(args, state)
     return _client(args, state)
 
 
