@@ -103,10 +103,11 @@ class RemoteHost(HostWorld):
         """sshd as ACCOUNT on a free port; its host key is `ssh/host_key.pub`."""
         assert SSHD is not None
         d = self.ssh_dir
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(d / "host_key")], check=True)
-        (d / "authorized_keys").touch()
-        self.port = free_port()
+        if not (d / "host_key").exists():  # a restarted sshd keeps its key and port
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(d / "host_key")], check=True)
+            (d / "authorized_keys").touch()
+            self.port = free_port()
         (d / "sshd_config").write_text(
             f"ListenAddress 127.0.0.1:{self.port}\nHostKey {d / 'host_key'}\n"
             f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile none\nUsePAM no\n"

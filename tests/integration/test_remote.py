@@ -4,14 +4,20 @@ decides again, seeing `work` as a RemoteVM."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from .harness import wait_for
-from .remote_world import ECHO, STATUS, RemoteHost, join, needs_ssh
+from pyqrexec.host.qubesd import QubesdError
+from pyqrexec.remote.sshproxy import ssh_argv
+
+from .harness import program, wait_for
+from .remote_world import ECHO, SSHD, STATUS, RemoteHost, account, join, needs_ssh
 
 pytestmark = needs_ssh
 
@@ -174,3 +180,125 @@ def test_endless_output_ends_when_the_caller_goes(
     except AssertionError:
         raise AssertionError(remote_processes(a, b)) from None
     assert call(a, "test.Echo", b"after").stdout.endswith(b"after")
+
+
+def started(w: RemoteHost, name: str) -> None:
+    try:
+        w.qubesd("admin.vm.Start", name)
+    except QubesdError as err:
+        assert err.exc_type == "QubesVMNotHaltedError", err
+
+
+@pytest.mark.parametrize(("caller", "claimed", "reason"), [
+    ("relay-b", "local", "local: requested source is only authorized for RemoteVM"),
+    ("relay-b", "stranger", "relay-b is not a relay for stranger"),
+    ("relay-b", "nosuch", "unknown requested source qube 'nosuch'"),
+    ("relay-b", "dom0", "dom0: requested source is only authorized for RemoteVM"),
+    ("relay-b", "@adminvm", "unknown requested source qube '@adminvm'"),
+    ("relay-b", "uuid:" + "1" * 8, "unknown requested source qube 'uuid:11111111'"),
+    ("relay-b", "wo rk", "unknown requested source qube 'wo_rk'"),
+    ("relay-b", "wo/rk", "unknown requested source qube 'wo_rk'"),
+    ("relay-b", "wo+rk", "unknown requested source qube 'wo_rk'"),
+    ("relay-b", "w\xf6rk", "unknown requested source qube 'w__rk'"),
+    ("local", "work", "local is not a relay for work"),
+])
+def test_compromised_relay_claims(hosts: tuple[RemoteHost, RemoteHost], caller: str,
+                                  claimed: str, reason: str) -> None:
+    """Whatever a relay (or any qube) of B claims with --source-qube, B's policy checks it:
+    the refusals upstream's policy gives, logged; the call is refused (126)."""
+    a, b = hosts
+    started(b, caller)
+    out = b.in_domain(caller, [*program("qrexec-client-vm"), "--agent-socket={AGENT}",
+                               f"--source-qube={claimed}", "vault", "test.Echo"], input=b"")
+    assert out.returncode == 126, out.stderr
+    log = (b.state / "log/policy-daemon.log").read_text(errors="replace")
+    assert f"test.Echo: {caller} -> vault: denied: {reason}" in log, log
+    assert call(a, "test.Echo", b"still").stdout.endswith(b"still")
+
+
+def relay_ssh(a: RemoteHost, b: RemoteHost, command: str) -> subprocess.CompletedProcess[bytes]:
+    """relay-a's own key, used by hand with any command: what a compromised relay can do."""
+    air = a.dir / "relay-a/etc/qubesair"
+    return subprocess.run(ssh_argv(air, "vault-b", command), input=b"", capture_output=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("command", [
+    "stranger vault test.Echo", "local vault test.Echo", "dom0 vault test.Echo",
+    "nosuch vault test.Echo", "work vault test.Echo; id", "work vault",
+    "work vault test.Echo\x1b[2J", "work vault test.Echo+$(id)",
+])
+def test_key_claims_what_it_is_not_pinned_to(hosts: tuple[RemoteHost, RemoteHost],
+                                            command: str) -> None:
+    """relay-a's key is pinned to `work`: any other source, or any other shape of request,
+    is refused by B's forced command before anything runs in B's relay."""
+    a, b = hosts
+    before = (b.state / "log/policy-daemon.log").read_text(errors="replace")
+    out = relay_ssh(a, b, command)
+    assert out.returncode == 126, out
+    # (sshd may say first that the test account has no home directory)
+    last = out.stderr.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    assert last.startswith(b"qrexec-host: remote: refused: "), out.stderr
+    assert (b.state / "log/policy-daemon.log").read_text(errors="replace") == before
+
+
+def test_pinned_source_by_hand_still_meets_bs_policy(
+        hosts: tuple[RemoteHost, RemoteHost]) -> None:
+    a, b = hosts
+    out = relay_ssh(a, b, "work vault test.Echo+")
+    assert (out.returncode, out.stdout) == (0, b"in test.Echo+ from work\n")
+    assert relay_ssh(a, b, "work vault test.DenyB+").returncode == 126
+
+
+def test_bad_exit_codes_and_escapes_from_the_remote_side(
+        hosts: tuple[RemoteHost, RemoteHost]) -> None:
+    """A remote service's 255 is indistinguishable from ssh's own failure: status 1 and the
+    transport's line (docs/remote.md); escape sequences are data, passed as they are."""
+    a, _ = hosts
+    assert call(a, "test.Status+255").returncode == 1
+    out = call(a, "test.Big", b"\x1b[2J\x1b]0;title\x07")
+    assert out.stdout == b"\x1b[2J\x1b]0;title\x07"
+
+
+def test_sshd_killed_mid_call(hosts: tuple[RemoteHost, RemoteHost]) -> None:
+    """Every sshd process of B killed while a call runs: the caller ends non-zero within 10 s
+    and no process of the call is left on either side. (Last: sshd is restarted.)"""
+    a, b = hosts
+    proc = subprocess.Popen(a.argv("call", "work", "vault-b", "test.Big"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=a.env())
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"x" * 1000)
+    proc.stdin.flush()
+    assert proc.stdout.read(1000) == b"x" * 1000
+    for pid in sshd_processes():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    started_at = time.monotonic()
+    status = proc.wait(10)
+    assert status != 0 and time.monotonic() - started_at < 10
+    proc.stdin.close()
+    proc.stdout.close()
+    try:
+        wait_for(lambda: not remote_processes(a, b), 20, "the call's processes ending")
+    except AssertionError:
+        raise AssertionError(remote_processes(a, b)) from None
+    assert b.sshd is not None
+    b.sshd.wait()
+    b.start_sshd()
+    assert call(a, "test.Echo", b"again").stdout.endswith(b"again")
+
+
+def sshd_processes() -> list[str]:
+    """Every sshd process of the test account: the listener and each connection's (whose
+    command lines sshd rewrites)."""
+    sshd = os.path.realpath(SSHD or "")
+    uid = account().pw_uid
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/exe") == sshd and os.stat(
+                        f"/proc/{pid}").st_uid == uid:
+                    found.append(pid)
+    return found
