@@ -369,7 +369,8 @@ def test_bash_completion(prefix: Path, tmp_path: Path) -> None:
     r = subprocess.run(["bash", "-c", f"source {script}; complete -p qrexec-host"],
                        capture_output=True, text=True)
     assert r.stdout.strip() == "complete -F _qrexec_host qrexec-host", r.stderr
-    assert _complete(prefix, ["qrexec-host", "re"]) == ["reload"]
+    assert set(_complete(prefix, ["qrexec-host", "re"])) == {"reload", "remote"}
+    assert _complete(prefix, ["qrexec-host", "rel"]) == ["reload"]
     assert set(_complete(prefix, ["qrexec-host", "s"])) == {"start", "stop", "shutdown"}
     assert set(_complete(prefix, ["qrexec-host", "list", "--f"])) == {"--fields", "--format"}
     assert "--since" in _complete(prefix, ["qrexec-host", "logs", "--s"])

@@ -164,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("target")
     call.add_argument("service")
     call.add_argument("args", nargs=argparse.REMAINDER)
+    from ..remote.trust import add_arguments as remote_arguments
+
+    remote_arguments(sub)
     from . import host_logs
 
     host_logs.add_arguments(sub.add_parser(
@@ -194,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         from ..tools.install import install_command
 
         return install_command(args)
+    if args.command == "remote":
+        from ..remote.trust import run
+
+        return run(args, state)
     return _client(args, state)
 
 

@@ -277,7 +277,9 @@ async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnsw
     kind, name = ("keyword", requested[1:]) if requested.startswith("@") else ("name", requested)
     if "+" not in service:
         service += "+"
-    cmd = f"QUBESRPC {service} {daemon.opts.name} {kind} {name}".encode()
+    # a relayed call is the RemoteVM's (docs/remote.md), not the relay's
+    source = answer.policy_source or daemon.opts.name
+    cmd = f"QUBESRPC {service} {source} {kind} {name}".encode()
     port = await daemon.service_connect(pending, 0, 0)
     if port is None:
         raise WorkerFailure(EXIT_PROBLEM, "no data port for a call to dom0, refusing it")

@@ -27,6 +27,7 @@ from .limits import (
     parse_max_processes,
     parse_memory,
 )
+from .remote_config import local_only_problem, relay_problem, remote_fields, remote_root
 
 __all__ = [
     "ConfigError",
@@ -45,7 +46,7 @@ __all__ = [
     "with_pref",
 ]
 
-DOMAIN_TYPES = ("AdminVM", "AppVM", "TemplateVM", "StandaloneVM", "DispVM")
+DOMAIN_TYPES = ("AdminVM", "AppVM", "TemplateVM", "StandaloneVM", "DispVM", "RemoteVM")
 #: Qubes' label names and their colours (system info reports the colour)
 LABELS = {
     "red": "0xcc0000", "orange": "0xf57900", "yellow": "0xedd400", "green": "0x73d216",
@@ -63,6 +64,7 @@ _LIMIT_KEYS = ("memory", "max_processes", "cpu_weight")
 _DOMAIN_KEYS = {
     "type", "label", "icon", "tags", "default_dispvm", "template_for_dispvms", "guivm",
     "default_user", "user", "autostart", "root", "uuid", "internal", *_LIMIT_KEYS,
+    "relayvm", "transport_rpc", "remote_name",
 }
 _HOST_KEYS = {"sandbox", "uid_base", *_LIMIT_KEYS}
 #: first host uid/gid of the domains' user namespaces: above the ranges systemd and the
@@ -94,8 +96,13 @@ class DomainConfig:
     autostart: bool = False
     uuid: str = ""
     internal: bool = False
-    #: what bounds the domain's processes; None for dom0 (this host itself)
+    #: what bounds the domain's processes; None for dom0 (this host itself) and RemoteVMs
     limits: DomainLimits | None = None
+    #: RemoteVM only (docs/remote.md): the local relay, its transport service, the name
+    #: the qube has on the other host
+    relayvm: str | None = None
+    transport_rpc: str | None = None
+    remote_name: str | None = None
 
     @property
     def colour(self) -> str:
@@ -378,6 +385,8 @@ class _Parser:
                 raise self.error(at("uuid"), f"domain {name}: invalid uuid {uuid!r}") from None
             if (uuid == DOM0_UUID) != (name == "dom0"):
                 raise self.error(at("uuid"), f"domain {name}: uuid {uuid} is dom0's")
+        if type_ == "RemoteVM" or local_only_problem(t):
+            return self._remote(name, t, at, label, tuple(tags), uuid)
         root_text = get("root", str, name)
         root = (self.base / root_text).resolve()
         if name != "dom0" and not root.is_dir():
@@ -403,6 +412,24 @@ class _Parser:
             uuid=uuid or derived_uuid(name), internal=get("internal", bool, False),
             limits=self._domain_limits(name, t, at),
         )
+
+    def _remote(self, name: str, t: dict[str, Any], at: Callable[[str], int], label: str,
+                tags: tuple[str, ...], uuid: str) -> DomainConfig:
+        """A RemoteVM (remote_config.py); a local domain with a RemoteVM's key is an error."""
+        if t.get("type") != "RemoteVM":
+            key = next(k for k in ("relayvm", "transport_rpc", "remote_name") if k in t)
+            raise self.error(at(key), f"domain {name}: {local_only_problem(t)}")
+        guivm = t.get("guivm", "")
+        if not isinstance(guivm, str):
+            raise self.error(at("guivm"), f"domain {name}: guivm must be of type str")
+        icon = t.get("icon", "")
+        if not isinstance(icon, str):
+            raise self.error(at("icon"), f"domain {name}: icon must be of type str")
+        return DomainConfig(
+            name=name, type="RemoteVM", root=remote_root(self.base, name), label=label,
+            icon=icon or icon_for("RemoteVM", label), tags=tags, guivm=guivm or None,
+            uuid=uuid or derived_uuid(name),
+            **remote_fields(self, name, t, at, validate_name))
 
     def _domain_limits(self, name: str, t: dict[str, Any],
                        at: Callable[[str], int]) -> DomainLimits | None:
@@ -446,8 +473,9 @@ class _Parser:
                 raise self.error(self._key_line("domains", d.name, "uuid"),
                                  f"domain {d.name}: uuid {d.uuid} is also {seen[d.uuid]}'s")
             seen[d.uuid] = d.name
-            for key in ("default_dispvm", "guivm"):
-                why = reference_problem(domains, d, key)
+            for key in ("default_dispvm", "guivm", "relayvm"):
+                why = (relay_problem(domains, d) if key == "relayvm"
+                       else reference_problem(domains, d, key))
                 if why:
                     raise self.error(self._key_line("domains", d.name, key),
                                      f"domain {d.name}: {why}")

@@ -51,6 +51,7 @@ from .config import (
 from .confine import boot_argv, confine_args
 from .launchers import domain_programs, program, write_launcher, write_program
 from .logsink import identifier, open_sink, stamped, stamps_needed
+from .relays import REMOTE_DIR_VARIABLE, refuse_power, remote_tags, write_remote_entries
 from .sandbox import (
     KEPT_CAPS,
     SANDBOX_RUN,
@@ -237,6 +238,9 @@ class Manager:
         self.domains: dict[str, Domain] = {n: Domain(c) for n, c in config.domains.items()}
         self.domains["dom0"].domid = 0
         self.domains["dom0"].state = "Running"
+        for d in self.domains.values():
+            if d.cfg.type == "RemoteVM":  # it runs on its own host, as far as we can tell
+                d.state = "Running"
         self.next_domid = 1
         #: whether domains get user namespaces of their own (needs the host's root)
         self.userns = bwrap is not None and os.geteuid() == 0
@@ -366,12 +370,12 @@ class Manager:
         for d in self.domains.values():
             c = d.cfg
             domains[c.name] = {
-                "type": c.type, "tags": list(c.tags), "uuid": c.uuid,
+                "type": c.type, "tags": [*c.tags, *remote_tags(c)], "uuid": c.uuid,
                 "default_dispvm": c.default_dispvm,
                 "template_for_dispvms": c.template_for_dispvms,
                 "power_state": "Running" if d.state == "Running" else d.state,
                 "label": c.colour, "icon": c.icon, "guivm": c.guivm,
-                "relayvm": None, "transport_rpc": None,
+                "relayvm": c.relayvm, "transport_rpc": c.transport_rpc,
                 "internal": True if c.internal else None,
             }
         return {"domains": domains}
@@ -488,6 +492,7 @@ class Manager:
 
     async def start(self, name: str) -> None:
         d = self.domains[name]
+        refuse_power(d.cfg, "started")
         async with d.lock:
             if d.running:
                 raise HostError("QubesVMNotHaltedError", f"Domain is running: {name}")
@@ -503,6 +508,7 @@ class Manager:
             raise HostError("QubesVMNotFoundError", f"No such domain: '{name}'")
         if name == "dom0":
             raise HostError("QubesException", "dom0 cannot be killed")
+        refuse_power(d.cfg, "killed")
         async with d.lock:
             if not d.running:
                 if d.disposable:
@@ -521,6 +527,8 @@ class Manager:
         if not 0 <= timeout <= 3600:
             raise HostError("QubesException", "timeout must be 0 to 3600 seconds")
         d = self.domains.get(name)
+        if d is not None:
+            refuse_power(d.cfg, "shut down")
         if d is None or not d.running:
             raise HostError("QubesVMNotStartedError", f"Domain is powered off: {name}")
         task = asyncio.ensure_future(self.shutdown_domain(name, timeout))
@@ -624,6 +632,7 @@ class Manager:
         run = make_dir(home, "run", 0o755, *self._host_ids(d, agent_account))
         if d.cfg.user and not self.bwrap:
             _give(run, d.cfg.user)
+        write_remote_entries(run, d.name, (o.cfg for o in self.domains.values()))
         agent_log = p.log_dir / f"agent.{d.name}.log"
         if d.cfg.limits is not None:
             try:
@@ -727,6 +736,7 @@ class Manager:
             # the domain's own programs come first, then qrexec's, as in a sandbox's /usr/bin
             PATH=(f"{r}/usr/local/bin:{r}/usr/bin:{self.paths.state / 'dom' / d.name / 'bin'}:"
                   + self.base_env.get("PATH", "/usr/bin:/bin")),
+            **{REMOTE_DIR_VARIABLE: str(run / "remote")},
         )
         for key in ("QUBESD_SOCKET", "QUBESD_INTERNAL_SOCKET", "QREXEC_POLICY_SOCKET"):
             env.pop(key, None)

@@ -282,8 +282,9 @@ class Evaluation:
         autostart = str(rule.action.autostarts)
         extra = [f"policy_source={self.source}"] if r.requested_source else []
         if admin:
+            # a RemoteVM's call keeps its name in dom0 too (docs/remote.md): the dom0
+            # service must not take the relay for the caller
             lines = ["target=dom0"]
-            extra = []
         elif disp:
             assert domain is not None
             lines = [f"target={target}", f"target_uuid=@dispvm:uuid:{domain.uuid}"]
@@ -323,13 +324,22 @@ class Evaluation:
                 f"allowed to {target}",
             )
         )
-        source = self.source_domain
-        if notifies and source is not None and source.guivm:
+        guivm = self._guivm(self.source_domain)
+        if notifies and guivm:
             self._notifications.append(
-                Notification(
-                    source.guivm, "allow", self.service, self.argument, self.source, target
-                )
+                Notification(guivm, "allow", self.service, self.argument, self.source, target)
             )
+
+    def _guivm(self, source: Domain | None) -> str | None:
+        """Where the source's dialogs and notifications go: its GuiVM, or for a RemoteVM
+        without one its relay's, whose user is the one the call goes through
+        (docs/remote.md)."""
+        if source is None:
+            return None
+        if source.guivm or source.type != "RemoteVM" or not source.relayvm:
+            return source.guivm
+        relay = self.info.domains.get(source.relayvm)
+        return relay.guivm if relay is not None else None
 
     def _remote(self, domain: Domain, autostart: str, extra: list[str]) -> Outcome:
         """A RemoteVM target is reached through its relay
@@ -350,7 +360,9 @@ class Evaluation:
                     "case of RemoveVM.",
                 )
             )
-        service = f"{domain.transport_rpc}+{self.req}+{self.service}{self.argument}"
+        # the resolved target, not the caller's request: after a redirect or an ask choice
+        # the request may name @default or another qube (docs/remote.md)
+        service = f"{domain.transport_rpc}+{domain.name}+{self.service}{self.argument}"
         lines = [
             "user=DEFAULT",
             "result=allow",
@@ -407,7 +419,7 @@ class Evaluation:
         if r.just_evaluate:
             return self._outcome(False, ["result=deny"], "ask without a user")
         action = rule.action
-        guivm = self.source_domain.guivm if self.source_domain is not None else None
+        guivm = self._guivm(self.source_domain)
         if not guivm:
             self._log.append(
                 (
