@@ -1,4 +1,4 @@
-"""What the client library raises and returns (docs/client-library.md#errors)."""
+"""What the client library raises and returns (docs/client-library.md#statuses-and-errors)."""
 
 from __future__ import annotations
 

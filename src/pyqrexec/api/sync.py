@@ -1,5 +1,5 @@
 """The blocking API: the asyncio one, driven by a private event loop per client
-(docs/client-library.md#blocking-api).
+(docs/client-library.md#the-blocking-clients).
 
 A client's methods run its loop until they return, so calls in flight progress whenever
 any method of the same client runs. A client belongs to one thread; it must not be used
