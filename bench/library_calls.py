@@ -16,12 +16,11 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import compile_package, fork_exec_true, timed
+from common import compile_package, fork_exec_true, serve_in_threads, timed
 from pyqrexec.api import Dom0Client, DomainClient
 from pyqrexec.host.launchers import program
 from pyqrexec.host.plain import PlainDomain, PlainHost
@@ -53,12 +52,7 @@ def serve_system_info(path: str, domains: list[PlainDomain]) -> None:
                 pass
             conn.sendall(answer)
 
-    def loop() -> None:
-        while True:
-            conn, _ = srv.accept()
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
+    serve_in_threads(srv, handle)
 
 
 def per_call(fn: Callable[[], object], n: int) -> float:
