@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import compileall
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,3 +39,15 @@ def fork_exec_true(n: int) -> float:
         pid = os.posix_spawn("/bin/true", ["true"], os.environ)
         os.waitpid(pid, 0)
     return (time.perf_counter() - t0) / n
+
+
+def serve_in_threads(srv: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """Accept on listening `srv` in a background thread; each connection is handled in its
+    own thread (a stand-in server of a benchmark)."""
+
+    def loop() -> None:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()

@@ -13,11 +13,10 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from common import compile_package, fork_exec_true, timed
+from common import compile_package, fork_exec_true, serve_in_threads, timed
 from pyqrexec.host.plain import PlainHost
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -40,12 +39,7 @@ def serve_policy(path: str, target_uuid: str) -> None:
                 data += chunk
             conn.sendall(answer)
 
-    def loop() -> None:
-        while True:
-            conn, _ = srv.accept()
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
+    serve_in_threads(srv, handle)
 
 
 def main() -> None:

@@ -27,7 +27,8 @@ from ..services.lookup import (
 )
 from ..services.session import run_session_waiter
 
-__all__ = ["DEFAULT_PREFIX", "exec_dom0_service"]
+__all__ = ["DEFAULT_PREFIX", "LocalService", "exec_dom0_service", "exec_failure",
+           "prepare_dom0_service"]
 
 #: dom0 -> dom0 commands must start with exactly these bytes
 DEFAULT_PREFIX = b"DEFAULT:"
@@ -37,12 +38,50 @@ def _quiet(message: str) -> None:
     pass
 
 
+class LocalService:
+    """A dom0 service ready to start: its executable, argv and environment."""
+
+    __slots__ = ("path", "argv", "env")
+
+    def __init__(self, path: bytes, argv: list[bytes], env: dict[bytes, bytes]) -> None:
+        self.path = path
+        self.argv = argv
+        self.env = env
+
+
 def exec_dom0_service(cmdline: bytes, log: Callable[[str], None],
                       environ: Mapping[str, str] | None = None) -> int:
     """Replace this process with the service `cmdline` asks for; on failure its status.
 
     `log` receives failures only: nothing is written on success.
     """
+    found = prepare_dom0_service(cmdline, log, environ)
+    if isinstance(found, int):
+        return found
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Python ignores SIGPIPE; a service starts with default dispositions and no mask
+    for sig in (signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    try:
+        os.execve(found.path, found.argv, found.env)
+    except OSError as err:
+        return exec_failure(found, err, log)
+
+
+def exec_failure(service: LocalService, err: OSError, log: Callable[[str], None]) -> int:
+    """The status for a service that could not be executed."""
+    log(f"failed to execute {os.fsdecode(service.path)}: {err.strerror}")
+    if isinstance(err, FileNotFoundError):
+        return EXIT_SERVICE_NOT_FOUND
+    return EXIT_PROBLEM
+
+
+def prepare_dom0_service(cmdline: bytes, log: Callable[[str], None],
+                         environ: Mapping[str, str] | None = None) -> LocalService | int:
+    """What `exec_dom0_service` would execute for `cmdline`, or (after logging why) the
+    status of the failure. Waits for the session first when the service's rpc-config asks."""
     env = os.environ if environ is None else environ
     if not cmdline.startswith(DEFAULT_PREFIX):
         log("dom0 -> dom0 commands must be prefixed with DEFAULT:")
@@ -77,17 +116,5 @@ def exec_dom0_service(cmdline: bytes, log: Callable[[str], None],
         return EXIT_PROBLEM
     base = os.environb if environ is None else {
         os.fsencode(k): os.fsencode(v) for k, v in environ.items()}
-    service_env = service_environment(base, call, None)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Python ignores SIGPIPE; a service starts with default dispositions and no mask
-    for sig in (signal.SIGPIPE, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    try:
-        os.execve(found.path, service_argv(found.path, call), service_env)
-    except OSError as err:
-        log(f"failed to execute {os.fsdecode(found.path)}: {err.strerror}")
-        if isinstance(err, FileNotFoundError):
-            return EXIT_SERVICE_NOT_FOUND
-        return EXIT_PROBLEM
+    return LocalService(found.path, service_argv(found.path, call),
+                        service_environment(base, call, None))

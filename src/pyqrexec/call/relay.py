@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
-    "SingleSocket", "Source", "Sink", "Relay", "run_caller", "run_service", "unsafe_filter",
+    "SingleSocket", "Source", "Sink", "Relay", "CallerResult", "caller_result", "queue_opening",
+    "queue_eof_after_exit", "run_caller", "run_service", "unsafe_filter",
 ]
 
 _HDR = HEADER
@@ -182,13 +183,19 @@ class Relay:
 
     def queue_from_source(self, src: Source, n: int) -> None:
         """Queue `n` bytes that were read into `src.buf` as messages of the chunk limit."""
-        view = memoryview(src.buf)
+        self.queue_payload(src.msgtype, memoryview(src.buf)[:n], src)
+
+    def queue_payload(self, msgtype: int, view: memoryview, src: Source | None = None) -> None:
+        """Queue `view` (not copied: it must stay unchanged until sent) as messages of
+        `msgtype` within the chunk limit; each counts in `src.inflight` until sent."""
+        n = len(view)
         limit = self.limit
         for off in range(0, n, limit):
             size = min(limit, n - off)
-            self._queue(memoryview(_HDR.pack(src.msgtype, size)), None, False)
+            self._queue(memoryview(_HDR.pack(msgtype, size)), None, False)
             self._queue(view[off : off + size], src, True)
-            src.inflight += 1
+            if src is not None:
+                src.inflight += 1
 
     def flush(self) -> None:
         """Send what the socket takes now (non-blocking)."""
@@ -493,10 +500,7 @@ class _Caller:
         if self.started or not self.relay.version:
             return
         self.started = True
-        prefix = bool(self.order.prefix)
-        for payload in self.order.opening(self.relay.limit):
-            self.relay.queue_message(MsgType.DATA_STDIN, payload)
-        if prefix:
+        if queue_opening(self.relay, self.order):
             self.relay.flush()
 
     def _over(self) -> bool:
@@ -548,11 +552,7 @@ class _Caller:
         return False
 
     def _after_exit(self) -> None:
-        if not self.relay.send_failed and self.order.eof_after_exit():
-            # input queued for a service that has exited is useless: the EOF goes right
-            # after the message being sent (reference: End of a call)
-            self.relay.drop_unsent()
-            self.relay.queue_message(MsgType.DATA_STDIN)
+        queue_eof_after_exit(self.relay, self.order)
         if self.stop_input_on_exit and self.src is not None:
             self.src.stopped = True
 
@@ -589,15 +589,36 @@ class _Caller:
         _finish_sinks(self.sinks)
 
     def _result(self) -> CallerResult:
-        relay, status = self.relay, self.order.status
-        if relay.version == 0:
-            relay.log("data channel: no usable HELLO from the service side")
-            return CallerResult(None, no_hello=True)
-        if relay.failed is not None:
-            return CallerResult(status, broken=True)
-        if status is None:
-            relay.log("vchan connection closed early")
-        return CallerResult(status)
+        return caller_result(self.relay, self.order.status)
+
+
+def queue_opening(relay: Relay, order: CallerOrder) -> bool:
+    """Once the HELLO fixed the version: queue the prefix data, and the STDIN EOF when there
+    is no input. True when prefix data was queued."""
+    prefix = bool(order.prefix)
+    for payload in order.opening(relay.limit):
+        relay.queue_message(MsgType.DATA_STDIN, payload)
+    return prefix
+
+
+def queue_eof_after_exit(relay: Relay, order: CallerOrder) -> None:
+    """After the service's EXIT_CODE: input queued for a service that has exited is useless,
+    the STDIN EOF goes right after the message being sent (reference: End of a call)."""
+    if not relay.send_failed and order.eof_after_exit():
+        relay.drop_unsent()
+        relay.queue_message(MsgType.DATA_STDIN)
+
+
+def caller_result(relay: Relay, status: int | None) -> CallerResult:
+    """How a caller's call ended, once its loop is over (logging what went wrong)."""
+    if relay.version == 0:
+        relay.log("data channel: no usable HELLO from the service side")
+        return CallerResult(None, no_hello=True)
+    if relay.failed is not None:
+        return CallerResult(status, broken=True)
+    if status is None:
+        relay.log("vchan connection closed early")
+    return CallerResult(status)
 
 
 def _finish_sinks(sinks: list[Sink]) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "pair_path",
     "listen",
     "accept_one",
+    "accept_one_async",
     "connect",
     "VchanTimeout",
     "tune",
@@ -88,6 +89,15 @@ def listen(directory: str, own: int, peer: int, port: int) -> tuple[socket.socke
     return listen_unix(path, mode=0o666, backlog=1, staging_dir=staging), path
 
 
+def _close_listener(listener: socket.socket, path: str) -> None:
+    """One peer is all a vchan server takes: the listener and its path go at once."""
+    listener.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def accept_one(
     listener: socket.socket, path: str, timeout: float | None = None
 ) -> socket.socket:
@@ -99,12 +109,29 @@ def accept_one(
         except TimeoutError as err:
             raise VchanTimeout(f"no connection on {path} within {timeout} s") from err
     finally:
-        listener.close()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        _close_listener(listener, path)
     conn.settimeout(None)
+    tune(conn)
+    return conn
+
+
+async def accept_one_async(
+    listener: socket.socket, path: str, timeout: float | None = None
+) -> socket.socket:
+    """`accept_one` for asyncio programs: waiting for the peer does not block the loop.
+    The returned socket is non-blocking."""
+    import asyncio
+
+    try:
+        listener.setblocking(False)
+        try:
+            async with asyncio.timeout(timeout):
+                conn, _ = await asyncio.get_running_loop().sock_accept(listener)
+        except TimeoutError as err:
+            raise VchanTimeout(f"no connection on {path} within {timeout} s") from err
+    finally:
+        _close_listener(listener, path)
+    conn.setblocking(False)
     tune(conn)
     return conn
 

@@ -1,0 +1,121 @@
+"""dom0 calls into domains, as `qrexec-client -d DOMAIN` makes them
+(docs/client-library.md#dom0, docs/reference/protocol.md#client-socket).
+
+One request on the domain's daemon client socket (EXEC_CMDLINE, port 0) names the data
+channel; this process listens on it and the domain's agent connects. A call to dom0 itself
+starts the service as a child process, where `qrexec-client -d dom0` would become it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from ..client.daemon_socket import DaemonNotRunning as _NotRunning
+from ..client.daemon_socket import connect_daemon_async, request_async
+from ..protocol.constants import EXIT_PROBLEM, MsgType
+from ..protocol.errors import ProtocolError
+from ..system.settings import DEFAULT_SOCKET_DIR
+from ..transport import vchan
+from .calls import AsyncCall, ChannelCall, LocalCall, run_to_end
+from .errors import CallResult, DaemonNotRunning, SetupFailed
+
+__all__ = ["AsyncDom0Client", "DOM0_NAMES", "service_command"]
+
+#: how `qrexec-client -d` names dom0 itself
+DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
+
+
+def service_command(service: str, argument: str = "", source: str = "dom0",
+                    user: str = "DEFAULT") -> str:
+    """The command line that runs `service+argument` as a qrexec service called by `source`
+    (docs/reference/cli.md#qrexec-client-modes)."""
+    name = f"{service}+{argument}" if argument else service
+    return f"{user}:QUBESRPC {name} {source}"
+
+
+class AsyncDom0Client:
+    """Calls from dom0, for asyncio programs. Any number of calls may be in flight at once.
+
+    `socket_dir`: the daemons' client sockets (`qrexec-client --socket-dir`);
+    `vchan_dir` and `own_domain`: default to `VCHAN_SOCKET_DIR` and `VCHAN_DOMAIN` as for
+    the CLI; `connect_timeout`: how long the domain's agent may take to connect the data
+    channel (`qrexec-client -w`, 0 or None: no limit).
+    """
+
+    def __init__(self, *, socket_dir: str = DEFAULT_SOCKET_DIR, vchan_dir: str | None = None,
+                 own_domain: int | None = None, connect_timeout: float | None = 10.0) -> None:
+        self.socket_dir = socket_dir
+        self.vchan_dir = vchan.socket_dir() if vchan_dir is None else vchan_dir
+        self.own_domain = vchan.own_domain() if own_domain is None else own_domain
+        self.connect_timeout = connect_timeout or None
+
+    async def start(self, domain: str, command: str, *, stdin: bool = True) -> AsyncCall:
+        """Start `command` (`USER:COMMAND`, or a `service_command`) in `domain` and return
+        the call in flight. `stdin=False`: the remote stdin is empty (ends at once).
+
+        Raises DaemonNotRunning, or SetupFailed (status 125) when the daemon or the agent
+        fails before the call starts."""
+        if domain in DOM0_NAMES:
+            return await _start_local(command, stdin)
+        try:
+            sock = await connect_daemon_async(self.socket_dir, domain)
+        except _NotRunning as err:
+            raise DaemonNotRunning(str(err.strerror)) from err
+        except (OSError, EOFError, ValueError, ProtocolError) as err:
+            raise SetupFailed(f"cannot talk to the qrexec daemon of {domain}: {err}",
+                              EXIT_PROBLEM) from err
+        try:
+            remote, port = await request_async(sock, MsgType.EXEC_CMDLINE,
+                                               os.fsencode(command) + b"\0")
+        except (OSError, EOFError, ValueError, ProtocolError) as err:
+            raise SetupFailed(f"request to the qrexec daemon of {domain} failed: {err}",
+                              EXIT_PROBLEM) from err
+        finally:
+            sock.close()
+        listener, path = vchan.listen(self.vchan_dir, self.own_domain, remote, port)
+        try:
+            channel = await vchan.accept_one_async(listener, path, self.connect_timeout)
+        except OSError as err:
+            raise SetupFailed(f"data vchan connection failed: {err}", EXIT_PROBLEM) from err
+        return ChannelCall(channel, has_input=stdin, no_hello_status=EXIT_PROBLEM)
+
+    async def start_service(self, domain: str, service: str, argument: str = "", *,
+                            stdin: bool = True) -> AsyncCall:
+        """Start qrexec service `service+argument` in `domain`, called by dom0."""
+        return await self.start(domain, service_command(service, argument), stdin=stdin)
+
+    async def run(self, domain: str, command: str, *, input: bytes | None = None,
+                  timeout: float | None = None) -> CallResult:
+        """Run `command` in `domain` to its end: its status and all of its output. `input`
+        goes to its stdin (None: an empty stdin); past `timeout` seconds the call is
+        aborted and CallTimeout raised."""
+        return await run_to_end(self.start(domain, command, stdin=input is not None), input,
+                                timeout)
+
+    async def run_service(self, domain: str, service: str, argument: str = "", *,
+                          input: bytes | None = None,
+                          timeout: float | None = None) -> CallResult:
+        return await self.run(domain, service_command(service, argument), input=input,
+                              timeout=timeout)
+
+
+async def _start_local(command: str, stdin: bool) -> AsyncCall:
+    """dom0 -> dom0: look the service up as `qrexec-client -d dom0` does, then start it."""
+    import asyncio.subprocess as aio_subprocess
+
+    from ..call.dom0_local import exec_failure, prepare_dom0_service
+
+    messages: list[str] = []
+    found = prepare_dom0_service(os.fsencode(command), messages.append)
+    if isinstance(found, int):
+        return LocalCall(None, found, "\n".join(messages))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            found.path, *found.argv[1:], env=found.env,
+            stdin=aio_subprocess.PIPE if stdin else aio_subprocess.DEVNULL,
+            stdout=aio_subprocess.PIPE, stderr=aio_subprocess.PIPE)
+    except OSError as err:
+        status = exec_failure(found, err, messages.append)
+        return LocalCall(None, status, "\n".join(messages))
+    return LocalCall(proc)

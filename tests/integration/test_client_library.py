@@ -1,0 +1,344 @@
+"""The client library (`pyqrexec.api`, docs/client-library.md) against real daemons and
+agents: every behaviour the CLIs have, from dom0 and from inside a domain."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+
+import pytest
+
+from pyqrexec.api import (
+    AsyncDom0Client,
+    AsyncDomainClient,
+    CallAborted,
+    CallFailed,
+    CallRefused,
+    CallTimeout,
+    DaemonNotRunning,
+    Dom0Client,
+    DomainClient,
+)
+
+from .calls import World
+from .harness import QrexecHost, wait_for
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def world(host: QrexecHost) -> World:
+    w = World(host)
+    w.domain("work", 5)
+    w.domain("anotherVM", 7)
+    w.service("anotherVM", "test.Echo",
+              "#!/bin/sh\necho \"$QREXEC_REMOTE_DOMAIN $QREXEC_SERVICE_FULL_NAME\"\n"
+              "tr a-z A-Z\necho err >&2\nexit 3\n")
+    w.service("anotherVM", "test.Cat", "#!/bin/sh\nexec cat\n")
+    w.service("work", "test.Cat", "#!/bin/sh\nexec cat\n")
+    return w
+
+
+def dom0_kw(host: QrexecHost) -> dict[str, object]:
+    return {"socket_dir": str(host.socket_dir), "vchan_dir": str(host.vchan_dir),
+            "own_domain": 0}
+
+
+def vm_kw(world: World, name: str) -> dict[str, object]:
+    dom = world.host.domains[name]
+    return {"agent_socket": dom.agent_socket, "vchan_dir": str(world.host.vchan_dir),
+            "own_domain": dom.domid}
+
+
+@pytest.fixture
+def dom0(world: World) -> Iterator[Dom0Client]:
+    with Dom0Client(**dom0_kw(world.host)) as client:  # type: ignore[arg-type]
+        yield client
+
+
+@pytest.fixture
+def vm(world: World) -> Iterator[DomainClient]:
+    with DomainClient(**vm_kw(world, "work")) as client:  # type: ignore[arg-type]
+        yield client
+
+
+# -- dom0 -> VM ------------------------------------------------------------------------------
+def test_dom0_output_and_status(dom0: Dom0Client) -> None:
+    r = dom0.run("work", "root:echo out; echo err >&2; exit 7")
+    assert (r.returncode, r.stdout, r.stderr) == (7, b"out\n", b"err\n")
+    with pytest.raises(CallFailed) as info:
+        r.check_returncode()
+    assert info.value.returncode == 7
+
+
+@pytest.mark.parametrize("status", [0, 7, 255])
+def test_dom0_exit_statuses(dom0: Dom0Client, status: int) -> None:
+    assert dom0.run("work", f"root:exit {status}").returncode == status
+
+
+def test_dom0_signal_status(dom0: Dom0Client) -> None:
+    assert dom0.run("work", "root:kill -9 $$").returncode == 128 + 9
+
+
+def test_dom0_stdin(dom0: Dom0Client) -> None:
+    r = dom0.run("work", "root:tr a-z A-Z", input=b"hello world\n")
+    assert (r.returncode, r.stdout) == (0, b"HELLO WORLD\n")
+
+
+def test_dom0_empty_stdin_is_an_eof(dom0: Dom0Client) -> None:
+    # without input the remote stdin ends at once, as `qrexec-client </dev/null`
+    assert dom0.run("work", "root:cat; echo end").stdout == b"end\n"
+
+
+def test_dom0_daemon_not_running(dom0: Dom0Client) -> None:
+    with pytest.raises(DaemonNotRunning) as info:
+        dom0.run("nosuchvm", "root:true")
+    assert info.value.returncode == 125
+
+
+def test_dom0_missing_user_is_125(dom0: Dom0Client) -> None:
+    assert dom0.run("work", "no-such-user-xyz:true").returncode == 125
+
+
+def test_dom0_service_and_missing_service(dom0: Dom0Client) -> None:
+    r = dom0.run_service("anotherVM", "test.Echo", "arg", input=b"abc\n")
+    assert (r.returncode, r.stdout, r.stderr) == (3, b"dom0 test.Echo+arg\nABC\n", b"err\n")
+    assert dom0.run_service("anotherVM", "test.Missing").returncode == 127
+
+
+def test_dom0_to_dom0_service(world: World, dom0: Dom0Client,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    world.service("dom0", "test.Local", "#!/bin/sh\necho \"local $1\"\ncat\nexit 4\n")
+    monkeypatch.setenv("QREXEC_SERVICE_PATH", str(world.rpc_dir("dom0")))
+    monkeypatch.setenv("QUBES_RPC_CONFIG_PATH", str(world.host.root / "dom0-rpc-config"))
+    r = dom0.run_service("dom0", "test.Local", "xy", input=b"in\n")
+    assert (r.returncode, r.stdout) == (4, b"local xy\nin\n")
+    assert dom0.run_service("dom0", "test.Missing").returncode == 127
+    r = dom0.run("dom0", "root:true")
+    assert r.returncode == 125 and b"DEFAULT:" in r.stderr
+
+
+def test_dom0_eof_each_way_while_streaming(dom0: Dom0Client) -> None:
+    # the service closes its stdout first and goes on reading; then our stdin EOF ends it
+    with dom0.start("work", "root:echo early; exec >&-; cat >/dev/null; echo late >&2") as c:
+        assert c.stdout.read() == b"early\n"  # EOF from the service's side
+        c.send(b"ignored\n")
+        c.close_stdin()  # EOF to the service's side
+        assert c.stderr.read() == b"late\n"
+        assert c.wait(30) == 0
+
+
+def test_dom0_abort_mid_stream_the_service_sees_eof(world: World,
+                                                    dom0: Dom0Client) -> None:
+    marker = world.host.root / "ended"
+    call = dom0.start("work", f"root:echo started; cat >/dev/null; touch {marker}")
+    assert call.stdout.readline() == b"started\n"
+    call.abort()
+    # the service's stdin ended with the channel, as when a CLI is killed
+    wait_for(marker.exists, 20, "the service to see its stdin's EOF")
+
+
+def test_dom0_run_timeout(dom0: Dom0Client) -> None:
+    with pytest.raises(CallTimeout) as info:
+        dom0.run("work", "root:echo started; exec sleep 60", timeout=5.0)
+    assert info.value.stdout == b"started\n"
+
+
+def test_dom0_cancel_mid_stream(world: World) -> None:
+    marker = world.host.root / "cancelled"
+
+    async def main() -> None:
+        client = AsyncDom0Client(**dom0_kw(world.host))  # type: ignore[arg-type]
+        got = asyncio.Event()
+
+        async def stream() -> None:
+            cmd = f"root:yes; cat >/dev/null; touch {marker}"
+            async with await client.start("work", cmd) as call:
+                await call.stdout.readexactly(1 << 16)
+                got.set()
+                await call.wait()
+
+        task = asyncio.create_task(stream())
+        await got.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    # `yes` dies of the closed stdout, `cat` of the ended stdin
+    wait_for(marker.exists, 20, "the service to see the call's end")
+
+
+def test_dom0_wait_after_abort_raises(dom0: Dom0Client) -> None:
+    call = dom0.start("work", "root:exec sleep 60")
+    call.abort()
+    with pytest.raises(CallAborted):
+        call.wait(5)
+
+
+async def _stream_exact(call: object, total: int) -> tuple[str, str]:
+    """Send `total` bytes of a pattern through `call` while reading its output; the
+    digests of what was sent and received."""
+    from pyqrexec.api import AsyncCall
+
+    assert isinstance(call, AsyncCall)
+    block = hashlib.sha256(b"seed").digest() * (MIB // 32)
+    sent = hashlib.sha256()
+    received = hashlib.sha256()
+    count = 0
+
+    async def feed() -> None:
+        for i in range(total // MIB):
+            piece = block[i % 32:] + block[: i % 32]
+            sent.update(piece)
+            await call.send(piece)
+        await call.close_stdin()
+
+    async def drain() -> None:
+        nonlocal count
+        while chunk := await call.stdout.read(MIB):
+            received.update(chunk)
+            count += len(chunk)
+
+    await asyncio.gather(feed(), drain())
+    assert await call.wait() == 0
+    assert count == total
+    return sent.hexdigest(), received.hexdigest()
+
+
+def test_dom0_256_mib_each_way_exact(world: World) -> None:
+    async def main() -> tuple[str, str]:
+        client = AsyncDom0Client(**dom0_kw(world.host))  # type: ignore[arg-type]
+        return await _stream_exact(await client.start("work", "root:exec cat"), 256 * MIB)
+
+    sent, received = asyncio.run(main())
+    assert sent == received
+
+
+def test_dom0_many_calls_in_flight(world: World) -> None:
+    async def main() -> None:
+        client = AsyncDom0Client(**dom0_kw(world.host))  # type: ignore[arg-type]
+        results = await asyncio.gather(*(
+            client.run("work", f"root:read x; echo $x {i}", input=b"in\n", timeout=120)
+            for i in range(60)))
+        assert [r.stdout for r in results] == [f"in {i}\n".encode() for i in range(60)]
+        assert all(r.returncode == 0 for r in results)
+
+    asyncio.run(main())
+
+
+# -- VM -> VM ------------------------------------------------------------------------------
+def test_vm_output_stdin_and_status(vm: DomainClient) -> None:
+    r = vm.call("anotherVM", "test.Echo+arg", input=b"hello\n")
+    assert (r.returncode, r.stdout, r.stderr) == (3, b"work test.Echo+arg\nHELLO\n", b"err\n")
+
+
+def test_vm_refused(vm: DomainClient) -> None:
+    with pytest.raises(CallRefused) as info:
+        vm.call("deny-me", "test.Echo")
+    assert info.value.returncode == 126
+
+
+def test_vm_service_not_found(vm: DomainClient) -> None:
+    assert vm.call("anotherVM", "test.Missing").returncode == 127
+
+
+def test_vm_to_dom0(world: World, vm: DomainClient) -> None:
+    world.service("dom0", "test.Dom0", "#!/bin/sh\necho \"to $QREXEC_REQUESTED_TARGET\"\n"
+                  "cat\nexit 5\n")
+    r = vm.call("dom0", "test.Dom0", input=b"payload\n")
+    assert (r.returncode, r.stdout) == (5, b"to dom0\npayload\n")
+
+
+def test_vm_eof_each_way_while_streaming(world: World, vm: DomainClient) -> None:
+    world.service("anotherVM", "test.Early",
+                  "#!/bin/sh\necho early\nexec >&-\ncat >/dev/null\necho late >&2\n")
+    with vm.start("anotherVM", "test.Early") as c:
+        assert c.stdout.read() == b"early\n"
+        c.send(b"ignored\n")
+        c.close_stdin()
+        assert c.stderr.read() == b"late\n"
+        assert c.wait(30) == 0
+
+
+def test_vm_wait_timeout_then_abort_the_service_sees_eof(world: World,
+                                                         vm: DomainClient) -> None:
+    marker = world.host.root / "vm-ended"
+    world.service("anotherVM", "test.Hang",
+                  f"#!/bin/sh\necho started\ncat >/dev/null\ntouch {marker}\nexec sleep 60\n")
+    call = vm.start("anotherVM", "test.Hang")
+    assert call.stdout.readline() == b"started\n"
+    with pytest.raises(TimeoutError):
+        call.wait(0.5)  # the stdin stays open: the call goes on
+    call.abort()
+    wait_for(marker.exists, 20, "the service to see its stdin's EOF")
+    # the source's agent got our end (its trigger connection closed): calls go on
+    assert vm.call("anotherVM", "test.Echo").returncode == 3
+
+
+def test_vm_run_timeout(vm: DomainClient, world: World) -> None:
+    world.service("anotherVM", "test.Sleep", "#!/bin/sh\necho started\nexec sleep 60\n")
+    with pytest.raises(CallTimeout) as info:
+        vm.call("anotherVM", "test.Sleep", timeout=3.0)
+    assert info.value.stdout == b"started\n"
+
+
+def test_vm_cancel_mid_stream(world: World) -> None:
+    marker = world.host.root / "vm-cancelled"
+    world.service("anotherVM", "test.Yes", f"#!/bin/sh\nyes\ncat >/dev/null\ntouch {marker}\n")
+
+    async def main() -> None:
+        client = AsyncDomainClient(**vm_kw(world, "work"))  # type: ignore[arg-type]
+        call = await client.start("anotherVM", "test.Yes")
+        await call.stdout.readexactly(1 << 16)
+        reader = asyncio.create_task(call.wait())
+        await asyncio.sleep(0)
+        reader.cancel()
+        call.abort()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+
+    asyncio.run(main())
+    wait_for(marker.exists, 20, "the service to see the call's end")
+
+
+def test_vm_256_mib_each_way_exact(world: World) -> None:
+    async def main() -> tuple[str, str]:
+        client = AsyncDomainClient(**vm_kw(world, "work"))  # type: ignore[arg-type]
+        return await _stream_exact(await client.start("anotherVM", "test.Cat"), 256 * MIB)
+
+    sent, received = asyncio.run(main())
+    assert sent == received
+
+
+def test_vm_many_calls_in_flight_and_refusals(world: World) -> None:
+    async def main() -> None:
+        client = AsyncDomainClient(**vm_kw(world, "work"))  # type: ignore[arg-type]
+
+        async def one(i: int) -> bytes:
+            if i % 10 == 9:
+                with pytest.raises(CallRefused):
+                    await client.call("deny-me", "test.Cat")
+                return b"refused"
+            r = await client.call("anotherVM", "test.Cat", input=f"{i}\n".encode(),
+                                  timeout=120)
+            assert r.returncode == 0
+            return r.stdout
+
+        got = await asyncio.gather(*(one(i) for i in range(60)))
+        assert got == [b"refused" if i % 10 == 9 else f"{i}\n".encode() for i in range(60)]
+
+    asyncio.run(main())
+    # and the agent still serves the CLI as before
+    r = world.call("work", "anotherVM", "test.Cat", input=b"cli\n")
+    assert (r.returncode, r.stdout) == (0, b"cli\n")
+
+
+def test_vm_agent_not_there(world: World) -> None:
+    from pyqrexec.api import SetupFailed
+
+    with DomainClient(agent_socket=str(world.host.root / "nope.sock")) as client, \
+            pytest.raises(SetupFailed) as info:
+        client.call("anotherVM", "test.Echo")
+    assert info.value.returncode == 1
