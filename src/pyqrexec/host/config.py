@@ -14,7 +14,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .limits import (
     DEFAULT_CPU_WEIGHT,
@@ -199,26 +199,7 @@ def with_pref(domains: dict[str, DomainConfig], name: str, key: str,
     if key not in SETTABLE_PREFS:
         raise PrefError("QubesPropertyValueError", f"property {key!r} is read-only")
     d = domains[name]
-    value: Any = text
-    why: str | None = None
-    if key == "label":
-        why = label_problem(text)
-    elif key == "tags":
-        tags = tuple(t for t in text.split(",") if t)
-        value = tags
-        why = next(filter(None, map(tag_problem, tags)), None)
-    elif key in ("template_for_dispvms", "internal"):
-        bools = {"true": True, "false": False, "1": True, "0": False}
-        value = bools.get(text.lower())
-        why = None if value is not None else f"{key} must be true or false"
-        if key == "template_for_dispvms" and value is False:
-            users = [o.name for o in domains.values() if o.default_dispvm == name]
-            if users:
-                why = f"{name} is the default_dispvm of {', '.join(users)}"
-    elif key in ("default_dispvm", "guivm"):
-        value = text or None
-    elif key == "default_user":
-        why = user_problem(text)
+    value, why = _pref_value(domains, name, key, text)
     if why:
         raise PrefError("QubesPropertyValueError", f"domain {name}: {why}")
     changed = replace(d, **{key: value})
@@ -229,6 +210,29 @@ def with_pref(domains: dict[str, DomainConfig], name: str, key: str,
         if why:
             raise PrefError("QubesPropertyValueError", f"domain {name}: {why}")
     return changed
+
+
+def _pref_value(domains: dict[str, DomainConfig], name: str, key: str,
+                text: str) -> tuple[Any, str | None]:
+    """The value `text` gives property `key` of `name`, and why it cannot be set, if so."""
+    if key == "label":
+        return text, label_problem(text)
+    if key == "tags":
+        tags = tuple(t for t in text.split(",") if t)
+        return tags, next(filter(None, map(tag_problem, tags)), None)
+    if key in ("template_for_dispvms", "internal"):
+        value = {"true": True, "false": False, "1": True, "0": False}.get(text.lower())
+        if value is None:
+            return None, f"{key} must be true or false"
+        users = [o.name for o in domains.values() if o.default_dispvm == name]
+        if key == "template_for_dispvms" and value is False and users:
+            return value, f"{name} is the default_dispvm of {', '.join(users)}"
+        return value, None
+    if key in ("default_dispvm", "guivm"):
+        return text or None, None
+    if key == "default_user":
+        return text, user_problem(text)
+    return text, None
 
 
 def derived_uuid(name: str) -> str:
@@ -262,6 +266,38 @@ def parse(text: str, path: Path) -> HostConfig:
 def _toml_line(err: tomllib.TOMLDecodeError) -> int:
     found = re.search(r"\(at line (\d+)", str(err))
     return int(found.group(1)) if found else 0
+
+
+class _Table:
+    """One `[domains.NAME]` table being read: typed values, and errors at the key's line."""
+
+    def __init__(self, parser: _Parser, name: str, t: dict[str, Any]) -> None:
+        self.parser = parser
+        self.name = name
+        self.t = t
+        self.header = parser._header_line("domains", name)
+
+    def at(self, key: str) -> int:
+        return self.parser._key_line("domains", self.name, key)
+
+    def line(self, key: str) -> int:
+        """The key's line where the key is given, else the table's header."""
+        return self.at(key) if key in self.t else self.header
+
+    def fail(self, key: str, message: str) -> NoReturn:
+        raise self.parser.error(self.at(key), f"domain {self.name}: {message}")
+
+    def check(self, key: str, why: str | None) -> None:
+        if why:
+            self.fail(key, why)
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        value = self.t.get(key, default)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(
+                k.__name__ for k in kind)
+            self.fail(key, f"{key} must be of type {names}")
+        return value
 
 
 class _Parser:
@@ -341,76 +377,64 @@ class _Parser:
         return HostConfig(self.path, domains, sandbox, uid_base)
 
     def _domain(self, name: str, t: dict[str, Any], dom0_dispvm: object) -> DomainConfig:
-        header = self._header_line("domains", name)
-
-        def at(key: str) -> int:
-            return self._key_line("domains", name, key)
-
+        tb = _Table(self, name, t)
         why = validate_name(name)
         if why:
-            raise self.error(header, why)
+            raise self.error(tb.header, why)
         for key in t:
             if key not in _DOMAIN_KEYS:
-                raise self.error(at(key), f"domain {name}: unknown key {key!r}")
-
-        def get(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-            value = t.get(key, default)
-            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-                names = kind.__name__ if isinstance(kind, type) else "/".join(
-                    k.__name__ for k in kind)
-                raise self.error(at(key), f"domain {name}: {key} must be of type {names}")
-            return value
-
-        type_ = get("type", str, "AdminVM" if name == "dom0" else "AppVM")
+                tb.fail(key, f"unknown key {key!r}")
+        type_ = tb.get("type", str, "AdminVM" if name == "dom0" else "AppVM")
         if type_ not in DOMAIN_TYPES:
-            raise self.error(at("type"), f"domain {name}: unknown type {type_!r} "
-                             f"(one of {', '.join(DOMAIN_TYPES)})")
+            tb.fail("type", f"unknown type {type_!r} (one of {', '.join(DOMAIN_TYPES)})")
         if (type_ == "AdminVM") != (name == "dom0"):
-            raise self.error(at("type") if "type" in t else header,
-                             "only dom0 is, and dom0 must be, of type AdminVM")
-        label = get("label", str, "black" if name == "dom0" else "red")
-        why = label_problem(label)
-        if why:
-            raise self.error(at("label"), f"domain {name}: {why}")
-        tags = get("tags", list, [])
+            raise self.error(tb.line("type"), "only dom0 is, and dom0 must be, of type AdminVM")
+        label = tb.get("label", str, "black" if name == "dom0" else "red")
+        tb.check("label", label_problem(label))
+        tags = tuple(tb.get("tags", list, []))
         for tag in tags:
-            why = tag_problem(tag)
-            if why:
-                raise self.error(at("tags"), f"domain {name}: {why}")
-        uuid = get("uuid", str, "")
-        if uuid:
-            try:
-                uuid = str(uuidlib.UUID(uuid))
-            except ValueError:
-                raise self.error(at("uuid"), f"domain {name}: invalid uuid {uuid!r}") from None
-            if (uuid == DOM0_UUID) != (name == "dom0"):
-                raise self.error(at("uuid"), f"domain {name}: uuid {uuid} is dom0's")
+            tb.check("tags", tag_problem(tag))
+        uuid = self._domain_uuid(tb)
         if type_ == "RemoteVM" or local_only_problem(t):
-            return self._remote(name, t, at, label, tuple(tags), uuid)
-        root_text = get("root", str, name)
-        root = (self.base / root_text).resolve()
+            return self._remote(name, t, tb.at, label, tags, uuid)
+        return self._local(tb, type_, label, tags, uuid, dom0_dispvm)
+
+    def _domain_uuid(self, tb: _Table) -> str:
+        uuid: str = tb.get("uuid", str, "")
+        if not uuid:
+            return ""
+        try:
+            uuid = str(uuidlib.UUID(uuid))
+        except ValueError:
+            tb.fail("uuid", f"invalid uuid {uuid!r}")
+        if (uuid == DOM0_UUID) != (tb.name == "dom0"):
+            tb.fail("uuid", f"uuid {uuid} is dom0's")
+        return uuid
+
+    def _local(self, tb: _Table, type_: str, label: str, tags: tuple[str, ...], uuid: str,
+               dom0_dispvm: object) -> DomainConfig:
+        """The rest of a domain that runs on this host: its root, accounts and limits."""
+        name = tb.name
+        root = (self.base / tb.get("root", str, name)).resolve()
         if name != "dom0" and not root.is_dir():
-            raise self.error(at("root") if "root" in t else header,
+            raise self.error(tb.line("root"),
                              f"domain {name}: root directory {root} does not exist")
-        user = get("user", str, "") or None
+        user = tb.get("user", str, "") or None
         if user == "root":
             user = None
-        default_user = get("default_user", str, user or "root")
+        default_user = tb.get("default_user", str, user or "root")
         for key, value in (("user", user or ""), ("default_user", default_user)):
-            why = user_problem(value) if value else None
-            if why:
-                raise self.error(at(key), f"domain {name}: {why}")
-        default_dispvm = get("default_dispvm", str, dom0_dispvm or "") or None
-        guivm = get("guivm", str, "" if name == "dom0" else "dom0") or None
+            tb.check(key, user_problem(value) if value else None)
         return DomainConfig(
             name=name, type=type_, root=root, label=label,
-            icon=get("icon", str, "") or icon_for(type_, label), tags=tuple(tags),
-            default_dispvm=default_dispvm,
-            template_for_dispvms=get("template_for_dispvms", bool, False),
-            guivm=guivm, default_user=default_user, user=user,
-            autostart=get("autostart", bool, False) and name != "dom0",
-            uuid=uuid or derived_uuid(name), internal=get("internal", bool, False),
-            limits=self._domain_limits(name, t, at),
+            icon=tb.get("icon", str, "") or icon_for(type_, label), tags=tags,
+            default_dispvm=tb.get("default_dispvm", str, dom0_dispvm or "") or None,
+            template_for_dispvms=tb.get("template_for_dispvms", bool, False),
+            guivm=tb.get("guivm", str, "" if name == "dom0" else "dom0") or None,
+            default_user=default_user, user=user,
+            autostart=tb.get("autostart", bool, False) and name != "dom0",
+            uuid=uuid or derived_uuid(name), internal=tb.get("internal", bool, False),
+            limits=self._domain_limits(name, tb.t, tb.at),
         )
 
     def _remote(self, name: str, t: dict[str, Any], at: Callable[[str], int], label: str,
