@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -186,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_bare_dispvm(sys.argv[1:] if argv is None else argv))
     state = (args.state_dir or default_state_dir()).resolve()
     if args.command == "up":
-        return _up(args, state)
+        from .host_up import up_command
+
+        return up_command(args, state)
     if args.command == "demo":
         return _demo(args)
     if args.command == "logs":
@@ -221,211 +222,6 @@ def _bare_dispvm(argv: list[str]) -> list[str]:
             i += 1
         i += 1
     return argv
-
-
-# -- up ------------------------------------------------------------------------------------
-def _up(args: argparse.Namespace, state: Path) -> int:
-    from ..host import config as host_config
-    from ..host.sandbox import probe_bwrap
-
-    try:
-        cfg = host_config.load(args.config)
-    except host_config.ConfigError as err:
-        print(f"qrexec-host: {err}", file=sys.stderr)
-        return 1
-    mode = args.sandbox or cfg.sandbox
-    bwrap: str | None = None
-    why = "sandbox = plain"
-    if mode != "plain":
-        bwrap, why = probe_bwrap()
-        if bwrap is None and mode == "bubblewrap":
-            print(f"qrexec-host: {why}", file=sys.stderr)
-            return 1
-    if bwrap is None:
-        print(f"qrexec-host: warning: {why}: domains run as plain processes, NOT isolated "
-              "from the host or from each other (docs/isolation.md)", file=sys.stderr)
-    state.mkdir(parents=True, exist_ok=True)
-    lock = lock_state(state)
-    if lock is None:
-        return 1
-    ready_fd: int | None = None
-    if args.detach:
-        rfd, wfd = os.pipe()
-        if os.fork() != 0:
-            os.close(wfd)
-            answer = _read_all(rfd)
-            if answer == b"1":
-                return 0
-            why = answer[1:].decode(errors="replace").strip()
-            for line in why.splitlines():
-                print(f"qrexec-host: {line}", file=sys.stderr)
-            print(f"qrexec-host: start failed; see {state / 'log' / 'qrexec-host.log'}",
-                  file=sys.stderr)
-            return 1
-        os.close(rfd)
-        ready_fd = wfd
-        os.setsid()
-        _write_pid(lock)
-        (state / "log").mkdir(exist_ok=True)
-        fd = os.open(state / "log" / "qrexec-host.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                     0o640)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        os.close(null)
-    status = _serve(cfg, state, bwrap, args.policy_agent_arg, ready_fd,
-                    remove_on_exit=args.remove_on_exit)
-    if ready_fd is not None:
-        os._exit(status)
-    return status
-
-
-def _read_all(fd: int) -> bytes:
-    data = b""
-    while chunk := os.read(fd, 4096):
-        data += chunk
-    return data
-
-
-def lock_state(state: Path) -> int | None:
-    """Hold `STATE/lock` for as long as this `up` lives: two managers on one state directory
-    would share its sockets and directories and each stop only part of what they started.
-    The descriptor is never inherited (O_CLOEXEC); the lock goes when the process does."""
-    import fcntl
-
-    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        print(f"qrexec-host: {state} is in use by another `qrexec-host up` (pid {holder}); "
-              f"stop it first with `qrexec-host --state-dir={state} down`", file=sys.stderr)
-        return None
-    _write_pid(fd)
-    return fd
-
-
-def _write_pid(fd: int) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-
-
-def wait_unlocked(state: Path, timeout: float) -> bool:
-    """True once no `up` holds `STATE/lock` (it has stopped and cleaned up), or there is
-    none; False after `timeout` seconds."""
-    import fcntl
-    import time
-
-    try:
-        fd = os.open(state / "lock", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    return False
-                time.sleep(0.05)
-    finally:
-        os.close(fd)
-
-
-def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
-           ready_fd: int | None, remove_on_exit: Path | None = None) -> int:
-    import asyncio
-    import signal
-
-    from ..host import logsink
-    from ..host.config import HostConfig
-    from ..host.manager import Manager
-    from ..host.notify import notify
-    from ..qubesd.server import HostError
-
-    assert isinstance(cfg, HostConfig)
-    # systemd's settings are for this process: no program it starts speaks for it
-    notify_env = {"NOTIFY_SOCKET": os.environ.pop("NOTIFY_SOCKET", "")}
-    journal = logsink.under_journal(os.environ)
-    os.environ.pop("JOURNAL_STREAM", None)
-    log_dir = state / "log"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    logsink.use_journal(logsink.journal_socket(os.environ) if journal else None, log_dir)
-    if journal:
-        say = logsink.HostLog(None)
-    elif ready_fd is not None:  # stderr is qrexec-host.log
-        say = logsink.HostLog(None, plain=False)
-    else:
-        say = logsink.HostLog(log_dir / "qrexec-host.log")
-
-    def failed(why: str) -> None:
-        say(why)
-        if ready_fd is not None:
-            os.write(ready_fd, b"0" + why.encode())
-
-    async def amain() -> int:
-        manager = Manager(cfg, state, bwrap, policy_agent_args=agent_args, log=say,
-                          terminal=ready_fd is None and os.isatty(0))
-        loop = asyncio.get_running_loop()
-        told = []
-
-        def stop() -> None:
-            told.append(notify("STOPPING=1", notify_env))
-            asyncio.ensure_future(manager.shutdown())
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
-            _reload_on_signal(manager, say, notify_env)))
-        try:
-            await manager.up()
-        except (HostError, OSError) as err:
-            failed(str(err.message if isinstance(err, HostError) else err))
-            await manager.shutdown()
-            return 1
-        if manager.stopped.is_set():  # SIGTERM or SIGINT while starting
-            return 1
-        mode = f"bubblewrap ({bwrap})" if bwrap else "plain processes"
-        say(f"up; state {state}; sandbox: {mode}")
-        notify(f"READY=1\nSTATUS=up; state {state}; sandbox: {mode}\nMAINPID={os.getpid()}",
-               notify_env)
-        if ready_fd is not None:
-            os.write(ready_fd, b"1")
-            os.close(ready_fd)
-        await manager.stopped.wait()
-        if not told:  # `down` stopped it
-            notify("STOPPING=1", notify_env)
-        say("down")
-        return 0
-
-    try:
-        return asyncio.run(amain())
-    finally:
-        if remove_on_exit is not None:
-            import shutil
-
-            shutil.rmtree(remove_on_exit, ignore_errors=True)
-
-
-async def _reload_on_signal(manager: object, say: Callable[[str], None],
-                            notify_env: dict[str, str]) -> None:
-    """SIGHUP: `reload` (systemd's ExecReload sends it); what happened is in the log."""
-    from ..host.manager import Manager
-    from ..host.notify import notify
-    from ..qubesd.server import HostError
-
-    assert isinstance(manager, Manager)
-    notify("RELOADING=1", notify_env)
-    try:
-        await manager.reload()
-    except HostError as err:
-        say(f"reload: {err.message}")
-    notify("READY=1", notify_env)
 
 
 # -- demo ------------------------------------------------------------------------------------
@@ -542,11 +338,12 @@ def _client(args: argparse.Namespace, state: Path) -> int:
     from ..host.manager import Paths
     from ..qubesd.client import QubesdError
     from .host_admin import reload_command
+    from .host_run import call_command, run_command
 
     commands: dict[str, Command] = {
         "down": _down, "start": _start, "stop": _stop, "list": _list, "shutdown": _shutdown,
-        "run": lambda args, state, paths, qcall: _run(args, paths, qcall),
-        "prefs": _prefs, "call": _call_command, "reload": reload_command,
+        "run": lambda args, state, paths, qcall: run_command(args, paths, qcall),
+        "prefs": _prefs, "call": call_command, "reload": reload_command,
     }
     paths = Paths.make(state, state, os.environ)  # dom0's root matters only to `up`
     try:
@@ -557,6 +354,8 @@ def _client(args: argparse.Namespace, state: Path) -> int:
 
 
 def _down(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
+    from .host_up import wait_unlocked
+
     qcall("pyqrexec.host.Shutdown")
     if not wait_unlocked(state, 60):
         print("qrexec-host: down: the manager has not stopped after 60 s", file=sys.stderr)
@@ -616,83 +415,6 @@ def _prefs(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) ->
     return 0
 
 
-def _call_command(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
-    import json
-
-    qcall("admin.vm.Start", args.source, ok=("QubesVMNotHaltedError",))
-    spec = json.loads(qcall("pyqrexec.host.Exec", args.source))
-    return _call(args, spec, paths.log_dir)
-
-
-def _run(args: argparse.Namespace, paths: Paths, qcall: QCall) -> int:
-    """`run`: in one domain, a new disposable, or every running domain; the command's
-    streams and exit status passed through."""
-    import json
-    import shlex
-
-    words = list(args.words)
-    name = None
-    if args.dispvm is None and not args.all:
-        if not words or words[0] == "--":
-            print("qrexec-host: run: no domain given", file=sys.stderr)
-            return 2
-        name = words.pop(0)
-    cmd = words[1:] if words[:1] == ["--"] else words
-    if not cmd:
-        print("qrexec-host: run: no command given", file=sys.stderr)
-        return 2
-    if args.service:
-        if len(cmd) != 1 or not cmd[0] or any(c.isspace() for c in cmd[0]):
-            print("qrexec-host: run: --service takes one word, NAME[+ARG]", file=sys.stderr)
-            return 2
-        line = f"QUBESRPC {cmd[0]} dom0"
-    else:
-        line = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
-    filter_esc = args.filter_esc
-    if filter_esc is None:
-        filter_esc = os.isatty(sys.stdout.fileno())
-    if name == "dom0":
-        if args.service:
-            print("qrexec-host: run: --service in dom0: use qrexec-client", file=sys.stderr)
-            return 2
-        return _run_in_dom0(json.loads(qcall("pyqrexec.host.Exec", "dom0")),
-                            args.user, cmd, filter_esc)
-    if name is not None:
-        return _run_in(name, args.user, line, filter_esc, paths, qcall)
-    if args.all:
-        names = [r["name"] for r in json.loads(qcall("pyqrexec.host.List"))
-                 if r["state"] == "Running" and r["name"] != "dom0"]
-        worst = 0
-        for each in names:
-            worst = max(worst, _run_in(each, args.user, line, filter_esc, paths, qcall))
-        return worst
-    disp = qcall("admin.vm.CreateDisposable", args.dispvm or "dom0").decode()
-    try:
-        return _run_in(disp, args.user, line, filter_esc, paths, qcall)
-    finally:
-        qcall("admin.vm.Kill", disp, ok=("QubesVMNotStartedError",))
-
-
-def _run_in(name: str, user: str, line: str, filter_esc: bool, paths: Paths,
-            qcall: QCall) -> int:
-    """qrexec-client -d NAME USER:LINE, NAME started first; Ctrl-C reaches the client (same
-    process group), which ends the command."""
-    import signal
-    import subprocess
-
-    from ..host.manager import program
-
-    qcall("admin.vm.Start", name, ok=("QubesVMNotHaltedError",))
-    argv = [*program("qrexec-client"), f"--socket-dir={paths.socket_dir}", "-d", name,
-            *(["-t", "-T"] if filter_esc else []), f"{user}:{line}"]
-    previous = signal.signal(signal.SIGINT, lambda *_: None)
-    try:
-        status = subprocess.call(argv, env=paths.client_env(os.environ))
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return 128 - status if status < 0 else status
-
-
 def _pref_text(value: object) -> str:
     """A property as `prefs NAME KEY VALUE` takes it back."""
     if value is None:
@@ -714,167 +436,6 @@ def _print_table(fields: list[str], rows: list[dict[str, object]],
     widths = [max(len(row[i]) for row in table) for i in range(len(fields))]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _call(args: argparse.Namespace, spec: dict[str, object], log_dir: Path) -> int:
-    """qrexec-client-vm inside SOURCE, waited for here on the host: when the call is
-    refused or finds no service, the person at this terminal is told why (the domain's
-    program itself gets exactly what it gets on Qubes)."""
-    import shutil
-    import signal
-    import subprocess
-
-    from ..host.cgroups import join
-    from ..host.manager import program
-
-    if "agent_socket" not in spec:
-        print(f"qrexec-host: call: {args.source} has no qrexec-agent; in dom0 use "
-              "`run dom0 -- qrexec-client …`", file=sys.stderr)
-        return 2
-    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
-    root = spec.get("root")
-    if isinstance(root, str) and rest and rest[0].startswith("/"):
-        # plain mode shares the host's filesystem: a program named by its path in
-        # the domain is found in the domain's root first
-        inside = os.path.join(root, rest[0].lstrip("/"))
-        if os.path.exists(inside):
-            rest = [inside, *rest[1:]]
-    prefix = spec["prefix"]
-    env = spec["env"]
-    cgroup = spec.get("cgroup", [])
-    assert isinstance(prefix, list) and isinstance(env, dict) and isinstance(cgroup, list)
-    argv = [*prefix, *program("qrexec-client-vm"), f"--agent-socket={spec['agent_socket']}",
-            "--", args.target, args.service, *rest]
-    exe = shutil.which(argv[0]) or argv[0]
-    marks = _log_marks(log_dir)
-
-    def enter() -> None:
-        join(cgroup)  # the program is the domain's: bounded by its limits
-
-    # Ctrl-C reaches the program (same process group); this side only reports
-    signal.signal(signal.SIGINT, lambda *_: None)
-    try:
-        proc = subprocess.Popen([exe, *argv[1:]], env=env, preexec_fn=enter)
-    except (OSError, subprocess.SubprocessError) as err:
-        print(f"qrexec-host: call: cannot run {argv[0]} in {args.source}: {err}",
-              file=sys.stderr)
-        return 1
-    status = proc.wait()
-    if status < 0:
-        return 128 - status
-    if status == 126:
-        why = _refusal(log_dir, marks, args)
-        if why:
-            print(f"qrexec-host: call: {why}", file=sys.stderr)
-    elif status == 127:
-        missing = _missing_service(log_dir, marks, args.service)
-        if missing:
-            print(f"qrexec-host: call: {missing}", file=sys.stderr)
-    return status
-
-
-def _log_marks(log_dir: Path) -> dict[Path, int]:
-    """How long the policy daemon's and the agents' logs are before a call."""
-    marks: dict[Path, int] = {}
-    for log in [log_dir / "policy-daemon.log", *log_dir.glob("agent.*.log")]:
-        try:
-            marks[log] = log.stat().st_size
-        except OSError:
-            continue
-    return marks
-
-
-def _new_lines(log: Path, marks: dict[Path, int]) -> list[str]:
-    """What was logged since the mark, each line's message alone (host/logsink.py)."""
-    from ..host.logsink import message_of
-
-    try:
-        with open(log, "rb") as f:
-            f.seek(marks.get(log, 0))
-            return [message_of(line)
-                    for line in f.read(1 << 20).decode(errors="replace").splitlines()]
-    except OSError:
-        return []
-
-
-def _refusal(log_dir: Path, marks: dict[Path, int], args: argparse.Namespace) -> str:
-    """The policy daemon's reason for refusing this call, from what it logged meanwhile."""
-    service = args.service.split("+", 1)[0]
-    found = ""
-    for line in _new_lines(log_dir / "policy-daemon.log", marks):
-        if line.startswith("error loading policy: "):
-            found = f"policy failed to load: {line[len('error loading policy: '):]}"
-        head = f"qrexec: {service}"
-        if line.startswith(head) and f": {args.source} -> " in line:
-            reason = line.split(" -> ", 1)[1].split(": ", 1)[-1]
-            for prefix, text in (("error loading policy: ", "policy failed to load: "),
-                                 ("denied: ", "refused: ")):
-                if reason.startswith(prefix):
-                    found = text + reason[len(prefix):]
-    return found
-
-
-def _missing_service(log_dir: Path, marks: dict[Path, int], service: str) -> str:
-    """"no such service …" when a target's agent logged that it has none."""
-    for log in sorted(log_dir.glob("agent.*.log")):
-        for line in _new_lines(log, marks):
-            if "Service not found: " in line and service.split("+", 1)[0] in line:
-                return f"no such service {service} in {log.name[6:-4]}"
-    return ""
-
-
-def _run_in_dom0(spec: dict[str, object], user: str, cmd: list[str], filter_esc: bool) -> int:
-    """`run dom0`: dom0 is this host, so the command runs here, with dom0's environment; as
-    for a domain, one word is a shell command line and more are an argv."""
-    import shutil
-
-    from ..host.sandbox import user_wrapper
-
-    env = spec["env"]
-    assert isinstance(env, dict)
-    argv = ["/bin/sh", "-c", cmd[0]] if len(cmd) == 1 else cmd
-    argv = [*user_wrapper(None if user == "DEFAULT" else user), *argv]
-    exe = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
-    if filter_esc:
-        return _filtered(exe, argv, env)
-    try:
-        os.execve(exe, argv, env)
-    except OSError as err:
-        print(f"qrexec-host: run: {argv[0]}: {err.strerror}", file=sys.stderr)
-    return 127
-
-
-def _filtered(exe: str, argv: list[str], env: dict[str, str]) -> int:
-    """The program with its stdout and stderr filtered as qrexec-client -t -T filters a
-    domain's (dom0's own commands do not pass through qrexec-client)."""
-    import selectors
-    import signal
-    import subprocess
-
-    from ..call.relay import unsafe_filter
-
-    signal.signal(signal.SIGINT, lambda *_: None)  # the program gets it and ends
-    try:
-        proc = subprocess.Popen([exe, *argv[1:]], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-    except OSError as err:
-        print(f"qrexec-host: run: {argv[0]}: {err.strerror}", file=sys.stderr)
-        return 127
-    assert proc.stdout is not None and proc.stderr is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ, sys.stdout.fileno())
-    sel.register(proc.stderr, selectors.EVENT_READ, sys.stderr.fileno())
-    while sel.get_map():
-        for key, _ in sel.select():
-            data = os.read(key.fd, 65536)
-            if not data:
-                sel.unregister(key.fileobj)
-                continue
-            out = unsafe_filter(data)
-            while out:
-                out = out[os.write(key.data, out):]
-    status = proc.wait()
-    return 128 - status if status < 0 else status
 
 
 def run() -> None:
