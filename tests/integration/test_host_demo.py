@@ -1,5 +1,5 @@
 """`qrexec-host demo`: the README's main command brings up the embedded default, makes the
-seed's call and leaves nothing behind."""
+classic test.Add call and leaves nothing behind."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def scenario_layout(top: Path) -> str:
         (top / name).mkdir()
     (top / "dom0/etc/qubes/policy.d").mkdir(parents=True)
     (top / "dom0/etc/qubes-rpc/policy").mkdir(parents=True)
-    # S1: the seed HOWTO
+    # S1: the HOWTO's test.Add example
     executable(top / "anotherVM/etc/qubes-rpc/test.Add",
                "#!/bin/sh\nread arg1 arg2\necho $(($arg1+$arg2))\n")
     executable(top / "work/usr/bin/our_test_add_client", "#!/bin/sh\necho $1 $2\nexec cat >&2\n")

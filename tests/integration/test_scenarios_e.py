@@ -165,7 +165,7 @@ def test_s62_s64_trigger_of_each_version(host: QrexecHost, recorder: PolicyRecor
     dom.start_daemon(wait=False, env={"QREXEC_POLICY_SOCKET": recorder.path})
     assert agent.handshake(announced) == reply
     dom.wait_daemon_ready()
-    # `$` becomes `@` for seed-era (v2) agents only (protocol.md §10 step 2)
+    # `$` becomes `@` for protocol-2 agents only (protocol.md §10 step 2)
     if reply == 2:
         agent.send(raw2(service=b"test.Svc+x", target=b"$dispvm", ident=IDENT))
     elif reply == 3:
@@ -306,7 +306,7 @@ def test_s59_hostile_dom0_clients_beside_a_running_call(host: QrexecHost) -> Non
 
 # -- S60: hostile local clients of the agent ----------------------------------------------------
 _HOSTILE_TRIGGERS = {
-    "seed-era-128": b"test.Svc".ljust(64, b"\0") + b"vault".ljust(32, b"\0") + IDENT,
+    "v2-128": b"test.Svc".ljust(64, b"\0") + b"vault".ljust(32, b"\0") + IDENT,
     "t4-len160": pack_header(MsgType.TRIGGER_SERVICE4, 160) + bytes(64) + b"vault".ljust(64, b"\0")
     + IDENT,
     "t4-huge": pack_header(MsgType.TRIGGER_SERVICE4, 0xFFFFFFFF) + bytes(1000),

@@ -226,7 +226,7 @@ def _bare_dispvm(argv: list[str]) -> list[str]:
 
 # -- demo ------------------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
-    """`up` the embedded default, make the seed's call, `down`, remove everything."""
+    """`up` the embedded default, make the classic test.Add call, `down`, remove everything."""
     import shutil
     import signal
     import subprocess

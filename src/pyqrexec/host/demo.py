@@ -1,8 +1,9 @@
-"""The embedded default host and the seed's `test.Add` HOWTO (`qrexec-host demo`).
+"""The embedded default host and the classic `test.Add` example of upstream's qrexec
+HOWTO (`qrexec-host demo`).
 
 Writes a config and the domains' roots into a fresh directory: `work` (running),
 `anotherVM` (halted, started by the call), `default-dvm` (a disposable template), and dom0
-with the seed-era policy file `test.Add` (`$anyvm $anyvm ask`) behind the shipped
+with the legacy per-service policy file `test.Add` (`$anyvm $anyvm ask`) behind the shipped
 `35-compat.policy`. The call `work -> anotherVM test.Add 11 22` then asks the person at the
 terminal (or the `--yes` answer program) and prints 33.
 """
@@ -15,14 +16,14 @@ from pathlib import Path
 
 __all__ = ["write_demo", "ANSWER_YES", "CALL"]
 
-#: the seed HOWTO's call, as `qrexec-host call` arguments
+#: the HOWTO's call, as `qrexec-host call` arguments
 CALL = ["work", "anotherVM", "test.Add", "/usr/bin/our_test_add_client", "11", "22"]
 
 #: `--answer-program` for `--yes`: allow the call to the target the demo asks for
 ANSWER_YES = "#!/bin/sh\ncat >/dev/null\necho allow:anotherVM\n"
 
 _FILES: dict[str, tuple[str, int]] = {
-    # the seed HOWTO, as upstream documented it in 2015
+    # the HOWTO's example, as upstream documented it in 2015
     "roots/anotherVM/etc/qubes-rpc/test.Add": (
         "#!/bin/sh\n# read from stdin, which is received from the rpc client\n"
         "read arg1 arg2\n# print to stdout, which is passed to the rpc client\n"
@@ -33,7 +34,7 @@ _FILES: dict[str, tuple[str, int]] = {
         "exec cat >&$SAVED_FD_1\n", 0o755),
     "roots/default-dvm/etc/qubes-rpc/test.Add": (
         "#!/bin/sh\nread arg1 arg2\necho $(($arg1+$arg2))\n", 0o755),
-    # dom0: the seed-era per-service policy, read through the shipped compat file
+    # dom0: the legacy per-service policy, read through the shipped compat file
     "roots/dom0/etc/qubes-rpc/policy/test.Add": ("$anyvm $anyvm ask\n", 0o644),
     "roots/dom0/etc/qubes/policy.d/35-compat.policy": (
         "# read the per-service files of /etc/qubes-rpc/policy (Qubes 4.0 format)\n"
