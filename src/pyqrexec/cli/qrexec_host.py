@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ..host.manager import Paths
+    from ..host.paths import Paths
 
 __all__ = ["main", "run", "default_state_dir"]
 
@@ -438,9 +438,9 @@ def _demo(args: argparse.Namespace) -> int:
     import time
 
     from ..host.demo import CALL, write_demo
-    from ..host.manager import program
     from ..qubesd.client import QubesdError, call
     from ..system.parent_death import dies_with_this_process
+    from ..system.programs import program
 
     top = Path(tempfile.mkdtemp(prefix="qrexec-demo-"))
     os.chmod(top, 0o755)
@@ -539,7 +539,7 @@ class Command(Protocol):
 
 
 def _client(args: argparse.Namespace, state: Path) -> int:
-    from ..host.manager import Paths
+    from ..host.paths import Paths
     from ..qubesd.client import QubesdError
     from .host_admin import reload_command
 
@@ -680,7 +680,7 @@ def _run_in(name: str, user: str, line: str, filter_esc: bool, paths: Paths,
     import signal
     import subprocess
 
-    from ..host.manager import program
+    from ..system.programs import program
 
     qcall("admin.vm.Start", name, ok=("QubesVMNotHaltedError",))
     argv = [*program("qrexec-client"), f"--socket-dir={paths.socket_dir}", "-d", name,
@@ -725,7 +725,7 @@ def _call(args: argparse.Namespace, spec: dict[str, object], log_dir: Path) -> i
     import subprocess
 
     from ..host.cgroups import join
-    from ..host.manager import program
+    from ..system.programs import program
 
     if "agent_socket" not in spec:
         print(f"qrexec-host: call: {args.source} has no qrexec-agent; in dom0 use "

@@ -1,17 +1,6 @@
 """qrexec-host's domain manager: lifecycle, sandboxes, disposables, qubesd methods (asyncio).
 
-State directory layout (docs/qrexec-host.md):
-
-    qubesd.sock, qubesd.internal.sock, policy.sock, policy-agent.sock   (env overridable)
-    qubes/            daemon sockets qrexec.NAME, qrexec.DOMID, qrexec.uuid:UUID
-    vchan/0/          dom0's vchan view; vchan/DOMID/ a domain's (VCHAN_PAIR_DIRS layout)
-    dom/NAME/run/     the domain's /run/qubes (trigger socket qrexec-agent)
-    dom/NAME/merged/  its merged /etc, /usr/bin, … (bubblewrap mode)
-    disp/dispN/       a disposable's root (copy of its template's)
-    dom0/rpc/         dom0's runtime services (policy.Ask, policy.EvalSimple, …)
-    bin/              qrexec-policy-exec wrapper naming dom0's policy directory; usr_bin/,
-                      the /usr/bin of sandboxes whose root has none (bubblewrap mode)
-    log/              qrexec.NAME.log (daemon), agent.NAME.log, policy-daemon.log, …
+Where things live is host/paths.py; dom0's programs, host/dom0_side.py.
 """
 
 from __future__ import annotations
@@ -21,36 +10,38 @@ import contextlib
 import dataclasses
 import functools
 import grp
-import importlib.util
 import json
 import os
 import pwd
-import select
 import shutil
 import signal
 import sys
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..policy.audit import AUDIT_SOCKET_NAME
 from ..qubesd.server import HostError, QubesdServer
-from ..services.environment import CALL_VARIABLES
-from ..system.parent_death import dies_with_this_process
-from .cgroups import Backend, DomainCgroup, NoCgroups, detect
+from .cgroups import Backend, NoCgroups, detect
 from .config import (
     DOM0_UUID,
     UID_RANGE,
-    DomainConfig,
     HostConfig,
     PrefError,
     prefs,
     with_pref,
 )
 from .confine import boot_argv, confine_args
-from .launchers import domain_programs, program, write_launcher, write_program
-from .logsink import identifier, open_sink, stamped, stamps_needed
+from .dom0_side import (
+    choose_frontend,
+    start_policy_agent,
+    start_policy_daemon,
+    write_dom0_launchers,
+)
+from .domain import Domain
+from .launchers import domain_programs, program, write_program
+from .paths import Paths, copy_tree, give, make_dir, remove
+from .processes import STOP_TIMEOUT, keep, read_info, spawn, terminate, wait_path
 from .relays import REMOTE_DIR_VARIABLE, refuse_power, remote_tags, write_remote_entries
 from .sandbox import (
     KEPT_CAPS,
@@ -69,13 +60,11 @@ from .sandbox import (
     user_wrapper,
 )
 
-__all__ = ["Paths", "Domain", "Manager", "program", "describe_request", "QUIET_METHODS",
-           "START_TIMEOUT", "DOM0_SERVICES", "dom0_service_settings"]
+__all__ = ["Manager", "describe_request", "QUIET_METHODS"]
 
 START_TIMEOUT = 60.0
 #: the accounts' shell in a domain, as in a Qubes qube (bash), where the host has it
 _LOGIN_SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-STOP_TIMEOUT = 5.0
 MAX_DISPOSABLES = 9999
 
 
@@ -83,16 +72,6 @@ MAX_DISPOSABLES = 9999
 #: info on every call, the command-line tools poll the listing)
 QUIET_METHODS = ("internal.GetSystemInfo", "pyqrexec.host.List", "pyqrexec.host.Exec",
                  "pyqrexec.host.Prefs")
-
-
-#: dom0 services this host installs in dom0's runtime service directory: service name ->
-#: the pyqrexec program that serves it (run with no arguments, as qrexec runs services)
-DOM0_SERVICES: dict[str, str] = {
-    "policy.RegisterArgument": "policy-register-argument",
-    **{f"policy.{method}": "qubes-policy-admin"
-       for method in ("List", "Get", "Replace", "Remove", "GetFiles", "include.List",
-                      "include.Get", "include.Replace", "include.Remove")},
-}
 
 
 def describe_request(method: str, arg: str, dest: str, payload: bytes) -> str:
@@ -105,118 +84,6 @@ def describe_request(method: str, arg: str, dest: str, payload: bytes) -> str:
 def _printable(data: bytes, limit: int = 200) -> str:
     text = data[:limit].decode("ascii", errors="replace")
     return "".join(c if c.isprintable() else "?" for c in text)
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where everything lives; the upstream paths follow the variables of
-    docs/reference/cli.md#common-environment."""
-
-    state: Path
-    dom0_root: Path
-    qubesd: Path
-    qubesd_internal: Path
-    policy_socket: Path
-    vchan: Path
-    legacy_policy: Path
-
-    @classmethod
-    def make(cls, state: Path, dom0_root: Path, env: Mapping[str, str]) -> Paths:
-        return cls(
-            state=state,
-            dom0_root=dom0_root,
-            qubesd=Path(env.get("QUBESD_SOCKET") or state / "qubesd.sock"),
-            qubesd_internal=Path(env.get("QUBESD_INTERNAL_SOCKET")
-                                 or state / "qubesd.internal.sock"),
-            policy_socket=Path(env.get("QREXEC_POLICY_SOCKET") or state / "policy.sock"),
-            vchan=Path(env.get("VCHAN_SOCKET_DIR") or state / "vchan"),
-            legacy_policy=Path(env.get("QREXEC_LEGACY_POLICY_DIR")
-                               or dom0_root / "etc/qubes-rpc/policy"),
-        )
-
-    @property
-    def socket_dir(self) -> Path:
-        return self.state / "qubes"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.state / "log"
-
-    @property
-    def dom0_rpc(self) -> Path:
-        return self.state / "dom0" / "rpc"
-
-    @property
-    def policy_dir(self) -> Path:
-        return self.dom0_root / "etc/qubes/policy.d"
-
-    @property
-    def policy_program(self) -> Path:
-        return self.state / "bin" / "qrexec-policy-exec"
-
-    @property
-    def policy_agent_socket(self) -> Path:
-        return self.state / "policy-agent.sock"
-
-    def dom0_service_path(self) -> str:
-        r = self.dom0_root
-        return f"{self.dom0_rpc}:{r}/usr/local/etc/qubes-rpc:{r}/etc/qubes-rpc"
-
-    def client_env(self, base: Mapping[str, str]) -> dict[str, str]:
-        """Environment of a dom0 program talking to domains (e.g. qrexec-client)."""
-        env = dict(base)
-        env.update(PYTHONPATH=source_dir(), VCHAN_DOMAIN="0",
-                   VCHAN_SOCKET_DIR=str(self.vchan / "0"), VCHAN_PAIR_DIRS="1")
-        return env
-
-    def dom0_env(self, base: Mapping[str, str]) -> dict[str, str]:
-        """Environment of every dom0 program qrexec-host starts."""
-        r = self.dom0_root
-        env = self.client_env(base)
-        env.update(
-            QUBESD_SOCKET=str(self.qubesd),
-            QUBESD_INTERNAL_SOCKET=str(self.qubesd_internal),
-            QREXEC_POLICY_SOCKET=str(self.policy_socket),
-            QREXEC_LEGACY_POLICY_DIR=str(self.legacy_policy),
-            QREXEC_POLICY_DIR=str(self.policy_dir),
-            QREXEC_SERVICE_PATH=self.dom0_service_path(),
-            QUBES_RPC_CONFIG_PATH=(f"{r}/usr/local/etc/qubes/rpc-config:"
-                                   f"{r}/etc/qubes/rpc-config"),
-            QREXEC_LOG_DIR=str(self.log_dir),
-            QREXEC_POLICY_ADMIN_LOG=str(self.log_dir / "policy-admin.log"),
-        )
-        return env
-
-
-@dataclass
-class Domain:
-    cfg: DomainConfig
-    #: created by admin.vm.CreateDisposable: removed when killed
-    disposable: bool = False
-    domid: int | None = None
-    state: str = "Halted"
-    agent: asyncio.subprocess.Process | None = None
-    daemon: asyncio.subprocess.Process | None = None
-    #: host pid of the sandbox's PID 1 (bubblewrap mode), for entering it
-    ns_pid: int | None = None
-    #: first host uid of its user namespace (bubblewrap mode as root), else None
-    uid_base: int | None = None
-    #: the cgroup (or scope) bounding the agent and all it starts, while it runs
-    cgroup: DomainCgroup | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    #: the tasks that notice its agent or daemon ending on their own
-    watchers: list[asyncio.Task[None]] = field(default_factory=list)
-    #: pair directories made for it at start in older domains' views, with the peer's domid
-    #: (those of domains started later are inside its own view)
-    pairs: list[tuple[Path, int]] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
-
-    @property
-    def running(self) -> bool:
-        return self.domid is not None
 
 
 class Manager:
@@ -265,10 +132,7 @@ class Manager:
         for d in (p.state, p.vchan):
             os.chmod(d, 0o755)
         os.chmod(p.vchan / "0", 0o711)
-        write_launcher(p.policy_program, "qrexec-policy-exec", f"--path={p.policy_dir}")
-        settings = dom0_service_settings(p.dom0_env(self.base_env))
-        for service, name in DOM0_SERVICES.items():
-            write_launcher(p.dom0_rpc / service, name, env=settings)
+        write_dom0_launchers(p, self.base_env)
 
     async def up(self) -> None:
         """dom0's side: qubesd sockets, policy daemon, policy agent; then autostart domains.
@@ -281,7 +145,7 @@ class Manager:
         self.log(f"domain limits: {self.cgroups.name}")
         env = self.paths.dom0_env(self.base_env)
         await self._serve_qubesd(self.paths.qubesd_internal, internal=True)
-        await self._start_policy_daemon(env)
+        await start_policy_daemon(self.paths, env, self.log, self.services)
         agent_args, ask = choose_frontend(self.policy_agent_args, self.terminal,
                                           self.base_env)
         agent = await start_policy_agent(self.paths, env, agent_args, self.log, ask=ask)
@@ -303,29 +167,6 @@ class Manager:
         await server.start()
         self.servers.append(server)
 
-    async def _start_policy_daemon(self, env: dict[str, str]) -> None:
-        p = self.paths
-        argv = [*program("qrexec-policy-daemon"), f"--policy-path={p.policy_dir}",
-                f"--socket-path={p.policy_socket}",
-                f"--eval-socket-path={p.dom0_rpc / 'policy.EvalSimple'}",
-                f"--gui-socket-path={p.dom0_rpc / 'policy.EvalGUI'}"]
-        # one left by a manager that was killed would pass for the new daemon's at once
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(p.policy_socket)
-        proc = await _spawn(argv, env, p.log_dir / "policy-daemon.log", echo=self._policy_line)
-        self.services.append(proc)
-        if not await _wait_path(p.policy_socket, 30, [proc]):
-            raise HostError("QubesException", "the policy daemon did not start; see "
-                            f"{p.log_dir / 'policy-daemon.log'}")
-
-    def _policy_line(self, line: str) -> None:
-        """The policy daemon's log line as it is written: a policy that does not load is
-        the administrator's to fix, so it goes where they look (stderr of `up`), with its
-        FILE:LINE, at start and at every reload that fails."""
-        prefix = "error loading policy: "
-        if line.startswith(prefix):
-            self.log(f"policy failed to load: {line[len(prefix):]}")
-
     async def shutdown(self) -> None:
         if self.stopping:
             await self.stopped.wait()
@@ -334,7 +175,7 @@ class Manager:
         await asyncio.gather(*(self.kill(d.name, quiet=True) for d in list(self.domains.values())
                                if d.running and d.name != "dom0"), return_exceptions=True)
         for proc in reversed(self.services):
-            await _terminate(proc)
+            await terminate(proc)
         self.services = []
         for server in self.servers:
             await server.close()
@@ -535,8 +376,7 @@ class Manager:
         if arg == "wait":
             await task
         else:  # like qvm-shutdown without --wait: started, not finished
-            _ECHOES.add(task)
-            task.add_done_callback(_ECHOES.discard)
+            keep(task)
         return b""
 
     async def shutdown_domain(self, name: str, timeout: float) -> None:
@@ -591,7 +431,7 @@ class Manager:
             template_for_dispvms=False, autostart=False, internal=False)
         self.domains[name] = Domain(cfg, disposable=True)  # reserve the name while copying
         try:
-            await _copy_tree(t.root, root)
+            await copy_tree(t.root, root)
         except BaseException:
             self._forget(self.domains[name])
             raise
@@ -631,7 +471,7 @@ class Manager:
         agent_account = self._account(d, d.cfg.user or "root")
         run = make_dir(home, "run", 0o755, *self._host_ids(d, agent_account))
         if d.cfg.user and not self.bwrap:
-            _give(run, d.cfg.user)
+            give(run, d.cfg.user)
         write_remote_entries(run, d.name, (o.cfg for o in self.domains.values()))
         agent_log = p.log_dir / f"agent.{d.name}.log"
         if d.cfg.limits is not None:
@@ -646,12 +486,12 @@ class Manager:
             (home / "bin").mkdir()
             for name, text in domain_programs(str(run / "qrexec-agent")).items():
                 write_program(home / "bin" / name, text)
-            d.agent = await _spawn(
+            d.agent = await spawn(
                 [*user_wrapper(d.cfg.user, die_with_parent=True), *program("qrexec-agent"),
                  f"--agent-socket={run / 'qrexec-agent'}", "--no-fork-server"],
                 self._plain_env(d), agent_log, new_session=True, cgroup=d.cgroup)
         daemon_log = p.log_dir / f"qrexec.{d.name}.log"
-        d.daemon = await _spawn(
+        d.daemon = await spawn(
             [*program("qrexec-daemon"), "--direct", f"--uuid={d.cfg.uuid}",
              f"--socket-dir={p.socket_dir}", f"--policy-program={p.policy_program}",
              str(domid), d.name, d.cfg.default_user],
@@ -659,7 +499,7 @@ class Manager:
         if not self.bwrap:
             d.watchers.append(asyncio.ensure_future(self._watch(d, d.agent, "agent")))
         d.watchers.append(asyncio.ensure_future(self._watch(d, d.daemon, "daemon")))
-        if not all([await _wait_path(p.socket_dir / f"qrexec.{name}", START_TIMEOUT,
+        if not all([await wait_path(p.socket_dir / f"qrexec.{name}", START_TIMEOUT,
                                      [d.daemon, d.agent])
                     for name in (d.name, f"uuid:{d.cfg.uuid}")]):
             for log in (agent_log, daemon_log):  # a disposable's logs go with it
@@ -788,12 +628,12 @@ class Manager:
                            info_fd=wfd, env=self._sandbox_env(d), homes=self._homes(d, home))
         command = [*self._confine(d), *program("qrexec-agent"), "--no-fork-server"]
         try:
-            proc = await _spawn(bwrap_argv(spec, self.layout, command, self.bwrap),
+            proc = await spawn(bwrap_argv(spec, self.layout, command, self.bwrap),
                                 self.base_env, log, pass_fds=(wfd,), cgroup=d.cgroup)
         finally:
             os.close(wfd)
         try:
-            info = await asyncio.get_running_loop().run_in_executor(None, _read_info, rfd)
+            info = await asyncio.get_running_loop().run_in_executor(None, read_info, rfd)
         finally:
             os.close(rfd)
         pid = info.get("child-pid")
@@ -808,9 +648,9 @@ class Manager:
                 task.cancel()
         d.watchers = []
         if d.daemon is not None:
-            await _terminate(d.daemon)
+            await terminate(d.daemon)
         if d.agent is not None:
-            await _terminate(d.agent, group=self.bwrap is None)
+            await terminate(d.agent, group=self.bwrap is None)
         d.daemon = d.agent = None
         d.ns_pid = None
         if d.cgroup is not None:  # what the agent's services left behind
@@ -827,7 +667,7 @@ class Manager:
             shutil.rmtree(p.vchan / str(d.domid), ignore_errors=True)
             for peer in self.domains.values():
                 if peer.domid is not None:
-                    _remove(p.vchan / str(peer.domid) / str(d.domid))
+                    remove(p.vchan / str(peer.domid) / str(d.domid))
         shutil.rmtree(p.state / "dom" / d.name, ignore_errors=True)
         d.domid = None
         d.uid_base = None
@@ -905,19 +745,6 @@ class Manager:
                 "cgroup": cgroup}
 
 
-# -- the policy agent (another component; started when installed) ---------------------------
-def policy_agent_argv() -> list[str] | None:
-    """How to run qrexec-policy-agent: the pyqrexec module if present, else one on PATH."""
-    try:
-        found = importlib.util.find_spec("pyqrexec.cli.qrexec_policy_agent") is not None
-    except (ImportError, ValueError):
-        found = False
-    if found:
-        return program("qrexec-policy-agent")
-    exe = shutil.which("qrexec-policy-agent")
-    return [exe] if exe else None
-
-
 def unprivileged_accounts(config: HostConfig, log: Callable[[str], None]) -> HostConfig:
     """The config as a host without root can serve it: every agent runs as the account
     running `up` (nothing can switch to another), so that account is each domain's `user`
@@ -939,201 +766,6 @@ def unprivileged_accounts(config: HostConfig, log: Callable[[str], None]) -> Hos
                 f"domain runs as {me}")
         domains[name] = dataclasses.replace(c, user=None, default_user=me)
     return dataclasses.replace(config, domains=domains)
-
-
-def choose_frontend(args: list[str], terminal: bool,
-                    env: Mapping[str, str]) -> tuple[list[str], str | None]:
-    """The policy agent's arguments and who answers ask rules (None: nobody).
-
-    Given options win; else the terminal `up` runs on, else a GTK dialog on the display,
-    else nobody: then policy.Ask is not offered, and an ask is denied as "no front end to
-    ask" (policy_daemon/agent_client.py), never as if someone had said no."""
-    given = ("--frontend", "--answer-program", "--tty")
-    if any(a.startswith(given) for a in args):
-        deny = any(a in ("--frontend=deny",) for a in args)
-        return args, None if deny else "as configured"
-    if terminal:
-        return [*args, "--frontend=terminal", "--tty=/dev/tty"], "on this terminal"
-    if env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
-        import subprocess
-
-        argv = policy_agent_argv()
-        try:
-            usable = argv is not None and subprocess.run(
-                [*argv, "--frontend=gtk", "--check"], env=dict(env), timeout=30,
-                stdin=subprocess.DEVNULL, capture_output=True).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            usable = False
-        if usable:
-            return [*args, "--frontend=gtk"], "in a GTK dialog"
-    return [*args, "--frontend=deny"], None
-
-
-async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str],
-                             log: Callable[[str], None],
-                             ask: str | None = "as configured"
-                             ) -> asyncio.subprocess.Process | None:
-    """Start qrexec-policy-agent on its socket and link policy.Notify (and policy.Ask when
-    `ask` says who answers) to it in dom0's runtime service directory; None (and a note)
-    when it is not installed."""
-    if ask is None:
-        log("no front end to ask: ask rules will be denied. To be asked, run `up` on a "
-            "terminal, or with DISPLAY and GTK, or give "
-            "--policy-agent-arg=--answer-program=PROG")
-    elif ask != "as configured":
-        log(f"ask rules are asked {ask}")
-    argv = policy_agent_argv()
-    if argv is None:
-        log("qrexec-policy-agent not found: ask rules are denied, notifications dropped")
-        return None
-    sock = paths.policy_agent_socket
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(sock)
-    proc = await _spawn([*argv, f"--socket-path={sock}", *extra], env,
-                        paths.log_dir / "policy-agent.log", echo=lambda _: None)
-    if not await _wait_path(sock, 30, [proc]):
-        log(f"qrexec-policy-agent did not start; see {paths.log_dir / 'policy-agent.log'}")
-        await _terminate(proc)
-        return None
-    for service in ("policy.Ask", "policy.Notify") if ask is not None else ("policy.Notify",):
-        link = paths.dom0_rpc / service
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(link)
-        os.symlink(sock, link)
-    return proc
-
-
-# -- process and file helpers ------------------------------------------------------------------
-def dom0_service_settings(dom0_env: Mapping[str, str]) -> dict[str, str]:
-    """The host's `QREXEC*` settings a dom0 service needs back (QREXEC_POLICY_DIR, …).
-
-    The service runner removes every inherited `QREXEC*` variable but QREXEC_SERVICE_PATH and
-    QREXEC_AGENT_PID (docs/reference/services.md#arguments-and-environment); on Qubes the services
-    find their files at fixed paths,
-    here those live under the state directory, so the launcher restores them. The per-call
-    variables are the runner's alone.
-    """
-    runners = {os.fsdecode(n) for n in CALL_VARIABLES} | {"QREXEC_AGENT_PID",
-                                                            "QREXEC_SERVICE_PATH"}
-    return {k: v for k, v in dom0_env.items()
-            if k.startswith("QREXEC") and k.isidentifier() and k not in runners}
-
-
-async def _spawn(argv: list[str], env: Mapping[str, str], log: Path,
-                 new_session: bool = False, pass_fds: tuple[int, ...] = (),
-                 cgroup: DomainCgroup | None = None,
-                 echo: Callable[[str], None] | None = None) -> asyncio.subprocess.Process:
-    """Start a program that dies with the manager (SIGKILL): a manager killed outright
-    cannot stop what it started, and nothing else would. With `cgroup`, the program is in
-    it before it runs its first instruction. With `echo`, its output reaches the log
-    through the manager, which shows `echo` every line as it comes."""
-    dies = dies_with_this_process()
-
-    def preexec() -> None:
-        dies()
-        if cgroup is not None:
-            cgroup.join_in_child()
-
-    with open_sink(log) as out:
-        proc = await asyncio.create_subprocess_exec(
-            *(cgroup.prefix if cgroup else []), *argv, env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out if echo is None else asyncio.subprocess.PIPE,
-            stderr=out if echo is None else asyncio.subprocess.STDOUT,
-            start_new_session=new_session, pass_fds=pass_fds, preexec_fn=preexec)
-    if echo is not None:
-        assert proc.stdout is not None
-        _ECHOES.add(asyncio.ensure_future(_copy_lines(proc.stdout, log, echo, proc.pid)))
-    return proc
-
-
-#: the tasks copying output through the manager (kept referenced while they run)
-_ECHOES: set[asyncio.Task[None]] = set()
-
-
-async def _copy_lines(stream: asyncio.StreamReader, log: Path,
-                      echo: Callable[[str], None], pid: int) -> None:
-    program = identifier(log).split(".", 1)[0]
-    with open_sink(log) as out:
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # a line longer than the stream's limit: take it in parts
-                line = await stream.read(65536)
-            if not line:
-                return
-            text = line.decode(errors="replace").rstrip("\n")
-            # the policy daemon's and agent's lines carry no time: merged views need one
-            out.write((stamped(program, text, pid) + "\n").encode() if stamps_needed() else line)
-            echo(text)
-
-
-async def _wait_path(path: Path, timeout: float,
-                     procs: list[asyncio.subprocess.Process | None]) -> bool:
-    """True once `path` exists; False on timeout or when one of `procs` ends first."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not path.exists():
-        if loop.time() > deadline or any(p is not None and p.returncode is not None
-                                         for p in procs):
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
-async def _terminate(proc: asyncio.subprocess.Process, group: bool = False) -> None:
-    def send(sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if group:
-                os.killpg(proc.pid, sig)
-            else:
-                proc.send_signal(sig)
-
-    if proc.returncode is None:
-        send(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            send(signal.SIGKILL)
-            await proc.wait()
-    if group:  # whatever the agent started and left behind
-        send(signal.SIGKILL)
-
-
-def _read_info(fd: int, timeout: float = 20.0) -> dict[str, object]:
-    """bwrap's --info-fd JSON (read until it parses: the sandbox may keep the pipe open)."""
-    data = b""
-    while True:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            return {}
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-        try:
-            value = json.loads(data)
-        except ValueError:
-            continue
-        return value if isinstance(value, dict) else {}
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-async def _copy_tree(src: Path, dst: Path) -> None:
-    """A fresh copy of a root directory (copy-on-write where the filesystem can)."""
-    proc = await asyncio.create_subprocess_exec(
-        "cp", "-a", "--reflink=auto", "--", str(src), str(dst),
-        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        preexec_fn=dies_with_this_process())
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        shutil.rmtree(dst, ignore_errors=True)
-        raise HostError("QubesException",
-                        f"cannot copy {src}: {err.decode(errors='replace').strip()}")
 
 
 @functools.lru_cache(maxsize=256)
@@ -1158,45 +790,3 @@ def _accounts_for(user: str | None, default_user: str | None) -> tuple[Account, 
 def _home_binds(home: Path) -> tuple[tuple[Path, str], tuple[Path, str]]:
     """Where a domain's homes live on the host (under its `STATE/dom/NAME`) and inside."""
     return (home / "root-home", "/root"), (home / "home", "/home")
-
-
-def make_dir(parent: Path, name: str, mode: int, uid: int = -1, gid: int = -1) -> Path:
-    """Make `parent/name` (a single component) and set its mode and owner through a
-    descriptor: nothing swapped in by name between the steps is followed or changed."""
-    if "/" in name or name in ("", ".", ".."):
-        raise ValueError(f"not a single path component: {name!r}")
-    pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.mkdir(name, 0o700, dir_fd=pfd)
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=pfd)
-        try:
-            if uid != -1 or gid != -1:
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-    finally:
-        os.close(pfd)
-    return parent / name
-
-
-def _give(path: Path, user: str | None) -> None:
-    """Let the agent's account create its sockets in `path`."""
-    if user is None:
-        return
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        os.chmod(path, 0o777)
-        return
-    with contextlib.suppress(PermissionError):
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    elif path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
