@@ -1,6 +1,7 @@
-"""qrexec-host's domain manager: lifecycle, sandboxes, disposables, qubesd methods (asyncio).
+"""qrexec-host's domain manager: lifecycle, sandboxes, disposables (asyncio).
 
-Where things live is host/paths.py; dom0's programs, host/dom0_side.py.
+Where things live is host/paths.py; dom0's programs, host/dom0_side.py; the qubesd methods
+that drive all this, host/methods.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import contextlib
 import dataclasses
 import functools
 import grp
-import json
 import os
 import pwd
 import shutil
@@ -24,12 +24,8 @@ from ..policy.audit import AUDIT_SOCKET_NAME
 from ..qubesd.server import HostError, QubesdServer
 from .cgroups import Backend, NoCgroups, detect
 from .config import (
-    DOM0_UUID,
     UID_RANGE,
     HostConfig,
-    PrefError,
-    prefs,
-    with_pref,
 )
 from .confine import boot_argv, confine_args
 from .dom0_side import (
@@ -40,9 +36,10 @@ from .dom0_side import (
 )
 from .domain import Domain
 from .launchers import domain_programs, program, write_program
+from .methods import QubesdMethods
 from .paths import Paths, copy_tree, give, make_dir, remove
-from .processes import STOP_TIMEOUT, keep, read_info, spawn, terminate, wait_path
-from .relays import REMOTE_DIR_VARIABLE, refuse_power, remote_tags, write_remote_entries
+from .processes import read_info, spawn, terminate, wait_path
+from .relays import REMOTE_DIR_VARIABLE, refuse_power, write_remote_entries
 from .sandbox import (
     KEPT_CAPS,
     SANDBOX_RUN,
@@ -60,30 +57,12 @@ from .sandbox import (
     user_wrapper,
 )
 
-__all__ = ["Manager", "describe_request", "QUIET_METHODS"]
+__all__ = ["Manager"]
 
 START_TIMEOUT = 60.0
 #: the accounts' shell in a domain, as in a Qubes qube (bash), where the host has it
 _LOGIN_SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 MAX_DISPOSABLES = 9999
-
-
-#: qubesd methods that change nothing: not logged (the policy daemon asks for the system
-#: info on every call, the command-line tools poll the listing)
-QUIET_METHODS = ("internal.GetSystemInfo", "pyqrexec.host.List", "pyqrexec.host.Exec",
-                 "pyqrexec.host.Prefs")
-
-
-def describe_request(method: str, arg: str, dest: str, payload: bytes) -> str:
-    """How a qubesd request reads in the log: `admin.vm.Start uuid:3333…`, with `+ARG` and
-    `payload=…` when there are any."""
-    text = f"{method}+{arg} {dest}" if arg else f"{method} {dest}"
-    return f"{text} payload={_printable(payload)}" if payload else text
-
-
-def _printable(data: bytes, limit: int = 200) -> str:
-    text = data[:limit].decode("ascii", errors="replace")
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 class Manager:
@@ -97,6 +76,8 @@ class Manager:
                                              flush=True))
         self.config = config = unprivileged_accounts(config, self.log)
         self.paths = Paths.make(state_dir.resolve(), config.dom0.root, self.base_env)
+        #: what its qubesd sockets serve
+        self.methods = QubesdMethods(self)
         self.bwrap = bwrap
         self.layout: HostLayout | None = host_layout() if bwrap else None
         self.policy_agent_args = policy_agent_args or []
@@ -163,7 +144,7 @@ class Manager:
                                         f"{err.message}") from err
 
     async def _serve_qubesd(self, path: Path, internal: bool) -> None:
-        server = QubesdServer(self, str(path), internal)
+        server = QubesdServer(self.methods, str(path), internal)
         await server.start()
         self.servers.append(server)
 
@@ -193,109 +174,6 @@ class Manager:
             shutil.rmtree(d, ignore_errors=True)
         self.cgroups.close()
         self.stopped.set()
-
-    # -- lookups ---------------------------------------------------------------------------
-    def resolve(self, dest: str) -> Domain:
-        if dest in ("@adminvm", "dom0", f"uuid:{DOM0_UUID}"):
-            return self.domains["dom0"]
-        if dest.startswith("uuid:"):
-            for d in self.domains.values():
-                if d.cfg.uuid == dest[5:]:
-                    return d
-        elif dest in self.domains:
-            return self.domains[dest]
-        raise HostError("QubesVMNotFoundError", f"No such domain: '{dest}'")
-
-    def system_info(self) -> dict[str, object]:
-        domains: dict[str, object] = {}
-        for d in self.domains.values():
-            c = d.cfg
-            domains[c.name] = {
-                "type": c.type, "tags": [*c.tags, *remote_tags(c)], "uuid": c.uuid,
-                "default_dispvm": c.default_dispvm,
-                "template_for_dispvms": c.template_for_dispvms,
-                "power_state": "Running" if d.state == "Running" else d.state,
-                "label": c.colour, "icon": c.icon, "guivm": c.guivm,
-                "relayvm": c.relayvm, "transport_rpc": c.transport_rpc,
-                "internal": True if c.internal else None,
-            }
-        return {"domains": domains}
-
-    def listing(self) -> list[dict[str, object]]:
-        return [{"name": d.name, "type": d.cfg.type, "state": d.state, "domid": d.domid,
-                 "label": d.cfg.label, "uuid": d.cfg.uuid, "tags": list(d.cfg.tags),
-                 "default_dispvm": d.cfg.default_dispvm,
-                 "template_for_dispvms": d.cfg.template_for_dispvms,
-                 "autostart": d.cfg.autostart, "disposable": d.disposable}
-                for d in self.domains.values()]
-
-    # -- the qubesd methods ------------------------------------------------------------------
-    async def handle(self, method: str, arg: str, dest: str, payload: bytes,
-                     internal: bool) -> bytes:
-        """Serve one request; every one that is not a read-only query gets a log line."""
-        what = describe_request(method, arg, dest, payload)
-        quiet = method in QUIET_METHODS
-        try:
-            answer = await self._handle(method, arg, dest, payload, internal)
-        except HostError as err:
-            # starting what runs changes nothing: `call` and `run` do it every time
-            noise = method == "admin.vm.Start" and err.exc_type == "QubesVMNotHaltedError"
-            if not (quiet or noise):
-                self.log(f"qubesd: {what} -> {err.exc_type}: {err.message}")
-            raise
-        except Exception as err:  # a bug or the system's refusal: still a proper answer
-            self.log(f"qubesd: {what} -> failed: {type(err).__name__}: {err}")
-            raise HostError("QubesException", f"{method} failed: {err}") from err
-        if quiet:
-            return answer
-        self.log(f"qubesd: {what} -> ok" + (f" {_printable(answer)}" if answer else ""))
-        return answer
-
-    async def _handle(self, method: str, arg: str, dest: str, payload: bytes,
-                      internal: bool) -> bytes:
-        if internal and method == "internal.GetSystemInfo":
-            return json.dumps(self.system_info()).encode()
-        if not internal:
-            if method == "admin.vm.Start":
-                await self.start(self.resolve(dest).name)
-                return b""
-            if method == "admin.vm.Kill":
-                await self.kill(self.resolve(dest).name)
-                return b""
-            if method == "admin.vm.Shutdown":
-                return await self._shutdown_method(self.resolve(dest).name, arg, payload)
-            if method == "admin.vm.CreateDisposable":
-                return await self.create_disposable(self.resolve(dest), payload == b"uuid")
-            if method == "pyqrexec.host.List":
-                return json.dumps(self.listing()).encode()
-            if method == "pyqrexec.host.Prefs":
-                return json.dumps(prefs(self.resolve(dest).cfg)).encode()
-            if method == "pyqrexec.host.SetPref":
-                self.set_pref(self.resolve(dest), arg, payload)
-                return b""
-            if method == "pyqrexec.host.Exec":
-                return json.dumps(self.exec_spec(self.resolve(dest))).encode()
-            if method == "pyqrexec.host.Reload":
-                return json.dumps(await self.reload()).encode()
-            if method == "pyqrexec.host.Shutdown":
-                asyncio.get_running_loop().call_soon(
-                    lambda: asyncio.ensure_future(self.shutdown()))
-                return b""
-        raise HostError("QubesException", "unsupported method")
-
-    def set_pref(self, d: Domain, key: str, payload: bytes) -> None:
-        """`pyqrexec.host.SetPref+KEY`, payload the value: the policy sees it from its next
-        request on (it asks for the system info every time); a running domain's daemon
-        keeps the default_user it was started with until the domain restarts."""
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise HostError("QubesPropertyValueError", "value is not UTF-8") from None
-        domains = {n: o.cfg for n, o in self.domains.items()}
-        try:
-            d.cfg = with_pref(domains, d.name, key, text)
-        except PrefError as err:
-            raise HostError(err.kind, str(err)) from None
 
     async def reload(self) -> dict[str, object]:
         """`pyqrexec.host.Reload` (and SIGHUP): the config file read again and applied, all
@@ -358,26 +236,6 @@ class Manager:
             await self._stop(d)
         if not quiet:
             self.log(f"{name} halted")
-
-    async def _shutdown_method(self, name: str, arg: str, payload: bytes) -> bytes:
-        """`admin.vm.Shutdown[+wait]`, payload the seconds to wait before killing."""
-        try:
-            timeout = float(payload.decode("ascii")) if payload else STOP_TIMEOUT
-        except (UnicodeDecodeError, ValueError):
-            raise HostError("QubesException", "invalid timeout") from None
-        if not 0 <= timeout <= 3600:
-            raise HostError("QubesException", "timeout must be 0 to 3600 seconds")
-        d = self.domains.get(name)
-        if d is not None:
-            refuse_power(d.cfg, "shut down")
-        if d is None or not d.running:
-            raise HostError("QubesVMNotStartedError", f"Domain is powered off: {name}")
-        task = asyncio.ensure_future(self.shutdown_domain(name, timeout))
-        if arg == "wait":
-            await task
-        else:  # like qvm-shutdown without --wait: started, not finished
-            keep(task)
-        return b""
 
     async def shutdown_domain(self, name: str, timeout: float) -> None:
         """Graceful stop: SIGTERM to the domain's processes, `timeout` seconds for its agent
