@@ -1,7 +1,8 @@
-"""qrexec-host's domain manager: lifecycle, sandboxes, disposables (asyncio).
+"""qrexec-host's domain manager: the host's bring-up and shutdown, each domain's life (start,
+kill, graceful shutdown, a crash noticed), disposables and reloads (asyncio).
 
-Where things live is host/paths.py; dom0's programs, host/dom0_side.py; the qubesd methods
-that drive all this, host/methods.py.
+Where things live is host/paths.py; dom0's programs, host/dom0_side.py; how a domain's
+processes are made, host/spawning.py; the qubesd methods that drive all this, host/methods.py.
 """
 
 from __future__ import annotations
@@ -9,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
-import grp
 import os
-import pwd
 import shutil
 import signal
 import sys
@@ -23,11 +21,7 @@ from pathlib import Path
 from ..policy.audit import AUDIT_SOCKET_NAME
 from ..qubesd.server import HostError, QubesdServer
 from .cgroups import Backend, NoCgroups, detect
-from .config import (
-    UID_RANGE,
-    HostConfig,
-)
-from .confine import boot_argv, confine_args
+from .config import HostConfig
 from .dom0_side import (
     choose_frontend,
     start_policy_agent,
@@ -35,33 +29,15 @@ from .dom0_side import (
     write_dom0_launchers,
 )
 from .domain import Domain
-from .launchers import domain_programs, program, write_program
 from .methods import QubesdMethods
-from .paths import Paths, copy_tree, give, make_dir, remove
-from .processes import read_info, spawn, terminate, wait_path
-from .relays import REMOTE_DIR_VARIABLE, refuse_power, write_remote_entries
-from .sandbox import (
-    KEPT_CAPS,
-    SANDBOX_RUN,
-    SANDBOX_VCHAN,
-    Account,
-    HostLayout,
-    SandboxSpec,
-    build_merged_dir,
-    bwrap_argv,
-    domain_accounts,
-    etc_files,
-    host_layout,
-    merged_dirs,
-    source_dir,
-    user_wrapper,
-)
+from .paths import Paths, copy_tree, remove
+from .processes import terminate, wait_path
+from .relays import refuse_power
+from .spawning import Spawner, unprivileged_accounts
 
 __all__ = ["Manager"]
 
 START_TIMEOUT = 60.0
-#: the accounts' shell in a domain, as in a Qubes qube (bash), where the host has it
-_LOGIN_SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 MAX_DISPOSABLES = 9999
 
 
@@ -76,10 +52,9 @@ class Manager:
                                              flush=True))
         self.config = config = unprivileged_accounts(config, self.log)
         self.paths = Paths.make(state_dir.resolve(), config.dom0.root, self.base_env)
+        self.spawner = Spawner(self.paths, self.base_env, bwrap, config.uid_base)
         #: what its qubesd sockets serve
         self.methods = QubesdMethods(self)
-        self.bwrap = bwrap
-        self.layout: HostLayout | None = host_layout() if bwrap else None
         self.policy_agent_args = policy_agent_args or []
         #: `up` runs in the foreground on a terminal: ask rules can be asked there
         self.terminal = terminal
@@ -90,8 +65,6 @@ class Manager:
             if d.cfg.type == "RemoteVM":  # it runs on its own host, as far as we can tell
                 d.state = "Running"
         self.next_domid = 1
-        #: whether domains get user namespaces of their own (needs the host's root)
-        self.userns = bwrap is not None and os.geteuid() == 0
         self.services: list[asyncio.subprocess.Process] = []
         self.servers: list[QubesdServer] = []
         #: set once shutdown has begun; `stopped` once it has ended
@@ -263,7 +236,7 @@ class Manager:
                 with contextlib.suppress(OSError, ValueError):
                     pids.update(int(p) for p in Path(procs).read_text().split())
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            if self.bwrap and d.ns_pid is not None:
+            if self.spawner.bwrap and d.ns_pid is not None:
                 os.kill(d.ns_pid, sig)
             elif d.agent is not None:
                 os.killpg(d.agent.pid, sig)
@@ -297,116 +270,44 @@ class Manager:
 
     # -- starting and stopping one domain ----------------------------------------------------
     async def _start(self, d: Domain) -> None:
-        """Views and pair directories, the domain's run and home directories, the agent and
-        the daemon. Every directory is made by descriptor in a host-owned parent that no
-        domain can write (docs/isolation.md): a domain cannot pre-empt or redirect them."""
-        p = self.paths
+        """A domid, its directories, the agent and the daemon (host/spawning.py); running once
+        the daemon's sockets are there."""
         domid = self.next_domid
         self.next_domid += 1
         d.domid = domid
         d.state = "Transient"
-        if self.userns:
-            d.uid_base = self._free_uid_base()
-        view = p.vchan / str(domid)
-        # the view itself is the host's: the domain writes only inside its pair directories
-        make_dir(p.vchan, str(domid), 0o755)
-        pairs: list[tuple[Path, int]] = []
-        for peer in self.domains.values():
-            if peer is d or peer.domid is None or peer.state == "Dying" or not (
-                    p.vchan / str(peer.domid)).is_dir():
-                continue
-            # both domains of the pair (each with its own uids) create sockets here
-            pair = make_dir(p.vchan / str(peer.domid), str(domid), 0o777)
-            if self.bwrap:
-                make_dir(view, str(peer.domid), 0o755)  # the mount point
-                pairs.append((pair, peer.domid))
-                d.pairs.append((pair, peer.domid))
-            else:
-                os.symlink(pair, view / str(peer.domid))
-        home = p.state / "dom" / d.name
-        shutil.rmtree(home, ignore_errors=True)
-        home.mkdir(parents=True)
-        agent_account = self._account(d, d.cfg.user or "root")
-        run = make_dir(home, "run", 0o755, *self._host_ids(d, agent_account))
-        if d.cfg.user and not self.bwrap:
-            give(run, d.cfg.user)
-        write_remote_entries(run, d.name, (o.cfg for o in self.domains.values()))
-        agent_log = p.log_dir / f"agent.{d.name}.log"
+        if self.spawner.userns:
+            d.uid_base = self.spawner.free_uid_base(self.domains.values())
+        home, view, pairs = self.spawner.make_dirs(d, self.domains.values())
+        agent_log = self.paths.log_dir / f"agent.{d.name}.log"
         if d.cfg.limits is not None:
             try:
                 d.cgroup = self.cgroups.create(d.name, d.cfg.limits)
             except OSError as err:
                 raise HostError("QubesException", f"cannot limit {d.name}: {err}") from err
-        if self.bwrap:
-            d.agent, d.ns_pid = await self._spawn_sandboxed(d, home, view, pairs, agent_log)
-            d.watchers.append(asyncio.ensure_future(self._watch(d, d.agent, "agent")))
-        else:
-            (home / "bin").mkdir()
-            for name, text in domain_programs(str(run / "qrexec-agent")).items():
-                write_program(home / "bin" / name, text)
-            d.agent = await spawn(
-                [*user_wrapper(d.cfg.user, die_with_parent=True), *program("qrexec-agent"),
-                 f"--agent-socket={run / 'qrexec-agent'}", "--no-fork-server"],
-                self._plain_env(d), agent_log, new_session=True, cgroup=d.cgroup)
-        daemon_log = p.log_dir / f"qrexec.{d.name}.log"
-        d.daemon = await spawn(
-            [*program("qrexec-daemon"), "--direct", f"--uuid={d.cfg.uuid}",
-             f"--socket-dir={p.socket_dir}", f"--policy-program={p.policy_program}",
-             str(domid), d.name, d.cfg.default_user],
-            p.dom0_env(self.base_env), daemon_log)
-        if not self.bwrap:
-            d.watchers.append(asyncio.ensure_future(self._watch(d, d.agent, "agent")))
+        d.agent, d.ns_pid = await self.spawner.start_agent(d, home, view, pairs, agent_log)
+        d.watchers.append(asyncio.ensure_future(self._watch(d, d.agent, "agent")))
+        daemon_log = self.paths.log_dir / f"qrexec.{d.name}.log"
+        d.daemon = await self.spawner.start_daemon(d, daemon_log)
         d.watchers.append(asyncio.ensure_future(self._watch(d, d.daemon, "daemon")))
-        if not all([await wait_path(p.socket_dir / f"qrexec.{name}", START_TIMEOUT,
-                                     [d.daemon, d.agent])
-                    for name in (d.name, f"uuid:{d.cfg.uuid}")]):
-            for log in (agent_log, daemon_log):  # a disposable's logs go with it
-                with contextlib.suppress(OSError):
-                    for line in log.read_text(errors="replace").splitlines()[-5:]:
-                        self.log(f"{log.name}: {line}")
-            raise HostError("QubesException",
-                            f"domain {d.name} did not start; see {agent_log} and {daemon_log}")
+        await self._wait_started(d, agent_log, daemon_log)
         d.state = "Running"
         self.log(f"{d.name} started (domid {domid})")
 
-    def _free_uid_base(self) -> int:
-        """The lowest uid range no running domain holds: a range is reused only once the
-        domain that had it is gone, processes and files (its directories are removed)."""
-        used = {d.uid_base for d in self.domains.values() if d.uid_base is not None}
-        for slot in range(1, (2**31 - self.config.uid_base) // UID_RANGE):
-            base = self.config.uid_base + slot * UID_RANGE
-            if base not in used:
-                return base
-        raise HostError("QubesException", "no free uid range for another domain")
-
-    def accounts(self, d: Domain) -> tuple[Account, ...]:
-        """The accounts in `d`'s /etc/passwd (sandbox.domain_accounts)."""
-        return _accounts_for(d.cfg.user, d.cfg.default_user)
-
-    def _account(self, d: Domain, name: str) -> Account:
-        return next(a for a in self.accounts(d) if a.name == name)
-
-    def _host_ids(self, d: Domain, account: Account) -> tuple[int, int]:
-        """Host uid and gid of `account` of `d` (-1, -1: no user namespace, leave as is)."""
-        if d.uid_base is None:
-            return -1, -1
-        return d.uid_base + account.uid, d.uid_base + account.gid
-
-    def _homes(self, d: Domain, home: Path) -> tuple[tuple[Path, str], ...]:
-        """`/root` and `/home` of `d`, each user's directory owned by that user."""
-        # 0700 as on any system, unless this host's Python lives below /root (pyenv, say):
-        # then every user of the domain must pass through to run qrexec's programs
-        shared = self.layout is not None and any(
-            path.startswith("/root/") for path in self.layout.extra_ro)
-        binds = _home_binds(home)
-        (root_home, _), (homes, _) = binds
-        make_dir(home, root_home.name, 0o711 if shared else 0o700,
-                 *self._host_ids(d, self._account(d, "root")))
-        make_dir(home, homes.name, 0o755)
-        for account in self.accounts(d):
-            if account.home.startswith("/home/"):
-                make_dir(homes, account.home[6:], 0o700, *self._host_ids(d, account))
-        return binds
+    async def _wait_started(self, d: Domain, agent_log: Path, daemon_log: Path) -> None:
+        """Until `d`'s daemon has made its sockets; a start that fails says why, with the
+        last lines of its logs (a disposable's logs go with it)."""
+        socket_dir = self.paths.socket_dir
+        if all([await wait_path(socket_dir / f"qrexec.{name}", START_TIMEOUT,
+                                [d.daemon, d.agent])
+                for name in (d.name, f"uuid:{d.cfg.uuid}")]):
+            return
+        for log in (agent_log, daemon_log):
+            with contextlib.suppress(OSError):
+                for line in log.read_text(errors="replace").splitlines()[-5:]:
+                    self.log(f"{log.name}: {line}")
+        raise HostError("QubesException",
+                        f"domain {d.name} did not start; see {agent_log} and {daemon_log}")
 
     async def _watch(self, d: Domain, proc: asyncio.subprocess.Process | None,
                      what: str) -> None:
@@ -421,82 +322,6 @@ class Manager:
         with contextlib.suppress(HostError):
             await self.kill(d.name, quiet=True)
 
-    def _plain_env(self, d: Domain) -> dict[str, str]:
-        r = d.cfg.root
-        env = dict(self.base_env)
-        run = self.paths.state / "dom" / d.name / "run"
-        env.update(
-            PYTHONPATH=source_dir(), VCHAN_DOMAIN=str(d.domid),
-            VCHAN_SOCKET_DIR=str(self.paths.vchan / str(d.domid)), VCHAN_PAIR_DIRS="1",
-            QREXEC_SERVICE_PATH=(f"{run}/rpc:{r}/usr/local/etc/qubes-rpc:{r}/etc/qubes-rpc"),
-            QUBES_RPC_CONFIG_PATH=(f"{run}/rpc-config:{r}/usr/local/etc/qubes/rpc-config:"
-                                   f"{r}/etc/qubes/rpc-config"),
-            # the domain's own programs come first, then qrexec's, as in a sandbox's /usr/bin
-            PATH=(f"{r}/usr/local/bin:{r}/usr/bin:{self.paths.state / 'dom' / d.name / 'bin'}:"
-                  + self.base_env.get("PATH", "/usr/bin:/bin")),
-            **{REMOTE_DIR_VARIABLE: str(run / "remote")},
-        )
-        for key in ("QUBESD_SOCKET", "QUBESD_INTERNAL_SOCKET", "QREXEC_POLICY_SOCKET"):
-            env.pop(key, None)
-        return env
-
-    def _sandbox_env(self, d: Domain) -> dict[str, str]:
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
-               "PYTHONPATH": source_dir(), "VCHAN_DOMAIN": str(d.domid),
-               "VCHAN_SOCKET_DIR": SANDBOX_VCHAN, "VCHAN_PAIR_DIRS": "1",
-               "HOME": self._account(d, d.cfg.user or "root").home}
-        for key in ("LANG", "LC_ALL", "TERM", "QREXEC_MAX_PROTOCOL_VERSION"):
-            if key in self.base_env:
-                env[key] = self.base_env[key]
-        return env
-
-    def _merged_dirs(self, d: Domain, build: bool) -> tuple[tuple[str, Path], ...]:
-        """`d`'s merged directories, made first when `build`. A root without its own usr/bin
-        shares one host /usr/bin with qrexec's launchers: made once, not at every start of a
-        disposable (a thousand symlinks cost tens of milliseconds)."""
-        home = self.paths.state / "dom" / d.name
-        programs = domain_programs(f"{SANDBOX_RUN}/qrexec-agent")
-        merged = []
-        for rel in merged_dirs(d.cfg.root):
-            shared = rel == "usr/bin" and not (d.cfg.root / rel).is_dir()
-            dest = (self.paths.state / "bin" / "usr_bin" if shared
-                    else home / "merged" / rel.replace("/", "_"))
-            if build and not shared:
-                files = (etc_files(d.name, self.accounts(d), _LOGIN_SHELL) if rel == "etc"
-                         else {})
-                build_merged_dir(dest, rel, d.cfg.root, programs if rel == "usr/bin" else {},
-                                 files)
-            elif build and not dest.is_dir():
-                # complete or absent: a start that failed half-way must not leave half of it
-                partial = dest.with_name(dest.name + ".new")
-                shutil.rmtree(partial, ignore_errors=True)
-                build_merged_dir(partial, rel, d.cfg.root, programs)
-                os.rename(partial, dest)
-            merged.append((rel, dest))
-        return tuple(merged)
-
-    async def _spawn_sandboxed(
-        self, d: Domain, home: Path, view: Path, pairs: list[tuple[Path, int]], log: Path
-    ) -> tuple[asyncio.subprocess.Process, int | None]:
-        assert self.bwrap is not None and self.layout is not None
-        merged = self._merged_dirs(d, build=True)
-        rfd, wfd = os.pipe()
-        spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
-                           vchan_view=view, pairs=tuple(pairs), merged=merged,
-                           info_fd=wfd, env=self._sandbox_env(d), homes=self._homes(d, home))
-        command = [*self._confine(d), *program("qrexec-agent"), "--no-fork-server"]
-        try:
-            proc = await spawn(bwrap_argv(spec, self.layout, command, self.bwrap),
-                                self.base_env, log, pass_fds=(wfd,), cgroup=d.cgroup)
-        finally:
-            os.close(wfd)
-        try:
-            info = await asyncio.get_running_loop().run_in_executor(None, read_info, rfd)
-        finally:
-            os.close(rfd)
-        pid = info.get("child-pid")
-        return proc, pid if isinstance(pid, int) else None
-
     async def _stop(self, d: Domain) -> None:
         """Terminate the daemon and the sandbox; remove the domain's sockets and files."""
         d.state = "Dying"
@@ -508,7 +333,7 @@ class Manager:
         if d.daemon is not None:
             await terminate(d.daemon)
         if d.agent is not None:
-            await terminate(d.agent, group=self.bwrap is None)
+            await terminate(d.agent, group=self.spawner.bwrap is None)
         d.daemon = d.agent = None
         d.ns_pid = None
         if d.cgroup is not None:  # what the agent's services left behind
@@ -542,109 +367,3 @@ class Manager:
                 os.unlink(self.paths.log_dir / log)
         if self.domains.get(d.name) is d:
             del self.domains[d.name]
-
-    # -- running programs inside a domain ------------------------------------------------------
-    def _confine(self, d: Domain, target: int | None = None) -> list[str]:
-        """argv prefix taking a process started in `d`'s namespaces (or, with `target`, on
-        the host, joining those of the sandbox whose PID 1 that is) the rest of the way:
-        `d`'s user namespace and ids, the agent's capabilities and account, the filter."""
-        uid_map = (d.uid_base, UID_RANGE) if d.uid_base is not None else None
-        return [*boot_argv(sys.executable, source_dir()),
-                *confine_args(uid_map, KEPT_CAPS, d.cfg.user, target=target)]
-
-    def _sibling_sandbox(self, d: Domain) -> list[str]:
-        """bwrap argv prefix for a new process with `d`'s view of the world.
-
-        Unprivileged, nsenter cannot join the namespaces bwrap made under its user namespace;
-        a sibling sandbox with the same mounts sees the same root, trigger socket and vchan
-        directories (pair directories of domains started later appear in the shared view).
-        """
-        assert self.bwrap is not None and self.layout is not None and d.domid is not None
-        home = self.paths.state / "dom" / d.name
-        view = self.paths.vchan / str(d.domid)
-        # the pairs with domains older than `d` (in their views); those with domains
-        # started later are directories of `d`'s own view, shown with it: binding the later
-        # peer's mount point over one would hide it (a data socket made there reaches nobody)
-        running = {peer.domid for peer in self.domains.values() if peer.domid is not None}
-        pairs = [(pair, peer) for pair, peer in d.pairs if peer in running and pair.is_dir()]
-        merged = self._merged_dirs(d, build=False)
-        spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
-                           vchan_view=view, pairs=tuple(pairs), merged=merged,
-                           env=self._sandbox_env(d),
-                           homes=_home_binds(home))
-        return bwrap_argv(spec, self.layout, self._confine(d), self.bwrap)
-
-    def exec_spec(self, d: Domain) -> dict[str, object]:
-        """How `call` runs a program inside `d`: argv prefix, environment, agent socket.
-
-        dom0 is this host itself: its programs run directly, with dom0's environment (the
-        policy tools find dom0's policy and services through it), and it has no agent.
-        """
-        if d.name == "dom0":
-            return {"prefix": [], "env": self.paths.dom0_env(self.base_env)}
-        if not d.running:
-            raise HostError("QubesVMNotStartedError", f"Domain is powered off: {d.name}")
-        # the program is the domain's: bounded by its limits like the rest of it
-        cgroup = d.cgroup.procs_files if d.cgroup is not None else []
-        if self.bwrap:
-            if d.ns_pid is None:
-                raise HostError("QubesException", f"cannot enter {d.name}'s sandbox")
-            if os.geteuid() == 0:
-                # confine.py joins the sandbox from the host and becomes the domain's
-                # agent there before it touches any path of the domain
-                prefix = self._confine(d, target=d.ns_pid)
-            else:
-                prefix = self._sibling_sandbox(d)
-            return {"prefix": prefix, "env": self._sandbox_env(d),
-                    "agent_socket": f"{SANDBOX_RUN}/qrexec-agent", "cgroup": cgroup}
-        run = self.paths.state / "dom" / d.name / "run"
-        return {"prefix": user_wrapper(d.cfg.user), "env": self._plain_env(d),
-                "agent_socket": str(run / "qrexec-agent"), "root": str(d.cfg.root),
-                "cgroup": cgroup}
-
-
-def unprivileged_accounts(config: HostConfig, log: Callable[[str], None]) -> HostConfig:
-    """The config as a host without root can serve it: every agent runs as the account
-    running `up` (nothing can switch to another), so that account is each domain's `user`
-    in effect and its default user; a file asking for another account is told once."""
-    if os.geteuid() == 0:
-        return config
-    try:
-        me = pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        me = str(os.geteuid())
-    domains = dict(config.domains)
-    for name, c in config.domains.items():
-        if name == "dom0":
-            continue
-        if c.user not in (None, me):
-            log(f"{name}: user = {c.user!r} ignored: without root every domain runs as {me}")
-        elif c.default_user not in ("root", me):
-            log(f"{name}: default_user = {c.default_user!r} ignored: without root every "
-                f"domain runs as {me}")
-        domains[name] = dataclasses.replace(c, user=None, default_user=me)
-    return dataclasses.replace(config, domains=domains)
-
-
-@functools.lru_cache(maxsize=256)
-def _accounts_for(user: str | None, default_user: str | None) -> tuple[Account, ...]:
-    """The accounts of a domain with these config keys, with the host's ids of the named
-    ones (looked up once: a domain's start asks for them several times)."""
-    wanted = [n for n in (user, default_user) if n]
-    found: dict[str, tuple[int, int, str]] = {}
-    for name in wanted:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        try:
-            group = grp.getgrgid(entry.pw_gid).gr_name
-        except KeyError:
-            group = name
-        found[name] = (entry.pw_uid, entry.pw_gid, group)
-    return tuple(domain_accounts(wanted, found))
-
-
-def _home_binds(home: Path) -> tuple[tuple[Path, str], tuple[Path, str]]:
-    """Where a domain's homes live on the host (under its `STATE/dom/NAME`) and inside."""
-    return (home / "root-home", "/root"), (home / "home", "/home")

@@ -89,7 +89,8 @@ class QubesdMethods:
                 self.set_pref(self.resolve(dest), arg, payload)
                 return b""
             if method == "pyqrexec.host.Exec":
-                return json.dumps(m.exec_spec(self.resolve(dest))).encode()
+                spec = m.spawner.exec_spec(self.resolve(dest), m.domains.values())
+                return json.dumps(spec).encode()
             if method == "pyqrexec.host.Reload":
                 return json.dumps(await m.reload()).encode()
             if method == "pyqrexec.host.Shutdown":
