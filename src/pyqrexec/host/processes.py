@@ -1,7 +1,6 @@
-"""The processes qrexec-host starts and stops: spawning one that dies with the manager,
-copying its output through the manager, waiting for what it makes, terminating it.
-
-They all run under asyncio, in the manager's loop."""
+"""The processes qrexec-host starts and stops (asyncio): spawning one that dies with the
+manager, copying its output through the manager, waiting for what it makes, reading what
+bwrap reports, terminating it."""
 
 from __future__ import annotations
 
