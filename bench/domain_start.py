@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from common import compile_package, fork_exec_true, timed
-from pyqrexec.host.manager import program
+from pyqrexec.system.programs import program
 
 CONFIG = """\
 [domains.dom0]

@@ -357,8 +357,9 @@ def test_editor_names_and_refusals(world: World) -> None:
 
 
 def test_host_installs_the_admin_services(tmp_path: Path) -> None:
+    from pyqrexec.host.dom0_side import DOM0_SERVICES, dom0_service_settings
     from pyqrexec.host.launchers import write_launcher
-    from pyqrexec.host.manager import DOM0_SERVICES, Paths, dom0_service_settings
+    from pyqrexec.host.paths import Paths
 
     assert {s for s, name in DOM0_SERVICES.items() if name == "qubes-policy-admin"} == set(
         SERVICES

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..host.manager import Paths
+    from ..host.paths import Paths
     from .qrexec_host import QCall
 
 __all__ = ["reload_command"]

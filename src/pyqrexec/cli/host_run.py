@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..host.manager import Paths
+    from ..host.paths import Paths
     from .qrexec_host import QCall
 
 __all__ = ["run_command", "call_command"]
@@ -90,7 +90,7 @@ def _run_in(name: str, user: str, line: str, filter_esc: bool, paths: Paths,
     import signal
     import subprocess
 
-    from ..host.manager import program
+    from ..system.programs import program
 
     qcall("admin.vm.Start", name, ok=("QubesVMNotHaltedError",))
     argv = [*program("qrexec-client"), f"--socket-dir={paths.socket_dir}", "-d", name,
@@ -112,7 +112,7 @@ def _call(args: argparse.Namespace, spec: dict[str, object], log_dir: Path) -> i
     import subprocess
 
     from ..host.cgroups import join
-    from ..host.manager import program
+    from ..system.programs import program
 
     if "agent_socket" not in spec:
         print(f"qrexec-host: call: {args.source} has no qrexec-agent; in dom0 use "

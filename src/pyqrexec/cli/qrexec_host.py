@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ..host.manager import Paths
+    from ..host.paths import Paths
 
 __all__ = ["main", "run", "default_state_dir"]
 
@@ -234,9 +234,9 @@ def _demo(args: argparse.Namespace) -> int:
     import time
 
     from ..host.demo import CALL, write_demo
-    from ..host.manager import program
     from ..qubesd.client import QubesdError, call
     from ..system.parent_death import dies_with_this_process
+    from ..system.programs import program
 
     top = Path(tempfile.mkdtemp(prefix="qrexec-demo-"))
     os.chmod(top, 0o755)
@@ -335,7 +335,7 @@ class Command(Protocol):
 
 
 def _client(args: argparse.Namespace, state: Path) -> int:
-    from ..host.manager import Paths
+    from ..host.paths import Paths
     from ..qubesd.client import QubesdError
     from .host_admin import reload_command
     from .host_run import call_command, run_command

@@ -1,17 +1,8 @@
-"""qrexec-host's domain manager: lifecycle, sandboxes, disposables, qubesd methods (asyncio).
+"""qrexec-host's domain manager: the host's bring-up and shutdown, each domain's life (start,
+kill, graceful shutdown, a crash noticed), disposables and reloads (asyncio).
 
-State directory layout (docs/qrexec-host.md):
-
-    qubesd.sock, qubesd.internal.sock, policy.sock, policy-agent.sock   (env overridable)
-    qubes/            daemon sockets qrexec.NAME, qrexec.DOMID, qrexec.uuid:UUID
-    vchan/0/          dom0's vchan view; vchan/DOMID/ a domain's (VCHAN_PAIR_DIRS layout)
-    dom/NAME/run/     the domain's /run/qubes (trigger socket qrexec-agent)
-    dom/NAME/merged/  its merged /etc, /usr/bin, … (bubblewrap mode)
-    disp/dispN/       a disposable's root (copy of its template's)
-    dom0/rpc/         dom0's runtime services (policy.Ask, policy.EvalSimple, …)
-    bin/              qrexec-policy-exec wrapper naming dom0's policy directory; usr_bin/,
-                      the /usr/bin of sandboxes whose root has none (bubblewrap mode)
-    log/              qrexec.NAME.log (daemon), agent.NAME.log, policy-daemon.log, …
+Where things live is host/paths.py; dom0's programs, host/dom0_side.py; how a domain's
+processes are made, host/spawning.py; the qubesd methods that drive all this, host/methods.py.
 """
 
 from __future__ import annotations
@@ -19,204 +10,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
-import grp
-import importlib.util
-import json
 import os
-import pwd
-import select
 import shutil
 import signal
 import sys
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..policy.audit import AUDIT_SOCKET_NAME
 from ..qubesd.server import HostError, QubesdServer
-from ..services.environment import CALL_VARIABLES
-from ..system.parent_death import dies_with_this_process
-from .cgroups import Backend, DomainCgroup, NoCgroups, detect
-from .config import (
-    DOM0_UUID,
-    UID_RANGE,
-    DomainConfig,
-    HostConfig,
-    PrefError,
-    prefs,
-    with_pref,
+from .cgroups import Backend, NoCgroups, detect
+from .config import HostConfig
+from .dom0_side import (
+    choose_frontend,
+    start_policy_agent,
+    start_policy_daemon,
+    write_dom0_launchers,
 )
-from .confine import boot_argv, confine_args
-from .launchers import domain_programs, program, write_launcher, write_program
-from .logsink import identifier, open_sink, stamped, stamps_needed
-from .relays import REMOTE_DIR_VARIABLE, refuse_power, remote_tags, write_remote_entries
-from .sandbox import (
-    KEPT_CAPS,
-    SANDBOX_RUN,
-    SANDBOX_VCHAN,
-    Account,
-    HostLayout,
-    SandboxSpec,
-    build_merged_dir,
-    bwrap_argv,
-    domain_accounts,
-    etc_files,
-    host_layout,
-    merged_dirs,
-    source_dir,
-    user_wrapper,
-)
+from .domain import Domain
+from .methods import QubesdMethods
+from .paths import Paths, copy_tree, remove
+from .processes import terminate, wait_path
+from .relays import refuse_power
+from .spawning import Spawner, unprivileged_accounts
 
-__all__ = ["Paths", "Domain", "Manager", "program", "describe_request", "QUIET_METHODS",
-           "START_TIMEOUT", "DOM0_SERVICES", "dom0_service_settings"]
+__all__ = ["Manager"]
 
 START_TIMEOUT = 60.0
-#: the accounts' shell in a domain, as in a Qubes qube (bash), where the host has it
-_LOGIN_SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-STOP_TIMEOUT = 5.0
 MAX_DISPOSABLES = 9999
-
-
-#: qubesd methods that change nothing: not logged (the policy daemon asks for the system
-#: info on every call, the command-line tools poll the listing)
-QUIET_METHODS = ("internal.GetSystemInfo", "pyqrexec.host.List", "pyqrexec.host.Exec",
-                 "pyqrexec.host.Prefs")
-
-
-#: dom0 services this host installs in dom0's runtime service directory: service name ->
-#: the pyqrexec program that serves it (run with no arguments, as qrexec runs services)
-DOM0_SERVICES: dict[str, str] = {
-    "policy.RegisterArgument": "policy-register-argument",
-    **{f"policy.{method}": "qubes-policy-admin"
-       for method in ("List", "Get", "Replace", "Remove", "GetFiles", "include.List",
-                      "include.Get", "include.Replace", "include.Remove")},
-}
-
-
-def describe_request(method: str, arg: str, dest: str, payload: bytes) -> str:
-    """How a qubesd request reads in the log: `admin.vm.Start uuid:3333…`, with `+ARG` and
-    `payload=…` when there are any."""
-    text = f"{method}+{arg} {dest}" if arg else f"{method} {dest}"
-    return f"{text} payload={_printable(payload)}" if payload else text
-
-
-def _printable(data: bytes, limit: int = 200) -> str:
-    text = data[:limit].decode("ascii", errors="replace")
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where everything lives; the upstream paths follow the variables of
-    docs/reference/cli.md#common-environment."""
-
-    state: Path
-    dom0_root: Path
-    qubesd: Path
-    qubesd_internal: Path
-    policy_socket: Path
-    vchan: Path
-    legacy_policy: Path
-
-    @classmethod
-    def make(cls, state: Path, dom0_root: Path, env: Mapping[str, str]) -> Paths:
-        return cls(
-            state=state,
-            dom0_root=dom0_root,
-            qubesd=Path(env.get("QUBESD_SOCKET") or state / "qubesd.sock"),
-            qubesd_internal=Path(env.get("QUBESD_INTERNAL_SOCKET")
-                                 or state / "qubesd.internal.sock"),
-            policy_socket=Path(env.get("QREXEC_POLICY_SOCKET") or state / "policy.sock"),
-            vchan=Path(env.get("VCHAN_SOCKET_DIR") or state / "vchan"),
-            legacy_policy=Path(env.get("QREXEC_LEGACY_POLICY_DIR")
-                               or dom0_root / "etc/qubes-rpc/policy"),
-        )
-
-    @property
-    def socket_dir(self) -> Path:
-        return self.state / "qubes"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.state / "log"
-
-    @property
-    def dom0_rpc(self) -> Path:
-        return self.state / "dom0" / "rpc"
-
-    @property
-    def policy_dir(self) -> Path:
-        return self.dom0_root / "etc/qubes/policy.d"
-
-    @property
-    def policy_program(self) -> Path:
-        return self.state / "bin" / "qrexec-policy-exec"
-
-    @property
-    def policy_agent_socket(self) -> Path:
-        return self.state / "policy-agent.sock"
-
-    def dom0_service_path(self) -> str:
-        r = self.dom0_root
-        return f"{self.dom0_rpc}:{r}/usr/local/etc/qubes-rpc:{r}/etc/qubes-rpc"
-
-    def client_env(self, base: Mapping[str, str]) -> dict[str, str]:
-        """Environment of a dom0 program talking to domains (e.g. qrexec-client)."""
-        env = dict(base)
-        env.update(PYTHONPATH=source_dir(), VCHAN_DOMAIN="0",
-                   VCHAN_SOCKET_DIR=str(self.vchan / "0"), VCHAN_PAIR_DIRS="1")
-        return env
-
-    def dom0_env(self, base: Mapping[str, str]) -> dict[str, str]:
-        """Environment of every dom0 program qrexec-host starts."""
-        r = self.dom0_root
-        env = self.client_env(base)
-        env.update(
-            QUBESD_SOCKET=str(self.qubesd),
-            QUBESD_INTERNAL_SOCKET=str(self.qubesd_internal),
-            QREXEC_POLICY_SOCKET=str(self.policy_socket),
-            QREXEC_LEGACY_POLICY_DIR=str(self.legacy_policy),
-            QREXEC_POLICY_DIR=str(self.policy_dir),
-            QREXEC_SERVICE_PATH=self.dom0_service_path(),
-            QUBES_RPC_CONFIG_PATH=(f"{r}/usr/local/etc/qubes/rpc-config:"
-                                   f"{r}/etc/qubes/rpc-config"),
-            QREXEC_LOG_DIR=str(self.log_dir),
-            QREXEC_POLICY_ADMIN_LOG=str(self.log_dir / "policy-admin.log"),
-        )
-        return env
-
-
-@dataclass
-class Domain:
-    cfg: DomainConfig
-    #: created by admin.vm.CreateDisposable: removed when killed
-    disposable: bool = False
-    domid: int | None = None
-    state: str = "Halted"
-    agent: asyncio.subprocess.Process | None = None
-    daemon: asyncio.subprocess.Process | None = None
-    #: host pid of the sandbox's PID 1 (bubblewrap mode), for entering it
-    ns_pid: int | None = None
-    #: first host uid of its user namespace (bubblewrap mode as root), else None
-    uid_base: int | None = None
-    #: the cgroup (or scope) bounding the agent and all it starts, while it runs
-    cgroup: DomainCgroup | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    #: the tasks that notice its agent or daemon ending on their own
-    watchers: list[asyncio.Task[None]] = field(default_factory=list)
-    #: pair directories made for it at start in older domains' views, with the peer's domid
-    #: (those of domains started later are inside its own view)
-    pairs: list[tuple[Path, int]] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
-
-    @property
-    def running(self) -> bool:
-        return self.domid is not None
 
 
 class Manager:
@@ -230,8 +52,9 @@ class Manager:
                                              flush=True))
         self.config = config = unprivileged_accounts(config, self.log)
         self.paths = Paths.make(state_dir.resolve(), config.dom0.root, self.base_env)
-        self.bwrap = bwrap
-        self.layout: HostLayout | None = host_layout() if bwrap else None
+        self.spawner = Spawner(self.paths, self.base_env, bwrap, config.uid_base)
+        #: what its qubesd sockets serve
+        self.methods = QubesdMethods(self)
         self.policy_agent_args = policy_agent_args or []
         #: `up` runs in the foreground on a terminal: ask rules can be asked there
         self.terminal = terminal
@@ -242,8 +65,6 @@ class Manager:
             if d.cfg.type == "RemoteVM":  # it runs on its own host, as far as we can tell
                 d.state = "Running"
         self.next_domid = 1
-        #: whether domains get user namespaces of their own (needs the host's root)
-        self.userns = bwrap is not None and os.geteuid() == 0
         self.services: list[asyncio.subprocess.Process] = []
         self.servers: list[QubesdServer] = []
         #: set once shutdown has begun; `stopped` once it has ended
@@ -265,10 +86,7 @@ class Manager:
         for d in (p.state, p.vchan):
             os.chmod(d, 0o755)
         os.chmod(p.vchan / "0", 0o711)
-        write_launcher(p.policy_program, "qrexec-policy-exec", f"--path={p.policy_dir}")
-        settings = dom0_service_settings(p.dom0_env(self.base_env))
-        for service, name in DOM0_SERVICES.items():
-            write_launcher(p.dom0_rpc / service, name, env=settings)
+        write_dom0_launchers(p, self.base_env)
 
     async def up(self) -> None:
         """dom0's side: qubesd sockets, policy daemon, policy agent; then autostart domains.
@@ -281,7 +99,7 @@ class Manager:
         self.log(f"domain limits: {self.cgroups.name}")
         env = self.paths.dom0_env(self.base_env)
         await self._serve_qubesd(self.paths.qubesd_internal, internal=True)
-        await self._start_policy_daemon(env)
+        await start_policy_daemon(self.paths, env, self.log, self.services)
         agent_args, ask = choose_frontend(self.policy_agent_args, self.terminal,
                                           self.base_env)
         agent = await start_policy_agent(self.paths, env, agent_args, self.log, ask=ask)
@@ -299,32 +117,9 @@ class Manager:
                                         f"{err.message}") from err
 
     async def _serve_qubesd(self, path: Path, internal: bool) -> None:
-        server = QubesdServer(self, str(path), internal)
+        server = QubesdServer(self.methods, str(path), internal)
         await server.start()
         self.servers.append(server)
-
-    async def _start_policy_daemon(self, env: dict[str, str]) -> None:
-        p = self.paths
-        argv = [*program("qrexec-policy-daemon"), f"--policy-path={p.policy_dir}",
-                f"--socket-path={p.policy_socket}",
-                f"--eval-socket-path={p.dom0_rpc / 'policy.EvalSimple'}",
-                f"--gui-socket-path={p.dom0_rpc / 'policy.EvalGUI'}"]
-        # one left by a manager that was killed would pass for the new daemon's at once
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(p.policy_socket)
-        proc = await _spawn(argv, env, p.log_dir / "policy-daemon.log", echo=self._policy_line)
-        self.services.append(proc)
-        if not await _wait_path(p.policy_socket, 30, [proc]):
-            raise HostError("QubesException", "the policy daemon did not start; see "
-                            f"{p.log_dir / 'policy-daemon.log'}")
-
-    def _policy_line(self, line: str) -> None:
-        """The policy daemon's log line as it is written: a policy that does not load is
-        the administrator's to fix, so it goes where they look (stderr of `up`), with its
-        FILE:LINE, at start and at every reload that fails."""
-        prefix = "error loading policy: "
-        if line.startswith(prefix):
-            self.log(f"policy failed to load: {line[len(prefix):]}")
 
     async def shutdown(self) -> None:
         if self.stopping:
@@ -334,7 +129,7 @@ class Manager:
         await asyncio.gather(*(self.kill(d.name, quiet=True) for d in list(self.domains.values())
                                if d.running and d.name != "dom0"), return_exceptions=True)
         for proc in reversed(self.services):
-            await _terminate(proc)
+            await terminate(proc)
         self.services = []
         for server in self.servers:
             await server.close()
@@ -352,109 +147,6 @@ class Manager:
             shutil.rmtree(d, ignore_errors=True)
         self.cgroups.close()
         self.stopped.set()
-
-    # -- lookups ---------------------------------------------------------------------------
-    def resolve(self, dest: str) -> Domain:
-        if dest in ("@adminvm", "dom0", f"uuid:{DOM0_UUID}"):
-            return self.domains["dom0"]
-        if dest.startswith("uuid:"):
-            for d in self.domains.values():
-                if d.cfg.uuid == dest[5:]:
-                    return d
-        elif dest in self.domains:
-            return self.domains[dest]
-        raise HostError("QubesVMNotFoundError", f"No such domain: '{dest}'")
-
-    def system_info(self) -> dict[str, object]:
-        domains: dict[str, object] = {}
-        for d in self.domains.values():
-            c = d.cfg
-            domains[c.name] = {
-                "type": c.type, "tags": [*c.tags, *remote_tags(c)], "uuid": c.uuid,
-                "default_dispvm": c.default_dispvm,
-                "template_for_dispvms": c.template_for_dispvms,
-                "power_state": "Running" if d.state == "Running" else d.state,
-                "label": c.colour, "icon": c.icon, "guivm": c.guivm,
-                "relayvm": c.relayvm, "transport_rpc": c.transport_rpc,
-                "internal": True if c.internal else None,
-            }
-        return {"domains": domains}
-
-    def listing(self) -> list[dict[str, object]]:
-        return [{"name": d.name, "type": d.cfg.type, "state": d.state, "domid": d.domid,
-                 "label": d.cfg.label, "uuid": d.cfg.uuid, "tags": list(d.cfg.tags),
-                 "default_dispvm": d.cfg.default_dispvm,
-                 "template_for_dispvms": d.cfg.template_for_dispvms,
-                 "autostart": d.cfg.autostart, "disposable": d.disposable}
-                for d in self.domains.values()]
-
-    # -- the qubesd methods ------------------------------------------------------------------
-    async def handle(self, method: str, arg: str, dest: str, payload: bytes,
-                     internal: bool) -> bytes:
-        """Serve one request; every one that is not a read-only query gets a log line."""
-        what = describe_request(method, arg, dest, payload)
-        quiet = method in QUIET_METHODS
-        try:
-            answer = await self._handle(method, arg, dest, payload, internal)
-        except HostError as err:
-            # starting what runs changes nothing: `call` and `run` do it every time
-            noise = method == "admin.vm.Start" and err.exc_type == "QubesVMNotHaltedError"
-            if not (quiet or noise):
-                self.log(f"qubesd: {what} -> {err.exc_type}: {err.message}")
-            raise
-        except Exception as err:  # a bug or the system's refusal: still a proper answer
-            self.log(f"qubesd: {what} -> failed: {type(err).__name__}: {err}")
-            raise HostError("QubesException", f"{method} failed: {err}") from err
-        if quiet:
-            return answer
-        self.log(f"qubesd: {what} -> ok" + (f" {_printable(answer)}" if answer else ""))
-        return answer
-
-    async def _handle(self, method: str, arg: str, dest: str, payload: bytes,
-                      internal: bool) -> bytes:
-        if internal and method == "internal.GetSystemInfo":
-            return json.dumps(self.system_info()).encode()
-        if not internal:
-            if method == "admin.vm.Start":
-                await self.start(self.resolve(dest).name)
-                return b""
-            if method == "admin.vm.Kill":
-                await self.kill(self.resolve(dest).name)
-                return b""
-            if method == "admin.vm.Shutdown":
-                return await self._shutdown_method(self.resolve(dest).name, arg, payload)
-            if method == "admin.vm.CreateDisposable":
-                return await self.create_disposable(self.resolve(dest), payload == b"uuid")
-            if method == "pyqrexec.host.List":
-                return json.dumps(self.listing()).encode()
-            if method == "pyqrexec.host.Prefs":
-                return json.dumps(prefs(self.resolve(dest).cfg)).encode()
-            if method == "pyqrexec.host.SetPref":
-                self.set_pref(self.resolve(dest), arg, payload)
-                return b""
-            if method == "pyqrexec.host.Exec":
-                return json.dumps(self.exec_spec(self.resolve(dest))).encode()
-            if method == "pyqrexec.host.Reload":
-                return json.dumps(await self.reload()).encode()
-            if method == "pyqrexec.host.Shutdown":
-                asyncio.get_running_loop().call_soon(
-                    lambda: asyncio.ensure_future(self.shutdown()))
-                return b""
-        raise HostError("QubesException", "unsupported method")
-
-    def set_pref(self, d: Domain, key: str, payload: bytes) -> None:
-        """`pyqrexec.host.SetPref+KEY`, payload the value: the policy sees it from its next
-        request on (it asks for the system info every time); a running domain's daemon
-        keeps the default_user it was started with until the domain restarts."""
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise HostError("QubesPropertyValueError", "value is not UTF-8") from None
-        domains = {n: o.cfg for n, o in self.domains.items()}
-        try:
-            d.cfg = with_pref(domains, d.name, key, text)
-        except PrefError as err:
-            raise HostError(err.kind, str(err)) from None
 
     async def reload(self) -> dict[str, object]:
         """`pyqrexec.host.Reload` (and SIGHUP): the config file read again and applied, all
@@ -518,27 +210,6 @@ class Manager:
         if not quiet:
             self.log(f"{name} halted")
 
-    async def _shutdown_method(self, name: str, arg: str, payload: bytes) -> bytes:
-        """`admin.vm.Shutdown[+wait]`, payload the seconds to wait before killing."""
-        try:
-            timeout = float(payload.decode("ascii")) if payload else STOP_TIMEOUT
-        except (UnicodeDecodeError, ValueError):
-            raise HostError("QubesException", "invalid timeout") from None
-        if not 0 <= timeout <= 3600:
-            raise HostError("QubesException", "timeout must be 0 to 3600 seconds")
-        d = self.domains.get(name)
-        if d is not None:
-            refuse_power(d.cfg, "shut down")
-        if d is None or not d.running:
-            raise HostError("QubesVMNotStartedError", f"Domain is powered off: {name}")
-        task = asyncio.ensure_future(self.shutdown_domain(name, timeout))
-        if arg == "wait":
-            await task
-        else:  # like qvm-shutdown without --wait: started, not finished
-            _ECHOES.add(task)
-            task.add_done_callback(_ECHOES.discard)
-        return b""
-
     async def shutdown_domain(self, name: str, timeout: float) -> None:
         """Graceful stop: SIGTERM to the domain's processes, `timeout` seconds for its agent
         to end, then what `kill` does (SIGKILL to whatever is left, cleanup)."""
@@ -565,7 +236,7 @@ class Manager:
                 with contextlib.suppress(OSError, ValueError):
                     pids.update(int(p) for p in Path(procs).read_text().split())
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            if self.bwrap and d.ns_pid is not None:
+            if self.spawner.bwrap and d.ns_pid is not None:
                 os.kill(d.ns_pid, sig)
             elif d.agent is not None:
                 os.killpg(d.agent.pid, sig)
@@ -591,7 +262,7 @@ class Manager:
             template_for_dispvms=False, autostart=False, internal=False)
         self.domains[name] = Domain(cfg, disposable=True)  # reserve the name while copying
         try:
-            await _copy_tree(t.root, root)
+            await copy_tree(t.root, root)
         except BaseException:
             self._forget(self.domains[name])
             raise
@@ -599,116 +270,44 @@ class Manager:
 
     # -- starting and stopping one domain ----------------------------------------------------
     async def _start(self, d: Domain) -> None:
-        """Views and pair directories, the domain's run and home directories, the agent and
-        the daemon. Every directory is made by descriptor in a host-owned parent that no
-        domain can write (docs/isolation.md): a domain cannot pre-empt or redirect them."""
-        p = self.paths
+        """A domid, its directories, the agent and the daemon (host/spawning.py); running once
+        the daemon's sockets are there."""
         domid = self.next_domid
         self.next_domid += 1
         d.domid = domid
         d.state = "Transient"
-        if self.userns:
-            d.uid_base = self._free_uid_base()
-        view = p.vchan / str(domid)
-        # the view itself is the host's: the domain writes only inside its pair directories
-        make_dir(p.vchan, str(domid), 0o755)
-        pairs: list[tuple[Path, int]] = []
-        for peer in self.domains.values():
-            if peer is d or peer.domid is None or peer.state == "Dying" or not (
-                    p.vchan / str(peer.domid)).is_dir():
-                continue
-            # both domains of the pair (each with its own uids) create sockets here
-            pair = make_dir(p.vchan / str(peer.domid), str(domid), 0o777)
-            if self.bwrap:
-                make_dir(view, str(peer.domid), 0o755)  # the mount point
-                pairs.append((pair, peer.domid))
-                d.pairs.append((pair, peer.domid))
-            else:
-                os.symlink(pair, view / str(peer.domid))
-        home = p.state / "dom" / d.name
-        shutil.rmtree(home, ignore_errors=True)
-        home.mkdir(parents=True)
-        agent_account = self._account(d, d.cfg.user or "root")
-        run = make_dir(home, "run", 0o755, *self._host_ids(d, agent_account))
-        if d.cfg.user and not self.bwrap:
-            _give(run, d.cfg.user)
-        write_remote_entries(run, d.name, (o.cfg for o in self.domains.values()))
-        agent_log = p.log_dir / f"agent.{d.name}.log"
+        if self.spawner.userns:
+            d.uid_base = self.spawner.free_uid_base(self.domains.values())
+        home, view, pairs = self.spawner.make_dirs(d, self.domains.values())
+        agent_log = self.paths.log_dir / f"agent.{d.name}.log"
         if d.cfg.limits is not None:
             try:
                 d.cgroup = self.cgroups.create(d.name, d.cfg.limits)
             except OSError as err:
                 raise HostError("QubesException", f"cannot limit {d.name}: {err}") from err
-        if self.bwrap:
-            d.agent, d.ns_pid = await self._spawn_sandboxed(d, home, view, pairs, agent_log)
-            d.watchers.append(asyncio.ensure_future(self._watch(d, d.agent, "agent")))
-        else:
-            (home / "bin").mkdir()
-            for name, text in domain_programs(str(run / "qrexec-agent")).items():
-                write_program(home / "bin" / name, text)
-            d.agent = await _spawn(
-                [*user_wrapper(d.cfg.user, die_with_parent=True), *program("qrexec-agent"),
-                 f"--agent-socket={run / 'qrexec-agent'}", "--no-fork-server"],
-                self._plain_env(d), agent_log, new_session=True, cgroup=d.cgroup)
-        daemon_log = p.log_dir / f"qrexec.{d.name}.log"
-        d.daemon = await _spawn(
-            [*program("qrexec-daemon"), "--direct", f"--uuid={d.cfg.uuid}",
-             f"--socket-dir={p.socket_dir}", f"--policy-program={p.policy_program}",
-             str(domid), d.name, d.cfg.default_user],
-            p.dom0_env(self.base_env), daemon_log)
-        if not self.bwrap:
-            d.watchers.append(asyncio.ensure_future(self._watch(d, d.agent, "agent")))
+        d.agent, d.ns_pid = await self.spawner.start_agent(d, home, view, pairs, agent_log)
+        d.watchers.append(asyncio.ensure_future(self._watch(d, d.agent, "agent")))
+        daemon_log = self.paths.log_dir / f"qrexec.{d.name}.log"
+        d.daemon = await self.spawner.start_daemon(d, daemon_log)
         d.watchers.append(asyncio.ensure_future(self._watch(d, d.daemon, "daemon")))
-        if not all([await _wait_path(p.socket_dir / f"qrexec.{name}", START_TIMEOUT,
-                                     [d.daemon, d.agent])
-                    for name in (d.name, f"uuid:{d.cfg.uuid}")]):
-            for log in (agent_log, daemon_log):  # a disposable's logs go with it
-                with contextlib.suppress(OSError):
-                    for line in log.read_text(errors="replace").splitlines()[-5:]:
-                        self.log(f"{log.name}: {line}")
-            raise HostError("QubesException",
-                            f"domain {d.name} did not start; see {agent_log} and {daemon_log}")
+        await self._wait_started(d, agent_log, daemon_log)
         d.state = "Running"
         self.log(f"{d.name} started (domid {domid})")
 
-    def _free_uid_base(self) -> int:
-        """The lowest uid range no running domain holds: a range is reused only once the
-        domain that had it is gone, processes and files (its directories are removed)."""
-        used = {d.uid_base for d in self.domains.values() if d.uid_base is not None}
-        for slot in range(1, (2**31 - self.config.uid_base) // UID_RANGE):
-            base = self.config.uid_base + slot * UID_RANGE
-            if base not in used:
-                return base
-        raise HostError("QubesException", "no free uid range for another domain")
-
-    def accounts(self, d: Domain) -> tuple[Account, ...]:
-        """The accounts in `d`'s /etc/passwd (sandbox.domain_accounts)."""
-        return _accounts_for(d.cfg.user, d.cfg.default_user)
-
-    def _account(self, d: Domain, name: str) -> Account:
-        return next(a for a in self.accounts(d) if a.name == name)
-
-    def _host_ids(self, d: Domain, account: Account) -> tuple[int, int]:
-        """Host uid and gid of `account` of `d` (-1, -1: no user namespace, leave as is)."""
-        if d.uid_base is None:
-            return -1, -1
-        return d.uid_base + account.uid, d.uid_base + account.gid
-
-    def _homes(self, d: Domain, home: Path) -> tuple[tuple[Path, str], ...]:
-        """`/root` and `/home` of `d`, each user's directory owned by that user."""
-        # 0700 as on any system, unless this host's Python lives below /root (pyenv, say):
-        # then every user of the domain must pass through to run qrexec's programs
-        shared = self.layout is not None and any(
-            path.startswith("/root/") for path in self.layout.extra_ro)
-        binds = _home_binds(home)
-        (root_home, _), (homes, _) = binds
-        make_dir(home, root_home.name, 0o711 if shared else 0o700,
-                 *self._host_ids(d, self._account(d, "root")))
-        make_dir(home, homes.name, 0o755)
-        for account in self.accounts(d):
-            if account.home.startswith("/home/"):
-                make_dir(homes, account.home[6:], 0o700, *self._host_ids(d, account))
-        return binds
+    async def _wait_started(self, d: Domain, agent_log: Path, daemon_log: Path) -> None:
+        """Until `d`'s daemon has made its sockets; a start that fails says why, with the
+        last lines of its logs (a disposable's logs go with it)."""
+        socket_dir = self.paths.socket_dir
+        if all([await wait_path(socket_dir / f"qrexec.{name}", START_TIMEOUT,
+                                [d.daemon, d.agent])
+                for name in (d.name, f"uuid:{d.cfg.uuid}")]):
+            return
+        for log in (agent_log, daemon_log):
+            with contextlib.suppress(OSError):
+                for line in log.read_text(errors="replace").splitlines()[-5:]:
+                    self.log(f"{log.name}: {line}")
+        raise HostError("QubesException",
+                        f"domain {d.name} did not start; see {agent_log} and {daemon_log}")
 
     async def _watch(self, d: Domain, proc: asyncio.subprocess.Process | None,
                      what: str) -> None:
@@ -723,82 +322,6 @@ class Manager:
         with contextlib.suppress(HostError):
             await self.kill(d.name, quiet=True)
 
-    def _plain_env(self, d: Domain) -> dict[str, str]:
-        r = d.cfg.root
-        env = dict(self.base_env)
-        run = self.paths.state / "dom" / d.name / "run"
-        env.update(
-            PYTHONPATH=source_dir(), VCHAN_DOMAIN=str(d.domid),
-            VCHAN_SOCKET_DIR=str(self.paths.vchan / str(d.domid)), VCHAN_PAIR_DIRS="1",
-            QREXEC_SERVICE_PATH=(f"{run}/rpc:{r}/usr/local/etc/qubes-rpc:{r}/etc/qubes-rpc"),
-            QUBES_RPC_CONFIG_PATH=(f"{run}/rpc-config:{r}/usr/local/etc/qubes/rpc-config:"
-                                   f"{r}/etc/qubes/rpc-config"),
-            # the domain's own programs come first, then qrexec's, as in a sandbox's /usr/bin
-            PATH=(f"{r}/usr/local/bin:{r}/usr/bin:{self.paths.state / 'dom' / d.name / 'bin'}:"
-                  + self.base_env.get("PATH", "/usr/bin:/bin")),
-            **{REMOTE_DIR_VARIABLE: str(run / "remote")},
-        )
-        for key in ("QUBESD_SOCKET", "QUBESD_INTERNAL_SOCKET", "QREXEC_POLICY_SOCKET"):
-            env.pop(key, None)
-        return env
-
-    def _sandbox_env(self, d: Domain) -> dict[str, str]:
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
-               "PYTHONPATH": source_dir(), "VCHAN_DOMAIN": str(d.domid),
-               "VCHAN_SOCKET_DIR": SANDBOX_VCHAN, "VCHAN_PAIR_DIRS": "1",
-               "HOME": self._account(d, d.cfg.user or "root").home}
-        for key in ("LANG", "LC_ALL", "TERM", "QREXEC_MAX_PROTOCOL_VERSION"):
-            if key in self.base_env:
-                env[key] = self.base_env[key]
-        return env
-
-    def _merged_dirs(self, d: Domain, build: bool) -> tuple[tuple[str, Path], ...]:
-        """`d`'s merged directories, made first when `build`. A root without its own usr/bin
-        shares one host /usr/bin with qrexec's launchers: made once, not at every start of a
-        disposable (a thousand symlinks cost tens of milliseconds)."""
-        home = self.paths.state / "dom" / d.name
-        programs = domain_programs(f"{SANDBOX_RUN}/qrexec-agent")
-        merged = []
-        for rel in merged_dirs(d.cfg.root):
-            shared = rel == "usr/bin" and not (d.cfg.root / rel).is_dir()
-            dest = (self.paths.state / "bin" / "usr_bin" if shared
-                    else home / "merged" / rel.replace("/", "_"))
-            if build and not shared:
-                files = (etc_files(d.name, self.accounts(d), _LOGIN_SHELL) if rel == "etc"
-                         else {})
-                build_merged_dir(dest, rel, d.cfg.root, programs if rel == "usr/bin" else {},
-                                 files)
-            elif build and not dest.is_dir():
-                # complete or absent: a start that failed half-way must not leave half of it
-                partial = dest.with_name(dest.name + ".new")
-                shutil.rmtree(partial, ignore_errors=True)
-                build_merged_dir(partial, rel, d.cfg.root, programs)
-                os.rename(partial, dest)
-            merged.append((rel, dest))
-        return tuple(merged)
-
-    async def _spawn_sandboxed(
-        self, d: Domain, home: Path, view: Path, pairs: list[tuple[Path, int]], log: Path
-    ) -> tuple[asyncio.subprocess.Process, int | None]:
-        assert self.bwrap is not None and self.layout is not None
-        merged = self._merged_dirs(d, build=True)
-        rfd, wfd = os.pipe()
-        spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
-                           vchan_view=view, pairs=tuple(pairs), merged=merged,
-                           info_fd=wfd, env=self._sandbox_env(d), homes=self._homes(d, home))
-        command = [*self._confine(d), *program("qrexec-agent"), "--no-fork-server"]
-        try:
-            proc = await _spawn(bwrap_argv(spec, self.layout, command, self.bwrap),
-                                self.base_env, log, pass_fds=(wfd,), cgroup=d.cgroup)
-        finally:
-            os.close(wfd)
-        try:
-            info = await asyncio.get_running_loop().run_in_executor(None, _read_info, rfd)
-        finally:
-            os.close(rfd)
-        pid = info.get("child-pid")
-        return proc, pid if isinstance(pid, int) else None
-
     async def _stop(self, d: Domain) -> None:
         """Terminate the daemon and the sandbox; remove the domain's sockets and files."""
         d.state = "Dying"
@@ -808,9 +331,9 @@ class Manager:
                 task.cancel()
         d.watchers = []
         if d.daemon is not None:
-            await _terminate(d.daemon)
+            await terminate(d.daemon)
         if d.agent is not None:
-            await _terminate(d.agent, group=self.bwrap is None)
+            await terminate(d.agent, group=self.spawner.bwrap is None)
         d.daemon = d.agent = None
         d.ns_pid = None
         if d.cgroup is not None:  # what the agent's services left behind
@@ -827,7 +350,7 @@ class Manager:
             shutil.rmtree(p.vchan / str(d.domid), ignore_errors=True)
             for peer in self.domains.values():
                 if peer.domid is not None:
-                    _remove(p.vchan / str(peer.domid) / str(d.domid))
+                    remove(p.vchan / str(peer.domid) / str(d.domid))
         shutil.rmtree(p.state / "dom" / d.name, ignore_errors=True)
         d.domid = None
         d.uid_base = None
@@ -844,359 +367,3 @@ class Manager:
                 os.unlink(self.paths.log_dir / log)
         if self.domains.get(d.name) is d:
             del self.domains[d.name]
-
-    # -- running programs inside a domain ------------------------------------------------------
-    def _confine(self, d: Domain, target: int | None = None) -> list[str]:
-        """argv prefix taking a process started in `d`'s namespaces (or, with `target`, on
-        the host, joining those of the sandbox whose PID 1 that is) the rest of the way:
-        `d`'s user namespace and ids, the agent's capabilities and account, the filter."""
-        uid_map = (d.uid_base, UID_RANGE) if d.uid_base is not None else None
-        return [*boot_argv(sys.executable, source_dir()),
-                *confine_args(uid_map, KEPT_CAPS, d.cfg.user, target=target)]
-
-    def _sibling_sandbox(self, d: Domain) -> list[str]:
-        """bwrap argv prefix for a new process with `d`'s view of the world.
-
-        Unprivileged, nsenter cannot join the namespaces bwrap made under its user namespace;
-        a sibling sandbox with the same mounts sees the same root, trigger socket and vchan
-        directories (pair directories of domains started later appear in the shared view).
-        """
-        assert self.bwrap is not None and self.layout is not None and d.domid is not None
-        home = self.paths.state / "dom" / d.name
-        view = self.paths.vchan / str(d.domid)
-        # the pairs with domains older than `d` (in their views); those with domains
-        # started later are directories of `d`'s own view, shown with it: binding the later
-        # peer's mount point over one would hide it (a data socket made there reaches nobody)
-        running = {peer.domid for peer in self.domains.values() if peer.domid is not None}
-        pairs = [(pair, peer) for pair, peer in d.pairs if peer in running and pair.is_dir()]
-        merged = self._merged_dirs(d, build=False)
-        spec = SandboxSpec(name=d.name, root=d.cfg.root, run_dir=home / "run",
-                           vchan_view=view, pairs=tuple(pairs), merged=merged,
-                           env=self._sandbox_env(d),
-                           homes=_home_binds(home))
-        return bwrap_argv(spec, self.layout, self._confine(d), self.bwrap)
-
-    def exec_spec(self, d: Domain) -> dict[str, object]:
-        """How `call` runs a program inside `d`: argv prefix, environment, agent socket.
-
-        dom0 is this host itself: its programs run directly, with dom0's environment (the
-        policy tools find dom0's policy and services through it), and it has no agent.
-        """
-        if d.name == "dom0":
-            return {"prefix": [], "env": self.paths.dom0_env(self.base_env)}
-        if not d.running:
-            raise HostError("QubesVMNotStartedError", f"Domain is powered off: {d.name}")
-        # the program is the domain's: bounded by its limits like the rest of it
-        cgroup = d.cgroup.procs_files if d.cgroup is not None else []
-        if self.bwrap:
-            if d.ns_pid is None:
-                raise HostError("QubesException", f"cannot enter {d.name}'s sandbox")
-            if os.geteuid() == 0:
-                # confine.py joins the sandbox from the host and becomes the domain's
-                # agent there before it touches any path of the domain
-                prefix = self._confine(d, target=d.ns_pid)
-            else:
-                prefix = self._sibling_sandbox(d)
-            return {"prefix": prefix, "env": self._sandbox_env(d),
-                    "agent_socket": f"{SANDBOX_RUN}/qrexec-agent", "cgroup": cgroup}
-        run = self.paths.state / "dom" / d.name / "run"
-        return {"prefix": user_wrapper(d.cfg.user), "env": self._plain_env(d),
-                "agent_socket": str(run / "qrexec-agent"), "root": str(d.cfg.root),
-                "cgroup": cgroup}
-
-
-# -- the policy agent (another component; started when installed) ---------------------------
-def policy_agent_argv() -> list[str] | None:
-    """How to run qrexec-policy-agent: the pyqrexec module if present, else one on PATH."""
-    try:
-        found = importlib.util.find_spec("pyqrexec.cli.qrexec_policy_agent") is not None
-    except (ImportError, ValueError):
-        found = False
-    if found:
-        return program("qrexec-policy-agent")
-    exe = shutil.which("qrexec-policy-agent")
-    return [exe] if exe else None
-
-
-def unprivileged_accounts(config: HostConfig, log: Callable[[str], None]) -> HostConfig:
-    """The config as a host without root can serve it: every agent runs as the account
-    running `up` (nothing can switch to another), so that account is each domain's `user`
-    in effect and its default user; a file asking for another account is told once."""
-    if os.geteuid() == 0:
-        return config
-    try:
-        me = pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        me = str(os.geteuid())
-    domains = dict(config.domains)
-    for name, c in config.domains.items():
-        if name == "dom0":
-            continue
-        if c.user not in (None, me):
-            log(f"{name}: user = {c.user!r} ignored: without root every domain runs as {me}")
-        elif c.default_user not in ("root", me):
-            log(f"{name}: default_user = {c.default_user!r} ignored: without root every "
-                f"domain runs as {me}")
-        domains[name] = dataclasses.replace(c, user=None, default_user=me)
-    return dataclasses.replace(config, domains=domains)
-
-
-def choose_frontend(args: list[str], terminal: bool,
-                    env: Mapping[str, str]) -> tuple[list[str], str | None]:
-    """The policy agent's arguments and who answers ask rules (None: nobody).
-
-    Given options win; else the terminal `up` runs on, else a GTK dialog on the display,
-    else nobody: then policy.Ask is not offered, and an ask is denied as "no front end to
-    ask" (policy_daemon/agent_client.py), never as if someone had said no."""
-    given = ("--frontend", "--answer-program", "--tty")
-    if any(a.startswith(given) for a in args):
-        deny = any(a in ("--frontend=deny",) for a in args)
-        return args, None if deny else "as configured"
-    if terminal:
-        return [*args, "--frontend=terminal", "--tty=/dev/tty"], "on this terminal"
-    if env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
-        import subprocess
-
-        argv = policy_agent_argv()
-        try:
-            usable = argv is not None and subprocess.run(
-                [*argv, "--frontend=gtk", "--check"], env=dict(env), timeout=30,
-                stdin=subprocess.DEVNULL, capture_output=True).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            usable = False
-        if usable:
-            return [*args, "--frontend=gtk"], "in a GTK dialog"
-    return [*args, "--frontend=deny"], None
-
-
-async def start_policy_agent(paths: Paths, env: dict[str, str], extra: list[str],
-                             log: Callable[[str], None],
-                             ask: str | None = "as configured"
-                             ) -> asyncio.subprocess.Process | None:
-    """Start qrexec-policy-agent on its socket and link policy.Notify (and policy.Ask when
-    `ask` says who answers) to it in dom0's runtime service directory; None (and a note)
-    when it is not installed."""
-    if ask is None:
-        log("no front end to ask: ask rules will be denied. To be asked, run `up` on a "
-            "terminal, or with DISPLAY and GTK, or give "
-            "--policy-agent-arg=--answer-program=PROG")
-    elif ask != "as configured":
-        log(f"ask rules are asked {ask}")
-    argv = policy_agent_argv()
-    if argv is None:
-        log("qrexec-policy-agent not found: ask rules are denied, notifications dropped")
-        return None
-    sock = paths.policy_agent_socket
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(sock)
-    proc = await _spawn([*argv, f"--socket-path={sock}", *extra], env,
-                        paths.log_dir / "policy-agent.log", echo=lambda _: None)
-    if not await _wait_path(sock, 30, [proc]):
-        log(f"qrexec-policy-agent did not start; see {paths.log_dir / 'policy-agent.log'}")
-        await _terminate(proc)
-        return None
-    for service in ("policy.Ask", "policy.Notify") if ask is not None else ("policy.Notify",):
-        link = paths.dom0_rpc / service
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(link)
-        os.symlink(sock, link)
-    return proc
-
-
-# -- process and file helpers ------------------------------------------------------------------
-def dom0_service_settings(dom0_env: Mapping[str, str]) -> dict[str, str]:
-    """The host's `QREXEC*` settings a dom0 service needs back (QREXEC_POLICY_DIR, …).
-
-    The service runner removes every inherited `QREXEC*` variable but QREXEC_SERVICE_PATH and
-    QREXEC_AGENT_PID (docs/reference/services.md#arguments-and-environment); on Qubes the services
-    find their files at fixed paths,
-    here those live under the state directory, so the launcher restores them. The per-call
-    variables are the runner's alone.
-    """
-    runners = {os.fsdecode(n) for n in CALL_VARIABLES} | {"QREXEC_AGENT_PID",
-                                                            "QREXEC_SERVICE_PATH"}
-    return {k: v for k, v in dom0_env.items()
-            if k.startswith("QREXEC") and k.isidentifier() and k not in runners}
-
-
-async def _spawn(argv: list[str], env: Mapping[str, str], log: Path,
-                 new_session: bool = False, pass_fds: tuple[int, ...] = (),
-                 cgroup: DomainCgroup | None = None,
-                 echo: Callable[[str], None] | None = None) -> asyncio.subprocess.Process:
-    """Start a program that dies with the manager (SIGKILL): a manager killed outright
-    cannot stop what it started, and nothing else would. With `cgroup`, the program is in
-    it before it runs its first instruction. With `echo`, its output reaches the log
-    through the manager, which shows `echo` every line as it comes."""
-    dies = dies_with_this_process()
-
-    def preexec() -> None:
-        dies()
-        if cgroup is not None:
-            cgroup.join_in_child()
-
-    with open_sink(log) as out:
-        proc = await asyncio.create_subprocess_exec(
-            *(cgroup.prefix if cgroup else []), *argv, env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out if echo is None else asyncio.subprocess.PIPE,
-            stderr=out if echo is None else asyncio.subprocess.STDOUT,
-            start_new_session=new_session, pass_fds=pass_fds, preexec_fn=preexec)
-    if echo is not None:
-        assert proc.stdout is not None
-        _ECHOES.add(asyncio.ensure_future(_copy_lines(proc.stdout, log, echo, proc.pid)))
-    return proc
-
-
-#: the tasks copying output through the manager (kept referenced while they run)
-_ECHOES: set[asyncio.Task[None]] = set()
-
-
-async def _copy_lines(stream: asyncio.StreamReader, log: Path,
-                      echo: Callable[[str], None], pid: int) -> None:
-    program = identifier(log).split(".", 1)[0]
-    with open_sink(log) as out:
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # a line longer than the stream's limit: take it in parts
-                line = await stream.read(65536)
-            if not line:
-                return
-            text = line.decode(errors="replace").rstrip("\n")
-            # the policy daemon's and agent's lines carry no time: merged views need one
-            out.write((stamped(program, text, pid) + "\n").encode() if stamps_needed() else line)
-            echo(text)
-
-
-async def _wait_path(path: Path, timeout: float,
-                     procs: list[asyncio.subprocess.Process | None]) -> bool:
-    """True once `path` exists; False on timeout or when one of `procs` ends first."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not path.exists():
-        if loop.time() > deadline or any(p is not None and p.returncode is not None
-                                         for p in procs):
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
-async def _terminate(proc: asyncio.subprocess.Process, group: bool = False) -> None:
-    def send(sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if group:
-                os.killpg(proc.pid, sig)
-            else:
-                proc.send_signal(sig)
-
-    if proc.returncode is None:
-        send(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            send(signal.SIGKILL)
-            await proc.wait()
-    if group:  # whatever the agent started and left behind
-        send(signal.SIGKILL)
-
-
-def _read_info(fd: int, timeout: float = 20.0) -> dict[str, object]:
-    """bwrap's --info-fd JSON (read until it parses: the sandbox may keep the pipe open)."""
-    data = b""
-    while True:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            return {}
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-        try:
-            value = json.loads(data)
-        except ValueError:
-            continue
-        return value if isinstance(value, dict) else {}
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-async def _copy_tree(src: Path, dst: Path) -> None:
-    """A fresh copy of a root directory (copy-on-write where the filesystem can)."""
-    proc = await asyncio.create_subprocess_exec(
-        "cp", "-a", "--reflink=auto", "--", str(src), str(dst),
-        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        preexec_fn=dies_with_this_process())
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        shutil.rmtree(dst, ignore_errors=True)
-        raise HostError("QubesException",
-                        f"cannot copy {src}: {err.decode(errors='replace').strip()}")
-
-
-@functools.lru_cache(maxsize=256)
-def _accounts_for(user: str | None, default_user: str | None) -> tuple[Account, ...]:
-    """The accounts of a domain with these config keys, with the host's ids of the named
-    ones (looked up once: a domain's start asks for them several times)."""
-    wanted = [n for n in (user, default_user) if n]
-    found: dict[str, tuple[int, int, str]] = {}
-    for name in wanted:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        try:
-            group = grp.getgrgid(entry.pw_gid).gr_name
-        except KeyError:
-            group = name
-        found[name] = (entry.pw_uid, entry.pw_gid, group)
-    return tuple(domain_accounts(wanted, found))
-
-
-def _home_binds(home: Path) -> tuple[tuple[Path, str], tuple[Path, str]]:
-    """Where a domain's homes live on the host (under its `STATE/dom/NAME`) and inside."""
-    return (home / "root-home", "/root"), (home / "home", "/home")
-
-
-def make_dir(parent: Path, name: str, mode: int, uid: int = -1, gid: int = -1) -> Path:
-    """Make `parent/name` (a single component) and set its mode and owner through a
-    descriptor: nothing swapped in by name between the steps is followed or changed."""
-    if "/" in name or name in ("", ".", ".."):
-        raise ValueError(f"not a single path component: {name!r}")
-    pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.mkdir(name, 0o700, dir_fd=pfd)
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=pfd)
-        try:
-            if uid != -1 or gid != -1:
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-    finally:
-        os.close(pfd)
-    return parent / name
-
-
-def _give(path: Path, user: str | None) -> None:
-    """Let the agent's account create its sockets in `path`."""
-    if user is None:
-        return
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        os.chmod(path, 0o777)
-        return
-    with contextlib.suppress(PermissionError):
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    elif path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)

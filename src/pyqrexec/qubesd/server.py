@@ -3,7 +3,7 @@ docs/reference/cli.md#qrexec-host).
 
 Request: `METHOD+ARG SOURCE TYPE DEST\\0PAYLOAD` up to EOF (TYPE `name` or `keyword`); the
 answer is `0\\0DATA` or `2\\0TYPE\\0TRACEBACK\\0MESSAGE\\0` (empty traceback), then EOF.
-The methods themselves are the `Backend`'s (host/manager.py).
+The methods themselves are the `Backend`'s (host/methods.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyqrexec.host.manager import DOM0_SERVICES, Paths, dom0_service_settings
+from pyqrexec.host.dom0_side import DOM0_SERVICES, dom0_service_settings
+from pyqrexec.host.paths import Paths
 
 
 def test_settings_the_service_runner_would_remove_are_restored() -> None:

@@ -76,7 +76,7 @@ def test_remote_errors(tmp_path: Path, text: str, line: int, words: str) -> None
 def test_system_info_tags_and_power(tmp_path: Path) -> None:
     manager = Manager(load(tmp_path, GOOD), tmp_path / "state", None, env={},
                       log=lambda _: None)
-    info = manager.system_info()["domains"]
+    info = manager.methods.system_info()["domains"]
     assert isinstance(info, dict)
     assert info["vault-b"] == {
         "type": "RemoteVM", "tags": ["far", "relayvm-relay"],
@@ -89,7 +89,7 @@ def test_system_info_tags_and_power(tmp_path: Path) -> None:
 
     async def power(method: str) -> str:
         try:
-            await manager.handle(method, "", "vault-b", b"", internal=False)
+            await manager.methods.handle(method, "", "vault-b", b"", internal=False)
         except HostError as err:
             return f"{err.exc_type}: {err.message}"
         return "ok"

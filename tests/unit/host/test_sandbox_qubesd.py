@@ -150,7 +150,8 @@ def test_qubesd_requests_are_logged(tmp_path: Path) -> None:
     import asyncio
 
     from pyqrexec.host.config import load
-    from pyqrexec.host.manager import Manager, describe_request
+    from pyqrexec.host.manager import Manager
+    from pyqrexec.host.methods import describe_request
 
     (tmp_path / "dom0").mkdir()
     (tmp_path / "work").mkdir()
@@ -160,13 +161,13 @@ def test_qubesd_requests_are_logged(tmp_path: Path) -> None:
     manager = Manager(load(cfg_path), tmp_path / "s", None, env={}, log=lines.append)
 
     async def ask() -> None:
-        await manager.handle("pyqrexec.host.List", "", "dom0", b"", False)
-        await manager.handle("internal.GetSystemInfo", "", "dom0", b"", True)
+        await manager.methods.handle("pyqrexec.host.List", "", "dom0", b"", False)
+        await manager.methods.handle("internal.GetSystemInfo", "", "dom0", b"", True)
         with pytest.raises(HostError):
-            await manager.handle("admin.vm.Kill", "", "uuid:33333333-3333-3333-3333-333333333333",
-                                 b"", False)
+            await manager.methods.handle(
+                "admin.vm.Kill", "", "uuid:33333333-3333-3333-3333-333333333333", b"", False)
         with pytest.raises(HostError):
-            await manager.handle("admin.vm.CreateDisposable", "", "work", b"uuid", False)
+            await manager.methods.handle("admin.vm.CreateDisposable", "", "work", b"uuid", False)
 
     asyncio.run(ask())
     assert lines == [
