@@ -273,7 +273,7 @@ def test_test_helpers_leave_no_agent_behind(tmp_path: Path) -> None:
         import os, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from pathlib import Path
-        from tests.integration.harness import QrexecHost
+        from tests.integration.fixtures.processes import QrexecHost
         host = QrexecHost(Path({str(tmp_path)!r}))
         dom = host.domain("left", 3)
         agent = dom.start_agent()
