@@ -145,7 +145,7 @@ def socket_service_call(host: QrexecHost, where: str) -> Iterator[socket.socket]
     env = {"QREXEC_POLICY_SOCKET": str(host.root / "no-policy.sock"),
            "QREXEC_SERVICE_PATH": str(world.rpc_dir("dom0"))}
     vm, agent = start_attacked_daemon(host, 4, name="work", domid=5, env=env,
-                                      extra=[f"--policy-program={world.policy}"])
+                                      extra=[f"--policy-program={world.policy_program}"])
     with as_dom0_caller(vm, agent, b"test.Sock", b"SOCKET11") as chan:
         yield chan
 
