@@ -24,8 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from policy_fakes import FIXTURE, SRC, query, wait_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration" / "fixtures"))
+from fakes import FIXTURE, query  # noqa: E402
+from processes import SRC, wait_for  # noqa: E402
 
 # A server in its own process: answers every connection with `REPLY` once the client has sent
 # everything (echo mode: the request itself).

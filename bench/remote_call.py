@@ -2,7 +2,7 @@
 `ssh localhost true` against the same sshd, in the same run.
 
 Needs root (the receiving host and its sshd run as a test account) and OpenSSH's sshd.
-The hosts are the integration tests' (tests/integration/remote_world.py)."""
+The hosts are the integration tests' (tests/integration/fixtures/remote.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ N = 20
 
 def main() -> int:
     from tests.integration import test_remote as t
-    from tests.integration.remote_world import ACCOUNT, SSHD, RemoteHost, join
+    from tests.integration.fixtures.remote import ACCOUNT, SSHD, RemoteHost, join
 
     if SSHD is None:
         print("remote_call: sshd is not installed (openssh-server)", file=sys.stderr)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from .calls import World, write_exe
-from .harness import QrexecHost, program
+from .fixtures.processes import QrexecHost, program
+from .fixtures.world import World, write_exe
 
 
 def _start_fork_server(world: World, template: str, shell: str) -> None:
@@ -26,7 +26,7 @@ def test_calls_go_through_the_fork_server(host: QrexecHost) -> None:
     _start_fork_server(world, template, str(shell))
     dom = world.domain("work", 5, start=False)
     dom.start_agent(fork_server=template)
-    dom.start_daemon(extra=[f"--policy-program={world.policy}"])
+    dom.start_daemon(extra=[f"--policy-program={world.policy_program}"])
     r = host.client("-d", "work", "root:echo hello")
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"via-fork-server\nhello\n"
@@ -43,6 +43,6 @@ def test_missing_fork_server_falls_back(host: QrexecHost) -> None:
     world = World(host)
     dom = world.domain("work", 5, start=False)
     dom.start_agent(fork_server=str(host.root / "none.%s.sock"))
-    dom.start_daemon(extra=[f"--policy-program={world.policy}"])
+    dom.start_daemon(extra=[f"--policy-program={world.policy_program}"])
     r = host.client("-d", "work", "root:echo fallback")
     assert r.stdout == b"fallback\n"

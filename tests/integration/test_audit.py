@@ -20,11 +20,12 @@ from pyqrexec.policy.audit import (
     end_report_text,
 )
 
-from .policy_fakes import DaemonSetup, query
+from .fixtures.fakes import query
+from .fixtures.policy import PolicyDaemon
 from .test_policy_daemon import W1, req
 
 
-def audit_file(setup: DaemonSetup) -> Path:
+def audit_file(setup: PolicyDaemon) -> Path:
     return setup.tmp / "log" / "qrexec-audit.jsonl"
 
 
@@ -62,7 +63,7 @@ def send(path: str, data: bytes) -> None:
         sock.recv(1)  # the daemon closes once it has the whole report
 
 
-def test_ten_thousand_decisions_ten_thousand_lines(setup: DaemonSetup) -> None:
+def test_ten_thousand_decisions_ten_thousand_lines(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", "test.Svc * work vault allow\ntest.Svc * @anyvm @anyvm deny\n")
     setup.log_file = setup.tmp / "daemon.log"
     setup.start()
@@ -93,7 +94,7 @@ def test_ten_thousand_decisions_ten_thousand_lines(setup: DaemonSetup) -> None:
         assert record["asked"] is False and record["grant"] is None
 
 
-def test_hostile_names_cannot_break_a_line(setup: DaemonSetup) -> None:
+def test_hostile_names_cannot_break_a_line(setup: PolicyDaemon) -> None:
     """Quotes, backslashes and braces in answered requests; newlines, CR, escapes, NUL and
     non-UTF-8 bytes in refused ones: every one is one record on one line."""
     setup.write("30-user.policy", "test.Svc * @anyvm @anyvm deny\n")
@@ -125,7 +126,7 @@ def test_hostile_names_cannot_break_a_line(setup: DaemonSetup) -> None:
     assert len(found[-1]["call"]) == 16
 
 
-def test_rotation_mid_run_loses_nothing(setup: DaemonSetup) -> None:
+def test_rotation_mid_run_loses_nothing(setup: PolicyDaemon) -> None:
     """Moved away (as logrotate does) with and without SIGHUP, while four clients query."""
     setup.write("30-user.policy", "test.Svc * work vault allow\n")
     setup.log_file = setup.tmp / "daemon.log"
@@ -170,7 +171,7 @@ def test_rotation_mid_run_loses_nothing(setup: DaemonSetup) -> None:
     assert "cannot write the audit trail" not in setup.stop()
 
 
-def test_end_reports_join_their_decision(setup: DaemonSetup) -> None:
+def test_end_reports_join_their_decision(setup: PolicyDaemon) -> None:
     """What a qrexec-daemon's worker sends; junk on the end socket is ignored."""
     setup.write("30-user.policy", "test.Svc * work vault allow\n")
     setup.start()
@@ -195,7 +196,7 @@ def test_end_reports_join_their_decision(setup: DaemonSetup) -> None:
     assert end["bytes_in"] is None and end["bytes_out"] is None
 
 
-def test_without_audit_no_file_and_no_end_socket(setup: DaemonSetup) -> None:
+def test_without_audit_no_file_and_no_end_socket(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", "test.Svc * work vault allow\n")
     setup.start("--no-audit")
     assert query(setup.socket, req("work", "vault", "test.Svc")) == W1
@@ -203,8 +204,8 @@ def test_without_audit_no_file_and_no_end_socket(setup: DaemonSetup) -> None:
     assert not (setup.tmp / "policy-audit.sock").exists()
 
 
-def test_qrexec_audit_filters_and_escapes(setup: DaemonSetup) -> None:
-    from .policy_fakes import program
+def test_qrexec_audit_filters_and_escapes(setup: PolicyDaemon) -> None:
+    from .fixtures.processes import program
 
     setup.write("30-user.policy", "test.Svc * work vault allow\ntest.Svc * @anyvm @anyvm deny\n")
     setup.start()

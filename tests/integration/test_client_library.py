@@ -21,17 +21,16 @@ from pyqrexec.api import (
     DomainClient,
 )
 
-from .calls import World
-from .harness import QrexecHost, wait_for
+from .fixtures.processes import QrexecHost, wait_for
+from .fixtures.world import World
 
 MIB = 1 << 20
 
 
 @pytest.fixture
-def world(host: QrexecHost) -> World:
-    w = World(host)
-    w.domain("work", 5)
-    w.domain("anotherVM", 7)
+def world(world: World) -> World:
+    """The conftest's world (work 5, anotherVM 7) with the services the tests call."""
+    w = world
     w.service("anotherVM", "test.Echo",
               "#!/bin/sh\necho \"$QREXEC_REMOTE_DOMAIN $QREXEC_SERVICE_FULL_NAME\"\n"
               "tr a-z A-Z\necho err >&2\nexit 3\n")

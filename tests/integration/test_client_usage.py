@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from .harness import Domain, QrexecHost, program
+from .fixtures.processes import Domain, QrexecHost, program
 
 
 def client_vm(dom: Domain, *args: str) -> subprocess.CompletedProcess[bytes]:

@@ -33,9 +33,9 @@ from pyqrexec.protocol.messages import (
 )
 from pyqrexec.system.log import REPEAT_INTERVAL
 
-from .fake_agent import (
+from .fixtures.hostile import (
     TIMEOUT,
-    FakeAgent,
+    HostileAgent,
     RawClient,
     read_until_eof,
     recv_exact,
@@ -47,18 +47,18 @@ from .fake_agent import (
     wait_exit,
     wait_log,
 )
-from .harness import Domain, QrexecHost, program, wait_for
+from .fixtures.processes import Domain, QrexecHost, program, wait_for
 
 EXEC, JUST, CONNECT = MsgType.EXEC_CMDLINE, MsgType.JUST_EXEC, MsgType.SERVICE_CONNECT
 X = 42  # the attacked daemon's domid
 
 
 @pytest.fixture
-def vm(host: QrexecHost) -> tuple[Domain, FakeAgent]:
+def vm(host: QrexecHost) -> tuple[Domain, HostileAgent]:
     return start_attacked_daemon(host, 4, "vm", X)
 
 
-def allocate(host: QrexecHost, agent: FakeAgent, peer: int,
+def allocate(host: QrexecHost, agent: HostileAgent, peer: int,
              cmd: bytes = b"root:true\0") -> tuple[RawClient, int]:
     """A well-formed request for a new port: returns the waiting client and the port, and
     checks what reached the agent."""
@@ -76,7 +76,7 @@ def forwarded(peer: int, port: int, cmd: bytes) -> bytes:
     return pack_exec(EXEC, peer, port, cmd)[8:]
 
 
-def assert_nothing_forwarded(host: QrexecHost, agent: FakeAgent) -> None:
+def assert_nothing_forwarded(host: QrexecHost, agent: HostileAgent) -> None:
     """The next message the agent gets is a probe's, so nothing came before it."""
     client, _ = allocate(host, agent, 0, b"root:probe\0")
     client.close()
@@ -90,7 +90,7 @@ def test_socket_names(host: QrexecHost) -> None:
     stale[0].write_text("stale")
     stale[1].symlink_to("nowhere")
     stale[2].write_text("stale")
-    agent = FakeAgent(host, X)
+    agent = HostileAgent(host, X)
     dom.start_daemon(wait=False)
     agent.handshake(4)
     wait_for(lambda: all(p.is_symlink() for p in stale[1:]), TIMEOUT, "symlinks")
@@ -119,7 +119,7 @@ def test_socket_names(host: QrexecHost) -> None:
     ],
     ids=["v2", "v0", "len5", "len0", "type", "no-hello", "short", "eof"],
 )
-def test_bad_client_hello(host: QrexecHost, vm: tuple[Domain, FakeAgent],
+def test_bad_client_hello(host: QrexecHost, vm: tuple[Domain, HostileAgent],
                           message: bytes) -> None:
     dom, agent = vm
     client = RawClient(host, "vm")
@@ -132,7 +132,7 @@ def test_bad_client_hello(host: QrexecHost, vm: tuple[Domain, FakeAgent],
     assert dom.daemon is not None and dom.daemon.poll() is None
 
 
-def test_newer_client_hello_is_accepted(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_newer_client_hello_is_accepted(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     """No upper bound on the client's version (§6)."""
     _, agent = vm
     client = RawClient(host, "vm")
@@ -167,7 +167,7 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("message", list(BAD_REQUESTS.values()), ids=list(BAD_REQUESTS))
-def test_bad_client_request(host: QrexecHost, vm: tuple[Domain, FakeAgent],
+def test_bad_client_request(host: QrexecHost, vm: tuple[Domain, HostileAgent],
                             message: bytes) -> None:
     dom, agent = vm
     client = RawClient(host, "vm")
@@ -178,7 +178,7 @@ def test_bad_client_request(host: QrexecHost, vm: tuple[Domain, FakeAgent],
     assert dom.daemon is not None and dom.daemon.poll() is None
 
 
-def test_bad_client_request_keeps_ports(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_bad_client_request_keeps_ports(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     """A request refused at validation allocates nothing: the next one still gets 513."""
     _, agent = vm
     for message in BAD_REQUESTS.values():
@@ -191,7 +191,7 @@ def test_bad_client_request_keeps_ports(host: QrexecHost, vm: tuple[Domain, Fake
 
 
 # -- forwarding (§9 steps 4-6) ----------------------------------------------------------------
-def test_spec_byte_example(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_spec_byte_example(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     _, agent = vm
     client = RawClient(host, "vm")
     client.hello()
@@ -214,7 +214,7 @@ def test_spec_byte_example(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> No
         (b"\0", b"\0"),
     ],
 )
-def test_request_forwarded(host: QrexecHost, vm: tuple[Domain, FakeAgent], msgtype: int,
+def test_request_forwarded(host: QrexecHost, vm: tuple[Domain, HostileAgent], msgtype: int,
                            sent: bytes, forwarded: bytes) -> None:
     _, agent = vm
     client = RawClient(host, "vm")
@@ -230,7 +230,7 @@ def test_request_forwarded(host: QrexecHost, vm: tuple[Domain, FakeAgent], msgty
 
 
 def test_given_port_is_forwarded_without_reply(host: QrexecHost,
-                                               vm: tuple[Domain, FakeAgent]) -> None:
+                                               vm: tuple[Domain, HostileAgent]) -> None:
     """EXEC with P != 0 is tolerated and logged (§9 step 3-4): no reply, no allocation."""
     dom, agent = vm
     client = RawClient(host, "vm")
@@ -243,7 +243,7 @@ def test_given_port_is_forwarded_without_reply(host: QrexecHost,
 
 
 def test_byte_after_request_closes_but_keeps_port(host: QrexecHost,
-                                                  vm: tuple[Domain, FakeAgent]) -> None:
+                                                  vm: tuple[Domain, HostileAgent]) -> None:
     dom, agent = vm
     client, port = allocate(host, agent, 0)
     assert port == 513
@@ -254,7 +254,7 @@ def test_byte_after_request_closes_but_keeps_port(host: QrexecHost,
 
 
 def test_request_and_extra_bytes_in_one_write(host: QrexecHost,
-                                              vm: tuple[Domain, FakeAgent]) -> None:
+                                              vm: tuple[Domain, HostileAgent]) -> None:
     """The request is forwarded, then the trailing byte closes the connection."""
     dom, agent = vm
     client = RawClient(host, "vm")
@@ -265,7 +265,7 @@ def test_request_and_extra_bytes_in_one_write(host: QrexecHost,
     assert allocate(host, agent, 0)[1] == 514
 
 
-def test_client_eof_keeps_port(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_client_eof_keeps_port(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     _, agent = vm
     client, port = allocate(host, agent, 0)
     client.close()
@@ -273,7 +273,7 @@ def test_client_eof_keeps_port(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -
 
 
 # -- port allocation and release (§8) ----------------------------------------------------------
-def test_parity_rule_and_release(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_parity_rule_and_release(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     _, agent = vm
     got = {}
     for peer in (43, 44, 0, 41, 0, 42, 1000):
@@ -290,7 +290,8 @@ def test_parity_rule_and_release(host: QrexecHost, vm: tuple[Domain, FakeAgent])
     assert allocate(host, agent, 0)[1] == 521
 
 
-def test_terminated_closes_waiting_client(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_terminated_closes_waiting_client(host: QrexecHost,
+                                          vm: tuple[Domain, HostileAgent]) -> None:
     _, agent = vm
     first, p1 = allocate(host, agent, 43)
     second, p2 = allocate(host, agent, 43)
@@ -303,7 +304,7 @@ def test_terminated_closes_waiting_client(host: QrexecHost, vm: tuple[Domain, Fa
     assert second.closed()
 
 
-def test_terminated_after_client_left(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_terminated_after_client_left(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     """The waiter is gone, the release still works."""
     dom, agent = vm
     client, port = allocate(host, agent, 0)
@@ -313,7 +314,7 @@ def test_terminated_after_client_left(host: QrexecHost, vm: tuple[Domain, FakeAg
     assert dom.daemon is not None and dom.daemon.poll() is None
 
 
-def test_port_exhaustion(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_port_exhaustion(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     dom, agent = vm
     ports = []
     for _ in range(256):
@@ -332,7 +333,7 @@ def test_port_exhaustion(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None
     assert allocate(host, agent, 0)[1] == 700
 
 
-def test_port_exhaustion_by_parity(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_port_exhaustion_by_parity(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     """The higher peers only get the 128 even ports; the lower peers still have the odd ones.
     (Two higher peers fill that half: one alone may hold only its share of it.)"""
     dom, agent = vm
@@ -354,7 +355,7 @@ def refused_port(host: QrexecHost, peer: int) -> None:
     assert client.closed()
 
 
-def test_port_share_per_caller(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_port_share_per_caller(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     """One caller holds at most 64 ports (the default share); the others of its half still
     get theirs, and a release gives the caller one back."""
     dom, agent = vm
@@ -419,7 +420,7 @@ def test_port_share_invalid(host: QrexecHost, args: list[str], env: dict[str, st
 
 
 # -- client table (§17: more than 256 clients) -------------------------------------------------
-def test_257th_client_is_closed(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_257th_client_is_closed(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     dom, agent = vm
     clients = []
     for _ in range(256):
@@ -452,7 +453,7 @@ def test_257th_client_is_closed(host: QrexecHost, vm: tuple[Domain, FakeAgent]) 
 
 # -- agent restart (§7, S65) -------------------------------------------------------------------
 @pytest.mark.parametrize("new_version", [4, 2])
-def test_agent_restart(host: QrexecHost, vm: tuple[Domain, FakeAgent], new_version: int) -> None:
+def test_agent_restart(host: QrexecHost, vm: tuple[Domain, HostileAgent], new_version: int) -> None:
     dom, agent = vm
     waiting, port = allocate(host, agent, 0)
     assert port == 513
@@ -465,7 +466,7 @@ def test_agent_restart(host: QrexecHost, vm: tuple[Domain, FakeAgent], new_versi
     assert half.closed()
     assert dom.daemon is not None and dom.daemon.poll() is None
 
-    agent = FakeAgent(host, X)
+    agent = HostileAgent(host, X)
     assert agent.handshake(new_version) == new_version
     wait_for(lambda: all(p.exists() for p in socket_paths(dom)), TIMEOUT, "sockets back")
     for p in socket_paths(dom)[1:]:
@@ -486,10 +487,11 @@ def test_agent_restart(host: QrexecHost, vm: tuple[Domain, FakeAgent], new_versi
         assert agent.recv(40) == refused(b"A!".ljust(32, b"\0"))
 
 
-def test_agent_restart_bad_hello_is_fatal(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_agent_restart_bad_hello_is_fatal(host: QrexecHost,
+                                          vm: tuple[Domain, HostileAgent]) -> None:
     dom, agent = vm
     agent.close()
-    agent = FakeAgent(host, X)
+    agent = HostileAgent(host, X)
     agent.accept()
     agent.send(hello(1))
     assert wait_exit(dom) == 1
@@ -497,7 +499,7 @@ def test_agent_restart_bad_hello_is_fatal(host: QrexecHost, vm: tuple[Domain, Fa
 
 
 def test_agent_restart_connect_error_is_fatal(host: QrexecHost,
-                                              vm: tuple[Domain, FakeAgent]) -> None:
+                                              vm: tuple[Domain, HostileAgent]) -> None:
     """Reconnect failure -> exit 1 (§7); only the first connection's failure is status 3."""
     dom, agent = vm
     agent.close()
@@ -514,7 +516,7 @@ def test_startup_connect_error_is_3(host: QrexecHost) -> None:
     assert wait_exit(dom) == 3
 
 
-def test_client_request_byte_by_byte(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_client_request_byte_by_byte(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     _, agent = vm
     client = RawClient(host, "vm")
     assert client.read_hello() == 3
@@ -525,11 +527,11 @@ def test_client_request_byte_by_byte(host: QrexecHost, vm: tuple[Domain, FakeAge
     assert agent.recv_message() == (EXEC, forwarded(0, 513, b"root:x\0"))
 
 
-def test_agent_restarts_twice(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_agent_restarts_twice(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     dom, agent = vm
     for _ in range(2):
         agent.close()
-        agent = FakeAgent(host, X)
+        agent = HostileAgent(host, X)
         agent.handshake(4)
     dom.wait_daemon_ready()
     assert allocate(host, agent, 0)[1] == 513
@@ -537,7 +539,7 @@ def test_agent_restarts_twice(host: QrexecHost, vm: tuple[Domain, FakeAgent]) ->
 
 
 # -- SIGTERM (§7) ------------------------------------------------------------------------------
-def test_sigterm(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_sigterm(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     dom, agent = vm
     waiting, _ = allocate(host, agent, 0)
     assert all(p.exists() for p in socket_paths(dom))
@@ -549,7 +551,7 @@ def test_sigterm(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
     assert waiting.closed()
 
 
-def test_sigterm_while_agent_away(host: QrexecHost, vm: tuple[Domain, FakeAgent]) -> None:
+def test_sigterm_while_agent_away(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     dom, agent = vm
     agent.close()
     wait_for(lambda: not socket_paths(dom)[0].exists(), TIMEOUT, "sockets removed")
@@ -578,7 +580,7 @@ def test_sigterm_before_agent(host: QrexecHost) -> None:
 
 def test_sigterm_during_hello(host: QrexecHost) -> None:
     dom = host.domain("vm", X)
-    agent = FakeAgent(host, X)
+    agent = HostileAgent(host, X)
     proc = dom.start_daemon(wait=False)
     agent.accept()  # and never say HELLO
     proc.send_signal(signal.SIGTERM)
@@ -596,7 +598,8 @@ def launcher(host: QrexecHost, *args: str, env: dict[str, str] | None = None,
 
 
 @contextlib.contextmanager
-def launched(host: QrexecHost, agent: FakeAgent, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+def launched(host: QrexecHost, agent: HostileAgent,
+             *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """The launcher, and afterwards neither it nor the daemon it forked left running."""
     proc = launcher(host, *args)
     try:
@@ -610,7 +613,7 @@ def launched(host: QrexecHost, agent: FakeAgent, *args: str) -> Iterator[subproc
 
 
 def test_launcher_waits_for_agent(host: QrexecHost) -> None:
-    agent = FakeAgent(host, X)
+    agent = HostileAgent(host, X)
     with launched(host, agent, "--uuid=u-1", str(X), "vm") as proc:
         assert agent.handshake(4) == 4
         out, err = proc.communicate(timeout=TIMEOUT * 2)
@@ -629,7 +632,7 @@ def test_launcher_waits_for_agent(host: QrexecHost) -> None:
 
 
 def test_launcher_quiet(host: QrexecHost) -> None:
-    agent = FakeAgent(host, X)
+    agent = HostileAgent(host, X)
     with launched(host, agent, "-q", "--uuid=u-1", str(X), "vm") as proc:
         agent.handshake(4)
         assert proc.communicate(timeout=TIMEOUT * 2) == (b"", b"")
@@ -637,7 +640,7 @@ def test_launcher_quiet(host: QrexecHost) -> None:
 
 
 def test_launcher_bad_agent_hello(host: QrexecHost) -> None:
-    agent = FakeAgent(host, X)
+    agent = HostileAgent(host, X)
     proc = launcher(host, "--uuid=u-1", str(X), "vm")
     agent.accept()
     agent.send(hello(1))
@@ -663,7 +666,7 @@ def test_launcher_nowait(host: QrexecHost) -> None:
     out, err = proc.communicate(timeout=TIMEOUT * 2)
     assert proc.returncode == 0
     # the child is still waiting: serve it, then stop it
-    agent = FakeAgent(host, X)
+    agent = HostileAgent(host, X)
     agent.handshake(4)
     terminate(agent.peer_pid())
     assert read_until_eof(agent.sock) == b""

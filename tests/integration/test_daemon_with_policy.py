@@ -3,77 +3,39 @@ qrexec-policy-exec when the policy socket is absent (issue: policy engine accept
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
-
 import pytest
 
-from .calls import World, write_exe
-from .harness import PYTHON, SRC, QrexecHost, program, wait_for
-from .policy_fakes import FakeQubesd
+from .fixtures.processes import wait_for
+from .fixtures.world import World
 
 POLICY = "test.Echo * work vault allow\ntest.Echo * @anyvm @anyvm deny\n"
-VAULT_UUID = "33333333-3333-3333-3333-333333333333"
-WORK_UUID = "11111111-1111-1111-1111-111111111111"
+
+pytestmark = pytest.mark.world(domains={"work": 5, "vault": 7}, policy_daemon=True)
 
 
 @pytest.fixture
-def world(host: QrexecHost) -> Iterator[World]:
-    root = host.root
-    qubesd = FakeQubesd(str(root / "qubesd.internal.sock"))
-    policy_dir = root / "policy.d"
-    policy_dir.mkdir()
-    (policy_dir / "30-user.policy").write_text(POLICY)
-    # the fallback: qrexec-policy-exec reading the same directory
-    fallback = write_exe(root / "policy-exec",
-                         f"#!/bin/sh\nPYTHONPATH={SRC} exec {PYTHON} -m "
-                         f"pyqrexec.cli.qrexec_policy_exec --path {policy_dir} \"$@\"\n")
-    w = World(host, policy="")
-    w.policy = fallback
-    common = {"QUBESD_INTERNAL_SOCKET": str(qubesd.server_address),
-              "QREXEC_LEGACY_POLICY_DIR": str(root / "legacy")}
-    for name, domid, uuid in (("work", 5, WORK_UUID), ("vault", 7, VAULT_UUID)):
-        dom = w.domain(name, domid, start=False)
-        dom.uuid = uuid
-        dom.daemon_env.update(common, QREXEC_POLICY_SOCKET=str(root / "policy.sock"))
-        dom.start_agent()
-        dom.start_daemon(extra=[f"--policy-program={fallback}"])
-    w.service("vault", "test.Echo",
-              '#!/bin/sh\necho "echo from vault for $QREXEC_REMOTE_DOMAIN"\n')
-    w.service("personal", "test.Echo", "#!/bin/sh\necho wrong\n")
-    yield w
-    qubesd.close()
-
-
-def _start_policy_daemon(world: World) -> subprocess.Popen[bytes]:
-    root = world.host.root
-    env = world.host.env(0, QUBESD_INTERNAL_SOCKET=str(root / "qubesd.internal.sock"),
-                         QREXEC_LEGACY_POLICY_DIR=str(root / "legacy"),
-                         QREXEC_LOG_DIR=str(root))
-    proc = subprocess.Popen(
-        [*program("qrexec-policy-daemon"), "--policy-path", str(root / "policy.d"),
-         "--socket-path", str(root / "policy.sock"),
-         "--eval-socket-path", str(root / "eval.sock"),
-         "--gui-socket-path", str(root / "gui.sock")],
-        env=env, stderr=open(root / "policy-daemon.log", "ab"),  # noqa: SIM115
-    )
-    wait_for((root / "policy.sock").exists, 20, "policy socket")
-    return proc
+def world(world: World) -> World:
+    """The conftest's world with the real policy side (daemon not started), the policy and
+    the services."""
+    world.policy({"30-user": POLICY})
+    world.service("vault", "test.Echo",
+                  '#!/bin/sh\necho "echo from vault for $QREXEC_REMOTE_DOMAIN"\n')
+    world.service("personal", "test.Echo", "#!/bin/sh\necho wrong\n")
+    return world
 
 
 def test_policy_daemon_decides(world: World) -> None:
-    proc = _start_policy_daemon(world)
+    world.start_policy_daemon()
     try:
         r = world.call("work", "vault", "test.Echo")
         assert r.returncode == 0, r.stderr
         assert r.stdout == b"echo from vault for work\n"
         r = world.call("work", "personal", "test.Echo")
         assert r.returncode == 126
-        log = (world.host.root / "policy-daemon.log").read_text()
+        log = world.log()
         assert "test.Echo+: work -> vault: allowed to vault" in log
     finally:
-        proc.terminate()
-        proc.wait(10)
+        world.stop_policy_daemon()
 
 
 def test_fallback_to_policy_exec_without_socket(world: World) -> None:
@@ -90,8 +52,8 @@ def test_worker_reports_the_end_under_the_decisions_call_id(world: World) -> Non
     policy connection and reports its end on the audit socket."""
     import json
 
-    proc = _start_policy_daemon(world)
-    trail = world.host.root / "qrexec-audit.jsonl"
+    world.start_policy_daemon()
+    trail = world.host.root / "log" / "qrexec-audit.jsonl"
     try:
         r = world.call("work", "vault", "test.Echo")
         assert r.returncode == 0, r.stderr
@@ -107,5 +69,4 @@ def test_worker_reports_the_end_under_the_decisions_call_id(world: World) -> Non
             "work", "vault", "connect", 0)
         assert isinstance(end["duration_ms"], int)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        world.stop_policy_daemon()

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .harness import Domain, QrexecHost, program, run_on_stdin_socket
+from .fixtures.processes import Domain, QrexecHost, program, run_on_stdin_socket
 
 
 def test_stdout_stderr_and_status(host: QrexecHost, work: Domain) -> None:
@@ -68,7 +68,7 @@ def test_just_exec(host: QrexecHost, work: Domain) -> None:
     assert r.returncode == 0
     assert r.stdout == b""
     # the process runs on independently of the call
-    from .harness import wait_for
+    from .fixtures.processes import wait_for
 
     wait_for(marker.exists, 10, "just-exec command")
 
@@ -180,7 +180,7 @@ def test_agent_restart_under_running_daemon(host: QrexecHost, work: Domain) -> N
     assert host.client("-d", "work", "root:echo one").stdout == b"one\n"
     work.stop_agent()
     work.start_agent()
-    from .harness import wait_for
+    from .fixtures.processes import wait_for
 
     wait_for(lambda: "reconnected" in work.daemon_log.read_text(), 20, "daemon reconnect")
     assert work.daemon is not None and work.daemon.poll() is None

@@ -24,9 +24,9 @@ from pyqrexec.protocol.messages import pack_trigger4
 from pyqrexec.protocol.ports import DEFAULT_SHARE, HALF
 from pyqrexec.transport import vchan
 
-from .calls import World
-from .harness import Domain, QrexecHost, wait_for
-from .rawcalls import children, data_handshake, recv_or_eof
+from .fixtures.processes import Domain, wait_for
+from .fixtures.rawcalls import children, data_handshake, recv_or_eof
+from .fixtures.world import World
 
 #: more calls than a whole half of the target's table
 FLOOD = HALF + 8
@@ -106,12 +106,13 @@ class Flood:
                     sock.close()
 
 
+pytestmark = pytest.mark.world(domains={"target": 5, "attacker": 7, "caller": 9})
+
+
 @pytest.fixture
-def world(host: QrexecHost) -> World:
-    w = World(host)
-    w.domain("target", 5)
-    w.domain("attacker", 7)
-    w.domain("caller", 9)
+def world(world: World) -> World:
+    """The conftest's world with target's services."""
+    w = world
     w.service("target", "test.Hold", "#!/bin/sh\nexec cat >/dev/null\n")
     w.service("target", "test.Echo", "#!/bin/sh\nexec cat\n")
     return w

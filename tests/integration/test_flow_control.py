@@ -16,8 +16,8 @@ import time
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER, hello
 
-from .fake_agent import RawClient, recv_exact, refused, start_attacked_daemon
-from .harness import QrexecHost, wait_for
+from .fixtures.hostile import RawClient, recv_exact, refused, start_attacked_daemon
+from .fixtures.processes import QrexecHost, wait_for
 from .test_hostile_agent import PROBE, assert_alive_and_refusing, raw4
 
 #: far more than any bounded backlog: reaching it means the peer never stopped reading

@@ -28,7 +28,7 @@ from pyqrexec.protocol.messages import CmdInfo, pack_cmd_info
 from pyqrexec.services.rpcconfig import DEFAULT_CONFIG
 from pyqrexec.transport import vchan
 
-from .harness import SRC, cleanup_dir, parent_pid, program, wait_for
+from .fixtures.processes import SRC, cleanup_dir, parent_pid, program, wait_for
 
 #: the fork server's own domain (the VM it serves in)
 DOMID = 7

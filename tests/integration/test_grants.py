@@ -8,26 +8,28 @@ import subprocess
 import time
 from typing import Any
 
-from .policy_fakes import DaemonSetup, program, query
+from .fixtures.fakes import query
+from .fixtures.policy import PolicyDaemon
+from .fixtures.processes import program
 from .test_audit import audit_file, records
 from .test_policy_daemon import W1, req
 
 ASK = "test.Svc * work @anyvm ask default_target=vault\n"
 
 
-def asks(setup: DaemonSetup) -> int:
+def asks(setup: PolicyDaemon) -> int:
     return len(setup.agent.received(b"policy.Ask"))
 
 
-def answering(setup: DaemonSetup, reply: bytes) -> None:
+def answering(setup: PolicyDaemon, reply: bytes) -> None:
     setup.agent.answer = lambda _: reply
 
 
-def events(setup: DaemonSetup, event: str) -> list[dict[str, Any]]:
+def events(setup: PolicyDaemon, event: str) -> list[dict[str, Any]]:
     return [r for r in records(audit_file(setup)) if r["event"] == event]
 
 
-def wait_for_record(setup: DaemonSetup, event: str, timeout: float = 20) -> dict[str, Any]:
+def wait_for_record(setup: PolicyDaemon, event: str, timeout: float = 20) -> dict[str, Any]:
     """The first `event` record, once the daemon wrote it (polling its file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -37,12 +39,12 @@ def wait_for_record(setup: DaemonSetup, event: str, timeout: float = 20) -> dict
     raise AssertionError(f"no {event} record")
 
 
-def tool(setup: DaemonSetup, module: str, *args: str) -> subprocess.CompletedProcess[str]:
+def tool(setup: PolicyDaemon, module: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(program(module) + list(args), env=setup.env, capture_output=True,
                           text=True, timeout=60)
 
 
-def test_ask_offers_remembering_and_upstream_replies_still_work(setup: DaemonSetup) -> None:
+def test_ask_offers_remembering_and_upstream_replies_still_work(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", ASK)
     setup.start()
     answering(setup, b"allow:vault")
@@ -59,7 +61,7 @@ def test_ask_offers_remembering_and_upstream_replies_still_work(setup: DaemonSet
     assert asks(setup) == 4
 
 
-def test_allow_for_one_second_then_asks_again(setup: DaemonSetup) -> None:
+def test_allow_for_one_second_then_asks_again(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", ASK)
     setup.start()
     answering(setup, b"allow:vault for=1")
@@ -80,7 +82,7 @@ def test_allow_for_one_second_then_asks_again(setup: DaemonSetup) -> None:
     assert asks(setup) == 3
 
 
-def test_a_grant_never_passes_a_deny_rule_above_its_ask_rule(setup: DaemonSetup) -> None:
+def test_a_grant_never_passes_a_deny_rule_above_its_ask_rule(setup: PolicyDaemon) -> None:
     ask = setup.write("30-user.policy", ASK)
     setup.start()
     answering(setup, b"allow:vault for=300")
@@ -99,7 +101,7 @@ def test_a_grant_never_passes_a_deny_rule_above_its_ask_rule(setup: DaemonSetup)
     assert asks(setup) == 2
 
 
-def test_deny_for_a_time(setup: DaemonSetup) -> None:
+def test_deny_for_a_time(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", ASK)
     setup.start()
     answering(setup, b"deny for=300")
@@ -110,7 +112,7 @@ def test_deny_for_a_time(setup: DaemonSetup) -> None:
     assert events(setup, "decision")[1]["answer"] == "deny"
 
 
-def test_always_writes_a_lint_clean_rule(setup: DaemonSetup) -> None:
+def test_always_writes_a_lint_clean_rule(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", ASK)
     setup.start()
     answering(setup, b"allow:vault always")
@@ -137,7 +139,7 @@ def test_always_writes_a_lint_clean_rule(setup: DaemonSetup) -> None:
     assert "cannot write the rule for an 'always' answer" in log
 
 
-def test_list_revoke_and_explain(setup: DaemonSetup) -> None:
+def test_list_revoke_and_explain(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", ASK)
     setup.start()
     answering(setup, b"allow:vault for=300")
@@ -164,7 +166,7 @@ def test_list_revoke_and_explain(setup: DaemonSetup) -> None:
     assert "decision: ask" in explain.stdout
 
 
-def test_restarted_daemon_keeps_grants_until_expiry(setup: DaemonSetup) -> None:
+def test_restarted_daemon_keeps_grants_until_expiry(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", ASK)
     setup.start()
     answering(setup, b"allow:vault for=300")
@@ -186,7 +188,7 @@ def test_restarted_daemon_keeps_grants_until_expiry(setup: DaemonSetup) -> None:
     assert asks(setup) == 3
 
 
-def test_until_halt(setup: DaemonSetup) -> None:
+def test_until_halt(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", ASK)
     setup.start()
     answering(setup, b"allow:vault until=halt")

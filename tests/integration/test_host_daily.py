@@ -14,25 +14,22 @@ import socket
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .harness import PYTHON, SRC, process_gone, program, wait_for
-from .host_world import (
+from .fixtures.host import (
     BWRAP,
     BWRAP_WHY,
+    SYSTEM_PYTHON,
     HostWorld,
     default_layout,
     python_in_domain,
     service,
 )
+from .fixtures.processes import PYTHON, SRC, process_gone, program, wait_for
 
 needs_bwrap = pytest.mark.skipif(BWRAP is None, reason=f"bubblewrap unusable: {BWRAP_WHY}")
-NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-#: a Python nobody can run (the tests' own may live below /root)
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 #: test.Who's exit status in each domain (a disposable answers as its template, dvm)
 WHO_STATUS = {"work": 0, "vault": 3, "other": 0, "bare": 0, "dvm": 4}
@@ -54,62 +51,46 @@ def daily_layout(top: Path) -> str:
     return config + "\n[domains.bare]\n"
 
 
-class DailyWorld(HostWorld):
-    """A HostWorld without a display: nobody could be asked in a dialog."""
-
-    def env(self) -> dict[str, str]:
-        e = super().env()
-        for key in ("DISPLAY", "WAYLAND_DISPLAY"):
-            e.pop(key, None)
-        return e
+pytestmark = pytest.mark.host_world(layout=daily_layout, sandboxes=["plain"],
+                                     display=False)
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[DailyWorld]:
-    w = DailyWorld("plain", daily_layout)
-    w.up()
-    try:
-        yield w
-    finally:
-        w.close()
-
-
-def policy_log(world: HostWorld) -> str:
-    return (world.state / "log" / "policy-daemon.log").read_text(errors="replace")
+def policy_log(host_world: HostWorld) -> str:
+    return (host_world.state / "log" / "policy-daemon.log").read_text(errors="replace")
 
 
 # -- 1: one manager per state directory --------------------------------------------------
-def test_second_up_on_the_same_state_is_refused(world: DailyWorld) -> None:
-    assert world.proc is not None
+def test_second_up_on_the_same_state_is_refused(host_world: HostWorld) -> None:
+    assert host_world.proc is not None
     for extra in ((), ("--detach",)):
-        r = world.host("up", "--sandbox=plain", *extra)
+        r = host_world.host("up", "--sandbox=plain", *extra)
         assert r.returncode == 1, r.stderr.decode()
         err = r.stderr.decode()
-        assert f"pid {world.proc.pid}" in err and "in use" in err, err
-    assert world.proc.poll() is None
-    assert world.host("list").returncode == 0
+        assert f"pid {host_world.proc.pid}" in err and "in use" in err, err
+    assert host_world.proc.poll() is None
+    assert host_world.host("list").returncode == 0
 
 
 # -- 3: ask rules without a front end say so -----------------------------------------------
-def test_ask_without_a_front_end_says_so(world: DailyWorld) -> None:
-    assert "no front end to ask: ask rules will be denied" in world.log()
-    assert "--answer-program" in world.log()
-    r = world.host("call", "work", "vault", "test.Ask", input=b"")
+def test_ask_without_a_front_end_says_so(host_world: HostWorld) -> None:
+    assert "no front end to ask: ask rules will be denied" in host_world.log()
+    assert "--answer-program" in host_world.log()
+    r = host_world.host("call", "work", "vault", "test.Ask", input=b"")
     assert r.returncode == 126
     err = r.stderr.decode()
     assert err.startswith("Request refused\n") and "no front end to ask" in err, err
-    log = policy_log(world)
+    log = policy_log(host_world)
     assert "test.Ask: work -> vault: denied: policy.Ask failed: no front end to ask" in log
     assert "denied by the user" not in log
 
 
 # -- 4: dom0's policy tools read the host's policy -------------------------------------
-def test_policy_exec_reads_the_hosts_policy(world: DailyWorld) -> None:
+def test_policy_exec_reads_the_hosts_policy(host_world: HostWorld) -> None:
     exec_ = [PYTHON, "-m", "pyqrexec.cli.qrexec_policy_exec"]
-    r = world.host("run", "dom0", "--", *exec_, "work", "vault", "test.Echo")
+    r = host_world.host("run", "dom0", "--", *exec_, "work", "vault", "test.Echo")
     assert r.returncode == 0, r.stdout + r.stderr
     assert b"result=allow" in r.stdout and b"target=vault" in r.stdout
-    r = world.host("run", "dom0", "--", *exec_, "--explain", "work", "vault", "test.Echo")
+    r = host_world.host("run", "dom0", "--", *exec_, "--explain", "work", "vault", "test.Echo")
     assert r.returncode == 0, r.stdout + r.stderr
     assert b"30-test.policy:1: test.Echo\t*\twork\tvault\tallow" in r.stdout
 
@@ -125,39 +106,39 @@ def test_policy_exec_warns_when_no_policy_is_found(tmp_path: Path) -> None:
 
 
 # -- 5: the person at the terminal is told why ---------------------------------------------
-def test_refusal_names_the_rule_to_the_caller_only(world: DailyWorld) -> None:
-    r = world.host("call", "work", "dvm", "test.Echo", input=b"")
+def test_refusal_names_the_rule_to_the_caller_only(host_world: HostWorld) -> None:
+    r = host_world.host("call", "work", "dvm", "test.Echo", input=b"")
     assert r.returncode == 126
     err = r.stderr.decode()
     assert err.startswith("Request refused\n")
     assert "qrexec-host: call: refused: denied by policy" in err and "30-test.policy:5" in err
     # the domain's own program gets what it gets on Qubes, and not a word more
-    inside = world.in_domain("work", [*python_in_domain("")[:1], "-m",
+    inside = host_world.in_domain("work", [*python_in_domain("")[:1], "-m",
                                       "pyqrexec.cli.qrexec_client_vm",
                                       "--agent-socket={AGENT}", "dvm", "test.Echo"],
                              input=b"")
     assert inside.returncode == 126 and inside.stderr == b"Request refused\n"
 
 
-def test_missing_service_is_named(world: DailyWorld) -> None:
-    r = world.host("call", "work", "vault", "test.Missing", input=b"")
+def test_missing_service_is_named(host_world: HostWorld) -> None:
+    r = host_world.host("call", "work", "vault", "test.Missing", input=b"")
     assert r.returncode == 127
     assert "no such service test.Missing in vault" in r.stderr.decode()
 
 
-def test_policy_load_errors_reach_up_and_the_caller(world: DailyWorld) -> None:
-    broken = world.dir / "dom0/etc/qubes/policy.d/40-broken.policy"
+def test_policy_load_errors_reach_up_and_the_caller(host_world: HostWorld) -> None:
+    broken = host_world.dir / "dom0/etc/qubes/policy.d/40-broken.policy"
     broken.write_text("test.Echo * work vault allow\nthis is not a rule\n")
     try:
-        r = world.host("call", "work", "vault", "test.Echo", input=b"")
+        r = host_world.host("call", "work", "vault", "test.Echo", input=b"")
         assert r.returncode == 126
         err = r.stderr.decode()
         assert f"qrexec-host: call: policy failed to load: {broken}:2:" in err, err
-        wait_for(lambda: f"policy failed to load: {broken}:2:" in world.log(), 30,
+        wait_for(lambda: f"policy failed to load: {broken}:2:" in host_world.log(), 30,
                  "up to report the policy error")
     finally:
         broken.unlink()
-    r = world.host("call", "work", "vault", "test.Echo", input=b"")
+    r = host_world.host("call", "work", "vault", "test.Echo", input=b"")
     assert r.returncode == 0, r.stderr
 
 
@@ -167,7 +148,7 @@ def test_policy_error_at_start_is_printed_by_up() -> None:
         (top / "dom0/etc/qubes/policy.d/10-bad.policy").write_text("\n\nnot a rule\n")
         return config
 
-    w = DailyWorld("plain", layout)
+    w = HostWorld("plain", layout, display=False)
     try:
         w.up()
         bad = w.dir / "dom0/etc/qubes/policy.d/10-bad.policy"
@@ -177,10 +158,10 @@ def test_policy_error_at_start_is_printed_by_up() -> None:
 
 
 # -- 6: Ctrl-C ends a command with 130, without a traceback --------------------------------
-def _interrupt(world: HostWorld, args: list[str],
+def _interrupt(host_world: HostWorld, args: list[str],
                started: Path) -> subprocess.CompletedProcess[bytes]:
     started.unlink(missing_ok=True)
-    proc = subprocess.Popen(world.argv(*args), env=world.env(), stdin=subprocess.PIPE,
+    proc = subprocess.Popen(host_world.argv(*args), env=host_world.env(), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
@@ -195,11 +176,11 @@ def _interrupt(world: HostWorld, args: list[str],
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_ctrl_c_in_call_and_run(world: DailyWorld) -> None:
-    started = world.dir / "slow-started"
-    r = _interrupt(world, ["call", "work", "other", "test.Slow"], started)
+def test_ctrl_c_in_call_and_run(host_world: HostWorld) -> None:
+    started = host_world.dir / "slow-started"
+    r = _interrupt(host_world, ["call", "work", "other", "test.Slow"], started)
     assert r.returncode == 130 and b"Traceback" not in r.stderr, r.stderr.decode()
-    r = _interrupt(world, ["run", "work", "--", f"touch {started}; exec sleep 60"], started)
+    r = _interrupt(host_world, ["run", "work", "--", f"touch {started}; exec sleep 60"], started)
     assert r.returncode == 130 and b"Traceback" not in r.stderr, r.stderr.decode()
 
 
@@ -266,15 +247,15 @@ def test_no_host_names_the_socket_and_up(tmp_path: Path) -> None:
 
 
 # -- 8: a call says nothing about the source domain running already -----------------------
-def test_call_makes_no_noise(world: DailyWorld) -> None:
-    assert world.host("call", "work", "vault", "test.Echo", input=b"").returncode == 0
-    assert world.host("run", "work", "--", "true").returncode == 0
-    assert "QubesVMNotHaltedError" not in world.log()
+def test_call_makes_no_noise(host_world: HostWorld) -> None:
+    assert host_world.host("call", "work", "vault", "test.Echo", input=b"").returncode == 0
+    assert host_world.host("run", "work", "--", "true").returncode == 0
+    assert "QubesVMNotHaltedError" not in host_world.log()
 
 
 # -- 9: down leaves only the logs -----------------------------------------------------------
 def test_down_removes_everything_but_the_logs() -> None:
-    w = DailyWorld("plain")
+    w = HostWorld("plain", display=False)
     try:
         w.up()
         assert w.host("call", "work", "vault", "test.Echo", input=b"").returncode == 0
@@ -292,7 +273,7 @@ def test_test_helpers_leave_no_agent_behind(tmp_path: Path) -> None:
         import os, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from pathlib import Path
-        from tests.integration.harness import QrexecHost
+        from tests.integration.fixtures.processes import QrexecHost
         host = QrexecHost(Path({str(tmp_path)!r}))
         dom = host.domain("left", 3)
         agent = dom.start_agent()
@@ -310,7 +291,7 @@ def test_test_helpers_leave_no_agent_behind(tmp_path: Path) -> None:
 # -- 10: a service added to a running domain's root -----------------------------------------
 @needs_bwrap
 def test_service_added_to_a_running_root_is_seen() -> None:
-    w = DailyWorld("bubblewrap", daily_layout)
+    w = HostWorld("bubblewrap", daily_layout, display=False)
     try:
         w.up()
         assert w.host("start", "bare").returncode == 0
@@ -336,32 +317,21 @@ def nobody_policy(top: Path) -> None:
         f.write("test.Echo * work net allow\n")
 
 
-class NobodyWorld(DailyWorld):
+def nobody_world(sandbox: str) -> HostWorld:
     """`up` and every command run as nobody, with a state directory nobody owns."""
-
-    def __init__(self, sandbox: str) -> None:
-        super().__init__(sandbox, nobody_layout)
-        nobody_policy(self.dir)
-        service(self.dir / "net", "test.Echo", "#!/bin/sh\necho net: $(id -un)\ncat\n")
-        self.state.mkdir()
-        nobody = pwd.getpwnam("nobody")
-        os.chown(self.state, nobody.pw_uid, nobody.pw_gid)
-
-    def argv(self, *args: str) -> list[str]:
-        return [*NOBODY, SYSTEM_PYTHON, "-m", "pyqrexec.cli.qrexec_host",
-                f"--config={self.config}", f"--state-dir={self.state}", *args]
-
-    def env(self) -> dict[str, str]:
-        e = super().env()
-        e["HOME"] = "/nonexistent"
-        e.pop("XDG_RUNTIME_DIR", None)
-        return e
+    w = HostWorld(sandbox, nobody_layout, display=False, account="nobody")
+    nobody_policy(w.dir)
+    service(w.dir / "net", "test.Echo", "#!/bin/sh\necho net: $(id -un)\ncat\n")
+    w.state.mkdir()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(w.state, nobody.pw_uid, nobody.pw_gid)
+    return w
 
 
 @pytest.mark.skipif(not os.access(SYSTEM_PYTHON, os.X_OK), reason="no system Python")
 @pytest.mark.parametrize("sandbox", ["plain", pytest.param("bubblewrap", marks=needs_bwrap)])
 def test_unprivileged_host(sandbox: str) -> None:
-    w = NobodyWorld(sandbox)
+    w = nobody_world(sandbox)
     try:
         r = w.host("up", "--detach", f"--sandbox={sandbox}")
         assert r.returncode == 0, r.stderr.decode()
@@ -391,7 +361,7 @@ def test_failed_autostart_fails_up(tmp_path: Path) -> None:
         (top / "broken").mkdir()
         return config + '\n[domains.broken]\nautostart = true\nuser = "no-such-user"\n'
 
-    w = DailyWorld("plain", layout)
+    w = HostWorld("plain", layout, display=False)
     try:
         r = w.host("up", "--detach", "--sandbox=plain", timeout=120)
         err = r.stderr.decode()
@@ -404,95 +374,95 @@ def test_failed_autostart_fails_up(tmp_path: Path) -> None:
 
 
 # -- qvm-style operations ---------------------------------------------------------------------
-def test_list_as_json_and_chosen_fields(world: DailyWorld) -> None:
-    r = world.host("list", "--format=json", "--fields=name,state,tags,template_for_dispvms")
+def test_list_as_json_and_chosen_fields(host_world: HostWorld) -> None:
+    r = host_world.host("list", "--format=json", "--fields=name,state,tags,template_for_dispvms")
     assert r.returncode == 0, r.stderr
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows["work"] == {"name": "work", "state": "Running", "tags": ["work"],
                             "template_for_dispvms": False}
     assert rows["dvm"]["template_for_dispvms"] is True
-    r = world.host("list", "--fields=name,uuid")
+    r = host_world.host("list", "--fields=name,uuid")
     lines = r.stdout.decode().splitlines()
     assert lines[0].split() == ["NAME", "UUID"] and len(lines) == len(rows) + 1
-    r = world.host("list", "--fields=name,secret")
+    r = host_world.host("list", "--fields=name,secret")
     assert r.returncode == 2 and b"unknown field 'secret'" in r.stderr
 
 
-def test_shutdown_is_graceful(world: DailyWorld) -> None:
-    if world.domains()["other"]["state"] != "Halted":
-        assert world.host("stop", "other").returncode == 0
-    assert world.host("start", "other").returncode == 0
-    r = world.host("shutdown", "other", "--wait", "--timeout=20")
+def test_shutdown_is_graceful(host_world: HostWorld) -> None:
+    if host_world.domains()["other"]["state"] != "Halted":
+        assert host_world.host("stop", "other").returncode == 0
+    assert host_world.host("start", "other").returncode == 0
+    r = host_world.host("shutdown", "other", "--wait", "--timeout=20")
     assert r.returncode == 0, r.stderr
-    assert world.domains()["other"]["state"] == "Halted"
-    assert "other shut down" in world.log()
-    assert "agent ended" not in world.log()  # not taken for a crash
-    r = world.host("shutdown", "other")
+    assert host_world.domains()["other"]["state"] == "Halted"
+    assert "other shut down" in host_world.log()
+    assert "agent ended" not in host_world.log()  # not taken for a crash
+    r = host_world.host("shutdown", "other")
     assert r.returncode == 1 and b"QubesVMNotStartedError" in r.stderr
-    assert world.host("start", "other").returncode == 0
-    assert world.host("shutdown", "other", "--timeout=20").returncode == 0
-    wait_for(lambda: world.domains()["other"]["state"] == "Halted", 30, "other to halt")
+    assert host_world.host("start", "other").returncode == 0
+    assert host_world.host("shutdown", "other", "--timeout=20").returncode == 0
+    wait_for(lambda: host_world.domains()["other"]["state"] == "Halted", 30, "other to halt")
 
 
-def test_run_service(world: DailyWorld) -> None:
-    r = world.host("run", "--service", "vault", "test.Echo+x", input=b"ping\n")
+def test_run_service(host_world: HostWorld) -> None:
+    r = host_world.host("run", "--service", "vault", "test.Echo+x", input=b"ping\n")
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode().splitlines()[0].endswith("from dom0 as nobody")
     assert r.stdout.decode().splitlines()[1] == "ping"
-    r = world.host("run", "--service", "work", "--", "test.Who+arg")
+    r = host_world.host("run", "--service", "work", "--", "test.Who+arg")
     assert (r.returncode, r.stdout) == (0, b"work arg\n"), r.stderr
-    r = world.host("run", "--service", "work", "--", "test.Who", "and more")
+    r = host_world.host("run", "--service", "work", "--", "test.Who", "and more")
     assert r.returncode == 2 and b"--service takes one word" in r.stderr
 
 
-def test_run_in_a_disposable(world: DailyWorld) -> None:
-    before = set(world.domains())
-    r = world.host("run", "--dispvm", "--", "echo in a disposable; exit 5")
+def test_run_in_a_disposable(host_world: HostWorld) -> None:
+    before = set(host_world.domains())
+    r = host_world.host("run", "--dispvm", "--", "echo in a disposable; exit 5")
     assert (r.returncode, r.stdout) == (5, b"in a disposable\n"), r.stderr
-    r = world.host("run", "--dispvm=dvm", "--service", "test.Who+d")
+    r = host_world.host("run", "--dispvm=dvm", "--service", "test.Who+d")
     assert (r.returncode, r.stdout) == (4, b"dvm d\n"), r.stderr
-    assert set(world.domains()) == before  # each disposable killed and removed
-    assert not any((world.state / "disp").glob("disp*"))
-    r = world.host("run", "--dispvm=work", "--", "true")
+    assert set(host_world.domains()) == before  # each disposable killed and removed
+    assert not any((host_world.state / "disp").glob("disp*"))
+    r = host_world.host("run", "--dispvm=work", "--", "true")
     assert r.returncode == 1 and b"template_for_dispvms" in r.stderr
-    r = world.host("run", "--dispvm", "work", "--", "true")  # no NAME with --dispvm
+    r = host_world.host("run", "--dispvm", "work", "--", "true")  # no NAME with --dispvm
     assert r.returncode == 127
-    assert set(world.domains()) == before
+    assert set(host_world.domains()) == before
 
 
-def test_run_in_all_running_domains(world: DailyWorld) -> None:
+def test_run_in_all_running_domains(host_world: HostWorld) -> None:
     for name in ("work", "vault"):
-        world.host("start", name)
-    running = [n for n, d in world.domains().items()
+        host_world.host("start", name)
+    running = [n for n, d in host_world.domains().items()
                if d["state"] == "Running" and n != "dom0"]
-    r = world.host("run", "--all", "--service", "test.Who+all")
+    r = host_world.host("run", "--all", "--service", "test.Who+all")
     who = ["dvm" if n.startswith("disp") else n for n in running]
     assert r.stdout.decode().splitlines() == [f"{n} all" for n in who], r.stderr
     assert r.returncode == max(WHO_STATUS[n] for n in who) == 3
-    r = world.host("run", "--all", "--", "exit 0")
+    r = host_world.host("run", "--all", "--", "exit 0")
     assert r.returncode == 0, r.stderr
 
 
 ESCAPES = "printf 'a\\033[31mb\\tc\\177d\\n'; printf 'e\\033]0;x\\007\\n' >&2"
 
 
-def test_run_filters_escape_characters(world: DailyWorld) -> None:
+def test_run_filters_escape_characters(host_world: HostWorld) -> None:
     for name in ("work", "dom0"):
-        r = world.host("run", "--filter-escape-chars", name, "--", ESCAPES)
+        r = host_world.host("run", "--filter-escape-chars", name, "--", ESCAPES)
         assert r.returncode == 0, r.stderr
         assert r.stdout == b"a_[31mb\tc_d\n" and r.stderr == b"e_]0;x\x07\n", (name, r)
         for opts in (["--no-filter-escape-chars"], [], ["-p"]):  # default: no terminal
-            r = world.host("run", *opts, name, "--", ESCAPES)
+            r = host_world.host("run", *opts, name, "--", ESCAPES)
             assert r.stdout == b"a\033[31mb\tc\177d\n", (name, opts, r)
 
 
-def test_run_filters_for_a_terminal_by_default(world: DailyWorld) -> None:
+def test_run_filters_for_a_terminal_by_default(host_world: HostWorld) -> None:
     master, slave = pty.openpty()
     try:
         for opts, want in (([], b"a_[31mb"), (["--no-filter-escape-chars"], b"a\033[31mb")):
-            proc = subprocess.Popen(world.argv("run", *opts, "work", "--", ESCAPES),
+            proc = subprocess.Popen(host_world.argv("run", *opts, "work", "--", ESCAPES),
                                     stdout=slave, stderr=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL, env=world.env())
+                                    stdin=subprocess.DEVNULL, env=host_world.env())
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, err
             out = b""
@@ -504,34 +474,34 @@ def test_run_filters_for_a_terminal_by_default(world: DailyWorld) -> None:
         os.close(slave)
 
 
-def test_prefs_show_and_set_what_the_policy_sees(world: DailyWorld) -> None:
-    r = world.host("prefs", "bare")
+def test_prefs_show_and_set_what_the_policy_sees(host_world: HostWorld) -> None:
+    r = host_world.host("prefs", "bare")
     assert r.returncode == 0, r.stderr
     shown = dict(line.split(None, 1) for line in r.stdout.decode().splitlines())
     assert list(shown) == ["label", "tags", "default_dispvm", "template_for_dispvms",
                            "guivm", "internal", "default_user", "type", "uuid"]
     assert shown["label"] == "red" and shown["tags"] == "-" and shown["type"] == "AppVM"
     assert shown["default_dispvm"] == "dvm" and shown["template_for_dispvms"] == "false"
-    assert world.host("prefs", "bare", "label").stdout == b"red\n"
+    assert host_world.host("prefs", "bare", "label").stdout == b"red\n"
 
     # test.Tagged: allowed to whoever has tag vip; the policy sees a change at once
-    policy = world.dir / "dom0/etc/qubes/policy.d/10-tagged.policy"
+    policy = host_world.dir / "dom0/etc/qubes/policy.d/10-tagged.policy"
     policy.write_text("test.Tagged * @tag:vip @default allow target=vault\n"
                       "test.Tagged * @anyvm @anyvm deny\n")
-    service(world.dir / "vault", "test.Tagged", "#!/bin/sh\necho tagged\n")
-    r = world.host("call", "bare", "@default", "test.Tagged", input=b"")
+    service(host_world.dir / "vault", "test.Tagged", "#!/bin/sh\necho tagged\n")
+    r = host_world.host("call", "bare", "@default", "test.Tagged", input=b"")
     assert r.returncode == 126, r.stderr
-    assert world.host("prefs", "bare", "tags", "vip,other").returncode == 0
-    assert world.host("prefs", "bare", "tags").stdout == b"vip,other\n"
-    r = world.host("call", "bare", "@default", "test.Tagged", input=b"")
+    assert host_world.host("prefs", "bare", "tags", "vip,other").returncode == 0
+    assert host_world.host("prefs", "bare", "tags").stdout == b"vip,other\n"
+    r = host_world.host("call", "bare", "@default", "test.Tagged", input=b"")
     assert (r.returncode, r.stdout) == (0, b"tagged\n"), r.stderr
-    info = json.loads(world.qubesd("internal.GetSystemInfo", internal=True))["domains"]
+    info = json.loads(host_world.qubesd("internal.GetSystemInfo", internal=True))["domains"]
     assert info["bare"]["tags"] == ["vip", "other"]
-    assert world.host("prefs", "bare", "label", "blue").returncode == 0
-    info = json.loads(world.qubesd("internal.GetSystemInfo", internal=True))["domains"]
+    assert host_world.host("prefs", "bare", "label", "blue").returncode == 0
+    info = json.loads(host_world.qubesd("internal.GetSystemInfo", internal=True))["domains"]
     assert info["bare"]["label"] == "0x3465a4" and info["bare"]["icon"] == "appvm-blue"
-    assert world.host("prefs", "bare", "tags", "").returncode == 0
-    r = world.host("call", "bare", "@default", "test.Tagged", input=b"")
+    assert host_world.host("prefs", "bare", "tags", "").returncode == 0
+    r = host_world.host("call", "bare", "@default", "test.Tagged", input=b"")
     assert r.returncode == 126, r.stderr
 
     for args, message in (
@@ -545,6 +515,6 @@ def test_prefs_show_and_set_what_the_policy_sees(world: DailyWorld) -> None:
             (("bare", "uuid", "0"), b"property 'uuid' is read-only"),
             (("nosuch", "label", "red"), b"QubesVMNotFoundError"),
             (("bare", "colour"), b"no such property 'colour'")):
-        r = world.host("prefs", *args)
+        r = host_world.host("prefs", *args)
         assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
-    assert world.host("prefs", "bare", "label").stdout == b"blue\n"
+    assert host_world.host("prefs", "bare", "label").stdout == b"blue\n"

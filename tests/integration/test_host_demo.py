@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import process_gone, program, wait_for
+from .fixtures.processes import process_gone, program, wait_for
 
 
 def _leftovers(marker: str) -> list[str]:

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .harness import SRC, cleanup_dir, program
+from .fixtures.processes import SRC, cleanup_dir, program
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "qrexec-host.md"
 UP = "qrexec-host up &"

@@ -13,61 +13,52 @@ import pytest
 
 from pyqrexec.qubesd.client import QubesdError
 
-from .harness import wait_for
-from .host_world import BWRAP, BWRAP_WHY, SANDBOX_MODES, HostWorld, python_in_domain, service
+from .fixtures.host import BWRAP, BWRAP_WHY, HostWorld, python_in_domain, service
+from .fixtures.processes import wait_for
 
 
-@pytest.fixture(scope="module", params=SANDBOX_MODES)
-def world(request: pytest.FixtureRequest) -> Iterator[HostWorld]:
-    w = HostWorld(request.param).up()
-    try:
-        yield w
-    finally:
-        w.close()
+def ensure_halted(host_world: HostWorld, name: str) -> None:
+    if host_world.domains()[name]["state"] != "Halted":
+        assert host_world.host("stop", name).returncode == 0
 
 
-def ensure_halted(world: HostWorld, name: str) -> None:
-    if world.domains()[name]["state"] != "Halted":
-        assert world.host("stop", name).returncode == 0
-
-
-def test_list_start_stop(world: HostWorld) -> None:
-    ensure_halted(world, "other")
-    out = world.host("list").stdout.decode().splitlines()
+def test_list_start_stop(host_world: HostWorld) -> None:
+    ensure_halted(host_world, "other")
+    out = host_world.host("list").stdout.decode().splitlines()
     assert out[0].split() == ["NAME", "TYPE", "STATE", "DOMID", "LABEL"]
     rows = {line.split()[0]: line.split() for line in out[1:]}
     assert rows["dom0"] == ["dom0", "AdminVM", "Running", "0", "black"]
     assert rows["work"][2] == "Running"  # autostart
     assert rows["other"][1:] == ["AppVM", "Halted", "-", "red"]
-    assert world.host("start", "other").returncode == 0
-    other = world.domains()["other"]
+    assert host_world.host("start", "other").returncode == 0
+    other = host_world.domains()["other"]
     assert other["state"] == "Running" and isinstance(other["domid"], int)
-    assert (world.state / "qubes" / "qrexec.other").exists()
-    again = world.host("start", "other")
+    assert (host_world.state / "qubes" / "qrexec.other").exists()
+    again = host_world.host("start", "other")
     assert again.returncode == 1 and b"QubesVMNotHaltedError" in again.stderr
-    assert world.host("stop", "other").returncode == 0
-    assert world.domains()["other"]["state"] == "Halted"
-    assert not (world.state / "qubes" / "qrexec.other").exists()
-    assert not (world.state / "dom" / "other").exists()
+    assert host_world.host("stop", "other").returncode == 0
+    assert host_world.domains()["other"]["state"] == "Halted"
+    assert not (host_world.state / "qubes" / "qrexec.other").exists()
+    assert not (host_world.state / "dom" / "other").exists()
 
 
-def test_qubesd_answers(world: HostWorld) -> None:
-    ensure_halted(world, "other")
-    work_uuid = json.loads(world.qubesd("internal.GetSystemInfo", internal=True))[
+def test_qubesd_answers(host_world: HostWorld) -> None:
+    ensure_halted(host_world, "other")
+    work_uuid = json.loads(host_world.qubesd("internal.GetSystemInfo", internal=True))[
         "domains"]["work"]["uuid"]
-    assert world.raw(f"admin.vm.Start+ dom0 name uuid:{work_uuid}\0".encode()) == (
+    assert host_world.raw(f"admin.vm.Start+ dom0 name uuid:{work_uuid}\0".encode()) == (
         b"2\0QubesVMNotHaltedError\0\0Domain is running: work\0")
-    assert world.raw(b"admin.vm.Kill+ dom0 name other\0") == (
+    assert host_world.raw(b"admin.vm.Kill+ dom0 name other\0") == (
         b"2\0QubesVMNotStartedError\0\0Domain is powered off: other\0")
-    assert world.raw(b"admin.vm.Frobnicate+ dom0 name work\0") == (
+    assert host_world.raw(b"admin.vm.Frobnicate+ dom0 name work\0") == (
         b"2\0QubesException\0\0unsupported method\0")
-    assert world.raw(b"admin.vm.Start+ dom0 name nosuch\0").startswith(
+    assert host_world.raw(b"admin.vm.Start+ dom0 name nosuch\0").startswith(
         b"2\0QubesVMNotFoundError\0\0")
-    assert world.raw(b"admin.vm.CreateDisposable+ dom0 name work\0").startswith(
+    assert host_world.raw(b"admin.vm.CreateDisposable+ dom0 name work\0").startswith(
         b"2\0QubesException\0\0")
-    assert world.raw(b"admin.vm.Start+ dom0 keyword adminvm\0").startswith(
+    assert host_world.raw(b"admin.vm.Start+ dom0 keyword adminvm\0").startswith(
         b"2\0QubesVMNotHaltedError\0")
-    info = json.loads(world.qubesd("internal.GetSystemInfo", internal=True))["domains"]
+    info = json.loads(host_world.qubesd("internal.GetSystemInfo", internal=True))["domains"]
     assert set(info) == {"dom0", "work", "vault", "other", "dvm"}
     assert info["dom0"]["uuid"] == "00000000-0000-0000-0000-000000000000"
     assert info["dom0"]["default_dispvm"] == "dvm" and info["work"]["default_dispvm"] == "dvm"
@@ -76,79 +67,79 @@ def test_qubesd_answers(world: HostWorld) -> None:
     assert info["dvm"]["template_for_dispvms"] is True
     assert all("root" not in d and "user" not in d for d in info.values())
     # internal methods only on the internal socket, admin methods only on the other
-    assert world.raw(b"internal.GetSystemInfo+ dom0 name dom0\0").startswith(b"2\0")
-    created = world.qubesd("admin.vm.CreateDisposable", "dvm", payload=b"uuid").decode()
+    assert host_world.raw(b"internal.GetSystemInfo+ dom0 name dom0\0").startswith(b"2\0")
+    created = host_world.qubesd("admin.vm.CreateDisposable", "dvm", payload=b"uuid").decode()
     assert created.startswith("uuid:") and len(created) == 41
-    name = next(n for n, d in world.domains().items() if d["uuid"] == created[5:])
-    assert name.startswith("disp") and world.domains()[name]["type"] == "DispVM"
+    name = next(n for n, d in host_world.domains().items() if d["uuid"] == created[5:])
+    assert name.startswith("disp") and host_world.domains()[name]["type"] == "DispVM"
     with pytest.raises(QubesdError):  # never started: the kill still removes it
-        world.qubesd("admin.vm.Kill", created)
-    assert name not in world.domains()
-    assert not (world.state / "disp" / name).exists()
+        host_world.qubesd("admin.vm.Kill", created)
+    assert name not in host_world.domains()
+    assert not (host_world.state / "disp" / name).exists()
 
 
-def test_run_passes_streams_and_status(world: HostWorld) -> None:
-    done = world.host("run", "work", "--", "sh", "-c", "read x; echo got $x; exit 7",
+def test_run_passes_streams_and_status(host_world: HostWorld) -> None:
+    done = host_world.host("run", "work", "--", "sh", "-c", "read x; echo got $x; exit 7",
                       input=b"hello\n")
     assert done.returncode == 7, done.stderr
     assert done.stdout == b"got hello\n"
-    done = world.host("run", "work", "--", "echo hi >&2; exit 0")
+    done = host_world.host("run", "work", "--", "echo hi >&2; exit 0")
     assert done.returncode == 0 and b"hi" in done.stderr
 
 
-def test_call_vm_to_vm_with_autostart(world: HostWorld) -> None:
-    ensure_halted(world, "other")
-    done = world.host("call", "work", "other", "test.Echo", input=b"ping\n")
+def test_call_vm_to_vm_with_autostart(host_world: HostWorld) -> None:
+    ensure_halted(host_world, "other")
+    done = host_world.host("call", "work", "other", "test.Echo", input=b"ping\n")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.decode().splitlines()
     assert lines[0].startswith("service in ") and "from work as root" in lines[0]
     assert lines[1] == "ping"
-    assert world.domains()["other"]["state"] == "Running"  # autostarted by the call
+    assert host_world.domains()["other"]["state"] == "Running"  # autostarted by the call
 
 
-def test_qubes_find_qrexec_client_vm_by_name(world: HostWorld) -> None:
+def test_qubes_find_qrexec_client_vm_by_name(host_world: HostWorld) -> None:
     """Services and commands in a sandbox call `qrexec-client-vm` by name, as on Qubes: it
     (and the policy tools) is at upstream's /usr/bin path unless the root brings its own."""
-    if world.sandbox != "bubblewrap":
+    if host_world.sandbox != "bubblewrap":
         # a root agent's login shell takes PATH from the host's profile, and this host's
         # Python may not be one a non-root domain user can run (here: under /root)
         pytest.skip("plain domains find qrexec's programs only through their agent's PATH")
     chain = "#!/bin/sh\nexec qrexec-client-vm work test.Echo\n"
-    service(world.dir / "vault", "test.Chain", chain)  # vault's services run as nobody
-    done = world.host("run", "vault", "--", "QUBESRPC test.Chain dom0", input=b"")
+    service(host_world.dir / "vault", "test.Chain", chain)  # vault's services run as nobody
+    done = host_world.host("run", "vault", "--", "QUBESRPC test.Chain dom0", input=b"")
     assert (done.returncode, done.stderr) == (126, b"Request refused\n")  # found; denied
-    done = world.host("run", "work", "--", "command -v qrexec-client-vm qubes-policy")
+    done = host_world.host("run", "work", "--", "command -v qrexec-client-vm qubes-policy")
     assert done.stdout == b"/usr/bin/qrexec-client-vm\n/usr/bin/qubes-policy\n", done.stderr
-    done = world.host("run", "work", "--", "qrexec-client-vm vault test.Echo", input=b"hi\n")
+    done = host_world.host("run", "work", "--", "qrexec-client-vm vault test.Echo", input=b"hi\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1:] == [b"hi"]
 
 
-def test_call_to_a_non_root_agent(world: HostWorld) -> None:
-    done = world.host("call", "work", "vault", "test.Echo", input=b"x\n")
+def test_call_to_a_non_root_agent(host_world: HostWorld) -> None:
+    done = host_world.host("call", "work", "vault", "test.Echo", input=b"x\n")
     assert done.returncode == 0, done.stderr
     assert b"from work as nobody" in done.stdout
 
 
-def test_call_denied(world: HostWorld) -> None:
-    done = world.host("call", "other", "work", "test.Echo", input=b"")
+def test_call_denied(host_world: HostWorld) -> None:
+    done = host_world.host("call", "other", "work", "test.Echo", input=b"")
     assert done.returncode == 126
     assert b"Request refused" in done.stderr
 
 
 @pytest.mark.parametrize("target", ["@dispvm", "@dispvm:dvm"])
-def test_dispvm_call(world: HostWorld, target: str) -> None:
-    done = world.host("call", "work", target, "test.Echo", input=b"d\n")
+def test_dispvm_call(host_world: HostWorld, target: str) -> None:
+    done = host_world.host("call", "work", target, "test.Echo", input=b"d\n")
     assert done.returncode == 0, done.stderr
     assert b"from work" in done.stdout
-    if world.sandbox == "bubblewrap":
+    if host_world.sandbox == "bubblewrap":
         assert done.stdout.startswith(b"service in disp")
     # the caller's daemon kills the disposable once the call's port is released
-    wait_for(lambda: not [n for n in world.domains() if n.startswith("disp")], 10,
+    wait_for(lambda: not [n for n in host_world.domains() if n.startswith("disp")], 10,
              "the disposable to go")
 
 
-def _leftovers(world: HostWorld, before: set[int]) -> list[str]:
+def _leftovers(host_world: HostWorld, before: set[int]) -> list[str]:
     """Everything that shows a disposable or a domain that is not running.
 
     The host is still tearing disposables down while this looks, so a directory listed a
@@ -160,54 +151,54 @@ def _leftovers(world: HostWorld, before: set[int]) -> list[str]:
         except FileNotFoundError:
             return []
 
-    domains = world.domains()
+    domains = host_world.domains()
     found = [n for n in domains if n.startswith("disp")]
-    found += [f"disp/{p}" for p in listdir(world.state / "disp")]
+    found += [f"disp/{p}" for p in listdir(host_world.state / "disp")]
     running = {str(d["domid"]) for d in domains.values() if d["domid"] is not None}
-    found += [f"vchan/{p}" for p in listdir(world.state / "vchan") if p not in running]
+    found += [f"vchan/{p}" for p in listdir(host_world.state / "vchan") if p not in running]
     for view in running:
-        found += [f"vchan/{view}/{p}" for p in listdir(world.state / "vchan" / view)
+        found += [f"vchan/{view}/{p}" for p in listdir(host_world.state / "vchan" / view)
                   if p not in running]
     names = set(domains)
-    found += [f"dom/{p}" for p in listdir(world.state / "dom") if p not in names]
-    found += [f"qubes/{p}" for p in listdir(world.state / "qubes")
+    found += [f"dom/{p}" for p in listdir(host_world.state / "dom") if p not in names]
+    found += [f"qubes/{p}" for p in listdir(host_world.state / "qubes")
               if not any(p in (f"qrexec.{n}", f"qrexec.{d['domid']}", f"qrexec.uuid:{d['uuid']}")
                          for n, d in domains.items() if d["domid"] is not None)]
-    found += [f"log/{p}" for p in listdir(world.state / "log") if "disp" in p]
+    found += [f"log/{p}" for p in listdir(host_world.state / "log") if "disp" in p]
     for pid in {int(p) for p in os.listdir("/proc") if p.isdigit()} - before:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read()
         except OSError:
             continue
-        if str(world.state).encode() in cmd and re.search(rb"\bdisp[0-9]+\b", cmd):
+        if str(host_world.state).encode() in cmd and re.search(rb"\bdisp[0-9]+\b", cmd):
             found.append(f"process {pid}: {cmd!r}")
     return found
 
 
-def test_fifty_disposables_leave_nothing(world: HostWorld) -> None:
+def test_fifty_disposables_leave_nothing(host_world: HostWorld) -> None:
     before = {int(p) for p in os.listdir("/proc") if p.isdigit()}
 
     def one(i: int) -> tuple[int, bytes, bytes]:
-        done = world.host("call", "work", "@dispvm", "test.Echo", input=b"%d\n" % i)
+        done = host_world.host("call", "work", "@dispvm", "test.Echo", input=b"%d\n" % i)
         return done.returncode, done.stdout, done.stderr
 
     with ThreadPoolExecutor(5) as pool:
         results = list(pool.map(one, range(50)))
     failed = [i for i, (status, _, _) in enumerate(results) if status != 0]
     if failed:
-        logs = [line for line in (world.dir / "up.log").read_text().splitlines()
+        logs = [line for line in (host_world.dir / "up.log").read_text().splitlines()
                 if "started" not in line and "halted" not in line]
-        logs += [line for line in (world.state / "log" / "qrexec.work.log").read_text()
+        logs += [line for line in (host_world.state / "log" / "qrexec.work.log").read_text()
                  .splitlines() if "allowed" not in line and "executed" not in line]
         raise AssertionError(f"calls {failed} failed:\n" + "\n".join(logs[-40:]))
     for i, (status, out, err) in enumerate(results):
         assert status == 0, err
         assert out.endswith(b"%d\n" % i)
     try:
-        wait_for(lambda: not _leftovers(world, before), 20, "disposables to vanish")
+        wait_for(lambda: not _leftovers(host_world, before), 20, "disposables to vanish")
     except AssertionError:
-        assert _leftovers(world, before) == []
+        assert _leftovers(host_world, before) == []
 
 
 @pytest.fixture(scope="module")

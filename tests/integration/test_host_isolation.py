@@ -13,18 +13,18 @@ import stat
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pyqrexec.host.sandbox import KEPT_CAPS
 
-from .harness import parent_pid, wait_for
-from .host_world import BWRAP, BWRAP_WHY, HostWorld, python_in_domain, service
+from .fixtures.host import BWRAP, BWRAP_WHY, HostWorld, python_in_domain, roots, service
+from .fixtures.processes import parent_pid, wait_for
 
-pytestmark = pytest.mark.skipif(BWRAP is None or os.geteuid() != 0,
-                                reason=f"needs bubblewrap as root: {BWRAP_WHY}")
+pytestmark = [pytest.mark.skipif(BWRAP is None or os.geteuid() != 0,
+                                 reason=f"needs bubblewrap as root: {BWRAP_WHY}"),
+              pytest.mark.host_world(layout=lambda top: layout(top), sandboxes=["bubblewrap"])]
 
 ATTACKERS = ["att", "attu"]
 
@@ -59,11 +59,7 @@ ECHO = "#!/bin/sh\necho \"$QREXEC_REMOTE_DOMAIN -> $(hostname)\"\n"
 
 
 def layout(top: Path) -> str:
-    for name in ("dom0", "att", "attu", "victim", "bystander", "dvm"):
-        (top / name).mkdir()
-    policy = top / "dom0/etc/qubes/policy.d"
-    policy.mkdir(parents=True)
-    (policy / "30-test.policy").write_text(POLICY)
+    roots(top, ("dom0", "att", "attu", "victim", "bystander", "dvm"), POLICY)
     for name in ("victim", "bystander", "dvm"):
         service(top / name, "test.Echo", ECHO)
     # holds its data port until its caller or the test's end
@@ -71,24 +67,15 @@ def layout(top: Path) -> str:
     return CONFIG
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[HostWorld]:
-    w = HostWorld("bubblewrap", layout).up()
-    try:
-        yield w
-    finally:
-        w.close()
-
-
-def inside(world: HostWorld, name: str, script: str,
+def inside(host_world: HostWorld, name: str, script: str,
            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     """`script` run by the domain's default account (root in att, nobody in attu)."""
-    return world.host("run", name, "--", "sh", "-c", script, timeout=timeout)
+    return host_world.host("run", name, "--", "sh", "-c", script, timeout=timeout)
 
 
-def call(world: HostWorld, source: str, target: str = "victim"
+def call(host_world: HostWorld, source: str, target: str = "victim"
          ) -> subprocess.CompletedProcess[bytes]:
-    return world.host("call", source, target, "test.Echo", input=b"")
+    return host_world.host("call", source, target, "test.Echo", input=b"")
 
 
 # -- 1: whatever the administrator runs in a domain never runs with the host's privileges --
@@ -122,20 +109,20 @@ def plant_script(marker: str) -> str:
 
 
 @pytest.mark.parametrize("attacker", ATTACKERS)
-def test_planted_code_never_runs_with_host_privileges(world: HostWorld, attacker: str) -> None:
-    marker = f"/tmp/{world.dir.name}-{attacker}-pwned"
-    planted = inside(world, attacker, plant_script(marker))
+def test_planted_code_never_runs_with_host_privileges(host_world: HostWorld, attacker: str) -> None:
+    marker = f"/tmp/{host_world.dir.name}-{attacker}-pwned"
+    planted = inside(host_world, attacker, plant_script(marker))
     assert planted.returncode == 0, planted.stderr
     assert b"writable: /tmp" in planted.stdout  # the domain could plant something
     # the plants work: a Python started in the domain's /tmp runs them
-    bait = inside(world, attacker, f"cd /tmp && python3 -c 'import ctypes' 2>&1; cat {marker}")
+    bait = inside(host_world, attacker, f"cd /tmp && python3 -c 'import ctypes' 2>&1; cat {marker}")
     assert b"0 " in bait.stdout, bait.stdout
-    inside(world, attacker, f"rm -f {marker}")
+    inside(host_world, attacker, f"rm -f {marker}")
     # the administrator's tools: call (with and without a local program), run
-    assert call(world, attacker).stdout == f"{attacker} -> victim\n".encode()
+    assert call(host_world, attacker).stdout == f"{attacker} -> victim\n".encode()
     probe = ("head -1 /proc/self/uid_map >&2; grep -E '^(CapEff|CapBnd|Seccomp):' "
              "/proc/self/status >&2; cat >/dev/null")
-    done = world.host("call", attacker, "victim", "test.Echo", "/bin/sh", "-c", probe,
+    done = host_world.host("call", attacker, "victim", "test.Echo", "/bin/sh", "-c", probe,
                       input=b"")
     assert done.returncode == 0, done.stderr
     status = dict(line.split(":", 1) for line in done.stderr.decode().splitlines()[1:])
@@ -147,29 +134,30 @@ def test_planted_code_never_runs_with_host_privileges(world: HostWorld, attacker
     assert len(KEPT_CAPS) == 6
     assert int(status["CapBnd"], 16) & ~kept == 0 and int(status["CapEff"], 16) & ~kept == 0
     assert status["Seccomp"].strip() == "2"
-    assert world.host("run", attacker, "--", "true").returncode == 0
+    assert host_world.host("run", attacker, "--", "true").returncode == 0
     # nothing planted ran: not inside the domain, and not on the host
     assert not Path(marker).exists(), Path(marker).read_text()
-    seen = inside(world, attacker, f"cat {marker} 2>/dev/null; true")
+    seen = inside(host_world, attacker, f"cat {marker} 2>/dev/null; true")
     assert seen.stdout == b"", seen.stdout
     # the domain's own users are not fooled either: its launchers ignore the working
     # directory (python -P)
-    fooled = inside(world, attacker, f"cd /tmp && qrexec-client-vm victim test.Echo; cat {marker}")
+    fooled = inside(host_world, attacker,
+                    f"cd /tmp && qrexec-client-vm victim test.Echo; cat {marker}")
     assert fooled.stdout == f"{attacker} -> victim\n".encode(), fooled
-    assert world.host("stop", attacker).returncode == 0  # the plants go with it
+    assert host_world.host("stop", attacker).returncode == 0  # the plants go with it
 
 
 # -- 2: host secrets -----------------------------------------------------------------------------
 @pytest.mark.parametrize("attacker", ATTACKERS)
-def test_host_secrets_are_out_of_reach(world: HostWorld, attacker: str) -> None:
-    outside = world.dir / "root-only"
+def test_host_secrets_are_out_of_reach(host_world: HostWorld, attacker: str) -> None:
+    outside = host_world.dir / "root-only"
     outside.write_text("host secret\n")
     outside.chmod(0o600)
     # a root-only host file the domain can see (in its own root): no capability reaches it
-    visible = world.dir / attacker / "root-only"
+    visible = host_world.dir / attacker / "root-only"
     visible.write_text("host secret\n")
     visible.chmod(0o600)
-    done = inside(world, attacker, textwrap.dedent(f"""\
+    done = inside(host_world, attacker, textwrap.dedent(f"""\
         cat /etc/shadow /run/host/etc/shadow /etc/gshadow /etc/sudoers {outside} \
             /run/qubes-root/root-only 2>&1
         ls /etc /run/host/etc
@@ -186,28 +174,28 @@ def test_host_secrets_are_out_of_reach(world: HostWorld, attacker: str) -> None:
     if attacker != "att":
         return  # an unprivileged agent runs everything as its own account
     assert "home=/root\nin home" in out, out
-    root_call = world.client("-d", attacker, "root:cd && pwd")
+    root_call = host_world.client("-d", attacker, "root:cd && pwd")
     assert (root_call.returncode, root_call.stdout) == (0, b"/root\n"), root_call.stderr
-    user_call = world.client("-d", attacker, "user:cd && pwd && touch x && echo ok")
+    user_call = host_world.client("-d", attacker, "user:cd && pwd && touch x && echo ok")
     assert user_call.stdout == b"/home/user\nok\n", user_call.stderr
 
 
 # -- 3: a domain cannot stop others from starting ---------------------------------------------
 @pytest.mark.parametrize("attacker", ATTACKERS)
-def test_precreated_pair_directories_change_nothing(world: HostWorld, attacker: str) -> None:
-    done = inside(world, attacker,
+def test_precreated_pair_directories_change_nothing(host_world: HostWorld, attacker: str) -> None:
+    done = inside(host_world, attacker,
                   "n=0; for i in $(seq 1 60); do mkdir /run/vchan/$i 2>/dev/null && "
                   "n=$((n+1)); ln -s /etc /run/vchan/l$i 2>/dev/null && n=$((n+1)); done; "
                   "echo made $n")
     assert done.stdout == b"made 0\n", done.stdout
     for _ in range(2):
         for name in ("victim", "bystander"):
-            if world.domains()[name]["state"] == "Running":
-                assert world.host("stop", name).returncode == 0
-        assert call(world, attacker).stdout == f"{attacker} -> victim\n".encode()
-        assert call(world, attacker, "bystander").stdout == \
+            if host_world.domains()[name]["state"] == "Running":
+                assert host_world.host("stop", name).returncode == 0
+        assert call(host_world, attacker).stdout == f"{attacker} -> victim\n".encode()
+        assert call(host_world, attacker, "bystander").stdout == \
             f"{attacker} -> bystander\n".encode()
-        disp = call(world, attacker, "@dispvm")
+        disp = call(host_world, attacker, "@dispvm")
         assert disp.returncode == 0 and disp.stdout.startswith(f"{attacker} -> disp".encode())
 
 
@@ -252,28 +240,28 @@ print(rounds, swaps)
 
 
 @pytest.mark.parametrize("attacker", ATTACKERS)
-def test_symlink_swaps_change_nothing_outside(world: HostWorld, attacker: str) -> None:
-    target = world.dir / f"target-{attacker}"
+def test_symlink_swaps_change_nothing_outside(host_world: HostWorld, attacker: str) -> None:
+    target = host_world.dir / f"target-{attacker}"
     target.write_text("unchanged\n")
     target.chmod(0o600)
     before = target.stat()
     racer = subprocess.Popen(
-        world.argv("run", attacker, "--", python_in_domain("")[0], "-I", "-c", RACER,
+        host_world.argv("run", attacker, "--", python_in_domain("")[0], "-I", "-c", RACER,
                    str(target), "120"),
-        env=world.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env=host_world.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         calls = 0
         deadline = time.monotonic() + 100
         while calls < 100 and time.monotonic() < deadline:
             # dom0 makes and connects vchan sockets in the pair directory with the attacker
-            done = world.client("-d", attacker, "DEFAULT:true", timeout=30)
+            done = host_world.client("-d", attacker, "DEFAULT:true", timeout=30)
             assert done.returncode == 0, done.stderr
             calls += 1
             if calls % 25 == 0:  # the manager makes pair directories for a new domain
-                if world.domains()["bystander"]["state"] == "Running":
-                    world.host("stop", "bystander")
-                world.host("start", "bystander")
-        inside(world, attacker, "touch /tmp/stop-racing")
+                if host_world.domains()["bystander"]["state"] == "Running":
+                    host_world.host("stop", "bystander")
+                host_world.host("start", "bystander")
+        inside(host_world, attacker, "touch /tmp/stop-racing")
         out, err = racer.communicate(timeout=60)
     finally:
         racer.kill()
@@ -285,39 +273,40 @@ def test_symlink_swaps_change_nothing_outside(world: HostWorld, attacker: str) -
     assert stat.S_IMODE(after.st_mode) == 0o600
     assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
     assert target.read_text() == "unchanged\n"
-    assert call(world, attacker).stdout == f"{attacker} -> victim\n".encode()
+    assert call(host_world, attacker).stdout == f"{attacker} -> victim\n".encode()
 
 
 # -- 5: a flood of calls from one domain leaves the target's ports to the others ---------------
 @pytest.mark.parametrize("attacker", ATTACKERS)
-def test_port_flood_leaves_room_for_others(world: HostWorld, attacker: str) -> None:
+def test_port_flood_leaves_room_for_others(host_world: HostWorld, attacker: str) -> None:
     """att and attu both have lower domids than victim: they share one half of victim's
     port table. One floods victim with calls that never end; the other's call is answered."""
     other = "attu" if attacker == "att" else "att"
-    if world.domains()["victim"]["state"] == "Running":
-        assert world.host("stop", "victim").returncode == 0
+    if host_world.domains()["victim"]["state"] == "Running":
+        assert host_world.host("stop", "victim").returncode == 0
     for name in ("att", "attu", "victim"):  # in this order: victim's domid is the highest
-        if world.domains()[name]["state"] != "Running":
-            assert world.host("start", name).returncode == 0
-    assert world.domid("att") < world.domid("victim") and world.domid("attu") < world.domid(
+        if host_world.domains()[name]["state"] != "Running":
+            assert host_world.host("start", name).returncode == 0
+    w = host_world
+    assert w.domid("att") < w.domid("victim") and w.domid("attu") < w.domid(
         "victim")
     flood = subprocess.Popen(
-        world.argv("run", attacker, "--", "sh", "-c",
+        host_world.argv("run", attacker, "--", "sh", "-c",
                    "for i in $(seq 1 140); do qrexec-client-vm victim test.Hold "
                    "</dev/null >/dev/null 2>&1 & done; wait"),
-        env=world.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = world.state / "log" / "qrexec.victim.log"
+        env=host_world.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = host_world.state / "log" / "qrexec.victim.log"
 
     def flood_holds_all_it_may() -> bool:
         if "holds its share" in log.read_text():
             return True
-        held = world.host("run", "victim", "--", "pgrep -c -x sleep").stdout.strip()
+        held = host_world.host("run", "victim", "--", "pgrep -c -x sleep").stdout.strip()
         return int(held or 0) >= 128  # the whole half
 
     try:
         wait_for(flood_holds_all_it_may, 60, "the flood to take every port it may")
         start = time.monotonic()
-        done = call(world, other)
+        done = call(host_world, other)
         elapsed = time.monotonic() - start
         assert done.stdout == f"{other} -> victim\n".encode(), done.stderr
         assert elapsed < 2.0, elapsed
@@ -325,7 +314,7 @@ def test_port_flood_leaves_room_for_others(world: HostWorld, attacker: str) -> N
         flood.kill()
         flood.wait()
         for name in (attacker, "victim"):  # and every call of the flood with them
-            world.host("stop", name)
+            host_world.host("stop", name)
 
 
 # -- 6: a domain whose agent or daemon dies is seen to be halted, and starts again -------------
@@ -337,10 +326,10 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def _pids(world: HostWorld, pattern: bytes, marker: bytes) -> list[int]:
+def _pids(host_world: HostWorld, pattern: bytes, marker: bytes) -> list[int]:
     """This host's processes whose command line holds `pattern` and `marker` (other tests
     may run hosts of their own at the same time)."""
-    assert world.proc is not None
+    assert host_world.proc is not None
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -350,31 +339,31 @@ def _pids(world: HostWorld, pattern: bytes, marker: bytes) -> list[int]:
         except OSError:
             continue
         if pattern in cmdline and marker in cmdline and _descends_from(int(entry),
-                                                                       world.proc.pid):
+                                                                       host_world.proc.pid):
             found.append(int(entry))
     return found
 
 
 @pytest.mark.parametrize("what", ["agent", "daemon"])
 @pytest.mark.parametrize("name", ["victim", "attu"])  # a root agent, an unprivileged one
-def test_killed_agent_or_daemon_halts_the_domain(world: HostWorld, what: str,
+def test_killed_agent_or_daemon_halts_the_domain(host_world: HostWorld, what: str,
                                                  name: str) -> None:
-    if world.domains()[name]["state"] != "Running":
-        assert world.host("start", name).returncode == 0
-    domid = world.domid(name)
+    if host_world.domains()[name]["state"] != "Running":
+        assert host_world.host("start", name).returncode == 0
+    domid = host_world.domid(name)
     if what == "agent":
         marker = f"VCHAN_DOMAIN={domid}\0".encode()
-        pids = [p for p in _pids(world, b"qrexec_agent", b"")
+        pids = [p for p in _pids(host_world, b"qrexec_agent", b"")
                 if marker in Path(f"/proc/{p}/environ").read_bytes()]
     else:
-        pids = _pids(world, b"qrexec_daemon", f"\0{domid}\0{name}\0".encode())
+        pids = _pids(host_world, b"qrexec_daemon", f"\0{domid}\0{name}\0".encode())
     assert len(pids) == 1, pids
     os.kill(pids[0], 9)
-    wait_for(lambda: world.domains()[name]["state"] == "Halted", 1.0,
+    wait_for(lambda: host_world.domains()[name]["state"] == "Halted", 1.0,
              f"{name} listed as halted after its {what} was killed")
-    assert f"{name}: {what} ended".encode() in (world.dir / "up.log").read_bytes()
-    assert not (world.state / "qubes" / f"qrexec.{name}").exists()
-    assert not (world.state / "vchan" / str(domid)).exists()
-    assert world.host("start", name).returncode == 0
+    assert f"{name}: {what} ended".encode() in (host_world.dir / "up.log").read_bytes()
+    assert not (host_world.state / "qubes" / f"qrexec.{name}").exists()
+    assert not (host_world.state / "vchan" / str(domid)).exists()
+    assert host_world.host("start", name).returncode == 0
     caller, target = ("att", "victim") if name == "victim" else ("attu", "victim")
-    assert call(world, caller, target).stdout == f"{caller} -> {target}\n".encode()
+    assert call(host_world, caller, target).stdout == f"{caller} -> {target}\n".encode()

@@ -12,100 +12,95 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .harness import SRC, parent_pid, process_gone, wait_for
-from .host_world import HostWorld, default_layout
+from .fixtures.host import HostWorld, default_layout
+from .fixtures.processes import SRC, parent_pid, process_gone, wait_for
 
 
 def _domains(w: HostWorld) -> dict[str, dict[str, object]]:
     return w.domains()
 
 
-@pytest.fixture
-def world() -> Iterator[HostWorld]:
-    w = HostWorld("plain").up()
-    try:
-        yield w
-    finally:
-        w.close()
+pytestmark = pytest.mark.host_world(sandboxes=["plain"])
 
 
 # -- reload ------------------------------------------------------------------------------
-def test_reload_adds_removes_and_changes_halted_domains(world: HostWorld) -> None:
-    (world.dir / "net").mkdir()
-    text = world.config.read_text().replace("[domains.other]\n", "")
+def test_reload_adds_removes_and_changes_halted_domains(fresh_host_world: HostWorld) -> None:
+    (fresh_host_world.dir / "net").mkdir()
+    text = fresh_host_world.config.read_text().replace("[domains.other]\n", "")
     text = text.replace('label = "black"', 'label = "blue"\ntags = ["secret"]')
-    world.config.write_text(text + '\n[domains.net]\nautostart = true\n'
+    fresh_host_world.config.write_text(text + '\n[domains.net]\nautostart = true\n'
                             '\n[domains.lan]\nroot = "net"\n')
-    r = world.host("reload")
+    r = fresh_host_world.host("reload")
     assert r.returncode == 0, r.stderr
     out = r.stdout.decode().splitlines()
     assert "added: net lan" in out and "removed: other" in out and "started: net" in out
     assert "changed: vault (label, icon, tags)" in out, out
-    d = _domains(world)
+    d = _domains(fresh_host_world)
     assert "other" not in d and d["net"]["state"] == "Running" and d["lan"]["state"] == "Halted"
     assert d["vault"]["label"] == "blue" and d["vault"]["tags"] == ["secret"]
     assert d["work"]["state"] == "Running"  # untouched, still the same domid
     # the policy sees the new domain at once: work -> net answers
-    (world.dir / "dom0/etc/qubes/policy.d/10-net.policy").write_text(
+    (fresh_host_world.dir / "dom0/etc/qubes/policy.d/10-net.policy").write_text(
         "test.Echo * work net allow\n")
-    (world.dir / "net/etc/qubes-rpc").mkdir(parents=True)
-    (world.dir / "net/etc/qubes-rpc/test.Echo").write_text("#!/bin/sh\necho net here\n")
-    (world.dir / "net/etc/qubes-rpc/test.Echo").chmod(0o755)
-    r = world.host("call", "work", "net", "test.Echo", input=b"")
+    (fresh_host_world.dir / "net/etc/qubes-rpc").mkdir(parents=True)
+    (fresh_host_world.dir / "net/etc/qubes-rpc/test.Echo").write_text("#!/bin/sh\necho net here\n")
+    (fresh_host_world.dir / "net/etc/qubes-rpc/test.Echo").chmod(0o755)
+    r = fresh_host_world.host("call", "work", "net", "test.Echo", input=b"")
     assert r.returncode == 0 and r.stdout == b"net here\n", r.stderr
-    assert world.host("reload").stdout == b"no change\n"
+    assert fresh_host_world.host("reload").stdout == b"no change\n"
 
 
-def test_reload_refuses_to_change_a_running_domains_sandbox(world: HostWorld) -> None:
-    before = world.config.read_text()
-    world.config.write_text(before.replace('tags = ["work"]', 'tags = ["work"]\nroot = "vault"')
-                            .replace('label = "black"', 'label = "green"'))
-    r = world.host("reload")
+def test_reload_refuses_to_change_a_running_domains_sandbox(fresh_host_world: HostWorld) -> None:
+    before = fresh_host_world.config.read_text()
+    fresh_host_world.config.write_text(
+        before.replace('tags = ["work"]', 'tags = ["work"]\nroot = "vault"')
+        .replace('label = "black"', 'label = "green"'))
+    r = fresh_host_world.host("reload")
     assert r.returncode == 1
     err = r.stderr.decode()
     assert "reload: nothing changed" in err and "work is running: root cannot change" in err
-    assert _domains(world)["vault"]["label"] == "black"  # all or nothing
+    assert _domains(fresh_host_world)["vault"]["label"] == "black"  # all or nothing
     # what the policy sees may change under a running domain
-    world.config.write_text(before.replace('tags = ["work"]', 'tags = ["work", "lan"]\n'
+    fresh_host_world.config.write_text(before.replace('tags = ["work"]', 'tags = ["work", "lan"]\n'
                                            'label = "orange"'))
-    r = world.host("reload")
+    r = fresh_host_world.host("reload")
     assert r.returncode == 0 and r.stdout == b"changed: work (label, icon, tags)\n", r.stderr
-    assert world.host("prefs", "work", "tags").stdout == b"work,lan\n"
-    assert _domains(world)["work"]["state"] == "Running"
+    assert fresh_host_world.host("prefs", "work", "tags").stdout == b"work,lan\n"
+    assert _domains(fresh_host_world)["work"]["state"] == "Running"
     # removing a running domain is refused too
-    world.config.write_text(before.replace("[domains.work]\nautostart = true\n", ""))
-    r = world.host("reload")
+    fresh_host_world.config.write_text(before.replace("[domains.work]\nautostart = true\n", ""))
+    r = fresh_host_world.host("reload")
     assert r.returncode == 1 and b"work is running: cannot remove it" in r.stderr
 
 
-def test_reload_says_where_the_file_is_wrong(world: HostWorld) -> None:
-    world.config.write_text(world.config.read_text() + "\n[domains.bad]\nlabel = 3\n")
-    r = world.host("reload")
+def test_reload_says_where_the_file_is_wrong(fresh_host_world: HostWorld) -> None:
+    config = fresh_host_world.config
+    config.write_text(config.read_text() + "\n[domains.bad]\nlabel = 3\n")
+    r = fresh_host_world.host("reload")
     assert r.returncode == 1
-    assert f"{world.config}:" in r.stderr.decode() and "nothing changed" in r.stderr.decode()
-    assert "bad" not in _domains(world)
+    assert f"{config}:" in r.stderr.decode() and "nothing changed" in r.stderr.decode()
+    assert "bad" not in _domains(fresh_host_world)
 
 
-def test_reload_prints_policy_load_errors(world: HostWorld) -> None:
-    broken = world.dir / "dom0/etc/qubes/policy.d/40-broken.policy"
+def test_reload_prints_policy_load_errors(fresh_host_world: HostWorld) -> None:
+    broken = fresh_host_world.dir / "dom0/etc/qubes/policy.d/40-broken.policy"
     broken.write_text("test.Echo * work vault allow\nnot a rule\n")
-    r = world.host("reload")
+    r = fresh_host_world.host("reload")
     assert r.returncode == 1
     assert f"qrexec-host: reload: policy failed to load: {broken}:2:" in r.stderr.decode()
-    assert f"policy failed to load: {broken}:2:" in world.log()  # `up` says it too
+    assert f"policy failed to load: {broken}:2:" in fresh_host_world.log()  # `up` says it too
 
 
-def test_sighup_reloads(world: HostWorld) -> None:
-    (world.dir / "net").mkdir()
-    world.config.write_text(world.config.read_text() + "\n[domains.net]\n")
-    assert world.proc is not None
-    world.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "net" in _domains(world), 30, "SIGHUP to reload the config")
+def test_sighup_reloads(fresh_host_world: HostWorld) -> None:
+    (fresh_host_world.dir / "net").mkdir()
+    fresh_host_world.config.write_text(fresh_host_world.config.read_text() + "\n[domains.net]\n")
+    assert fresh_host_world.proc is not None
+    fresh_host_world.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "net" in _domains(fresh_host_world), 30, "SIGHUP to reload the config")
 
 
 # -- logs ----------------------------------------------------------------------------------
@@ -116,9 +111,9 @@ def _stamps(out: str) -> list[tuple[str, str]]:
     return [m.groups() for m in map(STAMP.match, out.splitlines()) if m]
 
 
-def test_logs_merges_every_program_in_time_order(world: HostWorld) -> None:
-    assert world.host("call", "work", "vault", "test.Echo", input=b"x").returncode == 0
-    r = world.host("logs")
+def test_logs_merges_every_program_in_time_order(fresh_host_world: HostWorld) -> None:
+    assert fresh_host_world.host("call", "work", "vault", "test.Echo", input=b"x").returncode == 0
+    r = fresh_host_world.host("logs")
     assert r.returncode == 0, r.stderr
     out = r.stdout.decode()
     stamps = _stamps(out)
@@ -128,21 +123,21 @@ def test_logs_merges_every_program_in_time_order(world: HostWorld) -> None:
     assert "policy-daemon: qrexec-policy-daemon[" in out  # its own pid, stamped by the host
     assert "work -> vault: allowed to vault" in out and "up; state" in out
     # one domain: its own logs, and the others' lines that name it
-    r = world.host("logs", "vault")
+    r = fresh_host_world.host("logs", "vault")
     vault = {s for _, s in _stamps(r.stdout.decode())}
     assert "agent.vault" in vault and not any(s.endswith(".work") for s in vault), vault
     assert "work -> vault" in r.stdout.decode() and "work started" not in r.stdout.decode()
 
 
-def test_logs_since(world: HostWorld) -> None:
-    assert world.host("logs", "--since", "1h").stdout.count(b"\n") > 3
-    assert world.host("logs", "--since=-10m").stdout.count(b"\n") > 3
-    assert world.host("logs", "--since", "10m ago").stdout.count(b"\n") > 3
+def test_logs_since(fresh_host_world: HostWorld) -> None:
+    assert fresh_host_world.host("logs", "--since", "1h").stdout.count(b"\n") > 3
+    assert fresh_host_world.host("logs", "--since=-10m").stdout.count(b"\n") > 3
+    assert fresh_host_world.host("logs", "--since", "10m ago").stdout.count(b"\n") > 3
     future = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + 3600))
-    assert world.host("logs", "--since", future).stdout == b""
-    r = world.host("logs", "--since", "soon")
+    assert fresh_host_world.host("logs", "--since", future).stdout == b""
+    r = fresh_host_world.host("logs", "--since", "soon")
     assert r.returncode == 2 and b"bad --since" in r.stderr
-    assert world.host("logs", "--files").stdout.count(b".log\n") >= 3
+    assert fresh_host_world.host("logs", "--files").stdout.count(b".log\n") >= 3
 
 
 def _read_until(proc: subprocess.Popen[bytes], want: bytes, deadline: float) -> bytes:
@@ -159,17 +154,19 @@ def _read_until(proc: subprocess.Popen[bytes], want: bytes, deadline: float) -> 
     return seen
 
 
-def test_logs_follow(world: HostWorld) -> None:
-    proc = subprocess.Popen(world.argv("logs", "-f"), stdout=subprocess.PIPE,
-                            env=world.env())
+def test_logs_follow(fresh_host_world: HostWorld) -> None:
+    proc = subprocess.Popen(fresh_host_world.argv("logs", "-f"), stdout=subprocess.PIPE,
+                            env=fresh_host_world.env())
     try:
         _read_until(proc, b"up; state", time.monotonic() + 30)
-        (world.dir / "net").mkdir()  # a domain whose log file does not exist yet
-        world.config.write_text(world.config.read_text() + "\n[domains.net]\n")
-        assert world.host("reload").returncode == 0
-        assert world.host("start", "net").returncode == 0
+        (fresh_host_world.dir / "net").mkdir()  # a domain whose log file does not exist yet
+        config = fresh_host_world.config
+        config.write_text(config.read_text() + "\n[domains.net]\n")
+        assert fresh_host_world.host("reload").returncode == 0
+        assert fresh_host_world.host("start", "net").returncode == 0
         seen = _read_until(proc, b"net started", time.monotonic() + 30)
-        assert world.host("call", "work", "vault", "test.Echo", input=b"").returncode == 0
+        call = fresh_host_world.host("call", "work", "vault", "test.Echo", input=b"")
+        assert call.returncode == 0
         seen += _read_until(proc, b"agent.vault: qrexec-agent", time.monotonic() + 30)
         assert b"work -> vault: allowed" in seen
     finally:
@@ -320,7 +317,7 @@ def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     top = tmp_path_factory.mktemp("prefix")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QREXEC")}
     env["PYTHONPATH"] = SRC
-    from .harness import program
+    from .fixtures.processes import program
 
     r = subprocess.run([*program("qrexec-host"), "install-system", f"--prefix={top}"],
                        env=env, capture_output=True, timeout=300)

@@ -13,8 +13,8 @@ import pytest
 
 from pyqrexec.system.parent_death import dies_with_this_process
 
-from .harness import PYTHON, SRC
-from .host_world import SANDBOX_MODES, HostWorld
+from .fixtures.host import SANDBOX_MODES, HostWorld
+from .fixtures.processes import PYTHON, SRC
 
 #: how long the processes of a killed manager may take to die
 GRACE = 5.0

@@ -9,12 +9,11 @@ Plain mode only: dom0's side, which this is about, is the same in a sandbox."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .host_world import HostWorld, service
+from .fixtures.host import HostWorld, roots, service
 
 CONFIG = """\
 [domains.dom0]
@@ -50,96 +49,86 @@ REGISTER = "policy.RegisterArgument+u2f.Authenticate"
 
 
 def layout(top: Path) -> str:
-    for name in ("dom0", "sys-usb", "work"):
-        (top / name).mkdir()
-    policy = top / "dom0/etc/qubes/policy.d"
-    policy.mkdir(parents=True)
     # sorted before 60-registered-arguments: the deny-all stays behind the registrations
-    (policy / "90-test.policy").write_text(POLICY)
+    roots(top, ("dom0", "sys-usb", "work"), POLICY, "90-test")
     service(top / "dom0", "test.Env", ENV)
     service(top / "sys-usb", "u2f.Authenticate", U2F)
     return CONFIG
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[HostWorld]:
-    w = HostWorld("plain", layout).up()
-    try:
-        yield w
-    finally:
-        w.close()
+pytestmark = pytest.mark.host_world(layout=layout, sandboxes=["plain"])
 
 
-def registered(world: HostWorld) -> Path:
-    return world.dir / "dom0/etc/qubes/policy.d/60-registered-arguments.policy"
+def registered(host_world: HostWorld) -> Path:
+    return host_world.dir / "dom0/etc/qubes/policy.d/60-registered-arguments.policy"
 
 
-def register_log(world: HostWorld) -> str:
-    path = world.state / "log/policy-register.log"
+def register_log(host_world: HostWorld) -> str:
+    path = host_world.state / "log/policy-register.log"
     return path.read_text() if path.exists() else ""
 
 
-def test_redirected_call_tells_dom0_service_the_requested_target(world: HostWorld) -> None:
-    done = world.host("call", "sys-usb", "work", "test.Env+x", input=b"")
+def test_redirected_call_tells_dom0_service_the_requested_target(host_world: HostWorld) -> None:
+    done = host_world.host("call", "sys-usb", "work", "test.Env+x", input=b"")
     assert (done.returncode, done.stdout.decode()) == (
         0, "type=name target=work keyword=unset from=sys-usb service=test.Env+x\n"), done.stderr
-    done = world.host("call", "sys-usb", "@default", "test.Env", input=b"")
+    done = host_world.host("call", "sys-usb", "@default", "test.Env", input=b"")
     assert (done.returncode, done.stdout.decode()) == (
         0, "type=keyword target=unset keyword=default from=sys-usb service=test.Env+\n"), \
         done.stderr
 
 
-def test_s70_register_argument(world: HostWorld) -> None:
-    done = world.host("call", "sys-usb", "work", REGISTER, input=b"KEY1")
-    assert done.returncode == 0, (done.stderr, register_log(world))
-    assert registered(world).read_text() == "u2f.Authenticate +KEY1 work sys-usb allow\n"
+def test_s70_register_argument(host_world: HostWorld) -> None:
+    done = host_world.host("call", "sys-usb", "work", REGISTER, input=b"KEY1")
+    assert done.returncode == 0, (done.stderr, register_log(host_world))
+    assert registered(host_world).read_text() == "u2f.Authenticate +KEY1 work sys-usb allow\n"
 
     # the policy daemon sees the new file: the frontend may use the argument, and only it
-    done = world.host("call", "work", "sys-usb", "u2f.Authenticate+KEY1", input=b"")
+    done = host_world.host("call", "work", "sys-usb", "u2f.Authenticate+KEY1", input=b"")
     assert (done.returncode, done.stdout) == (0, b"u2f in sys-usb for work with KEY1\n"), \
         done.stderr
-    assert world.host("call", "work", "sys-usb", "u2f.Authenticate+KEY2",
+    assert host_world.host("call", "work", "sys-usb", "u2f.Authenticate+KEY2",
                       input=b"").returncode != 0
 
-    done = world.host("call", "sys-usb", "work", REGISTER, input=b"KEY1")
+    done = host_world.host("call", "sys-usb", "work", REGISTER, input=b"KEY1")
     assert done.returncode == 1
-    assert register_log(world).endswith("refused: argument already registered\n")
+    assert register_log(host_world).endswith("refused: argument already registered\n")
     for data, message in ((b"KEY/1", "invalid argument"), (b"K" * 65, "argument too long")):
-        done = world.host("call", "sys-usb", "work", REGISTER, input=data)
+        done = host_world.host("call", "sys-usb", "work", REGISTER, input=data)
         assert done.returncode == 1, data
-        assert register_log(world).endswith(f"refused: {message}\n")
+        assert register_log(host_world).endswith(f"refused: {message}\n")
     # a keyword names no frontend
-    done = world.host("call", "sys-usb", "@default", REGISTER, input=b"KEY3")
+    done = host_world.host("call", "sys-usb", "@default", REGISTER, input=b"KEY3")
     assert done.returncode == 1
     assert "-> (unset): u2f.Authenticate +KEY3: refused: the call must name the frontend" \
-        in register_log(world)
-    assert registered(world).read_text() == "u2f.Authenticate +KEY1 work sys-usb allow\n"
+        in register_log(host_world)
+    assert registered(host_world).read_text() == "u2f.Authenticate +KEY1 work sys-usb allow\n"
 
 
-def test_admin_api_from_a_qube(world: HostWorld) -> None:
-    done = world.host("call", "sys-usb", "dom0", "policy.List", input=b"")
+def test_admin_api_from_a_qube(host_world: HostWorld) -> None:
+    done = host_world.host("call", "sys-usb", "dom0", "policy.List", input=b"")
     assert done.returncode == 0, done.stderr
     # 60-registered-arguments may be there too, after S70
     assert b"90-test" in done.stdout.splitlines()
     # the rule allows listing only
-    done = world.host("call", "sys-usb", "dom0", "policy.Get+90-test", input=b"")
+    done = host_world.host("call", "sys-usb", "dom0", "policy.Get+90-test", input=b"")
     assert done.returncode == 126
 
 
-def test_policy_tools_run_in_dom0(world: HostWorld) -> None:
+def test_policy_tools_run_in_dom0(host_world: HostWorld) -> None:
     def dom0(*cmd: str, input: bytes = b"") -> bytes:
-        done = world.host("run", "dom0", "--", *cmd, input=input)
+        done = host_world.host("run", "dom0", "--", *cmd, input=input)
         assert done.returncode == 0, (cmd, done.stderr)
         return done.stdout
 
     assert b"90-test\n" in dom0("qubes-policy", "-l")
-    refused = world.host("call", "work", "@default", "test.Env", input=b"")
+    refused = host_world.host("call", "work", "@default", "test.Env", input=b"")
     assert refused.returncode == 126
     dom0("qubes-policy", "-r", "20-admin",
          input=b"test.Env * work @default allow target=dom0\n")
-    assert (world.dir / "dom0/etc/qubes/policy.d/20-admin.policy").read_text() == \
+    assert (host_world.dir / "dom0/etc/qubes/policy.d/20-admin.policy").read_text() == \
         "test.Env * work @default allow target=dom0\n"
-    done = world.host("call", "work", "@default", "test.Env", input=b"")
+    done = host_world.host("call", "work", "@default", "test.Env", input=b"")
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith(b"from=work service=test.Env+\n")
     assert '  "work" -> "dom0" [label="test.Env" color=red];' in \
@@ -147,10 +136,10 @@ def test_policy_tools_run_in_dom0(world: HostWorld) -> None:
     # one word is a shell command line, as for a domain
     listed = dom0("qubes-policy -d 20-admin && qubes-policy -l").splitlines()
     assert b"90-test" in listed and b"20-admin" not in listed
-    assert world.host("call", "work", "@default", "test.Env", input=b"").returncode == 126
+    assert host_world.host("call", "work", "@default", "test.Env", input=b"").returncode == 126
 
 
-def test_dom0_has_no_agent_to_call_from(world: HostWorld) -> None:
-    done = world.host("call", "dom0", "work", "test.Env", input=b"")
+def test_dom0_has_no_agent_to_call_from(host_world: HostWorld) -> None:
+    done = host_world.host("call", "dom0", "work", "test.Env", input=b"")
     assert done.returncode == 2
     assert b"dom0 has no qrexec-agent" in done.stderr

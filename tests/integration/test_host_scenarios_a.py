@@ -19,7 +19,7 @@ import pwd
 import struct
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,9 +28,9 @@ from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER, hello
 from pyqrexec.transport.unixsock import listen_unix
 
-from .fake_agent import RawClient, recv_exact
-from .harness import wait_for
-from .host_world import SANDBOX_MODES, HostWorld, executable, python_in_domain
+from .fixtures.host import HostWorld, executable, python_in_domain
+from .fixtures.hostile import RawClient, recv_exact
+from .fixtures.processes import wait_for
 
 UUIDS = {name: str(n) * 8 + "-" + "-".join([str(n) * 4] * 3) + "-" + str(n) * 12
          for n, name in enumerate(["dom0", "work", "personal", "vault", "default-dvm",
@@ -110,22 +110,17 @@ label = "green"
 {user}"""
 
 
-@pytest.fixture(scope="module", params=SANDBOX_MODES)
-def world(request: pytest.FixtureRequest) -> Iterator[HostWorld]:
-    w = HostWorld(request.param, scenario_layout)
-    try:
-        w.up(f"--policy-agent-arg=--answer-program={w.dir / 'answer-program'}")
-        yield w
-    finally:
-        w.close()
+pytestmark = pytest.mark.host_world(
+    layout=scenario_layout,
+    up_args=lambda w: [f"--policy-agent-arg=--answer-program={w.dir / 'answer-program'}"])
 
 
 @pytest.fixture
-def policy(world: HostWorld) -> Callable[..., None]:
+def policy(host_world: HostWorld) -> Callable[..., None]:
     """Empty policy but the shipped compat file; `policy(name=text, …)` writes
     `policy.d/NAME.policy` files, `policy(legacy={SERVICE: text})` legacy files."""
-    etc = world.dir / "dom0/etc/qubes/policy.d"
-    legacy_dir = world.dir / "dom0/etc/qubes-rpc/policy"
+    etc = host_world.dir / "dom0/etc/qubes/policy.d"
+    legacy_dir = host_world.dir / "dom0/etc/qubes-rpc/policy"
     for d in (etc, legacy_dir):
         for f in d.iterdir():
             f.unlink()
@@ -140,35 +135,35 @@ def policy(world: HostWorld) -> Callable[..., None]:
     return write
 
 
-def answer(world: HostWorld, reply: str) -> None:
-    (world.dir / "answer").write_text(reply + "\n")
-    (world.dir / "ask.json").unlink(missing_ok=True)
+def answer(host_world: HostWorld, reply: str) -> None:
+    (host_world.dir / "answer").write_text(reply + "\n")
+    (host_world.dir / "ask.json").unlink(missing_ok=True)
 
 
-def ensure(world: HostWorld, name: str, running: bool) -> None:
-    if (world.domains()[name]["state"] == "Running") != running:
-        assert world.host("start" if running else "stop", name).returncode == 0
+def ensure(host_world: HostWorld, name: str, running: bool) -> None:
+    if (host_world.domains()[name]["state"] == "Running") != running:
+        assert host_world.host("start" if running else "stop", name).returncode == 0
 
 
-def since(world: HostWorld, mark: int) -> list[str]:
-    """qrexec-host's log lines written after `mark` (= len(world.log()) back then)."""
-    return world.log()[mark:].splitlines()
+def since(host_world: HostWorld, mark: int) -> list[str]:
+    """qrexec-host's log lines written after `mark` (= len(host_world.log()) back then)."""
+    return host_world.log()[mark:].splitlines()
 
 
 def qubesd_lines(lines: list[str]) -> list[str]:
     return [line.split("qubesd: ", 1)[1] for line in lines if "qubesd: " in line]
 
 
-def policy_log(world: HostWorld) -> str:
-    return (world.state / "log" / "policy-daemon.log").read_text(errors="replace")
+def policy_log(host_world: HostWorld) -> str:
+    return (host_world.state / "log" / "policy-daemon.log").read_text(errors="replace")
 
 
-def ran_in(world: HostWorld, out: bytes, name: str, domid: int | None = None) -> None:
+def ran_in(host_world: HostWorld, out: bytes, name: str, domid: int | None = None) -> None:
     """`out` is TEST_SVC's line from domain `name` called by work."""
     text = out.decode()
     assert text.endswith(" from work\n"), text
-    assert f" domid {world.domid(name) if domid is None else domid} " in text, text
-    if world.sandbox == "bubblewrap":
+    assert f" domid {host_world.domid(name) if domid is None else domid} " in text, text
+    if host_world.sandbox == "bubblewrap":
         assert text.startswith(f"test.Svc in {name} "), text  # its own UTS namespace
     else:
         assert f"/{name}/etc/qubes-rpc/test.Svc from" in text, text
@@ -231,9 +226,9 @@ print(json.dumps({"peer": peer, "port": port, "path": path, "peer_pid": pid,
 """
 
 
-def raw_call(world: HostWorld, source: str, target: str, service: str,
+def raw_call(host_world: HostWorld, source: str, target: str, service: str,
              data: str = "") -> dict[str, object]:
-    done = world.in_domain(source, [*python_in_domain(RAW_CALLER), "{AGENT}", target, service,
+    done = host_world.in_domain(source, [*python_in_domain(RAW_CALLER), "{AGENT}", target, service,
                                     *([data] if data else [])])
     assert done.returncode == 0, done.stderr.decode()
     result: dict[str, object] = json.loads(done.stdout)
@@ -273,9 +268,9 @@ def serve_data(path: Path, timeout: float = 30) -> list[tuple[int, bytes]]:
     return got
 
 
-def pair_dir(world: HostWorld, a: int, b: int) -> Path:
+def pair_dir(host_world: HostWorld, a: int, b: int) -> Path:
     """The host directory of the vchan pair (a, b): made in the older (lower) domid's view."""
-    return world.state / "vchan" / str(min(a, b)) / str(max(a, b))
+    return host_world.state / "vchan" / str(min(a, b)) / str(max(a, b))
 
 
 def expected_port(own: int, peer: int, used: set[int]) -> int:
@@ -294,70 +289,70 @@ S1_CALL = ["work", "anotherVM", "test.Add", "/usr/bin/our_test_add_client"]
 
 
 @pytest.mark.parametrize("anyvm", ["$anyvm", "anyvm"])
-def test_s1_seed_howto(world: HostWorld, policy: Callable[..., None], anyvm: str) -> None:
+def test_s1_seed_howto(host_world: HostWorld, policy: Callable[..., None], anyvm: str) -> None:
     """S1, and S40: the legacy file with bare `anyvm` succeeds exactly as with `$anyvm`."""
     policy(legacy={"test.Add": f"{anyvm} {anyvm} ask\n"})
-    answer(world, "allow:anotherVM")
-    ensure(world, "anotherVM", running=False)
-    logged = len(policy_log(world))  # the module's world logs every test's calls
-    done = world.host("call", *S1_CALL, "11", "22")
+    answer(host_world, "allow:anotherVM")
+    ensure(host_world, "anotherVM", running=False)
+    logged = len(policy_log(host_world))  # the module's world logs every test's calls
+    done = host_world.host("call", *S1_CALL, "11", "22")
     assert done.returncode == 0, done.stderr
     assert b"33\n" in done.stderr
-    asked = json.loads((world.dir / "ask.json").read_text())
+    asked = json.loads((host_world.dir / "ask.json").read_text())
     assert asked["source"] == "work" and asked["service"] == "test.Add"
     assert asked["argument"] == "+" and asked["default_target"] == ""
     assert "anotherVM" in asked["targets"]
-    assert world.domains()["anotherVM"]["state"] == "Running"
+    assert host_world.domains()["anotherVM"]["state"] == "Running"
     assert "qrexec: test.Add+: work -> anotherVM: allowed to anotherVM" in \
-        policy_log(world)[logged:]
+        policy_log(host_world)[logged:]
 
 
-def test_s2_current_policy(world: HostWorld, policy: Callable[..., None]) -> None:
+def test_s2_current_policy(host_world: HostWorld, policy: Callable[..., None]) -> None:
     policy(**{"30-test": "test.Add * * * ask\n"})
-    answer(world, "allow:anotherVM")
-    done = world.host("call", *S1_CALL, "1", "2")
+    answer(host_world, "allow:anotherVM")
+    done = host_world.host("call", *S1_CALL, "1", "2")
     assert done.returncode == 0, done.stderr
     assert done.stderr.endswith(b"3\n") and b"33" not in done.stderr, done.stderr
 
 
-def test_s3_denied_by_the_user(world: HostWorld, policy: Callable[..., None]) -> None:
+def test_s3_denied_by_the_user(host_world: HostWorld, policy: Callable[..., None]) -> None:
     policy(legacy={"test.Add": "$anyvm $anyvm ask\n"})
-    answer(world, "deny")
-    ensure(world, "anotherVM", running=False)
-    mark = len(world.log())
-    done = world.host("call", "work", "anotherVM", "test.Add", "/usr/bin/our_marked_client",
+    answer(host_world, "deny")
+    ensure(host_world, "anotherVM", running=False)
+    mark = len(host_world.log())
+    done = host_world.host("call", "work", "anotherVM", "test.Add", "/usr/bin/our_marked_client",
                       "11", "22")
     refused(done)
-    assert json.loads((world.dir / "ask.json").read_text())["source"] == "work"  # asked
+    assert json.loads((host_world.dir / "ask.json").read_text())["source"] == "work"  # asked
     # the client program never started (work's agent got SERVICE_REFUSED for the request,
     # closed qrexec-client-vm's socket: refusal instead of a data port)
-    marker = f"/tmp/{world.dir.name}-client-started"
-    assert world.in_domain("work", ["test", "-e", marker]).returncode == 1
-    assert world.domains()["anotherVM"]["state"] == "Halted"
-    uuid = world.domains()["anotherVM"]["uuid"]
-    assert not [q for q in qubesd_lines(since(world, mark))
+    marker = f"/tmp/{host_world.dir.name}-client-started"
+    assert host_world.in_domain("work", ["test", "-e", marker]).returncode == 1
+    assert host_world.domains()["anotherVM"]["state"] == "Halted"
+    uuid = host_world.domains()["anotherVM"]["uuid"]
+    assert not [q for q in qubesd_lines(since(host_world, mark))
                 if q.startswith("admin.vm.Start") and ("anotherVM" in q or f"{uuid}" in q)]
-    assert "work -> anotherVM: denied: denied by the user" in policy_log(world)
+    assert "work -> anotherVM: denied: denied by the user" in policy_log(host_world)
     # the marker works: allowed, the same client leaves it
-    answer(world, "allow:anotherVM")
-    done = world.host("call", "work", "anotherVM", "test.Add", "/usr/bin/our_marked_client",
+    answer(host_world, "allow:anotherVM")
+    done = host_world.host("call", "work", "anotherVM", "test.Add", "/usr/bin/our_marked_client",
                       "11", "22")
     assert done.returncode == 0 and b"33\n" in done.stderr, done
-    assert world.in_domain("work", ["rm", marker]).returncode == 0
+    assert host_world.in_domain("work", ["rm", marker]).returncode == 0
 
 
-def test_s4_dom0_runs_a_command(world: HostWorld) -> None:
-    done = world.host("run", "work", "--", "echo hello")
+def test_s4_dom0_runs_a_command(host_world: HostWorld) -> None:
+    done = host_world.host("run", "work", "--", "echo hello")
     assert (done.returncode, done.stdout) == (0, b"hello\n"), done.stderr
-    done = world.client("-d", "work", "DEFAULT:echo hello")
+    done = host_world.client("-d", "work", "DEFAULT:echo hello")
     assert (done.returncode, done.stdout) == (0, b"hello\n"), done.stderr
     # the same through a raw client: EXEC_CMDLINE{0,0} -> {work, 513}
-    work = world.domid("work")
+    work = host_world.domid("work")
     for _ in range(2):  # the second time 513 is free again
-        client = RawClient(world, "work")
+        client = RawClient(host_world, "work")
         assert request(client, MsgType.EXEC_CMDLINE, 0, b"DEFAULT:echo hello\0") == (
             MsgType.EXEC_CMDLINE, work, 513)
-        got = serve_data(pair_dir(world, 0, work) / f"vchan.0.{work}.513.sock")
+        got = serve_data(pair_dir(host_world, 0, work) / f"vchan.0.{work}.513.sock")
         got = without_hello(got)
         assert got[0] == (STDOUT, b"hello\n")  # the two EOFs in any order, EXIT_CODE last
         assert sorted(got[1:3]) == [(STDOUT, b""), (STDERR, b"")]
@@ -368,67 +363,67 @@ def test_s4_dom0_runs_a_command(world: HostWorld) -> None:
         client.close()
 
 
-def test_s5_remote_exit_status(world: HostWorld) -> None:
-    assert world.client("-d", "work", "DEFAULT:exit 42").returncode == 42
-    assert world.client("-E", "-d", "work", "DEFAULT:exit 42").returncode == 0
-    assert world.host("run", "work", "--", "exit 42").returncode == 42
+def test_s5_remote_exit_status(host_world: HostWorld) -> None:
+    assert host_world.client("-d", "work", "DEFAULT:exit 42").returncode == 42
+    assert host_world.client("-E", "-d", "work", "DEFAULT:exit 42").returncode == 0
+    assert host_world.host("run", "work", "--", "exit 42").returncode == 42
 
 
-def test_s6_just_exec(world: HostWorld) -> None:
-    marker = f"/tmp/{world.dir.name}-s6-{world.sandbox}"
+def test_s6_just_exec(host_world: HostWorld) -> None:
+    marker = f"/tmp/{host_world.dir.name}-s6-{host_world.sandbox}"
     start = time.monotonic()
-    done = world.client("-e", "-d", "work", f"DEFAULT:sleep 5; touch {marker}")
+    done = host_world.client("-e", "-d", "work", f"DEFAULT:sleep 5; touch {marker}")
     took = time.monotonic() - start
     assert done.returncode == 0, done.stderr
     assert took < 3, took
-    assert world.client("-e", "-d", "work", "DEFAULT:QUBESRPC no.Such dom0").returncode == 127
+    assert host_world.client("-e", "-d", "work", "DEFAULT:QUBESRPC no.Such dom0").returncode == 127
     # on the data channel the agent sends only EXIT_CODE
-    work = world.domid("work")
+    work = host_world.domid("work")
     for cmd, status in ((b"DEFAULT:QUBESRPC no.Such dom0\0", 127), (b"DEFAULT:true\0", 0)):
-        client = RawClient(world, "work")
+        client = RawClient(host_world, "work")
         t, domid, port = request(client, MsgType.JUST_EXEC, 0, cmd)
         assert (t, domid) == (MsgType.JUST_EXEC, work)
-        got = serve_data(pair_dir(world, 0, work) / f"vchan.0.{work}.{port}.sock")
+        got = serve_data(pair_dir(host_world, 0, work) / f"vchan.0.{work}.{port}.sock")
         assert without_hello(got) == [(EXIT, struct.pack("<i", status))]
         assert client.closed()
         client.close()
-    assert world.in_domain("work", ["test", "-e", marker]).returncode == 1
-    wait_for(lambda: world.in_domain("work", ["test", "-e", marker]).returncode == 0, 10,
+    assert host_world.in_domain("work", ["test", "-e", marker]).returncode == 1
+    wait_for(lambda: host_world.in_domain("work", ["test", "-e", marker]).returncode == 0, 10,
              "the just-exec'd command to finish")
-    world.in_domain("work", ["rm", "-f", marker])
+    host_world.in_domain("work", ["rm", "-f", marker])
 
 
-def test_s7_autostart(world: HostWorld, policy: Callable[..., None]) -> None:
+def test_s7_autostart(host_world: HostWorld, policy: Callable[..., None]) -> None:
     policy(**{"30-test": "test.Svc * work vault allow\n"})
-    ensure(world, "vault", running=False)
-    mark = len(world.log())
-    done = world.host("call", "work", "vault", "test.Svc")
+    ensure(host_world, "vault", running=False)
+    mark = len(host_world.log())
+    done = host_world.host("call", "work", "vault", "test.Svc")
     assert done.returncode == 0, done.stderr
-    ran_in(world, done.stdout, "vault")
-    assert f"admin.vm.Start uuid:{UUIDS['vault']} -> ok" in qubesd_lines(since(world, mark))
-    assert world.domains()["vault"]["state"] == "Running"
-    assert (world.state / "qubes" / "qrexec.vault").exists()
-    assert any(line.startswith("qrexec-host: vault started") for line in since(world, mark))
+    ran_in(host_world, done.stdout, "vault")
+    assert f"admin.vm.Start uuid:{UUIDS['vault']} -> ok" in qubesd_lines(since(host_world, mark))
+    assert host_world.domains()["vault"]["state"] == "Running"
+    assert (host_world.state / "qubes" / "qrexec.vault").exists()
+    assert any(line.startswith("qrexec-host: vault started") for line in since(host_world, mark))
 
 
-def test_s8_autostart_no(world: HostWorld, policy: Callable[..., None]) -> None:
+def test_s8_autostart_no(host_world: HostWorld, policy: Callable[..., None]) -> None:
     policy(**{"30-test": "test.Svc * work vault allow autostart=no\n"
                          "test.Svc * work sys-usb allow autostart=no\n"})
-    ensure(world, "vault", running=False)
-    ensure(world, "sys-usb", running=True)
-    mark = len(world.log())
-    refused(world.host("call", "work", "vault", "test.Svc"))
-    assert not [q for q in qubesd_lines(since(world, mark))
+    ensure(host_world, "vault", running=False)
+    ensure(host_world, "sys-usb", running=True)
+    mark = len(host_world.log())
+    refused(host_world.host("call", "work", "vault", "test.Svc"))
+    assert not [q for q in qubesd_lines(since(host_world, mark))
                 if q.startswith("admin.vm.Start") and (UUIDS["vault"] in q or "vault" in q)]
-    assert world.domains()["vault"]["state"] == "Halted"
-    done = world.host("call", "work", "sys-usb", "test.Svc")
+    assert host_world.domains()["vault"]["state"] == "Halted"
+    done = host_world.host("call", "work", "sys-usb", "test.Svc")
     assert done.returncode == 0, done.stderr
-    ran_in(world, done.stdout, "sys-usb")
+    ran_in(host_world, done.stdout, "sys-usb")
 
 
-def test_s9_vm_to_dom0_keyword_target(world: HostWorld, policy: Callable[..., None]) -> None:
+def test_s9_vm_to_dom0_keyword_target(host_world: HostWorld, policy: Callable[..., None]) -> None:
     policy(**{"30-test": "test.Env * work @adminvm allow\ntest.Env * work dom0 allow\n"})
-    done = world.host("call", "work", "@adminvm", "test.Env")
+    done = host_world.host("call", "work", "@adminvm", "test.Env")
     assert done.returncode == 0, done.stderr
     env = done.stdout.decode().splitlines()
     for line in ("QREXEC_REMOTE_DOMAIN=work", "QREXEC_SERVICE_FULL_NAME=test.Env+",
@@ -437,53 +432,53 @@ def test_s9_vm_to_dom0_keyword_target(world: HostWorld, policy: Callable[..., No
         assert line in env, env
     assert not [v for v in env if v.startswith("QREXEC_REQUESTED_TARGET=")], env
     # the first message after HELLO is STDERR with len 0
-    result = raw_call(world, "work", "@adminvm", "test.Env")
+    result = raw_call(host_world, "work", "@adminvm", "test.Env")
     got = without_hello(messages(result))
     assert got[0] == (STDERR, b""), got
     assert got[-1] == (EXIT, struct.pack("<i", 0))
     assert b"QREXEC_REQUESTED_TARGET_KEYWORD=adminvm\n" in b"".join(
         p for t, p in got if t == STDOUT)
-    done = world.host("call", "work", "dom0", "test.Env")
+    done = host_world.host("call", "work", "dom0", "test.Env")
     assert done.returncode == 0, done.stderr
     env = done.stdout.decode().splitlines()
     assert "QREXEC_REQUESTED_TARGET_TYPE=name" in env and "QREXEC_REQUESTED_TARGET=dom0" in env
 
 
 @pytest.mark.parametrize("target", ["@dispvm", "$dispvm"])
-def test_s10_disposable(world: HostWorld, policy: Callable[..., None], target: str) -> None:
+def test_s10_disposable(host_world: HostWorld, policy: Callable[..., None], target: str) -> None:
     policy(**{"30-test": "test.Svc * work @dispvm allow\n"})
-    mark = len(world.log())
-    done = world.host("call", "work", target, "test.Svc")
+    mark = len(host_world.log())
+    done = host_world.host("call", "work", target, "test.Svc")
     assert done.returncode == 0, done.stderr
-    wait_for(lambda: any("admin.vm.Kill" in q for q in qubesd_lines(since(world, mark))), 20,
+    wait_for(lambda: any("admin.vm.Kill" in q for q in qubesd_lines(since(host_world, mark))), 20,
              "the disposable to be killed")
     # (`qrexec-host call` itself starts work first if needed)
-    requests = [q for q in qubesd_lines(since(world, mark))
+    requests = [q for q in qubesd_lines(since(host_world, mark))
                 if not q.startswith("admin.vm.Start work ")]
     create = f"admin.vm.CreateDisposable uuid:{UUIDS['default-dvm']} payload=uuid -> ok uuid:"
     assert requests[0].startswith(create), requests
     new = requests[0][len(create) - 5:]
     assert requests[1:] == [f"admin.vm.Start {new} -> ok", f"admin.vm.Kill {new} -> ok"]
     # the service ran in the new dispN
-    started = [line for line in since(world, mark) if " started (domid " in line]
+    started = [line for line in since(host_world, mark) if " started (domid " in line]
     assert len(started) == 1 and started[0].startswith("qrexec-host: disp"), started
     name = started[0].split()[1]
     domid = started[0].rsplit(" ", 1)[1].rstrip(")")
-    ran_in(world, done.stdout, name, int(domid))
-    assert name not in world.domains()
+    ran_in(host_world, done.stdout, name, int(domid))
+    assert name not in host_world.domains()
 
 
-def test_s11_port_parity(world: HostWorld) -> None:
+def test_s11_port_parity(host_world: HostWorld) -> None:
     """§8 against work's daemon with the actual domids: peers above work get even slots, a
     released port is handed out again, dom0 gets 513."""
     for name in ("work", "personal", "sys-usb"):
-        ensure(world, name, running=True)
-    own, low, high = (world.domid(n) for n in ("work", "personal", "sys-usb"))
+        ensure(host_world, name, running=True)
+    own, low, high = (host_world.domid(n) for n in ("work", "personal", "sys-usb"))
     assert own < low < high
     used: set[int] = set()
 
     def allocate(peer: int) -> tuple[RawClient, int]:
-        client = RawClient(world, "work")
+        client = RawClient(host_world, "work")
         t, domid, port = request(client, MsgType.EXEC_CMDLINE, peer, b"DEFAULT:echo s11\0")
         assert (t, domid) == (MsgType.EXEC_CMDLINE, own)
         assert port == expected_port(own, peer, used), (peer, port, used)
@@ -493,7 +488,7 @@ def test_s11_port_parity(world: HostWorld) -> None:
     def serve(client: RawClient, peer: int, port: int) -> None:
         """Play `peer`'s caller: work's handler connects, runs, its agent sends
         CONNECTION_TERMINATED{peer, port}, the daemon frees the port and drops the client."""
-        got = serve_data(pair_dir(world, peer, own) / f"vchan.{peer}.{own}.{port}.sock")
+        got = serve_data(pair_dir(host_world, peer, own) / f"vchan.{peer}.{own}.{port}.sock")
         assert without_hello(got)[0] == (STDOUT, b"s11\n")
         assert got[-1] == (EXIT, struct.pack("<i", 0))
         assert client.closed()
@@ -512,14 +507,14 @@ def test_s11_port_parity(world: HostWorld) -> None:
         serve(client, peer, port)
 
 
-def test_s12_direct_vm_to_vm(world: HostWorld, policy: Callable[..., None]) -> None:
+def test_s12_direct_vm_to_vm(host_world: HostWorld, policy: Callable[..., None]) -> None:
     policy(**{"30-test": "test.Cat * work personal allow\n"})
-    ensure(world, "personal", running=True)
-    work, personal = world.domid("work"), world.domid("personal")
+    ensure(host_world, "personal", running=True)
+    work, personal = host_world.domid("work"), host_world.domid("personal")
     assert work < personal
-    done = world.host("call", "work", "personal", "test.Cat", input=b"through personal\n")
+    done = host_world.host("call", "work", "personal", "test.Cat", input=b"through personal\n")
     assert (done.returncode, done.stdout) == (0, b"through personal\n"), done.stderr
-    result = raw_call(world, "work", "personal", "test.Cat", "raw data\n")
+    result = raw_call(host_world, "work", "personal", "test.Cat", "raw data\n")
     # personal's daemon allocates for peer work < personal: the odd slots, first free = 513
     assert (result["peer"], result["port"]) == (personal, 513)
     path = Path(str(result["path"]))
@@ -530,10 +525,10 @@ def test_s12_direct_vm_to_vm(world: HostWorld, policy: Callable[..., None]) -> N
     assert [m for m in got if m[0] == STDOUT] == [(STDOUT, b"raw data\n"), (STDOUT, b"")]
     assert got[-1] == (EXIT, struct.pack("<i", 0))
     # no dom0 process can open it: the pair directory is not in dom0's vchan view
-    assert pair_dir(world, work, personal).is_dir()
+    assert pair_dir(host_world, work, personal).is_dir()
     assert not any(p.name.startswith(f"vchan.{work}.{personal}.")
-                   for p in (world.state / "vchan" / "0").rglob("*"))
-    if world.sandbox == "plain":
+                   for p in (host_world.state / "vchan" / "0").rglob("*"))
+    if host_world.sandbox == "plain":
         # the connecting process is personal's handler
         assert result["peer_pid"] != 0 and result["peer_domain"] == personal, result
     else:

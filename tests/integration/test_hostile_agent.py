@@ -24,8 +24,8 @@ from pyqrexec.protocol.messages import (
     pack_trigger4,
 )
 
-from .fake_agent import (
-    FakeAgent,
+from .fixtures.hostile import (
+    HostileAgent,
     hostile_domain,
     read_until_eof,
     refused,
@@ -33,7 +33,7 @@ from .fake_agent import (
     start_attacked_daemon,
     wait_exit,
 )
-from .harness import QrexecHost
+from .fixtures.processes import QrexecHost
 
 IDENT = b"SOCKET7".ljust(32, b"\0")
 #: an ident the daemon must refuse, used as the "are you still alive?" probe
@@ -70,7 +70,7 @@ def probe(version: int) -> bytes:
     return trigger(version, b"qubes.Probe\0", PROBE)
 
 
-def assert_alive_and_refusing(dom_agent: tuple[object, FakeAgent], version: int) -> None:
+def assert_alive_and_refusing(dom_agent: tuple[object, HostileAgent], version: int) -> None:
     """A second (refusable) message is answered too: the daemon kept running."""
     dom, agent = dom_agent
     agent.send(probe(version))
@@ -82,7 +82,7 @@ def assert_alive_and_refusing(dom_agent: tuple[object, FakeAgent], version: int)
 @pytest.mark.parametrize(("announced", "reply"), [(2, 2), (3, 3), (4, 4), (7, 4), (0xFFFFFFFF, 4)])
 def test_hello_reply_is_min_of_versions(host: QrexecHost, announced: int, reply: int) -> None:
     dom = hostile_domain(host)
-    agent = FakeAgent(host, dom.domid)
+    agent = HostileAgent(host, dom.domid)
     dom.start_daemon(wait=False)
     assert agent.handshake(announced) == reply
     dom.wait_daemon_ready()
@@ -92,7 +92,7 @@ def test_hello_reply_is_min_of_versions(host: QrexecHost, announced: int, reply:
 @pytest.mark.parametrize(("setting", "reply"), [("3", 3), ("2", 2), ("5", 4), ("", 4)])
 def test_hello_capped_by_own_max_version(host: QrexecHost, setting: str, reply: int) -> None:
     dom = hostile_domain(host)
-    agent = FakeAgent(host, dom.domid)
+    agent = HostileAgent(host, dom.domid)
     dom.start_daemon(wait=False, env={"QREXEC_MAX_PROTOCOL_VERSION": setting})
     assert agent.handshake(4) == reply
     dom.wait_daemon_ready()
@@ -107,7 +107,7 @@ def test_hello_capped_by_own_max_version(host: QrexecHost, setting: str, reply: 
 def test_hello_and_trigger_in_one_write(host: QrexecHost) -> None:
     """The daemon reads exactly the 12 HELLO bytes; what follows is the first message."""
     dom = hostile_domain(host)
-    agent = FakeAgent(host, dom.domid)
+    agent = HostileAgent(host, dom.domid)
     dom.start_daemon(wait=False)
     agent.accept()
     agent.send(hello(4) + raw4(ident=PROBE))
@@ -139,7 +139,7 @@ def test_message_byte_by_byte(host: QrexecHost) -> None:
 )
 def test_bad_agent_hello_is_fatal(host: QrexecHost, message: bytes, reason: str) -> None:
     dom = hostile_domain(host)
-    agent = FakeAgent(host, dom.domid)
+    agent = HostileAgent(host, dom.domid)
     dom.start_daemon(wait=False)
     agent.accept()
     agent.send(message)

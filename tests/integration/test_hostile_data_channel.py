@@ -16,15 +16,15 @@ import pytest
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER, hello
 
-from .calls import World
-from .fake_agent import (
-    FakeAgent,
+from .fixtures.hostile import (
+    HostileAgent,
     read_until_eof,
     recv_exact,
     start_attacked_daemon,
 )
-from .harness import Domain, QrexecHost, program, wait_for
-from .rawcalls import as_caller, as_dom0_caller, as_target, data_handshake, split_messages
+from .fixtures.processes import Domain, QrexecHost, program, wait_for
+from .fixtures.rawcalls import as_caller, as_dom0_caller, as_target, data_handshake, split_messages
+from .fixtures.world import World
 
 TIMEOUT = 20.0
 STDIN, STDOUT, STDERR, EXIT = (MsgType.DATA_STDIN, MsgType.DATA_STDOUT, MsgType.DATA_STDERR,
@@ -86,7 +86,7 @@ def test_caller_sending_service_messages(host: QrexecHost) -> None:
 
 
 # -- callers facing a hostile service side ----------------------------------------------------
-def fake_handler(agent: FakeAgent, own: int, service: bytes, hello_first: bool) -> None:
+def fake_handler(agent: HostileAgent, own: int, service: bytes, hello_first: bool) -> None:
     """The fake agent's "handler" for the EXEC_CMDLINE it is sent: connects the data channel,
     answers with `service` (after a proper HELLO exchange when `hello_first`), closes."""
     with as_target(agent, own) as chan:
@@ -197,7 +197,7 @@ def test_vm_breaking_a_call_to_dom0_ends_only_that_call(host: QrexecHost, junk: 
     env = {"QREXEC_POLICY_SOCKET": str(host.root / "no-policy.sock"),
            "QREXEC_SERVICE_PATH": str(world.rpc_dir("dom0"))}
     dom, agent = start_attacked_daemon(host, 4, name="work", domid=5, env=env,
-                                       extra=[f"--policy-program={world.policy}"])
+                                       extra=[f"--policy-program={world.policy_program}"])
 
     def call(ident: bytes, stdin: bytes) -> list[tuple[int, bytes]]:
         with as_dom0_caller(dom, agent, b"test.Cat", ident) as chan:

@@ -14,7 +14,7 @@ import pytest
 from pyqrexec.host.cgroups import Backend, CgroupFs, NoCgroups, detect
 from pyqrexec.host.limits import DomainLimits
 
-from .harness import SRC
+from .fixtures.processes import SRC
 
 LIMITS = DomainLimits(max_processes=20, memory=64 << 20, cpu_weight=50)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .policy_fakes import SRC, program
+from .fixtures.processes import SRC, program
 
 USER_RULE = "test.Svc * work vault allow\n"
 SERVICES = [f"policy.{m}" for m in ("List", "Get", "Replace", "Remove", "GetFiles")] + [
@@ -27,7 +27,10 @@ SERVICES = [f"policy.{m}" for m in ("List", "Get", "Replace", "Remove", "GetFile
 
 
 @dataclass
-class World:
+class AdminSetup:
+    """dom0's policy files and the admin services' launchers (no qrexec process runs
+    until a client calls)."""
+
     tmp: Path
     policy: Path  # QREXEC_POLICY_DIR
     legacy: Path
@@ -70,8 +73,8 @@ def _executable(path: Path, text: str) -> None:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = World(
+def dirs(tmp_path: Path) -> AdminSetup:
+    w = AdminSetup(
         tmp_path,
         tmp_path / "policy.d",
         tmp_path / "legacy",
@@ -101,7 +104,7 @@ def world(tmp_path: Path) -> World:
 
 
 def admin(
-    w: World, full_name: str, payload: bytes = b""
+    w: AdminSetup, full_name: str, payload: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         program("qubes_policy_admin"),
@@ -119,100 +122,100 @@ def token(content: bytes) -> bytes:
 # --- the service, run directly -------------------------------------------------------------
 
 
-def test_s67_tokens(world: World) -> None:
-    done = admin(world, "policy.Get+30-user")
+def test_s67_tokens(dirs: AdminSetup) -> None:
+    done = admin(dirs, "policy.Get+30-user")
     assert (done.returncode, done.stderr) == (0, b"")
     old = USER_RULE.encode()
     assert done.stdout == token(old) + b"\n" + old
     new = b"test.Svc * work vault deny\n"
-    done = admin(world, "policy.Replace+30-user", token(old) + b"\n" + new)
+    done = admin(dirs, "policy.Replace+30-user", token(old) + b"\n" + new)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
-    assert world.user.read_bytes() == new
-    assert stat.S_IMODE(world.user.stat().st_mode) == 0o664
-    done = admin(world, "policy.Replace+30-user", token(old) + b"\nx * a b deny\n")
+    assert dirs.user.read_bytes() == new
+    assert stat.S_IMODE(dirs.user.stat().st_mode) == 0o664
+    done = admin(dirs, "policy.Replace+30-user", token(old) + b"\nx * a b deny\n")
     assert (done.returncode, done.stderr) == (1, b"PolicyAdminTokenException Token mismatch")
-    done = admin(world, "policy.Replace+30-user", b"new\nx * a b deny\n")
+    done = admin(dirs, "policy.Replace+30-user", b"new\nx * a b deny\n")
     assert (done.returncode, done.stderr) == (
         1,
         b"PolicyAdminTokenException File exists but token is 'new'",
     )
-    assert world.user.read_bytes() == new
-    assert not [p for p in world.policy.iterdir() if p.name.startswith("!")]
-    log = world.log.read_text()
+    assert dirs.user.read_bytes() == new
+    assert not [p for p in dirs.policy.iterdir() if p.name.startswith("!")]
+    log = dirs.log.read_text()
     assert "policy.Replace+30-user (dom0)\n" in log
     assert "policy.Replace+30-user (dom0): error: Token mismatch" in log
 
 
-def test_s68_validation(world: World) -> None:
-    done = admin(world, "policy.Replace+30-user", b"any\ntest.Svc * work")
+def test_s68_validation(dirs: AdminSetup) -> None:
+    done = admin(dirs, "policy.Replace+30-user", b"any\ntest.Svc * work")
     assert done.returncode == 1
     assert done.stderr == (
         b"PolicyAdminSyntaxException Policy change validation failed: "
-        + f"{world.user}:1: wrong number of fields".encode()
+        + f"{dirs.user}:1: wrong number of fields".encode()
     )
-    assert world.user.read_text() == USER_RULE
-    (world.policy / "include").mkdir()
-    (world.policy / "include" / "x").write_text("x * a b deny\n")
-    world.user.write_text(USER_RULE + "!include include/x\n")
-    done = admin(world, "policy.include.Remove+x", b"any")
+    assert dirs.user.read_text() == USER_RULE
+    (dirs.policy / "include").mkdir()
+    (dirs.policy / "include" / "x").write_text("x * a b deny\n")
+    dirs.user.write_text(USER_RULE + "!include include/x\n")
+    done = admin(dirs, "policy.include.Remove+x", b"any")
     assert done.returncode == 1
     assert done.stderr.startswith(b"PolicyAdminSyntaxException Policy change validation failed: ")
     assert b"including a file that will be removed" in done.stderr
-    assert (world.policy / "include" / "x").exists()
-    done = admin(world, "policy.Get+..")
+    assert (dirs.policy / "include" / "x").exists()
+    done = admin(dirs, "policy.Get+..")
     assert done.returncode == 1
     assert done.stderr.startswith(b"PolicyAdminInvalidFileNameException Invalid policy file name")
 
 
-def test_list_remove_and_get_files(world: World) -> None:
-    (world.policy / "10-a.policy").write_text("other.Svc * a b deny\n")
-    (world.policy / "README").write_text("not listed\n")
-    done = admin(world, "policy.List")
+def test_list_remove_and_get_files(dirs: AdminSetup) -> None:
+    (dirs.policy / "10-a.policy").write_text("other.Svc * a b deny\n")
+    (dirs.policy / "README").write_text("not listed\n")
+    done = admin(dirs, "policy.List")
     assert (done.returncode, done.stdout) == (0, b"10-a\n30-user\n")
-    assert admin(world, "policy.include.List").stdout == b""
-    done = admin(world, "policy.include.Replace+admin-x", b"new\n* * a b deny\n")
+    assert admin(dirs, "policy.include.List").stdout == b""
+    done = admin(dirs, "policy.include.Replace+admin-x", b"new\n* * a b deny\n")
     assert done.returncode == 0, done.stderr
-    assert admin(world, "policy.include.List").stdout == b"admin-x\n"
-    world.user.write_text(USER_RULE + "!include include/admin-x\n")
-    done = admin(world, "policy.GetFiles+test.Svc")
+    assert admin(dirs, "policy.include.List").stdout == b"admin-x\n"
+    dirs.user.write_text(USER_RULE + "!include include/admin-x\n")
+    done = admin(dirs, "policy.GetFiles+test.Svc")
     assert (done.returncode, done.stdout) == (0, b"30-user\nadmin-x\n")
-    done = admin(world, "policy.Remove+10-a", b"new")
+    done = admin(dirs, "policy.Remove+10-a", b"new")
     assert done.stderr == b"PolicyAdminTokenException File exists but token is 'new'"
-    done = admin(world, "policy.Remove+10-a", b"any")
+    done = admin(dirs, "policy.Remove+10-a", b"any")
     assert (done.returncode, done.stderr) == (0, b"")
-    assert not (world.policy / "10-a.policy").exists()
-    done = admin(world, "policy.Remove+10-a", b"any")
+    assert not (dirs.policy / "10-a.policy").exists()
+    done = admin(dirs, "policy.Remove+10-a", b"any")
     assert (done.returncode, done.stderr) == (
         1,
-        f"PolicyAdminFileNotFoundException Not found: {world.policy}/10-a.policy".encode(),
+        f"PolicyAdminFileNotFoundException Not found: {dirs.policy}/10-a.policy".encode(),
     )
 
 
-def test_protocol_errors_and_internal_error(world: World) -> None:
-    done = admin(world, "policy.List+x")
+def test_protocol_errors_and_internal_error(dirs: AdminSetup) -> None:
+    done = admin(dirs, "policy.List+x")
     assert done.stderr == b"PolicyAdminProtocolException Unexpected argument"
-    done = admin(world, "policy.Get+30-user", b"payload")
+    done = admin(dirs, "policy.Get+30-user", b"payload")
     assert done.stderr == b"PolicyAdminProtocolException Unexpected payload"
-    done = admin(world, "policy.Replace+30-user", b"any")
+    done = admin(dirs, "policy.Replace+30-user", b"any")
     assert done.stderr == (
         b"PolicyAdminProtocolException Payload needs to include first line with token"
     )
-    done = admin(world, "policy.GetFiles+a+b")
+    done = admin(dirs, "policy.GetFiles+a+b")
     assert done.stderr == (
         b"PolicyAdminProtocolException Service 'a+b' contains invalid characters: ('+',)"
     )
-    (world.policy / "40-Bad.policy").write_text("")  # makes the whole policy invalid
-    done = admin(world, "policy.Replace+30-user", b"any\n" + USER_RULE.encode())
+    (dirs.policy / "40-Bad.policy").write_text("")  # makes the whole policy invalid
+    done = admin(dirs, "policy.Replace+30-user", b"any\n" + USER_RULE.encode())
     assert (done.returncode, done.stdout) == (2, b"")
-    assert done.stderr == f"Internal error. See {str(world.log)!r} in dom0 for details.".encode()
-    assert "Traceback" in world.log.read_text()
+    assert done.stderr == f"Internal error. See {str(dirs.log)!r} in dom0 for details.".encode()
+    assert "Traceback" in dirs.log.read_text()
 
 
 # --- qubes-policy through qrexec-client -----------------------------------------------------
 
 
 def policy(
-    w: World, *args: str, input: bytes = b""
+    w: AdminSetup, *args: str, input: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         program("qubes_policy") + list(args),
@@ -223,44 +226,44 @@ def policy(
     )
 
 
-def test_s69_qubes_policy(world: World) -> None:
-    (world.policy / "10-a.policy").write_text("")
-    done = policy(world, "-l")
+def test_s69_qubes_policy(dirs: AdminSetup) -> None:
+    (dirs.policy / "10-a.policy").write_text("")
+    done = policy(dirs, "-l")
     assert (done.returncode, done.stdout, done.stderr) == (0, b"10-a\n30-user\n", b"")
-    assert policy(world).stdout == b"10-a\n30-user\n"
-    done = policy(world, "-g", "30-user")
+    assert policy(dirs).stdout == b"10-a\n30-user\n"
+    done = policy(dirs, "-g", "30-user")
     assert (done.returncode, done.stdout) == (0, USER_RULE.encode())
-    done = policy(world, "-r", "30-user", input=b"test.Svc * work vault deny\n")
+    done = policy(dirs, "-r", "30-user", input=b"test.Svc * work vault deny\n")
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
-    assert world.user.read_text() == "test.Svc * work vault deny\n"
-    done = policy(world, "-l", "30-user")
+    assert dirs.user.read_text() == "test.Svc * work vault deny\n"
+    done = policy(dirs, "-l", "30-user")
     assert done.returncode == 2
     assert b"qubes-policy: error: --list doesn't work with a file name" in done.stderr
-    done = policy(world, "-g")
+    done = policy(dirs, "-g")
     assert done.returncode == 2
     assert b"qubes-policy: error: you need to provide a file name" in done.stderr
-    done = policy(world, "-g", "a/b")
+    done = policy(dirs, "-g", "a/b")
     assert done.returncode == 2
     assert b"qubes-policy: error: invalid character(s) in RPCNAME: '/'" in done.stderr
 
 
-def test_qubes_policy_include_and_errors(world: World) -> None:
-    done = policy(world, "-r", "include/x", input=b"x * a b deny\n")
+def test_qubes_policy_include_and_errors(dirs: AdminSetup) -> None:
+    done = policy(dirs, "-r", "include/x", input=b"x * a b deny\n")
     assert done.returncode == 0, done.stderr
-    assert policy(world, "-l", "include").stdout == b"x\n"
-    assert policy(world, "-g", "include/x").stdout == b"x * a b deny\n"
-    done = policy(world, "-g", "missing")
+    assert policy(dirs, "-l", "include").stdout == b"x\n"
+    assert policy(dirs, "-g", "include/x").stdout == b"x * a b deny\n"
+    done = policy(dirs, "-g", "missing")
     assert (done.returncode, done.stdout) == (1, b"")
-    assert done.stderr == f"Not found: {world.policy}/missing.policy\n".encode()
-    done = policy(world, "-r", "30-user", input=b"test.Svc * work\n")
+    assert done.stderr == f"Not found: {dirs.policy}/missing.policy\n".encode()
+    done = policy(dirs, "-r", "30-user", input=b"test.Svc * work\n")
     assert done.returncode == 1
     assert done.stderr == (
-        f"Policy change validation failed: {world.user}:1: wrong number of fields\n".encode()
+        f"Policy change validation failed: {dirs.user}:1: wrong number of fields\n".encode()
     )
-    assert policy(world, "-d", "include/x").returncode == 0
-    assert policy(world, "-l", "include/").stdout == b""
-    (world.rpc / "policy.List").unlink()  # the call itself fails
-    done = policy(world, "-l")
+    assert policy(dirs, "-d", "include/x").returncode == 0
+    assert policy(dirs, "-l", "include/").stdout == b""
+    (dirs.rpc / "policy.List").unlink()  # the call itself fails
+    done = policy(dirs, "-l")
     assert done.returncode == 1
     assert done.stderr.startswith(b"Command failed")
 
@@ -279,7 +282,7 @@ def test_call_argv_in_a_vm() -> None:
 
 
 def editor(
-    w: World, script: str, *args: str, input: bytes = b""
+    w: AdminSetup, script: str, *args: str, input: bytes = b""
 ) -> subprocess.CompletedProcess[str]:
     path = w.tmp / "edit.sh"
     _executable(path, "#!/bin/sh\n" + script)
@@ -293,64 +296,64 @@ def editor(
     )
 
 
-def leftovers(w: World) -> list[str]:
+def leftovers(w: AdminSetup) -> list[str]:
     return sorted(p.name for p in (w.tmp / "edit").iterdir())
 
 
-def test_editor_edits_the_file(world: World) -> None:
+def test_editor_edits_the_file(dirs: AdminSetup) -> None:
     # the editor is called as `EDITOR -- FILE`
-    done = editor(world, '[ "$1" = -- ] && sed -i s/allow/deny/ "$2"\n')
+    done = editor(dirs, '[ "$1" = -- ] && sed -i s/allow/deny/ "$2"\n')
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
-    assert world.user.read_text() == "test.Svc * work vault deny\n"
-    assert leftovers(world) == []
+    assert dirs.user.read_text() == "test.Svc * work vault deny\n"
+    assert leftovers(dirs) == []
     # include files are linted in the legacy syntax of !include-service files
-    done = editor(world, 'echo "work vault allow" > "$2"\n', "include/new")
+    done = editor(dirs, 'echo "work vault allow" > "$2"\n', "include/new")
     assert done.returncode == 0, done.stderr
-    assert (world.policy / "include" / "new").read_text() == "work vault allow\n"
+    assert (dirs.policy / "include" / "new").read_text() == "work vault allow\n"
 
 
-def test_editor_quits_on_lint_errors(world: World) -> None:
-    done = editor(world, 'echo "test.Svc * work" > "$2"\n', input=b"x\nq\n")
+def test_editor_quits_on_lint_errors(dirs: AdminSetup) -> None:
+    done = editor(dirs, 'echo "test.Svc * work" > "$2"\n', input=b"x\nq\n")
     assert done.returncode == 0
-    (kept,) = leftovers(world)
+    (kept,) = leftovers(dirs)
     assert kept.endswith("_30-user.policy")
-    assert done.stdout == f"{world.tmp}/edit/{kept}:1: error: wrong number of fields\n"
+    assert done.stdout == f"{dirs.tmp}/edit/{kept}:1: error: wrong number of fields\n"
     assert done.stderr == (
         "Linting failed, do you want to:\n  (e)dit again\n  (q)uit without saving changes?\n"
         "What now? What now? "
     )
-    assert world.user.read_text() == USER_RULE
+    assert dirs.user.read_text() == USER_RULE
 
 
-def test_editor_edits_again_after_lint_errors(world: World) -> None:
-    count = world.tmp / "count"
+def test_editor_edits_again_after_lint_errors(dirs: AdminSetup) -> None:
+    count = dirs.tmp / "count"
     script = (
         f'echo x >> {count}\nif [ "$(wc -l < {count})" -eq 1 ]; then echo "broken" > "$2"\n'
         'else echo "test.Svc * work vault deny" > "$2"; fi\n'
     )
-    done = editor(world, script, "40-new.policy", input=b"e\n")
+    done = editor(dirs, script, "40-new.policy", input=b"e\n")
     assert done.returncode == 0, done.stderr
     assert count.read_text() == "x\nx\n"
-    assert (world.policy / "40-new.policy").read_text() == "test.Svc * work vault deny\n"
-    assert leftovers(world) == []
+    assert (dirs.policy / "40-new.policy").read_text() == "test.Svc * work vault deny\n"
+    assert leftovers(dirs) == []
 
 
-def test_editor_names_and_refusals(world: World) -> None:
-    done = editor(world, "exit 0\n", "a/b$")
+def test_editor_names_and_refusals(dirs: AdminSetup) -> None:
+    done = editor(dirs, "exit 0\n", "a/b$")
     assert (done.returncode, done.stdout) == (1, "invalid character(s) in the file name: '$/'\n")
-    done = editor(world, "exit 3\n")
+    done = editor(dirs, "exit 3\n")
     assert done.returncode == 1
     assert done.stderr.startswith("Failed to open editor: ")
-    before = leftovers(world)
+    before = leftovers(dirs)
     # someone else changes the file meanwhile: the token no longer matches
-    done = editor(world, f'echo "x * a b deny" > {world.user}\necho "y * a b deny" > "$2"\n')
+    done = editor(dirs, f'echo "x * a b deny" > {dirs.user}\necho "y * a b deny" > "$2"\n')
     assert done.returncode == 1
-    (kept,) = set(leftovers(world)) - set(before)
+    (kept,) = set(leftovers(dirs)) - set(before)
     assert done.stderr == (
-        f"Failed to replace policy '30-user' with file '{world.tmp}/edit/{kept}': "
+        f"Failed to replace policy '30-user' with file '{dirs.tmp}/edit/{kept}': "
         "Token mismatch\n"
     )
-    assert world.user.read_text() == "x * a b deny\n"
+    assert dirs.user.read_text() == "x * a b deny\n"
 
 
 # --- qrexec-host's dom0 services --------------------------------------------------------------

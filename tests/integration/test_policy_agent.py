@@ -11,9 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from .agent_setup import AgentSetup
-from .harness import wait_for
-from .policy_fakes import query
+from .fixtures.fakes import query
+from .fixtures.policy import PolicyAgent
+from .fixtures.processes import wait_for
 
 ASK_POLICY = "test.Svc * work sys-usb deny\ntest.Svc * work @anyvm ask default_target=vault\n"
 W26_TARGETS = [
@@ -32,7 +32,7 @@ def answer_program(tmp: Path, body: str) -> str:
     return f"{sys.executable} {path}"
 
 
-def test_answer_program_allows(agent_setup: AgentSetup) -> None:
+def test_answer_program_allows(agent_setup: PolicyAgent) -> None:
     d = agent_setup.daemon
     seen = d.tmp / "seen.json"
     d.write("30-user.policy", ASK_POLICY)
@@ -49,7 +49,7 @@ def test_answer_program_allows(agent_setup: AgentSetup) -> None:
     assert request["default_target"] == "vault"
 
 
-def test_answer_program_denies_and_invalid_choice(agent_setup: AgentSetup) -> None:
+def test_answer_program_denies_and_invalid_choice(agent_setup: PolicyAgent) -> None:
     d = agent_setup.daemon
     d.write("30-user.policy", ASK_POLICY)
     body = "print('deny' if request['argument'] == '+no' else 'allow:sys-usb')\n"
@@ -63,7 +63,7 @@ def test_answer_program_denies_and_invalid_choice(agent_setup: AgentSetup) -> No
     assert "gave an invalid answer: 'allow:sys-usb'" in agent_setup.stop()
 
 
-def test_notifications_logged(agent_setup: AgentSetup) -> None:
+def test_notifications_logged(agent_setup: PolicyAgent) -> None:
     d = agent_setup.daemon
     d.write("30-user.policy", "test.Svc * work vault allow notify=yes\n")
     agent_setup.start("--answer-program", "false")
@@ -78,7 +78,7 @@ def test_notifications_logged(agent_setup: AgentSetup) -> None:
     agent_setup.stop()
 
 
-def test_slow_answer_does_not_block_another(agent_setup: AgentSetup) -> None:
+def test_slow_answer_does_not_block_another(agent_setup: PolicyAgent) -> None:
     d = agent_setup.daemon
     release = d.tmp / "release"
     asked = d.tmp / "asked"
@@ -105,7 +105,7 @@ def test_slow_answer_does_not_block_another(agent_setup: AgentSetup) -> None:
     assert results[0].startswith(b"user=DEFAULT\nresult=allow\ntarget=vault\n")
 
 
-def test_without_front_end_asks_are_denied(agent_setup: AgentSetup) -> None:
+def test_without_front_end_asks_are_denied(agent_setup: PolicyAgent) -> None:
     d = agent_setup.daemon
     d.write("30-user.policy", ASK_POLICY)
     agent_setup.start()
@@ -114,7 +114,7 @@ def test_without_front_end_asks_are_denied(agent_setup: AgentSetup) -> None:
     assert "no front end to ask about test.Svc from work: deny" in agent_setup.stop()
 
 
-def test_hostile_connection_does_not_kill_the_agent(agent_setup: AgentSetup) -> None:
+def test_hostile_connection_does_not_kill_the_agent(agent_setup: PolicyAgent) -> None:
     agent_setup.start("--answer-program", "echo allow:vault")
     for data in (b"\xff\0\0", b"policy.Ask dom0\0" + b"{" * 200000, b"policy.Ask\0{}"):
         assert query(agent_setup.socket, data) in (b"deny", b"")
@@ -127,7 +127,7 @@ def test_hostile_connection_does_not_kill_the_agent(agent_setup: AgentSetup) -> 
     assert agent_setup.proc is not None and agent_setup.proc.poll() is None
 
 
-def test_terminal_front_end_through_a_pty(agent_setup: AgentSetup) -> None:
+def test_terminal_front_end_through_a_pty(agent_setup: PolicyAgent) -> None:
     d = agent_setup.daemon
     d.write("30-user.policy", ASK_POLICY)
     master, slave = os.openpty()
@@ -181,7 +181,7 @@ def test_autostart_only_in_gui_vm_or_dom0(tmp_path: Path) -> None:
     assert out.returncode == 0 and out.stdout.startswith("usage: qrexec-policy-agent")
 
 
-def test_answer_program_remembers_for_a_time(agent_setup: AgentSetup) -> None:
+def test_answer_program_remembers_for_a_time(agent_setup: PolicyAgent) -> None:
     """The extended reply passes the real agent only as offered; the daemon keeps the grant."""
     d = agent_setup.daemon
     d.write("30-user.policy", ASK_POLICY)

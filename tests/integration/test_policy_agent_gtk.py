@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from .agent_setup import AgentSetup
-from .policy_fakes import SRC, query
+from .fixtures.fakes import query
+from .fixtures.policy import PolicyAgent
+from .fixtures.processes import SRC
 
 ROOT = Path(__file__).resolve().parents[2]
 TITLE = "qrexec policy: operation execution"
@@ -147,7 +148,7 @@ def find_dialog(display: str) -> str:
     raise AssertionError("the dialog did not appear")
 
 
-def ask_in_background(setup: AgentSetup) -> tuple[threading.Thread, list[bytes]]:
+def ask_in_background(setup: PolicyAgent) -> tuple[threading.Thread, list[bytes]]:
     results: list[bytes] = []
     data = b"source=work\nintended_target=personal\nservice_and_arg=test.Svc\n\n"
     thread = threading.Thread(target=lambda: results.append(query(setup.daemon.socket, data)))
@@ -155,7 +156,8 @@ def ask_in_background(setup: AgentSetup) -> tuple[threading.Thread, list[bytes]]
     return thread, results
 
 
-def test_agent_answers_the_daemon_through_the_dialog(display: str, agent_setup: AgentSetup) -> None:
+def test_agent_answers_the_daemon_through_the_dialog(display: str,
+                                                     agent_setup: PolicyAgent) -> None:
     """Real keystrokes to the real agent's dialog; the real daemon gets allow, then deny."""
     d = agent_setup.daemon
     d.write("30-user.policy", ASK_POLICY)

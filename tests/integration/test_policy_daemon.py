@@ -6,7 +6,8 @@ import json
 import socket
 import threading
 
-from .policy_fakes import DaemonSetup, query
+from .fixtures.fakes import query
+from .fixtures.policy import PolicyDaemon
 
 W1 = (
     b"user=DEFAULT\nresult=allow\ntarget=vault\n"
@@ -21,7 +22,7 @@ def req(source: str, target: str, service: str, extra: str = "") -> bytes:
     )
 
 
-def test_allow_and_deny(setup: DaemonSetup) -> None:
+def test_allow_and_deny(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", "test.Svc * work vault allow\n")
     setup.start()
     assert query(setup.socket, req("work", "vault", "test.Svc")) == W1
@@ -35,14 +36,14 @@ def test_allow_and_deny(setup: DaemonSetup) -> None:
     assert json.loads(payload)["resolution"] == "deny"
 
 
-def test_request_without_empty_line_and_v4_keys(setup: DaemonSetup) -> None:
+def test_request_without_empty_line_and_v4_keys(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", "test.Svc * work vault allow\n")
     setup.start()
     data = b"source=work\nrequested_source=\nintended_target=vault\nservice_and_arg=test.Svc"
     assert query(setup.socket, data) == W1
 
 
-def test_strict_request_parsing(setup: DaemonSetup) -> None:
+def test_strict_request_parsing(setup: PolicyDaemon) -> None:
     """S43: a `domain_id` line (or any other bad request) closes without an answer; the
     same request without it is answered."""
     setup.write("30-user.policy", "test.Svc * work vault allow\n")
@@ -61,7 +62,7 @@ def test_strict_request_parsing(setup: DaemonSetup) -> None:
     assert setup.stop().count("error parsing policy request:") == len(bad)
 
 
-def test_reload_sees_finished_change(setup: DaemonSetup) -> None:
+def test_reload_sees_finished_change(setup: PolicyDaemon) -> None:
     policy = setup.write("30-user.policy", "test.Svc * work vault allow\n")
     setup.start()
     for _ in range(5):  # rewrite in place, same size: stat data alone may not change
@@ -75,7 +76,7 @@ def test_reload_sees_finished_change(setup: DaemonSetup) -> None:
     assert query(setup.socket, req("work", "vault", "test.Svc")) == W1
 
 
-def test_broken_policy_denies_and_recovers(setup: DaemonSetup) -> None:
+def test_broken_policy_denies_and_recovers(setup: PolicyDaemon) -> None:
     path = setup.write("40-x.policy", "test.Svc * work vault allow default_target=personal\n")
     setup.write("30-user.policy", "test.Svc * work vault allow\n")
     setup.start()
@@ -91,7 +92,7 @@ def test_broken_policy_denies_and_recovers(setup: DaemonSetup) -> None:
     assert setup.agent.received(b"policy.Notify") == []
 
 
-def test_system_info_changes_are_seen(setup: DaemonSetup) -> None:
+def test_system_info_changes_are_seen(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", "test.Svc * work vault allow autostart=no\n")
     setup.start()
     assert query(setup.socket, req("work", "vault", "test.Svc")) == b"result=deny"
@@ -104,7 +105,7 @@ def test_system_info_changes_are_seen(setup: DaemonSetup) -> None:
     assert "error getting system info: QubesException: no" in setup.stop()
 
 
-def test_ask_dialog(setup: DaemonSetup) -> None:
+def test_ask_dialog(setup: PolicyDaemon) -> None:
     setup.write(
         "30-user.policy",
         "test.Svc * work sys-usb deny\ntest.Svc * work @anyvm ask default_target=vault\n",
@@ -123,7 +124,7 @@ def test_ask_dialog(setup: DaemonSetup) -> None:
     assert ask["default_target"] == "vault"
 
 
-def test_slow_ask_does_not_block_other_requests(setup: DaemonSetup) -> None:
+def test_slow_ask_does_not_block_other_requests(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", "test.Ask * work @anyvm ask\ntest.Svc * work vault allow\n")
     release = threading.Event()
     asked = threading.Event()
@@ -148,7 +149,7 @@ def test_slow_ask_does_not_block_other_requests(setup: DaemonSetup) -> None:
     assert answer.startswith(b"user=DEFAULT\nresult=allow\ntarget=personal\n")
 
 
-def test_eval_simple(setup: DaemonSetup) -> None:
+def test_eval_simple(setup: PolicyDaemon) -> None:
     """S44: ask is assumed yes; an empty argument or a 32-byte source closes unanswered."""
     setup.write("30-user.policy", "test.Svc * work vault ask\n")
     setup.start()
@@ -163,7 +164,7 @@ def test_eval_simple(setup: DaemonSetup) -> None:
     assert setup.agent.received(b"policy.Ask") == []
 
 
-def test_eval_gui_requires_guivm_tags(setup: DaemonSetup) -> None:
+def test_eval_gui_requires_guivm_tags(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", "test.Svc * work vault allow\n")
     head = b"policy.EvalGUI+test.Svc sys-gui keyword adminvm\0"
     setup.start()
@@ -175,7 +176,7 @@ def test_eval_gui_requires_guivm_tags(setup: DaemonSetup) -> None:
     assert query(setup.gui_socket, head + b"work\0vault") == b"result=allow\n"
 
 
-def test_legacy_only_host(setup: DaemonSetup) -> None:
+def test_legacy_only_host(setup: PolicyDaemon) -> None:
     setup.etc.rmdir()
     setup.write("test.Add", "$anyvm $anyvm allow\n", setup.legacy)
     setup.start()
@@ -185,7 +186,7 @@ def test_legacy_only_host(setup: DaemonSetup) -> None:
     assert query(setup.socket, req("work", "personal", "test.Other")) == b"result=deny"
 
 
-def test_reload_follows_includes_outside_the_directories(setup: DaemonSetup) -> None:
+def test_reload_follows_includes_outside_the_directories(setup: PolicyDaemon) -> None:
     outside = setup.tmp / "outside"
     setup.write("30-user.policy", f"!include-dir {outside}\n!include {outside}-file\n")
     setup.start()
@@ -199,7 +200,7 @@ def test_reload_follows_includes_outside_the_directories(setup: DaemonSetup) -> 
     assert "not a directory" in setup.stop()
 
 
-def test_legacy_file_named_plus_argument(setup: DaemonSetup) -> None:
+def test_legacy_file_named_plus_argument(setup: PolicyDaemon) -> None:
     """A legacy file `+x` answers requests for `+x` (the empty service); a broken one breaks the
     whole policy, as any policy file does."""
     setup.write("35-compat.policy", "!compat-4.0\n")

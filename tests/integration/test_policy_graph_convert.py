@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from .policy_fakes import FIXTURE, DaemonSetup, program
+from .fixtures.fakes import FIXTURE
+from .fixtures.policy import PolicyDaemon
+from .fixtures.processes import program
 
 S71_POLICY = "test.Service * work personal allow\ntest.Service * sys-usb personal ask\n"
 S71_OUTPUT = (
@@ -21,7 +23,7 @@ HEADING = "\n# Policy rules in this file were automatically converted from old\n
 SUCCESS = "Successfully converted old policy to new format.\n"
 
 
-def graph(setup: DaemonSetup, *args: str) -> subprocess.CompletedProcess[str]:
+def graph(setup: PolicyDaemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         program("qrexec_policy_graph") + list(args),
         env=setup.env,
@@ -31,7 +33,7 @@ def graph(setup: DaemonSetup, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_s71_graph_from_a_system_info_file(setup: DaemonSetup) -> None:
+def test_s71_graph_from_a_system_info_file(setup: PolicyDaemon) -> None:
     setup.write("10-test.policy", S71_POLICY)
     base = ["--policy-dir", str(setup.etc), "--system-info", str(FIXTURE)]
     done = graph(setup, *base)
@@ -48,7 +50,7 @@ def test_s71_graph_from_a_system_info_file(setup: DaemonSetup) -> None:
     assert not setup.qubesd.requests  # the file was used, qubesd never asked
 
 
-def test_graph_asks_qubesd_and_writes_output(setup: DaemonSetup) -> None:
+def test_graph_asks_qubesd_and_writes_output(setup: PolicyDaemon) -> None:
     setup.write("10-test.policy", S71_POLICY)
     out = setup.tmp / "g.dot"
     # the default directory is $QREXEC_POLICY_DIR (ext)
@@ -66,14 +68,14 @@ def test_graph_asks_qubesd_and_writes_output(setup: DaemonSetup) -> None:
         (["--target", "@anyvm"], "--target @anyvm is not a valid actual call target"),
     ],
 )
-def test_graph_option_errors(setup: DaemonSetup, args: list[str], message: str) -> None:
+def test_graph_option_errors(setup: PolicyDaemon, args: list[str], message: str) -> None:
     done = graph(setup, "--policy-dir", str(setup.etc), "--system-info", str(FIXTURE), *args)
     assert done.returncode == 2
     assert f"qrexec-policy-graph: error: {message}" in done.stderr
     assert done.stdout == ""
 
 
-def test_graph_failures_exit_1(setup: DaemonSetup) -> None:
+def test_graph_failures_exit_1(setup: PolicyDaemon) -> None:
     setup.write("10-test.policy", "test.Service * work\n")
     done = graph(setup, "--policy-dir", str(setup.etc), "--system-info", str(FIXTURE))
     assert done.returncode == 1
@@ -86,7 +88,7 @@ def test_graph_failures_exit_1(setup: DaemonSetup) -> None:
 # -- qrexec-legacy-convert ------------------------------------------------------------------
 
 
-def convert(setup: DaemonSetup, answer: str = "") -> subprocess.CompletedProcess[str]:
+def convert(setup: PolicyDaemon, answer: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         program("qrexec_legacy_convert"),
         env={**setup.env, "QREXEC_POLICY_DIR": str(setup.etc)},
@@ -97,7 +99,7 @@ def convert(setup: DaemonSetup, answer: str = "") -> subprocess.CompletedProcess
     )
 
 
-def policy_exec(setup: DaemonSetup, source: str, target: str, service: str) -> tuple[int, str]:
+def policy_exec(setup: PolicyDaemon, source: str, target: str, service: str) -> tuple[int, str]:
     done = subprocess.run(
         program("qrexec_policy_exec") + [f"--path={setup.etc}", source, target, service],
         env=setup.env,
@@ -108,7 +110,7 @@ def policy_exec(setup: DaemonSetup, source: str, target: str, service: str) -> t
     return done.returncode, done.stdout
 
 
-def legacy_world(setup: DaemonSetup, files: dict[str, str]) -> None:
+def legacy_world(setup: PolicyDaemon, files: dict[str, str]) -> None:
     setup.write("35-compat.policy", "!compat-4.0\n")
     setup.legacy.mkdir()
     for name, text in files.items():
@@ -129,7 +131,7 @@ CALLS = [
 ]
 
 
-def test_s74_convert(setup: DaemonSetup) -> None:
+def test_s74_convert(setup: PolicyDaemon) -> None:
     legacy_world(
         setup,
         {
@@ -168,7 +170,7 @@ def test_s74_convert(setup: DaemonSetup) -> None:
     assert before[0][0] == 0 and before[2][0] == 1 and before[4][0] == 0
 
 
-def test_convert_prepends_to_existing_files_with_backups(setup: DaemonSetup) -> None:
+def test_convert_prepends_to_existing_files_with_backups(setup: PolicyDaemon) -> None:
     legacy_world(
         setup,
         {"qubes.Filecopy": "work personal ask\n", "qubes.Gpg": "work vault allow\n"},
@@ -196,13 +198,13 @@ def test_convert_prepends_to_existing_files_with_backups(setup: DaemonSetup) -> 
 SHADOWED = "test.Svc +a @anyvm @anyvm ask\n"
 
 
-def changing_world(setup: DaemonSetup) -> tuple[dict[str, str], dict[str, str]]:
+def changing_world(setup: PolicyDaemon) -> tuple[dict[str, str], dict[str, str]]:
     legacy_world(setup, {"test.Svc+a": "work vault allow\n"})
     setup.write("90-default.policy", SHADOWED)
     return listing(setup.etc), listing(setup.legacy)
 
 
-def test_convert_difference_reverted(setup: DaemonSetup) -> None:
+def test_convert_difference_reverted(setup: PolicyDaemon) -> None:
     etc, legacy = changing_world(setup)
     done = convert(setup, "Y\n")
     assert done.returncode == 1
@@ -216,7 +218,7 @@ def test_convert_difference_reverted(setup: DaemonSetup) -> None:
     assert (listing(setup.etc), listing(setup.legacy)) == (etc, legacy)
 
 
-def test_convert_difference_reverted_without_an_answer(setup: DaemonSetup) -> None:
+def test_convert_difference_reverted_without_an_answer(setup: PolicyDaemon) -> None:
     etc, legacy = changing_world(setup)
     setup.write("30-user.policy", "test.Mine * work vault allow\n")
     etc = listing(setup.etc)
@@ -226,7 +228,7 @@ def test_convert_difference_reverted_without_an_answer(setup: DaemonSetup) -> No
     assert (listing(setup.etc), listing(setup.legacy)) == (etc, legacy)
 
 
-def test_convert_difference_kept(setup: DaemonSetup) -> None:
+def test_convert_difference_kept(setup: PolicyDaemon) -> None:
     changing_world(setup)
     done = convert(setup, "n\n")
     assert done.returncode == 0

@@ -16,7 +16,7 @@ import pytest
 
 from pyqrexec.cli import policy_register_argument
 
-from .harness import SRC, program
+from .fixtures.processes import SRC, program
 
 GRANT = "policy.RegisterArgument +u2f.Authenticate sys-usb @anyvm allow target=dom0\n"
 LINE = "u2f.Authenticate +KEY1 work sys-usb allow\n"

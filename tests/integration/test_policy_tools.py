@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from .policy_fakes import SRC, DaemonSetup, program
+from .fixtures.policy import PolicyDaemon
+from .fixtures.processes import SRC, program
 
 W1_LINES = (
     "user=DEFAULT\nresult=allow\ntarget=vault\n"
@@ -18,7 +19,7 @@ W1_LINES = (
 )
 
 
-def policy_exec(setup: DaemonSetup, *args: str) -> subprocess.CompletedProcess[str]:
+def policy_exec(setup: PolicyDaemon, *args: str) -> subprocess.CompletedProcess[str]:
     """Run qrexec-policy-exec (with `--path` to the test's directory unless given)."""
     return subprocess.run(
         program("qrexec_policy_exec")
@@ -31,7 +32,7 @@ def policy_exec(setup: DaemonSetup, *args: str) -> subprocess.CompletedProcess[s
     )
 
 
-def test_three_arguments(setup: DaemonSetup) -> None:
+def test_three_arguments(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", "test.Svc * work vault allow\n")
     done = policy_exec(setup, "work", "vault", "test.Svc")
     assert (done.returncode, done.stdout) == (0, W1_LINES)
@@ -46,7 +47,7 @@ def test_three_arguments(setup: DaemonSetup) -> None:
     assert "Must have 3 or 5 positional arguments, not 2" in done.stderr
 
 
-def test_path_replaces_defaults(setup: DaemonSetup) -> None:
+def test_path_replaces_defaults(setup: PolicyDaemon) -> None:
     """--path works (upstream crashes) and only the given directories are read."""
     setup.write("30-user.policy", "test.Svc * work vault deny\n", setup.run)
     setup.write("30-user.policy", "test.Svc * work vault allow\n")
@@ -57,7 +58,7 @@ def test_path_replaces_defaults(setup: DaemonSetup) -> None:
     assert policy_exec(setup, etc, run, "work", "vault", "test.Svc").returncode == 0
 
 
-def test_assume_yes_and_ask(setup: DaemonSetup) -> None:
+def test_assume_yes_and_ask(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", "test.Svc * work @anyvm ask\n")
     done = policy_exec(setup, "--assume-yes-for-ask", "work", "vault", "test.Svc")
     assert (done.returncode, done.stdout) == (0, W1_LINES)
@@ -71,7 +72,7 @@ def test_assume_yes_and_ask(setup: DaemonSetup) -> None:
     assert len(setup.agent.received(b"policy.Ask")) == 1
 
 
-def test_loopback(setup: DaemonSetup) -> None:
+def test_loopback(setup: PolicyDaemon) -> None:
     setup.write("30-user.policy", "test.Svc * @anyvm @anyvm allow\n")
     done = policy_exec(setup, "work", "work", "test.Svc")
     assert (done.returncode, done.stdout) == (1, "result=deny\n")
@@ -80,7 +81,7 @@ def test_loopback(setup: DaemonSetup) -> None:
 
 
 @pytest.fixture
-def fake_client(setup: DaemonSetup) -> Path:
+def fake_client(setup: PolicyDaemon) -> Path:
     """A `qrexec-client` on PATH that records its arguments."""
     bindir = setup.tmp / "bin"
     bindir.mkdir()
@@ -95,7 +96,7 @@ def fake_client(setup: DaemonSetup) -> Path:
     return record
 
 
-def test_five_arguments_vm(setup: DaemonSetup, fake_client: Path) -> None:
+def test_five_arguments_vm(setup: PolicyDaemon, fake_client: Path) -> None:
     setup.write("30-user.policy", "test.Svc * work vault allow user=root\n")
     setup.qubesd.errors["admin.vm.Start"] = b"2\0QubesVMNotHaltedError\0\0Domain is running\0"
     done = policy_exec(setup, "--", "5", "work", "vault", "test.Svc+x", "SOCKET7")
@@ -113,7 +114,7 @@ def test_five_arguments_vm(setup: DaemonSetup, fake_client: Path) -> None:
     )
 
 
-def test_five_arguments_dom0_and_dispvm(setup: DaemonSetup, fake_client: Path) -> None:
+def test_five_arguments_dom0_and_dispvm(setup: PolicyDaemon, fake_client: Path) -> None:
     setup.write("30-user.policy", "test.Svc * work @adminvm allow\ntest.D * work @dispvm allow\n")
     assert policy_exec(setup, "5", "work", "@adminvm", "test.Svc", "ID").returncode == 0
     assert fake_client.read_text().split("\n") == [
@@ -136,7 +137,7 @@ def test_five_arguments_dom0_and_dispvm(setup: DaemonSetup, fake_client: Path) -
     assert not fake_client.exists()
 
 
-def test_explain(setup: DaemonSetup) -> None:
+def test_explain(setup: PolicyDaemon) -> None:
     setup.write(
         "30-user.policy",
         "test.Svc * personal vault allow\ntest.Svc * work sys-usb deny\n"

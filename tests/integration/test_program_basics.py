@@ -13,7 +13,7 @@ import pytest
 
 from pyqrexec import __version__
 
-from .harness import PYTHON, SRC
+from .fixtures.processes import PYTHON, SRC
 
 _PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 #: upstream's own status for --help where it is not 0

@@ -15,9 +15,9 @@ import pytest
 from pyqrexec.call.dom0_service import Dom0CallResult, run_dom0_service
 from pyqrexec.protocol.constants import MsgType
 
-from .connect_fakes import SourceAgent, accept_data, speak_as_caller, start_source
-from .harness import Domain, QrexecHost, program, wait_for
-from .policy_fakes import FakeQubesd
+from .fixtures.connect import SourceAgent, accept_data, speak_as_caller, start_source
+from .fixtures.fakes import FakeQubesd
+from .fixtures.processes import Domain, QrexecHost, program, wait_for
 
 STDOUT, STDERR, EXIT = MsgType.DATA_STDOUT, MsgType.DATA_STDERR, MsgType.DATA_EXIT_CODE
 

@@ -16,8 +16,8 @@ import pytest
 from pyqrexec.qubesd.client import QubesdError
 from pyqrexec.remote.sshproxy import ssh_argv
 
-from .harness import program, wait_for
-from .remote_world import ECHO, SSHD, STATUS, RemoteHost, account, join, needs_ssh
+from .fixtures.processes import program, wait_for
+from .fixtures.remote import ECHO, SSHD, STATUS, RemoteHost, account, join, needs_ssh
 
 pytestmark = needs_ssh
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .remote_world import ECHO, RemoteHost, join, needs_ssh
+from .fixtures.remote import ECHO, RemoteHost, join, needs_ssh
 
 pytestmark = needs_ssh
 

@@ -15,10 +15,10 @@ import pytest
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import parse_exec
 
-from .calls import World
-from .harness import QrexecHost, wait_for
-from .rawcalls import raw_dom0_exec
-from .wiretap import EXIT, HELLO, STDERR, STDOUT, Tap, tapped_domain, tapped_world
+from .fixtures.processes import QrexecHost, wait_for
+from .fixtures.rawcalls import raw_dom0_exec
+from .fixtures.wiretap import EXIT, HELLO, STDERR, STDOUT, Tap, tapped_domain, tapped_world
+from .fixtures.world import World
 
 
 @pytest.fixture

@@ -13,11 +13,21 @@ import pytest
 
 from pyqrexec.protocol.messages import hello
 
-from .calls import NOBODY, World, write_exe
-from .harness import QrexecHost, wait_for
-from .rawcalls import children, split_messages
+from .fixtures.processes import QrexecHost, wait_for
+from .fixtures.rawcalls import children, split_messages
+from .fixtures.wiretap import (
+    EXIT,
+    HELLO,
+    STDERR,
+    STDIN,
+    STDOUT,
+    Connection,
+    Message,
+    Tap,
+    tapped_world,
+)
+from .fixtures.world import NOBODY, World, write_exe
 from .test_hostile_data_channel import as_caller, msg
-from .wiretap import EXIT, HELLO, STDERR, STDIN, STDOUT, Connection, Message, Tap, tapped_world
 
 
 @pytest.fixture

@@ -10,17 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from .calls import ALLOW_ALL, NOBODY, World
-from .harness import QrexecHost
-from .policy_fakes import FakeServer
+from .fixtures.fakes import FakeServer
+from .fixtures.processes import QrexecHost
+from .fixtures.world import ALLOW_ALL, NOBODY, World
 from .test_spawn import serve_tcp_once
 
-
-@pytest.fixture
-def world(host: QrexecHost) -> World:
-    w = World(host)
-    w.domain("work", 5)
-    return w
+pytestmark = pytest.mark.world(domains={"work": 5})
 
 
 def rpc_config(w: World, vm: str, service: str, text: str) -> None:

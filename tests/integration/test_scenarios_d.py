@@ -1,5 +1,6 @@
 """scenarios.md D (policy, S31-S47) end to end: qrexec-client-vm in a domain, real daemons and
-agents, and dom0's real qrexec-policy-daemon and qrexec-policy-agent (policy_world.py).
+agents, and dom0's real qrexec-policy-daemon and qrexec-policy-agent (fixtures/world.py,
+`policy_daemon=True`).
 
 S40 is test_host_scenarios_a.py::test_s1_seed_howto (bare `anyvm`); S43 and S44 talk to the
 policy sockets only: test_policy_daemon.py::test_strict_request_parsing and ::test_eval_simple.
@@ -13,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from .harness import program, wait_for
-from .policy_world import USER, PolicyWorld, policy_world
+from .fixtures.processes import program, temporary_host, wait_for
+from .fixtures.world import USER, World
 
 DOMIDS = {"work": 5, "personal": 6, "vault": 7, "sys-usb": 10, "relay": 12}
 COMPAT = {"35-compat": "!compat-4.0\n"}
@@ -23,20 +24,23 @@ SVC = '#!/bin/sh\necho "$QREXEC_SERVICE_FULL_NAME in {vm} from $QREXEC_REMOTE_DO
 
 
 @pytest.fixture(scope="module")
-def world_d() -> Iterator[PolicyWorld]:
-    with policy_world(DOMIDS) as w:
+def world_d() -> Iterator[World]:
+    with temporary_host("qd") as host:
+        w = World(host, policy_daemon=True).start_policy_side()
+        for name, domid in DOMIDS.items():
+            w.domain(name, domid)
         for vm in (*DOMIDS, "dom0"):
             for name in ("test.Svc", "test.Dev"):
-                w.world.service(vm, name, SVC.format(vm=vm))
-        w.world.service("vault", "test.File", '#!/bin/sh\necho "content of $1"\n')
-        w.world.service("relay", "qubesair.SSHProxy",
+                w.service(vm, name, SVC.format(vm=vm))
+        w.service("vault", "test.File", '#!/bin/sh\necho "content of $1"\n')
+        w.service("relay", "qubesair.SSHProxy",
                         '#!/bin/sh\necho "proxy $QREXEC_SERVICE_FULL_NAME arg $1 from '
                         '$QREXEC_REMOTE_DOMAIN as $(id -un)"\n')
         yield w
 
 
 @pytest.fixture
-def w(world_d: PolicyWorld) -> PolicyWorld:
+def w(world_d: World) -> World:
     world_d.reset()
     return world_d
 
@@ -50,7 +54,7 @@ def ran(done: subprocess.CompletedProcess[bytes], text: str) -> None:
     assert (done.returncode, done.stdout.decode()) == (0, text + "\n"), done
 
 
-def test_s31_per_argument_rules(w: PolicyWorld) -> None:
+def test_s31_per_argument_rules(w: World) -> None:
     """S31: per-argument rules (W5)."""
     w.policy({"30-user": "test.File +f1 work vault allow\n"
                            "test.File +f2 personal vault allow\n"
@@ -62,18 +66,18 @@ def test_s31_per_argument_rules(w: PolicyWorld) -> None:
         in w.log()
 
 
-def test_s32_first_match_across_files(w: PolicyWorld) -> None:
+def test_s32_first_match_across_files(w: World) -> None:
     """S32: the first match across files wins."""
     w.policy({"10-a": "test.Svc * work vault deny\n", "90-b": "test.Svc * work vault allow\n"})
     refused(w.call("work", "vault", "test.Svc"))
     assert f"denied: denied by policy {w.etc}/10-a.policy:1" in w.log()
 
 
-def test_s33_syntax_error(w: PolicyWorld) -> None:
+def test_s33_syntax_error(w: World) -> None:
     """S33: a syntax error refuses every call until fixed; lint names the line."""
     w.policy({"30-user": "test.Svc * work vault allow\ntest.File * work vault allow\n"})
     ran(w.call("work", "vault", "test.Svc"), "test.Svc+ in vault from work")
-    daemon = w.daemon
+    daemon = w.policy_daemon.proc
     bad = w.etc / "40-x.policy"
     bad.write_text("test.Svc * work vault allow default_target=personal\n")
     mark = len(w.log())
@@ -89,10 +93,10 @@ def test_s33_syntax_error(w: PolicyWorld) -> None:
         b"['default_target=personal']\n")), lint
     bad.write_text("test.Svc * work vault allow\n")
     ran(w.call("work", "vault", "test.Svc"), "test.Svc+ in vault from work")
-    assert w.daemon is daemon and daemon is not None and daemon.poll() is None
+    assert w.policy_daemon.proc is daemon and daemon is not None and daemon.poll() is None
 
 
-def test_s34_unknown_target(w: PolicyWorld) -> None:
+def test_s34_unknown_target(w: World) -> None:
     """S34: an unknown target becomes @default."""
     w.policy({"30-user": "test.Svc * work @default allow target=vault\n"})
     ran(w.call("work", "nosuchvm", "test.Svc"), "test.Svc+ in vault from work")
@@ -105,7 +109,7 @@ W26_TARGETS = [
 ]  # fmt: skip
 
 
-def test_s35_ask_candidates(w: PolicyWorld) -> None:
+def test_s35_ask_candidates(w: World) -> None:
     """S35: ask candidates (W26) as the answer program sees them."""
     w.policy({"30-user": "test.Svc * work sys-usb deny\n"
                            "test.Svc * work @anyvm ask default_target=vault\n"})
@@ -119,7 +123,7 @@ def test_s35_ask_candidates(w: PolicyWorld) -> None:
     assert json.loads(w.ask_json.read_text())["targets"] == W26_TARGETS  # it was asked
 
 
-def test_s36_no_gui_vm(w: PolicyWorld) -> None:
+def test_s36_no_gui_vm(w: World) -> None:
     """S36: ask without a GUI VM refuses without asking."""
     w.policy({"30-user": "test.Svc * sys-usb @anyvm ask\n"})
     w.answer("allow:work")
@@ -129,18 +133,18 @@ def test_s36_no_gui_vm(w: PolicyWorld) -> None:
             "has no GuiVM") in w.log()
 
 
-def test_s37_loopback(w: PolicyWorld) -> None:
+def test_s37_loopback(w: World) -> None:
     """S37: loopback is refused, with a deny notification."""
     w.policy({"30-user": "test.Svc * @anyvm @anyvm allow\n"})
     refused(w.call("work", "work", "test.Svc"))
-    w.notify.wait(1)
+    w.policy_daemon.agent.wait(1)
     assert w.notifications() == [(b"policy.Notify dom0 name dom0", {
         "resolution": "deny", "service": "test.Svc", "argument": "+", "source": "work",
         "target": "work"})]
     assert "work -> work: denied: loopback qrexec connection not supported" in w.log()
 
 
-def test_s38_anyvm_never_means_dom0(w: PolicyWorld) -> None:
+def test_s38_anyvm_never_means_dom0(w: World) -> None:
     """S38: @anyvm never means dom0, in policy.d or legacy files."""
     w.policy({"30-user": "test.Svc * @anyvm @anyvm allow\n"})
     refused(w.call("work", "dom0", "test.Svc"))
@@ -154,7 +158,7 @@ def test_s38_anyvm_never_means_dom0(w: PolicyWorld) -> None:
     ran(w.call("work", "dom0", "test.Svc"), "test.Svc+ in dom0 from work")
 
 
-def test_s39_legacy_files_under_compat(w: PolicyWorld) -> None:
+def test_s39_legacy_files_under_compat(w: World) -> None:
     """S39: legacy files under !compat-4.0 (W35)."""
     w.policy({**COMPAT, "90-default": "test.Dev * @anyvm @anyvm allow\n"})
     (w.legacy / "test.Dev+usb1").write_text("sys-usb work allow\n")
@@ -163,7 +167,7 @@ def test_s39_legacy_files_under_compat(w: PolicyWorld) -> None:
     ran(w.call("sys-usb", "work", "test.Dev+usb1"), "test.Dev+usb1 in work from sys-usb")
 
 
-def test_s41_runtime_override(w: PolicyWorld) -> None:
+def test_s41_runtime_override(w: World) -> None:
     """S41: the runtime directory overrides (W40)."""
     w.policy({"30-user": "test.Svc * work vault deny\n"})
     w.policy({"30-user": "test.Svc * work vault allow\n"}, w.run)
@@ -172,7 +176,7 @@ def test_s41_runtime_override(w: PolicyWorld) -> None:
     refused(w.call("work", "vault", "test.Svc"))
 
 
-def test_s42_policy_daemon_fallback(w: PolicyWorld) -> None:
+def test_s42_policy_daemon_fallback(w: World) -> None:
     """S42: without the policy daemon, qrexec-policy-exec decides alike."""
     w.policy({"30-user": "test.Svc * work vault allow\n"})
     calls = [("work", "vault"), ("personal", "vault")]
@@ -191,11 +195,11 @@ def test_s42_policy_daemon_fallback(w: PolicyWorld) -> None:
         w.start_policy_daemon()
 
 
-def test_s45_notifications(w: PolicyWorld) -> None:
+def test_s45_notifications(w: World) -> None:
     """S45: notifications."""
     w.policy({"30-user": "test.Svc * work vault allow notify=yes\n"})
     ran(w.call("work", "vault", "test.Svc"), "test.Svc+ in vault from work")
-    w.notify.wait(1)
+    w.policy_daemon.agent.wait(1)
     expected = {"resolution": "allow", "service": "test.Svc", "argument": "+",
                 "source": "work", "target": "vault"}
     assert w.notifications() == [(b"policy.Notify dom0 name dom0", expected)]
@@ -205,13 +209,13 @@ def test_s45_notifications(w: PolicyWorld) -> None:
     wait_for(lambda: "work -> vault: denied: denied by policy" in w.log(), 30, "the deny")
     w.policy({"30-user": "test.Svc * work vault deny\n"})
     refused(w.call("work", "vault", "test.Svc"))
-    w.notify.wait(1)
+    w.policy_daemon.agent.wait(1)
     # only the second deny notified: had the first one, it would have arrived by now
     assert w.notifications() == [(b"policy.Notify dom0 name dom0",
                                   {**expected, "resolution": "deny"})]
 
 
-def test_s46_remote_vm_relay(w: PolicyWorld) -> None:
+def test_s46_remote_vm_relay(w: World) -> None:
     """S46: a RemoteVM call runs the transport service in the relay (W32)."""
     w.policy({"30-user": "test.Svc * work remote1 allow user=root\n"})
     ran(w.call("work", "remote1", "test.Svc+x"),
@@ -220,7 +224,7 @@ def test_s46_remote_vm_relay(w: PolicyWorld) -> None:
         in w.log()
 
 
-def test_s47_requested_source(w: PolicyWorld) -> None:
+def test_s47_requested_source(w: World) -> None:
     """S47: requested source (W33)."""
     w.policy({"30-user": "test.Svc * remote1 work allow\n"})
     ran(w.call("relay", "--source-qube=remote1", "work", "test.Svc"),

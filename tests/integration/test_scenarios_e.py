@@ -22,8 +22,7 @@ import pytest
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import hello, pack_exec, pack_header
 
-from .calls import World, fd_count, write_exe
-from .fake_agent import (
+from .fixtures.hostile import (
     RawClient,
     read_until_eof,
     refused,
@@ -31,17 +30,18 @@ from .fake_agent import (
     wait_exit,
     wait_log,
 )
-from .harness import QrexecHost, program, wait_for
-from .rawcalls import (
+from .fixtures.processes import QrexecHost, program, wait_for
+from .fixtures.rawcalls import (
     PolicyRecorder,
     data_handshake,
     raw_dom0_exec,
     raw_vm_call,
     split_messages,
 )
+from .fixtures.wiretap import tapped_domain, tapped_world
+from .fixtures.world import World, fd_count, write_exe
 from .test_daemon_socket import BAD_REQUESTS
 from .test_hostile_agent import raw3, raw4, trigger
-from .wiretap import tapped_domain, tapped_world
 
 IDENT = b"SOCKET7".ljust(32, b"\0")
 
@@ -157,11 +157,11 @@ def test_s62_s64_trigger_of_each_version(host: QrexecHost, recorder: PolicyRecor
                                          announced: int, reply: int) -> None:
     """S62, S63, S64: the daemon replies min(announced, 4) and accepts that version's
     trigger; only a version-4 request carries a requested_source line."""
-    from .fake_agent import FakeAgent, hostile_domain
+    from .fixtures.hostile import HostileAgent, hostile_domain
     from .test_hostile_agent import raw2, raw3
 
     dom = hostile_domain(host)
-    agent = FakeAgent(host, dom.domid)
+    agent = HostileAgent(host, dom.domid)
     dom.start_daemon(wait=False, env={"QREXEC_POLICY_SOCKET": recorder.path})
     assert agent.handshake(announced) == reply
     dom.wait_daemon_ready()

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from .calls import World
-from .fake_agent import socket_paths
-from .harness import Domain, QrexecHost, wait_for
-from .policy_fakes import FakeServer
+from .fixtures.fakes import FakeServer
+from .fixtures.hostile import socket_paths
+from .fixtures.processes import Domain, QrexecHost, wait_for
+from .fixtures.world import World
 
 VAULT_UUID = "33333333-3333-3333-3333-333333333333"
 DVM_UUID = "44444444-4444-4444-4444-444444444444"

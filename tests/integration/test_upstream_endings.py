@@ -21,10 +21,9 @@ import pytest
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER
 
-from .calls import World
-from .fake_agent import read_until_eof, recv_exact, start_attacked_daemon
-from .harness import QrexecHost, wait_for
-from .rawcalls import (
+from .fixtures.hostile import read_until_eof, recv_exact, start_attacked_daemon
+from .fixtures.processes import QrexecHost, wait_for
+from .fixtures.rawcalls import (
     DATA_TIMEOUT,
     as_caller,
     as_dom0_caller,
@@ -34,6 +33,7 @@ from .rawcalls import (
     read_messages,
     split_messages,
 )
+from .fixtures.world import World
 from .test_scenarios_c import rpc_config
 
 STDIN, STDOUT, STDERR, EXIT = (MsgType.DATA_STDIN, MsgType.DATA_STDOUT, MsgType.DATA_STDERR,
@@ -145,7 +145,7 @@ def socket_service_call(host: QrexecHost, where: str) -> Iterator[socket.socket]
     env = {"QREXEC_POLICY_SOCKET": str(host.root / "no-policy.sock"),
            "QREXEC_SERVICE_PATH": str(world.rpc_dir("dom0"))}
     vm, agent = start_attacked_daemon(host, 4, name="work", domid=5, env=env,
-                                      extra=[f"--policy-program={world.policy}"])
+                                      extra=[f"--policy-program={world.policy_program}"])
     with as_dom0_caller(vm, agent, b"test.Sock", b"SOCKET11") as chan:
         yield chan
 

@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from .calls import World, write_exe
-from .harness import QrexecHost
-
-
-@pytest.fixture
-def world(host: QrexecHost) -> World:
-    w = World(host)
-    w.domain("work", 5)
-    w.domain("anotherVM", 7)
-    return w
+from .fixtures.world import World, write_exe
 
 
 def test_seed_howto_test_add(world: World) -> None:
@@ -77,7 +66,7 @@ def test_many_calls_do_not_leak(world: World) -> None:
     work = world.host.domains["work"]
     other = world.host.domains["anotherVM"]
     procs = [p for p in (work.agent, work.daemon, other.agent, other.daemon) if p is not None]
-    from .calls import fd_count
+    from .fixtures.world import fd_count
 
     assert world.call("work", "anotherVM", "test.True").returncode == 0
     before = [fd_count(p.pid) for p in procs]
@@ -121,7 +110,7 @@ def test_single_socket_mode_local_program(world: World) -> None:
 
 
 def test_use_stdin_socket(world: World) -> None:
-    from .harness import program, run_on_stdin_socket
+    from .fixtures.processes import program, run_on_stdin_socket
 
     world.service("anotherVM", "test.Upper", "#!/bin/sh\ntr a-z A-Z\n")
     dom = world.host.domains["work"]
