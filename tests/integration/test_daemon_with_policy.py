@@ -106,6 +106,43 @@ def test_worker_reports_the_end_under_the_decisions_call_id(world: World) -> Non
         assert (end["source"], end["target"], end["scope"], end["status"]) == (
             "work", "vault", "connect", 0)
         assert isinstance(end["duration_ms"], int)
+        # between two VMs the data never passes through dom0: nothing to count
+        assert end["bytes_in"] is None and end["bytes_out"] is None
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_end_of_a_call_to_dom0_counts_the_bytes_each_way(world: World) -> None:
+    """docs/audit.md "Calls' ends": dom0 relays a VM -> dom0 call, and its end record says
+    how many bytes passed each way, as counted by that relay."""
+    import json
+
+    sent, returned = 300_001, 123_457  # more than one data message each way
+    policy = world.host.root / "policy.d" / "30-user.policy"
+    policy.write_text("test.Count * work dom0 allow\n" + POLICY)
+    world.service("dom0", "test.Count",
+                  f"#!/bin/sh\ncat >/dev/null\nhead -c {returned} /dev/zero | tr '\\0' x\n")
+    proc = _start_policy_daemon(world)
+    trail = world.host.root / "qrexec-audit.jsonl"
+    try:
+        r = world.call("work", "dom0", "test.Count", input=b"y" * sent)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b"x" * returned
+
+        def records() -> list[dict[str, object]]:
+            return [json.loads(line) for line in trail.read_text().splitlines()]
+
+        wait_for(lambda: len(records()) == 2, 20, "the end record")
+        decision, end = records()
+        assert decision["decision"] == "allow" and end["call"] == decision["call"]
+        assert (end["target"], end["scope"], end["status"]) == ("dom0", "call", 0)
+        assert (end["bytes_in"], end["bytes_out"]) == (sent, returned)
+        # a call with no data at all: zero each way, not null
+        r = world.call("work", "dom0", "test.Count", input=b"")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: len(records()) == 4, 20, "the second end record")
+        assert (records()[3]["bytes_in"], records()[3]["bytes_out"]) == (0, returned)
     finally:
         proc.terminate()
         proc.wait(10)

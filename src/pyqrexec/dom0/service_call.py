@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ..protocol.cmdline import Command, parse_command, strip_nul
 from ..protocol.constants import EXIT_PROBLEM
 from ..protocol.errors import RemoteProtocolError
+from ..relay import Traffic
 from ..service_side import DOM0_FAILURE_EOFS, relay_started, send_hello, send_status_only
 from ..services.lookup import rpc_config_path_from_env, service_path_from_env
 from ..services.session import run_session_waiter
@@ -50,6 +51,9 @@ class Dom0CallResult:
     #: True: the service ran and `status` is its own; False: the call failed before or
     #: around it (parse, rpc-config, lookup, spawn, data connect, HELLO, broken channel)
     service_ran: bool
+    #: the data that passed from the caller to the service and back (payload bytes),
+    #: None when the service did not run
+    traffic: Traffic | None = None
 
     @property
     def worker_status(self) -> int:
@@ -112,10 +116,11 @@ def run_dom0_service(
             channel.close()
         return Dom0CallResult(started.status, False)
     service, parsed = started
-    status = relay_started(channel, service, parsed, text, own_version, log)
+    traffic = Traffic()
+    status = relay_started(channel, service, parsed, text, own_version, log, traffic=traffic)
     if status < 0:
-        return Dom0CallResult(EXIT_PROBLEM, False)
-    return Dom0CallResult(status, True)
+        return Dom0CallResult(EXIT_PROBLEM, False, traffic)
+    return Dom0CallResult(status, True, traffic)
 
 
 def _start(
