@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import compileall
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,3 +39,25 @@ def fork_exec_true(n: int) -> float:
         pid = os.posix_spawn("/bin/true", ["true"], os.environ)
         os.waitpid(pid, 0)
     return (time.perf_counter() - t0) / n
+
+
+def serve_unix(path: str, answer: bytes, complete: Callable[[bytes], bool]) -> None:
+    """A stand-in server on `path`, in threads: each connection gets `answer` once what it
+    sent is `complete` (or at its EOF)."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(512)
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not complete(data) and (chunk := conn.recv(4096)):
+                data += chunk
+            conn.sendall(answer)
+
+    def loop() -> None:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
