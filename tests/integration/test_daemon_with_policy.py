@@ -146,3 +146,54 @@ def test_end_of_a_call_to_dom0_counts_the_bytes_each_way(world: World) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_every_real_call_has_one_decision_and_one_end(world: World) -> None:
+    """Through the real programs: 300 calls (VM -> VM and VM -> dom0, four at a time) give
+    exactly 300 decision and 300 end records, every one with all its fields, joined by id."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyqrexec.policy.audit import DECISION_FIELDS, END_FIELDS
+
+    policy = world.host.root / "policy.d" / "30-user.policy"
+    policy.write_text("test.Count * work dom0 allow\n" + POLICY)
+    world.service("dom0", "test.Count", "#!/bin/sh\ncat >/dev/null\nprintf 1234567\n")
+    proc = _start_policy_daemon(world)
+    trail = world.host.root / "qrexec-audit.jsonl"
+    n = 300
+
+    def one(i: int) -> tuple[str, str]:
+        target, service = ("vault", "test.Echo") if i % 2 else ("dom0", "test.Count")
+        r = world.call("work", target, f"{service}+n{i}", input=b"z" * i)
+        assert r.returncode == 0, r.stderr
+        return target, f"+n{i}"
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            made = sorted(pool.map(one, range(n)))
+
+        def records() -> list[dict[str, object]]:
+            return [json.loads(line) for line in trail.read_bytes().splitlines()]
+
+        wait_for(lambda: len(records()) >= 2 * n, 60, "every end record")
+        found = records()
+        assert len(found) == 2 * n
+        decisions = {r["call"]: r for r in found if r["event"] == "decision"}
+        ends = {r["call"]: r for r in found if r["event"] == "end"}
+        assert len(decisions) == len(ends) == n and decisions.keys() == ends.keys()
+        assert sorted((str(r["target"]), str(r["argument"])) for r in decisions.values()) == made
+        for call, decision in decisions.items():
+            end = ends[call]
+            assert tuple(decision) == DECISION_FIELDS and tuple(end) == END_FIELDS
+            assert decision["decision"] == "allow" and end["status"] == 0
+            assert (end["target"], end["argument"]) == (decision["target"], decision["argument"])
+            i = int(str(decision["argument"])[2:])
+            if decision["target"] == "dom0":
+                assert (end["scope"], end["bytes_in"], end["bytes_out"]) == ("call", i, 7)
+            else:
+                assert (end["scope"], end["bytes_in"], end["bytes_out"]) == (
+                    "connect", None, None)
+    finally:
+        proc.terminate()
+        proc.wait(10)
