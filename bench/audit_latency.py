@@ -50,7 +50,8 @@ def start_policy_daemon(root: Path, name: str, env: dict[str, str],
         env=env, stderr=open(root / f"policy-{name}.log", "ab"),  # noqa: SIM115
     )
     deadline = time.monotonic() + 30
-    while not sock.exists():
+    # the GUI socket is made after the request socket's listen(): then calls may come
+    while not (directory / "gui.sock").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"policy daemon {name} did not start; see policy-{name}.log")
         time.sleep(0.02)

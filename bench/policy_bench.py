@@ -139,7 +139,9 @@ def main() -> None:
                     preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
                 )
                 procs.append(daemon)
-                wait_for(sock, daemon)
+                # the request socket's file exists from bind(), a moment before listen();
+                # the GUI socket is made after that listen()
+                wait_for(f"{tmp / name}-gui.sock", daemon)
                 return sock
 
             request = b"source=work\nintended_target=vault\nservice_and_arg=test.Svc+x\n\n"
