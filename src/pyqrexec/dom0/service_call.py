@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..protocol.cmdline import Command, parse_command, strip_nul
 from ..protocol.constants import EXIT_PROBLEM
@@ -52,8 +52,8 @@ class Dom0CallResult:
     #: around it (parse, rpc-config, lookup, spawn, data connect, HELLO, broken channel)
     service_ran: bool
     #: the data that passed from the caller to the service and back (payload bytes),
-    #: None when the service did not run
-    traffic: Traffic | None = None
+    #: None when the service did not run; a measurement, not part of the outcome's identity
+    traffic: Traffic | None = field(default=None, compare=False)
 
     @property
     def worker_status(self) -> int:
