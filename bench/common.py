@@ -51,3 +51,20 @@ def serve_in_threads(srv: socket.socket, handle: Callable[[socket.socket], None]
             threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
     threading.Thread(target=loop, daemon=True).start()
+
+
+def serve_unix(path: str, answer: bytes, complete: Callable[[bytes], bool]) -> None:
+    """A stand-in server on `path`, in threads: each connection gets `answer` once what it
+    sent is `complete` (or at its EOF)."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(512)
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not complete(data) and (chunk := conn.recv(4096)):
+                data += chunk
+            conn.sendall(answer)
+
+    serve_in_threads(srv, handle)

@@ -10,13 +10,12 @@ Usage: bench/vm_calls.py [N] [CONCURRENT]   (defaults 200, 200)
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import compile_package, fork_exec_true, serve_in_threads, timed
+from common import compile_package, fork_exec_true, serve_unix, timed
 from pyqrexec.host.plain import PlainHost
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -27,19 +26,7 @@ ALLOW = (b"user=DEFAULT\nresult=allow\ntarget=anotherVM\ntarget_uuid=uuid:%s\n"
 def serve_policy(path: str, target_uuid: str) -> None:
     """Answer every policy request with an allow to anotherVM
     (docs/reference/policy.md#policy-daemon-socket)."""
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(512)
-    answer = ALLOW % target_uuid.encode()
-
-    def handle(conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while not data.endswith(b"\n\n") and (chunk := conn.recv(4096)):
-                data += chunk
-            conn.sendall(answer)
-
-    serve_in_threads(srv, handle)
+    serve_unix(path, ALLOW % target_uuid.encode(), lambda data: data.endswith(b"\n\n"))
 
 
 def main() -> None:

@@ -229,3 +229,46 @@ def test_qrexec_audit_filters_and_escapes(setup: PolicyDaemon) -> None:
     assert audit("--until", "2000-01-01") == ""
     [line] = audit("--event", "refused").splitlines()
     assert "\x1b" not in line and "\\u001b" in line
+
+
+def test_qrexec_audit_follow_across_a_rotation(setup: PolicyDaemon) -> None:
+    """`qrexec-audit --follow` prints new records as they come, including those the daemon
+    still writes to the moved file before it notices the move, and then the new file's."""
+    import queue
+
+    from .fixtures.processes import program
+
+    setup.write("30-user.policy", "test.Svc * work vault allow\n")
+    setup.start()
+    assert setup.proc is not None
+    path = audit_file(setup)
+    assert query(setup.socket, req("work", "vault", "test.Svc+first")) == W1
+    follower = subprocess.Popen(
+        [*program("qrexec_audit"), "--file", str(path), "--follow", "--json"],
+        env=setup.env, stdout=subprocess.PIPE)
+    assert follower.stdout is not None
+    lines: queue.Queue[bytes] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout or ()])
+    reader.start()
+    try:
+        def next_argument() -> str:
+            return str(json.loads(lines.get(timeout=20))["argument"])
+
+        assert next_argument() == "+first"
+        os.rename(path, path.with_name("qrexec-audit.jsonl.1"))
+        # written to the moved file: the daemon has not looked at the path again yet
+        assert query(setup.socket, req("work", "vault", "test.Svc+moved")) == W1
+        assert not path.exists()
+        setup.proc.send_signal(signal.SIGHUP)  # the daemon opens a new file at once
+        deadline = time.monotonic() + 20
+        while not path.exists():
+            assert time.monotonic() < deadline, "no new file after SIGHUP"
+            time.sleep(0.005)
+        for i in range(3):
+            assert query(setup.socket, req("work", "vault", f"test.Svc+new{i}")) == W1
+        # the follower reads what remained in the moved file before it turns to the new one
+        assert [next_argument() for _ in range(4)] == ["+moved", "+new0", "+new1", "+new2"]
+    finally:
+        follower.terminate()
+        follower.wait(10)
+        reader.join(10)

@@ -143,3 +143,35 @@ def test_dom0_has_no_agent_to_call_from(host_world: HostWorld) -> None:
     done = host_world.host("call", "dom0", "work", "test.Env", input=b"")
     assert done.returncode == 2
     assert b"dom0 has no qrexec-agent" in done.stderr
+
+
+def test_logs_audit_shows_a_call_and_its_end(world: HostWorld) -> None:
+    """docs/audit.md: `qrexec-host logs --audit` reads the host's trail; a VM -> dom0 call
+    has its decision and its end, with the bytes dom0 relayed."""
+    import json
+    import time
+
+    done = world.host("call", "sys-usb", "work", "test.Env+audited", input=b"")
+    assert done.returncode == 0, done.stderr
+    returned = len(done.stdout)
+
+    def shown(*args: str) -> list[dict[str, object]]:
+        out = world.host("logs", "--audit", "--service", "test.Env+audited", *args)
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    deadline = time.monotonic() + 20
+    while len(found := shown("--json")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the end report reaches the trail after the call: poll for it
+    decision, end = found
+    assert (decision["event"], decision["source"], decision["intended_target"],
+            decision["target"], decision["decision"]) == (
+        "decision", "sys-usb", "work", "dom0", "allow")
+    assert decision["rule"].endswith("90-test.policy:3")  # type: ignore[union-attr]
+    assert (end["event"], end["call"], end["scope"], end["status"]) == (
+        "end", decision["call"], "call", 0)
+    assert (end["bytes_in"], end["bytes_out"]) == (0, returned)
+    # the table, filtered the same way
+    table = world.host("logs", "--audit", "--service", "test.Env+audited", "--event", "end")
+    [line] = table.stdout.decode().splitlines()
+    assert f"  {decision['call']}  sys-usb -> dom0  test.Env+audited  call" in line

@@ -185,3 +185,77 @@ def test_agent_answers_the_daemon_through_the_dialog(display: str,
     thread.join(30)
     assert results == [b"result=deny"]
     assert "denied by the user" in d.stop()
+
+
+def trail(agent_setup: PolicyAgent) -> list[dict[str, object]]:
+    path = agent_setup.daemon.tmp / "log" / "qrexec-audit.jsonl"
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_remember_chooser_makes_a_grant_the_next_call_uses(
+    display: str, agent_setup: PolicyAgent
+) -> None:
+    """docs/policy-agent.md "Remembering an answer": real keystrokes choose "For 5 minutes"
+    in the dialog's Remember chooser; the daemon keeps the grant and decides the next same
+    call by it, with no dialog; the Deny button remembers a deny the same way."""
+    d = agent_setup.daemon
+    d.write("30-user.policy", ASK_POLICY)
+    agent_setup.env.update(gui_env(display))
+    agent_setup.start()
+    d.start()
+
+    before = time.time()
+    thread, results = ask_in_background(agent_setup)
+    window = find_dialog(display)
+    xdotool(display, "windowfocus", "--sync", window)
+    time.sleep(1.5)  # the guard second, during which Allow does nothing
+    xdotool(display, "key", "--clearmodifiers", "ctrl+a")
+    xdotool(display, "type", "--delay", "20", "personal")
+    xdotool(display, "key", "--clearmodifiers", "alt+r")  # to the Remember chooser
+    xdotool(display, "key", "--clearmodifiers", "Down")  # "This time only" -> "For 5 minutes"
+    xdotool(display, "key", "--clearmodifiers", "alt+a")
+    thread.join(30)
+    assert results[0].startswith(b"user=DEFAULT\nresult=allow\ntarget=personal\n"), results
+    after = time.time()
+    [created] = [r for r in trail(agent_setup) if r["event"] == "grant-created"]
+    assert (created["kind"], created["answer"], created["source"], created["target"]) == (
+        "for", "allow:personal", "work", "personal")
+    expires = str(created["expires"])
+    from pyqrexec.policy.audit import parse_time
+
+    assert before + 300 <= parse_time(expires) <= after + 300
+
+    # the same call again: decided by the grant, and no dialog is opened
+    thread, results = ask_in_background(agent_setup)
+    thread.join(30)
+    assert results[0].startswith(b"user=DEFAULT\nresult=allow\ntarget=personal\n"), results
+    decisions = [r for r in trail(agent_setup) if r["event"] == "decision"]
+    assert [(r["asked"], r["grant"]) for r in decisions] == [
+        (True, None), (False, created["grant"])]
+    env = {**os.environ, "DISPLAY": display}
+    argv = ["xdotool", "search", "--onlyvisible", "--name", TITLE]
+    assert subprocess.run(argv, env=env, capture_output=True, text=True).stdout == ""
+
+    # Deny with "For 1 hour" (two steps down) for another argument: denied without asking
+    data = b"source=work\nintended_target=personal\nservice_and_arg=test.Svc+other\n\n"
+    denied: list[bytes] = []
+    before = time.time()
+    thread = threading.Thread(target=lambda: denied.append(query(d.socket, data)))
+    thread.start()
+    window = find_dialog(display)
+    xdotool(display, "windowfocus", "--sync", window)
+    time.sleep(1.5)
+    xdotool(display, "key", "--clearmodifiers", "alt+r")
+    xdotool(display, "key", "--clearmodifiers", "Down", "Down")
+    xdotool(display, "key", "--clearmodifiers", "alt+d")
+    thread.join(30)
+    after = time.time()
+    assert denied == [b"result=deny"]
+    assert query(d.socket, data) == b"result=deny"
+    grants = [r for r in trail(agent_setup) if r["event"] == "grant-created"]
+    assert [(g["answer"], g["argument"]) for g in grants] == [
+        ("allow:personal", "+"), ("deny", "+other")]
+    assert before + 3600 <= parse_time(str(grants[1]["expires"])) <= after + 3600
+    last = [r for r in trail(agent_setup) if r["event"] == "decision"][-1]
+    assert (last["asked"], last["grant"], last["decision"]) == (False, grants[1]["grant"], "deny")
+    d.stop()

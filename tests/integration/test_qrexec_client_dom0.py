@@ -241,6 +241,10 @@ def test_service_call_relays_and_orders(host: QrexecHost, rpc: Path) -> None:
     assert view.status == 0
     assert call.join() == Dom0CallResult(0, True)
     assert call.join().worker_status == 0
+    # what the relay counted passing each way (docs/audit.md "Calls' ends")
+    traffic = call.join().traffic
+    assert traffic is not None
+    assert (traffic.received, traffic.sent) == (len(b"hello\n"), len(b"start\nHELLO\n"))
 
 
 def test_service_call_status_and_environment(host: QrexecHost, rpc: Path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..protocol.cmdline import Command, parse_command, strip_nul
 from ..protocol.constants import EXIT_PROBLEM
@@ -29,6 +29,7 @@ from ..services.spawn import (
     start_command,
 )
 from ..transport import vchan
+from .relay import Traffic
 from .service_side import DOM0_FAILURE_EOFS, relay_started, send_hello, send_status_only
 
 __all__ = ["WORKER_CONNECT_TIMEOUT", "Dom0CallResult", "run_dom0_service"]
@@ -50,6 +51,9 @@ class Dom0CallResult:
     #: True: the service ran and `status` is its own; False: the call failed before or
     #: around it (parse, rpc-config, lookup, spawn, data connect, HELLO, broken channel)
     service_ran: bool
+    #: the data that passed from the caller to the service and back (payload bytes),
+    #: None when the service did not run; a measurement, not part of the outcome's identity
+    traffic: Traffic | None = field(default=None, compare=False)
 
     @property
     def worker_status(self) -> int:
@@ -112,10 +116,11 @@ def run_dom0_service(
             channel.close()
         return Dom0CallResult(started.status, False)
     service, parsed = started
-    status = relay_started(channel, service, parsed, text, own_version, log)
+    traffic = Traffic()
+    status = relay_started(channel, service, parsed, text, own_version, log, traffic=traffic)
     if status < 0:
-        return Dom0CallResult(EXIT_PROBLEM, False)
-    return Dom0CallResult(status, True)
+        return Dom0CallResult(EXIT_PROBLEM, False, traffic)
+    return Dom0CallResult(status, True, traffic)
 
 
 def _start(

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
-    "SingleSocket", "Source", "Sink", "Relay", "CallerResult", "caller_result", "queue_opening",
-    "queue_eof_after_exit", "run_caller", "run_service", "unsafe_filter",
+    "SingleSocket", "Source", "Sink", "Relay", "Traffic", "CallerResult", "caller_result",
+    "queue_opening", "queue_eof_after_exit", "run_caller", "run_service", "unsafe_filter",
 ]
 
 _HDR = HEADER
@@ -144,13 +144,27 @@ class Sink:
         self.filter = filter
 
 
+class Traffic:
+    """The payload bytes of a call's data messages that crossed a relay, each way: counted
+    here, not taken from either side's word (the audit trail's `bytes_in`/`bytes_out`)."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        #: payload of the stdin/stdout data messages read from the channel
+        self.received = 0
+        #: payload of the data messages queued for the channel from local sources
+        self.sent = 0
+
+
 class Relay:
     """State shared by the caller and service loops: the channel and its send queue."""
 
     def __init__(self, channel: socket.socket, own_version: int, log: Callable[[str], None],
                  stream_type: type[CallerStream] | type[ServiceStream],
-                 hello_sent: bool = False):
+                 hello_sent: bool = False, traffic: Traffic | None = None):
         self.channel = channel
+        self.traffic = Traffic() if traffic is None else traffic
         #: what the peer sends and what it means (`protocol.data`)
         self.incoming = DataChannel(stream_type, own_version, _RECV_SIZE)
         self.chfd = channel.fileno()
@@ -190,6 +204,7 @@ class Relay:
         `msgtype` within the chunk limit; each counts in `src.inflight` until sent."""
         n = len(view)
         limit = self.limit
+        self.traffic.sent += n
         for off in range(0, n, limit):
             size = min(limit, n - off)
             self._queue(memoryview(_HDR.pack(msgtype, size)), None, False)
@@ -669,12 +684,13 @@ def run_service(
     end: ServiceEnd,
     log: Callable[[str], None],
     single_socket: SingleSocket | None = None,
+    traffic: Traffic | None = None,
 ) -> int:
     """Service side of a call (reference: End of a call), after the own HELLO went out
-    (`service_side.send_hello`).
+    (`service_side.send_hello`); `traffic` is filled in as data passes.
     Returns the status sent, or -1 if the channel closed early."""
-    return _Service(Relay(channel, own_version, log, ServiceStream, hello_sent=True), end,
-                    single_socket).run()
+    relay = Relay(channel, own_version, log, ServiceStream, hello_sent=True, traffic=traffic)
+    return _Service(relay, end, single_socket).run()
 
 
 class _Service:
@@ -790,6 +806,8 @@ class _Service:
             _close_sink(inp)
 
     def _received(self, action: Action, payload: memoryview) -> None:
+        if action is Action.OUTPUT:
+            self.relay.traffic.received += len(payload)
         if self.inp is None:
             return
         if action is Action.OUTPUT:

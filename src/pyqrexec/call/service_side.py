@@ -21,7 +21,7 @@ from ..protocol.wire import HEADER, hello, pack_exit_code
 from ..services.environment import log_tag
 from ..services.spawn import Started
 from ..transport.feed import read_message
-from .relay import ServiceEnd, SingleSocket, run_service
+from .relay import ServiceEnd, SingleSocket, Traffic, run_service
 
 __all__ = ["VM_FAILURE_EOFS", "DOM0_FAILURE_EOFS", "send_hello", "send_status_only",
            "relay_started"]
@@ -81,8 +81,10 @@ def relay_started(
     own_version: int,
     log: Callable[[str], None],
     single_socket: SingleSocket | None = None,
+    traffic: Traffic | None = None,
 ) -> int:
-    """Relay a started service until it is over; closes the channel.
+    """Relay a started service until it is over; closes the channel. `traffic` counts the
+    data that passed.
 
     Returns the status sent as EXIT_CODE, or -1 when the channel broke or closed early.
     """
@@ -111,7 +113,7 @@ def relay_started(
                      pidfd=pidfd, reap=reap, stderr_log=stderr_log,
                      exit_on_client_eof=bool(socket_config and socket_config.exit_on_client_eof),
                      exit_on_service_eof=bool(socket_config and socket_config.exit_on_service_eof))
-    status = run_service(channel, own_version, end, log, single_socket)
+    status = run_service(channel, own_version, end, log, single_socket, traffic)
     if pidfd is not None:
         os.close(pidfd)
     channel.close()

@@ -114,34 +114,60 @@ def row(r: dict[str, Any]) -> str:
     return "  ".join(head + rest)
 
 
+class _Tail:
+    """One open file of the trail and the start of a line not yet ended in it."""
+
+    def __init__(self, path: str) -> None:
+        import os
+
+        self.file = open(path, "rb")  # noqa: SIM115 - closed by the caller
+        self.ident = os.fstat(self.file.fileno()).st_ino
+        self.partial = b""
+
+    def lines(self) -> Iterator[bytes]:
+        for line in self.file:
+            if line.endswith(b"\n"):
+                yield self.partial + line
+                self.partial = b""
+            else:
+                self.partial += line
+
+
+#: how long a moved file is still read after the follower turned to the new one: the daemon
+#: writes to it until it notices the move (at most half a second later, docs/audit.md)
+_MOVED_GRACE = 2.0
+
+
 def _lines(path: str, follow: bool) -> Iterator[bytes]:
     """The file's whole lines; with `follow`, new ones as they come, across rotations."""
     import os
 
-    f = open(path, "rb")  # noqa: SIM115 - reopened on rotation
+    tail = _Tail(path)
+    moved: list[tuple[_Tail, float]] = []  # rotated away, and until when they are read
     try:
-        ident = os.fstat(f.fileno()).st_ino
-        partial = b""
         while True:
-            for line in f:
-                if line.endswith(b"\n"):
-                    yield partial + line
-                    partial = b""
-                else:
-                    partial += line
+            yield from tail.lines()
             if not follow:
                 return
+            for old, until in list(moved):
+                yield from old.lines()
+                if time.monotonic() > until:
+                    moved.remove((old, until))
+                    old.file.close()
             time.sleep(_POLL)
             try:
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
-            if st.st_ino != ident or st.st_size < f.tell():  # rotated: the new file
-                f.close()
-                f = open(path, "rb")  # noqa: SIM115
-                ident, partial = os.fstat(f.fileno()).st_ino, b""
+            if st.st_ino != tail.ident or st.st_size < tail.file.tell():  # rotated
+                # what the daemon wrote to the moved file first, then the new file's
+                yield from tail.lines()
+                moved.append((tail, time.monotonic() + _MOVED_GRACE))
+                tail = _Tail(path)
     finally:
-        f.close()
+        tail.file.close()
+        for old, _ in moved:
+            old.file.close()
 
 
 def show(path: str, args: argparse.Namespace, out: TextIO) -> int:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 
+from ..call.relay import Traffic
 from ..policy.audit import (
     CALL_ADDRESS_PREFIX,
     EndReport,
@@ -24,7 +26,7 @@ from ..policy.audit import (
 )
 from .policy_answer import PolicyAnswer
 
-__all__ = ["CallAudit"]
+__all__ = ["CallAudit", "read_traffic", "write_traffic"]
 
 _DOM0 = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 _tasks: set[asyncio.Task[None]] = set()
@@ -36,6 +38,8 @@ class CallAudit:
         self.started = time.monotonic()
         self.policy_socket: str | None = None  # set once the policy daemon answered
         self.scope: str | None = None  # set once the call was allowed
+        #: (source -> service, service -> source) payload bytes, where dom0 relayed the call
+        self.traffic: tuple[int, int] | None = None
 
     async def connect(self, path: str) -> socket.socket:
         """A connection to the policy socket `path` whose address names this call."""
@@ -67,7 +71,8 @@ class CallAudit:
         if self.scope is None or self.policy_socket is None:
             return
         ms = int((time.monotonic() - self.started) * 1000)
-        report = EndReport(self.call, self.scope, ms, status)
+        counts = self.traffic or (None, None)
+        report = EndReport(self.call, self.scope, ms, status, *counts)
         task = asyncio.get_running_loop().create_task(
             _send(audit_socket_for(self.policy_socket), end_report_text(report)))
         _tasks.add(task)
@@ -82,3 +87,26 @@ async def _send(path: str, data: bytes) -> None:
             await writer.drain()
         finally:
             writer.close()
+
+
+# The counts come from the forked child that relayed a VM -> dom0 call (`relay.Traffic`),
+# through a pipe it writes once before it exits: what dom0 saw pass, never a domain's word.
+_TRAFFIC_MAX = 64
+
+
+def write_traffic(fd: int, traffic: Traffic | None) -> None:
+    """In the child: one write, far below PIPE_BUF, so the parent reads it whole."""
+    if traffic is not None:
+        with contextlib.suppress(OSError):
+            os.write(fd, f"{traffic.received} {traffic.sent}".encode())
+
+
+def read_traffic(fd: int) -> tuple[int, int] | None:
+    """In the parent, once the child has exited: its counts, or None if it wrote none."""
+    try:
+        words = os.read(fd, _TRAFFIC_MAX).split()
+    except OSError:
+        return None
+    if len(words) != 2 or not all(w.isdigit() for w in words):
+        return None
+    return int(words[0]), int(words[1])

@@ -30,7 +30,7 @@ from ..qubesd.client_async import call_async
 from ..system.forking import fork_call, wait_exit
 from ..transport.aio import open_unix
 from ..transport.feed import read_stream_message
-from .call_audit import CallAudit
+from .call_audit import CallAudit, read_traffic, write_traffic
 from .policy_answer import ANSWER_LIMIT, Malformed, PolicyAnswer, parse_answer, request_text
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ async def call_worker(daemon: Daemon, pending: PendingRequest) -> int:
         audit.allowed(answer)
         for line in answer.ignored:
             daemon.log(f"ignoring policy answer line {line!r}")
-        status = await _execute(daemon, pending, answer)
+        status = await _execute(daemon, pending, answer, audit)
     except WorkerFailure as err:
         # a domain can repeat its calls, and so their failures, at will
         daemon.log_repeated(str(err))
@@ -137,13 +137,14 @@ async def _ask_policy_program(daemon: Daemon, target: str, service: str) -> Poli
 
 
 # -- carrying out an allow -----------------------------------------------------------------
-async def _execute(daemon: Daemon, pending: PendingRequest, answer: PolicyAnswer) -> int:
+async def _execute(daemon: Daemon, pending: PendingRequest, answer: PolicyAnswer,
+                   audit: CallAudit) -> int:
     assert answer.target is not None and answer.user is not None
     service = answer.service or pending.request.service
     target = answer.target
     source = answer.policy_source or daemon.opts.name
     if target in DOM0_NAMES and answer.target_uuid is None:
-        return await _call_dom0(daemon, pending, answer, service)
+        return await _call_dom0(daemon, pending, answer, service, audit)
     if "+" not in service:
         service += "+"
     cmd = f"{answer.user}:QUBESRPC {service} {source}".encode() + b"\0"
@@ -272,7 +273,7 @@ async def _call_dispvm(daemon: Daemon, pending: PendingRequest, answer: PolicyAn
 
 
 async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnswer,
-                     service: str) -> int:
+                     service: str, audit: CallAudit) -> int:
     requested = answer.requested_target or "dom0"
     kind, name = ("keyword", requested[1:]) if requested.startswith("@") else ("name", requested)
     if "+" not in service:
@@ -283,7 +284,7 @@ async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnsw
     port = await daemon.service_connect(pending, 0, 0)
     if port is None:
         raise WorkerFailure(EXIT_PROBLEM, "no data port for a call to dom0, refusing it")
-    status = await _run_forked(daemon, cmd, port)
+    status = await _run_forked(daemon, cmd, port, audit)
     if status != 0:
         # the request is answered already: this only gets logged
         # (docs/reference/protocol.md#vm-to-dom0 step 5)
@@ -291,13 +292,27 @@ async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnsw
     return status
 
 
-async def _run_forked(daemon: Daemon, cmd: bytes, port: int) -> int:
-    """Run the dom0 side of a VM -> dom0 call in a child process; its exit status."""
+async def _run_forked(daemon: Daemon, cmd: bytes, port: int, audit: CallAudit) -> int:
+    """Run the dom0 side of a VM -> dom0 call in a child process; its exit status. The
+    child tells `audit` how much data it relayed."""
     from ..call.dom0_service import WORKER_CONNECT_TIMEOUT, run_dom0_service
+
+    counts, told = os.pipe()
+    os.set_blocking(counts, False)  # a child that wrote nothing must not hold us up
 
     def body() -> int:
         result = run_dom0_service(cmd, daemon.opts.domid, port,
                                   timeout=WORKER_CONNECT_TIMEOUT, log=daemon.log)
+        write_traffic(told, result.traffic)
         return result.worker_status
 
-    return await wait_exit(fork_call(body, daemon.log))
+    try:
+        try:
+            pid = fork_call(body, daemon.log, keep=(told,))
+        finally:
+            os.close(told)
+        status = await wait_exit(pid)
+        audit.traffic = read_traffic(counts)
+    finally:
+        os.close(counts)
+    return status

@@ -126,7 +126,11 @@ class AskDialog:
                 self.remember.append(suffix, text)
             self.remember.set_active_id("")
             target_row += 1
-            grid.attach(Gtk.Label(label="Remember:", xalign=1), 0, target_row, 1, 1)
+            # Alt+R reaches the chooser from the keyboard, like Alt+A and Alt+D the buttons
+            label = Gtk.Label.new_with_mnemonic("_Remember:")
+            label.set_xalign(1)
+            label.set_mnemonic_widget(self.remember)
+            grid.attach(label, 0, target_row, 1, 1)
             grid.attach(self.remember, 1, target_row, 1, 1)
 
         buttons = Gtk.ButtonBox(layout_style=Gtk.ButtonBoxStyle.END, spacing=8)

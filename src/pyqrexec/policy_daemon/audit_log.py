@@ -63,10 +63,14 @@ class AuditLog:
         now = time.time()
         self._append(encode({"time": utc_ms(now), **record}), now)
 
-    def write_fields(self, event: str, fields: str) -> None:
-        """Append a record of `event` whose other fields are `fields` (`fields_json`)."""
+    def write_fields(self, event: str, call: str, fields: str) -> None:
+        """Append a record of `event` about `call` (a call id: hex digits) whose other fields
+        are `fields` (`decision_fields`)."""
         now = time.time()
-        self._append(f'{{"time":"{utc_ms(now)}","event":"{event}",{fields}}}\n'.encode(), now)
+        self._append(
+            f'{{"time":"{utc_ms(now)}","event":"{event}","call":"{call}",{fields}}}\n'.encode(),
+            now,
+        )
 
     def _append(self, line: bytes, now: float) -> None:
         if self.fd < 0 or not now - CHECK_INTERVAL < self._checked <= now:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..policy.audit import DECISION_KEYS, answer_target, fields_json
+from ..policy.audit import answer_target, decision_fields
 from ..policy.dialogs import Notification
 from ..policy.errors import AccessDenied, SystemInfoError
 from ..policy.evaluation import Evaluation, Outcome, Request, split_service
@@ -46,6 +46,10 @@ __all__ = ["EngineConfig", "PolicyEngine"]
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # Loads in a row when each one finds dependencies not watched yet (a new include, say).
 _MAX_LOADS = 4
+#: decisions' formatted audit fields kept for reuse, and the longest kept (names come from
+#: domains: the cache stays small whatever they send)
+_AUDIT_CACHE_SIZE = 1024
+_MAX_CACHED_FIELDS = 2048
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class PolicyEngine:
         self._background: set[asyncio.Task[None]] = set()
         #: the audit trail and the grants, when this engine keeps them (the policy daemon)
         self.audit: AuditLog | None = None
+        self._audit_fields: dict[tuple[object, ...], str] = {}
         self.grants: GrantStore | None = None
         self._sweep: asyncio.TimerHandle | None = None
 
@@ -312,13 +317,23 @@ class PolicyEngine:
     ) -> None:
         if self.audit is None or call is None:
             return
+        rule = outcome.rule
+        # most decisions repeat an earlier one but for the call id and the time: their
+        # fields are formatted once (the key holds everything they are made of)
+        key = None
+        if grant is None and asked is None:
+            key = (request.source, request.requested_source, request.intended_target,
+                   request.service_and_arg, tuple(outcome.lines), outcome.reason,
+                   None if rule is None else (rule.file, rule.line))
+            fields = self._audit_fields.get(key)
+            if fields is not None:
+                self.audit.write_fields("decision", call, fields)
+                return
         service, argument = split_service(request.service_and_arg)
         target = uuid = None
         if outcome.allowed:
             target, uuid = answer_target(outcome.lines)
-        rule = outcome.rule
-        self.audit.write_fields("decision", fields_json(DECISION_KEYS, (
-            call,
+        fields = decision_fields(
             request.source,
             request.requested_source or None,
             request.intended_target,
@@ -326,13 +341,18 @@ class PolicyEngine:
             uuid,
             service,
             argument,
-            "allow" if outcome.allowed else "deny",
+            outcome.allowed,
             rule.where if rule is not None else None,
             grant.id if grant is not None else None,
             bool(asked),
             grant.answer if grant is not None else reply,
             outcome.reason or None,
-        )))
+        )
+        if key is not None and len(fields) <= _MAX_CACHED_FIELDS:
+            if len(self._audit_fields) >= _AUDIT_CACHE_SIZE:
+                self._audit_fields.clear()
+            self._audit_fields[key] = fields
+        self.audit.write_fields("decision", call, fields)
 
     def _audit_grant(self, event: str, grant: Grant, **extra: Any) -> None:
         if self.audit is not None:

@@ -18,10 +18,10 @@ from collections.abc import Coroutine
 from typing import Any
 
 from ..policy.audit import (
+    CallIds,
     ReportError,
     audit_socket_for,
     call_id_from_address,
-    new_call_id,
     parse_end_report,
 )
 from ..policy.errors import SystemInfoError
@@ -141,7 +141,7 @@ class _RequestConnection:
         server = self.server
         call = None
         if server.auditing:
-            call = self.reported_id or new_call_id()
+            call = self.reported_id or server.new_call_id()
         try:
             outcome = await server.engine.evaluate(request, call)
             if outcome.lines:
@@ -182,6 +182,7 @@ class PolicyServer:
         self.log = log
         self._tasks: set[asyncio.Task[None]] = set()
         self.auditing = engine.audit is not None
+        self.new_call_id = CallIds()
         #: call id -> (source, target, service, argument) of allowed calls not ended yet
         self._ends: dict[str, tuple[str, str | None, str, str]] = {}
 
@@ -192,7 +193,7 @@ class PolicyServer:
         if self.engine.audit is not None:
             self.engine.audit.write({
                 "event": "refused",
-                "call": call or new_call_id(),
+                "call": call or self.new_call_id(),
                 "reason": str(err),
                 "request": data[:1024].decode("utf-8", errors="backslashreplace"),
             })
