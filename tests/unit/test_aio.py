@@ -82,3 +82,35 @@ def test_failed_sends_leave_no_backlog() -> None:
         ours.close()
 
     asyncio.run(main())
+
+
+def test_background_tasks_are_owned_until_they_end() -> None:
+    from pyqrexec.transport.aio import BackgroundTasks
+
+    async def main() -> None:
+        errors: list[BaseException] = []
+        tasks = BackgroundTasks(errors.append)
+        release = asyncio.Event()
+
+        async def waits() -> None:
+            await release.wait()
+
+        async def fails() -> None:
+            raise ValueError("lost otherwise")
+
+        tasks.start(waits())
+        tasks.start(fails())
+        assert len(tasks) == 2  # referenced here, not only weakly by the loop
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(tasks) == 1 and [str(e) for e in errors] == ["lost otherwise"]
+        release.set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(tasks) == 0
+
+        forever = tasks.start(asyncio.Event().wait())
+        await tasks.cancel()
+        assert forever.cancelled() and len(tasks) == 0 and len(errors) == 1
+
+    asyncio.run(main())

@@ -133,6 +133,7 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
     from ..host.config import HostConfig
     from ..host.manager import Manager
     from ..host.notify import notify
+    from ..host.processes import BACKGROUND
     from ..qubesd.server import HostError
 
     assert isinstance(cfg, HostConfig)
@@ -163,11 +164,11 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
 
         def stop() -> None:
             told.append(notify("STOPPING=1", notify_env))
-            asyncio.ensure_future(manager.shutdown())
+            BACKGROUND.start(manager.shutdown())
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
+        loop.add_signal_handler(signal.SIGHUP, lambda: BACKGROUND.start(
             _reload_on_signal(manager, say, notify_env)))
         try:
             await manager.up()

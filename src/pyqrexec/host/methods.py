@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ..qubesd.server import HostError
 from .config import DOM0_UUID, PrefError, prefs, with_pref
 from .domain import Domain
-from .processes import STOP_TIMEOUT, keep
+from .processes import BACKGROUND, STOP_TIMEOUT
 from .relays import refuse_power, remote_tags
 
 if TYPE_CHECKING:  # the manager owns its methods: only its type is needed here
@@ -162,9 +162,8 @@ class QubesdMethods:
             refuse_power(d.cfg, "shut down")
         if d is None or not d.running:
             raise HostError("QubesVMNotStartedError", f"Domain is powered off: {name}")
-        task = asyncio.ensure_future(self.manager.shutdown_domain(name, timeout))
         if arg == "wait":
-            await task
+            await self.manager.shutdown_domain(name, timeout)
         else:  # like qvm-shutdown without --wait: started, not finished
-            keep(task)
+            BACKGROUND.start(self.manager.shutdown_domain(name, timeout))
         return b""

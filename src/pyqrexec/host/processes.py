@@ -14,23 +14,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..system.parent_death import dies_with_this_process
+from ..transport.aio import BackgroundTasks
 from .cgroups import DomainCgroup
 from .logsink import identifier, open_sink, stamped, stamps_needed
 
-__all__ = ["STOP_TIMEOUT", "spawn", "keep", "wait_path", "terminate", "read_info"]
+__all__ = ["STOP_TIMEOUT", "BACKGROUND", "spawn", "wait_path", "terminate", "read_info"]
 
 #: how long a process has between SIGTERM and SIGKILL
 STOP_TIMEOUT = 5.0
 
-#: the tasks nobody awaits (output copied through the manager, shutdowns not waited for),
-#: kept referenced while they run: the loop holds only weak references to tasks
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-
-def keep(task: asyncio.Task[None]) -> None:
-    """Keep `task` alive until it ends, though nobody awaits it."""
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
+#: the tasks nobody awaits: output copied through the manager, shutdowns not waited for
+BACKGROUND = BackgroundTasks()
 
 
 async def spawn(argv: list[str], env: Mapping[str, str], log: Path,
@@ -57,7 +51,7 @@ async def spawn(argv: list[str], env: Mapping[str, str], log: Path,
             start_new_session=new_session, pass_fds=pass_fds, preexec_fn=preexec)
     if echo is not None:
         assert proc.stdout is not None
-        _BACKGROUND.add(asyncio.ensure_future(_copy_lines(proc.stdout, log, echo, proc.pid)))
+        BACKGROUND.start(_copy_lines(proc.stdout, log, echo, proc.pid))
     return proc
 
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from .unixsock import Backoff, try_connect
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
 
-__all__ = ["drain_until_eof", "ChannelWriter", "connect_unix", "open_unix"]
+__all__ = ["drain_until_eof", "ChannelWriter", "connect_unix", "open_unix", "BackgroundTasks"]
 
 
 async def drain_until_eof(loop: asyncio.AbstractEventLoop, sock: socket.socket,
@@ -29,6 +29,49 @@ async def drain_until_eof(loop: asyncio.AbstractEventLoop, sock: socket.socket,
         return
 
 
+class BackgroundTasks:
+    """Tasks nobody awaits, owned by the object that starts them.
+
+    The event loop holds only weak references to tasks, so an unreferenced one may vanish
+    mid-flight; an exception in one would otherwise be reported only when it is collected,
+    if at all. Each task started here is referenced until it ends, a failure is handed to
+    `on_error` (by default the loop's exception handler, which logs it), and `cancel()`
+    ends whatever is still running (a program's shutdown).
+    """
+
+    def __init__(self, on_error: Callable[[BaseException], None] | None = None) -> None:
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.on_error = on_error
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def start(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        err = task.exception()
+        if err is None:
+            return
+        if self.on_error is not None:
+            self.on_error(err)
+        else:
+            task.get_loop().call_exception_handler(
+                {"message": "background task failed", "exception": err, "task": task})
+
+    async def cancel(self) -> None:
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class ChannelWriter:
     """Serialises whole messages onto one socket shared by many tasks.
 
@@ -44,6 +87,8 @@ class ChannelWriter:
         self.backlog = 0
         self.closed = False
         self._waiters: list[asyncio.Future[None]] = []
+        #: the sends `post` started; their errors go to each post's `on_error`
+        self.posted = BackgroundTasks()
 
     async def send(self, data: bytes) -> None:
         self.backlog += len(data)
@@ -60,7 +105,7 @@ class ChannelWriter:
             except OSError as err:
                 on_error(err)
 
-        self.loop.create_task(run())
+        self.posted.start(run())
 
     async def _send_counted(self, data: bytes) -> None:
         try:
