@@ -9,8 +9,9 @@ import json
 from typing import TYPE_CHECKING
 
 from ..qubesd.server import HostError
-from .config import DOM0_UUID, PrefError, prefs, with_pref
+from .config import DOM0_UUID
 from .domain import Domain
+from .prefs import PrefError, prefs, with_pref
 from .processes import BACKGROUND, STOP_TIMEOUT
 from .relays import refuse_power, remote_tags
 

@@ -5,6 +5,10 @@ docs/reference/policy.md#answer-lines): data in, a decision as data out.
 lines and notifications to send) or waiting for the user (`outcome.ask` set), in which case the
 caller shows the dialog and passes the reply to `Evaluation.resolve_ask()`. Nothing here blocks,
 so a daemon can keep serving other requests while a dialog is open.
+
+Size: one request's evaluation is one object whose steps share its state (the request, the
+matched rule, the log and notifications so far); split into modules, the numbered steps of
+docs/reference/policy.md#evaluation would no longer read in order.
 """
 
 from __future__ import annotations
