@@ -377,7 +377,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
 def run() -> None:
     from . import entry
 
-    entry(main)
+    entry(main, quick_exit=True)
 
 
 if __name__ == "__main__":

@@ -252,7 +252,7 @@ def _spawn_local(
 def run() -> None:
     from . import entry
 
-    entry(main)
+    entry(main, quick_exit=True)
 
 
 if __name__ == "__main__":
