@@ -162,12 +162,18 @@ def raw_dom0_exec(dom: Domain, cmd: bytes, *, stdin: bytes = b"", version: int =
 
 
 def raw_vm_call(dom: Domain, target: bytes, service: bytes, *,
-                vchan_dir: str | None = None) -> int | None:
+                vchan_dir: str | None = None, wait_in_backlog: bool = False) -> int | None:
     """What qrexec-client-vm does, in-process: trigger on `dom`'s agent socket, then the data
-    channel with an empty stdin. None = refused, else the service's exit status."""
+    channel with an empty stdin. None = refused, else the service's exit status.
+
+    `wait_in_backlog`: connect as qrexec-client-vm does, blocking while the agent's listen
+    backlog is full (with a timeout, a Unix connect fails at once with EAGAIN instead)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as agent:
+        if wait_in_backlog:
+            agent.connect(dom.agent_socket)
         agent.settimeout(TIMEOUT * 3)
-        agent.connect(dom.agent_socket)
+        if not wait_in_backlog:
+            agent.connect(dom.agent_socket)
         agent.sendall(pack_trigger4(service, target, b"SOCKET"))
         answer = recv_or_eof(agent, 8)
         if len(answer) < 8:
