@@ -231,7 +231,9 @@ def _open_log(name: str, log: object) -> None:
 
 def run() -> None:
     from . import entry
+    from .resident import without_tls
 
+    without_tls()
     entry(main)
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 import enum
 import os
 import pwd
-import shutil
 import socket
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -30,7 +28,7 @@ from .environment import (
     service_environment,
     valid_token_count,
 )
-from .launch import DEVNULL, launch
+from .launch import DEVNULL, find_program, launch
 from .lookup import Entry, LookupFailure, ServiceKind, find_service, load_service_config
 from .rpcconfig import DEFAULT_CONFIG, ServiceConfig
 from .syslogcopy import open_syslog_writer
@@ -185,6 +183,8 @@ def _connect_unix(path: bytes) -> socket.socket:
             sock.connect(path)
             return sock
         # sun_path holds 108 bytes: reach longer paths through a short private symlink
+        import tempfile  # rare: not worth its imports in every agent
+
         directory = tempfile.mkdtemp(prefix="qrexec-", dir="/tmp")
         link = os.path.join(os.fsencode(directory), b"s")
         try:
@@ -379,7 +379,7 @@ def _switch_user_prefix(entry: pwd.struct_passwd, ctx: SpawnContext) -> list[byt
     """argv prefix that runs the rest as `entry`'s user with its groups (empty: already so)."""
     if entry.pw_uid == os.geteuid() and entry.pw_gid == os.getegid():
         return []
-    setpriv = shutil.which(ctx.setpriv) or ctx.setpriv
+    setpriv = find_program(ctx.setpriv) or ctx.setpriv
     return [
         os.fsencode(setpriv),
         b"--reuid=%d" % entry.pw_uid,
