@@ -78,9 +78,10 @@ def _batch_scheduling() -> None:
 
     A program writing into the relay in small chunks (`head`, `cat`: 4-8 KiB) otherwise wakes
     it and is preempted on every write when both share a scheduling group, as an unprivileged
-    agent's service and its handler do (same session, hence same autogroup; a root agent's
-    service gets its own session). Each wake-up then moves ~10 KiB instead of ~30 KiB and
-    more, and the call runs at a third of the socket's rate."""
+    agent's service and its handler do (same session, hence same autogroup): each wake-up
+    then moves ~10 KiB instead of ~30 KiB. Measured on a busy 2-CPU host, 20 % more from an
+    unprivileged agent's service; a program in a session (and group) of its own, as a root
+    agent's services are, gains nothing and its relay lost 15 %: it is not batched."""
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except (OSError, AttributeError):
@@ -664,11 +665,14 @@ def run_service(
     end: ServiceEnd,
     log: Callable[[str], None],
     single_socket: SingleSocket | None = None,
+    batch: bool = True,
 ) -> int:
     """Service side of a call (reference: End of a call), after the own HELLO went out
-    (`service_side.send_hello`).
+    (`service_side.send_hello`). `batch`: the service shares this process's session, so
+    its scheduling group (`_batch_scheduling`).
     Returns the status sent, or -1 if the channel closed early."""
-    _batch_scheduling()
+    if batch:
+        _batch_scheduling()
     return _Service(Relay(channel, own_version, log, ServiceStream, hello_sent=True), end,
                     single_socket).run()
 

@@ -27,6 +27,17 @@ def test_handler_relay_is_batch_and_service_is_not(host: QrexecHost) -> None:
     assert (r.returncode, r.stdout) == (0, b"SCHED_BATCH\nSCHED_OTHER\n"), r.stderr
 
 
+def test_root_agents_relay_is_not_batch(host: QrexecHost) -> None:
+    """A root agent's service leads its own session, so its own scheduling group: batching
+    its relay only slows it down."""
+    w = World(host)
+    w.domain("work", 5)
+    w.domain("anotherVM", 7)
+    w.service("anotherVM", "test.Sched", _REPORT)
+    r = w.call("work", "anotherVM", "test.Sched", input=b"go\n")
+    assert (r.returncode, r.stdout) == (0, b"SCHED_OTHER\nSCHED_OTHER\n"), r.stderr
+
+
 def test_client_relay_is_batch_and_local_program_is_not(host: QrexecHost) -> None:
     w = World(host)
     w.domain("work", 5)

@@ -102,6 +102,9 @@ class Started:
     #: the rpc-config settings applied (exit-on-client-eof and exit-on-service-eof are the
     #: relay's to honour)
     config: ServiceConfig = field(default=DEFAULT_CONFIG)
+    #: the process leads a session of its own (a root agent's calls): the scheduler puts it
+    #: in its own group, apart from the relay (relay.run_service `batch`)
+    own_session: bool = False
 
 
 @dataclass
@@ -294,11 +297,11 @@ def _open_stdio(ctx: SpawnContext, tag: str | None) -> _Stdio:
     return _Stdio((to_close[0], to_close[1], err_write), ours_in, ours_out, err_read, to_close)
 
 
-def _result(pid: int, stdio: _Stdio) -> Result:
+def _result(pid: int, stdio: _Stdio, own_session: bool = False) -> Result:
     stdio.close_child_ends()
     if stdio.stdin is None or stdio.stdout is None:
         return Detached(pid)
-    return Started(pid, stdio.stdin, stdio.stdout, stdio.stderr)
+    return Started(pid, stdio.stdin, stdio.stdout, stdio.stderr, own_session=own_session)
 
 
 def _exit_with(status: int, message: str, stdio: _Stdio, ctx: SpawnContext) -> Result:
@@ -333,7 +336,7 @@ def _exec(
         status = EXIT_SERVICE_NOT_FOUND if isinstance(err, FileNotFoundError) else EXIT_PROBLEM
         message = f"failed to execute {os.fsdecode(path)}: {err.strerror}"
         return _exit_with(status, message, stdio, ctx)
-    return _result(pid, stdio)
+    return _result(pid, stdio, own_session=setsid)
 
 
 def _own_user(ctx: SpawnContext) -> str:
