@@ -1,12 +1,22 @@
-"""Shared helpers of the benchmark scripts (not a test: they print figures and ratios)."""
+"""Shared helpers of the benchmark scripts (not a test: they print figures and ratios).
+
+Every script measures the programs as a user runs them: the console scripts a normal
+`pip install` of this tree creates, in a virtual environment of the interpreter named by
+`$BENCH_PYTHON` (default: Debian's `/usr/bin/python3` when there is one, else this Python).
+`use_installed()` builds that environment once per source tree (cached under
+`$BENCH_VENV_DIR`, default /tmp/pyqrexec-bench) and re-runs the script under its Python, so
+that `sys.executable` is the interpreter the scripts use and the floors are measured with it.
+"""
 
 from __future__ import annotations
 
 import compileall
+import hashlib
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
 def compile_package() -> None:
@@ -23,6 +35,35 @@ def compile_package() -> None:
     compileall.compile_dir(str(Path(pyqrexec.__file__).parent), quiet=1)
 
 
+def _tree_hash() -> str:
+    h = hashlib.sha256()
+    for path in sorted([ROOT / "pyproject.toml", *(ROOT / "scripts").glob("*"),
+                       *(ROOT / "src").rglob("*.py")]):
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def use_installed() -> Path:
+    """The bin directory of the installed scripts; re-executes this script under its Python
+    the first time (everything before this call runs twice)."""
+    base = Path(os.environ.get("BENCH_VENV_DIR", "/tmp/pyqrexec-bench"))
+    python = os.environ.get("BENCH_PYTHON") or (
+        "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
+    venv = base / f"{Path(python).name}-{_tree_hash()}"
+    bindir = venv / "bin"
+    if Path(sys.prefix) == venv:
+        return bindir
+    if not (bindir / "qrexec-client").exists():
+        # world-readable: the benchmarks run agents as `nobody` from the same install
+        base.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(base, 0o755)
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(bindir / "python3"), "-m", "pip", "install", "-q", "--no-deps",
+                        str(ROOT)], check=True, stdout=subprocess.DEVNULL)
+    sys.stdout.flush()
+    os.execv(bindir / "python3", [str(bindir / "python3"), *sys.argv])
+
+
 def timed(argv: list[str] | str, n: int, **kw: object) -> float:
     """Seconds per run of `argv`, run `n` times sequentially."""
     shell = isinstance(argv, str)
@@ -30,6 +71,11 @@ def timed(argv: list[str] | str, n: int, **kw: object) -> float:
     for _ in range(n):
         subprocess.run(argv, shell=shell, check=True, **kw)  # type: ignore[call-overload]
     return (time.perf_counter() - t0) / n
+
+
+def best_of(rounds: int, measure: object, *args: object, **kw: object) -> float:
+    """The smallest of `rounds` measurements: on a shared machine the others carry noise."""
+    return min(measure(*args, **kw) for _ in range(rounds))  # type: ignore[operator]
 
 
 def fork_exec_true(n: int) -> float:
@@ -68,3 +114,30 @@ def serve_unix(path: str, answer: bytes, complete: Callable[[bytes], bool]) -> N
             conn.sendall(answer)
 
     serve_in_threads(srv, handle)
+def python_start(n: int) -> float:
+    """Seconds per `python3 -c pass` with the interpreter the installed scripts use."""
+    return timed([sys.executable, "-c", "pass"], n)
+
+
+def peak_rss_mib(argv: list[str], **kw: object) -> tuple[int, float]:
+    """(exit status, peak resident set in MiB) of one run of `argv`.
+
+    Run under GNU time, a small process: a child's peak counts what its parent had mapped
+    when it forked (or vforked) it, which for this script is more than a client uses."""
+    with tempfile.NamedTemporaryFile("r") as out:
+        status = subprocess.run(["/usr/bin/time", "-q", "-f", "%M", "-o", out.name, *argv],
+                                **kw).returncode  # type: ignore[call-overload]
+        return status, int(out.read().split()[-1]) / 1024
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set of a running process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def load() -> str:
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+

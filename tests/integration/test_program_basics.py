@@ -18,7 +18,21 @@ from .fixtures.processes import PYTHON, SRC
 _PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 #: upstream's own status for --help where it is not 0
 HELP_STATUS = {"qrexec-daemon": 1, "qrexec-agent": 2}
-SCRIPTS = tomllib.loads(_PYPROJECT.read_text())["project"]["scripts"]
+_CONFIG = tomllib.loads(_PYPROJECT.read_text())
+
+
+def _scripts() -> dict[str, str]:
+    """Every installed program: entry points, and the plain launchers of script-files."""
+    scripts = dict(_CONFIG["project"]["scripts"])
+    for rel in _CONFIG["tool"]["setuptools"]["script-files"]:
+        path = _PYPROJECT.parent / rel
+        module = re.search(r"^from (pyqrexec\.cli\.\w+) import run$", path.read_text(), re.M)
+        assert module is not None, f"{rel} runs no pyqrexec program"
+        scripts[path.name] = f"{module.group(1)}:run"
+    return scripts
+
+
+SCRIPTS = _scripts()
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -66,14 +66,22 @@ def test_many_calls_do_not_leak(world: World) -> None:
     work = world.host.domains["work"]
     other = world.host.domains["anotherVM"]
     procs = [p for p in (work.agent, work.daemon, other.agent, other.daemon) if p is not None]
+    from .fixtures.processes import wait_for
+    from .fixtures.rawcalls import children
     from .fixtures.world import fd_count
 
+    def settled() -> list[int]:
+        # a client may end before the callee's agent has reaped its handler (and closed the
+        # handler's pidfd): count once every per-call process is gone
+        wait_for(lambda: not any(children(p.pid) for p in procs), what="handlers reaped")
+        return [fd_count(p.pid) for p in procs]
+
     assert world.call("work", "anotherVM", "test.True").returncode == 0
-    before = [fd_count(p.pid) for p in procs]
+    before = settled()
     for _ in range(20):
         assert world.call("work", "anotherVM", "test.True").returncode == 0
         assert world.call("work", "deny-me", "test.True").returncode == 126
-    assert [fd_count(p.pid) for p in procs] == before
+    assert settled() == before
 
 
 def test_wait_for_session_runs_first(world: World) -> None:

@@ -73,6 +73,22 @@ def _set_nonblocking(fd: int) -> None:
         pass
 
 
+def _batch_scheduling() -> None:
+    """Run this relay as SCHED_BATCH, which a woken task uses to wait for its turn instead of
+    preempting the running one (best effort; nothing is started from a relay afterwards).
+
+    A program writing into the relay in small chunks (`head`, `cat`: 4-8 KiB) otherwise wakes
+    it and is preempted on every write when both share a scheduling group, as an unprivileged
+    agent's service and its handler do (same session, hence same autogroup): each wake-up
+    then moves ~10 KiB instead of ~30 KiB. Measured on a busy 2-CPU host, 20 % more from an
+    unprivileged agent's service; a program in a session (and group) of its own, as a root
+    agent's services are, gains nothing and its relay lost 15 %: it is not batched."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
+
+
 def _grow_pipe(fd: int) -> None:
     """Let a pipe hold 1 MiB so one read can fill a whole batch (best effort)."""
     try:
@@ -456,6 +472,7 @@ def run_caller(
 ) -> CallerResult:
     """Caller side of docs/reference/protocol.md#end-of-a-call until the call is over; returns the
     remote status."""
+    _batch_scheduling()
     relay = Relay(channel, own_version, log, CallerStream)
     src: Source | None = None
     if local_in is not None:
@@ -685,10 +702,14 @@ def run_service(
     log: Callable[[str], None],
     single_socket: SingleSocket | None = None,
     traffic: Traffic | None = None,
+    batch: bool = True,
 ) -> int:
     """Service side of a call (reference: End of a call), after the own HELLO went out
-    (`service_side.send_hello`); `traffic` is filled in as data passes.
+    (`service_side.send_hello`); `traffic` is filled in as data passes. `batch`: the
+    service shares this process's session, so its scheduling group (`_batch_scheduling`).
     Returns the status sent, or -1 if the channel closed early."""
+    if batch:
+        _batch_scheduling()
     relay = Relay(channel, own_version, log, ServiceStream, hello_sent=True, traffic=traffic)
     return _Service(relay, end, single_socket).run()
 

@@ -113,7 +113,8 @@ def relay_started(
                      pidfd=pidfd, reap=reap, stderr_log=stderr_log,
                      exit_on_client_eof=bool(socket_config and socket_config.exit_on_client_eof),
                      exit_on_service_eof=bool(socket_config and socket_config.exit_on_service_eof))
-    status = run_service(channel, own_version, end, log, single_socket, traffic)
+    status = run_service(channel, own_version, end, log, single_socket, traffic,
+                         batch=not started.own_session)
     if pidfd is not None:
         os.close(pidfd)
     channel.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,11 +151,11 @@ def _call(args: argparse.Namespace, spec: dict[str, object], log_dir: Path) -> i
     if status < 0:
         return 128 - status
     if status == 126:
-        why = _refusal(log_dir, marks, args)
+        why = _when_logged(lambda: _refusal(log_dir, marks, args))
         if why:
             print(f"qrexec-host: call: {why}", file=sys.stderr)
     elif status == 127:
-        missing = _missing_service(log_dir, marks, args.service)
+        missing = _when_logged(lambda: _missing_service(log_dir, marks, args.service))
         if missing:
             print(f"qrexec-host: call: {missing}", file=sys.stderr)
     return status
@@ -182,6 +183,18 @@ def _new_lines(log: Path, marks: dict[Path, int]) -> list[str]:
                     for line in f.read(1 << 20).decode(errors="replace").splitlines()]
     except OSError:
         return []
+
+
+def _when_logged(read: Callable[[], str], patience: float = 1.0) -> str:
+    """`read()` again until it finds its line, for `patience` seconds at most: the logs are
+    written by `qrexec-host up`, which relays what the programs print, so a line printed
+    before the call ended may reach the file a moment after the caller has its answer."""
+    import time
+
+    deadline = time.monotonic() + patience
+    while not (found := read()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
 
 
 def _refusal(log_dir: Path, marks: dict[Path, int], args: argparse.Namespace) -> str:

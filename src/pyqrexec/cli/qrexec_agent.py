@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     from . import entry
+    from .resident import without_tls
 
+    without_tls()
     entry(main)
 
 

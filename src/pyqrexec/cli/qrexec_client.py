@@ -341,6 +341,10 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
     elif stdin_sock is not None:
         in_sock, out_sock = stdin_sock
         local_in, local_out = in_sock.fileno(), out_sock.fileno()
+    # imported while the agent forks the handler that connects: the wait hides their cost
+    from ..call.relay import run_caller
+    from ..system.settings import max_protocol_version
+
     try:
         channel = vchan.accept_one(listener, path, args.timeout or None)
     except OSError as err:
@@ -348,8 +352,6 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         if proc is not None:
             proc.kill()
         return _EXIT_PROBLEM
-    from ..call.relay import run_caller
-    from ..system.settings import max_protocol_version
 
     if args.just_exec:
         local_in = None
@@ -377,7 +379,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
 def run() -> None:
     from . import entry
 
-    entry(main)
+    entry(main, quick_exit=True)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         agent.connect(args.agent_socket)
         agent.sendall(request)
+        # what the call needs next is imported while the policy decides and the target's
+        # handler starts: the wait hides their cost
+        from ..call import relay  # noqa: F401
+        from ..system import log, settings  # noqa: F401
+        from ..transport import vchan  # noqa: F401
+
         answer = b""
         while len(answer) < 8:
             chunk = agent.recv(8 - len(answer))
@@ -252,7 +258,7 @@ def _spawn_local(
 def run() -> None:
     from . import entry
 
-    entry(main)
+    entry(main, quick_exit=True)
 
 
 if __name__ == "__main__":

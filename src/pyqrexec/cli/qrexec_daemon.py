@@ -15,8 +15,8 @@ _HELP = """
   --max-ports-per-caller=N
       most data ports one calling domain may hold at once in this VM's table:
       1..{half}, default {default} (or ${env}); {half} = only the caller's
-      half of the table limits it. A call that gets no port within {wait:g} s is refused
-      (qrexec-client-vm exits 126).
+      half of the table limits it. A call that gets no port is refused (qrexec-client-vm
+      exits 126) once no call from here to that VM got one for {wait:g} s.
 """
 _LOG_DIR = "/var/log/qubes"
 #: the per-caller port share when --max-ports-per-caller is not given
@@ -231,7 +231,9 @@ def _open_log(name: str, log: object) -> None:
 
 def run() -> None:
     from . import entry
+    from .resident import without_tls
 
+    without_tls()
     entry(main)
 
 

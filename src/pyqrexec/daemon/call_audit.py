@@ -22,7 +22,6 @@ from ..policy.audit import (
     EndReport,
     audit_socket_for,
     end_report_text,
-    new_call_id,
 )
 from .policy_answer import PolicyAnswer
 
@@ -34,7 +33,9 @@ _tasks: set[asyncio.Task[None]] = set()
 
 class CallAudit:
     def __init__(self) -> None:
-        self.call = new_call_id()
+        # policy.audit.new_call_id's id, from os.urandom as `secrets` takes it: `secrets`
+        # would bring hashlib and libcrypto (~4 MiB) into every domain's daemon
+        self.call = os.urandom(8).hex()
         self.started = time.monotonic()
         self.policy_socket: str | None = None  # set once the policy daemon answered
         self.scope: str | None = None  # set once the call was allowed

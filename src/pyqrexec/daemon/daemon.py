@@ -103,6 +103,9 @@ class Daemon:
         self.worker = worker
         self.loop = asyncio.get_running_loop()
         self.ports: PortTable[_Client] = PortTable(opts.domid, opts.port_share)
+        #: when a request of ours last got a data port from each target daemon (worker.py:
+        #: a request without one waits while others get theirs); one entry per target
+        self.port_granted: dict[str, float] = {}
         #: for lines a hostile domain can make us repeat at will
         self.log_repeated = RepeatLimited(log, self.loop.call_later)
         self.clients: set[_Client] = set()

@@ -40,10 +40,15 @@ __all__ = ["call_worker", "DOM0_NAMES"]
 
 DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 DEFAULT_POLICY_SOCKET = "/run/qubes/policy.sock"
-#: how long a request may wait for a data port of a busy target before it is refused
-#: (docs/daemon.md "Data ports"): long enough for a burst of short calls to end, short
-#: enough that the caller's refusal is prompt
-BUSY_WAIT = 1.0
+#: how long a request may wait for a data port of a busy target while none of this daemon's
+#: requests to it gets one (docs/daemon.md "Data ports"): long enough for one of a burst of
+#: short calls to end even when hundreds of callers starting at once compete for the CPU,
+#: short enough that a caller flooding the target with calls that never end is refused
+#: within seconds
+BUSY_WAIT = 5.0
+#: the longest any request waits for a port, however steadily ports come free: a burst of
+#: hundreds of short calls is served in full, none waits without bound
+BUSY_WAIT_MAX = 60.0
 #: the longest pause between two attempts within `BUSY_WAIT`
 _BUSY_PAUSE_MAX = 0.25
 
@@ -187,11 +192,13 @@ async def _exec_in(
 
     A target daemon that has no port for us (its half of the table is full, or we hold our
     share of it) closes the connection without an answer. One of those ports may come free
-    soon, so the request is repeated, with growing pauses, for up to `BUSY_WAIT` seconds;
-    then the call is refused like a denied one.
+    soon, so the request is repeated, with growing pauses, as long as some request of ours
+    to `dest` got a port within the last `BUSY_WAIT` seconds (the calls holding them are
+    ending: a burst is being served), for `BUSY_WAIT_MAX` at most; then the call is refused
+    like a denied one.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + BUSY_WAIT
+    start = loop.time()
     pause = 0.01
     while True:
         reader, writer, session = await _open_target(daemon, dest, autostart)
@@ -200,9 +207,12 @@ async def _exec_in(
             session.expect_answer(MsgType.EXEC_CMDLINE)
             answer = await read_stream_message(reader, session, NEED_DATA)
             if isinstance(answer, PortAnswer):
+                daemon.port_granted[dest] = loop.time()
                 return answer.domain, answer.port, reader, writer
             # closed without an answer: no port for us now
             writer.close()
+            progress = max(start, daemon.port_granted.get(dest, start))
+            deadline = min(progress + BUSY_WAIT, start + BUSY_WAIT_MAX)
             if loop.time() + pause > deadline:
                 raise WorkerFailure(
                     EXIT_REQUEST_REFUSED,

@@ -22,6 +22,14 @@ from ..system.programs import program, program_argv
 __all__ = ["PlainHost", "PlainDomain"]
 
 
+def _open_to_all(path: Path) -> bool:
+    """Every user may run `path`: it and each directory above it are open to others."""
+    try:
+        return all(os.stat(p).st_mode & 0o005 == 0o005 for p in (path, *path.parents))
+    except OSError:
+        return False
+
+
 class PlainDomain:
     def __init__(self, host: PlainHost, name: str, domid: int, user: str) -> None:
         self.host = host
@@ -40,7 +48,7 @@ class PlainDomain:
         log = open(h.root / f"{self.name}.log", "ab")  # noqa: SIM115 - handed to children
         env = h.env(self.domid, **(agent_env or {}))
         argv = program_argv("qrexec-agent")
-        if agent_wrapper:
+        if agent_wrapper and not _open_to_all(Path(argv[0])):
             # an unprivileged agent may not read the install location (e.g. under /root):
             # run it from the package's own directory, which it must be able to read
             argv = program("qrexec-agent")

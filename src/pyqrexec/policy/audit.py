@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -71,6 +70,10 @@ def audit_socket_for(policy_socket: str) -> str:
 
 
 def new_call_id() -> str:
+    # imported here: `secrets` brings hashlib and libcrypto (~4 MiB), which the daemons,
+    # importing this module for the end reports, need not hold
+    import secrets
+
     return secrets.token_hex(8)
 
 
@@ -85,6 +88,8 @@ class CallIds:
 
     def __call__(self) -> str:
         if self._next >> 32:
+            import secrets  # see new_call_id
+
             self._prefix, self._next = secrets.token_hex(4), 0
         self._next += 1
         return f"{self._prefix}{self._next - 1:08x}"

@@ -12,7 +12,6 @@ The HELLO exchange is the first state of every channel that has one; the header 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from .cmdline import replace_default_user
 from .constants import MsgType
@@ -31,6 +30,7 @@ from .errors import LocalProtocolError, RemoteProtocolError
 from .framing import END_OF_STREAM, NEED_DATA, HeaderCheck, Message, MessageReader, Signal
 from .handshake import check_client_hello, check_hello_header, negotiate_control, negotiate_data
 from .messages import ExecParams, Trigger4, parse_exec, parse_exec_params_only, parse_hello
+from .records import record
 
 __all__ = [
     "Event",
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Hello:
     """The peer's HELLO arrived: the version the channel runs at from now on."""
 
@@ -62,7 +62,7 @@ class Hello:
     peer: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConnectionTerminated:
     """Agent -> daemon: the call on data port `port` with `domain` is over."""
 
@@ -70,7 +70,7 @@ class ConnectionTerminated:
     port: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Exec:
     """Daemon -> agent: EXEC_CMDLINE or JUST_EXEC."""
 
@@ -78,7 +78,7 @@ class Exec:
     params: ExecParams
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceConnect:
     """Daemon -> agent: the request `ident` (32 bytes) is allowed; connect there."""
 
@@ -87,14 +87,14 @@ class ServiceConnect:
     port: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceRefused:
     """Daemon -> agent: the request `ident` is refused."""
 
     ident: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClientRequest:
     """Client -> daemon: the one request of a connection (Client socket, 3)."""
 
@@ -115,12 +115,12 @@ class ClientRequest:
         return replace_default_user(self.params.payload, default_user)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UnexpectedData:
     """Client -> daemon: bytes after the request, where nothing more may come."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PortAnswer:
     """Daemon -> client: where the data channel of a request with port 0 goes."""
 

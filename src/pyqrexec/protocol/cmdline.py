@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .constants import MAX_SERVICE_NAME_LEN, NOGUI_CMD_PREFIX, RPC_REQUEST_COMMAND
 from .errors import RemoteProtocolError
+from .records import record
 
 __all__ = [
     "Command",
@@ -20,7 +19,7 @@ __all__ = [
 _DEFAULT_USER_PREFIX = b"DEFAULT:"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceCall:
     """The `QUBESRPC` part of a command."""
 
@@ -39,7 +38,7 @@ class ServiceCall:
         return self.descriptor if self.argument is not None else self.descriptor + b"+"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Command:
     """A parsed command without its user."""
 

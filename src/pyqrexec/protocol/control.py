@@ -9,8 +9,6 @@ The agent trusts the daemon a little more: `check_daemon_header` is its side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .constants import (
     FIRST_DATA_PORT,
     LAST_DATA_PORT,
@@ -29,6 +27,7 @@ from .messages import (
     parse_exec,
     parse_exec_params_only,
 )
+from .records import record
 
 __all__ = [
     "ServiceRequest",
@@ -48,7 +47,7 @@ _TRIGGER3_HEAD = 96
 _TRIGGER4_HEAD = 160
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceRequest:
     """A trigger that passed validation; names are sanitised text."""
 
@@ -60,7 +59,7 @@ class ServiceRequest:
     ident: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Refusal:
     """Answer with MSG_SERVICE_REFUSED carrying `ident` (the raw received bytes)."""
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from enum import Enum
-from typing import NamedTuple
 
 from .constants import HEADER_SIZE
 from .errors import LocalProtocolError, RemoteProtocolError
-from .messages import HEADER
+from .records import record
+from .wire import HEADER
+
+#: looks at (type, len) of a header and raises RemoteProtocolError to refuse it
+HeaderCheck = Callable[[int, int], None]
 
 __all__ = [
     "Message",
@@ -26,14 +29,12 @@ __all__ = [
     "MessageReader",
 ]
 
-#: looks at (type, len) of a header and raises RemoteProtocolError to refuse it
-HeaderCheck = Callable[[int, int], None]
-
 #: compact the buffer once this many consumed bytes sit at its front
 _COMPACT_AT = 65536
 
 
-class Message(NamedTuple):
+@record
+class Message:
     """A complete message: its type and its payload (header removed)."""
 
     msgtype: int

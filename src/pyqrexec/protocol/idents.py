@@ -3,8 +3,6 @@ docs/reference/protocol.md#request-idents)."""
 
 from __future__ import annotations
 
-import re
-
 from .constants import IDENT_SIZE
 from .errors import LocalProtocolError
 
@@ -21,7 +19,9 @@ _IDENT_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq
 _SAFE = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.-")
 SERVICE_EXTRA = frozenset(b"+")
 DOMAIN_EXTRA = frozenset(b"@:")
-_SOCKET_IDENT = re.compile(rb"SOCKET([0-9]{1,10})")
+#: `SOCKET` and 1 to 10 ASCII digits (no `re`: it is not on the clients' start-up path)
+_SOCKET_PREFIX = b"SOCKET"
+_DIGITS = frozenset(b"0123456789")
 _INT_MAX = 2**31 - 1
 
 
@@ -62,8 +62,9 @@ def parse_agent_ident(field: bytes) -> int | None:
     """`n` of a `SOCKET<n>` ident, or None when the field is not one."""
     nul = field.find(b"\0")
     text = field if nul < 0 else field[:nul]
-    m = _SOCKET_IDENT.fullmatch(text)
-    if m is None or int(m.group(1)) > _INT_MAX:
+    digits = text[len(_SOCKET_PREFIX):]
+    if (not text.startswith(_SOCKET_PREFIX) or not 1 <= len(digits) <= 10
+            or not _DIGITS.issuperset(digits) or int(digits) > _INT_MAX):
         return None
-    return int(m.group(1))
+    return int(digits)
 

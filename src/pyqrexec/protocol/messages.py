@@ -9,10 +9,10 @@ their name says otherwise; decoders take the payload (header already removed) an
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from .constants import IDENT_SIZE, MAX_SERVICE_NAME_LEN, MsgType
 from .errors import LocalProtocolError, RemoteProtocolError
+from .records import record
 from .wire import (
     EXEC_HEAD,
     HEADER,
@@ -65,7 +65,7 @@ CMD_INFO_HEAD = struct.Struct("<iiiI")
 
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExecParams:
     """`exec_params` and what follows it (MSG_EXEC_CMDLINE, JUST_EXEC, SERVICE_CONNECT)."""
 
@@ -101,7 +101,7 @@ def pack_connection_terminated(domain: int, port: int) -> bytes:
     return pack_exec(MsgType.CONNECTION_TERMINATED, domain, port, b"")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Trigger2:
     """`trigger_service_params` (v2), raw fixed fields."""
 
@@ -117,7 +117,7 @@ class Trigger2:
         return cls(s, t, i)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Trigger3:
     """`trigger_service_params3`: fixed head plus the service-name field."""
 
@@ -133,7 +133,7 @@ class Trigger3:
         return cls(t, i, bytes(payload[_TRIGGER3_HEAD.size :]))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Trigger4:
     """`trigger_service_params4`: fixed head plus the service-name field."""
 
@@ -184,7 +184,7 @@ def pack_trigger4(service: bytes, target: bytes, ident: bytes, source: bytes = b
     return HEADER.pack(MsgType.TRIGGER_SERVICE4, len(body)) + body
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CmdInfo:
     """`qrexec_cmd_info` (agent -> fork server, no msg_header)."""
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 import enum
 import os
 import pwd
-import shutil
 import socket
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -30,7 +28,7 @@ from .environment import (
     service_environment,
     valid_token_count,
 )
-from .launch import DEVNULL, launch
+from .launch import DEVNULL, find_program, launch
 from .lookup import Entry, LookupFailure, ServiceKind, find_service, load_service_config
 from .rpcconfig import DEFAULT_CONFIG, ServiceConfig
 from .syslogcopy import open_syslog_writer
@@ -104,6 +102,9 @@ class Started:
     #: the rpc-config settings applied (exit-on-client-eof and exit-on-service-eof are the
     #: relay's to honour)
     config: ServiceConfig = field(default=DEFAULT_CONFIG)
+    #: the process leads a session of its own (a root agent's calls): the scheduler puts it
+    #: in its own group, apart from the relay (relay.run_service `batch`)
+    own_session: bool = False
 
 
 @dataclass
@@ -185,6 +186,8 @@ def _connect_unix(path: bytes) -> socket.socket:
             sock.connect(path)
             return sock
         # sun_path holds 108 bytes: reach longer paths through a short private symlink
+        import tempfile  # rare: not worth its imports in every agent
+
         directory = tempfile.mkdtemp(prefix="qrexec-", dir="/tmp")
         link = os.path.join(os.fsencode(directory), b"s")
         try:
@@ -294,11 +297,11 @@ def _open_stdio(ctx: SpawnContext, tag: str | None) -> _Stdio:
     return _Stdio((to_close[0], to_close[1], err_write), ours_in, ours_out, err_read, to_close)
 
 
-def _result(pid: int, stdio: _Stdio) -> Result:
+def _result(pid: int, stdio: _Stdio, own_session: bool = False) -> Result:
     stdio.close_child_ends()
     if stdio.stdin is None or stdio.stdout is None:
         return Detached(pid)
-    return Started(pid, stdio.stdin, stdio.stdout, stdio.stderr)
+    return Started(pid, stdio.stdin, stdio.stdout, stdio.stderr, own_session=own_session)
 
 
 def _exit_with(status: int, message: str, stdio: _Stdio, ctx: SpawnContext) -> Result:
@@ -333,7 +336,7 @@ def _exec(
         status = EXIT_SERVICE_NOT_FOUND if isinstance(err, FileNotFoundError) else EXIT_PROBLEM
         message = f"failed to execute {os.fsdecode(path)}: {err.strerror}"
         return _exit_with(status, message, stdio, ctx)
-    return _result(pid, stdio)
+    return _result(pid, stdio, own_session=setsid)
 
 
 def _own_user(ctx: SpawnContext) -> str:
@@ -379,7 +382,7 @@ def _switch_user_prefix(entry: pwd.struct_passwd, ctx: SpawnContext) -> list[byt
     """argv prefix that runs the rest as `entry`'s user with its groups (empty: already so)."""
     if entry.pw_uid == os.geteuid() and entry.pw_gid == os.getegid():
         return []
-    setpriv = shutil.which(ctx.setpriv) or ctx.setpriv
+    setpriv = find_program(ctx.setpriv) or ctx.setpriv
     return [
         os.fsencode(setpriv),
         b"--reuid=%d" % entry.pw_uid,

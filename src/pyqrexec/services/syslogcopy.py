@@ -4,9 +4,8 @@ effort."""
 from __future__ import annotations
 
 import os
-import shutil
 
-from .launch import CLOSED, DEVNULL, launch
+from .launch import CLOSED, DEVNULL, find_program, launch
 
 __all__ = ["open_syslog_writer"]
 
@@ -17,7 +16,7 @@ _DETACH_LOGGER = b'"$0" -t "$1" <&3 3<&- >/dev/null &'
 
 def open_syslog_writer(tag: str) -> int | None:
     """A pipe write end whose bytes go to `logger -t TAG`; None when that is not possible."""
-    logger = shutil.which("logger")
+    logger = find_program("logger")
     if logger is None:
         return None
     read_end, write_end = os.pipe()

@@ -1,0 +1,46 @@
+"""protocol.records: what the message classes used of frozen, slotted dataclasses."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyqrexec.protocol.records import FrozenInstanceError, record
+
+
+@record
+class Point:
+    x: int
+    y: int
+    label: bytes = b""
+
+
+def test_construction_equality_hash_repr() -> None:
+    p = Point(1, y=2)
+    assert p == Point(1, 2, b"") and p != Point(1, 3) and p != (1, 2, b"")
+    assert hash(p) == hash(Point(1, 2))
+    assert repr(p) == "Point(x=1, y=2, label=b'')"
+    assert Point.__match_args__ == ("x", "y", "label")
+
+
+def test_frozen_and_slotted() -> None:
+    p = Point(1, 2)
+    with pytest.raises(FrozenInstanceError):
+        p.x = 3  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del p.y
+    assert not hasattr(p, "__dict__")
+
+
+@pytest.mark.parametrize("args, kwargs", [((1,), {}), ((1, 2, b"", 4), {}),
+                                          ((1, 2), {"x": 1}), ((1, 2), {"z": 0})])
+def test_wrong_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+    with pytest.raises(TypeError):
+        Point(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_match_by_position() -> None:
+    match Point(4, 5):
+        case Point(x, y, label):
+            assert (x, y, label) == (4, 5, b"")
+        case _:
+            pytest.fail("no match")
