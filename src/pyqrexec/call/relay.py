@@ -9,6 +9,12 @@ case the bytes that did not fit are queued (and reading the channel pauses past 
 
 The meaning of each received message comes from `protocol.data`; this module only moves
 bytes and keeps the end-of-call ordering of docs/reference/protocol.md#end-of-a-call.
+
+Size: the caller's loop (`_Caller`) and the service's (`_Service`) are separate classes, each
+tested on socket pairs, but they share the stream helpers (`_read_into`, `_write_sink`,
+`_poll_sources`, ...) and poll constants of the hot path as this module's globals; split
+into modules, those would become a dozen cross-module imports of private helpers, and the
+clients would load two more modules on their start-up path.
 """
 
 from __future__ import annotations
