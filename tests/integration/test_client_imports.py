@@ -1,0 +1,84 @@
+"""Start-up tricks are allowed only on the two per-call clients' path, and this is their
+guard: a real call by `qrexec-client` and by `qrexec-client-vm` imports only the modules
+listed here (docs/architecture.md#code-shape). A module added to their path must be added
+here on purpose, with its start-up cost in mind."""
+
+from __future__ import annotations
+
+import sys
+
+from .fixtures.processes import QrexecHost
+from .fixtures.world import World
+
+#: what a call may import beyond what `python3 -c pass` already has: our modules ...
+OURS = {
+    "qrexec-client": {
+        "pyqrexec", "pyqrexec.cli", "pyqrexec.cli.args", "pyqrexec.cli.qrexec_client",
+        "pyqrexec.call", "pyqrexec.call.relay", "pyqrexec.client",
+        "pyqrexec.protocol.channel", "pyqrexec.protocol.control", "pyqrexec.transport.feed",
+        "pyqrexec.client.daemon_socket", "pyqrexec.protocol", "pyqrexec.protocol.cmdline",
+        "pyqrexec.protocol.constants", "pyqrexec.protocol.data", "pyqrexec.protocol.errors",
+        "pyqrexec.protocol.framing", "pyqrexec.protocol.handshake", "pyqrexec.protocol.idents",
+        "pyqrexec.protocol.messages", "pyqrexec.protocol.records", "pyqrexec.protocol.wire",
+        "pyqrexec.system", "pyqrexec.system.log", "pyqrexec.system.settings",
+        "pyqrexec.transport", "pyqrexec.transport.unixsock", "pyqrexec.transport.vchan",
+    },
+    "qrexec-client-vm": set(),  # filled below: the same core, its own CLI module
+}
+OURS["qrexec-client-vm"] = (OURS["qrexec-client"] - {"pyqrexec.cli.qrexec_client",
+                                                     "pyqrexec.client",
+                                                     "pyqrexec.client.daemon_socket"}
+                            | {"pyqrexec.cli.qrexec_client_vm"})
+#: ... and the standard library's: none of dataclasses, typing, re, asyncio, logging
+STDLIB = {"__future__", "_socket", "socket", "selectors", "select", "signal", "_signal",
+          "struct", "_struct", "errno", "array", "enum", "collections", "_collections",
+          "itertools", "keyword", "operator", "_operator", "reprlib", "functools",
+          "_functools", "heapq", "_heapq", "fcntl", "math", "collections.abc", "types",
+          "copyreg", "time", "stat", "_stat",
+          # `python -m` (how the tests start programs; the installed launchers do not)
+          "runpy", "importlib", "importlib.machinery", "importlib.util", "importlib._abc",
+          "pkgutil"}
+FORBIDDEN = {"dataclasses", "typing", "re", "asyncio", "logging", "inspect", "ast"}
+
+
+def imported(stderr: bytes) -> set[str]:
+    """The modules `PYTHONPROFILEIMPORTTIME` reported, beyond the interpreter's own start."""
+    names = set()
+    for line in stderr.decode(errors="replace").splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                names.add(name)
+    return names
+
+
+def baseline(host: QrexecHost) -> set[str]:
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", "pass"], capture_output=True,
+                       env={"PYTHONPROFILEIMPORTTIME": "1", "PATH": "/usr/bin:/bin"})
+    return imported(r.stderr)
+
+
+def check(name: str, found: set[str], base: set[str]) -> None:
+    extra = found - base
+    ours = {m for m in extra if m.split(".")[0] == "pyqrexec"}
+    assert ours <= OURS[name], f"{name} now imports {sorted(ours - OURS[name])}"
+    assert not (extra & FORBIDDEN), f"{name} imports {sorted(extra & FORBIDDEN)}"
+    theirs = {m for m in extra - ours if not m.startswith("encodings")}
+    assert theirs <= STDLIB, f"{name} now imports {sorted(theirs - STDLIB)}"
+
+
+def test_qrexec_client_imports_only_its_list(host: QrexecHost, world: World) -> None:
+    world.service("anotherVM", "test.True", "#!/bin/sh\n")
+    r = host.client("-d", "anotherVM", "DEFAULT:QUBESRPC test.True dom0",
+                    env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert r.returncode == 0, r.stderr
+    check("qrexec-client", imported(r.stderr), baseline(host))
+
+
+def test_qrexec_client_vm_imports_only_its_list(host: QrexecHost, world: World) -> None:
+    world.service("anotherVM", "test.True", "#!/bin/sh\n")
+    r = world.call("work", "anotherVM", "test.True", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert r.returncode == 0, r.stderr
+    check("qrexec-client-vm", imported(r.stderr), baseline(host))
