@@ -145,18 +145,18 @@ def test_dom0_has_no_agent_to_call_from(host_world: HostWorld) -> None:
     assert b"dom0 has no qrexec-agent" in done.stderr
 
 
-def test_logs_audit_shows_a_call_and_its_end(world: HostWorld) -> None:
+def test_logs_audit_shows_a_call_and_its_end(host_world: HostWorld) -> None:
     """docs/audit.md: `qrexec-host logs --audit` reads the host's trail; a VM -> dom0 call
     has its decision and its end, with the bytes dom0 relayed."""
     import json
     import time
 
-    done = world.host("call", "sys-usb", "work", "test.Env+audited", input=b"")
+    done = host_world.host("call", "sys-usb", "work", "test.Env+audited", input=b"")
     assert done.returncode == 0, done.stderr
     returned = len(done.stdout)
 
     def shown(*args: str) -> list[dict[str, object]]:
-        out = world.host("logs", "--audit", "--service", "test.Env+audited", *args)
+        out = host_world.host("logs", "--audit", "--service", "test.Env+audited", *args)
         assert out.returncode == 0, out.stderr
         return [json.loads(line) for line in out.stdout.splitlines()]
 
@@ -172,6 +172,6 @@ def test_logs_audit_shows_a_call_and_its_end(world: HostWorld) -> None:
         "end", decision["call"], "call", 0)
     assert (end["bytes_in"], end["bytes_out"]) == (0, returned)
     # the table, filtered the same way
-    table = world.host("logs", "--audit", "--service", "test.Env+audited", "--event", "end")
+    table = host_world.host("logs", "--audit", "--service", "test.Env+audited", "--event", "end")
     [line] = table.stdout.decode().splitlines()
     assert f"  {decision['call']}  sys-usb -> dom0  test.Env+audited  call" in line
