@@ -169,3 +169,14 @@ def test_service_broken_channel_and_early_close() -> None:
         lines, log = logger()
         assert run_service(chan, 4, end, log) == -1
         assert any(expected in line for line in lines), lines
+
+
+def test_a_relay_run_in_process_leaves_the_scheduling_policy_alone() -> None:
+    """Only the clients and the per-call handlers ask for SCHED_BATCH: a program that runs a
+    relay among other work (a library user, this test) keeps its own policy."""
+    before = os.sched_getscheduler(0)
+    chan, peer = socket.socketpair()
+    with chan, peer:
+        peer.close()
+        run_caller(chan, 4, None, None, lambda _m: None)
+    assert os.sched_getscheduler(0) == before

@@ -35,7 +35,7 @@ from ..services.session import MAX_PARKED, start_session_waiter
 from ..services.spawn import Failed, SpawnContext, service_config_for
 from ..system.forking import fork_call, on_exit
 from ..transport import vchan
-from ..transport.aio import ChannelWriter
+from ..transport.aio import BackgroundTasks, ChannelWriter
 from ..transport.feed import read_message_async
 from .fork_client import Handover, hand_over, prepare_handover, watch_until_eof
 from .trigger import TriggerSocket
@@ -72,6 +72,8 @@ class Agent:
         self.opts = opts
         self.log = log
         self.loop = asyncio.get_running_loop()
+        #: hand-overs to the fork server and the watches of their sockets
+        self.background = BackgroundTasks()
         self.writer: ChannelWriter | None = None
         self.version = 0
         self.trigger: TriggerSocket | None = None
@@ -236,7 +238,7 @@ class Agent:
         handover = prepare_handover(self.opts.fork_server_socket, call.msgtype, call.domain,
                                     call.port, call.cmdline, call.config, self.opts.own_user)
         if handover is not None:
-            self.loop.create_task(self._hand_over(call, handover))
+            self.background.start(self._hand_over(call, handover))
         else:
             self._fork_handler(call)
 
@@ -246,7 +248,8 @@ class Agent:
         if sock is None:
             self._fork_handler(call)
             return
-        watch_until_eof(self.loop, sock, lambda: self._terminated(call), self._control_ready)
+        watch_until_eof(self.loop, sock, lambda: self._terminated(call), self._control_ready,
+                        tasks=self.background)
 
     def _fork_handler(self, call: _Call) -> None:
         def body() -> int:

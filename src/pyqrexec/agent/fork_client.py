@@ -13,7 +13,7 @@ after `_plan` read the rpc-config and any parking for wait-for-session is over::
     handover = prepare_handover(self.opts.fork_server_socket, call.msgtype, call.domain,
                                 call.port, call.cmdline, call.config, self.opts.own_user)
     if handover is not None:
-        self.loop.create_task(self._hand_over(call, handover))
+        self.background.start(self._hand_over(call, handover))
         return
     ...                                    # fork_call(run_handler ...), as today
 
@@ -23,7 +23,8 @@ after `_plan` read the rpc-config and any parking for wait-for-session is over::
             ...                            # the fork_call path above
             return
         watch_until_eof(self.loop, sock, lambda: self._send_soon(
-            pack_connection_terminated(call.domain, call.port)), self._control_ready)
+            pack_connection_terminated(call.domain, call.port)), self._control_ready,
+            tasks=self.background)
 
 `prepare_handover` takes `ExecParams.cmdline` as it is (`USER:COMMAND`, no NUL) and the
 config `_plan` left in `call.config`: `None` there means defaults for a shell command, but
@@ -46,7 +47,7 @@ from ..protocol.cmdline import Command, parse_command, split_user
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import CmdInfo, pack_cmd_info
 from ..services.rpcconfig import DEFAULT_CONFIG, ServiceConfig
-from ..transport.aio import connect_unix, drain_until_eof
+from ..transport.aio import BackgroundTasks, connect_unix, drain_until_eof
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -173,11 +174,11 @@ async def hand_over(
 
 def watch_until_eof(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, finished: Callable[[], None],
-    ready: Callable[[], Awaitable[None]] | None = None,
+    ready: Callable[[], Awaitable[None]] | None = None, *, tasks: BackgroundTasks,
 ) -> None:
     """Close `sock` and call `finished` once it reaches EOF (or fails). Bytes the fork
     server should not send are read and dropped; `ready` pauses reading (see
-    `drain_until_eof`)."""
+    `drain_until_eof`). The watch is one of `tasks`."""
     sock.setblocking(False)
 
     async def watch() -> None:
@@ -185,4 +186,4 @@ def watch_until_eof(
         sock.close()
         finished()
 
-    loop.create_task(watch())
+    tasks.start(watch())

@@ -28,7 +28,7 @@ from ..protocol.messages import (
     pack_trigger3,
     pack_trigger4,
 )
-from ..transport.aio import drain_until_eof
+from ..transport.aio import BackgroundTasks, drain_until_eof
 from ..transport.feed import read_message_async
 
 __all__ = ["TriggerSocket", "downgrade"]
@@ -76,6 +76,8 @@ class TriggerSocket:
         self.version = version
         self.log = log
         self.loop = asyncio.get_running_loop()
+        #: one task per caller: reading its request, then waiting for its call's end
+        self.connections = BackgroundTasks()
         #: fd -> request waiting for the daemon's answer
         self.pending: dict[int, _Request] = {}
         self.listener: socket.socket | None = None
@@ -109,7 +111,7 @@ class TriggerSocket:
             await self.ready()
             conn, _ = await self.loop.sock_accept(self.listener)
             conn.setblocking(False)
-            self.loop.create_task(self._serve(conn))
+            self.connections.start(self._serve(conn))
 
     async def _serve(self, conn: socket.socket) -> None:
         try:
@@ -162,7 +164,7 @@ class TriggerSocket:
             req.sock.close()
             self.send(pack_connection_terminated(domain, port))
             return
-        self.loop.create_task(self._wait_end(req))
+        self.connections.start(self._wait_end(req))
 
     async def _wait_end(self, req: _Request) -> None:
         assert req.connected is not None

@@ -475,10 +475,14 @@ def run_caller(
     local_wait_fd: int | None = None,
     stop_input_on_exit: bool = True,
     single_socket: SingleSocket | None = None,
+    batch: bool = False,
 ) -> CallerResult:
     """Caller side of docs/reference/protocol.md#end-of-a-call until the call is over; returns the
-    remote status."""
-    _batch_scheduling()
+    remote status. `batch`: this process is a client that only relays from now on, and may
+    run as SCHED_BATCH (`_batch_scheduling`); never for a relay run inside a program that
+    does other work (a test, a library user)."""
+    if batch:
+        _batch_scheduling()
     relay = Relay(channel, own_version, log, CallerStream)
     src: Source | None = None
     if local_in is not None:
@@ -708,7 +712,7 @@ def run_service(
     log: Callable[[str], None],
     single_socket: SingleSocket | None = None,
     traffic: Traffic | None = None,
-    batch: bool = True,
+    batch: bool = False,
 ) -> int:
     """Service side of a call (reference: End of a call), after the own HELLO went out
     (`service_side.send_hello`); `traffic` is filled in as data passes. `batch`: the

@@ -361,6 +361,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         filter_stdout=args.filter_stdout, filter_stderr=args.filter_stderr,
         local_done=(lambda: proc.poll() is not None) if proc is not None else None,
         local_wait_fd=pidfd,
+        batch=True,
     )
     channel.close()
     if result.no_hello:

@@ -218,6 +218,7 @@ def _call(args: _Args, domain: int, port: int) -> int:
         filter_stdout=filter_stdout, filter_stderr=filter_stderr,
         local_done=local_done if child is not None else None, local_wait_fd=pidfd,
         single_socket=single,
+        batch=True,
     )
     channel.close()
     status = result.exit_status

@@ -23,12 +23,13 @@ from ..policy.audit import (
     audit_socket_for,
     end_report_text,
 )
+from ..transport.aio import BackgroundTasks
 from .policy_answer import PolicyAnswer
 
 __all__ = ["CallAudit", "read_traffic", "write_traffic"]
 
 _DOM0 = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
-_tasks: set[asyncio.Task[None]] = set()
+_REPORTS = BackgroundTasks()
 
 
 class CallAudit:
@@ -74,10 +75,7 @@ class CallAudit:
         ms = int((time.monotonic() - self.started) * 1000)
         counts = self.traffic or (None, None)
         report = EndReport(self.call, self.scope, ms, status, *counts)
-        task = asyncio.get_running_loop().create_task(
-            _send(audit_socket_for(self.policy_socket), end_report_text(report)))
-        _tasks.add(task)
-        task.add_done_callback(_tasks.discard)
+        _REPORTS.start(_send(audit_socket_for(self.policy_socket), end_report_text(report)))
 
 
 async def _send(path: str, data: bytes) -> None:

@@ -35,6 +35,7 @@ from ..policy.loaders import DiskFiles, LoadResult, PolicyWatch, load_policy
 from ..policy.parser import Policy
 from ..policy.system_info import SystemInfo
 from ..system.inotify import InotifyUnavailable
+from ..transport.aio import BackgroundTasks
 from .agent_client import AgentClient, AgentError
 from .audit_log import AuditLog
 from .grant_store import GrantStore
@@ -73,7 +74,7 @@ class PolicyEngine:
         self.agent = AgentClient(config.service_path, config.qrexec_client)
         self._policy: Policy | AccessDenied | None = None
         self._watch: PolicyWatch | InotifyWatch | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks()
         #: the audit trail and the grants, when this engine keeps them (the policy daemon)
         self.audit: AuditLog | None = None
         self._audit_fields: dict[tuple[object, ...], str] = {}
@@ -362,9 +363,7 @@ class PolicyEngine:
         for level, text in outcome.log:
             self.log.log(_LEVELS.get(level, logging.INFO), "%s", text)
         for note in outcome.notifications:
-            task = asyncio.ensure_future(self._notify(note))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._background.start(self._notify(note))
         return outcome
 
     async def _notify(self, note: Notification) -> None:
@@ -376,7 +375,7 @@ class PolicyEngine:
     async def drain(self) -> None:
         """Wait for the notifications still being sent."""
         while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            await asyncio.gather(*self._background.tasks, return_exceptions=True)
 
 
 def grant_record(event: str, grant: Grant, **extra: Any) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from ..policy.wire import (
     parse_request,
     request_end,
 )
+from ..transport.aio import BackgroundTasks
 from .engine import PolicyEngine
 
 __all__ = ["PolicyServer"]
@@ -180,7 +181,7 @@ class PolicyServer:
     def __init__(self, engine: PolicyEngine, log: logging.Logger) -> None:
         self.engine = engine
         self.log = log
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
         self.auditing = engine.audit is not None
         self.new_call_id = CallIds()
         #: call id -> (source, target, service, argument) of allowed calls not ended yet
@@ -264,9 +265,7 @@ class PolicyServer:
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` as a task that is kept referenced until it ends."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.start(coro)
 
     async def handle_eval(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gui: bool

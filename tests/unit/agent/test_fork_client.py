@@ -24,6 +24,7 @@ from pyqrexec.agent.fork_client import (
 from pyqrexec.protocol.cmdline import parse_command
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.services.rpcconfig import DEFAULT_CONFIG, ServiceConfig
+from pyqrexec.transport.aio import BackgroundTasks
 
 T = "/run/fs.%s.sock"
 
@@ -153,7 +154,8 @@ def test_request_sent_and_eof_reported(tmp_path: Path, form: str) -> None:
         while len(received) < len(h.request):
             received += conn.recv(65536)
         finished = asyncio.Event()
-        watch_until_eof(loop, sock, finished.set)
+        tasks = BackgroundTasks()
+        watch_until_eof(loop, sock, finished.set, tasks=tasks)
         conn.sendall(b"stray bytes are ignored")
         await asyncio.sleep(0.05)
         assert not finished.is_set()
