@@ -9,9 +9,7 @@ streams.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import signal
 import socket
 from collections.abc import Coroutine
@@ -36,6 +34,7 @@ from ..policy.wire import (
     request_end,
 )
 from ..transport.aio import BackgroundTasks
+from ..transport.unixsock import listen_unix
 from .engine import PolicyEngine
 
 __all__ = ["PolicyServer"]
@@ -314,26 +313,26 @@ class PolicyServer:
         if audit is not None:
             sockets.append(audit_socket_for(policy_socket))
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, audit.reopen)
-        for path in sockets:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        listener.bind(policy_socket)
-        listener.listen(_BACKLOG)
+        # each socket appears under its name only once it listens with its mode: a
+        # qrexec-daemon that finds the file never meets ECONNREFUSED (and falls back to the
+        # policy program) or a moment of the default mode
+        listeners = [listen_unix(path, mode=0o660, backlog=_BACKLOG) for path in sockets]
+        listener = listeners[0]
         listener.setblocking(False)
         servers = [
             await asyncio.start_unix_server(
-                lambda r, w: self.handle_eval(r, w, gui=False), eval_socket, limit=_MAX_HEADER
+                lambda r, w: self.handle_eval(r, w, gui=False), sock=listeners[1],
+                limit=_MAX_HEADER
             ),
             await asyncio.start_unix_server(
-                lambda r, w: self.handle_eval(r, w, gui=True), gui_socket, limit=_MAX_HEADER
+                lambda r, w: self.handle_eval(r, w, gui=True), sock=listeners[2],
+                limit=_MAX_HEADER
             ),
         ]
         if audit is not None:
             servers.append(
-                await asyncio.start_unix_server(self.handle_report, sockets[3], limit=_MAX_HEADER)
+                await asyncio.start_unix_server(self.handle_report, sock=listeners[3],
+                                                limit=_MAX_HEADER)
             )
-        for path in sockets:
-            os.chmod(path, 0o660)
         self.log.info("policy daemon listening on %s", policy_socket)
         await asyncio.gather(self._serve_requests(listener), *(s.serve_forever() for s in servers))
