@@ -290,6 +290,11 @@ def test_port_flood_leaves_room_for_others(host_world: HostWorld, attacker: str)
     w = host_world
     assert w.domid("att") < w.domid("victim") and w.domid("attu") < w.domid(
         "victim")
+    # the same call without the flood, in this run: on a busy CI machine a whole
+    # `qrexec-host call` alone may take a second or more
+    start = time.monotonic()
+    assert call(host_world, other).returncode == 0
+    alone = time.monotonic() - start
     flood = subprocess.Popen(
         host_world.argv("run", attacker, "--", "sh", "-c",
                    "for i in $(seq 1 140); do qrexec-client-vm victim test.Hold "
@@ -309,7 +314,8 @@ def test_port_flood_leaves_room_for_others(host_world: HostWorld, attacker: str)
         done = call(host_world, other)
         elapsed = time.monotonic() - start
         assert done.stdout == f"{other} -> victim\n".encode(), done.stderr
-        assert elapsed < 2.0, elapsed
+        # the flood adds at most 2 s to the other's call (it used to wait for 60 s)
+        assert elapsed < alone + 2.0, (elapsed, alone)
     finally:
         flood.kill()
         flood.wait()
