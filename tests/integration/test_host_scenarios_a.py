@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import struct
 import subprocess
 import time
@@ -273,6 +274,17 @@ def pair_dir(host_world: HostWorld, a: int, b: int) -> Path:
     return host_world.state / "vchan" / str(min(a, b)) / str(max(a, b))
 
 
+def calls_ended(host_world: HostWorld, name: str) -> bool:
+    """Every call `name`'s agent started has ended and been reported to its daemon: a
+    handler's exit (logged by the agent, which then sends CONNECTION_TERMINATED) for each
+    `executed` line. A client may exit before that report, so the port its call used is
+    free again only from here on."""
+    text = (host_world.state / "log" / f"agent.{name}.log").read_text(errors="replace")
+    services = set(re.findall(r"executed(?: \(nowait\))?: .* \(pid (\d+)\)", text))
+    handlers = set(re.findall(r"pid (\d+) exited with", text)) - services
+    return len(handlers) >= len(re.findall(r"executed(?: \(nowait\))?: ", text))
+
+
 def expected_port(own: int, peer: int, used: set[int]) -> int:
     """protocol.md §8: the port a daemon of domid `own` allocates for `peer`."""
     first, step = (0, 1) if peer == 0 else (1, 2) if peer > own else (0, 2)
@@ -346,7 +358,9 @@ def test_s4_dom0_runs_a_command(host_world: HostWorld) -> None:
     assert (done.returncode, done.stdout) == (0, b"hello\n"), done.stderr
     done = host_world.client("-d", "work", "DEFAULT:echo hello")
     assert (done.returncode, done.stdout) == (0, b"hello\n"), done.stderr
-    # the same through a raw client: EXEC_CMDLINE{0,0} -> {work, 513}
+    # the same through a raw client: EXEC_CMDLINE{0,0} -> {work, 513}, once the calls above
+    # have given their port back
+    wait_for(lambda: calls_ended(host_world, "work"), 10, "work's calls to end")
     work = host_world.domid("work")
     for _ in range(2):  # the second time 513 is free again
         client = RawClient(host_world, "work")
@@ -475,6 +489,7 @@ def test_s11_port_parity(host_world: HostWorld) -> None:
         ensure(host_world, name, running=True)
     own, low, high = (host_world.domid(n) for n in ("work", "personal", "sys-usb"))
     assert own < low < high
+    wait_for(lambda: calls_ended(host_world, "work"), 10, "earlier calls to end")
     used: set[int] = set()
 
     def allocate(peer: int) -> tuple[RawClient, int]:
