@@ -13,7 +13,7 @@ import os
 import socket
 
 from ..protocol.errors import LocalProtocolError, RemoteProtocolError
-from ..protocol.messages import pack_trigger4
+from ..protocol.messages import client_trigger
 from ..protocol.wire import EXEC_HEAD, parse_exec_params_only
 from ..transport import vchan
 from ..transport.aio import connect_unix
@@ -25,15 +25,6 @@ __all__ = ["AsyncDomainClient", "DEFAULT_AGENT_SOCKET"]
 DEFAULT_AGENT_SOCKET = "/var/run/qubes/qrexec-agent"
 #: `qrexec-client-vm`'s status for its own failures
 _EXIT_FAILED = 1
-#: the longest target and source names a request carries (longer ones are cut, as the CLI
-#: cuts them)
-_NAME_MAX = 63
-
-
-def _name(text: str) -> bytes:
-    return os.fsencode(text)[:_NAME_MAX]
-
-
 class AsyncDomainClient:
     """Calls from a domain, for asyncio programs. Any number of calls may be in flight.
 
@@ -59,9 +50,8 @@ class AsyncDomainClient:
 
         Raises CallRefused (status 126), or SetupFailed (status 1)."""
         try:
-            request = pack_trigger4(os.fsencode(service),
-                                    _name(target).replace(b"$", b"@"), b"SOCKET",
-                                    _name(source or ""))
+            request = client_trigger(os.fsencode(service), os.fsencode(target),
+                                     os.fsencode(source or ""))
         except LocalProtocolError as err:
             raise ValueError(str(err)) from err
         loop = asyncio.get_running_loop()

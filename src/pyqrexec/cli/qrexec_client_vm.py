@@ -90,10 +90,10 @@ def _parse(argv: list[str]) -> _Args:
             a.stdin_socket = True
         elif opt in ("-s", "--source-qube"):
             once(a.source is not None, "--source-qube")
-            a.source = os.fsencode(val)[:63]
+            a.source = os.fsencode(val)
     if len(pos) < 2:
         raise UsageError(2, USAGE)
-    a.target = os.fsencode(pos[0]).replace(b"$", b"@")[:63]
+    a.target = os.fsencode(pos[0])
     a.service = os.fsencode(pos[1])
     if len(pos) > 2:
         a.program = pos[2:]
@@ -117,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     import socket
 
     from ..protocol.errors import LocalProtocolError
-    from ..protocol.messages import pack_trigger4
+    from ..protocol.messages import client_trigger
 
     try:
-        request = pack_trigger4(args.service, args.target, b"SOCKET", args.source or b"")
+        request = client_trigger(args.service, args.target, args.source or b"")
     except LocalProtocolError as err:
         sys.stderr.write(f"qrexec-client-vm: {err}\n")
         return 1

@@ -30,6 +30,7 @@ from .wire import (
 )
 
 __all__ = [
+    "client_trigger",
     "HEADER",
     "pack_header",
     "unpack_header",
@@ -182,6 +183,13 @@ def pack_trigger4(service: bytes, target: bytes, ident: bytes, source: bytes = b
         + name
     )
     return HEADER.pack(MsgType.TRIGGER_SERVICE4, len(body)) + body
+
+
+def client_trigger(service: bytes, target: bytes, source: bytes = b"") -> bytes:
+    """The request a calling program gives its agent, as `qrexec-client-vm` makes it: the
+    target's `$` keywords written as `@` ones, target and source cut to 63 bytes (longer
+    names are cut, not refused), the caller's socket as ident."""
+    return pack_trigger4(service, target.replace(b"$", b"@")[:63], b"SOCKET", source[:63])
 
 
 @record

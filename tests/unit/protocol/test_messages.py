@@ -305,3 +305,13 @@ def test_field_str(field: bytes, text: bytes) -> None:
 )
 def test_exec_cmdline_forces_last_nul(payload: bytes, cmdline: bytes) -> None:
     assert ExecParams(0, 513, payload).cmdline == cmdline
+
+
+def test_client_trigger_writes_dollar_keywords_as_at_and_cuts_names() -> None:
+    from pyqrexec.protocol.messages import client_trigger, pack_trigger4
+
+    assert client_trigger(b"test.Add", b"$default", b"") == pack_trigger4(
+        b"test.Add", b"@default", b"SOCKET", b"")
+    long = b"v" * 80
+    assert client_trigger(b"s", long, long) == pack_trigger4(b"s", long[:63], b"SOCKET",
+                                                             long[:63])
