@@ -14,10 +14,11 @@ import os
 import re
 import socket
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
+
+from ..system.log import stamp
 
 __all__ = ["STAMP_RE", "stamp", "stamped", "HostLog", "under_journal", "use_journal",
            "journal_socket", "open_sink", "message_of", "identifier", "JOURNAL_LIST",
@@ -31,11 +32,6 @@ _DEFAULT_JOURNAL = "/run/systemd/journal/stdout"
 
 #: the journal's stdout-stream socket while `up` logs there; None: files
 _journal: str | None = None
-
-
-def stamp(now: float | None = None) -> str:
-    now = time.time() if now is None else now
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
 
 
 def stamped(program: str, message: str, pid: int | None = None) -> str:

@@ -74,9 +74,10 @@ def _pref_value(domains: dict[str, DomainConfig], name: str, key: str,
         value = {"true": True, "false": False, "1": True, "0": False}.get(text.lower())
         if value is None:
             return None, f"{key} must be true or false"
-        users = [o.name for o in domains.values() if o.default_dispvm == name]
-        if key == "template_for_dispvms" and value is False and users:
-            return value, f"{name} is the default_dispvm of {', '.join(users)}"
+        if key == "template_for_dispvms" and value is False:
+            users = [o.name for o in domains.values() if o.default_dispvm == name]
+            if users:
+                return value, f"{name} is the default_dispvm of {', '.join(users)}"
         return value, None
     if key in ("default_dispvm", "guivm"):
         return text or None, None

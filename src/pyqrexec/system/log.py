@@ -7,7 +7,13 @@ import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["Logger", "RepeatLimited", "REPEAT_INTERVAL"]
+__all__ = ["Logger", "RepeatLimited", "REPEAT_INTERVAL", "stamp"]
+
+
+def stamp(now: float | None = None) -> str:
+    """A log line's time, local, to the millisecond: `YYYY-MM-DD HH:MM:SS.mmm`."""
+    now = time.time() if now is None else now
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
 
 
 class Logger:
@@ -15,9 +21,7 @@ class Logger:
         self.program = program
 
     def __call__(self, message: str) -> None:
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        line = f"{stamp}.{int(now % 1 * 1000):03d} {self.program}[{os.getpid()}]: {message}\n"
+        line = f"{stamp()} {self.program}[{os.getpid()}]: {message}\n"
         try:
             sys.stderr.write(line)
             sys.stderr.flush()
