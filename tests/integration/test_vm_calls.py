@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .fixtures.world import World, write_exe
 
 
@@ -70,10 +72,19 @@ def test_many_calls_do_not_leak(world: World) -> None:
     from .fixtures.rawcalls import children
     from .fixtures.world import fd_count
 
+    def callers_connected() -> int:
+        """Connections to work's trigger socket the agent still holds (/proc/net/unix lists
+        an accepted socket under its listener's path; state 03 is connected)."""
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+        return sum(1 for line in lines
+                   if line.split()[-1] == work.agent_socket and line.split()[5] == "03")
+
     def settled() -> list[int]:
         # a client may end before the callee's agent has reaped its handler (and closed the
-        # handler's pidfd): count once every per-call process is gone
+        # handler's pidfd), and before the caller's agent has seen its trigger connection
+        # close: count once every per-call process and connection is gone
         wait_for(lambda: not any(children(p.pid) for p in procs), what="handlers reaped")
+        wait_for(lambda: callers_connected() == 0, what="callers' connections closed")
         return [fd_count(p.pid) for p in procs]
 
     assert world.call("work", "anotherVM", "test.True").returncode == 0
