@@ -34,7 +34,7 @@ STDLIB = {"__future__", "_socket", "socket", "selectors", "select", "signal", "_
           "struct", "_struct", "errno", "array", "enum", "collections", "_collections",
           "itertools", "keyword", "operator", "_operator", "reprlib", "functools",
           "_functools", "heapq", "_heapq", "fcntl", "math", "collections.abc", "types",
-          "copyreg", "time", "stat", "_stat",
+          "copyreg", "time", "stat", "_stat", "mmap",
           # `python -m` (how the tests start programs; the installed launchers do not)
           "runpy", "importlib", "importlib.machinery", "importlib.util", "importlib._abc",
           "pkgutil"}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import select
 import signal
@@ -58,6 +59,13 @@ _PENDING_LIMIT = 8 << 20
 _WAKE_MS = 10_000
 
 _POLLIN = select.POLLIN | select.POLLPRI
+
+
+def _unbacked(size: int) -> memoryview:
+    """`size` writable bytes whose pages take memory only once bytes arrive in them: a
+    bytearray is zeroed on creation, and a short call would pay for megabytes it never
+    uses (the clients' and call processes' resident size)."""
+    return memoryview(mmap.mmap(-1, size))
 _POLLOUT = select.POLLOUT
 _POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
@@ -141,7 +149,7 @@ class Source:
         self.eof = False
         #: messages of this stream queued on the channel and not yet fully sent
         self.inflight = 0
-        self.buf = bytearray(_READ_BATCH * 65536)
+        self.buf = _unbacked(_READ_BATCH * 65536)
         #: stop reading without sending EOF (e.g. exit code seen)
         self.stopped = False
 
@@ -188,7 +196,7 @@ class Relay:
         self.channel = channel
         self.traffic = Traffic() if traffic is None else traffic
         #: what the peer sends and what it means (`protocol.data`)
-        self.incoming = DataChannel(stream_type, own_version, _RECV_SIZE)
+        self.incoming = DataChannel(stream_type, own_version, buffer=_unbacked(_RECV_SIZE))
         self.chfd = channel.fileno()
         channel.setblocking(False)
         self.log = log

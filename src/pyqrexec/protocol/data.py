@@ -130,14 +130,14 @@ class DataChannel:
     """
 
     def __init__(self, stream_type: type[CallerStream] | type[ServiceStream], own_version: int,
-                 capacity: int = RECV_CAPACITY) -> None:
+                 capacity: int = RECV_CAPACITY, buffer: memoryview | None = None) -> None:
         self.stream_type = stream_type
         self.own_version = own_version
         #: the negotiated version, 0 until the peer's HELLO
         self.version = 0
         self.limit = 0
         self.stream: CallerStream | ServiceStream | None = None
-        self.reader = MessageReader(check_hello_header, capacity)
+        self.reader = MessageReader(check_hello_header, capacity, buffer)
 
     def free_space(self) -> memoryview:
         return self.reader.free_space()

@@ -85,13 +85,20 @@ class MessageReader:
     - with a fixed `capacity`: `free_space()` is a view to receive into, `received(n)`
       counts what arrived, and `next_view()` returns payloads as views into the buffer
       (the data path: no copies). A view stays valid until the next `free_space()`.
+      The program may hand in that `buffer` itself (a view of memory it mapped, whose
+      pages cost nothing until bytes arrive in them); else it is a zeroed bytearray.
     """
 
-    def __init__(self, check_header: HeaderCheck, capacity: int | None = None) -> None:
+    def __init__(self, check_header: HeaderCheck, capacity: int | None = None,
+                 buffer: memoryview | None = None) -> None:
         self.check_header = check_header
-        self._fixed = capacity is not None
-        self._buf = bytearray(capacity or 0)
-        self._view = memoryview(self._buf) if self._fixed else None
+        self._fixed = capacity is not None or buffer is not None
+        #: the growing buffer (no fixed capacity)
+        self._buf = bytearray(capacity if buffer is None and capacity else 0)
+        self._view = (buffer if buffer is not None else memoryview(self._buf)) \
+            if self._fixed else None
+        #: what messages are read out of: the fixed view, or the growing bytearray itself
+        self._mem: bytearray | memoryview = self._view if self._view is not None else self._buf
         #: unread bytes are `_buf[_pos:_end]`
         self._pos = 0
         self._end = 0
@@ -140,7 +147,7 @@ class MessageReader:
         if self._pos:
             left = self._end - self._pos
             if left:
-                self._buf[:left] = self._view[self._pos : self._end]
+                self._view[:left] = self._view[self._pos : self._end]
             self._pos, self._end = 0, left
         return self._view[self._end :]
 
@@ -156,7 +163,7 @@ class MessageReader:
         if isinstance(found, Signal):
             return found
         msgtype, start, end = found
-        payload = bytes(self._buf[start:end])
+        payload = bytes(self._mem[start:end])
         self._compact()
         return Message(msgtype, payload)
 
@@ -189,7 +196,7 @@ class MessageReader:
         if self._header is None:
             if available < HEADER_SIZE:
                 return self._short(available)
-            msgtype, length = HEADER.unpack_from(self._buf, self._pos)
+            msgtype, length = HEADER.unpack_from(self._mem, self._pos)
             self._pos += HEADER_SIZE
             available -= HEADER_SIZE
             self.check_header(msgtype, length)
