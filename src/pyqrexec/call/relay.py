@@ -57,6 +57,9 @@ _RECV_SIZE = 1 << 20
 _READ_BATCH = 16
 _PENDING_LIMIT = 8 << 20
 _WAKE_MS = 10_000
+#: bytes a batching relay moves before it turns to SCHED_BATCH (`_batch_scheduling`): a
+#: short call stays an interactive task, whose wake-ups are served at once on a busy host
+_BATCH_AFTER = 1 << 20
 
 _POLLIN = select.POLLIN | select.POLLPRI
 
@@ -192,8 +195,11 @@ class Relay:
 
     def __init__(self, channel: socket.socket, own_version: int, log: Callable[[str], None],
                  stream_type: type[CallerStream] | type[ServiceStream],
-                 hello_sent: bool = False, traffic: Traffic | None = None):
+                 hello_sent: bool = False, traffic: Traffic | None = None,
+                 batch: bool = False):
         self.channel = channel
+        #: bytes still to move before SCHED_BATCH; None: not (or already) batching
+        self.batch_after: int | None = _BATCH_AFTER if batch else None
         self.traffic = Traffic() if traffic is None else traffic
         #: what the peer sends and what it means (`protocol.data`)
         self.incoming = DataChannel(stream_type, own_version, buffer=_unbacked(_RECV_SIZE))
@@ -235,12 +241,21 @@ class Relay:
         n = len(view)
         limit = self.limit
         self.traffic.sent += n
+        self._moved(n)
         for off in range(0, n, limit):
             size = min(limit, n - off)
             self._queue(memoryview(_HDR.pack(msgtype, size)), None, False)
             self._queue(view[off : off + size], src, True)
             if src is not None:
                 src.inflight += 1
+
+    def _moved(self, n: int) -> None:
+        if self.batch_after is None:
+            return
+        self.batch_after -= n
+        if self.batch_after <= 0:
+            self.batch_after = None
+            _batch_scheduling()
 
     def flush(self) -> None:
         """Send what the socket takes now (non-blocking)."""
@@ -304,6 +319,7 @@ class Relay:
             self.channel_eof = True
             return []
         self.incoming.received(n)
+        self._moved(n)
         actions: list[tuple[Action, memoryview]] = []
         try:
             actions.extend(self.incoming.actions())
@@ -487,11 +503,9 @@ def run_caller(
 ) -> CallerResult:
     """Caller side of docs/reference/protocol.md#end-of-a-call until the call is over; returns the
     remote status. `batch`: this process is a client that only relays from now on, and may
-    run as SCHED_BATCH (`_batch_scheduling`); never for a relay run inside a program that
-    does other work (a test, a library user)."""
-    if batch:
-        _batch_scheduling()
-    relay = Relay(channel, own_version, log, CallerStream)
+    run as SCHED_BATCH once the call moves bulk data (`_batch_scheduling`); never for a
+    relay run inside a program that does other work (a test, a library user)."""
+    relay = Relay(channel, own_version, log, CallerStream, batch=batch)
     src: Source | None = None
     if local_in is not None:
         _set_nonblocking(local_in)
@@ -724,11 +738,11 @@ def run_service(
 ) -> int:
     """Service side of a call (reference: End of a call), after the own HELLO went out
     (`service_side.send_hello`); `traffic` is filled in as data passes. `batch`: the
-    service shares this process's session, so its scheduling group (`_batch_scheduling`).
+    service shares this process's session, so its scheduling group (`_batch_scheduling`
+    once the call moves bulk data).
     Returns the status sent, or -1 if the channel closed early."""
-    if batch:
-        _batch_scheduling()
-    relay = Relay(channel, own_version, log, ServiceStream, hello_sent=True, traffic=traffic)
+    relay = Relay(channel, own_version, log, ServiceStream, hello_sent=True, traffic=traffic,
+                  batch=batch)
     return _Service(relay, end, single_socket).run()
 
 
