@@ -182,7 +182,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(_bare_dispvm(sys.argv[1:] if argv is None else argv))
+    parser = _parser()
+    args = parser.parse_args(_bare_dispvm(sys.argv[1:] if argv is None else argv))
     state = (args.state_dir or default_state_dir()).resolve()
     if args.command == "up":
         from .host_up import up_command
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "install-system":
         from ..tools.install import install_command
 
-        return install_command(args)
+        return install_command(args, parser)
     if args.command == "remote":
         from ..remote.trust import run
 
