@@ -12,6 +12,7 @@ closes the connection, which the agent reads as "finished".
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import time
@@ -34,8 +35,6 @@ def default_socket_path(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     user = env.get("USER")
     if user is None:
-        import pwd
-
         try:
             user = pwd.getpwuid(os.geteuid()).pw_name
         except KeyError:

@@ -9,8 +9,10 @@ starts the service as a child process, where `qrexec-client -d dom0` would becom
 from __future__ import annotations
 
 import asyncio
+import asyncio.subprocess as aio_subprocess
 import os
 
+from ..call.dom0_local import exec_failure, prepare_dom0_service
 from ..client.daemon_socket import DaemonNotRunning as _NotRunning
 from ..client.daemon_socket import connect_daemon_async, request_async
 from ..protocol.constants import EXIT_PROBLEM, MsgType
@@ -102,10 +104,6 @@ class AsyncDom0Client:
 
 async def _start_local(command: str, stdin: bool) -> AsyncCall:
     """dom0 -> dom0: look the service up as `qrexec-client -d dom0` does, then start it."""
-    import asyncio.subprocess as aio_subprocess
-
-    from ..call.dom0_local import exec_failure, prepare_dom0_service
-
     messages: list[str] = []
     found = prepare_dom0_service(os.fsencode(command), messages.append)
     if isinstance(found, int):

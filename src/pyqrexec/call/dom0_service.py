@@ -28,6 +28,7 @@ from ..services.spawn import (
     service_config_for,
     start_command,
 )
+from ..system.settings import max_protocol_version
 from ..transport import vchan
 from .relay import Traffic
 from .service_side import DOM0_FAILURE_EOFS, relay_started, send_hello, send_status_only
@@ -83,8 +84,6 @@ def run_dom0_service(
     """
     env = os.environ if environ is None else environ
     if own_version is None:
-        from ..system.settings import max_protocol_version
-
         own_version = max_protocol_version(log)
     text = strip_nul(command)
     started = _start(text, remote_domain, env, log)

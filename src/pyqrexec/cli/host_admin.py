@@ -6,21 +6,25 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ..host.paths import Paths
-    from .qrexec_host import QCall
+from ..host.paths import Paths
+from ..qubesd.client import QubesdError
 
-__all__ = ["reload_command"]
+__all__ = ["QCall", "reload_command"]
+
+
+class QCall(Protocol):
+    """One qubesd request from a client command; errors in `ok` answer b""."""
+
+    def __call__(self, method: str, dest: str = "dom0", ok: tuple[str, ...] = (),
+                 arg: str = "", payload: bytes = b"") -> bytes: ...
 
 
 def reload_command(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
     """`pyqrexec.host.Reload`: the manager reads the file `up` read, again. Refused as a
     whole (exit 1, nothing changed) when the file is wrong or would change what a running
     domain was started with; exit 1 too when the policy does not load."""
-    from ..qubesd.client import QubesdError
-
     try:
         answer = json.loads(qcall("pyqrexec.host.Reload"))
     except QubesdError as err:

@@ -14,7 +14,13 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+
+from ..host.logsink import JOURNAL_LIST, STAMP_RE
+from ..policy.audit import AUDIT_FILE
+from .qrexec_audit import add_arguments as audit_arguments
+from .qrexec_audit import show
 
 __all__ = ["parse_since", "logs_command", "merged", "source_of"]
 
@@ -28,8 +34,6 @@ def parse_since(text: str, now: float | None = None) -> float:
     """Seconds since the epoch: `10m`, `2h`, `1d`, `30s`, `1w` ago (also `10m ago`, `-10m`);
     `now`, `today`, `yesterday`; an ISO 8601 time (local time without an offset, as the
     log lines are); or epoch seconds. ValueError otherwise."""
-    from datetime import datetime
-
     now = time.time() if now is None else now
     words = text.strip().lower().removeprefix("-").removesuffix(" ago").strip()
     if m := _RELATIVE.fullmatch(words):
@@ -53,8 +57,6 @@ def source_of(path: Path) -> str:
 
 
 def _stamp_of(line: str) -> float | None:
-    from ..host.logsink import STAMP_RE
-
     m = STAMP_RE.match(line)
     if m is None:
         return None
@@ -71,8 +73,6 @@ def _entries(path: Path, text: str, last: float | None) -> tuple[_Entries, float
     """(stamp, shown line) for each line of `text`: a line without a stamp (a traceback, a
     program's raw output) goes with the stamped line before it, or with the first one after
     it when there is none before."""
-    from ..host.logsink import STAMP_RE
-
     source = source_of(path)
     out: list[tuple[float, str]] = []
     pending: list[str] = []
@@ -179,8 +179,6 @@ def follow(log_dir: Path, name: str | None, since: float | None,
 
 def _journal(log_dir: Path, args: argparse.Namespace) -> int | None:
     """The view from the journal when `up` logged there: journalctl's own merge."""
-    from ..host.logsink import JOURNAL_LIST
-
     try:
         idents = (log_dir / JOURNAL_LIST).read_text().split()
     except OSError:
@@ -206,9 +204,6 @@ def _journal(log_dir: Path, args: argparse.Namespace) -> int | None:
 
 def logs_command(args: argparse.Namespace, state: Path) -> int:
     """`logs`: the merged view; `--files`: the files; `--audit`: the audit trail."""
-    from ..policy.audit import AUDIT_FILE
-    from .qrexec_audit import show
-
     log_dir = state / "log"
     since: float | None = None
     if args.since:
@@ -247,8 +242,6 @@ def logs_command(args: argparse.Namespace, state: Path) -> int:
 
 
 def add_arguments(logs: argparse.ArgumentParser) -> None:
-    from .qrexec_audit import add_arguments as audit_arguments
-
     logs.add_argument("name", nargs="?", metavar="NAME",
                       help="only NAME's agent and daemon, and the host's and policy's lines "
                       "naming NAME")

@@ -5,22 +5,30 @@ know when a call is refused (docs/qrexec-host.md)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import selectors
+import shlex
+import shutil
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..host.paths import Paths
-    from .qrexec_host import QCall
+from ..call.relay import unsafe_filter
+from ..host.cgroups import join
+from ..host.logsink import message_of
+from ..host.paths import Paths
+from ..host.sandbox import user_wrapper
+from ..system.programs import program
+from .host_admin import QCall
 
 __all__ = ["run_command", "call_command"]
 
 
 def call_command(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
-    import json
-
     qcall("admin.vm.Start", args.source, ok=("QubesVMNotHaltedError",))
     spec = json.loads(qcall("pyqrexec.host.Exec", args.source))
     return _call(args, spec, paths.log_dir)
@@ -29,8 +37,6 @@ def call_command(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCa
 def run_command(args: argparse.Namespace, paths: Paths, qcall: QCall) -> int:
     """`run`: in one domain, a new disposable, or every running domain; the command's
     streams and exit status passed through."""
-    import json
-
     words = list(args.words)
     name = None
     if args.dispvm is None and not args.all:
@@ -71,8 +77,6 @@ def _usage(why: str) -> int:
 def _command_line(args: argparse.Namespace, cmd: list[str]) -> str | None:
     """The command line `run` sends (None: a usage error, said on stderr): one word is a
     shell command line, more an argv; with --service, the service call's line."""
-    import shlex
-
     if not cmd:
         _usage("no command given")
         return None
@@ -88,11 +92,6 @@ def _run_in(name: str, user: str, line: str, filter_esc: bool, paths: Paths,
             qcall: QCall) -> int:
     """qrexec-client -d NAME USER:LINE, NAME started first; Ctrl-C reaches the client (same
     process group), which ends the command."""
-    import signal
-    import subprocess
-
-    from ..system.programs import program
-
     qcall("admin.vm.Start", name, ok=("QubesVMNotHaltedError",))
     argv = [*program("qrexec-client"), f"--socket-dir={paths.socket_dir}", "-d", name,
             *(["-t", "-T"] if filter_esc else []), f"{user}:{line}"]
@@ -108,13 +107,6 @@ def _call(args: argparse.Namespace, spec: dict[str, object], log_dir: Path) -> i
     """qrexec-client-vm inside SOURCE, waited for here on the host: when the call is
     refused or finds no service, the person at this terminal is told why (the domain's
     program itself gets exactly what it gets on Qubes)."""
-    import shutil
-    import signal
-    import subprocess
-
-    from ..host.cgroups import join
-    from ..system.programs import program
-
     if "agent_socket" not in spec:
         print(f"qrexec-host: call: {args.source} has no qrexec-agent; in dom0 use "
               "`run dom0 -- qrexec-client …`", file=sys.stderr)
@@ -174,8 +166,6 @@ def _log_marks(log_dir: Path) -> dict[Path, int]:
 
 def _new_lines(log: Path, marks: dict[Path, int]) -> list[str]:
     """What was logged since the mark, each line's message alone (host/logsink.py)."""
-    from ..host.logsink import message_of
-
     try:
         with open(log, "rb") as f:
             f.seek(marks.get(log, 0))
@@ -189,8 +179,6 @@ def _when_logged(read: Callable[[], str], patience: float = 1.0) -> str:
     """`read()` again until it finds its line, for `patience` seconds at most: the logs are
     written by `qrexec-host up`, which relays what the programs print, so a line printed
     before the call ended may reach the file a moment after the caller has its answer."""
-    import time
-
     deadline = time.monotonic() + patience
     while not (found := read()) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -226,10 +214,6 @@ def _missing_service(log_dir: Path, marks: dict[Path, int], service: str) -> str
 def _run_in_dom0(spec: dict[str, object], user: str, cmd: list[str], filter_esc: bool) -> int:
     """`run dom0`: dom0 is this host, so the command runs here, with dom0's environment; as
     for a domain, one word is a shell command line and more are an argv."""
-    import shutil
-
-    from ..host.sandbox import user_wrapper
-
     env = spec["env"]
     assert isinstance(env, dict)
     argv = ["/bin/sh", "-c", cmd[0]] if len(cmd) == 1 else cmd
@@ -247,12 +231,6 @@ def _run_in_dom0(spec: dict[str, object], user: str, cmd: list[str], filter_esc:
 def _filtered(exe: str, argv: list[str], env: dict[str, str]) -> int:
     """The program with its stdout and stderr filtered as qrexec-client -t -T filters a
     domain's (dom0's own commands do not pass through qrexec-client)."""
-    import selectors
-    import signal
-    import subprocess
-
-    from ..call.relay import unsafe_filter
-
     signal.signal(signal.SIGINT, lambda *_: None)  # the program gets it and ends
     try:
         proc = subprocess.Popen([exe, *argv[1:]], env=env, stdout=subprocess.PIPE,

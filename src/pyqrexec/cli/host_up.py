@@ -4,17 +4,28 @@ foreground or detached, and its reload on SIGHUP (docs/qrexec-host.md)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import fcntl
 import os
+import shutil
+import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+from ..host import config as host_config
+from ..host import logsink
+from ..host.config import HostConfig
+from ..host.manager import Manager
+from ..host.notify import notify
+from ..host.processes import BACKGROUND
+from ..host.sandbox import probe_bwrap
+from ..qubesd.server import HostError
 
 __all__ = ["up_command", "lock_state", "wait_unlocked"]
 
 def up_command(args: argparse.Namespace, state: Path) -> int:
-    from ..host import config as host_config
-    from ..host.sandbox import probe_bwrap
-
     try:
         cfg = host_config.load(args.config)
     except host_config.ConfigError as err:
@@ -80,8 +91,6 @@ def lock_state(state: Path) -> int | None:
     """Hold `STATE/lock` for as long as this `up` lives: two managers on one state directory
     would share its sockets and directories and each stop only part of what they started.
     The descriptor is never inherited (O_CLOEXEC); the lock goes when the process does."""
-    import fcntl
-
     fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -103,9 +112,6 @@ def _write_pid(fd: int) -> None:
 def wait_unlocked(state: Path, timeout: float) -> bool:
     """True once no `up` holds `STATE/lock` (it has stopped and cleaned up), or there is
     none; False after `timeout` seconds."""
-    import fcntl
-    import time
-
     try:
         fd = os.open(state / "lock", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -126,16 +132,6 @@ def wait_unlocked(state: Path, timeout: float) -> bool:
 
 def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
            ready_fd: int | None, remove_on_exit: Path | None = None) -> int:
-    import asyncio
-    import signal
-
-    from ..host import logsink
-    from ..host.config import HostConfig
-    from ..host.manager import Manager
-    from ..host.notify import notify
-    from ..host.processes import BACKGROUND
-    from ..qubesd.server import HostError
-
     assert isinstance(cfg, HostConfig)
     # systemd's settings are for this process: no program it starts speaks for it
     notify_env = {"NOTIFY_SOCKET": os.environ.pop("NOTIFY_SOCKET", "")}
@@ -195,18 +191,12 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
         return asyncio.run(amain())
     finally:
         if remove_on_exit is not None:
-            import shutil
-
             shutil.rmtree(remove_on_exit, ignore_errors=True)
 
 
 async def _reload_on_signal(manager: object, say: Callable[[str], None],
                             notify_env: dict[str, str]) -> None:
     """SIGHUP: `reload` (systemd's ExecReload sends it); what happened is in the log."""
-    from ..host.manager import Manager
-    from ..host.notify import notify
-    from ..qubesd.server import HostError
-
     assert isinstance(manager, Manager)
     notify("RELOADING=1", notify_env)
     try:

@@ -10,12 +10,16 @@ logged to `policy-register.log` in QREXEC_LOG_DIR (ext; default /var/log/qubes).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import time
 from collections.abc import Mapping
 from typing import BinaryIO
 
+from ..policy import loaders
+from ..policy.errors import AccessDenied
+from ..policy.loaders import DiskFiles, load_policy
 from ..policy.registration import (
     MAX_ARGUMENT_LENGTH,
     REGISTERED_FILE,
@@ -26,6 +30,8 @@ from ..policy.registration import (
     make_registration,
     policy_dirs,
 )
+from ..policy_daemon.paths import legacy_policy_dir, persistent_policy_dir
+from . import entry
 
 __all__ = ["main", "run", "DEFAULT_LOG_DIR", "LOG_NAME"]
 
@@ -67,8 +73,6 @@ def _read_argument(stdin: BinaryIO) -> bytes:
 
 def _lock(policy_dir: str) -> int:
     """An exclusive flock on the policy directory, the lock the policy Admin API takes too."""
-    import fcntl
-
     fd = os.open(policy_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -96,10 +100,6 @@ def _append(policy_dir: str, registration: Registration) -> None:
 
 
 def _register(env: Mapping[str, str], registration: Registration, log: _Log) -> int:
-    from ..policy.errors import AccessDenied
-    from ..policy.loaders import DEFAULT_POLICY_DIRS, DiskFiles, load_policy
-    from ..policy_daemon.paths import legacy_policy_dir, persistent_policy_dir
-
     policy_dir = persistent_policy_dir(env)
     try:
         lock = _lock(policy_dir)
@@ -107,7 +107,8 @@ def _register(env: Mapping[str, str], registration: Registration, log: _Log) -> 
         log(f"refused: cannot lock the policy directory {policy_dir}: {err.strerror}")
         return 1
     try:
-        dirs = policy_dirs(DEFAULT_POLICY_DIRS[0], policy_dir)
+        # read at call time: the runtime directory is the loaders' to say
+        dirs = policy_dirs(loaders.DEFAULT_POLICY_DIRS[0], policy_dir)
         try:
             policy = load_policy(DiskFiles(), dirs, legacy_policy_dir(env)).policy
         except AccessDenied as err:
@@ -144,8 +145,6 @@ def main(env: Mapping[str, str] | None = None, stdin: BinaryIO | None = None) ->
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import sys
 
+from ..call.domain_handler import own_user_name
+from ..system.log import Logger
+from ..system.settings import max_protocol_version
+from ..transport import vchan
+from . import entry
 from .args import GetoptError, getopt
+from .resident import without_tls
 
 USAGE = """\
 usage: qrexec-agent [-h|--help] [-a|--agent-socket=PATH] [-s|--fork-server-socket=PATH] \
@@ -35,13 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         elif opt in ("-S", "--no-fork-server"):
             fork_server = None
 
-    import asyncio
+    import asyncio  # lazy: asyncio after without_tls()
 
-    from ..agent.agent import Agent, AgentOptions
-    from ..call.domain_handler import own_user_name
-    from ..system.log import Logger
-    from ..system.settings import max_protocol_version
-    from ..transport import vchan
+    from ..agent.agent import Agent, AgentOptions  # lazy: asyncio after without_tls()
 
     log = Logger("qrexec-agent")
     options = AgentOptions(
@@ -60,9 +62,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    from . import entry
-    from .resident import without_tls
-
     without_tls()
     entry(main)
 

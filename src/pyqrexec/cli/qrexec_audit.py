@@ -8,10 +8,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
+
+from ..policy.audit import audit_path, parse_records, parse_time
+from . import entry
 
 __all__ = ["main", "run"]
 
@@ -44,8 +49,6 @@ class Filter:
     """Whether a record matches every filter option given; each option is one check."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from ..policy.audit import parse_time
-
         self._parse_time = parse_time
         self.since = parse_time(args.since) if args.since else None
         self.until = parse_time(args.until) if args.until else None
@@ -82,8 +85,6 @@ class Filter:
 
 def _shown(value: object) -> str:
     """A value for the table: names come from domains, so nothing unprintable is shown raw."""
-    import json
-
     if value is None:
         return "-"
     text = str(value)
@@ -118,8 +119,6 @@ class _Tail:
     """One open file of the trail and the start of a line not yet ended in it."""
 
     def __init__(self, path: str) -> None:
-        import os
-
         self.file = open(path, "rb")  # noqa: SIM115 - closed by the caller
         self.ident = os.fstat(self.file.fileno()).st_ino
         self.partial = b""
@@ -140,8 +139,6 @@ _MOVED_GRACE = 2.0
 
 def _lines(path: str, follow: bool) -> Iterator[bytes]:
     """The file's whole lines; with `follow`, new ones as they come, across rotations."""
-    import os
-
     tail = _Tail(path)
     moved: list[tuple[_Tail, float]] = []  # rotated away, and until when they are read
     try:
@@ -171,10 +168,6 @@ def _lines(path: str, follow: bool) -> Iterator[bytes]:
 
 
 def show(path: str, args: argparse.Namespace, out: TextIO) -> int:
-    import json
-
-    from ..policy.audit import parse_records
-
     try:
         keep = Filter(args)
     except ValueError as err:
@@ -198,17 +191,11 @@ def show(path: str, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
-    from ..policy.audit import audit_path
-
     args = parser().parse_args(argv)
     return show(args.file or audit_path(os.environ), args, sys.stdout)
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

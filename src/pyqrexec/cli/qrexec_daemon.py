@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import select
+import signal
 import sys
+from typing import TYPE_CHECKING
 
+from ..protocol.ports import DEFAULT_SHARE, HALF, check_share
+from ..system.log import Logger
+from ..system.settings import max_protocol_version
+from ..transport import vchan
+from . import entry
 from .args import GetoptError, getopt
+from .resident import without_tls
+
+if TYPE_CHECKING:  # at run time it comes after without_tls()
+    from ..daemon.daemon import DaemonOptions
 
 USAGE = """\
 usage: qrexec-daemon [-h|--help] [-q|--quiet] [--socket-dir=PATH] [-p|--policy-program=PATH] \
@@ -36,8 +49,6 @@ def _startup_timeout() -> float | None:
 
 def _port_share(option: str | None) -> int:
     """The per-caller port share: the option, else the environment, else the default."""
-    from ..protocol.ports import DEFAULT_SHARE, check_share
-
     text = option if option is not None else os.environ.get(SHARE_ENV)
     if text is None:
         return DEFAULT_SHARE
@@ -49,8 +60,7 @@ def _port_share(option: str | None) -> int:
 
 
 def _help() -> str:
-    from ..daemon.worker import BUSY_WAIT
-    from ..protocol.ports import DEFAULT_SHARE, HALF
+    from ..daemon.worker import BUSY_WAIT  # lazy: asyncio after without_tls()
 
     return USAGE + _HELP.format(half=HALF, default=DEFAULT_SHARE, env=SHARE_ENV, wait=BUSY_WAIT)
 
@@ -113,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(fd, 0)
     os.close(fd)
 
-    from ..daemon.daemon import DaemonOptions
-    from ..transport import vchan
+    from ..daemon.daemon import DaemonOptions  # lazy: asyncio after without_tls()
 
     options = DaemonOptions(
         domid=domid, name=name, uuid=uuid, default_user=default_user, socket_dir=socket_dir,
@@ -126,12 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     return _launch(options, quiet)
 
 
-def _launch(options: object, quiet: bool) -> int:
+def _launch(options: DaemonOptions, quiet: bool) -> int:
     """Fork: the child serves; the parent waits for its report (docs/reference/cli.md#qrexec-daemon,
     step 2)."""
-    from ..daemon.daemon import DaemonOptions
-
-    assert isinstance(options, DaemonOptions)
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -147,8 +153,6 @@ def _launch(options: object, quiet: bool) -> int:
     if not quiet:
         sys.stderr.write("Waiting for VM's qrexec agent.")
         sys.stderr.flush()
-    import select
-
     while True:
         ready, _, _ = select.select([rfd], [], [], 1.0)
         if not ready:
@@ -173,17 +177,12 @@ def _launch(options: object, quiet: bool) -> int:
     return 1
 
 
-def _child(options: object, report_fd: int | None) -> int:
-    import asyncio
-    import dataclasses
-    import signal
+def _child(options: DaemonOptions, report_fd: int | None) -> int:
+    import asyncio  # lazy: asyncio after without_tls()
 
-    from ..daemon.daemon import Daemon, DaemonOptions, run_daemon
-    from ..daemon.worker import call_worker
-    from ..system.log import Logger
-    from ..system.settings import max_protocol_version
+    from ..daemon.daemon import Daemon, run_daemon  # lazy: asyncio after without_tls()
+    from ..daemon.worker import call_worker  # lazy: asyncio after without_tls()
 
-    assert isinstance(options, DaemonOptions)
     log = Logger("qrexec-daemon")
     os.chdir(options.socket_dir)
     if report_fd is not None:
@@ -230,9 +229,6 @@ def _open_log(name: str, log: object) -> None:
 
 
 def run() -> None:
-    from . import entry
-    from .resident import without_tls
-
     without_tls()
     entry(main)
 

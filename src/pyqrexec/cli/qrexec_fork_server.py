@@ -6,6 +6,14 @@ from __future__ import annotations
 import os
 import sys
 
+from ..call.domain_handler import HandlerContext, own_user_name
+from ..services.lookup import service_path_from_env
+from ..system.log import Logger
+from ..system.settings import max_protocol_version
+from ..transport import vchan
+from . import entry
+from .resident import without_tls
+
 PROG = "qrexec-fork-server"
 
 
@@ -15,12 +23,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"Usage: {PROG} [socket path]\n")
         return 1
 
-    from ..agent.fork_server import bind, default_socket_path, serve_forever
-    from ..call.domain_handler import HandlerContext, own_user_name
-    from ..services.lookup import service_path_from_env
-    from ..system.log import Logger
-    from ..system.settings import max_protocol_version
-    from ..transport import vchan
+    from ..agent.fork_server import (  # lazy: asyncio after without_tls()
+        bind,
+        default_socket_path,
+        serve_forever,
+    )
 
     log = Logger(PROG)
     path = args[0] if args else default_socket_path()
@@ -50,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    from . import entry
-    from .resident import without_tls
-
     without_tls()
     entry(main)
 

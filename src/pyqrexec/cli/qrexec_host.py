@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ..host.paths import Paths
+from ..host.demo import CALL, write_demo
+from ..host.paths import Paths
+from ..qubesd.client import QubesdError, call
+from ..remote.trust import add_arguments as remote_arguments
+from ..remote.trust import run as remote_run
+from ..system.parent_death import dies_with_this_process
+from ..system.programs import program
+from ..tools.install import add_arguments as install_arguments
+from ..tools.install import install_command
+from . import entry, host_logs
+from .host_admin import QCall, reload_command
+from .host_logs import logs_command
+from .host_run import call_command, run_command
+from .host_up import up_command, wait_unlocked
 
 __all__ = ["main", "run", "default_state_dir"]
 
@@ -70,13 +88,6 @@ directories), QREXEC_LEGACY_POLICY_DIR (default DOM0_ROOT/etc/qubes-rpc/policy).
 TABLE_FIELDS = ("name", "type", "state", "domid", "label")
 LIST_FIELDS = (*TABLE_FIELDS, "uuid", "tags", "default_dispvm", "template_for_dispvms",
                "autostart", "disposable")
-
-
-class QCall(Protocol):
-    """One qubesd request from a client command; errors in `ok` answer b""."""
-
-    def __call__(self, method: str, dest: str = "dom0", ok: tuple[str, ...] = (),
-                 arg: str = "", payload: bytes = b"") -> bytes: ...
 
 
 def default_state_dir() -> Path:
@@ -163,11 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("target")
     call.add_argument("service")
     call.add_argument("args", nargs=argparse.REMAINDER)
-    from ..remote.trust import add_arguments as remote_arguments
-
     remote_arguments(sub)
-    from . import host_logs
-
     host_logs.add_arguments(sub.add_parser(
         "logs", help="the host's logs merged in time order (-f follows); --audit: the "
         "audit trail"))
@@ -175,33 +182,24 @@ def _parser() -> argparse.ArgumentParser:
                    "domains without `down`")
     inst = sub.add_parser("install-system", help="install the systemd unit, man pages and "
                           "bash completion")
-    from ..tools.install import add_arguments as install_arguments
-
     install_arguments(inst)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(_bare_dispvm(sys.argv[1:] if argv is None else argv))
+    parser = _parser()
+    args = parser.parse_args(_bare_dispvm(sys.argv[1:] if argv is None else argv))
     state = (args.state_dir or default_state_dir()).resolve()
     if args.command == "up":
-        from .host_up import up_command
-
         return up_command(args, state)
     if args.command == "demo":
         return _demo(args)
     if args.command == "logs":
-        from .host_logs import logs_command
-
         return logs_command(args, state)
     if args.command == "install-system":
-        from ..tools.install import install_command
-
-        return install_command(args)
+        return install_command(args, parser)
     if args.command == "remote":
-        from ..remote.trust import run
-
-        return run(args, state)
+        return remote_run(args, state)
     return _client(args, state)
 
 
@@ -227,17 +225,6 @@ def _bare_dispvm(argv: list[str]) -> list[str]:
 # -- demo ------------------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
     """`up` the embedded default, make the classic test.Add call, `down`, remove everything."""
-    import shutil
-    import signal
-    import subprocess
-    import tempfile
-    import time
-
-    from ..host.demo import CALL, write_demo
-    from ..qubesd.client import QubesdError, call
-    from ..system.parent_death import dies_with_this_process
-    from ..system.programs import program
-
     top = Path(tempfile.mkdtemp(prefix="qrexec-demo-"))
     os.chmod(top, 0o755)
     config = write_demo(top)
@@ -309,8 +296,6 @@ def _unreachable(sock: str, state: Path, err: object) -> str:
 
 def _qcall(sock: str, state: Path) -> QCall:
     """One qubesd request to the manager on `sock`; no manager there is said plainly."""
-    from ..qubesd.client import QubesdError, call
-
     def qcall(method: str, dest: str = "dom0", ok: tuple[str, ...] = (), arg: str = "",
               payload: bytes = b"") -> bytes:
         try:
@@ -335,11 +320,6 @@ class Command(Protocol):
 
 
 def _client(args: argparse.Namespace, state: Path) -> int:
-    from ..host.paths import Paths
-    from ..qubesd.client import QubesdError
-    from .host_admin import reload_command
-    from .host_run import call_command, run_command
-
     commands: dict[str, Command] = {
         "down": _down, "start": _start, "stop": _stop, "list": _list, "shutdown": _shutdown,
         "run": lambda args, state, paths, qcall: run_command(args, paths, qcall),
@@ -354,8 +334,6 @@ def _client(args: argparse.Namespace, state: Path) -> int:
 
 
 def _down(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
-    from .host_up import wait_unlocked
-
     qcall("pyqrexec.host.Shutdown")
     if not wait_unlocked(state, 60):
         print("qrexec-host: down: the manager has not stopped after 60 s", file=sys.stderr)
@@ -380,8 +358,6 @@ def _shutdown(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall)
 
 
 def _list(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
-    import json
-
     fields = args.fields.split(",") if args.fields else list(TABLE_FIELDS)
     unknown = [f for f in fields if f not in LIST_FIELDS]
     if unknown:
@@ -397,8 +373,6 @@ def _list(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> 
 
 
 def _prefs(args: argparse.Namespace, state: Path, paths: Paths, qcall: QCall) -> int:
-    import json
-
     if args.value is not None:
         qcall("pyqrexec.host.SetPref", args.name, arg=args.key, payload=args.value.encode())
         return 0
@@ -439,8 +413,6 @@ def _print_table(fields: list[str], rows: list[dict[str, object]],
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..policy.system_info import SystemInfo
+from ..policy.errors import AccessDenied, SystemInfoError
+from ..policy.graph import GraphOptions
+from ..policy.legacy_convert import new_text, plan
+from ..policy.system_info import SystemInfo
+from ..policy_daemon.config import legacy_policy_dir, persistent_policy_dir
+from ..policy_daemon.snapshot import graph_lines, load_dir, system_info_from_qubesd
+from . import entry
 
 __all__ = ["main", "run"]
 
@@ -37,8 +42,6 @@ class _Changes:
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (legacy file, new name)
 
     def write(self, path: str, text: str) -> None:
-        import shutil
-
         backup = None
         if os.path.lexists(path):
             backup = _unused(path, ".bak")
@@ -73,9 +76,6 @@ class _Changes:
 
 
 def _graph(policy_dir: str, info: SystemInfo) -> list[str]:
-    from ..policy.graph import GraphOptions
-    from ..policy_daemon.snapshot import graph_lines
-
     return graph_lines(policy_dir, info, GraphOptions(full_output=True))
 
 
@@ -89,9 +89,6 @@ def _read(path: str) -> str | None:
 
 def _convert(policy_dir: str, legacy_dir: str, changes: _Changes) -> None:
     """Steps 2–5; raises `AccessDenied` (policy does not load) or `OSError`."""
-    from ..policy.legacy_convert import new_text, plan
-    from ..policy_daemon.snapshot import load_dir
-
     print("Converting old policy files into new format files....")
     with_compat = load_dir(policy_dir)
     without_compat = load_dir(policy_dir, compat=False)
@@ -128,10 +125,6 @@ def _wants_restore() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..policy.errors import AccessDenied, SystemInfoError
-    from ..policy_daemon.config import legacy_policy_dir, persistent_policy_dir
-    from ..policy_daemon.snapshot import system_info_from_qubesd
-
     argparse.ArgumentParser(
         prog=_PROG, description="Convert legacy Qubes 4.0 policy files"
     ).parse_args(argv)
@@ -167,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

@@ -9,8 +9,13 @@ every ask is denied and notifications go to stderr. `--frontend` forces one.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
+
+from ..policy_agent import AgentServer, AnswerProgram, DenyAll, Frontend, TerminalFrontend
+from ..policy_daemon.config import logger
+from . import entry
 
 __all__ = ["main", "run", "DEFAULT_SOCKET"]
 
@@ -41,7 +46,7 @@ def _gtk_reason() -> str | None:
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return "no DISPLAY or WAYLAND_DISPLAY"
     try:
-        from ..policy_agent import gtk
+        from ..policy_agent import gtk  # lazy: PyGObject and GTK are optional
     except (ImportError, ValueError) as err:
         return f"PyGObject with GTK 3 unavailable: {err}"
     if not gtk.display_available():
@@ -67,11 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.frontend == "program" and not args.answer_program:
         parser.error("--frontend=program needs --answer-program")
 
-    import asyncio
-
-    from ..policy_agent import AgentServer, AnswerProgram, DenyAll, Frontend, TerminalFrontend
-    from ..policy_daemon.config import logger
-
     kind = _choose(args)
     if args.check:
         reason = _gtk_reason() if kind == "gtk" else None
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             if reason is not None:
                 print(f"qrexec-policy-agent: cannot use GTK: {reason}", file=sys.stderr)
                 return 1
-            from ..policy_agent.gtk import GtkFrontend
+            from ..policy_agent.gtk import GtkFrontend  # lazy: GTK is optional
 
             gtk_frontend = GtkFrontend(log)
             server = AgentServer(gtk_frontend, log)
@@ -114,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import sys
 
+from . import entry
+from .qrexec_policy_agent import main as agent_main
+
 __all__ = ["main", "run", "MARKERS"]
 
 MARKERS = ("/var/run/qubes-service/guivm", "/etc/qubes-release")
@@ -16,14 +19,10 @@ def main(argv: list[str] | None = None, markers: tuple[str, ...] = MARKERS) -> i
     if not any(os.path.exists(path) for path in markers):
         print("Not in GuiVM or dom0. Exiting.")
         return 0
-    from .qrexec_policy_agent import main as agent_main
-
     return agent_main(args)
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

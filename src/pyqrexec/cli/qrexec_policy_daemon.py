@@ -4,14 +4,24 @@ docs/reference/policy.md#policy-daemon-socket, docs/reference/policy.md#evalsimp
 from __future__ import annotations
 
 import argparse
+import asyncio
+import grp
+import os
 import sys
+
+from ..policy.audit import audit_path
+from ..policy_daemon.audit_log import AuditLog
+from ..policy_daemon.config import engine_config, logger
+from ..policy_daemon.engine import PolicyEngine
+from ..policy_daemon.grant_store import GrantStore, grants_path
+from ..policy_daemon.server import PolicyServer
+from ..system.parent_death import keep_parent_death_signal
+from . import entry
 
 __all__ = ["main", "run"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    import os
-
     parser = argparse.ArgumentParser(prog="qrexec-policy-daemon")
     parser.add_argument(
         "--policy-path",
@@ -35,18 +45,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-
-    import asyncio
-    import grp
-    import os
-
-    from ..policy.audit import audit_path
-    from ..policy_daemon.audit_log import AuditLog
-    from ..policy_daemon.config import engine_config, logger
-    from ..policy_daemon.engine import PolicyEngine
-    from ..policy_daemon.grant_store import GrantStore, grants_path
-    from ..policy_daemon.server import PolicyServer
-    from ..system.parent_death import keep_parent_death_signal
 
     os.umask(0o007)
     if os.geteuid() == 0:
@@ -80,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

@@ -9,12 +9,21 @@ without dialogs, notifications or log lines.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
-from typing import TYPE_CHECKING
+import time
 
-if TYPE_CHECKING:
-    from ..policy.evaluation import Evaluation, Outcome
-    from ..policy.grants import Grant
+from ..policy.errors import AccessDenied, SystemInfoError
+from ..policy.evaluation import Evaluation, Outcome, Request, split_service
+from ..policy.grants import Grant, rule_id, unusable
+from ..policy.loaders import DiskFiles, load_policy
+from ..policy.system_info import SystemInfo
+from ..policy_daemon.config import default_policy_dirs, engine_config, logger
+from ..policy_daemon.engine import PolicyEngine
+from ..policy_daemon.grant_store import GrantStore, grants_path
+from ..qubesd.client import QubesdError, call
+from . import entry
 
 __all__ = ["main", "run"]
 
@@ -32,12 +41,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(args: argparse.Namespace, source: str, target: str, service: str) -> Outcome:
-    import asyncio
-
-    from ..policy.evaluation import Request
-    from ..policy_daemon.config import engine_config, logger
-    from ..policy_daemon.engine import PolicyEngine
-
     request = Request(source, target, service, "", args.assume_yes_for_ask, args.just_evaluate)
     engine = PolicyEngine(engine_config(args.path), logger("qrexec-policy-exec", syslog=True))
 
@@ -50,13 +53,6 @@ def _evaluate(args: argparse.Namespace, source: str, target: str, service: str) 
 
 
 def _explain(args: argparse.Namespace, source: str, target: str, service: str) -> int:
-    from ..policy.errors import AccessDenied, SystemInfoError
-    from ..policy.evaluation import Evaluation, Request
-    from ..policy.loaders import DiskFiles, load_policy
-    from ..policy.system_info import SystemInfo
-    from ..policy_daemon.config import engine_config
-    from ..qubesd.client import QubesdError, call
-
     config = engine_config(args.path)
     try:
         info = SystemInfo.from_json(
@@ -99,11 +95,6 @@ def _explain(args: argparse.Namespace, source: str, target: str, service: str) -
 
 def _live_grant(evaluation: Evaluation) -> Grant | None:
     """The policy daemon's grant for the ask rule reached, if one lives (docs/audit.md)."""
-    import time
-
-    from ..policy.grants import rule_id, unusable
-    from ..policy_daemon.grant_store import GrantStore, grants_path
-
     assert evaluation.rule is not None
     store = GrantStore(grants_path())
     store.refresh()
@@ -117,11 +108,6 @@ def _live_grant(evaluation: Evaluation) -> Grant | None:
 def _execute(args: argparse.Namespace, outcome: Outcome) -> int:
     """Run an allowed call the deprecated way: `qrexec-client -c`
     (docs/reference/cli.md#qrexec-policy-exec, 5 arguments)."""
-    import os
-
-    from ..policy.evaluation import split_service
-    from ..qubesd.client import QubesdError, call
-
     domid, source, target, service_and_arg, ident = args.args
     answer = dict(line.split("=", 1) for line in outcome.lines)
     service, argument = split_service(service_and_arg)
@@ -159,10 +145,6 @@ def _execute(args: argparse.Namespace, outcome: Outcome) -> int:
 
 def _warn_missing(args: argparse.Namespace) -> None:
     """A policy that is not where this program looks gives wrong answers, not errors."""
-    import os
-
-    from ..policy_daemon.config import default_policy_dirs
-
     dirs = args.path or default_policy_dirs()
     if not any(os.path.isdir(d) for d in dirs):
         print(f"qrexec-policy-exec: warning: no policy directory found ({', '.join(dirs)}); "
@@ -194,8 +176,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

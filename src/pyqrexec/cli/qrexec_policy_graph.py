@@ -6,6 +6,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..policy.errors import AccessDenied, SystemInfoError
+from ..policy.graph import GraphOptions, option_error
+from ..policy_daemon.config import persistent_policy_dir
+from ..policy_daemon.snapshot import (
+    graph_lines,
+    system_info_from_file,
+    system_info_from_qubesd,
+)
+from . import entry
+
 __all__ = ["main", "run"]
 
 
@@ -51,15 +61,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..policy.errors import AccessDenied, SystemInfoError
-    from ..policy.graph import GraphOptions, option_error
-    from ..policy_daemon.config import persistent_policy_dir
-    from ..policy_daemon.snapshot import (
-        graph_lines,
-        system_info_from_file,
-        system_info_from_qubesd,
-    )
-
     parser = _parser()
     args = parser.parse_args(argv)
     options = GraphOptions(
@@ -100,8 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

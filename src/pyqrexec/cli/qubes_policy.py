@@ -4,7 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+
+from ..client import policy_admin as api
+from ..client.policy_admin import AdminError, CallFailed, invalid_name_chars
+from ..policy.audit import audit_path
+from ..policy_daemon.audit_log import AuditLog
+from ..policy_daemon.config import logger
+from ..policy_daemon.engine import grant_record
+from ..policy_daemon.grant_store import GrantStore, grants_path
+from . import entry
 
 __all__ = ["main", "run"]
 
@@ -44,8 +55,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(method: str, name: str, include: bool) -> None:
-    from ..client import policy_admin as api
-
     if method == "list":
         names = api.list_names(include)
         sys.stdout.write("".join(f"{n}\n" for n in names))
@@ -60,15 +69,6 @@ def _run(method: str, name: str, include: bool) -> None:
 
 def _grants(revoke: str | None) -> int:
     """List the grants, or revoke one, in the policy daemon's runtime file (docs/audit.md)."""
-    import os
-    import time
-
-    from ..policy.audit import audit_path
-    from ..policy_daemon.audit_log import AuditLog
-    from ..policy_daemon.config import logger
-    from ..policy_daemon.engine import grant_record
-    from ..policy_daemon.grant_store import GrantStore, grants_path
-
     store = GrantStore(grants_path())
     if revoke is None:
         store.refresh()
@@ -107,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     include = name == "include" or name.startswith(_INCLUDE)
     if include:
         name = name[len(_INCLUDE) :]
-    from ..client.policy_admin import AdminError, CallFailed, invalid_name_chars
-
     bad = invalid_name_chars(name)
     if bad:
         parser.error(f"invalid character(s) in RPCNAME: {bad!r}")
@@ -130,8 +128,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

@@ -12,6 +12,11 @@ import logging
 import os
 import sys
 
+from ..policy.admin import PolicyAdminException, PolicyAdminProtocolException, parse_request
+from ..policy_daemon.admin_directory import PolicyDirectory
+from ..policy_daemon.paths import legacy_policy_dir, persistent_policy_dir
+from . import entry
+
 __all__ = ["main", "run", "DEFAULT_LOG", "MAX_PAYLOAD"]
 
 DEFAULT_LOG = "/var/log/qubes/policy-admin.log"
@@ -39,10 +44,6 @@ def _printable(text: str) -> str:
 
 
 def main() -> int:
-    from ..policy.admin import PolicyAdminException, PolicyAdminProtocolException, parse_request
-    from ..policy_daemon.admin_directory import PolicyDirectory
-    from ..policy_daemon.paths import legacy_policy_dir, persistent_policy_dir
-
     log_path = os.environ.get("QREXEC_POLICY_ADMIN_LOG", DEFAULT_LOG)
     log = _logger(log_path)
     call = _printable(os.environ.get("QREXEC_SERVICE_FULL_NAME", ""))
@@ -69,8 +70,6 @@ def main() -> int:
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

@@ -8,7 +8,16 @@ and written back with the token it was fetched with, so a concurrent change is n
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import subprocess
 import sys
+import tempfile
+
+from ..client import policy_admin as api
+from ..client.policy_admin import invalid_name_chars
+from ..policy.lint import lint
+from . import entry
 
 __all__ = ["main", "run"]
 
@@ -36,9 +45,6 @@ class _Quit(Exception):
 
 
 def _edit(path: str) -> None:
-    import shlex
-    import subprocess
-
     # through the shell, so that VISUAL / EDITOR may carry options
     command = "${VISUAL:-${EDITOR:-vi}} -- " + shlex.quote(path)
     try:
@@ -62,8 +68,6 @@ def _ask() -> str:
 
 
 def _edit_until_clean(path: str, include: bool) -> None:
-    from ..policy.lint import lint
-
     while True:
         _edit(path)
         with open(path, "rb") as f:
@@ -81,11 +85,6 @@ def _edit_until_clean(path: str, include: bool) -> None:
 
 
 def _manage(name: str, include: bool) -> None:
-    import os
-    import tempfile
-
-    from ..client import policy_admin as api
-
     try:
         content, token = api.get(name, include)
     except api.AdminError as err:
@@ -120,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     include = name.startswith(_INCLUDE)
     if include:
         name = name[len(_INCLUDE) :]
-    from ..client.policy_admin import invalid_name_chars
-
     bad = invalid_name_chars(name)
     if bad:
         # on stdout, as upstream Qubes prints it
@@ -136,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

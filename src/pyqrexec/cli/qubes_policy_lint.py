@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..policy.lint import lint
+from . import entry
+
 __all__ = ["main", "run"]
 
 
@@ -48,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(data, str):
             errors = [data]
         else:
-            from ..policy.lint import lint
-
             errors = lint(path, data, args.include_service, args.show_line)
         if errors:
             failed = True
@@ -59,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

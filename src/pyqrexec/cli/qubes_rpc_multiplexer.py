@@ -15,6 +15,7 @@ import sys
 
 from ..services.launch import DEVNULL, launch
 from ..services.syslogcopy import open_syslog_writer
+from . import entry
 
 __all__ = ["main", "run"]
 
@@ -111,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    from . import entry
-
     entry(main)
 
 

@@ -13,6 +13,9 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 
+from ..policy.admin import ERROR_CLASS_NAMES
+from ..system.programs import program_argv
+
 __all__ = [
     "AdminError",
     "CallFailed",
@@ -55,8 +58,6 @@ def _program(name: str) -> list[str]:
     found = shutil.which(name)
     if found:
         return [found]
-    from ..system.programs import program_argv
-
     return program_argv(name)
 
 
@@ -68,8 +69,6 @@ def call_argv(service: str, environ: Mapping[str, str] | None = None) -> list[st
 
 
 def _error_classes() -> frozenset[str]:
-    from ..policy.admin import ERROR_CLASS_NAMES
-
     return ERROR_CLASS_NAMES
 
 

@@ -305,7 +305,10 @@ async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnsw
 async def _run_forked(daemon: Daemon, cmd: bytes, port: int, audit: CallAudit) -> int:
     """Run the dom0 side of a VM -> dom0 call in a child process; its exit status. The
     child tells `audit` how much data it relayed."""
-    from ..call.dom0_service import WORKER_CONNECT_TIMEOUT, run_dom0_service
+    from ..call.dom0_service import (  # lazy: dom0 calls only; ~0.4 MiB in an idle daemon
+        WORKER_CONNECT_TIMEOUT,
+        run_dom0_service,
+    )
 
     counts, told = os.pipe()
     os.set_blocking(counts, False)  # a child that wrote nothing must not hold us up

@@ -33,9 +33,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pwd
 import signal
 import sys
 from collections.abc import Sequence
+
+from . import seccomp
 
 __all__ = ["boot_argv", "confine_args", "main", "CAP_NUMBERS"]
 
@@ -142,18 +145,14 @@ def _limit_capabilities(keep: set[int]) -> None:
             last = int(f.read())
     except (OSError, ValueError):
         last = 63
-    from .seccomp import prctl
-
     for cap in range(last + 1):
         # without CAP_SETPCAP (EPERM: an unprivileged host) the set is bwrap's already
-        if (cap not in keep and prctl(_PR_CAPBSET_DROP, cap) != 0
+        if (cap not in keep and seccomp.prctl(_PR_CAPBSET_DROP, cap) != 0
                 and ctypes.get_errno() != 1):
             raise _Failed(f"cannot drop capability {cap}")
 
 
 def _become(user: str) -> None:
-    import pwd
-
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
@@ -174,8 +173,6 @@ def _run(argv: list[str]) -> None:
     if not command:
         raise _Failed("usage: confine [--map=BASE:COUNT] [--caps=LIST] [--user=NAME] "
                       "-- COMMAND...")
-    from . import seccomp  # before joining the domain: nothing is imported from inside it
-
     arch = seccomp.native_arch()
     if arch is None:
         raise _Failed(f"no system-call filter for {os.uname().machine}: refusing to run "
@@ -202,8 +199,6 @@ def _run(argv: list[str]) -> None:
 
 def _run_child(program: bytes, command: list[str]) -> None:
     """Run `command` in a child, inside the joined PID namespace; end with its status."""
-    from . import seccomp
-
     child = os.fork()
     if child == 0:
         try:

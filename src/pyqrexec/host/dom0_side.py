@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Mapping
 
 from ..qubesd.server import HostError
@@ -110,8 +111,6 @@ def choose_frontend(args: list[str], terminal: bool,
     if terminal:
         return [*args, "--frontend=terminal", "--tty=/dev/tty"], "on this terminal"
     if env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
-        import subprocess
-
         argv = policy_agent_argv()
         try:
             usable = argv is not None and subprocess.run(

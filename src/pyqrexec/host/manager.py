@@ -21,7 +21,7 @@ from pathlib import Path
 from ..policy.audit import AUDIT_SOCKET_NAME
 from ..qubesd.server import HostError, QubesdServer
 from .cgroups import Backend, NoCgroups, detect
-from .config import HostConfig
+from .config import ConfigError, HostConfig, load
 from .dom0_side import (
     choose_frontend,
     start_policy_agent,
@@ -33,6 +33,7 @@ from .methods import QubesdMethods
 from .paths import Paths, copy_tree, remove
 from .processes import terminate, wait_path
 from .relays import refuse_power
+from .reload import ReloadRefused, plan_reload, policy_problem
 from .spawning import Spawner, unprivileged_accounts
 
 __all__ = ["Manager"]
@@ -152,9 +153,6 @@ class Manager:
         """`pyqrexec.host.Reload` (and SIGHUP): the config file read again and applied, all
         or nothing (host/reload.py); added domains with `autostart` are started. The answer
         says what changed and whether the policy loads (its error is logged as at start)."""
-        from .config import ConfigError, load
-        from .reload import ReloadRefused, plan_reload, policy_problem
-
         try:
             new = unprivileged_accounts(load(self.config.path), lambda _: None)
             plan = plan_reload(self.config, new, self.domains)

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..policy.errors import AccessDenied
+from ..policy.loaders import DiskFiles, load_policy
 from .config import DomainConfig, HostConfig
 
 __all__ = ["FIXED_WHILE_RUNNING", "ReloadPlan", "ReloadRefused", "plan_reload",
@@ -91,9 +93,6 @@ def plan_reload(old: HostConfig, new: HostConfig,
 
 def policy_problem(policy_dir: str, legacy_dir: str) -> str | None:
     """`FILE:LINE: message` when the policy does not load, as the policy daemon would say."""
-    from ..policy.errors import AccessDenied
-    from ..policy.loaders import DiskFiles, load_policy
-
     try:
         load_policy(DiskFiles(), [policy_dir], legacy_dir)
     except AccessDenied as err:

@@ -20,6 +20,7 @@ Inside a bubblewrap sandbox a domain sees (docs/qrexec-host.md):
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -298,9 +299,6 @@ def user_wrapper(user: str | None, die_with_parent: bool = False) -> list[str]:
     """
     if not user or user == "root":
         return []
-    import os
-    import pwd
-
     try:
         entry = pwd.getpwnam(user)
     except KeyError:

@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
+from .audit import utc_ms
 from .parser import ActionType, Rule
 from .system_info import SystemInfo
 
@@ -138,8 +139,6 @@ class Grant:
 
 
 def _iso(t: float) -> str:
-    from .audit import utc_ms
-
     return utc_ms(t)
 
 

@@ -247,7 +247,7 @@ class GtkFrontend(DenyAll):
         self._notify: Any = None
         try:
             gi.require_version("Notify", "0.7")
-            from gi.repository import Notify
+            from gi.repository import Notify  # lazy: libnotify's typelib is optional
 
             if Notify.init("qrexec-policy-agent"):
                 self._notify = Notify

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..policy.audit import answer_target, decision_fields
+from ..policy.audit import answer_target, decision_fields, utc_ms
 from ..policy.dialogs import Notification
 from ..policy.errors import AccessDenied, SystemInfoError
 from ..policy.evaluation import Evaluation, Outcome, Request, split_service
@@ -38,6 +38,7 @@ from ..system.inotify import InotifyUnavailable
 from ..transport.aio import BackgroundTasks
 from .agent_client import AgentClient, AgentError
 from .audit_log import AuditLog
+from .grant_rules import add_always_rule
 from .grant_store import GrantStore
 from .inotify_watch import InotifyWatch
 from .system_info_source import SystemInfoSource
@@ -291,8 +292,6 @@ class PolicyEngine:
     async def _always(
         self, evaluation: Evaluation, reply: str, guivm: str, call: str | None
     ) -> None:
-        from .grant_rules import add_always_rule
-
         assert self.config.persistent_dir is not None and evaluation.rule is not None
         try:
             name, rule_text = await asyncio.to_thread(
@@ -380,8 +379,6 @@ class PolicyEngine:
 
 def grant_record(event: str, grant: Grant, **extra: Any) -> dict[str, Any]:
     """An audit record about a grant (docs/audit.md)."""
-    from ..policy.audit import utc_ms
-
     kind = "for" if grant.expires is not None else HALT
     return {
         "event": event,

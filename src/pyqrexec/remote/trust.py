@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import re
 import shlex
@@ -25,9 +26,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..host.cgroups import join
 from ..host.config import ConfigError, HostConfig, load, validate_name
 from ..host.launchers import program
 from ..host.sandbox import source_dir
+from ..qubesd.client import QubesdError, call
 from .forced import Refused, parse_original_command
 from .watch import watch
 
@@ -240,9 +243,6 @@ def _sources(text: str) -> list[str]:
 
 def _accept(args: argparse.Namespace, state: Path) -> int:
     """sshd's forced command: refuse (126, one line) or become qrexec-client-vm in RELAY."""
-    from ..host.cgroups import join
-    from ..qubesd.client import QubesdError, call
-
     try:
         pins = _sources(args.sources)
         request = parse_original_command(os.environ.get("SSH_ORIGINAL_COMMAND"), pins)
@@ -256,7 +256,6 @@ def _accept(args: argparse.Namespace, state: Path) -> int:
         except QubesdError as err:
             if err.exc_type != "QubesVMNotHaltedError":
                 raise
-        import json
         spec = json.loads(call("pyqrexec.host.Exec", args.relay, path=sock))
     except (QubesdError, OSError, ValueError) as err:
         print(f"qrexec-host: remote: {args.relay}: {err}", file=sys.stderr)

@@ -186,7 +186,7 @@ def _connect_unix(path: bytes) -> socket.socket:
             sock.connect(path)
             return sock
         # sun_path holds 108 bytes: reach longer paths through a short private symlink
-        import tempfile  # rare: not worth its imports in every agent
+        import tempfile  # lazy: rare; ~0.7 MiB (shutil, bz2, lzma) in every idle agent
 
         directory = tempfile.mkdtemp(prefix="qrexec-", dir="/tmp")
         link = os.path.join(os.fsencode(directory), b"s")

@@ -15,6 +15,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..host.launchers import program
+from ..host.sandbox import source_dir
+from .manpages import write_pages
+
 __all__ = ["unit_text", "completion_text", "install", "add_arguments", "install_command",
            "DEFAULT_CONFIG"]
 
@@ -26,9 +30,6 @@ def unit_text(config: str = DEFAULT_CONFIG) -> str:
     """The service: systemd waits for READY=1 (dom0's side and the autostart domains are
     up), `systemctl reload` is SIGHUP (`reload`), stop is SIGTERM to the manager alone, which
     stops every domain itself (KillMode=mixed: what is left afterwards gets SIGKILL)."""
-    from ..host.launchers import program
-    from ..host.sandbox import source_dir
-
     start = shlex.join([*program("qrexec-host"), f"--config={config}",
                         f"--state-dir={_STATE}", "up"])
     return f"""\
@@ -54,12 +55,10 @@ WantedBy=multi-user.target
 """
 
 
-def completion_text() -> str:
+def completion_text(parser: argparse.ArgumentParser) -> str:
     """bash completion for qrexec-host: subcommands, each one's options, and domain names
-    (those of the config file in use: --config, $QREXEC_HOST_CONFIG, ./qrexec-host.toml)."""
-    from ..cli.qrexec_host import _parser
-
-    parser = _parser()
+    (those of the config file in use: --config, $QREXEC_HOST_CONFIG, ./qrexec-host.toml).
+    `parser` is qrexec-host's own."""
     top: list[str] = []
     commands: dict[str, list[str]] = {}
     for action in parser._actions:
@@ -125,13 +124,12 @@ complete -F _qrexec_host qrexec-host
 """
 
 
-def install(prefix: Path, config: str = DEFAULT_CONFIG) -> list[Path]:
+def install(prefix: Path, parser: argparse.ArgumentParser,
+            config: str = DEFAULT_CONFIG) -> list[Path]:
     """Write the unit, the pages and the completion under `prefix`; the paths written."""
-    from .manpages import write_pages
-
     unit = prefix / "lib/systemd/system/qrexec-host.service"
     completion = prefix / "share/bash-completion/completions/qrexec-host"
-    for path, text in ((unit, unit_text(config)), (completion, completion_text())):
+    for path, text in ((unit, unit_text(config)), (completion, completion_text(parser))):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         os.chmod(path, 0o644)
@@ -147,9 +145,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"the config file the unit's `up` reads (default {DEFAULT_CONFIG})")
 
 
-def install_command(args: argparse.Namespace) -> int:
+def install_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
-        written = install(args.prefix.absolute(), args.unit_config)
+        written = install(args.prefix.absolute(), parser, args.unit_config)
     except (OSError, RuntimeError) as err:
         print(f"qrexec-host: install-system: {err}", file=sys.stderr)
         return 1

@@ -14,12 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .. import __version__
+from ..cli import EXIT_STATUS
+from ..host.sandbox import source_dir
+
 __all__ = ["PROGRAMS", "module_of", "help_text", "roff", "write_pages", "main"]
 
 
 def _programs() -> tuple[str, ...]:
-    from ..cli import EXIT_STATUS
-
     return tuple(EXIT_STATUS)
 
 
@@ -38,8 +40,6 @@ def module_of(program: str) -> str:
 def help_text(program: str) -> str:
     """What `PROGRAM --help` prints, run with this Python (a narrow terminal, so that the
     page does not depend on who generates it)."""
-    from ..host.sandbox import source_dir
-
     env = {"PATH": "/usr/bin:/bin", "COLUMNS": "80", "PYTHONPATH": source_dir(),
            "LC_ALL": "C.UTF-8"}
     r = subprocess.run([sys.executable, "-P", "-m", module_of(program), "--help"],
@@ -99,8 +99,6 @@ def roff(program: str, text: str, version: str) -> str:
 
 
 def write_pages(out_dir: Path) -> list[Path]:
-    from .. import __version__
-
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for program in PROGRAMS:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
 
 from .unixsock import Backoff, try_connect
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine
 
 __all__ = ["drain_until_eof", "ChannelWriter", "connect_unix", "open_unix", "BackgroundTasks"]
 
