@@ -29,10 +29,10 @@ from ..protocol.cmdline import parse_command, split_user
 from ..protocol.constants import VCHAN_BASE_PORT
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import ExecParams, hello, pack_connection_terminated
-from ..services.lookup import rpc_config_path_from_env, service_path_from_env
 from ..services.rpcconfig import ServiceConfig
 from ..services.session import MAX_PARKED, start_session_waiter
 from ..services.spawn import Failed, SpawnContext, service_config_for
+from ..system.environment import Environment
 from ..system.forking import fork_call, on_exit
 from ..transport import vchan
 from ..transport.aio import BackgroundTasks, ChannelWriter
@@ -47,8 +47,8 @@ __all__ = ["AgentOptions", "Agent"]
 class AgentOptions:
     agent_socket: str
     fork_server_socket: str | None
-    socket_dir: str
-    own_domain: int
+    #: the program's environment: vchans, service directories, the service manager's socket
+    env: Environment
     own_version: int
     own_user: str | None
 
@@ -79,9 +79,8 @@ class Agent:
         self.trigger: TriggerSocket | None = None
         self.parked: list[_Call] = []
         self.waiter: int | None = None
-        self.ctx = HandlerContext(opts.socket_dir, opts.own_domain, opts.own_version,
-                                  opts.own_user, log, service_path_from_env(os.environ),
-                                  rpc_config_path_from_env(os.environ))
+        self.ctx = HandlerContext(opts.env, opts.own_version, opts.own_user, log,
+                                  opts.env.rpc_config_path)
 
     async def run(self) -> int:
         stop = asyncio.Event()
@@ -102,8 +101,9 @@ class Agent:
             self.trigger.close()
 
     async def _accept_daemon(self) -> socket.socket:
-        listener, path = vchan.listen(self.opts.socket_dir, self.opts.own_domain, 0,
-                                      VCHAN_BASE_PORT)
+        env = self.opts.env
+        listener, path = vchan.listen(env.vchan_socket_dir, env.vchan_domain, 0, VCHAN_BASE_PORT,
+                                      pair_dirs=env.vchan_pair_dirs)
         listener.setblocking(False)
         try:
             conn, _ = await self.loop.sock_accept(listener)
@@ -151,7 +151,7 @@ class Agent:
             conn.close()
 
     def _notify_ready(self) -> None:
-        path = os.environ.get("NOTIFY_SOCKET")
+        path = self.opts.env.notify_socket
         if not path:
             return
         if path.startswith("@"):
@@ -201,7 +201,7 @@ class Agent:
         if command.service is None or command.nogui:
             return
         ctx = SpawnContext(executor=self.ctx.executor, service_path=self.ctx.service_path,
-                           rpc_config_path=self.ctx.rpc_config_path,
+                           env=self.opts.env, rpc_config_path=self.ctx.rpc_config_path,
                            own_user=self.ctx.own_user, log=self.log)
         config = service_config_for(command, ctx)
         if isinstance(config, Failed):
@@ -220,7 +220,8 @@ class Agent:
             return
         if self.waiter is None:
             assert call.wait_user is not None
-            pid = start_session_waiter(self.ctx.service_path, call.wait_user, call.source)
+            pid = start_session_waiter(self.ctx.service_path, call.wait_user, call.source,
+                                       self.opts.env.environb)
             if pid is None:
                 self._launch(call)
                 return

@@ -50,7 +50,6 @@ from ..services.rpcconfig import DEFAULT_CONFIG, ServiceConfig
 from ..transport.aio import BackgroundTasks, connect_unix, drain_until_eof
 
 __all__ = [
-    "DEFAULT_TEMPLATE",
     "Handover",
     "fork_server_allowed",
     "fork_server_path",
@@ -59,9 +58,6 @@ __all__ = [
     "hand_over",
     "watch_until_eof",
 ]
-
-#: agent `-s` default
-DEFAULT_TEMPLATE = "/var/run/qubes/qrexec-server.%s.sock"
 
 #: connect errors that mean "no fork server for this user": fall back silently
 _NO_SERVER = (errno.ENOENT, errno.ECONNREFUSED)

@@ -98,9 +98,10 @@ def _append(policy_dir: str, registration: Registration) -> None:
 def _register(env: Mapping[str, str], registration: Registration, log: _Log) -> int:
     from ..policy.errors import AccessDenied
     from ..policy.loaders import DEFAULT_POLICY_DIRS, DiskFiles, load_policy
-    from ..policy_daemon.paths import legacy_policy_dir, persistent_policy_dir
+    from ..system.environment import Environment
 
-    policy_dir = persistent_policy_dir(env)
+    environment = Environment(env)
+    policy_dir = environment.persistent_policy_dir
     try:
         lock = _lock(policy_dir)
     except OSError as err:
@@ -109,7 +110,7 @@ def _register(env: Mapping[str, str], registration: Registration, log: _Log) -> 
     try:
         dirs = policy_dirs(DEFAULT_POLICY_DIRS[0], policy_dir)
         try:
-            policy = load_policy(DiskFiles(), dirs, legacy_policy_dir(env)).policy
+            policy = load_policy(DiskFiles(), dirs, environment.legacy_policy_dir).policy
         except AccessDenied as err:
             log(f"refused: cannot load the policy: {err}")
             return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..system import defaults
 from .args import GetoptError, getopt
 
 USAGE = """\
@@ -14,8 +15,8 @@ usage: qrexec-agent [-h|--help] [-a|--agent-socket=PATH] [-s|--fork-server-socke
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    agent_socket = "/var/run/qubes/qrexec-agent"
-    fork_server: str | None = "/var/run/qubes/qrexec-server.%s.sock"
+    agent_socket = defaults.AGENT_SOCKET
+    fork_server: str | None = defaults.FORK_SERVER_SOCKET_TEMPLATE
     try:
         opts, _rest = getopt(
             args, "ha:s:S", ["help", "agent-socket=", "fork-server-socket=", "no-fork-server"],
@@ -39,17 +40,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..agent.agent import Agent, AgentOptions
     from ..call.domain_handler import own_user_name
+    from ..system.environment import Environment
     from ..system.log import Logger
-    from ..system.settings import max_protocol_version
-    from ..transport import vchan
 
     log = Logger("qrexec-agent")
+    env = Environment.current()
+    env.log_problems(log)
     options = AgentOptions(
         agent_socket=agent_socket,
         fork_server_socket=fork_server,
-        socket_dir=vchan.socket_dir(),
-        own_domain=vchan.own_domain(),
-        own_version=max_protocol_version(log),
+        env=env,
+        own_version=env.max_protocol_version,
         own_user=own_user_name(),
     )
 

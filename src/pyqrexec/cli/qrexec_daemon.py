@@ -114,12 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     os.close(fd)
 
     from ..daemon.daemon import DaemonOptions
-    from ..transport import vchan
+    from ..system.environment import Environment
 
+    env = Environment.current()
     options = DaemonOptions(
         domid=domid, name=name, uuid=uuid, default_user=default_user, socket_dir=socket_dir,
-        vchan_dir=os.path.abspath(vchan.socket_dir()), policy_program=policy_program,
-        own_version=0, startup_timeout=_startup_timeout(), port_share=port_share,
+        vchan_dir=os.path.abspath(env.vchan_socket_dir), policy_program=policy_program,
+        own_version=env.max_protocol_version, startup_timeout=_startup_timeout(),
+        env=env, port_share=port_share,
     )
     if direct:
         return _child(options, None)
@@ -175,13 +177,11 @@ def _launch(options: object, quiet: bool) -> int:
 
 def _child(options: object, report_fd: int | None) -> int:
     import asyncio
-    import dataclasses
     import signal
 
     from ..daemon.daemon import Daemon, DaemonOptions, run_daemon
     from ..daemon.worker import call_worker
     from ..system.log import Logger
-    from ..system.settings import max_protocol_version
 
     assert isinstance(options, DaemonOptions)
     log = Logger("qrexec-daemon")
@@ -189,7 +189,7 @@ def _child(options: object, report_fd: int | None) -> int:
     if report_fd is not None:
         _open_log(options.name, log)
         os.setsid()
-    options = dataclasses.replace(options, own_version=max_protocol_version(log))
+    options.env.log_problems(log)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def ready() -> None:

@@ -200,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         return install_command(args)
     if args.command == "remote":
         from ..remote.trust import run
+        from ..system.environment import Environment
 
-        return run(args, state)
+        return run(args, state, Environment.current())
     return _client(args, state)
 
 

@@ -85,9 +85,11 @@ def _manage(name: str, include: bool) -> None:
     import tempfile
 
     from ..client import policy_admin as api
+    from ..system.environment import Environment
 
+    env = Environment.current()
     try:
-        content, token = api.get(name, include)
+        content, token = api.get(env, name, include)
     except api.AdminError as err:
         if err.kind != api.NOT_FOUND:
             print(f"Failed to get policy {name!r}: {err.message}", file=sys.stderr)
@@ -104,7 +106,7 @@ def _manage(name: str, include: bool) -> None:
     with open(path, "rb") as f:
         edited = f.read()
     try:
-        api.replace(name, edited, token, include)
+        api.replace(env, name, edited, token, include)
     except (api.AdminError, api.CallFailed) as err:
         message = err.message if isinstance(err, api.AdminError) else str(err)
         print(

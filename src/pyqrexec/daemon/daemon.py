@@ -40,6 +40,7 @@ from ..protocol.messages import (
 from ..protocol.pending import Full, PendingTable
 from ..protocol.pending import PendingRequest as _Pending
 from ..protocol.ports import DEFAULT_SHARE, Busy, PortTable
+from ..system.environment import Environment
 from ..system.log import RepeatLimited
 from ..transport import vchan
 from ..transport.aio import ChannelWriter
@@ -73,6 +74,8 @@ class DaemonOptions:
     own_version: int
     #: seconds for the first control connection; None = wait forever
     startup_timeout: float | None
+    #: the program's environment: the policy and qubesd sockets, dom0 services' settings
+    env: Environment
     #: most data ports one caller domain may hold in this daemon's table
     port_share: int = DEFAULT_SHARE
 
@@ -121,7 +124,8 @@ class Daemon:
     async def connect_agent(self, timeout: float | None) -> None:
         try:
             sock = await vchan.connect_async(self.opts.vchan_dir, self.opts.domid, 0,
-                                             VCHAN_BASE_PORT, timeout)
+                                             VCHAN_BASE_PORT, timeout,
+                                             pair_dirs=self.opts.env.vchan_pair_dirs)
         except vchan.VchanTimeout as err:
             raise Fatal(3, "qrexec connection timeout") from err
         except OSError as err:

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["call_worker", "DOM0_NAMES"]
 
 DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
-DEFAULT_POLICY_SOCKET = "/run/qubes/policy.sock"
 #: how long a request may wait for a data port of a busy target while none of this daemon's
 #: requests to it gets one (docs/daemon.md "Data ports"): long enough for one of a burst of
 #: short calls to end even when hundreds of callers starting at once compete for the CPU,
@@ -85,7 +84,7 @@ async def _ask_policy(daemon: Daemon, pending: PendingRequest,
                       audit: CallAudit) -> PolicyAnswer:
     req = pending.request
     text = request_text(daemon.opts.name, req.target, req.service, req.source)
-    path = os.environ.get("QREXEC_POLICY_SOCKET", DEFAULT_POLICY_SOCKET)
+    path = daemon.opts.env.policy_socket
     try:
         reader, writer = await asyncio.open_unix_connection(sock=await audit.connect(path))
     except OSError as err:
@@ -241,7 +240,8 @@ async def _open_target(daemon: Daemon, dest: str, autostart: bool) -> _Opened:
 async def _qubesd(daemon: Daemon, method: str, dest: str, payload: bytes = b"",
                   ok_errors: tuple[str, ...] = ()) -> bytes:
     try:
-        return await call_async(method, dest, payload=payload)
+        return await call_async(method, dest, payload=payload,
+                                path=daemon.opts.env.qubesd_socket)
     except QubesdError as err:
         if err.exc_type and err.exc_type in ok_errors:
             return b""
@@ -276,7 +276,7 @@ async def _call_dispvm(daemon: Daemon, pending: PendingRequest, answer: PolicyAn
             writer.close()
     finally:
         try:
-            await call_async("admin.vm.Kill", disp)
+            await call_async("admin.vm.Kill", disp, path=daemon.opts.env.qubesd_socket)
         except QubesdError as err:
             daemon.log(f"cannot kill disposable {disp}: {err}")
     return 0
@@ -311,8 +311,9 @@ async def _run_forked(daemon: Daemon, cmd: bytes, port: int, audit: CallAudit) -
     os.set_blocking(counts, False)  # a child that wrote nothing must not hold us up
 
     def body() -> int:
-        result = run_dom0_service(cmd, daemon.opts.domid, port,
-                                  timeout=WORKER_CONNECT_TIMEOUT, log=daemon.log)
+        result = run_dom0_service(cmd, daemon.opts.domid, port, env=daemon.opts.env,
+                                  timeout=WORKER_CONNECT_TIMEOUT, log=daemon.log,
+                                  own_version=daemon.opts.own_version)
         write_traffic(told, result.traffic)
         return result.worker_status
 

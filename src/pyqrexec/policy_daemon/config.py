@@ -1,5 +1,5 @@
 """Paths of the policy engine from options and environment
-(docs/reference/cli.md#common-environment)."""
+(docs/reference/cli.md#common-environment), and the policy programs' logger."""
 
 from __future__ import annotations
 
@@ -9,46 +9,30 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..policy.loaders import DEFAULT_POLICY_DIRS
-from ..qubesd.client import internal_socket_path
+from ..system.environment import Environment
 from .engine import EngineConfig
-from .paths import legacy_policy_dir, persistent_policy_dir
 
-__all__ = [
-    "DEFAULT_SERVICE_PATH",
-    "default_policy_dirs",
-    "engine_config",
-    "legacy_policy_dir",
-    "persistent_policy_dir",
-    "logger",
-]
-
-DEFAULT_SERVICE_PATH = "/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc"
+__all__ = ["engine_config", "logger"]
 
 
-def default_policy_dirs() -> list[str]:
-    """Both upstream directories; `$QREXEC_POLICY_DIR` alone where a host keeps its policy
-    elsewhere (a qrexec-host's dom0 tools must read the policy its daemons read)."""
-    moved = os.environ.get("QREXEC_POLICY_DIR")
-    return [moved] if moved else list(DEFAULT_POLICY_DIRS)
-
-
-def engine_config(policy_dirs: Sequence[str] | None, grants: bool = False) -> EngineConfig:
-    """`policy_dirs` replaces the default directories when given (`--path`, `--policy-path`).
+def engine_config(env: Environment, policy_dirs: Sequence[str] | None,
+                  grants: bool = False) -> EngineConfig:
+    """`policy_dirs` replaces `env`'s policy directories when given (`--path`,
+    `--policy-path`).
 
     With `grants`, "always" answers are written into the persistent directory:
     `$QREXEC_POLICY_DIR`, else the last of `policy_dirs` (the default's is /etc/qubes/policy.d).
     """
-    dirs = list(policy_dirs) if policy_dirs else default_policy_dirs()
+    dirs = list(policy_dirs) if policy_dirs else env.policy_dirs
     persistent = None
     if grants:
-        persistent = os.environ.get("QREXEC_POLICY_DIR") or dirs[-1]
+        persistent = env.policy_dir or dirs[-1]
     return EngineConfig(
         policy_dirs=dirs,
         persistent_dir=persistent,
-        legacy_dir=legacy_policy_dir(),
-        qubesd_internal_socket=internal_socket_path(),
-        service_path=os.environ.get("QREXEC_SERVICE_PATH", DEFAULT_SERVICE_PATH).split(":"),
+        legacy_dir=env.legacy_policy_dir,
+        qubesd_internal_socket=env.qubesd_internal_socket,
+        service_path=list(env.service_path),
     )
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from pyqrexec.agent.fork_client import (
-    DEFAULT_TEMPLATE,
     Handover,
     connect_handover,
     fork_server_allowed,
@@ -24,6 +23,7 @@ from pyqrexec.agent.fork_client import (
 from pyqrexec.protocol.cmdline import parse_command
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.services.rpcconfig import DEFAULT_CONFIG, ServiceConfig
+from pyqrexec.system.defaults import FORK_SERVER_SOCKET_TEMPLATE
 from pyqrexec.transport.aio import BackgroundTasks
 
 T = "/run/fs.%s.sock"
@@ -97,7 +97,8 @@ def test_unparsable_commands_stay_in_the_agent(cmdline: bytes) -> None:
 
 
 def test_path_template() -> None:
-    assert fork_server_path(DEFAULT_TEMPLATE, "user") == "/var/run/qubes/qrexec-server.user.sock"
+    assert (fork_server_path(FORK_SERVER_SOCKET_TEMPLATE, "user")
+            == "/var/run/qubes/qrexec-server.user.sock")
     assert fork_server_path("/a/%s/%s", "u") == "/a/u/%s"
     assert fork_server_path("/a/shared.sock", "u") == "/a/shared.sock"
 
