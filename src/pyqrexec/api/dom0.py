@@ -13,7 +13,7 @@ import os
 
 from ..client.daemon_socket import DaemonNotRunning as _NotRunning
 from ..client.daemon_socket import connect_daemon_async, request_async
-from ..protocol.constants import EXIT_PROBLEM, MsgType
+from ..protocol.constants import DOM0_NAMES, EXIT_PROBLEM, MsgType
 from ..protocol.errors import ProtocolError
 from ..system.defaults import DAEMON_SOCKET_DIR
 from ..system.environment import Environment
@@ -24,7 +24,6 @@ from .errors import CallResult, DaemonNotRunning, SetupFailed
 __all__ = ["AsyncDom0Client", "DOM0_NAMES", "service_command"]
 
 #: how `qrexec-client -d` names dom0 itself
-DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 
 
 def service_command(service: str, argument: str = "", source: str = "dom0",

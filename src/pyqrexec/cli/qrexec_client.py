@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ..protocol.constants import DOM0_NAMES, EXIT_PROBLEM, IDENT_SIZE
+from ..system.defaults import DAEMON_SOCKET_DIR
 from .args import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 
     from ..system.environment import Environment
 
-USAGE = """\
+USAGE = f"""\
 usage: qrexec-client [options] -d DOMAIN [-l LOCAL_CMD | -c REQID,SRCNAME,SRCID | -e] USER:CMDLINE
   -h, --help            this text
   -d DOMAIN             target: name, uuid:UUID, domid, or dom0
@@ -30,15 +32,12 @@ usage: qrexec-client [options] -d DOMAIN [-l LOCAL_CMD | -c REQID,SRCNAME,SRCID 
   -w SECONDS            data connection timeout (0 = none; default 10)
   -W                    with -c: wait for the connection to end
   -k                    kill DOMAIN before exiting
-  --socket-dir=PATH     daemon socket directory (default /var/run/qubes)
+  --socket-dir=PATH     daemon socket directory (default {DAEMON_SOCKET_DIR})
   -p, --prefix-data=DATA  send DATA before stdin
   --use-stdin-socket    fd 0 is a socket used for both directions
 """
-_DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
-_EXIT_PROBLEM = 125
 #: -c to a VM failed (docs/reference/cli.md#qrexec-client-modes)
 _EXIT_CONNECT_FAILED = 137
-_IDENT_SIZE = 32
 
 
 def _err(msg: str) -> None:
@@ -64,7 +63,7 @@ class _Args:
     timeout = 10.0
     wait = False
     kill = False
-    socket_dir = "/var/run/qubes"
+    socket_dir = DAEMON_SOCKET_DIR
     prefix: bytes | None = None
     stdin_socket = False
     cmdline: str | None = None
@@ -141,7 +140,7 @@ def _parse_connect(val: str) -> tuple[str, str, int]:
     reqid, src_name, src_id_text = parts
     if len(reqid) >= 32:
         raise UsageError(1, "Invalid -c parameter (request_id too long, max 31)")
-    if src_name in _DOM0_NAMES:
+    if src_name in DOM0_NAMES:
         raise UsageError(1, "ERROR: -c cannot be used for requests to dom0")
     try:
         src_id = _strtol(src_id_text, "source domain id")
@@ -171,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..system.environment import Environment
 
     env = Environment.current()
-    if args.domain in _DOM0_NAMES:
+    if args.domain in DOM0_NAMES:
         if args.connect is not None:
             return _connect_dom0(args, env)
         return _call_dom0(args, env)
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         status = _connect_vm(args)
     else:
         status = _call_vm(args, stdin_sock, env)
-        if args.no_exit_code and status != _EXIT_PROBLEM:
+        if args.no_exit_code and status != EXIT_PROBLEM:
             status = 0
     if args.kill:
         _kill(args.domain, env)
@@ -209,13 +208,13 @@ def _call_dom0(args: _Args, env: Environment) -> int:
     log = _logger()
     if args.local_cmd is not None:
         log("dom0 -> dom0 with -l: not yet implemented")
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
     assert args.cmdline is not None
     return exec_dom0_service(os.fsencode(args.cmdline), log, env)
 
 
 def _ident_field(reqid: str) -> bytes:
-    return os.fsencode(reqid).ljust(_IDENT_SIZE, b"\0")
+    return os.fsencode(reqid).ljust(IDENT_SIZE, b"\0")
 
 
 def _allocate(socket_dir: str, domain: str, msgtype: int, peer: int, payload: bytes,
@@ -255,11 +254,11 @@ def _connect_dom0(args: _Args, env: Environment) -> int:
     log = _logger()
     if not reqid:
         log("ERROR: request id must not be empty for calls to dom0")
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
     got = _allocate(args.socket_dir, src_name, MsgType.SERVICE_CONNECT, 0,
                     _ident_field(reqid), log)
     if got is None:
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
     sock, data_domain, port = got
     sock.close()
     env.log_problems(log)
@@ -320,7 +319,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
     got = _allocate(args.socket_dir, args.domain, msgtype, 0,
                     os.fsencode(args.cmdline) + b"\0", log)
     if got is None:
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
     sock, remote_domid, port = got
     sock.close()
     listener, path = vchan.listen(env.vchan_socket_dir, env.vchan_domain, remote_domid, port,
@@ -357,7 +356,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         log(f"data vchan connection failed: {err}")
         if proc is not None:
             proc.kill()
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
 
     if args.just_exec:
         local_in = None
@@ -374,7 +373,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         if proc is not None:
             proc.kill()
             proc.wait()
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
     status = result.exit_status
     if proc is not None:
         local = proc.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..system.defaults import AGENT_SOCKET
 from .args import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
@@ -18,14 +19,14 @@ if TYPE_CHECKING:
 
     from ..system.environment import Environment
 
-USAGE = """\
+USAGE = f"""\
 usage: qrexec-client-vm [options] TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARG...]]
   -h, --help                      this text
   --buffer-size=N                 minimum data buffer per direction
   -t, --filter-escape-chars-stdout   filter stdout
   -T, --filter-escape-chars-stderr   filter the service's stderr
   --no-filter-escape-chars-stdout, --no-filter-escape-chars-stderr
-  -a, --agent-socket=PATH         default /var/run/qubes/qrexec-agent
+  -a, --agent-socket=PATH         default {AGENT_SOCKET}
   -p, --prefix-data=DATA          send DATA before stdin
   --use-stdin-socket              fd 0 (a stream socket) for both directions
   -s, --source-qube=NAME          requested source for relayed calls
@@ -52,7 +53,7 @@ def _parse_size(text: str) -> int:
 class _Args:
     filter_stdout: bool | None = None
     filter_stderr: bool | None = None
-    agent_socket = "/var/run/qubes/qrexec-agent"
+    agent_socket = AGENT_SOCKET
     prefix: bytes | None = None
     stdin_socket = False
     source: bytes | None = None

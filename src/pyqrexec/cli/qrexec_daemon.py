@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..system.defaults import DAEMON_SOCKET_DIR
 from .args import GetoptError, getopt
 
 USAGE = """\
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"qrexec-daemon: {err}\n{USAGE}")
         return 1
     quiet = direct = False
-    socket_dir = "/var/run/qubes"
+    socket_dir = DAEMON_SOCKET_DIR
     policy_program = "/usr/bin/qrexec-policy-exec"
     uuid = None
     share_option = None

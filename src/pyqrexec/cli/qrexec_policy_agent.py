@@ -12,9 +12,11 @@ import argparse
 import os
 import sys
 
+from ..system.defaults import POLICY_AGENT_SOCKET
+
 __all__ = ["main", "run", "DEFAULT_SOCKET"]
 
-DEFAULT_SOCKET = "/var/run/qubes/policy-agent.sock"
+DEFAULT_SOCKET = POLICY_AGENT_SOCKET
 FRONTENDS = ("auto", "program", "gtk", "terminal", "deny")
 
 

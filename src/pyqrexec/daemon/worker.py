@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..protocol.channel import NEED_DATA, DaemonSession, Hello, PortAnswer
 from ..protocol.constants import (
     CLIENT_PROTOCOL_VERSION,
+    DOM0_NAMES,
     EXIT_PROBLEM,
     EXIT_REQUEST_REFUSED,
     MsgType,
@@ -36,9 +37,8 @@ from .policy_answer import ANSWER_LIMIT, Malformed, PolicyAnswer, parse_answer, 
 if TYPE_CHECKING:
     from .daemon import Daemon, PendingRequest
 
-__all__ = ["call_worker", "DOM0_NAMES"]
+__all__ = ["call_worker"]
 
-DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 #: how long a request may wait for a data port of a busy target while none of this daemon's
 #: requests to it gets one (docs/daemon.md "Data ports"): long enough for one of a burst of
 #: short calls to end even when hundreds of callers starting at once compete for the CPU,
