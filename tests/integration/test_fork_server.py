@@ -230,7 +230,7 @@ def test_handover_from_the_agent_side(server: ForkServer) -> None:
     handover = prepare_handover(server.socket_path, MsgType.EXEC_CMDLINE, 0, port,
                                 b"someone:QUBESRPC test.Echo+x src", DEFAULT_CONFIG)
     assert handover is not None
-    conn = connect_handover(handover, lambda m: None)
+    conn = connect_handover(handover)
     assert conn is not None
     out = finish_call(server, conn, listener, path, b"in\n")
     assert out.status == 3

@@ -9,6 +9,7 @@ MSG_CONNECTION_TERMINATED so the daemon can free the port.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -42,6 +43,8 @@ from .trigger import TriggerSocket
 
 __all__ = ["AgentOptions", "Agent"]
 
+_LOG = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class AgentOptions:
@@ -68,9 +71,10 @@ class _Call:
 
 
 class Agent:
-    def __init__(self, opts: AgentOptions, log: Callable[[str], None]) -> None:
+    def __init__(self, opts: AgentOptions) -> None:
         self.opts = opts
-        self.log = log
+        #: a `log(message)` callable, the form the call/ side takes
+        self.log: Callable[[str], None] = _LOG.info
         self.loop = asyncio.get_running_loop()
         #: hand-overs to the fork server and the watches of their sockets
         self.background = BackgroundTasks()
@@ -79,7 +83,7 @@ class Agent:
         self.trigger: TriggerSocket | None = None
         self.parked: list[_Call] = []
         self.waiter: int | None = None
-        self.ctx = HandlerContext(opts.env, opts.own_version, opts.own_user, log,
+        self.ctx = HandlerContext(opts.env, opts.own_version, opts.own_user, self.log,
                                   opts.env.rpc_config_path)
 
     async def run(self) -> int:
@@ -134,7 +138,7 @@ class Agent:
             if first:
                 first = False
                 self.trigger = TriggerSocket(self.opts.agent_socket, self._send_soon,
-                                             lambda: self.version, self.log,
+                                             lambda: self.version,
                                              self._control_ready)
                 self.trigger.start()
                 self._notify_ready()
@@ -245,7 +249,7 @@ class Agent:
 
     async def _hand_over(self, call: _Call, handover: Handover) -> None:
         """Give the call to the user's fork server; its socket's EOF ends the call."""
-        sock = await hand_over(self.loop, handover, self.log)
+        sock = await hand_over(self.loop, handover)
         if sock is None:
             self._fork_handler(call)
             return

@@ -37,15 +37,16 @@ def main(argv: list[str] | None = None) -> int:
             fork_server = None
 
     import asyncio
+    import logging
 
     from ..agent.agent import Agent, AgentOptions
     from ..call.domain_handler import own_user_name
     from ..system.environment import Environment
-    from ..system.log import Logger
+    from ..system.log import setup
 
-    log = Logger("qrexec-agent")
+    setup("qrexec-agent")
     env = Environment.current()
-    env.log_problems(log)
+    env.log_problems(logging.getLogger(__name__).info)
     options = AgentOptions(
         agent_socket=agent_socket,
         fork_server_socket=fork_server,
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     async def amain() -> int:
-        return await Agent(options, log).run()
+        return await Agent(options).run()
 
     return asyncio.run(amain())
 

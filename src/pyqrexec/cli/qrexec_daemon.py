@@ -178,17 +178,19 @@ def _launch(options: object, quiet: bool) -> int:
 
 def _child(options: object, report_fd: int | None) -> int:
     import asyncio
+    import logging
     import signal
 
     from ..daemon.daemon import Daemon, DaemonOptions, run_daemon
     from ..daemon.worker import call_worker
-    from ..system.log import Logger
+    from ..system.log import setup
 
     assert isinstance(options, DaemonOptions)
-    log = Logger("qrexec-daemon")
+    setup("qrexec-daemon")
+    log = logging.getLogger(__name__).info
     os.chdir(options.socket_dir)
     if report_fd is not None:
-        _open_log(options.name, log)
+        _open_log(options.name)
         os.setsid()
     options.env.log_problems(log)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -207,7 +209,7 @@ def _child(options: object, report_fd: int | None) -> int:
             report_fd = None
 
     async def amain() -> int:
-        daemon = Daemon(options, log, call_worker)
+        daemon = Daemon(options, call_worker)
         return await run_daemon(daemon, ready)
 
     status = asyncio.run(amain())
@@ -216,7 +218,7 @@ def _child(options: object, report_fd: int | None) -> int:
     return status
 
 
-def _open_log(name: str, log: object) -> None:
+def _open_log(name: str) -> None:
     path = os.path.join(os.environ.get("QREXEC_LOG_DIR", _LOG_DIR), f"qrexec.{name}.log")
     old = os.umask(0o007)
     try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -18,9 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..agent.fork_server import bind, default_socket_path, serve_forever
     from ..call.domain_handler import HandlerContext, own_user_name
     from ..system.environment import Environment
-    from ..system.log import Logger
+    from ..system.log import setup
 
-    log = Logger(PROG)
+    setup(PROG)
+    log = logging.getLogger(__name__).info
     env = Environment.current()
     env.log_problems(log)
     path = args[0] if args else default_socket_path(env.user)

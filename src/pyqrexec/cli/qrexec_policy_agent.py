@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--frontend=program needs --answer-program")
 
     import asyncio
+    import logging
 
     from ..policy_agent import AgentServer, AnswerProgram, DenyAll, Frontend, TerminalFrontend
-    from ..policy_daemon.config import logger
+    from ..system.log import setup
 
     kind = _choose(args)
     if args.check:
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(kind)
         return 0
-    log = logger("qrexec-policy-agent")
+    setup("qrexec-policy-agent", bare=True)
+    log = logging.getLogger(__name__)
     os.umask(0o007)
     frontend: Frontend
     try:

@@ -39,14 +39,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import asyncio
     import grp
+    import logging
     import os
 
     from ..policy.audit import audit_path
     from ..policy_daemon.audit_log import AuditLog
-    from ..policy_daemon.config import engine_config, logger
+    from ..policy_daemon.config import engine_config
     from ..policy_daemon.engine import PolicyEngine
     from ..policy_daemon.grant_store import GrantStore
     from ..policy_daemon.server import PolicyServer
+    from ..system.log import setup
     from ..system.parent_death import keep_parent_death_signal
 
     os.umask(0o007)
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.setgid(grp.getgrnam("qubes").gr_gid)
         except (KeyError, OSError) as err:
             print(f"qrexec-policy-daemon: cannot switch to group qubes: {err}", file=sys.stderr)
-    log = logger("qrexec-policy-daemon")
+    setup("qrexec-policy-daemon", bare=True)
+    log = logging.getLogger(__name__)
     engine = PolicyEngine(engine_config(env, args.policy_path, grants=True), log)
     engine.reload()  # a broken policy is logged here and denies every call until fixed
     if not args.no_audit:

@@ -36,13 +36,16 @@ def _parser() -> argparse.ArgumentParser:
 def _evaluate(env: Environment, args: argparse.Namespace, source: str, target: str,
               service: str) -> Outcome:
     import asyncio
+    import logging
 
     from ..policy.evaluation import Request
-    from ..policy_daemon.config import engine_config, logger
+    from ..policy_daemon.config import engine_config
     from ..policy_daemon.engine import PolicyEngine
+    from ..system.log import setup
 
+    setup("qrexec-policy-exec", bare=True, syslog=True)
     request = Request(source, target, service, "", args.assume_yes_for_ask, args.just_evaluate)
-    engine = PolicyEngine(engine_config(env, args.path), logger("qrexec-policy-exec", syslog=True))
+    engine = PolicyEngine(engine_config(env, args.path), logging.getLogger(__name__))
 
     async def evaluate() -> Outcome:
         outcome = await engine.evaluate(request)

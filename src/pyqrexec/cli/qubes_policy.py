@@ -62,14 +62,15 @@ def _run(method: str, name: str, include: bool) -> None:
 
 def _grants(revoke: str | None) -> int:
     """List the grants, or revoke one, in the policy daemon's runtime file (docs/audit.md)."""
+    import logging
     import time
 
     from ..policy.audit import audit_path
     from ..policy_daemon.audit_log import AuditLog
-    from ..policy_daemon.config import logger
     from ..policy_daemon.engine import grant_record
     from ..policy_daemon.grant_store import GrantStore
     from ..system.environment import Environment
+    from ..system.log import setup
 
     env = Environment.current()
     store = GrantStore(env.grants_path())
@@ -92,7 +93,8 @@ def _grants(revoke: str | None) -> int:
     if grant is None:
         print(f"qubes-policy: no grant {revoke}", file=sys.stderr)
         return 1
-    audit = AuditLog(audit_path(env.variables), logger("qubes-policy"))
+    setup("qubes-policy", bare=True)
+    audit = AuditLog(audit_path(env.variables), logging.getLogger(__name__))
     audit.write(grant_record("grant-revoked", grant, reason="qubes-policy --revoke"))
     audit.close()
     print(f"revoked {grant.describe()}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -94,15 +95,17 @@ class _Client:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+_LOG = logging.getLogger(__name__)
+
 #: runs a call request; returns the worker status (0 = success)
 Worker = Callable[["Daemon", PendingRequest], Awaitable[int]]
 
 
 class Daemon:
-    def __init__(self, opts: DaemonOptions, log: Callable[[str], None],
-                 worker: Worker | None = None) -> None:
+    def __init__(self, opts: DaemonOptions, worker: Worker | None = None) -> None:
         self.opts = opts
-        self.log = log
+        #: a `log(message)` callable, the form the call/ side takes
+        self.log: Callable[[str], None] = _LOG.info
         self.worker = worker
         self.loop = asyncio.get_running_loop()
         self.ports: PortTable[_Client] = PortTable(opts.domid, opts.port_share)
@@ -110,7 +113,7 @@ class Daemon:
         #: a request without one waits while others get theirs); one entry per target
         self.port_granted: dict[str, float] = {}
         #: for lines a hostile domain can make us repeat at will
-        self.log_repeated = RepeatLimited(log, self.loop.call_later)
+        self.log_repeated = RepeatLimited(_LOG.info, self.loop.call_later)
         self.clients: set[_Client] = set()
         self.requests: PendingTable[PendingRequest] = PendingTable(MAX_CLIENTS)
         self.control: socket.socket | None = None
@@ -399,7 +402,7 @@ async def run_daemon(daemon: Daemon, ready: Callable[[], None] | None) -> int:
         stopper.cancel()
         exc = task.exception()
         if isinstance(exc, Fatal):
-            daemon.log(str(exc))
+            _LOG.info("%s", exc)
             status = exc.status
         elif exc is not None:
             raise exc

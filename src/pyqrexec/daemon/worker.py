@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 from typing import TYPE_CHECKING
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from .daemon import Daemon, PendingRequest
 
 __all__ = ["call_worker"]
+
+_LOG = logging.getLogger(__name__)
 
 #: how long a request may wait for a data port of a busy target while none of this daemon's
 #: requests to it gets one (docs/daemon.md "Data ports"): long enough for one of a burst of
@@ -69,7 +72,7 @@ async def call_worker(daemon: Daemon, pending: PendingRequest) -> int:
             return EXIT_REQUEST_REFUSED
         audit.allowed(answer)
         for line in answer.ignored:
-            daemon.log(f"ignoring policy answer line {line!r}")
+            _LOG.info(f"ignoring policy answer line {line!r}")
         status = await _execute(daemon, pending, answer, audit)
     except WorkerFailure as err:
         # a domain can repeat its calls, and so their failures, at will
@@ -278,7 +281,7 @@ async def _call_dispvm(daemon: Daemon, pending: PendingRequest, answer: PolicyAn
         try:
             await call_async("admin.vm.Kill", disp, path=daemon.opts.env.qubesd_socket)
         except QubesdError as err:
-            daemon.log(f"cannot kill disposable {disp}: {err}")
+            _LOG.info(f"cannot kill disposable {disp}: {err}")
     return 0
 
 
@@ -298,7 +301,7 @@ async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnsw
     if status != 0:
         # the request is answered already: this only gets logged
         # (docs/reference/protocol.md#vm-to-dom0 step 5)
-        daemon.log(f"dom0 service {service} from {daemon.opts.name} failed with {status}")
+        _LOG.info(f"dom0 service {service} from {daemon.opts.name} failed with {status}")
     return status
 
 
@@ -312,14 +315,14 @@ async def _run_forked(daemon: Daemon, cmd: bytes, port: int, audit: CallAudit) -
 
     def body() -> int:
         result = run_dom0_service(cmd, daemon.opts.domid, port, env=daemon.opts.env,
-                                  timeout=WORKER_CONNECT_TIMEOUT, log=daemon.log,
+                                  timeout=WORKER_CONNECT_TIMEOUT, log=_LOG.info,
                                   own_version=daemon.opts.own_version)
         write_traffic(told, result.traffic)
         return result.worker_status
 
     try:
         try:
-            pid = fork_call(body, daemon.log, keep=(told,))
+            pid = fork_call(body, _LOG.info, keep=(told,))
         finally:
             os.close(told)
         status = await wait_exit(pid)

@@ -1,18 +1,14 @@
 """Paths of the policy engine from options and environment
-(docs/reference/cli.md#common-environment), and the policy programs' logger."""
+(docs/reference/cli.md#common-environment)."""
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
-import os
-import sys
 from collections.abc import Sequence
 
 from ..system.environment import Environment
 from .engine import EngineConfig
 
-__all__ = ["engine_config", "logger"]
+__all__ = ["engine_config"]
 
 
 def engine_config(env: Environment, policy_dirs: Sequence[str] | None,
@@ -34,19 +30,3 @@ def engine_config(env: Environment, policy_dirs: Sequence[str] | None,
         qubesd_internal_socket=env.qubesd_internal_socket,
         service_path=list(env.service_path),
     )
-
-
-def logger(name: str, syslog: bool = False) -> logging.Logger:
-    """Messages as they are, on stderr; with `syslog`, to `/dev/log` when it exists."""
-    log = logging.getLogger(name)
-    handler: logging.Handler
-    if syslog and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
-        handler.setFormatter(logging.Formatter(f"{name}: %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    return log
