@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     compile_package()
     procs: list[subprocess.Popen[bytes]] = []
-    with PlainHost(keep=os.environ.get("BENCH_KEEP") is not None) as host:
+    with PlainHost(os.environ, keep=os.environ.get("BENCH_KEEP") is not None) as host:
         root = host.root
         rpc = root / "rpc"
         rpc.mkdir()

@@ -67,7 +67,7 @@ def per_call(fn: Callable[[], object], n: int) -> float:
 def measure(n: int, unprivileged: bool) -> dict[str, float]:
     user = "nobody" if unprivileged else "root"
     wrapper = NOBODY if unprivileged else None
-    with PlainHost() as host:
+    with PlainHost(os.environ) as host:
         root = Path(host.root)
         rpc = root / "rpc"
         rpc.mkdir()

@@ -40,7 +40,7 @@ class BenchHost(PlainHost):
     service directory where `test.True` exits 0."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(os.environ)
         os.chmod(self.root, 0o1777)
         self.rpc = self.root / "rpc"
         self.rpc.mkdir()

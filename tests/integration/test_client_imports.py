@@ -20,7 +20,8 @@ OURS = {
         "pyqrexec.protocol.constants", "pyqrexec.protocol.data", "pyqrexec.protocol.errors",
         "pyqrexec.protocol.framing", "pyqrexec.protocol.handshake", "pyqrexec.protocol.idents",
         "pyqrexec.protocol.messages", "pyqrexec.protocol.records", "pyqrexec.protocol.wire",
-        "pyqrexec.system", "pyqrexec.system.log", "pyqrexec.system.settings",
+        "pyqrexec.system", "pyqrexec.system.log", "pyqrexec.system.environment",
+        "pyqrexec.system.defaults",
         "pyqrexec.transport", "pyqrexec.transport.unixsock", "pyqrexec.transport.vchan",
     },
     "qrexec-client-vm": set(),  # filled below: the same core, its own CLI module

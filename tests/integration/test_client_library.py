@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,7 @@ from pyqrexec.api import (
     Dom0Client,
     DomainClient,
 )
+from pyqrexec.system.environment import Environment
 
 from .fixtures.processes import QrexecHost, wait_for
 from .fixtures.world import World
@@ -106,16 +108,17 @@ def test_dom0_service_and_missing_service(dom0: Dom0Client) -> None:
     assert dom0.run_service("anotherVM", "test.Missing").returncode == 127
 
 
-def test_dom0_to_dom0_service(world: World, dom0: Dom0Client,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dom0_to_dom0_service(world: World) -> None:
     world.service("dom0", "test.Local", "#!/bin/sh\necho \"local $1\"\ncat\nexit 4\n")
-    monkeypatch.setenv("QREXEC_SERVICE_PATH", str(world.rpc_dir("dom0")))
-    monkeypatch.setenv("QUBES_RPC_CONFIG_PATH", str(world.host.root / "dom0-rpc-config"))
-    r = dom0.run_service("dom0", "test.Local", "xy", input=b"in\n")
-    assert (r.returncode, r.stdout) == (4, b"local xy\nin\n")
-    assert dom0.run_service("dom0", "test.Missing").returncode == 127
-    r = dom0.run("dom0", "root:true")
-    assert r.returncode == 125 and b"DEFAULT:" in r.stderr
+    # the client follows the environment it is given (default: this process's, at creation)
+    env = Environment(dict(os.environ, QREXEC_SERVICE_PATH=str(world.rpc_dir("dom0")),
+                           QUBES_RPC_CONFIG_PATH=str(world.host.root / "dom0-rpc-config")))
+    with Dom0Client(**dom0_kw(world.host), env=env) as dom0:  # type: ignore[arg-type]
+        r = dom0.run_service("dom0", "test.Local", "xy", input=b"in\n")
+        assert (r.returncode, r.stdout) == (4, b"local xy\nin\n")
+        assert dom0.run_service("dom0", "test.Missing").returncode == 127
+        r = dom0.run("dom0", "root:true")
+        assert r.returncode == 125 and b"DEFAULT:" in r.stderr
 
 
 def test_dom0_eof_each_way_while_streaming(dom0: Dom0Client) -> None:

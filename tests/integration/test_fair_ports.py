@@ -71,7 +71,7 @@ class Flood:
                 return
             domain, port = struct.unpack("<II", answer)
             listener, path = vchan.listen(str(self.dom.host.vchan_dir), self.dom.domid,
-                                          domain, port)
+                                          domain, port, pair_dirs=False)
             chan = vchan.accept_one(listener, path, 30)
             chan.settimeout(30)
             data_handshake(chan, 3)

@@ -137,7 +137,7 @@ def call(srv: ForkServer, command: bytes, stdin: bytes = b"",
          msgtype: int = MsgType.EXEC_CMDLINE) -> Outcome:
     """Send the request as the agent, serve the data channel as the caller (domain 0)."""
     port = next(_ports)
-    listener, path = vchan.listen(srv.vchan_dir, 0, DOMID, port)
+    listener, path = vchan.listen(srv.vchan_dir, 0, DOMID, port, pair_dirs=False)
     conn = agent_connect(srv, pack_cmd_info(CmdInfo(msgtype, 0, port, command + b"\0")))
     return finish_call(srv, conn, listener, path, stdin)
 
@@ -226,11 +226,11 @@ def test_just_exec(server: ForkServer) -> None:
 def test_handover_from_the_agent_side(server: ForkServer) -> None:
     """The agent's own functions against the real fork server."""
     port = next(_ports)
-    listener, path = vchan.listen(server.vchan_dir, 0, DOMID, port)
+    listener, path = vchan.listen(server.vchan_dir, 0, DOMID, port, pair_dirs=False)
     handover = prepare_handover(server.socket_path, MsgType.EXEC_CMDLINE, 0, port,
                                 b"someone:QUBESRPC test.Echo+x src", DEFAULT_CONFIG)
     assert handover is not None
-    conn = connect_handover(handover, lambda m: None)
+    conn = connect_handover(handover)
     assert conn is not None
     out = finish_call(server, conn, listener, path, b"in\n")
     assert out.status == 3
@@ -240,7 +240,7 @@ def test_handover_from_the_agent_side(server: ForkServer) -> None:
 
 def test_agent_connection_stays_open_while_the_call_runs(server: ForkServer) -> None:
     port = next(_ports)
-    listener, path = vchan.listen(server.vchan_dir, 0, DOMID, port)
+    listener, path = vchan.listen(server.vchan_dir, 0, DOMID, port, pair_dirs=False)
     conn = agent_connect(server, pack_cmd_info(CmdInfo(MsgType.EXEC_CMDLINE, 0, port,
                                                        b"cat\0")))
     channel = vchan.accept_one(listener, path, 20)
@@ -274,7 +274,7 @@ REFUSED = {
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_refusal_closes_without_handler(server: ForkServer, name: str) -> None:
     port = next(_ports)
-    listener, path = vchan.listen(server.vchan_dir, 0, DOMID, port)
+    listener, path = vchan.listen(server.vchan_dir, 0, DOMID, port, pair_dirs=False)
     try:
         conn = agent_connect(server, REFUSED[name](port))
         if name.startswith("short"):
@@ -321,9 +321,9 @@ def test_cannot_bind_exits_1(tmp_path: Path) -> None:
 def test_default_socket_path() -> None:
     from pyqrexec.agent.fork_server import default_socket_path
 
-    assert default_socket_path({"USER": "alice"}) == "/var/run/qubes/qrexec-server.alice.sock"
+    assert default_socket_path("alice") == "/var/run/qubes/qrexec-server.alice.sock"
     own = pwd.getpwuid(os.geteuid()).pw_name
-    assert default_socket_path({}) == f"/var/run/qubes/qrexec-server.{own}.sock"
+    assert default_socket_path(None) == f"/var/run/qubes/qrexec-server.{own}.sock"
 
 
 def test_serving_child_ignores_sigchld_and_sigpipe(server: ForkServer) -> None:

@@ -181,6 +181,7 @@ def refused(done: subprocess.CompletedProcess[bytes]) -> None:
 RAW_CALLER = r"""
 import json, socket, struct, sys
 from pyqrexec.protocol.messages import HEADER, hello, pack_trigger4
+from pyqrexec.system.environment import Environment
 from pyqrexec.transport import vchan
 agent, target, service = sys.argv[1:4]
 data = sys.argv[4].encode() if len(sys.argv) > 4 else b""
@@ -200,7 +201,9 @@ if params is None:
     print(json.dumps({"refused": True}))
     sys.exit(0)
 peer, port = struct.unpack("<II", params)
-listener, path = vchan.listen(vchan.socket_dir(), vchan.own_domain(), peer, port)
+env = Environment.current()
+listener, path = vchan.listen(env.vchan_socket_dir, env.vchan_domain, peer, port,
+                              pair_dirs=env.vchan_pair_dirs)
 conn = vchan.accept_one(listener, path, 30)
 pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
 peer_domain = None  # the connecting process's domain, when it is visible from here

@@ -270,11 +270,12 @@ def test_qubes_policy_include_and_errors(dirs: AdminSetup) -> None:
 
 def test_call_argv_in_a_vm() -> None:
     from pyqrexec.client.policy_admin import call_argv
+    from pyqrexec.system.environment import Environment
 
-    argv = call_argv("policy.Get+30-user", {"VCHAN_DOMAIN": "3"})
+    argv = call_argv("policy.Get+30-user", Environment({"VCHAN_DOMAIN": "3"}))
     assert argv[0].endswith("qrexec-client-vm") or "pyqrexec.cli.qrexec_client_vm" in argv
     assert argv[-3:] == ["--", "dom0", "policy.Get+30-user"]
-    argv = call_argv("policy.List", {})
+    argv = call_argv("policy.List", Environment({}))
     assert argv[-3:] == ["-d", "dom0", "DEFAULT:QUBESRPC policy.List dom0"]
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from pyqrexec.call.dom0_service import Dom0CallResult, run_dom0_service
 from pyqrexec.protocol.constants import MsgType
+from pyqrexec.system.environment import Environment
 
 from .fixtures.connect import SourceAgent, accept_data, speak_as_caller, start_source
 from .fixtures.fakes import FakeQubesd
@@ -217,8 +218,8 @@ class _Call:
         env = host.env(0, **_dom0_env(host, rpc))
 
         def run() -> None:
-            self.result = run_dom0_service(command, 7, port, timeout=timeout,
-                                           log=self.logged.append, environ=env, **kw)
+            self.result = run_dom0_service(command, 7, port, env=Environment(env),
+                                           timeout=timeout, log=self.logged.append, **kw)
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()

@@ -211,7 +211,7 @@ def test_s57_oversized_data_chunk(host: QrexecHost, version: int, size: int) -> 
     client.hello()
     client.request(MsgType.EXEC_CMDLINE, 0, 0, b"root:cat\0")
     _, _, port = client.reply()
-    listener, path = vchan.listen(str(host.vchan_dir), 0, 5, port)
+    listener, path = vchan.listen(str(host.vchan_dir), 0, 5, port, pair_dirs=False)
     with vchan.accept_one(listener, path, 20) as chan:
         chan.settimeout(20)
         assert data_handshake(chan, version) == 4

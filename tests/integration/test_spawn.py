@@ -24,6 +24,7 @@ from pyqrexec.services.spawn import (
     Started,
     start_command,
 )
+from pyqrexec.system.environment import Environment
 
 ENV_SERVICE = """#!/bin/sh
 printf 'argv='; printf '%s|' "$0" "$@"; echo
@@ -58,7 +59,11 @@ def context(
     if executor is Executor.USER_AGENT:
         defaults["own_user"] = "root"
     defaults.update(kw)
-    return SpawnContext(executor, [str(directory)], **defaults)  # type: ignore[arg-type]
+    # `environ=`: what the service inherits instead of this process's environment
+    environ = defaults.pop("environ", None)
+    env = Environment.current() if environ is None else Environment(
+        {os.fsdecode(k): os.fsdecode(v) for k, v in environ.items()})  # type: ignore[attr-defined]
+    return SpawnContext(executor, [str(directory)], env, **defaults)  # type: ignore[arg-type]
 
 
 def start(ctx: SpawnContext, command: bytes, user: str = "root") -> Started | Detached | Failed:
@@ -247,7 +252,8 @@ def test_non_root_agent_as_real_unprivileged_user(services: Path) -> None:
         "import os, sys\n"
         "from pyqrexec.protocol.cmdline import parse_command\n"
         "from pyqrexec.services.spawn import *\n"
-        f"ctx = SpawnContext(Executor.USER_AGENT, [{str(services)!r}])\n"
+        "from pyqrexec.system.environment import Environment\n"
+        f"ctx = SpawnContext(Executor.USER_AGENT, [{str(services)!r}], Environment.current())\n"
         "for user in ('nobody', 'root'):\n"
         "    r = start_command(parse_command(b'QUBESRPC test.Id src'), user, ctx)\n"
         "    r.stdin.close()\n"
@@ -524,18 +530,18 @@ def test_session_waiter_gets_user_line(services: Path) -> None:
         "qubes.WaitForSession",
         f'#!/bin/sh\n{{ echo "$#"; cat; echo "$QREXEC_REMOTE_DOMAIN"; }} > {record}\nexit 7\n',
     )
-    pid = start_session_waiter([str(services)], "alice", b"work")
+    pid = start_session_waiter([str(services)], "alice", b"work", os.environb)
     assert pid is not None
     _, wait_status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(wait_status) == 7
     assert record.read_text() == "0\nalice\nwork\n"
     messages: list[str] = []
-    assert run_session_waiter([str(services)], b"dom0", messages.append) == 7
+    assert run_session_waiter([str(services)], b"dom0", messages.append, os.environb) == 7
     assert record.read_text() == "0\ndom0\n"
     assert messages == ["qubes.WaitForSession exited with 7"]
 
 
 def test_session_waiter_missing(services: Path) -> None:
-    assert start_session_waiter([str(services)], "alice", b"work") is None
+    assert start_session_waiter([str(services)], "alice", b"work", os.environb) is None
     messages: list[str] = []
-    assert run_session_waiter([str(services)], b"dom0", messages.append) is None
+    assert run_session_waiter([str(services)], b"dom0", messages.append, os.environb) is None

@@ -9,6 +9,7 @@ MSG_CONNECTION_TERMINATED so the daemon can free the port.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -29,10 +30,10 @@ from ..protocol.cmdline import parse_command, split_user
 from ..protocol.constants import VCHAN_BASE_PORT
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import ExecParams, hello, pack_connection_terminated
-from ..services.lookup import rpc_config_path_from_env, service_path_from_env
 from ..services.rpcconfig import ServiceConfig
 from ..services.session import MAX_PARKED, start_session_waiter
 from ..services.spawn import Failed, SpawnContext, service_config_for
+from ..system.environment import Environment
 from ..system.forking import fork_call, on_exit
 from ..transport import vchan
 from ..transport.aio import BackgroundTasks, ChannelWriter
@@ -42,13 +43,15 @@ from .trigger import TriggerSocket
 
 __all__ = ["AgentOptions", "Agent"]
 
+_LOG = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class AgentOptions:
     agent_socket: str
     fork_server_socket: str | None
-    socket_dir: str
-    own_domain: int
+    #: the program's environment: vchans, service directories, the service manager's socket
+    env: Environment
     own_version: int
     own_user: str | None
 
@@ -68,9 +71,10 @@ class _Call:
 
 
 class Agent:
-    def __init__(self, opts: AgentOptions, log: Callable[[str], None]) -> None:
+    def __init__(self, opts: AgentOptions) -> None:
         self.opts = opts
-        self.log = log
+        #: a `log(message)` callable, the form the call/ side takes
+        self.log: Callable[[str], None] = _LOG.info
         self.loop = asyncio.get_running_loop()
         #: hand-overs to the fork server and the watches of their sockets
         self.background = BackgroundTasks()
@@ -79,9 +83,8 @@ class Agent:
         self.trigger: TriggerSocket | None = None
         self.parked: list[_Call] = []
         self.waiter: int | None = None
-        self.ctx = HandlerContext(opts.socket_dir, opts.own_domain, opts.own_version,
-                                  opts.own_user, log, service_path_from_env(os.environ),
-                                  rpc_config_path_from_env(os.environ))
+        self.ctx = HandlerContext(opts.env, opts.own_version, opts.own_user, self.log,
+                                  opts.env.rpc_config_path)
 
     async def run(self) -> int:
         stop = asyncio.Event()
@@ -102,8 +105,9 @@ class Agent:
             self.trigger.close()
 
     async def _accept_daemon(self) -> socket.socket:
-        listener, path = vchan.listen(self.opts.socket_dir, self.opts.own_domain, 0,
-                                      VCHAN_BASE_PORT)
+        env = self.opts.env
+        listener, path = vchan.listen(env.vchan_socket_dir, env.vchan_domain, 0, VCHAN_BASE_PORT,
+                                      pair_dirs=env.vchan_pair_dirs)
         listener.setblocking(False)
         try:
             conn, _ = await self.loop.sock_accept(listener)
@@ -134,7 +138,7 @@ class Agent:
             if first:
                 first = False
                 self.trigger = TriggerSocket(self.opts.agent_socket, self._send_soon,
-                                             lambda: self.version, self.log,
+                                             lambda: self.version,
                                              self._control_ready)
                 self.trigger.start()
                 self._notify_ready()
@@ -151,7 +155,7 @@ class Agent:
             conn.close()
 
     def _notify_ready(self) -> None:
-        path = os.environ.get("NOTIFY_SOCKET")
+        path = self.opts.env.notify_socket
         if not path:
             return
         if path.startswith("@"):
@@ -201,7 +205,7 @@ class Agent:
         if command.service is None or command.nogui:
             return
         ctx = SpawnContext(executor=self.ctx.executor, service_path=self.ctx.service_path,
-                           rpc_config_path=self.ctx.rpc_config_path,
+                           env=self.opts.env, rpc_config_path=self.ctx.rpc_config_path,
                            own_user=self.ctx.own_user, log=self.log)
         config = service_config_for(command, ctx)
         if isinstance(config, Failed):
@@ -220,7 +224,8 @@ class Agent:
             return
         if self.waiter is None:
             assert call.wait_user is not None
-            pid = start_session_waiter(self.ctx.service_path, call.wait_user, call.source)
+            pid = start_session_waiter(self.ctx.service_path, call.wait_user, call.source,
+                                       self.opts.env.environb)
             if pid is None:
                 self._launch(call)
                 return
@@ -244,7 +249,7 @@ class Agent:
 
     async def _hand_over(self, call: _Call, handover: Handover) -> None:
         """Give the call to the user's fork server; its socket's EOF ends the call."""
-        sock = await hand_over(self.loop, handover, self.log)
+        sock = await hand_over(self.loop, handover)
         if sock is None:
             self._fork_handler(call)
             return

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -50,7 +51,6 @@ from ..services.rpcconfig import DEFAULT_CONFIG, ServiceConfig
 from ..transport.aio import BackgroundTasks, connect_unix, drain_until_eof
 
 __all__ = [
-    "DEFAULT_TEMPLATE",
     "Handover",
     "fork_server_allowed",
     "fork_server_path",
@@ -60,8 +60,7 @@ __all__ = [
     "watch_until_eof",
 ]
 
-#: agent `-s` default
-DEFAULT_TEMPLATE = "/var/run/qubes/qrexec-server.%s.sock"
+_LOG = logging.getLogger(__name__)
 
 #: connect errors that mean "no fork server for this user": fall back silently
 _NO_SERVER = (errno.ENOENT, errno.ECONNREFUSED)
@@ -127,14 +126,12 @@ def prepare_handover(
     return Handover(fork_server_path(template, user), request)
 
 
-def _fallback(err: OSError, handover: Handover, log: Callable[[str], None]) -> None:
+def _fallback(err: OSError, handover: Handover) -> None:
     if err.errno not in _NO_SERVER:
-        log(f"cannot use the fork server {handover.path}: {err}")
+        _LOG.info("cannot use the fork server %s: %s", handover.path, err)
 
 
-def connect_handover(
-    handover: Handover, log: Callable[[str], None], timeout: float = 5.0
-) -> socket.socket | None:
+def connect_handover(handover: Handover, timeout: float = 5.0) -> socket.socket | None:
     """Blocking form: connect and send; the connected socket, or None to fall back."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -143,15 +140,13 @@ def connect_handover(
         sock.sendall(handover.request)
     except OSError as err:
         sock.close()
-        _fallback(err, handover, log)
+        _fallback(err, handover)
         return None
     sock.settimeout(None)
     return sock
 
 
-async def hand_over(
-    loop: asyncio.AbstractEventLoop, handover: Handover, log: Callable[[str], None]
-) -> socket.socket | None:
+async def hand_over(loop: asyncio.AbstractEventLoop, handover: Handover) -> socket.socket | None:
     """Asyncio form of `connect_handover`; the socket it returns is non-blocking.
 
     A Unix-socket connect completes at once or fails (a full listen queue is waited out by
@@ -161,13 +156,13 @@ async def hand_over(
     try:
         sock = await connect_unix(handover.path)
     except OSError as err:
-        _fallback(err, handover, log)
+        _fallback(err, handover)
         return None
     try:
         await loop.sock_sendall(sock, handover.request)
     except OSError as err:
         sock.close()
-        _fallback(err, handover, log)
+        _fallback(err, handover)
         return None
     return sock
 

@@ -22,24 +22,21 @@ from ..call.domain_handler import HandlerContext, run_handler
 from ..protocol.cmdline import check_fork_cmdline, parse_command
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import CMD_INFO_HEAD, CmdInfo, parse_cmd_info_head
+from ..system.defaults import FORK_SERVER_SOCKET_TEMPLATE
 from ..system.forking import fork_call
 from ..transport.unixsock import listen_unix
 
 __all__ = ["default_socket_path", "bind", "serve_forever", "read_request", "serve_connection"]
 
-_DEFAULT_PATH = "/var/run/qubes/qrexec-server.{}.sock"
-
-
-def default_socket_path(environ: dict[str, str] | None = None) -> str:
-    """`/var/run/qubes/qrexec-server.$USER.sock`; the effective user's name if USER is unset."""
-    env = os.environ if environ is None else environ
-    user = env.get("USER")
+def default_socket_path(user: str | None) -> str:
+    """`/var/run/qubes/qrexec-server.$USER.sock` for `user` (the program's `USER`); the
+    effective user's name when that is None."""
     if user is None:
         try:
             user = pwd.getpwuid(os.geteuid()).pw_name
         except KeyError:
             user = str(os.geteuid())
-    return _DEFAULT_PATH.format(user)
+    return FORK_SERVER_SOCKET_TEMPLATE % user
 
 
 def bind(path: str) -> socket.socket:

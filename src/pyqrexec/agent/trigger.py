@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,9 @@ def downgrade(trigger: Trigger4, ident: bytes, version: int) -> bytes | None:
         return None
 
 
+_LOG = logging.getLogger(__name__)
+
+
 @dataclass(eq=False)
 class _Request:
     sock: socket.socket
@@ -67,14 +71,14 @@ class TriggerSocket:
     """Serves the trigger socket; `send` puts a message on the control channel."""
 
     def __init__(self, path: str, send: Callable[[bytes], None], version: Callable[[], int],
-                 log: Callable[[str], None],
                  ready: Callable[[], Awaitable[None]]) -> None:
         self.path = path
         self.send = send
         #: waits while the control channel is full (docs/reference/protocol.md#flow-control)
         self.ready = ready
         self.version = version
-        self.log = log
+        #: a `log(message)` callable
+        self.log: Callable[[str], None] = _LOG.info
         self.loop = asyncio.get_running_loop()
         #: one task per caller: reading its request, then waiting for its call's end
         self.connections = BackgroundTasks()

@@ -22,9 +22,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from ..call.relay import Relay, caller_result, queue_eof_after_exit, queue_opening
-from ..protocol.constants import MsgType
+from ..protocol.constants import PROTOCOL_VERSION, MsgType
 from ..protocol.data import Action, CallerOrder, CallerStream
-from ..system.settings import max_protocol_version
 from .errors import CallAborted, CallResult, CallTimeout
 
 __all__ = ["AsyncCall", "ChannelCall", "LocalCall", "run_to_end", "LOG"]
@@ -125,18 +124,20 @@ class ChannelCall(AsyncCall):
     `has_input`: False sends the STDIN EOF right after the HELLO, as a CLI with an empty
     stdin does. `no_hello_status`: the status when the service side never sends a usable
     HELLO (`qrexec-client` reports 125; None: the relay's own, 1). `on_end` runs once the
-    channel is closed (the domain side closes its trigger connection there).
+    channel is closed (the domain side closes its trigger connection there). `own_version`:
+    the highest protocol version to speak (the program's `QREXEC_MAX_PROTOCOL_VERSION`).
     """
 
     def __init__(self, channel: socket.socket, *, has_input: bool = True,
                  no_hello_status: int | None = None,
-                 on_end: Callable[[], None] | None = None) -> None:
+                 on_end: Callable[[], None] | None = None,
+                 own_version: int = PROTOCOL_VERSION) -> None:
         super().__init__()
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._channel = channel
         self._fd = channel.fileno()
-        self._relay = Relay(channel, max_protocol_version(_log), _log, CallerStream)
+        self._relay = Relay(channel, own_version, _log, CallerStream)
         self._order = CallerOrder(has_input)
         self.stdout = asyncio.StreamReader(OUTPUT_LIMIT, loop=loop)
         self.stderr = asyncio.StreamReader(OUTPUT_LIMIT, loop=loop)

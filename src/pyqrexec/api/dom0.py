@@ -15,9 +15,10 @@ import os
 from ..call.dom0_local import exec_failure, prepare_dom0_service
 from ..client.daemon_socket import DaemonNotRunning as _NotRunning
 from ..client.daemon_socket import connect_daemon_async, request_async
-from ..protocol.constants import EXIT_PROBLEM, MsgType
+from ..protocol.constants import DOM0_NAMES, EXIT_PROBLEM, MsgType
 from ..protocol.errors import ProtocolError
-from ..system.settings import DEFAULT_SOCKET_DIR
+from ..system.defaults import DAEMON_SOCKET_DIR
+from ..system.environment import Environment
 from ..transport import vchan
 from .calls import AsyncCall, ChannelCall, LocalCall, run_to_end
 from .errors import CallResult, DaemonNotRunning, SetupFailed
@@ -25,7 +26,6 @@ from .errors import CallResult, DaemonNotRunning, SetupFailed
 __all__ = ["AsyncDom0Client", "DOM0_NAMES", "service_command"]
 
 #: how `qrexec-client -d` names dom0 itself
-DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 
 
 def service_command(service: str, argument: str = "", source: str = "dom0",
@@ -40,16 +40,19 @@ class AsyncDom0Client:
     """Calls from dom0, for asyncio programs. Any number of calls may be in flight at once.
 
     `socket_dir`: the daemons' client sockets (`qrexec-client --socket-dir`);
-    `vchan_dir` and `own_domain`: default to `VCHAN_SOCKET_DIR` and `VCHAN_DOMAIN` as for
-    the CLI; `connect_timeout`: how long the domain's agent may take to connect the data
-    channel (`qrexec-client -w`, 0 or None: no limit).
+    `env`: the environment the calls follow as the CLI does (vchans, protocol version, what
+    dom0 services inherit), default this process's; `vchan_dir` and `own_domain` replace its
+    `VCHAN_SOCKET_DIR` and `VCHAN_DOMAIN`; `connect_timeout`: how long the domain's agent may
+    take to connect the data channel (`qrexec-client -w`, 0 or None: no limit).
     """
 
-    def __init__(self, *, socket_dir: str = DEFAULT_SOCKET_DIR, vchan_dir: str | None = None,
-                 own_domain: int | None = None, connect_timeout: float | None = 10.0) -> None:
+    def __init__(self, *, socket_dir: str = DAEMON_SOCKET_DIR, vchan_dir: str | None = None,
+                 own_domain: int | None = None, connect_timeout: float | None = 10.0,
+                 env: Environment | None = None) -> None:
+        self.env = env = Environment.current() if env is None else env
         self.socket_dir = socket_dir
-        self.vchan_dir = vchan.socket_dir() if vchan_dir is None else vchan_dir
-        self.own_domain = vchan.own_domain() if own_domain is None else own_domain
+        self.vchan_dir = env.vchan_socket_dir if vchan_dir is None else vchan_dir
+        self.own_domain = env.vchan_domain if own_domain is None else own_domain
         self.connect_timeout = connect_timeout or None
 
     async def start(self, domain: str, command: str, *, stdin: bool = True) -> AsyncCall:
@@ -59,7 +62,7 @@ class AsyncDom0Client:
         Raises DaemonNotRunning, or SetupFailed (status 125) when the daemon or the agent
         fails before the call starts."""
         if domain in DOM0_NAMES:
-            return await _start_local(command, stdin)
+            return await _start_local(command, stdin, self.env)
         try:
             sock = await connect_daemon_async(self.socket_dir, domain)
         except _NotRunning as err:
@@ -75,12 +78,14 @@ class AsyncDom0Client:
                               EXIT_PROBLEM) from err
         finally:
             sock.close()
-        listener, path = vchan.listen(self.vchan_dir, self.own_domain, remote, port)
+        listener, path = vchan.listen(self.vchan_dir, self.own_domain, remote, port,
+                                      pair_dirs=self.env.vchan_pair_dirs)
         try:
             channel = await vchan.accept_one_async(listener, path, self.connect_timeout)
         except OSError as err:
             raise SetupFailed(f"data vchan connection failed: {err}", EXIT_PROBLEM) from err
-        return ChannelCall(channel, has_input=stdin, no_hello_status=EXIT_PROBLEM)
+        return ChannelCall(channel, has_input=stdin, no_hello_status=EXIT_PROBLEM,
+                           own_version=self.env.max_protocol_version)
 
     async def start_service(self, domain: str, service: str, argument: str = "", *,
                             stdin: bool = True) -> AsyncCall:
@@ -102,10 +107,10 @@ class AsyncDom0Client:
                               timeout=timeout)
 
 
-async def _start_local(command: str, stdin: bool) -> AsyncCall:
+async def _start_local(command: str, stdin: bool, env: Environment) -> AsyncCall:
     """dom0 -> dom0: look the service up as `qrexec-client -d dom0` does, then start it."""
     messages: list[str] = []
-    found = prepare_dom0_service(os.fsencode(command), messages.append)
+    found = prepare_dom0_service(os.fsencode(command), messages.append, env)
     if isinstance(found, int):
         return LocalCall(None, found, "\n".join(messages))
     try:

@@ -15,6 +15,8 @@ import socket
 from ..protocol.errors import LocalProtocolError, RemoteProtocolError
 from ..protocol.messages import client_trigger
 from ..protocol.wire import EXEC_HEAD, parse_exec_params_only
+from ..system.defaults import AGENT_SOCKET
+from ..system.environment import Environment
 from ..transport import vchan
 from ..transport.aio import connect_unix
 from .calls import AsyncCall, ChannelCall, run_to_end
@@ -22,24 +24,26 @@ from .errors import CallRefused, CallResult, SetupFailed
 
 __all__ = ["AsyncDomainClient", "DEFAULT_AGENT_SOCKET"]
 
-DEFAULT_AGENT_SOCKET = "/var/run/qubes/qrexec-agent"
+DEFAULT_AGENT_SOCKET = AGENT_SOCKET
 #: `qrexec-client-vm`'s status for its own failures
 _EXIT_FAILED = 1
 class AsyncDomainClient:
     """Calls from a domain, for asyncio programs. Any number of calls may be in flight.
 
-    `agent_socket`: the agent's trigger socket (`qrexec-client-vm -a`); `vchan_dir` and
-    `own_domain` default to `VCHAN_SOCKET_DIR` and `VCHAN_DOMAIN` as for the CLI;
-    `connect_timeout`: how long the target may take to connect the data channel once the
-    call is allowed (the CLI waits 120 s).
+    `agent_socket`: the agent's trigger socket (`qrexec-client-vm -a`); `env`: the
+    environment the calls follow as the CLI does, default this process's; `vchan_dir` and
+    `own_domain` replace its `VCHAN_SOCKET_DIR` and `VCHAN_DOMAIN`; `connect_timeout`: how
+    long the target may take to connect the data channel once the call is allowed (the CLI
+    waits 120 s).
     """
 
     def __init__(self, *, agent_socket: str = DEFAULT_AGENT_SOCKET,
                  vchan_dir: str | None = None, own_domain: int | None = None,
-                 connect_timeout: float | None = 120.0) -> None:
+                 connect_timeout: float | None = 120.0, env: Environment | None = None) -> None:
+        self.env = env = Environment.current() if env is None else env
         self.agent_socket = agent_socket
-        self.vchan_dir = vchan.socket_dir() if vchan_dir is None else vchan_dir
-        self.own_domain = vchan.own_domain() if own_domain is None else own_domain
+        self.vchan_dir = env.vchan_socket_dir if vchan_dir is None else vchan_dir
+        self.own_domain = env.vchan_domain if own_domain is None else own_domain
         self.connect_timeout = connect_timeout or None
 
     async def start(self, target: str, service: str, *, source: str | None = None,
@@ -83,12 +87,14 @@ class AsyncDomainClient:
             domain, port = parse_exec_params_only(answer)
         except RemoteProtocolError as err:
             raise SetupFailed(f"short answer from the agent: {err}", _EXIT_FAILED) from err
-        listener, path = vchan.listen(self.vchan_dir, self.own_domain, domain, port)
+        listener, path = vchan.listen(self.vchan_dir, self.own_domain, domain, port,
+                                      pair_dirs=self.env.vchan_pair_dirs)
         try:
             channel = await vchan.accept_one_async(listener, path, self.connect_timeout)
         except OSError as err:
             raise SetupFailed(f"Data vchan connection failed: {err}", _EXIT_FAILED) from err
-        return ChannelCall(channel, has_input=stdin, on_end=agent.close)
+        return ChannelCall(channel, has_input=stdin, on_end=agent.close,
+                           own_version=self.env.max_protocol_version)
 
     async def call(self, target: str, service: str, *, input: bytes | None = None,
                    source: str | None = None, timeout: float | None = None) -> CallResult:

@@ -13,7 +13,8 @@ from collections.abc import Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ..system.settings import DEFAULT_SOCKET_DIR
+from ..system.defaults import DAEMON_SOCKET_DIR
+from ..system.environment import Environment
 from .calls import AsyncCall
 from .dom0 import AsyncDom0Client, service_command
 from .domain import DEFAULT_AGENT_SOCKET, AsyncDomainClient
@@ -118,11 +119,13 @@ class _Client:
 class Dom0Client(_Client):
     """Blocking calls from dom0 (the options are `AsyncDom0Client`'s)."""
 
-    def __init__(self, *, socket_dir: str = DEFAULT_SOCKET_DIR, vchan_dir: str | None = None,
-                 own_domain: int | None = None, connect_timeout: float | None = 10.0) -> None:
+    def __init__(self, *, socket_dir: str = DAEMON_SOCKET_DIR, vchan_dir: str | None = None,
+                 own_domain: int | None = None, connect_timeout: float | None = 10.0,
+                 env: Environment | None = None) -> None:
         super().__init__()
         self.aio = AsyncDom0Client(socket_dir=socket_dir, vchan_dir=vchan_dir,
-                                   own_domain=own_domain, connect_timeout=connect_timeout)
+                                   own_domain=own_domain, connect_timeout=connect_timeout,
+                                   env=env)
 
     def run(self, domain: str, command: str, *, input: bytes | None = None,
             timeout: float | None = None) -> CallResult:
@@ -146,10 +149,11 @@ class DomainClient(_Client):
 
     def __init__(self, *, agent_socket: str = DEFAULT_AGENT_SOCKET,
                  vchan_dir: str | None = None, own_domain: int | None = None,
-                 connect_timeout: float | None = 120.0) -> None:
+                 connect_timeout: float | None = 120.0, env: Environment | None = None) -> None:
         super().__init__()
         self.aio = AsyncDomainClient(agent_socket=agent_socket, vchan_dir=vchan_dir,
-                                     own_domain=own_domain, connect_timeout=connect_timeout)
+                                     own_domain=own_domain, connect_timeout=connect_timeout,
+                                     env=env)
 
     def call(self, target: str, service: str, *, input: bytes | None = None,
              source: str | None = None, timeout: float | None = None) -> CallResult:

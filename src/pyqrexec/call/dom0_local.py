@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from ..protocol.cmdline import parse_command
 from ..protocol.constants import EXIT_PROBLEM, EXIT_SERVICE_NOT_FOUND
@@ -22,10 +22,9 @@ from ..services.lookup import (
     ServiceKind,
     find_service,
     load_service_config,
-    rpc_config_path_from_env,
-    service_path_from_env,
 )
 from ..services.session import run_session_waiter
+from ..system.environment import Environment
 
 __all__ = ["DEFAULT_PREFIX", "LocalService", "exec_dom0_service", "exec_failure",
            "prepare_dom0_service"]
@@ -49,13 +48,12 @@ class LocalService:
         self.env = env
 
 
-def exec_dom0_service(cmdline: bytes, log: Callable[[str], None],
-                      environ: Mapping[str, str] | None = None) -> int:
+def exec_dom0_service(cmdline: bytes, log: Callable[[str], None], env: Environment) -> int:
     """Replace this process with the service `cmdline` asks for; on failure its status.
 
     `log` receives failures only: nothing is written on success.
     """
-    found = prepare_dom0_service(cmdline, log, environ)
+    found = prepare_dom0_service(cmdline, log, env)
     if isinstance(found, int):
         return found
     sys.stdout.flush()
@@ -79,10 +77,10 @@ def exec_failure(service: LocalService, err: OSError, log: Callable[[str], None]
 
 
 def prepare_dom0_service(cmdline: bytes, log: Callable[[str], None],
-                         environ: Mapping[str, str] | None = None) -> LocalService | int:
+                         env: Environment) -> LocalService | int:
     """What `exec_dom0_service` would execute for `cmdline`, or (after logging why) the
-    status of the failure. Waits for the session first when the service's rpc-config asks."""
-    env = os.environ if environ is None else environ
+    status of the failure. Waits for the session first when the service's rpc-config asks.
+    The service inherits `env`."""
     if not cmdline.startswith(DEFAULT_PREFIX):
         log("dom0 -> dom0 commands must be prefixed with DEFAULT:")
         return EXIT_PROBLEM
@@ -95,15 +93,15 @@ def prepare_dom0_service(cmdline: bytes, log: Callable[[str], None],
     if call is None:
         log("dom0 -> dom0 commands must be QUBESRPC service calls")
         return EXIT_PROBLEM
-    service_path = service_path_from_env(env)
+    service_path = env.service_path
     # dom0 skips the rpc-config of nogui commands (docs/reference/services.md#where-the-files-are)
     if not command.nogui:
-        config = load_service_config(call, rpc_config_path_from_env(env))
+        config = load_service_config(call, env.rpc_config_path)
         if isinstance(config, LookupFailure):
             log(config.message)
             return config.status
         if config.config.wait_for_session:
-            run_session_waiter(service_path, call.source, _quiet)
+            run_session_waiter(service_path, call.source, _quiet, env.environb)
     found = find_service(call, service_path)
     if isinstance(found, LookupFailure):
         log(found.message)
@@ -114,7 +112,5 @@ def prepare_dom0_service(cmdline: bytes, log: Callable[[str], None],
     if not valid_token_count(call):
         log("invalid number of arguments")
         return EXIT_PROBLEM
-    base = os.environb if environ is None else {
-        os.fsencode(k): os.fsencode(v) for k, v in environ.items()}
     return LocalService(found.path, service_argv(found.path, call),
-                        service_environment(base, call, None))
+                        service_environment(env.environb, call, None))

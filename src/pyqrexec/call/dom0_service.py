@@ -12,13 +12,12 @@ and writes nothing to stdout: the daemon's request worker runs it in a forked ch
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..protocol.cmdline import Command, parse_command, strip_nul
 from ..protocol.constants import EXIT_PROBLEM
 from ..protocol.errors import RemoteProtocolError
-from ..services.lookup import rpc_config_path_from_env, service_path_from_env
 from ..services.session import run_session_waiter
 from ..services.spawn import (
     Executor,
@@ -28,7 +27,7 @@ from ..services.spawn import (
     service_config_for,
     start_command,
 )
-from ..system.settings import max_protocol_version
+from ..system.environment import Environment
 from ..transport import vchan
 from .relay import Traffic
 from .service_side import DOM0_FAILURE_EOFS, relay_started, send_hello, send_status_only
@@ -70,8 +69,8 @@ def run_dom0_service(
     *,
     timeout: float | None = WORKER_CONNECT_TIMEOUT,
     remote_domain: bytes | None = None,
+    env: Environment,
     log: Callable[[str], None] = _ignore,
-    environ: Mapping[str, str] | None = None,
     own_version: int | None = None,
 ) -> Dom0CallResult:
     """Serve one call to dom0 on the data port `port` of the caller `caller_domid`.
@@ -79,17 +78,16 @@ def run_dom0_service(
     `command` is the command without a user part (a trailing NUL is allowed). The service
     sees `QREXEC_REMOTE_DOMAIN` = the command's source (`remote_domain` for a shell command,
     where there is no source token). `timeout` bounds the data connect (None: no limit).
-    `environ` replaces `os.environ` for the settings (`QREXEC_SERVICE_PATH`,
-    `QUBES_RPC_CONFIG_PATH`, `VCHAN_*`) and as the service's base environment.
+    `env` gives the settings (service and rpc-config directories, vchans, the protocol
+    version unless `own_version`) and the service's base environment.
     """
-    env = os.environ if environ is None else environ
     if own_version is None:
-        own_version = max_protocol_version(log)
+        own_version = env.max_protocol_version
     text = strip_nul(command)
     started = _start(text, remote_domain, env, log)
     try:
-        channel = vchan.connect(vchan.socket_dir(dict(env)), caller_domid,
-                                vchan.own_domain(dict(env)), port, timeout)
+        channel = vchan.connect(env.vchan_socket_dir, caller_domid, env.vchan_domain, port,
+                                timeout, pair_dirs=env.vchan_pair_dirs)
     except OSError as err:
         log(f"data vchan connection failed: {err}")
         if isinstance(started, tuple):
@@ -123,7 +121,7 @@ def run_dom0_service(
 
 
 def _start(
-    text: bytes, remote_domain: bytes | None, env: Mapping[str, str], log: Callable[[str], None]
+    text: bytes, remote_domain: bytes | None, env: Environment, log: Callable[[str], None]
 ) -> tuple[Started, Command] | Failed:
     """Parse, configure, wait for the session if asked, start: docs/reference/protocol.md#vm-to-dom0
     step 4 before connect."""
@@ -132,21 +130,20 @@ def _start(
     except RemoteProtocolError as err:
         return Failed(EXIT_PROBLEM, f"cannot parse command {text!r}: {err}")
     source = parsed.service.source if parsed.service is not None else remote_domain
-    service_path = service_path_from_env(env)
-    base = None if env is os.environ else {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    service_path = env.service_path
     ctx = SpawnContext(
         executor=Executor.DOM0,
         service_path=service_path,
-        rpc_config_path=rpc_config_path_from_env(env),
+        env=env,
+        rpc_config_path=env.rpc_config_path,
         log=log,
-        environ=base,
         shell_env={b"QREXEC_REMOTE_DOMAIN": source} if source is not None else {},
     )
     config = service_config_for(parsed, ctx)
     if isinstance(config, Failed):
         return config
     if config.wait_for_session and parsed.service is not None:
-        run_session_waiter(service_path, parsed.service.source, log, base)
+        run_session_waiter(service_path, parsed.service.source, log, env.environb)
     result = start_command(parsed, "", ctx, config)
     if isinstance(result, Started):
         return result, parsed

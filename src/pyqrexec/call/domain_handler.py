@@ -15,6 +15,7 @@ from ..protocol.constants import EXIT_PROBLEM, MsgType
 from ..protocol.errors import RemoteProtocolError
 from ..services.rpcconfig import ServiceConfig
 from ..services.spawn import Detached, Executor, Failed, SpawnContext, start_command
+from ..system.environment import Environment
 from ..transport import vchan
 from .relay import SingleSocket
 from .service_side import VM_FAILURE_EOFS, relay_started, send_hello, send_status_only
@@ -27,19 +28,22 @@ DATA_CONNECT_TIMEOUT = 120.0
 
 @dataclass(frozen=True)
 class HandlerContext:
-    socket_dir: str
-    own_domain: int
+    #: the program's environment: vchans, service directories, what services inherit
+    env: Environment
     own_version: int
     #: None when the agent runs as root (switches users per call)
     own_user: str | None
     log: Callable[[str], None]
-    service_path: tuple[str, ...]
     rpc_config_path: tuple[str, ...]
     #: a fork-server handler (docs/reference/protocol.md#fork-server-socket): the command comes
     #: without `USER:`, runs as
     #: this process's user (no switch, `$SHELL -c` for shell commands); give it an empty
     #: `rpc_config_path`, as the fork server reads no rpc-config
     fork_server: bool = False
+
+    @property
+    def service_path(self) -> tuple[str, ...]:
+        return self.env.service_path
 
     @property
     def executor(self) -> Executor:
@@ -71,8 +75,9 @@ def run_handler(
     log = ctx.log
     just_exec = msgtype == MsgType.JUST_EXEC
     try:
-        channel = vchan.connect(ctx.socket_dir, domain, ctx.own_domain, port,
-                                DATA_CONNECT_TIMEOUT)
+        env = ctx.env
+        channel = vchan.connect(env.vchan_socket_dir, domain, env.vchan_domain, port,
+                                DATA_CONNECT_TIMEOUT, pair_dirs=env.vchan_pair_dirs)
     except OSError as err:
         log(f"Data vchan connection failed: {err}")
         return 1
@@ -98,6 +103,7 @@ def run_handler(
     spawn_ctx = SpawnContext(
         executor=ctx.executor,
         service_path=ctx.service_path,
+        env=ctx.env,
         rpc_config_path=ctx.rpc_config_path,
         handler_pid=os.getpid(),
         just_exec=just_exec,

@@ -153,7 +153,7 @@ def _serve(cfg: object, state: Path, bwrap: str | None, agent_args: list[str],
             os.write(ready_fd, b"0" + why.encode())
 
     async def amain() -> int:
-        manager = Manager(cfg, state, bwrap, policy_agent_args=agent_args, log=say,
+        manager = Manager(cfg, state, bwrap, os.environ, policy_agent_args=agent_args, log=say,
                           terminal=ready_fd is None and os.isatty(0))
         loop = asyncio.get_running_loop()
         told = []

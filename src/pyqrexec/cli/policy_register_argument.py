@@ -30,7 +30,7 @@ from ..policy.registration import (
     make_registration,
     policy_dirs,
 )
-from ..policy_daemon.paths import legacy_policy_dir, persistent_policy_dir
+from ..system.environment import Environment
 from . import entry
 
 __all__ = ["main", "run", "DEFAULT_LOG_DIR", "LOG_NAME"]
@@ -100,7 +100,8 @@ def _append(policy_dir: str, registration: Registration) -> None:
 
 
 def _register(env: Mapping[str, str], registration: Registration, log: _Log) -> int:
-    policy_dir = persistent_policy_dir(env)
+    environment = Environment(env)
+    policy_dir = environment.persistent_policy_dir
     try:
         lock = _lock(policy_dir)
     except OSError as err:
@@ -110,7 +111,7 @@ def _register(env: Mapping[str, str], registration: Registration, log: _Log) -> 
         # read at call time: the runtime directory is the loaders' to say
         dirs = policy_dirs(loaders.DEFAULT_POLICY_DIRS[0], policy_dir)
         try:
-            policy = load_policy(DiskFiles(), dirs, legacy_policy_dir(env)).policy
+            policy = load_policy(DiskFiles(), dirs, environment.legacy_policy_dir).policy
         except AccessDenied as err:
             log(f"refused: cannot load the policy: {err}")
             return 1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from ..call.domain_handler import own_user_name
-from ..system.log import Logger
-from ..system.settings import max_protocol_version
-from ..transport import vchan
+from ..system import defaults
+from ..system.environment import Environment
+from ..system.log import setup
 from . import entry
 from .args import GetoptError, getopt
 from .resident import without_tls
@@ -20,8 +21,8 @@ usage: qrexec-agent [-h|--help] [-a|--agent-socket=PATH] [-s|--fork-server-socke
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    agent_socket = "/var/run/qubes/qrexec-agent"
-    fork_server: str | None = "/var/run/qubes/qrexec-server.%s.sock"
+    agent_socket = defaults.AGENT_SOCKET
+    fork_server: str | None = defaults.FORK_SERVER_SOCKET_TEMPLATE
     try:
         opts, _rest = getopt(
             args, "ha:s:S", ["help", "agent-socket=", "fork-server-socket=", "no-fork-server"],
@@ -45,18 +46,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..agent.agent import Agent, AgentOptions  # lazy: asyncio after without_tls()
 
-    log = Logger("qrexec-agent")
+    setup("qrexec-agent")
+    env = Environment.current()
+    env.log_problems(logging.getLogger(__name__).info)
     options = AgentOptions(
         agent_socket=agent_socket,
         fork_server_socket=fork_server,
-        socket_dir=vchan.socket_dir(),
-        own_domain=vchan.own_domain(),
-        own_version=max_protocol_version(log),
+        env=env,
+        own_version=env.max_protocol_version,
         own_user=own_user_name(),
     )
 
     async def amain() -> int:
-        return await Agent(options, log).run()
+        return await Agent(options).run()
 
     return asyncio.run(amain())
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ..protocol.constants import DOM0_NAMES, EXIT_PROBLEM, IDENT_SIZE
+from ..system.defaults import DAEMON_SOCKET_DIR
 from .args import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
@@ -16,7 +18,9 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
 
-USAGE = """\
+    from ..system.environment import Environment
+
+USAGE = f"""\
 usage: qrexec-client [options] -d DOMAIN [-l LOCAL_CMD | -c REQID,SRCNAME,SRCID | -e] USER:CMDLINE
   -h, --help            this text
   -d DOMAIN             target: name, uuid:UUID, domid, or dom0
@@ -28,15 +32,12 @@ usage: qrexec-client [options] -d DOMAIN [-l LOCAL_CMD | -c REQID,SRCNAME,SRCID 
   -w SECONDS            data connection timeout (0 = none; default 10)
   -W                    with -c: wait for the connection to end
   -k                    kill DOMAIN before exiting
-  --socket-dir=PATH     daemon socket directory (default /var/run/qubes)
+  --socket-dir=PATH     daemon socket directory (default {DAEMON_SOCKET_DIR})
   -p, --prefix-data=DATA  send DATA before stdin
   --use-stdin-socket    fd 0 is a socket used for both directions
 """
-_DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
-_EXIT_PROBLEM = 125
 #: -c to a VM failed (docs/reference/cli.md#qrexec-client-modes)
 _EXIT_CONNECT_FAILED = 137
-_IDENT_SIZE = 32
 
 
 def _err(msg: str) -> None:
@@ -62,7 +63,7 @@ class _Args:
     timeout = 10.0
     wait = False
     kill = False
-    socket_dir = "/var/run/qubes"
+    socket_dir = DAEMON_SOCKET_DIR
     prefix: bytes | None = None
     stdin_socket = False
     cmdline: str | None = None
@@ -139,7 +140,7 @@ def _parse_connect(val: str) -> tuple[str, str, int]:
     reqid, src_name, src_id_text = parts
     if len(reqid) >= 32:
         raise UsageError(1, "Invalid -c parameter (request_id too long, max 31)")
-    if src_name in _DOM0_NAMES:
+    if src_name in DOM0_NAMES:
         raise UsageError(1, "ERROR: -c cannot be used for requests to dom0")
     try:
         src_id = _strtol(src_id_text, "source domain id")
@@ -166,18 +167,21 @@ def main(argv: list[str] | None = None) -> int:
             _err("qrexec-client: --use-stdin-socket: stdin is not a stream socket")
             return 2
     assert args.domain is not None and args.cmdline is not None
-    if args.domain in _DOM0_NAMES:
+    from ..system.environment import Environment
+
+    env = Environment.current()
+    if args.domain in DOM0_NAMES:
         if args.connect is not None:
-            return _connect_dom0(args)
-        return _call_dom0(args)
+            return _connect_dom0(args, env)
+        return _call_dom0(args, env)
     if args.connect is not None:
         status = _connect_vm(args)
     else:
-        status = _call_vm(args, stdin_sock)
-        if args.no_exit_code and status != _EXIT_PROBLEM:
+        status = _call_vm(args, stdin_sock, env)
+        if args.no_exit_code and status != EXIT_PROBLEM:
             status = 0
     if args.kill:
-        _kill(args.domain)
+        _kill(args.domain, env)
     return status
 
 
@@ -187,30 +191,30 @@ def _logger() -> Callable[[str], None]:
     return Logger("qrexec-client")
 
 
-def _kill(domain: str) -> None:
+def _kill(domain: str, env: Environment) -> None:
     """-k: ask qubesd to kill DOMAIN; a failure is only logged."""
     from ..qubesd.client import QubesdError, call
 
     try:
-        call("admin.vm.Kill", domain)
+        call("admin.vm.Kill", domain, path=env.qubesd_socket)
     except QubesdError as err:
         _logger()(f"cannot kill {domain}: {err}")
 
 
-def _call_dom0(args: _Args) -> int:
+def _call_dom0(args: _Args, env: Environment) -> int:
     """dom0 -> dom0: this process becomes the service (returns only on failure)."""
     from ..call.dom0_local import exec_dom0_service
 
     log = _logger()
     if args.local_cmd is not None:
         log("dom0 -> dom0 with -l: not yet implemented")
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
     assert args.cmdline is not None
-    return exec_dom0_service(os.fsencode(args.cmdline), log)
+    return exec_dom0_service(os.fsencode(args.cmdline), log, env)
 
 
 def _ident_field(reqid: str) -> bytes:
-    return os.fsencode(reqid).ljust(_IDENT_SIZE, b"\0")
+    return os.fsencode(reqid).ljust(IDENT_SIZE, b"\0")
 
 
 def _allocate(socket_dir: str, domain: str, msgtype: int, peer: int, payload: bytes,
@@ -239,7 +243,7 @@ def _allocate(socket_dir: str, domain: str, msgtype: int, peer: int, payload: by
     return sock, answer[0], answer[1]
 
 
-def _connect_dom0(args: _Args) -> int:
+def _connect_dom0(args: _Args, env: Environment) -> int:
     """Legacy VM -> dom0 (docs/reference/protocol.md#legacy-connect-mode):
     docs/reference/protocol.md#vm-to-dom0 steps 3-5 for the pending request."""
     from ..call.dom0_service import run_dom0_service
@@ -250,14 +254,15 @@ def _connect_dom0(args: _Args) -> int:
     log = _logger()
     if not reqid:
         log("ERROR: request id must not be empty for calls to dom0")
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
     got = _allocate(args.socket_dir, src_name, MsgType.SERVICE_CONNECT, 0,
                     _ident_field(reqid), log)
     if got is None:
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
     sock, data_domain, port = got
     sock.close()
-    result = run_dom0_service(os.fsencode(args.cmdline), data_domain, port,
+    env.log_problems(log)
+    result = run_dom0_service(os.fsencode(args.cmdline), data_domain, port, env=env,
                               timeout=args.timeout or None,
                               remote_domain=os.fsencode(src_name), log=log)
     if args.no_exit_code and result.service_ran:
@@ -301,23 +306,24 @@ def _connect_vm(args: _Args) -> int:
     return 0
 
 
-def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None) -> int:
+def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None,
+             env: Environment) -> int:
 
     from ..protocol.constants import MsgType
     from ..transport import vchan
 
     log = _logger()
+    env.log_problems(log)
     assert args.domain is not None and args.cmdline is not None
     msgtype = MsgType.JUST_EXEC if args.just_exec else MsgType.EXEC_CMDLINE
     got = _allocate(args.socket_dir, args.domain, msgtype, 0,
                     os.fsencode(args.cmdline) + b"\0", log)
     if got is None:
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
     sock, remote_domid, port = got
     sock.close()
-    vdir = vchan.socket_dir()
-    own = vchan.own_domain()
-    listener, path = vchan.listen(vdir, own, remote_domid, port)
+    listener, path = vchan.listen(env.vchan_socket_dir, env.vchan_domain, remote_domid, port,
+                                  pair_dirs=env.vchan_pair_dirs)
     proc = None
     local_in: int | None = 0
     local_out: int | None = 1
@@ -330,9 +336,9 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
 
         prog_in_ours, prog_in_theirs = stdio_pair()
         prog_out_ours, prog_out_theirs = stdio_pair()
-        env = dict(os.environ, QREXEC_REMOTE_DOMAIN=args.domain)
+        local_env = dict(env.variables, QREXEC_REMOTE_DOMAIN=args.domain)
         proc = subprocess.Popen(["/bin/bash", "-c", args.local_cmd], stdin=prog_in_theirs.fileno(),
-                                stdout=prog_out_theirs.fileno(), env=env)
+                                stdout=prog_out_theirs.fileno(), env=local_env)
         prog_in_theirs.close()
         prog_out_theirs.close()
         in_sock, out_sock = prog_out_ours, prog_in_ours
@@ -343,7 +349,6 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         local_in, local_out = in_sock.fileno(), out_sock.fileno()
     # imported while the agent forks the handler that connects: the wait hides their cost
     from ..call.relay import run_caller
-    from ..system.settings import max_protocol_version
 
     try:
         channel = vchan.accept_one(listener, path, args.timeout or None)
@@ -351,12 +356,12 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         log(f"data vchan connection failed: {err}")
         if proc is not None:
             proc.kill()
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
 
     if args.just_exec:
         local_in = None
     result = run_caller(
-        channel, max_protocol_version(log), local_in, local_out, log,
+        channel, env.max_protocol_version, local_in, local_out, log,
         in_sock=in_sock, out_sock=out_sock, prefix=args.prefix or b"",
         filter_stdout=args.filter_stdout, filter_stderr=args.filter_stderr,
         local_done=(lambda: proc.poll() is not None) if proc is not None else None,
@@ -368,7 +373,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         if proc is not None:
             proc.kill()
             proc.wait()
-        return _EXIT_PROBLEM
+        return EXIT_PROBLEM
     status = result.exit_status
     if proc is not None:
         local = proc.wait()

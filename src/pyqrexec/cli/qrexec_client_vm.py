@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..system.defaults import AGENT_SOCKET
 from .args import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
@@ -16,14 +17,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
 
-USAGE = """\
+    from ..system.environment import Environment
+
+USAGE = f"""\
 usage: qrexec-client-vm [options] TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARG...]]
   -h, --help                      this text
   --buffer-size=N                 minimum data buffer per direction
   -t, --filter-escape-chars-stdout   filter stdout
   -T, --filter-escape-chars-stderr   filter the service's stderr
   --no-filter-escape-chars-stdout, --no-filter-escape-chars-stderr
-  -a, --agent-socket=PATH         default /var/run/qubes/qrexec-agent
+  -a, --agent-socket=PATH         default {AGENT_SOCKET}
   -p, --prefix-data=DATA          send DATA before stdin
   --use-stdin-socket              fd 0 (a stream socket) for both directions
   -s, --source-qube=NAME          requested source for relayed calls
@@ -50,7 +53,7 @@ def _parse_size(text: str) -> int:
 class _Args:
     filter_stdout: bool | None = None
     filter_stderr: bool | None = None
-    agent_socket = "/var/run/qubes/qrexec-agent"
+    agent_socket = AGENT_SOCKET
     prefix: bytes | None = None
     stdin_socket = False
     source: bytes | None = None
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         # what the call needs next is imported while the policy decides and the target's
         # handler starts: the wait hides their cost
         from ..call import relay  # noqa: F401
-        from ..system import log, settings  # noqa: F401
+        from ..system import environment, log  # noqa: F401
         from ..transport import vchan  # noqa: F401
 
         answer = b""
@@ -160,11 +163,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _call(args: _Args, domain: int, port: int) -> int:
 
+    from ..system.environment import Environment
     from ..system.log import Logger
     from ..transport import vchan
 
     log = Logger("qrexec-client-vm")
-    listener, path = vchan.listen(vchan.socket_dir(), vchan.own_domain(), domain, port)
+    env = Environment.current()
+    env.log_problems(log)
+    listener, path = vchan.listen(env.vchan_socket_dir, env.vchan_domain, domain, port,
+                                  pair_dirs=env.vchan_pair_dirs)
     local_in: int | None = 0
     local_out: int | None = 1
     in_sock = out_sock = None
@@ -175,7 +182,7 @@ def _call(args: _Args, domain: int, port: int) -> int:
         from ..call.relay import SingleSocket
 
         single = SingleSocket()  # before the program exists: it may signal at once
-        child, in_sock, out_sock = _spawn_local(args.program, args.saved or {})
+        child, in_sock, out_sock = _spawn_local(args.program, args.saved or {}, env)
         local_in, local_out = in_sock.fileno(), out_sock.fileno()
         pidfd = os.pidfd_open(child)
     elif args.stdin_socket:
@@ -197,7 +204,6 @@ def _call(args: _Args, domain: int, port: int) -> int:
         log(f"Data vchan connection failed: {err}")
         return 1
     from ..call.relay import run_caller
-    from ..system.settings import max_protocol_version
 
     local_status: list[int] = []
 
@@ -213,7 +219,7 @@ def _call(args: _Args, domain: int, port: int) -> int:
         return True
 
     result = run_caller(
-        channel, max_protocol_version(log), local_in, local_out, log,
+        channel, env.max_protocol_version, local_in, local_out, log,
         in_sock=in_sock, out_sock=out_sock, prefix=args.prefix or b"",
         filter_stdout=filter_stdout, filter_stderr=filter_stderr,
         local_done=local_done if child is not None else None, local_wait_fd=pidfd,
@@ -230,14 +236,14 @@ def _call(args: _Args, domain: int, port: int) -> int:
 
 
 def _spawn_local(
-    program: list[str], saved_fds: dict[str, int]
+    program: list[str], saved_fds: dict[str, int], base_env: Environment
 ) -> tuple[int, socket.socket, socket.socket]:
     """LOCAL_PROGRAM with socket pairs as stdin/stdout and the SAVED_FD_* variables."""
     from ..transport.unixsock import stdio_pair
 
     prog_in_ours, prog_in_theirs = stdio_pair()
     prog_out_ours, prog_out_theirs = stdio_pair()
-    env = dict(os.environ)
+    env = dict(base_env.variables)
     env.update((k, str(v)) for k, v in saved_fds.items())
     env["QREXEC_AGENT_PID"] = str(os.getpid())
     saved = list(saved_fds.values())

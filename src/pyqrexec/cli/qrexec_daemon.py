@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import os
 import select
 import signal
@@ -10,9 +10,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..protocol.ports import DEFAULT_SHARE, HALF, check_share
-from ..system.log import Logger
-from ..system.settings import max_protocol_version
-from ..transport import vchan
+from ..system.defaults import DAEMON_SOCKET_DIR
+from ..system.environment import Environment
+from ..system.log import setup
 from . import entry
 from .args import GetoptError, getopt
 from .resident import without_tls
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"qrexec-daemon: {err}\n{USAGE}")
         return 1
     quiet = direct = False
-    socket_dir = "/var/run/qubes"
+    socket_dir = DAEMON_SOCKET_DIR
     policy_program = "/usr/bin/qrexec-policy-exec"
     uuid = None
     share_option = None
@@ -125,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..daemon.daemon import DaemonOptions  # lazy: asyncio after without_tls()
 
+    env = Environment.current()
     options = DaemonOptions(
         domid=domid, name=name, uuid=uuid, default_user=default_user, socket_dir=socket_dir,
-        vchan_dir=os.path.abspath(vchan.socket_dir()), policy_program=policy_program,
-        own_version=0, startup_timeout=_startup_timeout(), port_share=port_share,
+        vchan_dir=os.path.abspath(env.vchan_socket_dir), policy_program=policy_program,
+        own_version=env.max_protocol_version, startup_timeout=_startup_timeout(),
+        env=env, port_share=port_share,
     )
     if direct:
         return _child(options, None)
@@ -183,12 +185,13 @@ def _child(options: DaemonOptions, report_fd: int | None) -> int:
     from ..daemon.daemon import Daemon, run_daemon  # lazy: asyncio after without_tls()
     from ..daemon.worker import call_worker  # lazy: asyncio after without_tls()
 
-    log = Logger("qrexec-daemon")
+    setup("qrexec-daemon")
+    log = logging.getLogger(__name__).info
     os.chdir(options.socket_dir)
     if report_fd is not None:
-        _open_log(options.name, log)
+        _open_log(options.name)
         os.setsid()
-    options = dataclasses.replace(options, own_version=max_protocol_version(log))
+    options.env.log_problems(log)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def ready() -> None:
@@ -205,7 +208,7 @@ def _child(options: DaemonOptions, report_fd: int | None) -> int:
             report_fd = None
 
     async def amain() -> int:
-        daemon = Daemon(options, log, call_worker)
+        daemon = Daemon(options, call_worker)
         return await run_daemon(daemon, ready)
 
     status = asyncio.run(amain())
@@ -214,7 +217,7 @@ def _child(options: DaemonOptions, report_fd: int | None) -> int:
     return status
 
 
-def _open_log(name: str, log: object) -> None:
+def _open_log(name: str) -> None:
     path = os.path.join(os.environ.get("QREXEC_LOG_DIR", _LOG_DIR), f"qrexec.{name}.log")
     old = os.umask(0o007)
     try:

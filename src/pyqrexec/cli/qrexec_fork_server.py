@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from ..call.domain_handler import HandlerContext, own_user_name
-from ..services.lookup import service_path_from_env
-from ..system.log import Logger
-from ..system.settings import max_protocol_version
-from ..transport import vchan
+from ..system.environment import Environment
+from ..system.log import setup
 from . import entry
 from .resident import without_tls
 
@@ -29,20 +28,21 @@ def main(argv: list[str] | None = None) -> int:
         serve_forever,
     )
 
-    log = Logger(PROG)
-    path = args[0] if args else default_socket_path()
+    setup(PROG)
+    log = logging.getLogger(__name__).info
+    env = Environment.current()
+    env.log_problems(log)
+    path = args[0] if args else default_socket_path(env.user)
     try:
         listener = bind(path)
     except OSError as err:
         log(f"cannot listen on {path}: {err}")
         return 1
     ctx = HandlerContext(
-        socket_dir=vchan.socket_dir(),
-        own_domain=vchan.own_domain(),
-        own_version=max_protocol_version(log),
+        env=env,
+        own_version=env.max_protocol_version,
         own_user=own_user_name(),
         log=log,
-        service_path=service_path_from_env(os.environ),
         rpc_config_path=(),
         fork_server=True,
     )

@@ -19,6 +19,7 @@ from ..host.paths import Paths
 from ..qubesd.client import QubesdError, call
 from ..remote.trust import add_arguments as remote_arguments
 from ..remote.trust import run as remote_run
+from ..system.environment import Environment
 from ..system.parent_death import dies_with_this_process
 from ..system.programs import program
 from ..tools.install import add_arguments as install_arguments
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "install-system":
         return install_command(args, parser)
     if args.command == "remote":
-        return remote_run(args, state)
+        return remote_run(args, state, Environment.current())
     return _client(args, state)
 
 

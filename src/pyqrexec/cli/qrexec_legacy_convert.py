@@ -17,8 +17,8 @@ from ..policy.errors import AccessDenied, SystemInfoError
 from ..policy.graph import GraphOptions
 from ..policy.legacy_convert import new_text, plan
 from ..policy.system_info import SystemInfo
-from ..policy_daemon.config import legacy_policy_dir, persistent_policy_dir
 from ..policy_daemon.snapshot import graph_lines, load_dir, system_info_from_qubesd
+from ..system.environment import Environment
 from . import entry
 
 __all__ = ["main", "run"]
@@ -75,8 +75,8 @@ class _Changes:
                 os.replace(backup, path)
 
 
-def _graph(policy_dir: str, info: SystemInfo) -> list[str]:
-    return graph_lines(policy_dir, info, GraphOptions(full_output=True))
+def _graph(policy_dir: str, env: Environment, info: SystemInfo) -> list[str]:
+    return graph_lines(policy_dir, env, info, GraphOptions(full_output=True))
 
 
 def _read(path: str) -> str | None:
@@ -87,15 +87,15 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _convert(policy_dir: str, legacy_dir: str, changes: _Changes) -> None:
+def _convert(policy_dir: str, env: Environment, changes: _Changes) -> None:
     """Steps 2–5; raises `AccessDenied` (policy does not load) or `OSError`."""
     print("Converting old policy files into new format files....")
-    with_compat = load_dir(policy_dir)
-    without_compat = load_dir(policy_dir, compat=False)
+    with_compat = load_dir(policy_dir, env)
+    without_compat = load_dir(policy_dir, env, compat=False)
     for name, rules in plan(with_compat, without_compat).items():
         path = os.path.join(policy_dir, name + ".policy")
         changes.write(path, new_text(name, rules, _read(path)))
-    changes.retire(legacy_dir)
+    changes.retire(env.legacy_policy_dir)
 
 
 def _differences(before: list[str], after: list[str]) -> bool:
@@ -128,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(
         prog=_PROG, description="Convert legacy Qubes 4.0 policy files"
     ).parse_args(argv)
-    policy_dir, legacy_dir = persistent_policy_dir(), legacy_policy_dir()
+    env = Environment.current()
+    policy_dir = env.persistent_policy_dir
     print("Initiating policy conversion process...")
     try:
-        info = system_info_from_qubesd()
-        before = _graph(policy_dir, info)
+        info = system_info_from_qubesd(env)
+        before = _graph(policy_dir, env, info)
     except SystemInfoError as err:
         print(f"{_PROG}: error getting system info: {err}", file=sys.stderr)
         return 1
@@ -141,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     changes = _Changes()
     try:
-        _convert(policy_dir, legacy_dir, changes)
+        _convert(policy_dir, env, changes)
     except (AccessDenied, OSError) as err:
         print(f"{_PROG}: conversion failed, nothing changed: {err}", file=sys.stderr)
         changes.undo()
         return 1
     try:
-        after = _graph(policy_dir, info)
+        after = _graph(policy_dir, env, info)
     except AccessDenied as err:  # counts as a difference: every old line is missing
         print(f"{_PROG}: error loading the converted policy: {err}", file=sys.stderr)
         after = []

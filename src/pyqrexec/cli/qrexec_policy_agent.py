@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 
 from ..policy_agent import AgentServer, AnswerProgram, DenyAll, Frontend, TerminalFrontend
-from ..policy_daemon.config import logger
+from ..system.defaults import POLICY_AGENT_SOCKET
+from ..system.log import setup
 from . import entry
 
 __all__ = ["main", "run", "DEFAULT_SOCKET"]
 
-DEFAULT_SOCKET = "/var/run/qubes/policy-agent.sock"
+DEFAULT_SOCKET = POLICY_AGENT_SOCKET
 FRONTENDS = ("auto", "program", "gtk", "terminal", "deny")
 
 
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(kind)
         return 0
-    log = logger("qrexec-policy-agent")
+    setup("qrexec-policy-agent", bare=True)
+    log = logging.getLogger(__name__)
     os.umask(0o007)
     frontend: Frontend
     try:

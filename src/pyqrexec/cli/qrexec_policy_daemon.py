@@ -6,22 +6,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import grp
+import logging
 import os
 import sys
 
 from ..policy.audit import audit_path
 from ..policy_daemon.audit_log import AuditLog
-from ..policy_daemon.config import engine_config, logger
+from ..policy_daemon.config import engine_config
 from ..policy_daemon.engine import PolicyEngine
-from ..policy_daemon.grant_store import GrantStore, grants_path
+from ..policy_daemon.grant_store import GrantStore
 from ..policy_daemon.server import PolicyServer
+from ..system.environment import Environment
+from ..system.log import setup
 from ..system.parent_death import keep_parent_death_signal
 from . import entry
 
 __all__ = ["main", "run"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(env: Environment) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qrexec-policy-daemon")
     parser.add_argument(
         "--policy-path",
@@ -31,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--socket-path",
-        default=os.environ.get("QREXEC_POLICY_SOCKET", "/var/run/qubes/policy.sock"),
+        default=env.policy_socket,
     )
     parser.add_argument("--eval-socket-path", default="/etc/qubes-rpc/policy.EvalSimple")
     parser.add_argument("--gui-socket-path", default="/etc/qubes-rpc/policy.EvalGUI")
@@ -44,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    env = Environment.current()
+    args = _parser(env).parse_args(argv)
 
     os.umask(0o007)
     if os.geteuid() == 0:
@@ -54,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
                 os.setgid(grp.getgrnam("qubes").gr_gid)
         except (KeyError, OSError) as err:
             print(f"qrexec-policy-daemon: cannot switch to group qubes: {err}", file=sys.stderr)
-    log = logger("qrexec-policy-daemon")
-    engine = PolicyEngine(engine_config(args.policy_path, grants=True), log)
+    setup("qrexec-policy-daemon", bare=True)
+    log = logging.getLogger(__name__)
+    engine = PolicyEngine(engine_config(env, args.policy_path, grants=True), log)
     engine.reload()  # a broken policy is logged here and denies every call until fixed
     if not args.no_audit:
-        engine.audit = AuditLog(audit_path(os.environ), log)
+        engine.audit = AuditLog(audit_path(env.variables), log)
         engine.audit.reopen()
-    engine.grants = GrantStore(grants_path(policy_socket=args.socket_path))
+    engine.grants = GrantStore(env.grants_path(args.socket_path))
     server = PolicyServer(engine, log)
 
     async def serve() -> None:

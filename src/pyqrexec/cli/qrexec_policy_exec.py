@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -19,10 +20,12 @@ from ..policy.evaluation import Evaluation, Outcome, Request, split_service
 from ..policy.grants import Grant, rule_id, unusable
 from ..policy.loaders import DiskFiles, load_policy
 from ..policy.system_info import SystemInfo
-from ..policy_daemon.config import default_policy_dirs, engine_config, logger
+from ..policy_daemon.config import engine_config
 from ..policy_daemon.engine import PolicyEngine
-from ..policy_daemon.grant_store import GrantStore, grants_path
+from ..policy_daemon.grant_store import GrantStore
 from ..qubesd.client import QubesdError, call
+from ..system.environment import Environment
+from ..system.log import setup
 from . import entry
 
 __all__ = ["main", "run"]
@@ -40,9 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _evaluate(args: argparse.Namespace, source: str, target: str, service: str) -> Outcome:
+def _evaluate(env: Environment, args: argparse.Namespace, source: str, target: str,
+              service: str) -> Outcome:
+    setup("qrexec-policy-exec", bare=True, syslog=True)
     request = Request(source, target, service, "", args.assume_yes_for_ask, args.just_evaluate)
-    engine = PolicyEngine(engine_config(args.path), logger("qrexec-policy-exec", syslog=True))
+    engine = PolicyEngine(engine_config(env, args.path), logging.getLogger(__name__))
 
     async def evaluate() -> Outcome:
         outcome = await engine.evaluate(request)
@@ -52,8 +57,9 @@ def _evaluate(args: argparse.Namespace, source: str, target: str, service: str) 
     return asyncio.run(evaluate())
 
 
-def _explain(args: argparse.Namespace, source: str, target: str, service: str) -> int:
-    config = engine_config(args.path)
+def _explain(env: Environment, args: argparse.Namespace, source: str, target: str,
+             service: str) -> int:
+    config = engine_config(env, args.path)
     try:
         info = SystemInfo.from_json(
             call("internal.GetSystemInfo", "dom0", path=config.qubesd_internal_socket)
@@ -70,7 +76,7 @@ def _explain(args: argparse.Namespace, source: str, target: str, service: str) -
     evaluation = Evaluation(request, info, policy)
     outcome = evaluation.run()
     if outcome.ask is not None:
-        grant = _live_grant(evaluation)
+        grant = _live_grant(env, evaluation)
         if grant is not None:
             print(f"decision: {'deny' if grant.answer == 'deny' else 'allow'} (remembered)")
             print(f"decided by: {grant.describe()}")
@@ -93,10 +99,10 @@ def _explain(args: argparse.Namespace, source: str, target: str, service: str) -
     return 0 if outcome.allowed else 1
 
 
-def _live_grant(evaluation: Evaluation) -> Grant | None:
+def _live_grant(env: Environment, evaluation: Evaluation) -> Grant | None:
     """The policy daemon's grant for the ask rule reached, if one lives (docs/audit.md)."""
     assert evaluation.rule is not None
-    store = GrantStore(grants_path())
+    store = GrantStore(env.grants_path())
     store.refresh()
     key = (evaluation.source, evaluation.req, evaluation.service, evaluation.argument)
     grant = store.table.find(key, rule_id(evaluation.rule))
@@ -105,7 +111,7 @@ def _live_grant(evaluation: Evaluation) -> Grant | None:
     return grant
 
 
-def _execute(args: argparse.Namespace, outcome: Outcome) -> int:
+def _execute(env: Environment, args: argparse.Namespace, outcome: Outcome) -> int:
     """Run an allowed call the deprecated way: `qrexec-client -c`
     (docs/reference/cli.md#qrexec-policy-exec, 5 arguments)."""
     domid, source, target, service_and_arg, ident = args.args
@@ -124,11 +130,12 @@ def _execute(args: argparse.Namespace, outcome: Outcome) -> int:
         try:
             if destination.startswith("@dispvm:"):
                 template = destination[len("@dispvm:") :]
-                destination = call("admin.vm.CreateDisposable", template, payload=b"uuid").decode()
+                destination = call("admin.vm.CreateDisposable", template, payload=b"uuid",
+                                   path=env.qubesd_socket).decode()
                 flags = "-EWkd"
             if answer["autostart"] == "True" or flags == "-EWkd":
                 try:
-                    call("admin.vm.Start", destination)
+                    call("admin.vm.Start", destination, path=env.qubesd_socket)
                 except QubesdError as err:
                     if err.exc_type != "QubesVMNotHaltedError":
                         raise
@@ -143,9 +150,9 @@ def _execute(args: argparse.Namespace, outcome: Outcome) -> int:
     return 1
 
 
-def _warn_missing(args: argparse.Namespace) -> None:
+def _warn_missing(env: Environment, args: argparse.Namespace) -> None:
     """A policy that is not where this program looks gives wrong answers, not errors."""
-    dirs = args.path or default_policy_dirs()
+    dirs = args.path or env.policy_dirs
     if not any(os.path.isdir(d) for d in dirs):
         print(f"qrexec-policy-exec: warning: no policy directory found ({', '.join(dirs)}); "
               "set QREXEC_POLICY_DIR or give --path", file=sys.stderr)
@@ -155,15 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     count = len(args.args)
-    _warn_missing(args)
+    env = Environment.current()
+    _warn_missing(env, args)
     if args.explain:
         if count != 3:
             parser.error(f"--explain takes 3 positional arguments, not {count}")
-        return _explain(args, *args.args)
+        return _explain(env, args, *args.args)
     if count not in (3, 5):
         parser.error(f"Must have 3 or 5 positional arguments, not {count}")
     source, target, service = args.args[-4:-1] if count == 5 else args.args
-    outcome = _evaluate(args, source, target, service)
+    outcome = _evaluate(env, args, source, target, service)
     if count == 3:
         if not args.just_evaluate:
             sys.stdout.write(outcome.answer + "\n")
@@ -172,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.just_evaluate:
         return 0
-    return _execute(args, outcome)
+    return _execute(env, args, outcome)
 
 
 def run() -> None:

@@ -8,12 +8,12 @@ import sys
 
 from ..policy.errors import AccessDenied, SystemInfoError
 from ..policy.graph import GraphOptions, option_error
-from ..policy_daemon.config import persistent_policy_dir
 from ..policy_daemon.snapshot import (
     graph_lines,
     system_info_from_file,
     system_info_from_qubesd,
 )
+from ..system.environment import Environment
 from . import entry
 
 __all__ = ["main", "run"]
@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    env = Environment.current()
     options = GraphOptions(
         include_ask=args.include_ask,
         sources=args.source,
@@ -78,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.system_info:
             info = system_info_from_file(args.system_info)
         else:
-            info = system_info_from_qubesd()
+            info = system_info_from_qubesd(env)
     except SystemInfoError as err:
         print(f"qrexec-policy-graph: error getting system info: {err}", file=sys.stderr)
         return 1
     try:
-        lines = graph_lines(args.policy_dir or persistent_policy_dir(), info, options)
+        lines = graph_lines(args.policy_dir or env.persistent_policy_dir, env, info, options)
     except AccessDenied as err:
         print(f"qrexec-policy-graph: error loading policy: {err}", file=sys.stderr)
         return 1

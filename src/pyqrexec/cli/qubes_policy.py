@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import sys
 import time
 
@@ -12,9 +12,10 @@ from ..client import policy_admin as api
 from ..client.policy_admin import AdminError, CallFailed, invalid_name_chars
 from ..policy.audit import audit_path
 from ..policy_daemon.audit_log import AuditLog
-from ..policy_daemon.config import logger
 from ..policy_daemon.engine import grant_record
-from ..policy_daemon.grant_store import GrantStore, grants_path
+from ..policy_daemon.grant_store import GrantStore
+from ..system.environment import Environment
+from ..system.log import setup
 from . import entry
 
 __all__ = ["main", "run"]
@@ -55,21 +56,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(method: str, name: str, include: bool) -> None:
+    env = Environment.current()
     if method == "list":
-        names = api.list_names(include)
+        names = api.list_names(env, include)
         sys.stdout.write("".join(f"{n}\n" for n in names))
     elif method == "get":
-        content, _token = api.get(name, include)
+        content, _token = api.get(env, name, include)
         sys.stdout.buffer.write(content.rstrip() + b"\n")
     elif method == "replace":
-        api.replace(name, sys.stdin.buffer.read(), include=include)
+        api.replace(env, name, sys.stdin.buffer.read(), include=include)
     else:
-        api.remove(name, include=include)
+        api.remove(env, name, include=include)
 
 
 def _grants(revoke: str | None) -> int:
     """List the grants, or revoke one, in the policy daemon's runtime file (docs/audit.md)."""
-    store = GrantStore(grants_path())
+    env = Environment.current()
+    store = GrantStore(env.grants_path())
     if revoke is None:
         store.refresh()
         if store.problem:
@@ -89,7 +92,8 @@ def _grants(revoke: str | None) -> int:
     if grant is None:
         print(f"qubes-policy: no grant {revoke}", file=sys.stderr)
         return 1
-    audit = AuditLog(audit_path(os.environ), logger("qubes-policy"))
+    setup("qubes-policy", bare=True)
+    audit = AuditLog(audit_path(env.variables), logging.getLogger(__name__))
     audit.write(grant_record("grant-revoked", grant, reason="qubes-policy --revoke"))
     audit.close()
     print(f"revoked {grant.describe()}")

@@ -14,7 +14,7 @@ import sys
 
 from ..policy.admin import PolicyAdminException, PolicyAdminProtocolException, parse_request
 from ..policy_daemon.admin_directory import PolicyDirectory
-from ..policy_daemon.paths import legacy_policy_dir, persistent_policy_dir
+from ..system.environment import Environment
 from . import entry
 
 __all__ = ["main", "run", "DEFAULT_LOG", "MAX_PAYLOAD"]
@@ -48,7 +48,8 @@ def main() -> int:
     log = _logger(log_path)
     call = _printable(os.environ.get("QREXEC_SERVICE_FULL_NAME", ""))
     source = _printable(os.environ.get("QREXEC_REMOTE_DOMAIN", ""))
-    directory = PolicyDirectory(persistent_policy_dir(), legacy_policy_dir())
+    env = Environment.current()
+    directory = PolicyDirectory(env.persistent_policy_dir, env.legacy_policy_dir)
     try:
         payload = sys.stdin.buffer.read(MAX_PAYLOAD + 1)
         if len(payload) > MAX_PAYLOAD:

@@ -17,6 +17,7 @@ import tempfile
 from ..client import policy_admin as api
 from ..client.policy_admin import invalid_name_chars
 from ..policy.lint import lint
+from ..system.environment import Environment
 from . import entry
 
 __all__ = ["main", "run"]
@@ -85,8 +86,9 @@ def _edit_until_clean(path: str, include: bool) -> None:
 
 
 def _manage(name: str, include: bool) -> None:
+    env = Environment.current()
     try:
-        content, token = api.get(name, include)
+        content, token = api.get(env, name, include)
     except api.AdminError as err:
         if err.kind != api.NOT_FOUND:
             print(f"Failed to get policy {name!r}: {err.message}", file=sys.stderr)
@@ -103,7 +105,7 @@ def _manage(name: str, include: bool) -> None:
     with open(path, "rb") as f:
         edited = f.read()
     try:
-        api.replace(name, edited, token, include)
+        api.replace(env, name, edited, token, include)
     except (api.AdminError, api.CallFailed) as err:
         message = err.message if isinstance(err, api.AdminError) else str(err)
         print(

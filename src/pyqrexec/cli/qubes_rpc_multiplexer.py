@@ -10,16 +10,16 @@ copied to the system log (tag `$1-$2`) as well as to the caller's stderr.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
-from ..services.launch import DEVNULL, launch
+from ..services.launch import DEVNULL, find_program, launch
 from ..services.syslogcopy import open_syslog_writer
+from ..system.defaults import MULTIPLEXER_SERVICE_PATH
+from ..system.environment import Environment
 from . import entry
 
 __all__ = ["main", "run"]
 
-_DEFAULT_PATH = "/usr/local/etc/qubes-rpc:/etc/qubes-rpc"
 _UNSET = (
     b"QREXEC_REQUESTED_TARGET",
     b"QREXEC_REQUESTED_TARGET_KEYWORD",
@@ -42,8 +42,8 @@ def _find_handler(service_full: str, path: str) -> str | None:
     return None
 
 
-def _environment(argv: list[str]) -> dict[bytes, bytes]:
-    env = {name: value for name, value in os.environb.items() if name not in _UNSET}
+def _environment(base: Environment, argv: list[str]) -> dict[bytes, bytes]:
+    env = {name: value for name, value in base.environb.items() if name not in _UNSET}
     full, remote = os.fsencode(argv[0]), os.fsencode(argv[1])
     if len(argv) == 4:
         target_type, target = os.fsencode(argv[2]), os.fsencode(argv[3])
@@ -62,10 +62,10 @@ def _environment(argv: list[str]) -> dict[bytes, bytes]:
     return env
 
 
-def _copy_stderr_to_syslog(tag: str) -> None:
+def _copy_stderr_to_syslog(tag: str, env: Environment) -> None:
     """Point our stderr at a pipe read by `tee` (to the old stderr) and `logger`; best effort."""
-    tee = shutil.which("tee")
-    logger_fd = open_syslog_writer(tag) if tee is not None else None
+    tee = find_program("tee", env.path)
+    logger_fd = open_syslog_writer(tag, env) if tee is not None else None
     if tee is None or logger_fd is None:
         return
     to_tee_read, to_tee_write = os.pipe()
@@ -73,7 +73,7 @@ def _copy_stderr_to_syslog(tag: str) -> None:
         pid = launch(
             b"/bin/sh",
             [b"sh", b"-c", _COPY_STDERR, os.fsencode(tee)],
-            os.environb,
+            env.environb,
             (DEVNULL, 2, 2, logger_fd, to_tee_read),
         )
         os.waitpid(pid, 0)
@@ -95,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    path = os.environ.get("QREXEC_SERVICE_PATH", _DEFAULT_PATH)
+    base = Environment.current()
+    # the multiplexer's own default, see MULTIPLEXER_SERVICE_PATH
+    path = base.variables.get("QREXEC_SERVICE_PATH", MULTIPLEXER_SERVICE_PATH)
     handler = _find_handler(args[0], path)
-    env = _environment(args)
+    env = _environment(base, args)
     if handler is not None:
-        _copy_stderr_to_syslog(f"{args[0]}-{args[1]}")
+        _copy_stderr_to_syslog(f"{args[0]}-{args[1]}", base)
         _, plus, argument = args[0].partition("+")
         handler_argv = [handler, argument] if plus and argument else [handler]
         sys.stdout.flush()

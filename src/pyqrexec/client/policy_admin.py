@@ -8,12 +8,11 @@ service (`PolicyAdmin…Exception message` on stderr) becomes `AdminError`; any 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-from collections.abc import Mapping
 
 from ..policy.admin import ERROR_CLASS_NAMES
+from ..system.environment import Environment
 from ..system.programs import program_argv
 
 __all__ = [
@@ -61,9 +60,9 @@ def _program(name: str) -> list[str]:
     return program_argv(name)
 
 
-def call_argv(service: str, environ: Mapping[str, str] | None = None) -> list[str]:
-    env = os.environ if environ is None else environ
-    if env.get("VCHAN_DOMAIN", "0") in ("", "0"):
+def call_argv(service: str, env: Environment) -> list[str]:
+    """How this program reaches dom0's service: directly in dom0, else through its agent."""
+    if env.vchan_domain == 0:
         return [*_program("qrexec-client"), "-d", "dom0", f"DEFAULT:QUBESRPC {service} dom0"]
     return [*_program("qrexec-client-vm"), "--", "dom0", service]
 
@@ -72,10 +71,10 @@ def _error_classes() -> frozenset[str]:
     return ERROR_CLASS_NAMES
 
 
-def call(method: str, name: str | None = None, payload: bytes = b"") -> bytes:
+def call(env: Environment, method: str, name: str | None = None, payload: bytes = b"") -> bytes:
     """Run `method[+name]` in dom0 and return its stdout."""
     service = method if name is None else f"{method}+{name}"
-    argv = call_argv(service)
+    argv = call_argv(service, env)
     try:
         done = subprocess.run(argv, input=payload, capture_output=True, check=False)
     except OSError as err:
@@ -92,21 +91,22 @@ def _method(op: str, include: bool) -> str:
     return f"policy.include.{op}" if include else f"policy.{op}"
 
 
-def list_names(include: bool = False) -> list[str]:
-    out = call(_method("List", include)).decode("utf-8", "surrogateescape")
+def list_names(env: Environment, include: bool = False) -> list[str]:
+    out = call(env, _method("List", include)).decode("utf-8", "surrogateescape")
     return out.splitlines()
 
 
-def get(name: str, include: bool = False) -> tuple[bytes, str]:
+def get(env: Environment, name: str, include: bool = False) -> tuple[bytes, str]:
     """The file's content and its token."""
-    out = call(_method("Get", include), name)
+    out = call(env, _method("Get", include), name)
     token, _, content = out.partition(b"\n")
     return content, token.decode("ascii", "replace")
 
 
-def replace(name: str, content: bytes, token: str = "any", include: bool = False) -> None:
-    call(_method("Replace", include), name, token.encode("ascii") + b"\n" + content)
+def replace(env: Environment, name: str, content: bytes, token: str = "any",
+            include: bool = False) -> None:
+    call(env, _method("Replace", include), name, token.encode("ascii") + b"\n" + content)
 
 
-def remove(name: str, token: str = "any", include: bool = False) -> None:
-    call(_method("Remove", include), name, token.encode("ascii"))
+def remove(env: Environment, name: str, token: str = "any", include: bool = False) -> None:
+    call(env, _method("Remove", include), name, token.encode("ascii"))

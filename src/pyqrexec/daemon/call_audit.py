@@ -23,12 +23,12 @@ from ..policy.audit import (
     audit_socket_for,
     end_report_text,
 )
+from ..protocol.constants import DOM0_NAMES
 from ..transport.aio import BackgroundTasks
 from .policy_answer import PolicyAnswer
 
 __all__ = ["CallAudit", "read_traffic", "write_traffic"]
 
-_DOM0 = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 _REPORTS = BackgroundTasks()
 
 
@@ -66,7 +66,7 @@ class CallAudit:
         calls it only sees them connected."""
         target = answer.target or ""
         whole = target.startswith("@dispvm:") or (
-            target in _DOM0 and answer.target_uuid is None)
+            target in DOM0_NAMES and answer.target_uuid is None)
         self.scope = "call" if whole else "connect"
 
     def ended(self, status: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -40,6 +41,7 @@ from ..protocol.messages import (
 from ..protocol.pending import Full, PendingTable
 from ..protocol.pending import PendingRequest as _Pending
 from ..protocol.ports import DEFAULT_SHARE, Busy, PortTable
+from ..system.environment import Environment
 from ..system.log import RepeatLimited
 from ..transport import vchan
 from ..transport.aio import ChannelWriter
@@ -73,6 +75,8 @@ class DaemonOptions:
     own_version: int
     #: seconds for the first control connection; None = wait forever
     startup_timeout: float | None
+    #: the program's environment: the policy and qubesd sockets, dom0 services' settings
+    env: Environment
     #: most data ports one caller domain may hold in this daemon's table
     port_share: int = DEFAULT_SHARE
 
@@ -91,15 +95,17 @@ class _Client:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+_LOG = logging.getLogger(__name__)
+
 #: runs a call request; returns the worker status (0 = success)
 Worker = Callable[["Daemon", PendingRequest], Awaitable[int]]
 
 
 class Daemon:
-    def __init__(self, opts: DaemonOptions, log: Callable[[str], None],
-                 worker: Worker | None = None) -> None:
+    def __init__(self, opts: DaemonOptions, worker: Worker | None = None) -> None:
         self.opts = opts
-        self.log = log
+        #: a `log(message)` callable, the form the call/ side takes
+        self.log: Callable[[str], None] = _LOG.info
         self.worker = worker
         self.loop = asyncio.get_running_loop()
         self.ports: PortTable[_Client] = PortTable(opts.domid, opts.port_share)
@@ -107,7 +113,7 @@ class Daemon:
         #: a request without one waits while others get theirs); one entry per target
         self.port_granted: dict[str, float] = {}
         #: for lines a hostile domain can make us repeat at will
-        self.log_repeated = RepeatLimited(log, self.loop.call_later)
+        self.log_repeated = RepeatLimited(_LOG.info, self.loop.call_later)
         self.clients: set[_Client] = set()
         self.requests: PendingTable[PendingRequest] = PendingTable(MAX_CLIENTS)
         self.control: socket.socket | None = None
@@ -121,7 +127,8 @@ class Daemon:
     async def connect_agent(self, timeout: float | None) -> None:
         try:
             sock = await vchan.connect_async(self.opts.vchan_dir, self.opts.domid, 0,
-                                             VCHAN_BASE_PORT, timeout)
+                                             VCHAN_BASE_PORT, timeout,
+                                             pair_dirs=self.opts.env.vchan_pair_dirs)
         except vchan.VchanTimeout as err:
             raise Fatal(3, "qrexec connection timeout") from err
         except OSError as err:
@@ -395,7 +402,7 @@ async def run_daemon(daemon: Daemon, ready: Callable[[], None] | None) -> int:
         stopper.cancel()
         exc = task.exception()
         if isinstance(exc, Fatal):
-            daemon.log(str(exc))
+            _LOG.info("%s", exc)
             status = exc.status
         elif exc is not None:
             raise exc

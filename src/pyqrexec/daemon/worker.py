@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 from ..protocol.channel import NEED_DATA, DaemonSession, Hello, PortAnswer
 from ..protocol.constants import (
     CLIENT_PROTOCOL_VERSION,
+    DOM0_NAMES,
     EXIT_PROBLEM,
     EXIT_REQUEST_REFUSED,
     MsgType,
@@ -36,10 +38,10 @@ from .policy_answer import ANSWER_LIMIT, Malformed, PolicyAnswer, parse_answer, 
 if TYPE_CHECKING:
     from .daemon import Daemon, PendingRequest
 
-__all__ = ["call_worker", "DOM0_NAMES"]
+__all__ = ["call_worker"]
 
-DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
-DEFAULT_POLICY_SOCKET = "/run/qubes/policy.sock"
+_LOG = logging.getLogger(__name__)
+
 #: how long a request may wait for a data port of a busy target while none of this daemon's
 #: requests to it gets one (docs/daemon.md "Data ports"): long enough for one of a burst of
 #: short calls to end even when hundreds of callers starting at once compete for the CPU,
@@ -70,7 +72,7 @@ async def call_worker(daemon: Daemon, pending: PendingRequest) -> int:
             return EXIT_REQUEST_REFUSED
         audit.allowed(answer)
         for line in answer.ignored:
-            daemon.log(f"ignoring policy answer line {line!r}")
+            _LOG.info(f"ignoring policy answer line {line!r}")
         status = await _execute(daemon, pending, answer, audit)
     except WorkerFailure as err:
         # a domain can repeat its calls, and so their failures, at will
@@ -85,7 +87,7 @@ async def _ask_policy(daemon: Daemon, pending: PendingRequest,
                       audit: CallAudit) -> PolicyAnswer:
     req = pending.request
     text = request_text(daemon.opts.name, req.target, req.service, req.source)
-    path = os.environ.get("QREXEC_POLICY_SOCKET", DEFAULT_POLICY_SOCKET)
+    path = daemon.opts.env.policy_socket
     try:
         reader, writer = await asyncio.open_unix_connection(sock=await audit.connect(path))
     except OSError as err:
@@ -241,7 +243,8 @@ async def _open_target(daemon: Daemon, dest: str, autostart: bool) -> _Opened:
 async def _qubesd(daemon: Daemon, method: str, dest: str, payload: bytes = b"",
                   ok_errors: tuple[str, ...] = ()) -> bytes:
     try:
-        return await call_async(method, dest, payload=payload)
+        return await call_async(method, dest, payload=payload,
+                                path=daemon.opts.env.qubesd_socket)
     except QubesdError as err:
         if err.exc_type and err.exc_type in ok_errors:
             return b""
@@ -276,9 +279,9 @@ async def _call_dispvm(daemon: Daemon, pending: PendingRequest, answer: PolicyAn
             writer.close()
     finally:
         try:
-            await call_async("admin.vm.Kill", disp)
+            await call_async("admin.vm.Kill", disp, path=daemon.opts.env.qubesd_socket)
         except QubesdError as err:
-            daemon.log(f"cannot kill disposable {disp}: {err}")
+            _LOG.info(f"cannot kill disposable {disp}: {err}")
     return 0
 
 
@@ -298,7 +301,7 @@ async def _call_dom0(daemon: Daemon, pending: PendingRequest, answer: PolicyAnsw
     if status != 0:
         # the request is answered already: this only gets logged
         # (docs/reference/protocol.md#vm-to-dom0 step 5)
-        daemon.log(f"dom0 service {service} from {daemon.opts.name} failed with {status}")
+        _LOG.info(f"dom0 service {service} from {daemon.opts.name} failed with {status}")
     return status
 
 
@@ -314,14 +317,15 @@ async def _run_forked(daemon: Daemon, cmd: bytes, port: int, audit: CallAudit) -
     os.set_blocking(counts, False)  # a child that wrote nothing must not hold us up
 
     def body() -> int:
-        result = run_dom0_service(cmd, daemon.opts.domid, port,
-                                  timeout=WORKER_CONNECT_TIMEOUT, log=daemon.log)
+        result = run_dom0_service(cmd, daemon.opts.domid, port, env=daemon.opts.env,
+                                  timeout=WORKER_CONNECT_TIMEOUT, log=_LOG.info,
+                                  own_version=daemon.opts.own_version)
         write_traffic(told, result.traffic)
         return result.worker_status
 
     try:
         try:
-            pid = fork_call(body, daemon.log, keep=(told,))
+            pid = fork_call(body, _LOG.info, keep=(told,))
         finally:
             os.close(told)
         status = await wait_exit(pid)

@@ -44,11 +44,12 @@ MAX_DISPOSABLES = 9999
 
 class Manager:
     def __init__(self, config: HostConfig, state_dir: Path, bwrap: str | None,
-                 env: Mapping[str, str] | None = None,
+                 env: Mapping[str, str],
                  log: Callable[[str], None] | None = None,
                  policy_agent_args: list[str] | None = None,
                  terminal: bool = False) -> None:
-        self.base_env = dict(os.environ if env is None else env)
+        #: qrexec-host's own environment, which dom0's programs and the domains start from
+        self.base_env = dict(env)
         self.log = log or (lambda msg: print(f"qrexec-host: {msg}", file=sys.stderr,
                                              flush=True))
         self.config = config = unprivileged_accounts(config, self.log)

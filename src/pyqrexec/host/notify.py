@@ -7,7 +7,6 @@ $NOTIFY_SOCKET; a name starting with `@` is in the abstract namespace (a NUL byt
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Mapping
@@ -27,10 +26,10 @@ def notify_socket(env: Mapping[str, str]) -> str | bytes | None:
     return name
 
 
-def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
+def notify(state: str, env: Mapping[str, str]) -> bool:
     """Send `state` (e.g. "READY=1\\nSTATUS=up") to systemd; False when there is nobody to
     tell or the send fails (a notification is never worth failing `up` for)."""
-    address = notify_socket(os.environ if env is None else env)
+    address = notify_socket(env)
     if address is None:
         return False
     if state.startswith("RELOADING=1") and "MONOTONIC_USEC=" not in state:

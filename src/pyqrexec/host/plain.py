@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 import uuid as uuidlib
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..system.parent_death import dies_with_this_process
@@ -91,7 +92,10 @@ class PlainDomain:
 class PlainHost:
     """A temporary directory holding the vchan sockets and dom0's daemon sockets."""
 
-    def __init__(self, root: str | None = None, keep: bool = False) -> None:
+    def __init__(self, base_env: Mapping[str, str], root: str | None = None,
+                 keep: bool = False) -> None:
+        #: the environment the domains' programs start from (the caller's)
+        self.base_env = base_env
         self.root = Path(root or tempfile.mkdtemp(prefix="qrexec-"))
         #: leave the directory (logs) behind on close
         self.keep = keep
@@ -105,7 +109,7 @@ class PlainHost:
         self.domains: list[PlainDomain] = []
 
     def env(self, domid: int, **extra: str) -> dict[str, str]:
-        e = {k: v for k, v in os.environ.items() if not k.startswith(("QREXEC", "VCHAN"))}
+        e = {k: v for k, v in self.base_env.items() if not k.startswith(("QREXEC", "VCHAN"))}
         e.update(VCHAN_SOCKET_DIR=str(self.vchan_dir), VCHAN_DOMAIN=str(domid))
         e.update(extra)
         return e

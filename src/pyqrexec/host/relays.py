@@ -10,14 +10,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..qubesd.server import HostError
+from ..system.environment import REMOTE_DIR_VARIABLE
 from .config import DomainConfig
 from .remote_config import relay_tag
 
 __all__ = ["remote_tags", "refuse_power", "write_remote_entries", "REMOTE_DIR_VARIABLE"]
 
-#: the environment variable naming the entries' directory for a plain domain's programs
-#: (a sandbox sees them at /run/qubes/remote, the default)
-REMOTE_DIR_VARIABLE = "PYQREXEC_REMOTE_DIR"
+# REMOTE_DIR_VARIABLE names the entries' directory for a plain domain's programs (a sandbox
+# sees them at /run/qubes/remote, the default)
 
 
 def remote_tags(cfg: DomainConfig) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..system import defaults
 from .errors import PolicyLoadError, PolicySyntaxError
 from .legacy import LegacyInclude, compat_order, synthetic_denies, translate_line
 from .parser import Directive, Policy, Rule, parse_line, split_lines
@@ -34,8 +35,9 @@ __all__ = [
     "PolicyWatch",
 ]
 
-DEFAULT_POLICY_DIRS = ("/run/qubes/policy.d", "/etc/qubes/policy.d")
-DEFAULT_LEGACY_DIR = "/etc/qubes-rpc/policy"
+# the same defaults every program uses (docs/reference/cli.md#common-environment)
+DEFAULT_POLICY_DIRS = defaults.POLICY_DIRS
+DEFAULT_LEGACY_DIR = defaults.LEGACY_POLICY_DIR
 MAX_INCLUDE_DEPTH = 32
 _POLICY_NAME_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz_.-")
 # Timestamps come from a coarse clock: a file modified this close to when it was read may be

@@ -11,25 +11,13 @@ import contextlib
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 from ..policy.grants import Grant, GrantTable
 
-__all__ = ["GrantStore", "grants_path"]
+__all__ = ["GrantStore"]
 
-GRANTS_FILE_NAME = "policy-grants.json"
-DEFAULT_POLICY_SOCKET = "/run/qubes/policy.sock"
 FILE_MODE = 0o640
-
-
-def grants_path(env: Mapping[str, str] | None = None, policy_socket: str | None = None) -> str:
-    """`$QREXEC_GRANTS_FILE`, else `policy-grants.json` beside the policy socket (given, or
-    `$QREXEC_POLICY_SOCKET`, or /run/qubes/policy.sock): a runtime file."""
-    env = os.environ if env is None else env
-    if env.get("QREXEC_GRANTS_FILE"):
-        return env["QREXEC_GRANTS_FILE"]
-    sock = policy_socket or env.get("QREXEC_POLICY_SOCKET") or DEFAULT_POLICY_SOCKET
-    return os.path.join(os.path.dirname(sock), GRANTS_FILE_NAME)
 
 
 class GrantStore:

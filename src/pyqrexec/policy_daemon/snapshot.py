@@ -11,8 +11,8 @@ from ..policy.graph import GraphOptions, render
 from ..policy.loaders import DiskFiles, load_policy
 from ..policy.parser import Policy
 from ..policy.system_info import SystemInfo
-from ..qubesd.client import QubesdError, call, internal_socket_path
-from .config import legacy_policy_dir
+from ..qubesd.client import QubesdError, call
+from ..system.environment import Environment
 
 __all__ = ["system_info_from_file", "system_info_from_qubesd", "load_dir", "graph_lines"]
 
@@ -27,19 +27,21 @@ def system_info_from_file(path: str) -> SystemInfo:
     return SystemInfo.from_json(data)
 
 
-def system_info_from_qubesd() -> SystemInfo:
+def system_info_from_qubesd(env: Environment) -> SystemInfo:
     """qubesd's `internal.GetSystemInfo`; raises `SystemInfoError`."""
     try:
-        data = call("internal.GetSystemInfo", "dom0", path=internal_socket_path())
+        data = call("internal.GetSystemInfo", "dom0", path=env.qubesd_internal_socket)
     except QubesdError as err:
         raise SystemInfoError(str(err)) from err
     return SystemInfo.from_json(data)
 
 
-def load_dir(policy_dir: str, *, compat: bool = True) -> Policy:
-    """The policy of `policy_dir` alone; raises `AccessDenied` when it does not load."""
-    return load_policy(DiskFiles(), [policy_dir], legacy_policy_dir(), compat=compat).policy
+def load_dir(policy_dir: str, env: Environment, *, compat: bool = True) -> Policy:
+    """The policy of `policy_dir` alone (with `env`'s legacy directory); raises
+    `AccessDenied` when it does not load."""
+    return load_policy(DiskFiles(), [policy_dir], env.legacy_policy_dir, compat=compat).policy
 
 
-def graph_lines(policy_dir: str, info: SystemInfo, options: GraphOptions) -> list[str]:
-    return render(load_dir(policy_dir), info, options)
+def graph_lines(policy_dir: str, env: Environment, info: SystemInfo,
+                options: GraphOptions) -> list[str]:
+    return render(load_dir(policy_dir, env), info, options)

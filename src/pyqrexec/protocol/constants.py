@@ -27,6 +27,7 @@ __all__ = [
     "EXIT_SERVICE_NOT_FOUND",
     "EXIT_REQUEST_REFUSED",
     "EXIT_PROBLEM",
+    "DOM0_NAMES",
     "chunk_limit",
 ]
 
@@ -79,6 +80,9 @@ NOGUI_CMD_PREFIX = b"nogui:"
 EXIT_SERVICE_NOT_FOUND = 127
 EXIT_REQUEST_REFUSED = 126
 EXIT_PROBLEM = 125
+
+#: the target names that mean dom0 itself (docs/reference/cli.md#qrexec-client-modes)
+DOM0_NAMES = ("dom0", "@adminvm", "uuid:00000000-0000-0000-0000-000000000000")
 
 
 def chunk_limit(version: int) -> int:

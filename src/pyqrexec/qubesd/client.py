@@ -10,23 +10,16 @@ Request: `METHOD+ARG dom0 name DEST\\0PAYLOAD` (`keyword KW` for a destination s
 
 from __future__ import annotations
 
-import os
 import socket
 
 __all__ = [
-    "QUBESD_SOCKET",
-    "QUBESD_INTERNAL_SOCKET",
     "MAX_RESPONSE",
     "QubesdError",
-    "socket_path",
-    "internal_socket_path",
     "encode_call",
     "decode_response",
     "call",
 ]
 
-QUBESD_SOCKET = "/run/qubesd.sock"
-QUBESD_INTERNAL_SOCKET = "/run/qubesd.internal.sock"
 MAX_RESPONSE = 65534
 
 
@@ -37,14 +30,6 @@ class QubesdError(Exception):
         super().__init__(f"{exc_type}: {message}" if exc_type else message)
         self.exc_type = exc_type
         self.message = message
-
-
-def socket_path() -> str:
-    return os.environ.get("QUBESD_SOCKET", QUBESD_SOCKET)
-
-
-def internal_socket_path() -> str:
-    return os.environ.get("QUBESD_INTERNAL_SOCKET", QUBESD_INTERNAL_SOCKET)
 
 
 def encode_call(method: str, dest: str, arg: str = "", payload: bytes = b"") -> bytes:
@@ -72,14 +57,15 @@ def decode_response(data: bytes) -> bytes:
 
 
 def call(
-    method: str, dest: str, arg: str = "", payload: bytes = b"", path: str | None = None
+    method: str, dest: str, arg: str = "", payload: bytes = b"", *, path: str
 ) -> bytes:
-    """Blocking call; `path` defaults to `$QUBESD_SOCKET`."""
+    """Blocking call to the qubesd socket at `path` (a program's `QUBESD_SOCKET` or
+    `QUBESD_INTERNAL_SOCKET`)."""
     chunks: list[bytes] = []
     size = 0
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(path or socket_path())
+            sock.connect(path)
             sock.sendall(encode_call(method, dest, arg, payload))
             sock.shutdown(socket.SHUT_WR)
             while size <= MAX_RESPONSE and (chunk := sock.recv(65536)):

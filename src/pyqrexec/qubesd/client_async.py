@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from .client import MAX_RESPONSE, QubesdError, decode_response, encode_call, socket_path
+from .client import MAX_RESPONSE, QubesdError, decode_response, encode_call
 
 __all__ = ["call_async", "start_call"]
 
@@ -19,14 +19,14 @@ _RETRY_DELAY = 0.001
 
 
 async def call_async(
-    method: str, dest: str, arg: str = "", payload: bytes = b"", path: str | None = None
+    method: str, dest: str, arg: str = "", payload: bytes = b"", *, path: str
 ) -> bytes:
-    """Call qubesd at `path` (default `$QUBESD_SOCKET`); the DATA of its answer."""
-    return await start_call(method, dest, arg, payload, path)
+    """Call qubesd at `path` (a program's `QUBESD_SOCKET`); the DATA of its answer."""
+    return await start_call(method, dest, arg, payload, path=path)
 
 
 def start_call(
-    method: str, dest: str, arg: str = "", payload: bytes = b"", path: str | None = None
+    method: str, dest: str, arg: str = "", payload: bytes = b"", *, path: str
 ) -> asyncio.Future[bytes]:
     """Start a call now; the future holds the DATA of the answer or a `QubesdError`.
     Cancelling the future abandons the call."""
@@ -38,7 +38,7 @@ def start_call(
     except OSError as err:
         done.set_exception(QubesdError(f"cannot call qubesd: {err}"))
         return done
-    _Call(loop, done, request, path or socket_path(), sock)
+    _Call(loop, done, request, path, sock)
     return done
 
 

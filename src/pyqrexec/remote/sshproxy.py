@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..host.config import validate_name
-from ..host.relays import REMOTE_DIR_VARIABLE
+from ..system.environment import Environment
 from .watch import watch
 
 __all__ = ["main", "ssh_argv"]
@@ -47,7 +47,7 @@ def _fail(message: str) -> int:
     return 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(env: Environment, argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3 or args[0] != "--config-dir":
         return _fail("usage: qubesair.SSHProxy --config-dir DIR LOCAL+SERVICE+ARG")
@@ -56,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     service, _, arg = rest.partition("+")
     if validate_name(local) is not None or not service:
         return _fail(f"malformed argument {spec!r} (LOCAL+SERVICE+ARG)")
-    caller = os.environ.get("QREXEC_REMOTE_DOMAIN", "")
+    caller = env.remote_domain
     if validate_name(caller) is not None:
         return _fail("no caller (QREXEC_REMOTE_DOMAIN)")
-    entry = Path(os.environ.get(REMOTE_DIR_VARIABLE, "/run/qubes/remote")) / local
+    entry = Path(env.remote_dir) / local
     try:
         remote = entry.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError):
@@ -82,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(Environment.current()))

@@ -31,6 +31,7 @@ from ..host.config import ConfigError, HostConfig, load, validate_name
 from ..host.launchers import program
 from ..host.sandbox import source_dir
 from ..qubesd.client import QubesdError, call
+from ..system.environment import Environment
 from .forced import Refused, parse_original_command
 from .watch import watch
 
@@ -78,10 +79,10 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     accept.add_argument("--sources", required=True, metavar="A,B")
 
 
-def run(args: argparse.Namespace, state: Path) -> int:
+def run(args: argparse.Namespace, state: Path, env: Environment) -> int:
     try:
         if args.remote_command == "accept":
-            return _accept(args, state)
+            return _accept(args, state, env)
         config = _config(args)
         if args.remote_command == "init":
             print(_init(config, args.relay))
@@ -241,11 +242,11 @@ def _sources(text: str) -> list[str]:
     return names
 
 
-def _accept(args: argparse.Namespace, state: Path) -> int:
+def _accept(args: argparse.Namespace, state: Path, env: Environment) -> int:
     """sshd's forced command: refuse (126, one line) or become qrexec-client-vm in RELAY."""
     try:
         pins = _sources(args.sources)
-        request = parse_original_command(os.environ.get("SSH_ORIGINAL_COMMAND"), pins)
+        request = parse_original_command(env.ssh_original_command, pins)
     except (RemoteError, Refused) as err:
         print(f"qrexec-host: remote: refused: {err}", file=sys.stderr)
         return REFUSED

@@ -23,13 +23,13 @@ CLOSED = -2
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGCHLD)
 
 
-def find_program(name: str) -> str | None:
-    """`shutil.which(name)`: the executable `name` on $PATH (or `name` itself when it has a
-    slash). Not shutil's own: importing shutil loads bz2 and lzma, ~2 MiB in every agent."""
+def find_program(name: str, path: str) -> str | None:
+    """`shutil.which(name)`: the executable `name` on `path` (the program's `PATH`), or `name`
+    itself when it has a slash. Not shutil's own: importing shutil loads bz2 and lzma, ~2 MiB
+    in every agent."""
     if os.path.dirname(name):
         candidates = [name]
     else:
-        path = os.environ.get("PATH", os.defpath)
         candidates = [os.path.join(d, name) for d in path.split(os.pathsep)]
     for candidate in candidates:
         if (os.path.exists(candidate) and os.access(candidate, os.X_OK)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..protocol.cmdline import ServiceCall
@@ -19,24 +19,14 @@ from .rpcconfig import DEFAULT_CONFIG, ParsedConfig, RpcConfigError, parse_rpc_c
 from .tcptarget import is_tcp_link
 
 __all__ = [
-    "DEFAULT_SERVICE_PATH",
-    "DEFAULT_RPC_CONFIG_PATH",
     "ServiceKind",
     "Entry",
     "LookupFailure",
-    "split_dir_list",
-    "service_path_from_env",
-    "rpc_config_path_from_env",
     "candidates",
     "find_entry",
     "find_service",
     "load_service_config",
 ]
-
-DEFAULT_SERVICE_PATH = "/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc"
-DEFAULT_RPC_CONFIG_PATH = (
-    "/run/qubes/rpc-config:/usr/local/etc/qubes/rpc-config:/etc/qubes/rpc-config"
-)
 
 _NAME_MAX = 255
 _PATH_MAX = 1024
@@ -64,19 +54,6 @@ class Entry:
 class LookupFailure:
     status: int
     message: str
-
-
-def split_dir_list(value: str) -> tuple[str, ...]:
-    """A colon-separated directory list; empty components are skipped."""
-    return tuple(part for part in value.split(":") if part)
-
-
-def service_path_from_env(environ: Mapping[str, str]) -> tuple[str, ...]:
-    return split_dir_list(environ.get("QREXEC_SERVICE_PATH", DEFAULT_SERVICE_PATH))
-
-
-def rpc_config_path_from_env(environ: Mapping[str, str]) -> tuple[str, ...]:
-    return split_dir_list(environ.get("QUBES_RPC_CONFIG_PATH", DEFAULT_RPC_CONFIG_PATH))
 
 
 def candidates(dirs: Sequence[str], names: Sequence[bytes]) -> Iterator[bytes]:

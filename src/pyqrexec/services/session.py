@@ -35,8 +35,8 @@ def find_session_waiter(service_path: Sequence[str]) -> bytes | None:
     return None
 
 
-def _waiter_env(environ: Mapping[bytes, bytes] | None, caller: bytes) -> dict[bytes, bytes]:
-    env = dict(os.environb if environ is None else environ)
+def _waiter_env(environ: Mapping[bytes, bytes], caller: bytes) -> dict[bytes, bytes]:
+    env = dict(environ)
     env[b"QREXEC_REMOTE_DOMAIN"] = caller
     return env
 
@@ -45,7 +45,7 @@ def start_session_waiter(
     service_path: Sequence[str],
     user: str,
     caller: bytes,
-    environ: Mapping[bytes, bytes] | None = None,
+    environ: Mapping[bytes, bytes],
 ) -> int | None:
     """Start the waiter for `user` (after force-user) with `USER\\n` on its stdin; its pid.
 
@@ -77,7 +77,7 @@ def run_session_waiter(
     service_path: Sequence[str],
     caller: bytes,
     log: Callable[[str], None],
-    environ: Mapping[bytes, bytes] | None = None,
+    environ: Mapping[bytes, bytes],
 ) -> int | None:
     """dom0: run the waiter to completion with stdin closed; its status (only to be logged)."""
     path = find_session_waiter(service_path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ..protocol.cmdline import Command, ServiceCall
 from ..protocol.constants import EXIT_PROBLEM, EXIT_SERVICE_NOT_FOUND, RPC_REQUEST_COMMAND
+from ..system.environment import Environment
 from ..transport.unixsock import stdio_pair
 from .environment import (
     inherited_environment,
@@ -68,6 +69,9 @@ def _ignore(message: str) -> None:
 class SpawnContext:
     executor: Executor
     service_path: Sequence[str]
+    #: the program's environment: what the service inherits (`environb`, filtered,
+    #: docs/reference/services.md#arguments-and-environment) and `PATH` for setpriv and logger
+    env: Environment
     #: rpc-config directories; empty: no configuration is read (fork server)
     rpc_config_path: Sequence[str] = ()
     #: value of QREXEC_AGENT_PID: the per-call handler
@@ -79,9 +83,6 @@ class SpawnContext:
     #: USER_AGENT: the agent's own user name; None: looked up from the effective uid
     own_user: str | None = None
     log: Callable[[str], None] = _ignore
-    #: environment the service inherits (filtered,
-    #: docs/reference/services.md#arguments-and-environment); None: this process's environment
-    environ: Mapping[bytes, bytes] | None = None
     #: ROOT_AGENT: the program that switches to the target user (util-linux)
     setpriv: str = "setpriv"
     #: added to a shell command's environment after the `QREXEC*` filtering (dom0 service
@@ -283,7 +284,7 @@ class _Stdio:
 
 def _open_stdio(ctx: SpawnContext, tag: str | None) -> _Stdio:
     if ctx.just_exec:
-        writer = open_syslog_writer(tag) if tag is not None else None
+        writer = open_syslog_writer(tag, ctx.env) if tag is not None else None
         if writer is None:
             return _Stdio((DEVNULL, DEVNULL, 2))
         return _Stdio((DEVNULL, DEVNULL, writer), to_close=[writer])
@@ -346,7 +347,7 @@ def _own_user(ctx: SpawnContext) -> str:
 
 
 def _base_env(ctx: SpawnContext) -> Mapping[bytes, bytes]:
-    return os.environb if ctx.environ is None else ctx.environ
+    return ctx.env.environb
 
 
 def _user_problem(user: str, ctx: SpawnContext) -> str | None:
@@ -382,7 +383,7 @@ def _switch_user_prefix(entry: pwd.struct_passwd, ctx: SpawnContext) -> list[byt
     """argv prefix that runs the rest as `entry`'s user with its groups (empty: already so)."""
     if entry.pw_uid == os.geteuid() and entry.pw_gid == os.getegid():
         return []
-    setpriv = find_program(ctx.setpriv) or ctx.setpriv
+    setpriv = find_program(ctx.setpriv, ctx.env.path) or ctx.setpriv
     return [
         os.fsencode(setpriv),
         b"--reuid=%d" % entry.pw_uid,

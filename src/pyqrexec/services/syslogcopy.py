@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from ..system.environment import Environment
 from .launch import CLOSED, DEVNULL, find_program, launch
 
 __all__ = ["open_syslog_writer"]
@@ -14,9 +15,9 @@ __all__ = ["open_syslog_writer"]
 _DETACH_LOGGER = b'"$0" -t "$1" <&3 3<&- >/dev/null &'
 
 
-def open_syslog_writer(tag: str) -> int | None:
+def open_syslog_writer(tag: str, env: Environment) -> int | None:
     """A pipe write end whose bytes go to `logger -t TAG`; None when that is not possible."""
-    logger = find_program("logger")
+    logger = find_program("logger", env.path)
     if logger is None:
         return None
     read_end, write_end = os.pipe()
@@ -24,7 +25,7 @@ def open_syslog_writer(tag: str) -> int | None:
         shell_pid = launch(
             b"/bin/sh",
             [b"sh", b"-c", _DETACH_LOGGER, os.fsencode(logger), os.fsencode(tag)],
-            os.environb,
+            env.environb,
             (CLOSED, DEVNULL, 2, read_end),
         )
     except OSError:

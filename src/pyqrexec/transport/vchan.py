@@ -5,8 +5,8 @@ A vchan is addressed by (server domid, client domid, port) and lives at
 `<dir>/vchan.<server>.<client>.<port>.sock`. The server accepts exactly one peer; the client
 retries while the socket is missing or refusing.
 
-(ext) With `VCHAN_PAIR_DIRS` set to a non-empty value, the socket of a pair lives one level
-down, in a directory named after the peer's domid:
+(ext) With pair directories (`pair_dirs`: the program's `VCHAN_PAIR_DIRS` set to a non-empty
+value), the socket of a pair lives one level down, in a directory named after the peer's domid:
 `<dir>/<peer>/vchan.<server>.<client>.<port>.sock`.
 qrexec-host uses this so that a sandboxed domain sees only the sockets of its own pairs (each
 pair directory is shared by exactly the two domains of the pair).
@@ -21,9 +21,6 @@ import time
 from .unixsock import Backoff, listen_unix, try_connect, tune
 
 __all__ = [
-    "DEFAULT_SOCKET_DIR",
-    "socket_dir",
-    "own_domain",
     "vchan_path",
     "pair_path",
     "listen",
@@ -35,7 +32,6 @@ __all__ = [
     "connect_async",
 ]
 
-DEFAULT_SOCKET_DIR = "/var/run/vchan"
 _RETRY_PAUSE = 0.01
 _RETRY_PAUSE_MAX = 0.1
 
@@ -44,48 +40,28 @@ class VchanTimeout(TimeoutError):
     """The peer did not show up in time."""
 
 
-def socket_dir(environ: dict[str, str] | None = None) -> str:
-    env = os.environ if environ is None else environ
-    return env.get("VCHAN_SOCKET_DIR") or DEFAULT_SOCKET_DIR
-
-
-def own_domain(environ: dict[str, str] | None = None) -> int:
-    """`VCHAN_DOMAIN` with C `atoi` semantics: leading digits, else 0."""
-    env = os.environ if environ is None else environ
-    text = env.get("VCHAN_DOMAIN", "").lstrip(" \t\n\r\f\v")
-    sign = 1
-    if text[:1] in ("+", "-"):
-        sign = -1 if text[0] == "-" else 1
-        text = text[1:]
-    digits = ""
-    for ch in text:
-        if not ch.isdigit():
-            break
-        digits += ch
-    return sign * int(digits) if digits else 0
-
-
 def vchan_path(directory: str, server: int, client: int, port: int) -> str:
     return os.path.join(directory, f"vchan.{server}.{client}.{port}.sock")
 
 
-def pair_path(directory: str, server: int, client: int, port: int, own: int) -> str:
+def pair_path(directory: str, server: int, client: int, port: int, own: int,
+              pair_dirs: bool) -> str:
     """Where the vchan lives as seen by domain `own` (see `VCHAN_PAIR_DIRS` above)."""
-    if not os.environ.get("VCHAN_PAIR_DIRS"):
+    if not pair_dirs:
         return vchan_path(directory, server, client, port)
     peer = client if server == own else server
     return vchan_path(os.path.join(directory, str(peer)), server, client, port)
 
 
-def listen(directory: str, own: int, peer: int, port: int) -> tuple[socket.socket, str]:
+def listen(directory: str, own: int, peer: int, port: int, *,
+           pair_dirs: bool) -> tuple[socket.socket, str]:
     """Server init: unlink a stale file, bind, listen (backlog 1)."""
-    path = pair_path(directory, own, peer, port, own)
+    path = pair_path(directory, own, peer, port, own, pair_dirs)
     # The peer may run as another user (a non-root agent); which domain may reach
     # which socket is the host's business (directory layout, sandboxes).
     # in a pair directory, stage the socket in the view above it: that one is the host's
     # (or the domain's own), the pair directory is writable by the peer too
-    staging = os.path.dirname(os.path.dirname(path)) if os.environ.get("VCHAN_PAIR_DIRS") \
-        else None
+    staging = os.path.dirname(os.path.dirname(path)) if pair_dirs else None
     return listen_unix(path, mode=0o666, backlog=1, staging_dir=staging), path
 
 
@@ -149,10 +125,11 @@ def _attempt(path: str, backoff: Backoff) -> socket.socket | float:
 
 
 def connect(
-    directory: str, server: int, own: int, port: int, timeout: float | None = None
+    directory: str, server: int, own: int, port: int, timeout: float | None = None,
+    *, pair_dirs: bool,
 ) -> socket.socket:
     """Client init: connect, retrying on ENOENT/ECONNREFUSED until `timeout` (None = forever)."""
-    path = pair_path(directory, server, own, port, own)
+    path = pair_path(directory, server, own, port, own, pair_dirs)
     backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
     while not isinstance(sock := _attempt(path, backoff), socket.socket):
         time.sleep(sock)
@@ -162,12 +139,13 @@ def connect(
 
 
 async def connect_async(
-    directory: str, server: int, own: int, port: int, timeout: float | None = None
+    directory: str, server: int, own: int, port: int, timeout: float | None = None,
+    *, pair_dirs: bool,
 ) -> socket.socket:
     """`connect` for asyncio programs: the retry pauses do not block the loop."""
     import asyncio
 
-    path = pair_path(directory, server, own, port, own)
+    path = pair_path(directory, server, own, port, own, pair_dirs)
     backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
     while not isinstance(sock := _attempt(path, backoff), socket.socket):
         await asyncio.sleep(sock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import struct
 from pathlib import Path
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from pyqrexec.agent.fork_client import (
-    DEFAULT_TEMPLATE,
     Handover,
     connect_handover,
     fork_server_allowed,
@@ -24,6 +24,7 @@ from pyqrexec.agent.fork_client import (
 from pyqrexec.protocol.cmdline import parse_command
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.services.rpcconfig import DEFAULT_CONFIG, ServiceConfig
+from pyqrexec.system.defaults import FORK_SERVER_SOCKET_TEMPLATE
 from pyqrexec.transport.aio import BackgroundTasks
 
 T = "/run/fs.%s.sock"
@@ -97,7 +98,8 @@ def test_unparsable_commands_stay_in_the_agent(cmdline: bytes) -> None:
 
 
 def test_path_template() -> None:
-    assert fork_server_path(DEFAULT_TEMPLATE, "user") == "/var/run/qubes/qrexec-server.user.sock"
+    assert (fork_server_path(FORK_SERVER_SOCKET_TEMPLATE, "user")
+            == "/var/run/qubes/qrexec-server.user.sock")
     assert fork_server_path("/a/%s/%s", "u") == "/a/u/%s"
     assert fork_server_path("/a/shared.sock", "u") == "/a/shared.sock"
 
@@ -111,31 +113,34 @@ def _handover(path: Path) -> Handover:
     return h
 
 
-def test_no_server_falls_back_silently(tmp_path: Path) -> None:
-    logged: list[str] = []
-    assert connect_handover(_handover(tmp_path / "none.sock"), logged.append) is None
+def test_no_server_falls_back_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pyqrexec.agent.fork_client")
+    assert connect_handover(_handover(tmp_path / "none.sock")) is None
     # a socket file nobody listens on: ECONNREFUSED
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(tmp_path / "dead.sock"))
     dead.close()
-    assert connect_handover(_handover(tmp_path / "dead.sock"), logged.append) is None
-    assert asyncio.run(_hand_over(_handover(tmp_path / "dead.sock"), logged)) is None
-    assert logged == []
+    assert connect_handover(_handover(tmp_path / "dead.sock")) is None
+    assert asyncio.run(_hand_over(_handover(tmp_path / "dead.sock"))) is None
+    assert caplog.messages == []
 
 
-def test_other_errors_are_logged_and_fall_back(tmp_path: Path) -> None:
+def test_other_errors_are_logged_and_fall_back(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pyqrexec.agent.fork_client")
     (tmp_path / "file").write_text("")
-    logged: list[str] = []
-    assert connect_handover(_handover(tmp_path / "file" / "x"), logged.append) is None
-    assert len(logged) == 1 and f"[Errno {errno.ENOTDIR}]" in logged[0]
+    assert connect_handover(_handover(tmp_path / "file" / "x")) is None
+    assert len(caplog.messages) == 1 and f"[Errno {errno.ENOTDIR}]" in caplog.messages[0]
 
 
-async def _hand_over(h: Handover, logged: list[str]) -> socket.socket | None:
-    return await hand_over(asyncio.get_running_loop(), h, logged.append)
+async def _hand_over(h: Handover) -> socket.socket | None:
+    return await hand_over(asyncio.get_running_loop(), h)
 
 
 @pytest.mark.parametrize("form", ["sync", "async"])
-def test_request_sent_and_eof_reported(tmp_path: Path, form: str) -> None:
+def test_request_sent_and_eof_reported(tmp_path: Path, form: str,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pyqrexec.agent.fork_client")
     path = tmp_path / "fs.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
@@ -145,10 +150,10 @@ def test_request_sent_and_eof_reported(tmp_path: Path, form: str) -> None:
     async def scenario() -> bytes:
         loop = asyncio.get_running_loop()
         if form == "sync":
-            sock = connect_handover(h, pytest.fail)
+            sock = connect_handover(h)
         else:
-            sock = await hand_over(loop, h, pytest.fail)
-        assert sock is not None
+            sock = await hand_over(loop, h)
+        assert sock is not None and caplog.messages == []
         conn, _ = server.accept()
         received = b""
         while len(received) < len(h.request):

@@ -9,16 +9,12 @@ import pytest
 
 from pyqrexec.protocol.cmdline import ServiceCall
 from pyqrexec.services.lookup import (
-    DEFAULT_SERVICE_PATH,
     Entry,
     LookupFailure,
     ServiceKind,
     candidates,
     find_service,
     load_service_config,
-    rpc_config_path_from_env,
-    service_path_from_env,
-    split_dir_list,
 )
 from pyqrexec.services.rpcconfig import DEFAULT_CONFIG, ParsedConfig
 
@@ -29,14 +25,6 @@ def executable(path: Path) -> Path:
     path.write_text("#!/bin/sh\n")
     path.chmod(0o755)
     return path
-
-
-def test_dir_lists() -> None:
-    assert split_dir_list("a::b:") == ("a", "b")
-    assert service_path_from_env({}) == tuple(DEFAULT_SERVICE_PATH.split(":"))
-    assert service_path_from_env({"QREXEC_SERVICE_PATH": ""}) == ()
-    assert rpc_config_path_from_env({"QUBES_RPC_CONFIG_PATH": "/x"}) == ("/x",)
-    assert rpc_config_path_from_env({})[0] == "/run/qubes/rpc-config"
 
 
 def test_candidate_order() -> None:
