@@ -1,5 +1,5 @@
 """qrexec-daemon asks the real qrexec-policy-daemon, and falls back to the real
-qrexec-policy-exec when the policy socket is absent (issue: policy engine acceptance)."""
+qrexec-policy-exec when the policy socket is absent."""
 
 from __future__ import annotations
 

@@ -109,7 +109,8 @@ def test_wait_for_session_runs_first(world: World) -> None:
 
 
 def test_single_socket_mode_service_side(world: World) -> None:
-    # after SIGUSR1 the handler reads the service's stdin socket as its output (§12.2)
+    # after SIGUSR1 the handler reads the service's stdin socket as its output
+    # (docs/reference/protocol.md#single-socket-mode)
     world.service("anotherVM", "test.Single",
                   "#!/bin/sh\nkill -USR1 $QREXEC_AGENT_PID\nsleep 0.3\n"
                   "exec >&-\nread line <&0\necho \"got $line\" >&0\n")
