@@ -11,6 +11,7 @@ that requests it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,14 @@ from .fixtures.policy import (
     policy_daemon,
     without_display,
 )
-from .fixtures.processes import Domain, QrexecHost, temporary_host
+from .fixtures.processes import SRC, Domain, QrexecHost, temporary_host
 from .fixtures.world import World
+
+# Every program a test starts runs this checkout's sources, also where a test passes no
+# environment of its own (`qrexec-host demo`): not whichever pyqrexec pip installed, which
+# may be another checkout, or none (a checkout needs no install, see tests/README.md).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p)
 
 
 def pytest_configure(config: pytest.Config) -> None:

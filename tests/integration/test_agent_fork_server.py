@@ -1,4 +1,5 @@
-"""The agent hands calls to the user's qrexec-fork-server when there is one (§15.2)."""
+"""The agent hands calls to the user's qrexec-fork-server when there is one
+(docs/reference/protocol.md#fork-server-socket)."""
 
 from __future__ import annotations
 

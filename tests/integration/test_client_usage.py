@@ -1,4 +1,5 @@
-"""S75: usage errors of qrexec-client-vm and qrexec-client (cli.md), with `work`'s agent and
+"""Usage errors of qrexec-client-vm and qrexec-client (docs/reference/cli.md#qrexec-client-vm,
+docs/reference/cli.md#qrexec-client), with `work`'s agent and
 daemon running, so that each status is the usage error's and not a failed call's."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Many calls at once from one domain (issue 12, goal 6): 200 real `qrexec-client-vm`
+"""Many calls at once from one domain: 200 real `qrexec-client-vm`
 processes all succeed; 1,000 callers each succeed or are refused (126) promptly, none hangs,
 and another domain's calls go on meanwhile."""
 

@@ -1,5 +1,7 @@
 """Raw dom0 clients on the daemon's Unix socket, port allocation, agent restart, SIGTERM and
-the launcher (protocol.md §7-§9, §17 "dom0 client" rows; cli.md qrexec-daemon; S59, S65, S66).
+the launcher (docs/reference/protocol.md#control-channel-lifecycle,
+docs/reference/protocol.md#data-ports, docs/reference/protocol.md#client-socket, the "dom0
+client" rows of docs/reference/protocol.md#refusals; docs/reference/cli.md#qrexec-daemon).
 
 The daemon (domid 42, name `vm`, default user `root`) talks to a fake agent, so the test sees
 exactly what is forwarded.
@@ -83,7 +85,7 @@ def assert_nothing_forwarded(host: QrexecHost, agent: HostileAgent) -> None:
 
 
 def test_socket_names(host: QrexecHost) -> None:
-    """Stale names are replaced; the socket is world-accessible; links are relative (§9)."""
+    """Stale names are replaced; the socket is world-accessible; links are relative."""
     dom = host.domain("vm", X)
     stale = [host.socket_dir / f"qrexec.{X}", host.socket_dir / "qrexec.vm",
              host.socket_dir / f"qrexec.uuid:{dom.uuid}"]
@@ -104,7 +106,7 @@ def test_socket_names(host: QrexecHost) -> None:
         client.close()
 
 
-# -- HELLO and request validation (§9 step 1-3) -----------------------------------------------
+# -- HELLO and request validation (client socket, steps 1-2) ----------------------------------
 @pytest.mark.parametrize(
     "message",
     [
@@ -133,7 +135,7 @@ def test_bad_client_hello(host: QrexecHost, vm: tuple[Domain, HostileAgent],
 
 
 def test_newer_client_hello_is_accepted(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
-    """No upper bound on the client's version (§6)."""
+    """No upper bound on the client's version (docs/reference/protocol.md#hello)."""
     _, agent = vm
     client = RawClient(host, "vm")
     client.hello(9)
@@ -190,7 +192,7 @@ def test_bad_client_request_keeps_ports(host: QrexecHost, vm: tuple[Domain, Host
     assert port == 513
 
 
-# -- forwarding (§9 steps 4-6) ----------------------------------------------------------------
+# -- forwarding (client socket, steps 3-5) ----------------------------------------------------
 def test_spec_byte_example(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     _, agent = vm
     client = RawClient(host, "vm")
@@ -231,7 +233,8 @@ def test_request_forwarded(host: QrexecHost, vm: tuple[Domain, HostileAgent], ms
 
 def test_given_port_is_forwarded_without_reply(host: QrexecHost,
                                                vm: tuple[Domain, HostileAgent]) -> None:
-    """EXEC with P != 0 is tolerated and logged (§9 step 3-4): no reply, no allocation."""
+    """EXEC with P != 0 is tolerated and logged (client socket, steps 2-3): no reply, no
+    allocation."""
     dom, agent = vm
     client = RawClient(host, "vm")
     client.hello()
@@ -272,7 +275,7 @@ def test_client_eof_keeps_port(host: QrexecHost, vm: tuple[Domain, HostileAgent]
     assert allocate(host, agent, 0)[1] == port + 1
 
 
-# -- port allocation and release (§8) ----------------------------------------------------------
+# -- port allocation and release --------------------------------------------------------------
 def test_parity_rule_and_release(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     _, agent = vm
     got = {}
@@ -419,7 +422,7 @@ def test_port_share_invalid(host: QrexecHost, args: list[str], env: dict[str, st
     assert b"usage: qrexec-daemon" in r.stderr
 
 
-# -- client table (§17: more than 256 clients) -------------------------------------------------
+# -- client table: more than 256 clients ------------------------------------------------------
 def test_257th_client_is_closed(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     dom, agent = vm
     clients = []
@@ -451,7 +454,7 @@ def test_257th_client_is_closed(host: QrexecHost, vm: tuple[Domain, HostileAgent
         c.close()
 
 
-# -- agent restart (§7, S65) -------------------------------------------------------------------
+# -- agent restart -----------------------------------------------------------------------------
 @pytest.mark.parametrize("new_version", [4, 2])
 def test_agent_restart(host: QrexecHost, vm: tuple[Domain, HostileAgent], new_version: int) -> None:
     dom, agent = vm
@@ -500,7 +503,7 @@ def test_agent_restart_bad_hello_is_fatal(host: QrexecHost,
 
 def test_agent_restart_connect_error_is_fatal(host: QrexecHost,
                                               vm: tuple[Domain, HostileAgent]) -> None:
-    """Reconnect failure -> exit 1 (§7); only the first connection's failure is status 3."""
+    """Reconnect failure -> exit 1; only the first connection's failure is status 3."""
     dom, agent = vm
     agent.close()
     wait_for(lambda: not socket_paths(dom)[0].exists(), TIMEOUT, "sockets removed")
@@ -538,7 +541,7 @@ def test_agent_restarts_twice(host: QrexecHost, vm: tuple[Domain, HostileAgent])
     assert dom.daemon_log.read_text().count("qrexec-agent has reconnected") == 2
 
 
-# -- SIGTERM (§7) ------------------------------------------------------------------------------
+# -- SIGTERM -----------------------------------------------------------------------------------
 def test_sigterm(host: QrexecHost, vm: tuple[Domain, HostileAgent]) -> None:
     dom, agent = vm
     waiting, _ = allocate(host, agent, 0)
@@ -588,7 +591,7 @@ def test_sigterm_during_hello(host: QrexecHost) -> None:
     assert read_until_eof(agent.sock) == b""
 
 
-# -- launcher (cli.md qrexec-daemon behaviour 2, §18) ------------------------------------------
+# -- launcher (docs/reference/cli.md#qrexec-daemon, docs/reference/protocol.md#timeouts) -----
 def launcher(host: QrexecHost, *args: str, env: dict[str, str] | None = None,
              ) -> subprocess.Popen[bytes]:
     argv = [*program("qrexec-daemon"), f"--socket-dir={host.socket_dir}", *args]

@@ -1,4 +1,5 @@
-"""dom0 runs commands in a VM: qrexec-client -> qrexec-daemon -> qrexec-agent (flow 11.A/B)."""
+"""dom0 runs commands in a VM: qrexec-client -> qrexec-daemon -> qrexec-agent
+(docs/reference/protocol.md#dom0-to-vm, docs/reference/protocol.md#just-exec)."""
 
 from __future__ import annotations
 

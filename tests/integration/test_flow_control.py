@@ -1,5 +1,6 @@
-"""Flow control on the control channel (protocol.md §7): a peer that does not read makes the
-other side stop reading what would produce more messages, instead of queueing without bound.
+"""Flow control on the control channel (docs/reference/protocol.md#flow-control): a peer that
+does not read makes the other side stop reading what would produce more messages, instead of
+queueing without bound.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""qrexec-fork-server as a real process, driven as the agent drives it (protocol.md §15.2).
+"""qrexec-fork-server as a real process, driven as the agent drives it
+(docs/reference/protocol.md#fork-server-socket).
 
 The test plays both other parties: the agent (connects to the fork server's socket and sends
 `qrexec_cmd_info`) and the caller (listens on the data vchan the handler connects to).

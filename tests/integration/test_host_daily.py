@@ -1,4 +1,4 @@
-"""qrexec-host as a daily tool: each rough edge a new user hit (issue 13's numbered list),
+"""qrexec-host as a daily tool: each rough edge a new user hit,
 played through the real programs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""docs/qrexec-host.md's worked example, run as written (issue 13): every command in it
+"""docs/qrexec-host.md's worked example, run as written: every command in it
 works, and does what its comment says."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""qrexec-host on a real host (issue 13): `reload`, `logs`, the journal, sd_notify for a
+"""qrexec-host on a real host: `reload`, `logs`, the journal, sd_notify for a
 Type=notify unit, and what `install-system` installs, through the real programs."""
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """dom0's policy tools on a qrexec-host, end to end.
 
-S70: a backend qube registers an argument through qrexec-host's dom0, and the policy daemon then
+A backend qube registers an argument through qrexec-host's dom0, and the policy daemon then
 allows the frontend's call with it. The requested-target variables a dom0 service gets when the
-policy redirected the call to dom0 (services.md §4.1, protocol.md §11.D). The Admin API from a
-qube, and the administrator's tools run in dom0 with `qrexec-host run dom0` (S69).
+policy redirected the call to dom0 (docs/reference/services.md#arguments-and-environment,
+docs/reference/protocol.md#vm-to-dom0). The Admin API from a qube, and the administrator's
+tools run in dom0 with `qrexec-host run dom0`.
 
 Plain mode only: dom0's side, which this is about, is the same in a sandbox."""
 

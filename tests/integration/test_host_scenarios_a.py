@@ -1,13 +1,14 @@
-"""scenarios.md section A (S1-S12) end to end through `qrexec-host`, in bubblewrap sandboxes
-and as plain processes.
+"""Everyday calls between domains (the tests `test_s1_…` to `test_s12_…`) end to end through
+`qrexec-host`, in bubblewrap sandboxes and as plain processes.
 
-The fixture is the scenarios' (policy.md §12 uuids, guivm, tags, template_for_dispvms), with
+The fixture is tests/data/policy-system-info.json (uuids, guivm, tags, template_for_dispvms), with
 agents in non-root mode (as the test user, or `nobody` when the tests run as root) and the
 policy agent's asks answered by a program that records its input and replies with the
 content of the world's `answer` file. qrexec-host assigns domids at start (work, personal,
 sys-usb are started in that order, so work < personal < sys-usb; a domain started later gets
-a higher one): where a scenario names domids (S4, S11, S12) the test computes what the rules
-(§8 parity, §5 socket names) give for the actual ones. qubesd requests are observed through
+a higher one): where a test needs domids (S4, S11, S12) it computes what the rules (the port
+parity of docs/reference/protocol.md#data-ports, the socket names of
+docs/reference/protocol.md#transport) give for the actual ones. qubesd requests are observed through
 qrexec-host's log line per request (`qubesd: admin.vm.Start uuid:… -> ok`).
 """
 
@@ -289,7 +290,8 @@ def calls_ended(host_world: HostWorld, name: str) -> bool:
 
 
 def expected_port(own: int, peer: int, used: set[int]) -> int:
-    """protocol.md §8: the port a daemon of domid `own` allocates for `peer`."""
+    """The port a daemon of domid `own` allocates for `peer`
+    (docs/reference/protocol.md#data-ports)."""
     first, step = (0, 1) if peer == 0 else (1, 2) if peer > own else (0, 2)
     return next(513 + i for i in range(first, 256, step) if 513 + i not in used)
 
@@ -486,8 +488,8 @@ def test_s10_disposable(host_world: HostWorld, policy: Callable[..., None], targ
 
 
 def test_s11_port_parity(host_world: HostWorld) -> None:
-    """§8 against work's daemon with the actual domids: peers above work get even slots, a
-    released port is handed out again, dom0 gets 513."""
+    """The port parity rule against work's daemon with the actual domids: peers above work get
+    even slots, a released port is handed out again, dom0 gets 513."""
     for name in ("work", "personal", "sys-usb"):
         ensure(host_world, name, running=True)
     own, low, high = (host_world.domid(n) for n in ("work", "personal", "sys-usb"))

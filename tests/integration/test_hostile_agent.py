@@ -1,5 +1,6 @@
-"""A hostile agent speaks raw bytes to the real qrexec-daemon (protocol.md §6, §7, §10, §17;
-scenarios.md E and F).
+"""A hostile agent speaks raw bytes to the real qrexec-daemon (docs/reference/protocol.md#hello,
+docs/reference/protocol.md#control-channel-lifecycle, docs/reference/protocol.md#trigger-validation,
+docs/reference/protocol.md#refusals).
 
 The test is the agent: it listens on `vchan.42.0.512.sock`, accepts the daemon, and sends
 HELLO and then whatever it likes.
@@ -150,7 +151,7 @@ def test_bad_agent_hello_is_fatal(host: QrexecHost, message: bytes, reason: str)
     assert not any(p.exists() or p.is_symlink() for p in socket_paths(dom))
 
 
-# -- messages that end the daemon (§10 table, §17 first row) -----------------------------------
+# -- messages that end the daemon (trigger validation's table, the first row of refusals) -----
 T2, T3, T4, TERM = (MsgType.TRIGGER_SERVICE, MsgType.TRIGGER_SERVICE3, MsgType.TRIGGER_SERVICE4,
                     MsgType.CONNECTION_TERMINATED)
 _FATAL: list[tuple[str, list[int], bytes, str]] = [
@@ -227,7 +228,7 @@ _SHORT: list[tuple[str, int, bytes]] = [
 
 @pytest.mark.parametrize(("version", "message"), [pytest.param(v, m, id=n) for n, v, m in _SHORT])
 def test_short_read_is_fatal(host: QrexecHost, version: int, message: bytes) -> None:
-    """EOF in the middle of a message: exit 1, no reconnect (§17 "short read")."""
+    """EOF in the middle of a message: exit 1, no reconnect (refusals: "short read")."""
     dom, agent = start_attacked_daemon(host, version)
     agent.send(message)
     agent.close()
@@ -246,7 +247,7 @@ def test_longest_service_field_is_processed(host: QrexecHost, version: int) -> N
     assert_alive_and_refusing((dom, agent), version)
 
 
-# -- messages answered with MSG_SERVICE_REFUSED (§10 steps 4-7) ---------------------------
+# -- messages answered with MSG_SERVICE_REFUSED (trigger validation, steps 4-7) -------------
 _BAD_IDENTS = {
     "bad-char": b"SOCKET1!".ljust(32, b"\0"),
     "non-ascii": b"SOCKET\x80".ljust(32, b"\0"),
@@ -294,7 +295,8 @@ def test_refused_with_raw_ident(host: QrexecHost, version: int, name: bytes, ide
 def test_valid_trigger_without_policy_is_refused(host: QrexecHost, version: int,
                                                  ident: bytes) -> None:
     """Nothing can allow the call here: whatever asks the policy, a REFUSED comes back,
-    and the daemon survives. An empty ident is valid (§14)."""
+    and the daemon survives. An empty ident is valid
+    (docs/reference/protocol.md#request-idents)."""
     dom, agent = start_attacked_daemon(host, version)
     agent.send(trigger(version, b"qubes.Svc+arg\0", ident))
     t, payload = agent.recv_message()

@@ -1,7 +1,8 @@
-"""A hostile peer on a data channel (protocol.md §12.1, §12.3, §17): the real service side
-(agent handler) facing a raw caller, and the real qrexec-client and qrexec-client-vm facing a
-raw service side. Whatever arrives, that one call ends with the status the spec names, and
-the programs go on serving other calls.
+"""A hostile peer on a data channel: the real service side (agent handler) facing a raw
+caller, and the real qrexec-client and qrexec-client-vm facing a raw service side. Whatever
+arrives, that one call ends with the status docs/reference/protocol.md#caller-exit-status and
+docs/reference/protocol.md#refusals name (docs/reference/protocol.md#data-messages has the
+rules), and the programs go on serving other calls.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""qubes-rpc-multiplexer run as a program (services.md §10)."""
+"""qubes-rpc-multiplexer run as a program (docs/reference/services.md#qubes-rpc-multiplexer)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The policy Admin API, qubes-policy and qubes-policy-editor as processes (cli.md, S67–S69).
+"""The policy Admin API, qubes-policy and qubes-policy-editor as processes
+(docs/reference/cli.md#qubes-policy-admin, docs/reference/cli.md#qubes-policy,
+docs/reference/cli.md#qubes-policy-editor).
 
 The admin service runs directly with the environment qrexec gives a service, and through real
 dom0 -> dom0 calls: the clients find a `qrexec-client` on PATH that runs ours, whose service
@@ -43,7 +45,8 @@ class AdminSetup:
         return self.policy / "30-user.policy"
 
     def service_env(self, full_name: str) -> dict[str, str]:
-        """What a service started by qrexec sees (cli.md "qubes-policy-admin")."""
+        """What a service started by qrexec sees
+        (docs/reference/cli.md#qubes-policy-admin)."""
         return {
             "PATH": os.environ["PATH"],
             "PYTHONPATH": SRC,

@@ -1,4 +1,5 @@
-"""qrexec-policy-agent as a process answering a real qrexec-policy-daemon (policy.md §10)."""
+"""qrexec-policy-agent as a process answering a real qrexec-policy-daemon
+(docs/reference/policy.md#ask-and-notify)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The GTK dialog of qrexec-policy-agent on an Xvfb display (policy.md §10.1).
+"""The GTK dialog of qrexec-policy-agent on an Xvfb display (docs/reference/policy.md#ask).
 
 Needs Xvfb, xdotool and PyGObject with GTK 3 (.ci/run installs them); skipped with the reason
 when one is missing. GTK runs only in child processes, never in the pytest process.

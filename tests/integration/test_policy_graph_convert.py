@@ -1,4 +1,5 @@
-"""qrexec-policy-graph and qrexec-legacy-convert as processes (cli.md, scenarios S71, S74)."""
+"""qrexec-policy-graph and qrexec-legacy-convert as processes
+(docs/reference/cli.md#qrexec-policy-graph, docs/reference/cli.md#qrexec-legacy-convert)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""policy.RegisterArgument run as a process with the environment a dom0 service gets (cli.md,
-scenario S70 without the domains: see test_host_register.py for the whole call)."""
+"""policy.RegisterArgument run as a process with the environment a dom0 service gets
+(docs/reference/cli.md#policyregisterargument), without the domains: test_host_policy_tools.py makes
+the whole call."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ class Dom0:
 
     def env(self, **call: str) -> dict[str, str]:
         """A dom0 service's environment for sys-usb calling
-        `policy.RegisterArgument+u2f.Authenticate` with target `work` (services.md §4.1)."""
+        `policy.RegisterArgument+u2f.Authenticate` with target `work`
+        (docs/reference/services.md#arguments-and-environment)."""
         e = {k: v for k, v in os.environ.items() if not k.startswith("QREXEC")}
         e.update(
             PYTHONPATH=SRC,

@@ -1,4 +1,5 @@
-"""qrexec-policy-exec and qubes-policy-lint as processes (cli.md, scenarios S72, S73)."""
+"""qrexec-policy-exec and qubes-policy-lint as processes
+(docs/reference/cli.md#qrexec-policy-exec, docs/reference/cli.md#qubes-policy-lint)."""
 
 from __future__ import annotations
 

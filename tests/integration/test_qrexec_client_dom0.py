@@ -1,6 +1,7 @@
 """dom0 as the service side: dom0 -> dom0 calls, the VM -> dom0 service call, and
-qrexec-client's legacy connect mode (`-c`) to dom0 and to a VM (protocol.md §11.D, §11.F;
-cli.md qrexec-client)."""
+qrexec-client's legacy connect mode (`-c`) to dom0 and to a VM
+(docs/reference/protocol.md#vm-to-dom0, docs/reference/protocol.md#legacy-connect-mode,
+docs/reference/cli.md#qrexec-client)."""
 
 from __future__ import annotations
 
@@ -330,7 +331,8 @@ def test_service_call_connect_timeout(host: QrexecHost, rpc: Path) -> None:
     assert call.join() == Dom0CallResult(125, False)
     assert time.monotonic() - start < 10
     assert any("data vchan connection failed" in line for line in call.logged)
-    # the service is started before the connect (§11.D step 7); it is abandoned
+    # the service is started before the connect (docs/reference/protocol.md#vm-to-dom0, step 4);
+    # it is abandoned
     wait_for(marker.exists, 10, "service start")
 
 
@@ -526,7 +528,7 @@ def test_kill_after_vm_call(host: QrexecHost, tgt: Domain) -> None:
         qubesd.close()
 
 
-# --- -c argument validation (cli.md usage errors) ---------------------------------------------
+# --- -c argument validation (docs/reference/cli.md#qrexec-client) -------------------------
 
 
 @pytest.mark.parametrize("args,message", [

@@ -211,8 +211,15 @@ def test_compromised_relay_claims(hosts: tuple[RemoteHost, RemoteHost], caller: 
     out = b.in_domain(caller, [*program("qrexec-client-vm"), "--agent-socket={AGENT}",
                                f"--source-qube={claimed}", "vault", "test.Echo"], input=b"")
     assert out.returncode == 126, out.stderr
-    log = (b.state / "log/policy-daemon.log").read_text(errors="replace")
-    assert f"test.Echo: {caller} -> vault: denied: {reason}" in log, log
+    line = f"test.Echo: {caller} -> vault: denied: {reason}"
+
+    def log() -> str:
+        return (b.state / "log/policy-daemon.log").read_text(errors="replace")
+
+    # the refusal may reach the caller before the policy daemon's log line is written
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: line in log(), 10, "the refusal's log line")
+    assert line in log(), log()
     assert call(a, "test.Echo", b"still").stdout.endswith(b"still")
 
 

@@ -1,4 +1,4 @@
-"""scenarios.md A: end-to-end calls with real daemons and agents (S4-S6, S9, S12).
+"""End-to-end calls with real daemons and agents (S4-S6, S9, S12).
 
 S1-S3 need the ask dialog, S7/S8/S10 the host manager; S11 (port parity) is
 test_daemon_socket.py::test_parity_rule_and_release.

@@ -1,4 +1,4 @@
-"""scenarios.md B: exit codes, EOF and streams (S13-S23), VM -> VM through real daemons and
+"""Exit codes, EOF and streams (S13-S23), VM -> VM through real daemons and
 agents; the caller's domain `work` is wiretapped where a scenario is about messages."""
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def recv_until_reset(sock: socket.socket) -> bytes:
 @pytest.mark.parametrize("content", ["#!/bin/sh\necho run\n", "\x7fELF junk junk\n"],
                          ids=["no-exec-bit", "junk"])
 def test_s16_not_executable(host: QrexecHost, content: str) -> None:
-    # scenario host model: a non-root agent execve()s the service directly (services.md §4.2)
+    # a non-root agent execve()s the service directly
+    # (docs/reference/services.md#starting-the-program)
     w = World(host)
     w.domain("work", 5)
     w.domain("personal", 6, user="nobody", agent_wrapper=NOBODY)
@@ -140,8 +141,8 @@ def test_s17_data_channel_lost(world: tuple[World, Tap]) -> None:
 
 
 def test_s17_handler_killed_by_its_own_service(world: tuple[World, Tap]) -> None:
-    """The handler sends its HELLO before it starts anything (protocol.md §11.A step 6), so
-    a handler gone the moment its service starts still leaves a channel closed early."""
+    """The handler sends its HELLO before it starts anything (docs/reference/protocol.md#dom0-to-vm,
+    step 6), so a handler gone the moment its service starts still leaves a channel closed early."""
     w, _ = world
     w.service("personal", "test.KillParent", "#!/bin/sh\nkill -KILL $PPID\nexec sleep 5\n")
     r = subprocess.run(w.call_argv("work", "personal", "test.KillParent"),

@@ -1,4 +1,4 @@
-"""scenarios.md C: services and configuration (S24-S30), VM -> VM and dom0 -> VM through
+"""Services and configuration (S24-S30), VM -> VM and dom0 -> VM through
 real daemons and agents. `/etc/qubes-rpc` and `/etc/qubes/rpc-config` are per-domain
 directories (QREXEC_SERVICE_PATH, QUBES_RPC_CONFIG_PATH)."""
 

@@ -1,4 +1,4 @@
-"""scenarios.md D (policy, S31-S47) end to end: qrexec-client-vm in a domain, real daemons and
+"""Policy (S31-S47) end to end: qrexec-client-vm in a domain, real daemons and
 agents, and dom0's real qrexec-policy-daemon and qrexec-policy-agent (fixtures/world.py,
 `policy_daemon=True`).
 
@@ -46,7 +46,7 @@ def w(world_d: World) -> World:
 
 
 def refused(done: subprocess.CompletedProcess[bytes]) -> None:
-    """scenarios.md: `Request refused` on stderr, status 126."""
+    """A refused call: `Request refused` on stderr, status 126."""
     assert (done.returncode, done.stderr) == (126, b"Request refused\n"), done
 
 

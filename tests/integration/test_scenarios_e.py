@@ -1,4 +1,4 @@
-"""scenarios.md E: hostile input from a domain (S48, S49, S50, S52, S53, S57, S58, S59's answered
+"""Hostile input from a domain (S48, S49, S50, S52, S53, S57, S58, S59's answered
 ident, S60, S61) and "refusals and failures never leak".
 
 S50-S56 (S50, S52 and S53 as seen by the policy are here) and the rest of S59 are
@@ -165,7 +165,8 @@ def test_s62_s64_trigger_of_each_version(host: QrexecHost, recorder: PolicyRecor
     dom.start_daemon(wait=False, env={"QREXEC_POLICY_SOCKET": recorder.path})
     assert agent.handshake(announced) == reply
     dom.wait_daemon_ready()
-    # `$` becomes `@` for protocol-2 agents only (protocol.md §10 step 2)
+    # `$` becomes `@` for protocol-2 agents only
+    # (docs/reference/protocol.md#trigger-validation, step 2)
     if reply == 2:
         agent.send(raw2(service=b"test.Svc+x", target=b"$dispvm", ident=IDENT))
     elif reply == 3:

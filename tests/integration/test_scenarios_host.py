@@ -1,4 +1,4 @@
-"""scenarios.md A with a small host manager: autostart (S7), autostart=no (S8) and
+"""Calls with a small host manager: autostart (S7), autostart=no (S8) and
 disposables (S10). A fake qubesd on `QUBESD_SOCKET` starts a real daemon and agent when the
 daemon asks for `admin.vm.Start`, makes up a disposable for `admin.vm.CreateDisposable` and
 stops it again on `admin.vm.Kill`."""

@@ -1,4 +1,6 @@
-"""Starting real services from temporary directories (services.md §3, §4, §6)."""
+"""Starting real services from temporary directories
+(docs/reference/services.md#socket-services, docs/reference/services.md#executable-services,
+docs/reference/services.md#waiting-for-the-session)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """How calls end where a caller can tell pyqrexec from upstream Qubes (docs/differences.md
 lists the places where it deliberately differs): socket services' two directions and their
-rpc-config (services.md §3.1), qrexec-client-vm with a LOCAL_PROGRAM (protocol.md §12.2,
-§12.3). Raw peers on the data channel face the real agent, daemon and qrexec-client-vm.
+rpc-config (docs/reference/services.md#socket-services), qrexec-client-vm with a LOCAL_PROGRAM
+(docs/reference/protocol.md#end-of-a-call, docs/reference/protocol.md#caller-exit-status).
+Raw peers on the data channel face the real agent, daemon and qrexec-client-vm.
 """
 
 from __future__ import annotations

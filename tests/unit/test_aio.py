@@ -1,4 +1,5 @@
-"""ChannelWriter: whole messages in order, and the backlog that §7 flow control waits on."""
+"""ChannelWriter: whole messages in order, and the backlog that flow control waits on
+(docs/reference/protocol.md#flow-control)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Comments and docstrings in `src/` point into the repository's own `docs/`, and every such
-pointer (`docs/reference/protocol.md#data-ports`) names a file and a heading that exist.
+"""Comments and docstrings in `src/` and `tests/` point into the repository's own `docs/`, and
+every such pointer (`docs/reference/protocol.md#data-ports`) names a file and a heading that
+exist.
 
 The same holds for the relative links between the pages of `docs/` and the READMEs.
 """
@@ -15,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
+TESTS = ROOT / "tests"
 DOCS = ROOT / "docs"
 
 #: a reference document named without its place in docs/reference/ (`protocol.md §9`,
@@ -27,9 +29,20 @@ LINK = re.compile(r"\]\((?!https?:|mailto:)([^)\s]*)\)")
 
 
 def sources() -> list[Path]:
-    # not what an install generates there (pyqrexec.egg-info copies README.md)
-    return sorted(p for p in SRC.rglob("*") if p.is_file() and p.suffix in (".py", ".md", "")
-                  and not any(part.endswith(".egg-info") for part in p.parts))
+    """The files of `src/` and `tests/` whose text a reader follows: code, scripts, Markdown.
+
+    Not what an install or a run leaves there (`pyqrexec.egg-info` copies README.md, caches),
+    nor this file, which spells the forms it refuses on purpose.
+    """
+    found = (p for top in (SRC, TESTS) for p in top.rglob("*")
+             if p.is_file() and p.suffix in (".py", ".md", ""))
+    return sorted(p for p in found if p != Path(__file__).resolve()
+                  and not any(part.endswith(".egg-info") or part in ("__pycache__", ".hypothesis")
+                              for part in p.parts))
+
+
+def name(path: Path) -> str:
+    return str(path.relative_to(ROOT))
 
 
 def pages() -> list[Path]:
@@ -77,24 +90,26 @@ def lines(path: Path) -> list[tuple[int, str]]:
 
 def test_there_is_something_to_check() -> None:
     assert len(sources()) > 50
+    assert ROOT / "tests" / "integration" / "fixtures" / "world.py" in sources()
+    assert Path(__file__).resolve() not in sources()
     assert "data-ports" in anchors(DOCS / "reference" / "protocol.md")
     assert slug("`qubes.WaitForSession` and exec_params") == "qubeswaitforsession-and-exec_params"
 
 
-@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(SRC)))
+@pytest.mark.parametrize("path", sources(), ids=name)
 def test_no_section_signs(path: Path) -> None:
     """`§N` points into documents the repository does not hold."""
     bad = [f"{n}: {text.strip()}" for n, text in lines(path) if "§" in text]
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(SRC)))
+@pytest.mark.parametrize("path", sources(), ids=name)
 def test_no_bare_reference_documents(path: Path) -> None:
     bad = [f"{n}: {text.strip()}" for n, text in lines(path) if BARE.search(text)]
     assert not bad, "name them as docs/reference/FILE.md#heading:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(SRC)))
+@pytest.mark.parametrize("path", sources(), ids=name)
 def test_pointers_into_docs_exist(path: Path) -> None:
     bad = []
     for n, text in lines(path):
@@ -106,7 +121,7 @@ def test_pointers_into_docs_exist(path: Path) -> None:
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("page", pages(), ids=name)
 def test_links_between_pages_exist(page: Path) -> None:
     bad = []
     fenced = False

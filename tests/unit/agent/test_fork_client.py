@@ -1,5 +1,5 @@
 """The agent's side of the fork server: which requests go there, where, and as what bytes
-(protocol.md §15.2)."""
+(docs/reference/protocol.md#fork-server-socket)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Helpers for the pure policy tests: the policy.md §12 fixture and an in-memory evaluator."""
+"""Helpers for the pure policy tests: the system-information fixture and an in-memory
+evaluator."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def make_run(info: SystemInfo) -> Run:
 
 
 def answer(outcome: Outcome) -> str:
-    """The answer lines as policy.md §12 writes them."""
+    """The answer lines joined by ` / `, as the worked examples write them."""
     return " / ".join(outcome.lines)
 
 

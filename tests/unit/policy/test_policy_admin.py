@@ -1,5 +1,5 @@
-"""The policy Admin API's pure part: request checks, tokens, validation, listings (cli.md
-"qubes-policy-admin")."""
+"""The policy Admin API's pure part: request checks, tokens, validation, listings
+(docs/reference/cli.md#qubes-policy-admin)."""
 
 from __future__ import annotations
 

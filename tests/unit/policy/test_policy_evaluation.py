@@ -1,4 +1,5 @@
-"""Evaluation details beyond the worked examples (policy.md §5, §6)."""
+"""Evaluation details beyond the worked examples (docs/reference/policy.md#evaluation,
+docs/reference/policy.md#answer-lines)."""
 
 from __future__ import annotations
 

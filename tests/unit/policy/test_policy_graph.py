@@ -1,4 +1,5 @@
-"""qrexec-policy-graph's pure part: which edges a policy draws (cli.md, scenario S71)."""
+"""qrexec-policy-graph's pure part: which edges a policy draws
+(docs/reference/cli.md#qrexec-policy-graph)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Policy change detection with inotify (policy.md §3.7) and its fallbacks."""
+"""Policy change detection with inotify (docs/reference/policy.md#reloading) and its fallbacks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""qrexec-legacy-convert's plan: which legacy rules go where, and the files' texts (cli.md)."""
+"""qrexec-legacy-convert's plan: which legacy rules go where, and the files' texts
+(docs/reference/cli.md#qrexec-legacy-convert)."""
 
 from __future__ import annotations
 

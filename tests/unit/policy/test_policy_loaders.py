@@ -1,4 +1,6 @@
-"""File selection, directives, legacy files and `!compat-4.0` (policy.md §2, §3.1, §3.3, §3.6)."""
+"""File selection, directives, legacy files and `!compat-4.0`
+(docs/reference/policy.md#legacy-per-service-files, docs/reference/policy.md#file-order,
+docs/reference/policy.md#directives, docs/reference/policy.md#compat-mode)."""
 
 from __future__ import annotations
 

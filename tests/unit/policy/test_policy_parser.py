@@ -1,4 +1,5 @@
-"""The policy.d line grammar and its error messages (policy.md §3.2–§3.5)."""
+"""The policy.d line grammar and its error messages
+(docs/reference/policy.md#rule-syntax to docs/reference/policy.md#actions-and-parameters)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_error_messages(line: str, message: str) -> None:
 
 
 def test_check_order() -> None:
-    """The first failing check of §3.2's order is reported."""
+    """The first failing check, in the rule syntax's order, is reported."""
     assert error("a+ b @foo @bar permit x") == "service 'a+' contains invalid characters: ('+',)"
     assert error("a * @foo @bar permit x") == "invalid source token: '@foo'"
     assert error("a * work @bar permit x") == "invalid target token: '@bar'"

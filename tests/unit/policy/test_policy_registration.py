@@ -1,4 +1,5 @@
-"""policy.RegisterArgument's checks (cli.md "policy.RegisterArgument"), fed plain values."""
+"""policy.RegisterArgument's checks
+(docs/reference/cli.md#policyregisterargument), fed plain values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every worked example W1–W42 of policy.md §12, evaluated in memory."""
+"""Worked examples W1–W42: a policy, a request against the system-information fixture and the
+answer expected, evaluated in memory."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Requests as the policy daemon sends them (policy.md §10)."""
+"""Requests as the policy daemon sends them (docs/reference/policy.md#ask-and-notify)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Header and JSON validation, reply checking and notification texts (policy.md §10)."""
+"""Header and JSON validation, reply checking and notification texts
+(docs/reference/policy.md#ask-and-notify)."""
 
 from __future__ import annotations
 

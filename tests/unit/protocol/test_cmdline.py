@@ -1,4 +1,4 @@
-"""Command strings (protocol.md §13)."""
+"""Command strings (docs/reference/protocol.md#command-strings)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""§2 constants."""
+"""The constants of docs/reference/protocol.md#constants."""
 
 from __future__ import annotations
 

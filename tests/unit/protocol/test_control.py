@@ -1,4 +1,5 @@
-"""Agent -> daemon policing (protocol.md §10, §17) and the agent's daemon checks."""
+"""Agent -> daemon policing (docs/reference/protocol.md#trigger-validation,
+docs/reference/protocol.md#refusals) and the agent's daemon checks."""
 
 from __future__ import annotations
 
@@ -340,7 +341,7 @@ def test_daemon_header(msgtype: int, length: int, ok: bool) -> None:
     verdict(ok, lambda: check_daemon_header(msgtype, length))
 
 
-# --- daemon socket (§9) and trigger socket (§15.1) -------------------------------------------
+# --- client socket and trigger socket --------------------------------------------------------
 
 @pytest.mark.parametrize(
     ("msgtype", "length", "ok"),

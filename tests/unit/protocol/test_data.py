@@ -1,4 +1,4 @@
-"""Data-stream rules of both ends of a call (protocol.md §12.1)."""
+"""Data-stream rules of both ends of a call (docs/reference/protocol.md#data-messages)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MessageReader fed whole, byte by byte and with trailing data (style.md §1)."""
+"""MessageReader fed whole, byte by byte and with trailing data ."""
 
 from __future__ import annotations
 

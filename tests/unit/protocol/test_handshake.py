@@ -1,4 +1,4 @@
-"""HELLO negotiation per channel (protocol.md §1, §6)."""
+"""HELLO negotiation per channel (docs/reference/protocol.md#hello)."""
 
 from __future__ import annotations
 

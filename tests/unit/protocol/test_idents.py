@@ -1,4 +1,6 @@
-"""Request idents and name sanitising (protocol.md §10 step 3, §14)."""
+"""Request idents and name sanitising
+(docs/reference/protocol.md#trigger-validation step 3,
+docs/reference/protocol.md#request-idents)."""
 
 from __future__ import annotations
 

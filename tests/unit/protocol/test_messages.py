@@ -1,4 +1,5 @@
-"""Byte-exact encodings of every message and struct (protocol.md §4, §9)."""
+"""Byte-exact encodings of every message and struct (docs/reference/protocol.md#message-layouts,
+docs/reference/protocol.md#client-socket)."""
 
 from __future__ import annotations
 
@@ -250,7 +251,7 @@ def test_cmd_info_head_wrong_size(size: int) -> None:
 
 @pytest.mark.parametrize("n", [0, 0x8000_0000, 0xFFFF_FFFF])
 def test_cmd_info_head_bad_cmdline_len(n: int) -> None:
-    """§15.2: the fork server refuses cmdline_len 0 or > 2^31-1."""
+    """The fork server refuses cmdline_len 0 or > 2^31-1."""
     with pytest.raises(RemoteProtocolError):
         parse_cmd_info_head(h("00020000 00000000 00000000") + n.to_bytes(4, "little"))
     assert parse_cmd_info_head(h("01020000 00000000 00000000 ffffff7f"))[3] == 0x7FFF_FFFF
@@ -296,7 +297,7 @@ def test_field_str(field: bytes, text: bytes) -> None:
     ("payload", "cmdline"),
     [
         (b"user:id\0", b"user:id"),
-        (b"user:idX", b"user:id"),  # §17: last byte forced to NUL
+        (b"user:idX", b"user:id"),  # the last byte is forced to NUL
         (b"user:a\0b\0", b"user:a"),
         (b"", b""),
         (b"\0", b""),
