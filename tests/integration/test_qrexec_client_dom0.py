@@ -538,6 +538,8 @@ def test_kill_after_vm_call(host: QrexecHost, tgt: Domain) -> None:
     (["-c", "a,,7"], b"Invalid -c parameter"),
     (["-c", "a,src,"], b"Invalid -c parameter"),
     (["-c", "x" * 32 + ",src,7"], b"request_id too long"),
+    # the field holds 31 bytes and a NUL: 16 two-byte characters do not fit
+    (["-c", "\u00e9" * 16 + ",src,7"], b"request_id too long"),
     (["-c", "a,dom0,7"], b"ERROR: -c cannot be used for requests to dom0"),
     (["-c", "a,@adminvm,7"], b"ERROR: -c cannot be used for requests to dom0"),
     (["-c", "a,src,x7"], b"does not start with an ASCII digit"),

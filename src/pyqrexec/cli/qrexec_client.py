@@ -138,7 +138,7 @@ def _parse_connect(val: str) -> tuple[str, str, int]:
         raise UsageError(1, 'Invalid -c parameter (should be: "-c request_id,src_domain_name,'
                         'src_domain_id")')
     reqid, src_name, src_id_text = parts
-    if len(reqid) >= 32:
+    if len(os.fsencode(reqid)) >= IDENT_SIZE:  # bytes, as the field holds them
         raise UsageError(1, "Invalid -c parameter (request_id too long, max 31)")
     if src_name in DOM0_NAMES:
         raise UsageError(1, "ERROR: -c cannot be used for requests to dom0")
