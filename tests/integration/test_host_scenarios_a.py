@@ -306,7 +306,7 @@ S1_CALL = ["work", "anotherVM", "test.Add", "/usr/bin/our_test_add_client"]
 
 
 @pytest.mark.parametrize("anyvm", ["$anyvm", "anyvm"])
-def test_s1_seed_howto(host_world: HostWorld, policy: Callable[..., None], anyvm: str) -> None:
+def test_s1_readme_howto(host_world: HostWorld, policy: Callable[..., None], anyvm: str) -> None:
     """S1, and S40: the legacy file with bare `anyvm` succeeds exactly as with `$anyvm`."""
     policy(legacy={"test.Add": f"{anyvm} {anyvm} ask\n"})
     answer(host_world, "allow:anotherVM")

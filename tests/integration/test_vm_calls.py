@@ -12,7 +12,7 @@ from pyqrexec.api import CallRefused
 from .fixtures.world import World, write_exe
 
 
-def test_seed_howto_test_add(world: World) -> None:
+def test_readme_howto_test_add(world: World) -> None:
     root = world.host.root
     server = write_exe(root / "our_test_add_server",
                        "#!/bin/sh\nread arg1 arg2\necho $(($arg1+$arg2))\n")
