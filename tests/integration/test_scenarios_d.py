@@ -2,7 +2,7 @@
 agents, and dom0's real qrexec-policy-daemon and qrexec-policy-agent (fixtures/world.py,
 `policy_daemon=True`).
 
-S40 is test_host_scenarios_a.py::test_s1_seed_howto (bare `anyvm`); S43 and S44 talk to the
+S40 is test_host_scenarios_a.py::test_s1_readme_howto (bare `anyvm`); S43 and S44 talk to the
 policy sockets only: test_policy_daemon.py::test_strict_request_parsing and ::test_eval_simple.
 """
 
