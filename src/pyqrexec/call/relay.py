@@ -24,10 +24,7 @@ import fcntl
 import mmap
 import os
 import select
-import signal
-import socket
 import struct
-from collections import deque
 
 from ..protocol.constants import MsgType
 from ..protocol.data import (
@@ -40,12 +37,21 @@ from ..protocol.data import (
 )
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.wire import HEADER, hello
+from ..transport.sockets import SHUT_WR
 from ..transport.unixsock import tune
 
-#: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
+# On the clients' start-up path (docs/architecture.md#code-shape): `typing` would cost ~3 ms,
+# `signal` and `socket` their enums (~4 ms), `collections` ~1 ms; so the C modules under
+# them. mypy takes TYPE_CHECKING as true and checks against the full ones.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal
+    import socket
+    from collections import deque
     from collections.abc import Callable
+else:
+    import _signal
+    from _collections import deque
 
 __all__ = [
     "SingleSocket", "Source", "Sink", "Relay", "Traffic", "CallerResult", "caller_result",
@@ -125,8 +131,8 @@ class SingleSocket:
     def __init__(self) -> None:
         self.requested = False
         self.fd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wfd)
-        signal.signal(signal.SIGUSR1, self._on_signal)
+        _signal.set_wakeup_fd(wfd)
+        _signal.signal(_signal.SIGUSR1, self._on_signal)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.requested = True
@@ -394,7 +400,7 @@ def _close_sink(sink: Sink) -> None:
     sink.pending_size = 0
     if sink.sock is not None and sink.shutdown_only:
         try:
-            sink.sock.shutdown(socket.SHUT_WR)
+            sink.sock.shutdown(SHUT_WR)
         except OSError:
             pass
     elif sink.sock is not None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+
+#: on the clients' start-up path: `collections.abc` at run time would load `collections`
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["entry", "INTERRUPTED", "EXIT_STATUS", "program_name", "exit_table"]
 

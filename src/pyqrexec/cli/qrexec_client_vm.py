@@ -117,17 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         args.saved = {"SAVED_FD_0": os.dup(0), "SAVED_FD_1": os.dup(1)}
         if "PASS_LOCAL_STDERR" in os.environ:
             args.saved["SAVED_FD_2"] = os.dup(2)
-    import socket
-
     from ..protocol.errors import LocalProtocolError
     from ..protocol.messages import client_trigger
+    from ..transport.sockets import unix_stream
 
     try:
         request = client_trigger(args.service, args.target, args.source or b"")
     except LocalProtocolError as err:
         sys.stderr.write(f"qrexec-client-vm: {err}\n")
         return 1
-    agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    agent = unix_stream()
     try:
         agent.connect(args.agent_socket)
         agent.sendall(request)

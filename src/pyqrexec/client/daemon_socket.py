@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 
 from ..protocol.channel import NEED_DATA, DaemonSession, Hello, PortAnswer
 from ..protocol.constants import CLIENT_PROTOCOL_VERSION
 from ..protocol.wire import hello, pack_exec
+from ..transport import sockets
 from ..transport.feed import read_message
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["DaemonNotRunning", "connect_daemon", "connect_daemon_async", "request",
            "request_async"]
@@ -29,7 +33,7 @@ def _not_running(err: OSError, domain: str) -> OSError:
 
 def connect_daemon(socket_dir: str, domain: str) -> socket.socket:
     """Connect `qrexec.<domain>` and do the HELLO exchange."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = sockets.unix_stream()
     try:
         sock.connect(os.path.join(socket_dir, f"qrexec.{domain}"))
     except OSError as err:

@@ -11,8 +11,6 @@ The HELLO exchange is the first state of every channel that has one; the header 
 
 from __future__ import annotations
 
-import enum
-
 from .cmdline import replace_default_user
 from .constants import MsgType
 from .control import (
@@ -27,10 +25,17 @@ from .control import (
     validate_trigger,
 )
 from .errors import LocalProtocolError, RemoteProtocolError
-from .framing import END_OF_STREAM, NEED_DATA, HeaderCheck, Message, MessageReader, Signal
+from .framing import END_OF_STREAM, NEED_DATA, Message, MessageReader, Signal
 from .handshake import check_client_hello, check_hello_header, negotiate_control, negotiate_data
 from .messages import ExecParams, Trigger4, parse_exec, parse_exec_params_only, parse_hello
 from .records import record
+from .sentinels import Sentinel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
+
+    from .framing import HeaderCheck
 
 __all__ = [
     "Event",
@@ -216,12 +221,19 @@ class AgentControl(_Control):
         return Exec(message.msgtype, params)
 
 
-class _Step(enum.Enum):
-    HELLO = "HELLO"
-    REQUEST = "REQUEST"
-    RUNNING = "RUNNING"
-    ANSWER = "ANSWER"
-    DONE = "DONE"
+class _Step(Sentinel):
+    HELLO: ClassVar[_Step]
+    REQUEST: ClassVar[_Step]
+    RUNNING: ClassVar[_Step]
+    ANSWER: ClassVar[_Step]
+    DONE: ClassVar[_Step]
+
+
+_Step.HELLO = _Step("HELLO")
+_Step.REQUEST = _Step("REQUEST")
+_Step.RUNNING = _Step("RUNNING")
+_Step.ANSWER = _Step("ANSWER")
+_Step.DONE = _Step("DONE")
 
 
 def _refuse_all(msgtype: int, length: int) -> None:

@@ -3,8 +3,6 @@ docs/reference/protocol.md#message-types)."""
 
 from __future__ import annotations
 
-from enum import IntEnum
-
 __all__ = [
     "MsgType",
     "PROTOCOL_VERSION",
@@ -32,8 +30,9 @@ __all__ = [
 ]
 
 
-class MsgType(IntEnum):
-    """Message type numbers (qrexec.h)."""
+class MsgType:
+    """Message type numbers (qrexec.h): plain ints, where an IntEnum would cost the clients
+    `enum`'s import on every call (docs/architecture.md#code-shape)."""
 
     #: caller -> service, raw bytes; len 0 = EOF
     DATA_STDIN = 0x190

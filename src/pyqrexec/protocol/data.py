@@ -8,14 +8,18 @@ was already seen, which is all the state kept here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from enum import Enum, auto
-
 from .constants import MsgType, chunk_limit
 from .errors import RemoteProtocolError
 from .framing import MessageReader, Signal, max_payload
 from .handshake import check_hello_header, negotiate_data
+from .sentinels import Sentinel
 from .wire import parse_exit_code, parse_hello
+
+#: on the clients' start-up path: no `typing` or `collections` at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import ClassVar
 
 __all__ = ["Action", "CallerStream", "ServiceStream", "DataChannel", "CallerOrder",
            "ServiceOrder", "RECV_CAPACITY"]
@@ -24,23 +28,32 @@ __all__ = ["Action", "CallerStream", "ServiceStream", "DataChannel", "CallerOrde
 RECV_CAPACITY = 1 << 20
 
 
-class Action(Enum):
+class Action(Sentinel):
     """What a relay must do with a received message."""
 
     #: write the payload to local output (caller: stdout; service: service stdin)
-    OUTPUT = auto()
+    OUTPUT: ClassVar[Action]
     #: end local output (caller: close stdout; service: shut down service stdin)
-    OUTPUT_EOF = auto()
+    OUTPUT_EOF: ClassVar[Action]
     #: caller: payload goes to local stderr
-    ERROR = auto()
+    ERROR: ClassVar[Action]
     #: caller: stderr stream ended (nothing to do locally)
-    ERROR_EOF = auto()
+    ERROR_EOF: ClassVar[Action]
     #: caller: payload holds the exit status
-    EXIT = auto()
+    EXIT: ClassVar[Action]
     #: read the payload and drop it
-    DISCARD = auto()
+    DISCARD: ClassVar[Action]
     #: the channel is broken: end the call
-    BROKEN = auto()
+    BROKEN: ClassVar[Action]
+
+
+Action.OUTPUT = Action("OUTPUT")
+Action.OUTPUT_EOF = Action("OUTPUT_EOF")
+Action.ERROR = Action("ERROR")
+Action.ERROR_EOF = Action("ERROR_EOF")
+Action.EXIT = Action("EXIT")
+Action.DISCARD = Action("DISCARD")
+Action.BROKEN = Action("BROKEN")
 
 
 class _Stream:

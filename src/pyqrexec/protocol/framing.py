@@ -8,23 +8,25 @@ is buffered, so a peer cannot make the reader hold more than the check allows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from enum import Enum
-
 from .constants import HEADER_SIZE
 from .errors import LocalProtocolError, RemoteProtocolError
 from .records import record
+from .sentinels import Sentinel
 from .wire import HEADER
 
-#: looks at (type, len) of a header and raises RemoteProtocolError to refuse it
-HeaderCheck = Callable[[int, int], None]
+#: on the clients' start-up path: `collections.abc` at run time would load `collections`
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    #: looks at (type, len) of a header and raises RemoteProtocolError to refuse it
+    HeaderCheck = Callable[[int, int], None]
 
 __all__ = [
     "Message",
     "Signal",
     "NEED_DATA",
     "END_OF_STREAM",
-    "HeaderCheck",
     "max_payload",
     "MessageReader",
 ]
@@ -41,20 +43,14 @@ class Message:
     payload: bytes
 
 
-class Signal(Enum):
+class Signal(Sentinel):
     """What `next_message` returns when it has no message."""
 
-    #: the buffer holds no complete message yet; feed more bytes
-    NEED_DATA = "NEED_DATA"
-    #: EOF was received at a message boundary: the stream ended cleanly
-    END_OF_STREAM = "END_OF_STREAM"
 
-    def __repr__(self) -> str:
-        return self.value
-
-
-NEED_DATA = Signal.NEED_DATA
-END_OF_STREAM = Signal.END_OF_STREAM
+#: the buffer holds no complete message yet; feed more bytes
+NEED_DATA = Signal("NEED_DATA")
+#: EOF was received at a message boundary: the stream ended cleanly
+END_OF_STREAM = Signal("END_OF_STREAM")
 
 
 def max_payload(limit: int) -> HeaderCheck:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import stat
 import time
+
+from . import sockets
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["listen_unix", "try_connect", "Backoff", "tune", "stdio_pair"]
 
@@ -16,9 +21,9 @@ _SOCKET_BUFFER = 4 * 1024 * 1024
 
 def tune(sock: socket.socket) -> None:
     """Bigger kernel buffers: fewer wake-ups per GiB on a data path (best effort)."""
-    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+    for opt in (sockets.SO_SNDBUF, sockets.SO_RCVBUF):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+            sock.setsockopt(sockets.SOL_SOCKET, opt, _SOCKET_BUFFER)
         except OSError:
             pass
 
@@ -29,7 +34,7 @@ def stdio_pair() -> tuple[socket.socket, socket.socket]:
     The process's end is tuned too, so that a program writing small chunks (head, cat) keeps
     megabytes in flight instead of ~200 KiB and blocks far less often.
     """
-    ours, theirs = socket.socketpair()
+    ours, theirs = sockets.socketpair()
     tune(ours)
     tune(theirs)
     return ours, theirs
@@ -61,7 +66,7 @@ def listen_unix(path: str, *, mode: int, backlog: int,
             private = candidate
         except OSError:
             private = None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = sockets.unix_stream()
     staging = (os.path.join(private, "s") if private is not None
                else f"{path}.{os.getpid()}.new")
     try:
@@ -123,7 +128,7 @@ def try_connect(path: str, *, wait_for_listener: bool,
 
 
 def _connect(address: str, wait_for_listener: bool) -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = sockets.unix_stream()
     sock.setblocking(False)
     try:
         sock.connect(address)

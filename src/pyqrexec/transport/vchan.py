@@ -15,10 +15,14 @@ pair directory is shared by exactly the two domains of the pair).
 from __future__ import annotations
 
 import os
-import socket
 import time
 
+from . import sockets
 from .unixsock import Backoff, listen_unix, try_connect, tune
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 __all__ = [
     "vchan_path",
@@ -81,7 +85,7 @@ def accept_one(
     try:
         listener.settimeout(timeout)
         try:
-            conn, _ = listener.accept()
+            conn = sockets.accept(listener)
         except TimeoutError as err:
             raise VchanTimeout(f"no connection on {path} within {timeout} s") from err
     finally:
@@ -131,7 +135,7 @@ def connect(
     """Client init: connect, retrying on ENOENT/ECONNREFUSED until `timeout` (None = forever)."""
     path = pair_path(directory, server, own, port, own, pair_dirs)
     backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
-    while not isinstance(sock := _attempt(path, backoff), socket.socket):
+    while isinstance(sock := _attempt(path, backoff), float):
         time.sleep(sock)
     sock.setblocking(True)
     tune(sock)
@@ -147,7 +151,7 @@ async def connect_async(
 
     path = pair_path(directory, server, own, port, own, pair_dirs)
     backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
-    while not isinstance(sock := _attempt(path, backoff), socket.socket):
+    while isinstance(sock := _attempt(path, backoff), float):
         await asyncio.sleep(sock)
     tune(sock)
     return sock

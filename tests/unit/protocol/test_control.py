@@ -145,7 +145,7 @@ def test_v4_source() -> None:
 def test_trigger_at_wrong_version_is_fatal(
     msgtype: int, version: int, _raw: Builder, other: int
 ) -> None:
-    allowed = {T2: {2}, T3: {3, 4}, T4: {4}}[MsgType(msgtype)]
+    allowed = {T2: {2}, T3: {3, 4}, T4: {4}}[msgtype]
     payload = _raw()
     if other in allowed:
         assert isinstance(validate_trigger(msgtype, payload, other), ServiceRequest)
@@ -189,7 +189,7 @@ def test_ident_is_not_forced() -> None:
     [(T2, raw2, "@dispvm:@tag:x"), (T3, raw3, "_dispvm:_tag:x"), (T4, raw4, "_dispvm:_tag:x")],
 )
 def test_dollar_target(msgtype: int, raw: Builder, target: str) -> None:
-    version = {T2: 2, T3: 3, T4: 4}[MsgType(msgtype)]
+    version = {T2: 2, T3: 3, T4: 4}[msgtype]
     result = validate_trigger(msgtype, raw(target=b"$dispvm:$tag:x"), version)
     assert isinstance(result, ServiceRequest)
     assert result.target == target

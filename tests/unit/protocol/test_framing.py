@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -12,7 +13,6 @@ from pyqrexec.protocol.errors import LocalProtocolError, RemoteProtocolError
 from pyqrexec.protocol.framing import (
     END_OF_STREAM,
     NEED_DATA,
-    HeaderCheck,
     Message,
     MessageReader,
     max_payload,
@@ -28,6 +28,9 @@ from pyqrexec.protocol.messages import (
 )
 
 from .verdict import verdict
+
+if TYPE_CHECKING:
+    from pyqrexec.protocol.framing import HeaderCheck
 
 ANY = max_payload(0xFFFF_FFFF)
 

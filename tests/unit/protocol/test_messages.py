@@ -46,7 +46,7 @@ def h(text: str) -> bytes:
 
 
 def test_msgtype_values() -> None:
-    assert {m.name: m.value for m in MsgType} == {
+    assert {k: v for k, v in vars(MsgType).items() if k.isupper()} == {
         "DATA_STDIN": 0x190,
         "DATA_STDOUT": 0x191,
         "DATA_STDERR": 0x192,
@@ -130,7 +130,7 @@ def test_section9_byte_example() -> None:
 @pytest.mark.parametrize("msgtype", [MsgType.EXEC_CMDLINE, MsgType.JUST_EXEC,
                                      MsgType.SERVICE_CONNECT])
 @given(d=U32, p=U32, payload=st.binary(max_size=200))
-def test_exec_round_trip(msgtype: MsgType, d: int, p: int, payload: bytes) -> None:
+def test_exec_round_trip(msgtype: int, d: int, p: int, payload: bytes) -> None:
     wire = pack_exec(msgtype, d, p, payload)
     assert unpack_header(wire) == (msgtype, 8 + len(payload))
     assert parse_exec(wire[8:]) == ExecParams(d, p, payload)
