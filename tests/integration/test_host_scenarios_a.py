@@ -20,7 +20,6 @@ import pwd
 import re
 import struct
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -390,11 +389,12 @@ def test_s5_remote_exit_status(host_world: HostWorld) -> None:
 
 def test_s6_just_exec(host_world: HostWorld) -> None:
     marker = f"/tmp/{host_world.dir.name}-s6-{host_world.sandbox}"
-    start = time.monotonic()
-    done = host_world.client("-e", "-d", "work", f"DEFAULT:sleep 5; touch {marker}")
-    took = time.monotonic() - start
+    # the command waits on a FIFO the test holds: -e returns while it still runs
+    fifo = f"{marker}.go"
+    assert host_world.in_domain("work", ["mkfifo", "-m", "666", fifo]).returncode == 0
+    done = host_world.client("-e", "-d", "work", f"DEFAULT:read x < {fifo}; touch {marker}",
+                             timeout=30)
     assert done.returncode == 0, done.stderr
-    assert took < 3, took
     assert host_world.client("-e", "-d", "work", "DEFAULT:QUBESRPC no.Such dom0").returncode == 127
     # on the data channel the agent sends only EXIT_CODE
     work = host_world.domid("work")
@@ -407,9 +407,12 @@ def test_s6_just_exec(host_world: HostWorld) -> None:
         assert client.closed()
         client.close()
     assert host_world.in_domain("work", ["test", "-e", marker]).returncode == 1
+    # opening the FIFO for writing waits for the command to have it open for reading
+    assert host_world.in_domain("work", ["sh", "-c", f"echo go > {fifo}"],
+                                timeout=30).returncode == 0
     wait_for(lambda: host_world.in_domain("work", ["test", "-e", marker]).returncode == 0, 10,
              "the just-exec'd command to finish")
-    host_world.in_domain("work", ["rm", "-f", marker])
+    host_world.in_domain("work", ["rm", "-f", marker, fifo])
 
 
 def test_s7_autostart(host_world: HostWorld, policy: Callable[..., None]) -> None:

@@ -6,9 +6,11 @@ test_daemon_socket.py::test_parity_rule_and_release.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
 import struct
-import time
+from pathlib import Path
 
 import pytest
 
@@ -60,13 +62,30 @@ def test_s5_remote_exit_status(host: QrexecHost, work: tuple[World, Tap]) -> Non
     assert host.client("-E", "-d", "work", "DEFAULT:exit 42").returncode == 0
 
 
+def _release(fifo: Path) -> bool:
+    """Write a line into `fifo` once a reader has it open (False: none yet)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno == errno.ENXIO:
+            return False
+        raise
+    try:
+        os.write(fd, b"go\n")
+    finally:
+        os.close(fd)
+    return True
+
+
 def test_s6_just_exec(host: QrexecHost, work: tuple[World, Tap]) -> None:
     _, tap = work
     marker = host.root / "x"
-    start = time.monotonic()
-    r = host.client("-e", "-d", "work", f"DEFAULT:sleep 5; touch {marker}")
+    # the command waits on a FIFO the test holds: -e returns while it still runs
+    fifo = host.root / "go"
+    os.mkfifo(fifo)
+    r = host.client("-e", "-d", "work", f"DEFAULT:read x < {fifo}; touch {marker}",
+                    timeout=30)
     assert r.returncode == 0, r.stderr
-    assert time.monotonic() - start < 4
     assert not marker.exists()
     first = tap.find(513, server=0, client=5)
     r = host.client("-e", "-d", "work", "DEFAULT:QUBESRPC no.Such dom0")
@@ -78,6 +97,7 @@ def test_s6_just_exec(host: QrexecHost, work: tuple[World, Tap]) -> None:
         msgs = conn.to_server.messages()
         assert [m.type for m in msgs] == [HELLO, EXIT]
         assert exit_code(msgs[1].payload) == status
+    wait_for(lambda: _release(fifo), 15, "the just-exec command to wait on its FIFO")
     wait_for(marker.exists, 15, "the just-exec command")
 
 
