@@ -46,8 +46,8 @@ LAUNCH = "from pyqrexec.cli.{} import run; run()"
 
 def launched(argv: list[str]) -> list[str]:
     """`argv` of a `python -m pyqrexec.cli.X ...` program, started as its launcher does."""
-    assert argv[1:2] == ["-m"], argv
-    return [argv[0], "-c", LAUNCH.format(argv[2].rsplit(".", 1)[1]), *argv[3:]]
+    m = argv.index("-m")
+    return [argv[0], "-c", LAUNCH.format(argv[m + 1].rsplit(".", 1)[1]), *argv[m + 2:]]
 
 
 def imported(stderr: bytes) -> set[str]:
