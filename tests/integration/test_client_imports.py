@@ -24,7 +24,7 @@ OURS = {
         "pyqrexec.system", "pyqrexec.system.log", "pyqrexec.system.environment",
         "pyqrexec.system.defaults",
         "pyqrexec.transport", "pyqrexec.transport.unixsock", "pyqrexec.transport.vchan",
-        "pyqrexec.transport.sockets", "pyqrexec.protocol.sentinels",
+        "pyqrexec.transport.sockets", "pyqrexec.protocol.sentinels", "pyqrexec.call.traffic",
     },
     "qrexec-client-vm": set(),  # filled below: the same core, its own CLI module
 }

@@ -29,8 +29,8 @@ from ..services.spawn import (
 )
 from ..system.environment import Environment
 from ..transport import vchan
-from .relay import Traffic
 from .service_side import DOM0_FAILURE_EOFS, relay_started, send_hello, send_status_only
+from .traffic import Traffic
 
 __all__ = ["WORKER_CONNECT_TIMEOUT", "Dom0CallResult", "run_dom0_service"]
 

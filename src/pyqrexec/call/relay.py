@@ -39,6 +39,7 @@ from ..protocol.errors import RemoteProtocolError
 from ..protocol.wire import HEADER, hello
 from ..transport.sockets import SHUT_WR
 from ..transport.unixsock import tune
+from .traffic import Traffic
 
 # On the clients' start-up path (docs/architecture.md#code-shape): `typing` would cost ~3 ms,
 # `signal` and `socket` their enums (~4 ms), `collections` ~1 ms; so the C modules under
@@ -54,7 +55,7 @@ else:
     from _collections import deque
 
 __all__ = [
-    "SingleSocket", "Source", "Sink", "Relay", "Traffic", "CallerResult", "caller_result",
+    "SingleSocket", "Source", "Sink", "Relay", "CallerResult", "caller_result",
     "queue_opening", "queue_eof_after_exit", "run_caller", "run_service", "unsafe_filter",
 ]
 
@@ -181,19 +182,6 @@ class Sink:
         #: a socket end is shut down for writing instead of being closed
         self.shutdown_only = shutdown_only
         self.filter = filter
-
-
-class Traffic:
-    """The payload bytes of a call's data messages that crossed a relay, each way: counted
-    here, not taken from either side's word (the audit trail's `bytes_in`/`bytes_out`)."""
-
-    __slots__ = ("received", "sent")
-
-    def __init__(self) -> None:
-        #: payload of the stdin/stdout data messages read from the channel
-        self.received = 0
-        #: payload of the data messages queued for the channel from local sources
-        self.sent = 0
 
 
 class Relay:

@@ -21,7 +21,8 @@ from ..protocol.wire import HEADER, hello, pack_exit_code
 from ..services.environment import log_tag
 from ..services.spawn import Started
 from ..transport.feed import read_message
-from .relay import ServiceEnd, SingleSocket, Traffic, run_service
+from .relay import ServiceEnd, SingleSocket, run_service
+from .traffic import Traffic
 
 __all__ = ["VM_FAILURE_EOFS", "DOM0_FAILURE_EOFS", "send_hello", "send_status_only",
            "relay_started"]

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 
-from ..call.relay import Traffic
+from ..call.traffic import Traffic
 from ..policy.audit import (
     CALL_ADDRESS_PREFIX,
     EndReport,
@@ -88,7 +88,7 @@ async def _send(path: str, data: bytes) -> None:
             writer.close()
 
 
-# The counts come from the forked child that relayed a VM -> dom0 call (`relay.Traffic`),
+# The counts come from the forked child that relayed a VM -> dom0 call (`call.traffic.Traffic`),
 # through a pipe it writes once before it exits: what dom0 saw pass, never a domain's word.
 _TRAFFIC_MAX = 64
 
