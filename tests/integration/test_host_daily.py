@@ -43,8 +43,10 @@ def daily_layout(top: Path) -> str:
         f.write("test.Ask * work vault ask default_target=vault\n"
                 "test.Slow * work other allow\n"
                 "test.New * work bare allow\n"
-                "test.Missing * work vault allow\n")
+                "test.Missing * work vault allow\n"
+                "test.Escapes * work vault allow\n")
     service(top / "vault", "test.Ask", "#!/bin/sh\necho asked\n")
+    service(top / "vault", "test.Escapes", f"#!/bin/sh\n{ESCAPES}\n")
     service(top / "other", "test.Slow", f"#!/bin/sh\ntouch {top}/slow-started\nexec sleep 60\n")
     for name, status in WHO_STATUS.items():  # who answers `run --service test.Who`
         service(top / name, "test.Who", f"#!/bin/sh\necho {name} \"$1\"\nexit {status}\n")
@@ -469,6 +471,30 @@ def test_run_filters_for_a_terminal_by_default(host_world: HostWorld) -> None:
             while select.select([master], [], [], 0)[0] and not out.endswith(b"\n"):
                 out += os.read(master, 1024)
             assert out.startswith(want), out
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_call_filters_what_the_service_sends(host_world: HostWorld) -> None:
+    """`call` prints what another domain's service sent on this host's terminal: filtered
+    as `run` filters, by default when stdout is a terminal (played below with a pty)."""
+    raw = b"a\033[31mb\tc\177d\n"
+    for opts, want in ((["--filter-escape-chars"], b"a_[31mb\tc_d\n"),
+                       (["--no-filter-escape-chars"], raw), ([], raw)):  # [] : no terminal
+        r = host_world.host("call", *opts, "work", "vault", "test.Escapes", input=b"")
+        assert (r.returncode, r.stdout) == (0, want), (opts, r)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(host_world.argv("call", "work", "vault", "test.Escapes"),
+                                stdout=slave, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, env=host_world.env())
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        out = b""
+        while select.select([master], [], [], 0)[0] and not out.endswith(b"\n"):
+            out += os.read(master, 1024)
+        assert out.startswith(b"a_[31mb"), out
     finally:
         os.close(master)
         os.close(slave)

@@ -131,14 +131,23 @@ def _call(args: argparse.Namespace, spec: dict[str, object], log_dir: Path) -> i
     def enter() -> None:
         join(cgroup)  # the program is the domain's: bounded by its limits
 
+    filter_esc = args.filter_esc
+    if filter_esc is None:
+        filter_esc = os.isatty(sys.stdout.fileno())
+    # the service's output comes from another domain: as for `run`, a terminal here gets it
+    # filtered (qrexec-client-vm in the domain would filter only for the domain's terminal)
+    pipe = subprocess.PIPE if filter_esc else None
     # Ctrl-C reaches the program (same process group); this side only reports
     signal.signal(signal.SIGINT, lambda *_: None)
     try:
-        proc = subprocess.Popen([exe, *argv[1:]], env=env, preexec_fn=enter)
+        proc = subprocess.Popen([exe, *argv[1:]], env=env, preexec_fn=enter, stdout=pipe,
+                                stderr=pipe)
     except (OSError, subprocess.SubprocessError) as err:
         print(f"qrexec-host: call: cannot run {argv[0]} in {args.source}: {err}",
               file=sys.stderr)
         return 1
+    if filter_esc:
+        _copy_filtered(proc)
     status = proc.wait()
     if status < 0:
         return 128 - status
@@ -238,6 +247,14 @@ def _filtered(exe: str, argv: list[str], env: dict[str, str]) -> int:
     except OSError as err:
         print(f"qrexec-host: run: {argv[0]}: {err.strerror}", file=sys.stderr)
         return 127
+    _copy_filtered(proc)
+    status = proc.wait()
+    return 128 - status if status < 0 else status
+
+
+def _copy_filtered(proc: subprocess.Popen[bytes]) -> None:
+    """Copy `proc`'s piped stdout and stderr to ours, control characters made `_`, until
+    both end."""
     assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, sys.stdout.fileno())
@@ -251,5 +268,3 @@ def _filtered(exe: str, argv: list[str], env: dict[str, str]) -> int:
             out = unsafe_filter(data)
             while out:
                 out = out[os.write(key.data, out):]
-    status = proc.wait()
-    return 128 - status if status < 0 else status

@@ -102,6 +102,15 @@ def default_state_dir() -> Path:
     return Path(f"/tmp/qrexec-host-{os.getuid()}")
 
 
+
+def _escape_options(parser: argparse.ArgumentParser, whose: str) -> None:
+    esc = parser.add_mutually_exclusive_group()
+    esc.add_argument("--filter-escape-chars", dest="filter_esc", action="store_true",
+                     default=None, help=f"replace terminal control characters in the {whose} "
+                     "output with _ (default when stdout is a terminal)")
+    esc.add_argument("--no-filter-escape-chars", dest="filter_esc", action="store_false",
+                     help="pass the output as it is (default when stdout is no terminal)")
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qrexec-host", description=DESCRIPTION, epilog=EPILOG,
@@ -154,12 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--all", action="store_true",
                        help="in every running domain but dom0, one after the other; no NAME "
                        "then; exit status the worst one")
-    esc = run_p.add_mutually_exclusive_group()
-    esc.add_argument("--filter-escape-chars", dest="filter_esc", action="store_true",
-                     default=None, help="replace terminal control characters in the "
-                     "command's output with _ (default when stdout is a terminal)")
-    esc.add_argument("--no-filter-escape-chars", dest="filter_esc", action="store_false",
-                     help="pass the output as it is (default when stdout is no terminal)")
+    _escape_options(run_p, "command's")
     run_p.add_argument("-p", "--pass-io", action="store_true",
                        help="pass stdin, stdout and the exit status (the default here)")
     run_p.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME -- CMD",
@@ -171,6 +175,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--sandbox", choices=("auto", "bubblewrap", "plain"), default=None)
     demo.add_argument("--keep", action="store_true", help="keep the demo directory and logs")
     call = sub.add_parser("call", help="run qrexec-client-vm inside SOURCE")
+    # what the service sends comes from another domain, to this host's terminal
+    _escape_options(call, "call's")
     call.add_argument("source")
     call.add_argument("target")
     call.add_argument("service")
