@@ -458,22 +458,27 @@ def test_run_filters_escape_characters(host_world: HostWorld) -> None:
             assert r.stdout == b"a\033[31mb\tc\177d\n", (name, opts, r)
 
 
-def test_run_filters_for_a_terminal_by_default(host_world: HostWorld) -> None:
+def on_a_terminal(host_world: HostWorld, *args: str) -> bytes:
+    """The first line `qrexec-host ARGS` writes to stdout when that is a terminal (a pty)."""
     master, slave = pty.openpty()
     try:
-        for opts, want in (([], b"a_[31mb"), (["--no-filter-escape-chars"], b"a\033[31mb")):
-            proc = subprocess.Popen(host_world.argv("run", *opts, "work", "--", ESCAPES),
-                                    stdout=slave, stderr=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL, env=host_world.env())
-            _, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, err
-            out = b""
-            while select.select([master], [], [], 0)[0] and not out.endswith(b"\n"):
-                out += os.read(master, 1024)
-            assert out.startswith(want), out
+        proc = subprocess.Popen(host_world.argv(*args), stdout=slave, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, env=host_world.env())
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        out = b""
+        while select.select([master], [], [], 0)[0] and not out.endswith(b"\n"):
+            out += os.read(master, 1024)
+        return out
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_run_filters_for_a_terminal_by_default(host_world: HostWorld) -> None:
+    for opts, want in (([], b"a_[31mb"), (["--no-filter-escape-chars"], b"a\033[31mb")):
+        out = on_a_terminal(host_world, "run", *opts, "work", "--", ESCAPES)
+        assert out.startswith(want), out
 
 
 def test_call_filters_what_the_service_sends(host_world: HostWorld) -> None:
@@ -484,20 +489,8 @@ def test_call_filters_what_the_service_sends(host_world: HostWorld) -> None:
                        (["--no-filter-escape-chars"], raw), ([], raw)):  # [] : no terminal
         r = host_world.host("call", *opts, "work", "vault", "test.Escapes", input=b"")
         assert (r.returncode, r.stdout) == (0, want), (opts, r)
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(host_world.argv("call", "work", "vault", "test.Escapes"),
-                                stdout=slave, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=host_world.env())
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        out = b""
-        while select.select([master], [], [], 0)[0] and not out.endswith(b"\n"):
-            out += os.read(master, 1024)
-        assert out.startswith(b"a_[31mb"), out
-    finally:
-        os.close(master)
-        os.close(slave)
+    out = on_a_terminal(host_world, "call", "work", "vault", "test.Escapes")
+    assert out.startswith(b"a_[31mb"), out
 
 
 def test_prefs_show_and_set_what_the_policy_sees(host_world: HostWorld) -> None:
