@@ -129,6 +129,20 @@ def test_logs_merges_every_program_in_time_order(fresh_host_world: HostWorld) ->
     assert "work -> vault" in r.stdout.decode() and "work started" not in r.stdout.decode()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="plays another local account with setpriv")
+def test_logs_are_the_hosts_alone(fresh_host_world: HostWorld) -> None:
+    """What the daemons log names every call: another local account (here `nobody`) can
+    neither list the log directory nor read a log in it, while `logs` still can."""
+    log_dir = fresh_host_world.state / "log"
+    assert any(log_dir.glob("*.log")), log_dir
+    nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    some_log = sorted(log_dir.glob("*.log"))[0]
+    for argv in (["ls", str(log_dir)], ["cat", str(some_log)]):
+        r = subprocess.run([*nobody, *argv], capture_output=True)
+        assert r.returncode != 0 and b"Permission denied" in r.stderr, (argv, r)
+    assert fresh_host_world.host("logs").returncode == 0
+
+
 def test_logs_since(fresh_host_world: HostWorld) -> None:
     assert fresh_host_world.host("logs", "--since", "1h").stdout.count(b"\n") > 3
     assert fresh_host_world.host("logs", "--since=-10m").stdout.count(b"\n") > 3

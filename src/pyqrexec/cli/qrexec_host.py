@@ -102,7 +102,6 @@ def default_state_dir() -> Path:
     return Path(f"/tmp/qrexec-host-{os.getuid()}")
 
 
-
 def _escape_options(parser: argparse.ArgumentParser, whose: str) -> None:
     esc = parser.add_mutually_exclusive_group()
     esc.add_argument("--filter-escape-chars", dest="filter_esc", action="store_true",

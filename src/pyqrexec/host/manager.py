@@ -88,6 +88,9 @@ class Manager:
         for d in (p.state, p.vchan):
             os.chmod(d, 0o755)
         os.chmod(p.vchan / "0", 0o711)
+        # what the daemons log names every call (and the audit trail, its bytes): for the
+        # host's account and group, as /var/log/qubes is dom0's; no domain program writes there
+        os.chmod(p.log_dir, 0o750)
         write_dom0_launchers(p, self.base_env)
 
     async def up(self) -> None:
