@@ -69,6 +69,8 @@ _WAKE_MS = 10_000
 _BATCH_AFTER = 1 << 20
 
 _POLLIN = select.POLLIN | select.POLLPRI
+_POLLOUT = select.POLLOUT
+_POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
 def _unbacked(size: int) -> memoryview:
@@ -76,8 +78,7 @@ def _unbacked(size: int) -> memoryview:
     bytearray is zeroed on creation, and a short call would pay for megabytes it never
     uses (the clients' and call processes' resident size)."""
     return memoryview(mmap.mmap(-1, size))
-_POLLOUT = select.POLLOUT
-_POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
 
 _SAFE_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n\r\b\a"
 _FILTER_TABLE = bytes(b if b in _SAFE_BYTES else 0x5F for b in range(256))

@@ -88,14 +88,14 @@ class MessageReader:
     def __init__(self, check_header: HeaderCheck, capacity: int | None = None,
                  buffer: memoryview | None = None) -> None:
         self.check_header = check_header
-        self._fixed = capacity is not None or buffer is not None
-        #: the growing buffer (no fixed capacity)
-        self._buf = bytearray(capacity if buffer is None and capacity else 0)
-        self._view = (buffer if buffer is not None else memoryview(self._buf)) \
-            if self._fixed else None
+        if buffer is None and capacity is not None:
+            buffer = memoryview(bytearray(capacity))
+        #: the fixed-capacity buffer; None: `_buf` grows with what is received
+        self._view = buffer
+        self._buf = bytearray()
         #: what messages are read out of: the fixed view, or the growing bytearray itself
-        self._mem: bytearray | memoryview = self._view if self._view is not None else self._buf
-        #: unread bytes are `_buf[_pos:_end]`
+        self._mem: bytearray | memoryview = self._buf if buffer is None else buffer
+        #: unread bytes are `_mem[_pos:_end]`
         self._pos = 0
         self._end = 0
         self._header: tuple[int, int] | None = None
@@ -125,7 +125,7 @@ class MessageReader:
             raise LocalProtocolError("data received after EOF")
         if not data:
             raise LocalProtocolError("empty data: signal end of stream with receive_eof()")
-        if self._fixed:
+        if self._view is not None:
             n = len(data)
             self.free_space()[:n] = data
             self.received(n)
@@ -213,7 +213,7 @@ class MessageReader:
         return END_OF_STREAM
 
     def _compact(self) -> None:
-        if self._fixed:
+        if self._view is not None:
             return
         if self._pos == self._end:
             self._buf.clear()
