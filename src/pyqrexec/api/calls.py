@@ -24,7 +24,9 @@ from types import TracebackType
 from ..call.relay import Relay, caller_result, queue_eof_after_exit, queue_opening
 from ..protocol.constants import PROTOCOL_VERSION, MsgType
 from ..protocol.data import Action, CallerOrder, CallerStream
-from .errors import CallAborted, CallResult, CallTimeout
+from ..system.environment import Environment
+from ..transport import vchan
+from .errors import CallAborted, CallResult, CallTimeout, SetupFailed
 
 __all__ = ["AsyncCall", "ChannelCall", "LocalCall", "run_to_end", "LOG"]
 
@@ -116,6 +118,19 @@ class _Pause:
 
     def resume_reading(self) -> None:
         self.call._set_paused(self, False)
+
+
+async def accept_data_channel(env: Environment, vchan_dir: str, own_domain: int, remote: int,
+                              port: int, timeout: float | None, failure: str,
+                              status: int) -> socket.socket:
+    """The data vchan of a call whose request went out: listen on (remote, port) and take
+    the peer's connection; SetupFailed(`failure: why`, status) when none comes."""
+    listener, path = vchan.listen(vchan_dir, own_domain, remote, port,
+                                  pair_dirs=env.vchan_pair_dirs)
+    try:
+        return await vchan.accept_one_async(listener, path, timeout)
+    except OSError as err:
+        raise SetupFailed(f"{failure}: {err}", status) from err
 
 
 class ChannelCall(AsyncCall):

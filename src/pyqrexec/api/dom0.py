@@ -19,8 +19,7 @@ from ..protocol.constants import DOM0_NAMES, EXIT_PROBLEM, MsgType
 from ..protocol.errors import ProtocolError
 from ..system.defaults import DAEMON_SOCKET_DIR
 from ..system.environment import Environment
-from ..transport import vchan
-from .calls import AsyncCall, ChannelCall, LocalCall, run_to_end
+from .calls import AsyncCall, ChannelCall, LocalCall, accept_data_channel, run_to_end
 from .errors import CallResult, DaemonNotRunning, SetupFailed
 
 __all__ = ["AsyncDom0Client", "DOM0_NAMES", "service_command"]
@@ -78,12 +77,9 @@ class AsyncDom0Client:
                               EXIT_PROBLEM) from err
         finally:
             sock.close()
-        listener, path = vchan.listen(self.vchan_dir, self.own_domain, remote, port,
-                                      pair_dirs=self.env.vchan_pair_dirs)
-        try:
-            channel = await vchan.accept_one_async(listener, path, self.connect_timeout)
-        except OSError as err:
-            raise SetupFailed(f"data vchan connection failed: {err}", EXIT_PROBLEM) from err
+        channel = await accept_data_channel(self.env, self.vchan_dir, self.own_domain, remote,
+                                            port, self.connect_timeout,
+                                            "data vchan connection failed", EXIT_PROBLEM)
         return ChannelCall(channel, has_input=stdin, no_hello_status=EXIT_PROBLEM,
                            own_version=self.env.max_protocol_version)
 

@@ -17,9 +17,8 @@ from ..protocol.messages import client_trigger
 from ..protocol.wire import EXEC_HEAD, parse_exec_params_only
 from ..system.defaults import AGENT_SOCKET
 from ..system.environment import Environment
-from ..transport import vchan
 from ..transport.aio import connect_unix
-from .calls import AsyncCall, ChannelCall, run_to_end
+from .calls import AsyncCall, ChannelCall, accept_data_channel, run_to_end
 from .errors import CallRefused, CallResult, SetupFailed
 
 __all__ = ["AsyncDomainClient", "DEFAULT_AGENT_SOCKET"]
@@ -87,12 +86,9 @@ class AsyncDomainClient:
             domain, port = parse_exec_params_only(answer)
         except RemoteProtocolError as err:
             raise SetupFailed(f"short answer from the agent: {err}", _EXIT_FAILED) from err
-        listener, path = vchan.listen(self.vchan_dir, self.own_domain, domain, port,
-                                      pair_dirs=self.env.vchan_pair_dirs)
-        try:
-            channel = await vchan.accept_one_async(listener, path, self.connect_timeout)
-        except OSError as err:
-            raise SetupFailed(f"Data vchan connection failed: {err}", _EXIT_FAILED) from err
+        channel = await accept_data_channel(self.env, self.vchan_dir, self.own_domain, domain,
+                                            port, self.connect_timeout,
+                                            "Data vchan connection failed", _EXIT_FAILED)
         return ChannelCall(channel, has_input=stdin, on_end=agent.close,
                            own_version=self.env.max_protocol_version)
 
