@@ -52,7 +52,7 @@ class Environment:
     the whole mapping (what a service or a child inherits, `environb` as bytes)."""
 
     __slots__ = (
-        "variables", "_environb", "path", "user", "service_path", "rpc_config_path",
+        "variables", "environb", "path", "user", "service_path", "rpc_config_path",
         "vchan_socket_dir", "vchan_domain", "vchan_pair_dirs", "max_protocol_version",
         "max_protocol_warning", "policy_socket", "policy_dir", "legacy_policy_dir",
         "grants_file", "qubesd_socket", "qubesd_internal_socket", "notify_socket",
@@ -61,9 +61,11 @@ class Environment:
 
     def __init__(self, variables: Mapping[str, str]) -> None:
         env = self.variables = dict(variables)
-        # encoded now (some 20 µs), not in each call process a daemon forks with it: there it
-        # would be done again for every call
-        self._environb = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+        #: `variables` as bytes, what an executed service inherits (the same bytes as
+        #: `os.environb` for an environment read from `os.environ`); encoded now (some 20 µs),
+        #: not again in each call process a daemon forks with it
+        self.environb: dict[bytes, bytes] = {
+            os.fsencode(k): os.fsencode(v) for k, v in env.items()}
         #: `PATH` for finding programs (`os.defpath` when unset, as `execvp` does)
         self.path: str = env.get("PATH", os.defpath)
         #: `USER`: names a user's fork server socket; None when unset
@@ -111,12 +113,6 @@ class Environment:
         """Say what was ignored; once per program, when its log is ready."""
         if self.max_protocol_warning:
             log(self.max_protocol_warning)
-
-    @property
-    def environb(self) -> dict[bytes, bytes]:
-        """`variables` as bytes, what an executed service inherits (the same bytes as
-        `os.environb` for an environment read from `os.environ`)."""
-        return self._environb
 
     @property
     def policy_dirs(self) -> list[str]:
