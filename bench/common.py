@@ -138,6 +138,17 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def smaps_mib(pid: int) -> dict[str, float]:
+    """A running process's memory from /proc/PID/smaps_rollup, MiB: "Rss", "Pss" (shared
+    pages divided among their sharers) and "Private" (its own pages)."""
+    kib: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        kib[key] = int(rest.split()[0])
+    return {"Rss": kib["Rss"] / 1024, "Pss": kib["Pss"] / 1024,
+            "Private": (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024}
+
+
 def load() -> str:
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 

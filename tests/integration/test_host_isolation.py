@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from pyqrexec.host.sandbox import KEPT_CAPS
+from pyqrexec.system.spawner import SPARE_NAME, SPAWNER_NAME
 
 from .fixtures.host import BWRAP, BWRAP_WHY, HostWorld, python_in_domain, roots, service
 from .fixtures.processes import parent_pid, wait_for
+from .fixtures.rawcalls import process_name
 
 pytestmark = [pytest.mark.skipif(BWRAP is None or os.geteuid() != 0,
                                  reason=f"needs bubblewrap as root: {BWRAP_WHY}"),
@@ -379,8 +381,10 @@ def test_killed_agent_or_daemon_halts_the_domain(host_world: HostWorld, what: st
     domid = host_world.domid(name)
     if what == "agent":
         marker = f"VCHAN_DOMAIN={domid}\0".encode()
+        # the agent, not its call spawner or spare (the same command line)
         pids = [p for p in _pids(host_world, b"qrexec_agent", b"")
-                if marker in Path(f"/proc/{p}/environ").read_bytes()]
+                if marker in Path(f"/proc/{p}/environ").read_bytes()
+                and process_name(p) not in (SPAWNER_NAME, SPARE_NAME)]
     else:
         pids = _pids(host_world, b"qrexec_daemon", f"\0{domid}\0{name}\0".encode())
     assert len(pids) == 1, pids

@@ -16,9 +16,10 @@ import pytest
 
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import parse_exec
+from pyqrexec.system.spawner import SPAWNER_NAME
 
-from .fixtures.processes import QrexecHost, wait_for
-from .fixtures.rawcalls import raw_dom0_exec
+from .fixtures.processes import QrexecHost, parent_pid, wait_for
+from .fixtures.rawcalls import process_name, raw_dom0_exec
 from .fixtures.wiretap import EXIT, HELLO, STDERR, STDOUT, Tap, tapped_domain, tapped_world
 from .fixtures.world import World
 
@@ -147,10 +148,11 @@ def test_s12_direct_vm_to_vm_data_path(host: QrexecHost) -> None:
              if m.type == MsgType.EXEC_CMDLINE]
     assert [(e.connect_domain, e.connect_port) for e in execs] == [(5, 513)]
     assert execs[0].payload == b"root:QUBESRPC test.Cat+ work\0"
-    # personal's handler (a child of its agent) connected; the listener was none of the
-    # dom0 processes
+    # personal's handler (a child of its agent's call spawner) connected; the listener was
+    # none of the dom0 processes
     assert personal.agent is not None
-    assert conn.client_ppid == personal.agent.pid
+    assert process_name(conn.client_ppid) == SPAWNER_NAME
+    assert parent_pid(conn.client_ppid) == personal.agent.pid
     dom0 = {p.pid for d in (work, personal) for p in (d.daemon,) if p is not None}
     assert conn.server_pid not in dom0 | {work.agent.pid if work.agent else 0}
     assert [c.name for c in tap.data_connections()] == ["vchan.5.6.513.sock"]

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..call.domain_handler import HandlerContext, run_handler
+from ..call.domain_handler import HandlerContext, pack_call, run_handler
 from ..protocol.channel import (
     END_OF_STREAM,
     NEED_DATA,
@@ -35,6 +35,7 @@ from ..services.session import MAX_PARKED, start_session_waiter
 from ..services.spawn import Failed, SpawnContext, service_config_for
 from ..system.environment import Environment
 from ..system.forking import fork_call, on_exit
+from ..system.spawner import Spawner
 from ..transport import vchan
 from ..transport.aio import BackgroundTasks, ChannelWriter
 from ..transport.feed import read_message_async
@@ -54,6 +55,8 @@ class AgentOptions:
     env: Environment
     own_version: int
     own_user: str | None
+    #: forks the call processes (docs/architecture.md#the-call-spawner); None: the agent does
+    spawner: Spawner | None = None
 
 
 @dataclass(eq=False)
@@ -83,8 +86,11 @@ class Agent:
         self.trigger: TriggerSocket | None = None
         self.parked: list[_Call] = []
         self.waiter: int | None = None
-        self.ctx = HandlerContext(opts.env, opts.own_version, opts.own_user, self.log,
-                                  opts.env.rpc_config_path)
+        self.ctx = HandlerContext.for_agent(opts.env, opts.own_version, opts.own_user,
+                                            self.log)
+        self.spawner = opts.spawner
+        if self.spawner is not None:
+            on_exit(self.loop, self.spawner.pid, self._spawner_gone)
 
     async def run(self) -> int:
         stop = asyncio.Event()
@@ -101,6 +107,8 @@ class Agent:
         return 0
 
     def _cleanup(self) -> None:
+        if self.spawner is not None:
+            self.spawner.close()
         if self.trigger is not None:
             self.trigger.close()
 
@@ -257,6 +265,13 @@ class Agent:
                         tasks=self.background)
 
     def _fork_handler(self, call: _Call) -> None:
+        if self.spawner is not None:
+            watch = self.spawner.launch(pack_call(call.msgtype, call.domain, call.port,
+                                                  call.cmdline, call.config))
+            if watch is not None:
+                self._watch_call(call, watch)
+                return
+
         def body() -> int:
             return run_handler(call.msgtype, call.domain, call.port, call.cmdline, self.ctx,
                                call.config)
@@ -268,6 +283,22 @@ class Agent:
             self._terminated(call)
 
         on_exit(self.loop, pid, ended)
+
+    def _watch_call(self, call: _Call, watch: int) -> None:
+        """The spawner's call process holds the other end of `watch` until it exits."""
+
+        def ended() -> None:
+            self.loop.remove_reader(watch)
+            os.close(watch)
+            self._terminated(call)
+
+        self.loop.add_reader(watch, ended)
+
+    def _spawner_gone(self, code: int) -> None:
+        if self.spawner is not None:
+            self.log(f"the call spawner exited with {code}; forking calls here")
+            self.spawner.close()
+            self.spawner = None
 
     def _terminated(self, call: _Call) -> None:
         self._send_soon(pack_connection_terminated(call.domain, call.port))

@@ -4,11 +4,12 @@ docs/reference/protocol.md#data-channel)."""
 
 from __future__ import annotations
 
+import marshal
 import os
 import pwd
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 from ..protocol.cmdline import Command, parse_command, split_user, strip_nul
 from ..protocol.constants import EXIT_PROBLEM, MsgType
@@ -20,7 +21,7 @@ from ..transport import vchan
 from .relay import SingleSocket
 from .service_side import VM_FAILURE_EOFS, relay_started, send_hello, send_status_only
 
-__all__ = ["HandlerContext", "run_handler", "own_user_name"]
+__all__ = ["HandlerContext", "run_handler", "own_user_name", "pack_call", "run_packed_call"]
 
 #: agent handler / client-vm data connect timeout (docs/reference/protocol.md#timeouts)
 DATA_CONNECT_TIMEOUT = 120.0
@@ -40,6 +41,12 @@ class HandlerContext:
     #: this process's user (no switch, `$SHELL -c` for shell commands); give it an empty
     #: `rpc_config_path`, as the fork server reads no rpc-config
     fork_server: bool = False
+
+    @classmethod
+    def for_agent(cls, env: Environment, own_version: int, own_user: str | None,
+                  log: Callable[[str], None]) -> HandlerContext:
+        """The context of the agent's handlers (not a fork server's)."""
+        return cls(env, own_version, own_user, log, env.rpc_config_path)
 
     @property
     def service_path(self) -> tuple[str, ...]:
@@ -126,6 +133,22 @@ def run_handler(
         return 0
     status = relay_started(channel, result, command, text, ctx.own_version, ctx.log, single)
     return 1 if status < 0 else status
+
+
+def pack_call(msgtype: int, domain: int, port: int, cmdline: bytes,
+              config: ServiceConfig | None) -> bytes:
+    """`run_handler`'s arguments as one message, for a call process the agent did not fork
+    itself (docs/architecture.md#the-call-spawner). Our own processes exchange it; marshal
+    is enough and costs nothing to load."""
+    return marshal.dumps((msgtype, domain, port, cmdline,
+                          None if config is None else astuple(config)))
+
+
+def run_packed_call(params: bytes, ctx: HandlerContext) -> int:
+    """`run_handler` on the arguments `pack_call` packed."""
+    msgtype, domain, port, cmdline, config = marshal.loads(params)
+    return run_handler(msgtype, domain, port, cmdline, ctx,
+                       None if config is None else ServiceConfig(*config))
 
 
 def _send_status_only(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 
-from ..call.domain_handler import own_user_name
+from ..call.domain_handler import HandlerContext, own_user_name, run_packed_call
 from ..system import defaults
 from ..system.environment import Environment
 from ..system.log import setup
+from ..system.spawner import start_spawner
 from . import entry
 from .args import GetoptError, getopt
 from .resident import without_tls
@@ -42,19 +43,26 @@ def main(argv: list[str] | None = None) -> int:
         elif opt in ("-S", "--no-fork-server"):
             fork_server = None
 
+    setup("qrexec-agent")
+    env = Environment.current()
+    log = logging.getLogger("pyqrexec.agent").info
+    env.log_problems(log)
+    own_user = own_user_name()
+    # forked before asyncio loads: the smaller the spawner, the cheaper each fork it makes
+    ctx = HandlerContext.for_agent(env, env.max_protocol_version, own_user, log)
+    spawner = start_spawner(lambda params: run_packed_call(params, ctx), log)
+
     import asyncio  # lazy: asyncio after without_tls()
 
     from ..agent.agent import Agent, AgentOptions  # lazy: asyncio after without_tls()
 
-    setup("qrexec-agent")
-    env = Environment.current()
-    env.log_problems(logging.getLogger(__name__).info)
     options = AgentOptions(
         agent_socket=agent_socket,
         fork_server_socket=fork_server,
         env=env,
         own_version=env.max_protocol_version,
-        own_user=own_user_name(),
+        own_user=own_user,
+        spawner=spawner,
     )
 
     async def amain() -> int:
