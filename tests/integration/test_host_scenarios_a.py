@@ -279,13 +279,12 @@ def pair_dir(host_world: HostWorld, a: int, b: int) -> Path:
 
 def calls_ended(host_world: HostWorld, name: str) -> bool:
     """Every call `name`'s agent started has ended and been reported to its daemon: a
-    handler's exit (logged by the agent, which then sends CONNECTION_TERMINATED) for each
-    `executed` line. A client may exit before that report, so the port its call used is
-    free again only from here on."""
+    handler's end (logged by the call process; the agent then sends CONNECTION_TERMINATED)
+    for each `executed` line. A client may exit before that report, so the port its call
+    used is free again only from here on."""
     text = (host_world.state / "log" / f"agent.{name}.log").read_text(errors="replace")
-    services = set(re.findall(r"executed(?: \(nowait\))?: .* \(pid (\d+)\)", text))
-    handlers = set(re.findall(r"pid (\d+) exited with", text)) - services
-    return len(handlers) >= len(re.findall(r"executed(?: \(nowait\))?: ", text))
+    ended = len(re.findall(r"call handled by pid \d+ ended with", text))
+    return ended >= len(re.findall(r"executed(?: \(nowait\))?: ", text))
 
 
 def expected_port(own: int, peer: int, used: set[int]) -> int:

@@ -7,6 +7,7 @@ rules), and the programs go on serving other calls.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import subprocess
@@ -38,8 +39,8 @@ def msg(t: int, payload: bytes = b"") -> bytes:
 
 # -- the service side facing a hostile caller -------------------------------------------------
 def handler_exits(dom: Domain, code: int) -> None:
-    wait_for(lambda: f"exited with {code}" in dom.agent_log.read_text(), TIMEOUT,
-             f"a handler exit {code}")
+    ended = re.compile(rf"call handled by pid \d+ ended with {code}\n")
+    wait_for(lambda: ended.search(dom.agent_log.read_text()), TIMEOUT, f"a handler exit {code}")
 
 
 @pytest.mark.parametrize("junk", [

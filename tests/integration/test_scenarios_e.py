@@ -9,6 +9,7 @@ QREXEC_POLICY_SOCKET (or a recording policy program) so the tests see exactly wh
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -220,7 +221,8 @@ def test_s57_oversized_data_chunk(host: QrexecHost, version: int, size: int) -> 
         rest = read_until_eof(chan)
     # no output, no exit code: the handler gave up
     assert MsgType.DATA_EXIT_CODE not in [t for t, _ in split_messages(rest)]
-    wait_for(lambda: "exited with 1" in work.agent_log.read_text(), 10, "handler exit 1")
+    wait_for(lambda: re.search(r"call handled by pid \d+ ended with 1\n",
+                               work.agent_log.read_text()), 10, "handler exit 1")
     control = tap.control()
     wait_for(lambda: any(m.type == MsgType.CONNECTION_TERMINATED
                          for m in control.to_client.messages()), 10, "CONNECTION_TERMINATED")

@@ -35,7 +35,7 @@ from ..services.session import MAX_PARKED, start_session_waiter
 from ..services.spawn import Failed, SpawnContext, service_config_for
 from ..system.environment import Environment
 from ..system.forking import fork_call, on_exit
-from ..system.spawner import Spawner
+from ..system.spawner import Spawner, call_ended
 from ..transport import vchan
 from ..transport.aio import BackgroundTasks, ChannelWriter
 from ..transport.feed import read_message_async
@@ -279,7 +279,7 @@ class Agent:
         pid = fork_call(body, self.log)
 
         def ended(code: int) -> None:
-            self.log(f"pid {pid} exited with {code}")
+            self.log(call_ended(pid, code))
             self._terminated(call)
 
         on_exit(self.loop, pid, ended)

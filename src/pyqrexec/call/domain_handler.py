@@ -80,7 +80,6 @@ def run_handler(
     `cmdline` is `USER:COMMAND` for an agent handler, `COMMAND` alone when `ctx.fork_server`.
     """
     log = ctx.log
-    just_exec = msgtype == MsgType.JUST_EXEC
     try:
         env = ctx.env
         channel = vchan.connect(env.vchan_socket_dir, domain, env.vchan_domain, port,
@@ -88,13 +87,24 @@ def run_handler(
     except OSError as err:
         log(f"Data vchan connection failed: {err}")
         return 1
+    # the channel is closed on every way out: a call process may serve another call
+    # (docs/architecture.md#the-call-spawner)
+    try:
+        return _serve(msgtype, cmdline, ctx, config, channel)
+    finally:
+        channel.close()
+
+
+def _serve(msgtype: int, cmdline: bytes, ctx: HandlerContext, config: ServiceConfig | None,
+           channel: socket.socket) -> int:
+    log = ctx.log
+    just_exec = msgtype == MsgType.JUST_EXEC
     # HELLO before anything is started (docs/reference/protocol.md#dom0-to-vm step 6): a handler
     # that dies later leaves its caller a channel closed early, whatever the service got to do
     try:
         send_hello(channel, ctx.own_version)
     except OSError as err:
         log(f"data channel: {err}")
-        channel.close()
         return 1
     text = strip_nul(cmdline)
     try:
@@ -119,6 +129,16 @@ def run_handler(
     )
     # before the service exists: it may ask for single-socket mode at once
     single = SingleSocket()
+    try:
+        return _run(command, user_b, text, channel, spawn_ctx, ctx, config, single, just_exec)
+    finally:
+        single.close()
+
+
+def _run(command: Command, user_b: bytes, text: bytes, channel: socket.socket,
+         spawn_ctx: SpawnContext, ctx: HandlerContext, config: ServiceConfig | None,
+         single: SingleSocket, just_exec: bool) -> int:
+    log = ctx.log
     result = start_command(command, os.fsdecode(user_b), spawn_ctx, config)
     if isinstance(result, Failed):
         log(result.message)

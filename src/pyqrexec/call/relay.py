@@ -146,6 +146,13 @@ class SingleSocket:
         except OSError:
             pass
 
+    def close(self) -> None:
+        """Give SIGUSR1 and the wake-up fd back: a call process may serve another call
+        (docs/architecture.md#the-call-spawner)."""
+        _signal.signal(_signal.SIGUSR1, _signal.SIG_DFL)
+        os.close(_signal.set_wakeup_fd(-1))
+        os.close(self.fd)
+
 
 class Source:
     """A local fd whose bytes become messages of `msgtype`; EOF becomes an empty one."""

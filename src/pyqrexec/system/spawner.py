@@ -1,24 +1,24 @@
-"""The call spawner: a small process that forks a resident program's per-call processes
-(docs/architecture.md#the-call-spawner).
+"""The call spawner: a small process that keeps the worker processes a resident program's
+calls run in (docs/architecture.md#the-call-spawner).
 
-Forking the agent itself costs more than the rest of a short call's start. The parent copies
-the page tables of a 16 MiB process; the child runs the at-fork hooks of `threading` and
-`logging` and takes a private copy of every page it touches; and while any child lives, every
-page the parent writes is copied too. About 1.5 ms of CPU per call, most of it before the call
-process can connect anything.
+Forking the agent for each call cost more than the rest of a short call's start: the parent
+copies the page tables of a 16 MiB process, the child runs the at-fork hooks of `threading`
+and `logging`, and both then copy every page they write to. About 1.5 ms of CPU per call.
 
 So the agent forks a spawner once, before it loads asyncio, and hands it each call as one
-message. The spawner keeps a spare: a call process forked ahead of its call, waiting for the
-call's parameters. A call starts in the time of two small messages; the spawner forks the next
-spare while the call runs. When the spawner is gone the agent forks the call itself, as before.
+message. The spawner passes it to an idle worker, which handles one call at a time and then
+waits for the next; it forks a worker when none is idle, and one ahead when it has just
+handed out the last. A worker serves again only after `_tidy` found the call left nothing
+behind. When the spawner is gone the agent forks each call itself, as before.
 
-Each call's message carries the write end of a pipe the call process holds until it exits:
-the parent watches the read end for EOF, so it learns of the end without owning the process.
-The spawner reaps its children and logs their exit codes.
+Each call's message carries the write end of a pipe the worker holds until the call has
+ended: the parent watches the read end for EOF, so it learns of the end without owning the
+process.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -27,10 +27,10 @@ from collections.abc import Callable
 
 from .forking import fork_call
 
-__all__ = ["SPAWNER_NAME", "SPARE_NAME", "Spawner", "start_spawner"]
+__all__ = ["SPAWNER_NAME", "SPARE_NAME", "Spawner", "call_ended", "start_spawner"]
 
-#: process names (comm, as `ps` shows them) of the spawner and of a spare while it waits; a
-#: spare takes back its parent's name when it gets its call
+#: process names (comm, as `ps` shows them) of the spawner and of a worker while it waits; a
+#: worker takes its parent's name while it handles a call
 SPAWNER_NAME = b"qrexec-spawner"
 SPARE_NAME = b"qrexec-spare"
 #: a call's parameters fit in one message: a command line is at most 64 KiB
@@ -66,14 +66,20 @@ class Spawner:
         return watch
 
     def close(self) -> None:
-        """No more calls; the spawner and its spare exit, the calls it started go on."""
+        """No more calls; the spawner and its idle workers exit, the calls in flight go on."""
         if self.sock is not None:
             self.sock.close()
             self.sock = None
 
 
+def call_ended(pid: int, status: int) -> str:
+    """The log line for the end of a call that process `pid` handled."""
+    return f"call handled by pid {pid} ended with {status}"
+
+
 def start_spawner(body: Callable[[bytes], int], log: Callable[[str], None]) -> Spawner:
-    """Fork a spawner whose call processes run `body(params)` and exit with its status."""
+    """Fork a spawner whose call processes run `body(params)`; its return value is the call's
+    status."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         pid = fork_call(lambda: _SpawnerProcess(theirs, body, log).serve(), log,
@@ -91,19 +97,37 @@ def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
     return params, fds
 
 
+#: what a worker says when it is ready for another call
+_IDLE = b"I"
+#: idle workers kept; more exit when they finish (a burst of calls leaves this many)
+MAX_IDLE = 2
+#: calls one worker serves before it exits and a fresh one takes its place
+MAX_CALLS = 500
+
+
+class _Worker:
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+
 class _SpawnerProcess:
-    """The spawner's loop: calls from the parent, exits of the children."""
+    """The spawner's loop: calls from the parent, workers coming back idle, children's exits."""
 
     def __init__(self, sock: socket.socket, body: Callable[[bytes], int],
                  log: Callable[[str], None]) -> None:
         self.sock = sock
         self.body = body
         self.log = log
-        #: our end of the waiting spare's socket, and its pid
-        self.spare: socket.socket | None = None
-        self.spare_pid = 0
-        #: the parent's process name, which the call processes keep
+        self.poller = select.poll()
+        #: every live worker by its socket's fd; the idle ones, most recently used last
+        self.workers: dict[int, _Worker] = {}
+        self.idle: list[_Worker] = []
+        #: the parent's process name, which a worker takes while it handles a call
         self.name = b""
+        #: where calls start: a call may change the directory (a root agent's shell command
+        #: runs in the user's home), a worker goes back here afterwards
+        self.cwd = os.getcwd()
 
     def serve(self) -> int:
         self.name = rename(SPAWNER_NAME)
@@ -111,76 +135,135 @@ class _SpawnerProcess:
         wake_read, wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        poller.register(wake_read, select.POLLIN)
-        self._refill()
+        self.poller.register(self.sock, select.POLLIN)
+        self.poller.register(wake_read, select.POLLIN)
+        self._fork_worker(None)
         while True:
-            for fd, _events in poller.poll():
+            for fd, _events in self.poller.poll():
                 if fd == wake_read:
                     while _drained(wake_read):
                         pass
                     self._reap()
-                    continue
-                try:
-                    params, fds = _receive(self.sock)
-                except OSError:
-                    return 0
-                if not params:
-                    for held in fds:
-                        os.close(held)
-                    return 0  # the parent is gone; the spare sees its socket close
-                self._start(params, fds)
+                elif fd in self.workers:
+                    self._worker_said(self.workers[fd])
+                else:
+                    try:
+                        params, fds = _receive(self.sock)
+                    except OSError:
+                        return 0
+                    if not params:
+                        for held in fds:
+                            os.close(held)
+                        return 0  # the parent is gone; the workers see their sockets close
+                    self._start(params, fds)
 
     def _start(self, params: bytes, fds: list[int]) -> None:
-        held = fds[0] if fds else None
-        spare, self.spare = self.spare, None
-        handed = False
-        if spare is not None:
-            try:
-                socket.send_fds(spare, [params], [] if held is None else [held])
-                handed = True
-            except OSError:
-                pass  # it died waiting: its exit is reaped, the call is forked below
-            spare.close()
-        if not handed:
-            fork_call(lambda: self._run(params), self.log, keep=() if held is None else (held,))
-        if held is not None:
-            os.close(held)
-        self._refill()
-
-    def _refill(self) -> None:
-        if self.spare is not None:
-            return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.spare_pid = fork_call(lambda: self._serve_as_spare(theirs), self.log,
-                                       keep=(theirs.fileno(),))
+            while self.idle:
+                worker = self.idle.pop()
+                try:
+                    socket.send_fds(worker.sock, [params], fds)
+                except OSError:
+                    self._forget(worker)  # it died waiting: its exit is reaped
+                    continue
+                if not self.idle:
+                    self._fork_worker(None)  # the next call finds one ready
+                return
+            self._fork_worker((params, fds))
+        finally:
+            for held in fds:
+                os.close(held)
+
+    def _fork_worker(self, call: tuple[bytes, list[int]] | None) -> None:
+        """A worker, waiting for a call or (`call`) starting with that one."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        keep = [theirs.fileno(), *(call[1] if call is not None else ())]
+        try:
+            pid = fork_call(lambda: self._work(theirs, call), self.log, keep=keep)
         except OSError as err:
-            self.log(f"cannot fork a spare call process: {err}")
+            self.log(f"cannot fork a call process: {err}")
             ours.close()
             return
         finally:
             theirs.close()
-        self.spare = ours
+        worker = _Worker(pid, ours)
+        self.workers[ours.fileno()] = worker
+        self.poller.register(ours, select.POLLIN)
+        if call is None:
+            self.idle.append(worker)
 
-    def _serve_as_spare(self, sock: socket.socket) -> int:
-        """A spare's life: wait for a call, then run it; exit 0 when the spawner goes away
-        first. The fd that came with the call stays open until this process exits."""
-        rename(SPARE_NAME)
+    def _worker_said(self, worker: _Worker) -> None:
         try:
-            params, _held = _receive(sock)
+            said = worker.sock.recv(16)
         except OSError:
-            return 0
-        sock.close()
-        if not params:
-            return 0
-        return self._run(params)
+            said = b""
+        if said == _IDLE and len(self.idle) < MAX_IDLE:
+            self.idle.append(worker)
+        else:
+            self._forget(worker)  # gone, or one idle worker too many: EOF tells it to exit
 
-    def _run(self, params: bytes) -> int:
-        if self.name:
-            rename(self.name)
-        return self.body(params)
+    def _forget(self, worker: _Worker) -> None:
+        if worker in self.idle:
+            self.idle.remove(worker)
+        self.workers.pop(worker.sock.fileno(), None)
+        self.poller.unregister(worker.sock)
+        worker.sock.close()
+
+    def _work(self, sock: socket.socket, call: tuple[bytes, list[int]] | None) -> int:
+        """A worker's life: handle calls one at a time until the spawner has no more for it,
+        the worker has served `MAX_CALLS`, or a call left something behind. Each call's
+        passed fd stays open until that call has ended."""
+        status = 0
+        for served in range(MAX_CALLS):
+            if call is None:
+                _set_name(SPARE_NAME)
+                try:
+                    call = _receive(sock)
+                except OSError:
+                    return status
+                if not call[0]:
+                    return status
+            if self.name:
+                _set_name(self.name)
+            params, held = call
+            call = None
+            status = self.body(params)
+            self.log(call_ended(os.getpid(), status))
+            for fd in held:
+                os.close(fd)
+            if served + 1 == MAX_CALLS or not self._tidy(sock.fileno()):
+                break
+            try:
+                sock.send(_IDLE)
+            except OSError:
+                break
+        return status
+
+    def _tidy(self, sock: int) -> bool:
+        """Undo what a call may have changed in this process; whether it may serve another.
+        A call that leaves a child running (a detached service) or a descriptor open ends
+        its worker, whose exit hands the child to init as a per-call process would."""
+        try:
+            while True:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    return False
+        except ChildProcessError:
+            pass
+        gc.collect()
+        if any(_is_open(int(fd)) for fd in os.listdir("/proc/self/fd")
+               if int(fd) not in (0, 1, 2, sock)):
+            return False
+        if (signal.getsignal(signal.SIGUSR1) is not signal.SIG_DFL
+                or signal.set_wakeup_fd(-1) != -1):
+            return False
+        try:
+            os.chdir(self.cwd)
+            if os.sched_getscheduler(0) != os.SCHED_OTHER:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            return False
+        return True
 
     def _reap(self) -> None:
         while True:
@@ -190,12 +273,18 @@ class _SpawnerProcess:
                 return
             if pid == 0:
                 return
-            if pid == self.spare_pid and self.spare is not None:
-                # killed while it waited: the next call gets a new one
-                self.spare.close()
-                self.spare = None
-                continue
-            self.log(f"pid {pid} exited with {os.waitstatus_to_exitcode(status)}")
+            code = os.waitstatus_to_exitcode(status)
+            if code < 0:
+                self.log(f"call process {pid} killed by signal {-code}")
+
+
+def _is_open(fd: int) -> bool:
+    """Whether `fd` is open (the directory listing of /proc/self/fd saw its own, now closed)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _drained(fd: int) -> bool:
@@ -203,6 +292,14 @@ def _drained(fd: int) -> bool:
         return bool(os.read(fd, 512))
     except BlockingIOError:
         return False
+
+
+def _set_name(name: bytes) -> None:
+    try:
+        with open("/proc/self/comm", "wb", buffering=0) as comm:
+            comm.write(name)
+    except OSError:
+        pass
 
 
 def rename(name: bytes) -> bytes:
