@@ -24,6 +24,7 @@ from pyqrexec.api import (
 from pyqrexec.system.environment import Environment
 
 from .fixtures.processes import QrexecHost, wait_for
+from .fixtures.wiretap import HELLO, STDIN, tapped_world
 from .fixtures.world import World
 
 MIB = 1 << 20
@@ -216,6 +217,37 @@ def test_dom0_256_mib_each_way_exact(world: World) -> None:
 
     sent, received = asyncio.run(main())
     assert sent == received
+
+
+def test_dom0_blocking_run_64_mib_each_way_exact(dom0: Dom0Client) -> None:
+    """`Dom0Client.run` without a loop (docs/client-library.md#the-blocking-clients): input
+    fed while output is read, neither held up by the other."""
+    data = hashlib.sha256(b"seed").digest() * (64 * MIB // 32)
+    r = dom0.run("work", "root:exec cat", input=data)
+    assert r.returncode == 0
+    assert hashlib.sha256(r.stdout).digest() == hashlib.sha256(data).digest()
+
+
+def test_dom0_blocking_run_sends_what_the_cli_sends(host: QrexecHost) -> None:
+    """The loop-less `run`, the asyncio path (taken while another call is in flight) and
+    `qrexec-client` put the same messages on the data channel, and get the same result."""
+    world, tap = tapped_world(host)
+    command = "root:read x; echo \"$x\"; echo err >&2; exit 5"
+    r = host.client("-d", "work", command, input=b"in\n")
+    results = [(r.returncode, r.stdout, r.stderr)]
+    with Dom0Client(**dom0_kw(host)) as dom0:  # type: ignore[arg-type]
+        x = dom0.run("work", command, input=b"in\n")
+        results.append((x.returncode, x.stdout, x.stderr))
+        busy = dom0.start("work", "root:exec sleep 60")
+        x = dom0.run("work", command, input=b"in\n")
+        results.append((x.returncode, x.stdout, x.stderr))
+        busy.abort()
+    assert results == [(5, b"in\n", b"err\n")] * 3
+    cli, blocking, _busy, looped = conns = tap.data_connections()
+    wait_for(lambda: all(c.done.is_set() for c in conns), 10, "the channels to close")
+    sent = [[(m.type, m.payload) for m in c.to_client.messages()] for c in (cli, blocking, looped)]
+    assert sent[0] == sent[1] == sent[2]
+    assert [t for t, _ in sent[0]] == [HELLO, STDIN, STDIN]
 
 
 def test_dom0_many_calls_in_flight(world: World) -> None:

@@ -38,10 +38,10 @@ OUTPUT_LIMIT = 4 << 20
 #: send() returns once at most this many pieces (half of them 64 KiB payloads) wait
 _SEND_QUEUE = 64
 #: after EXIT_CODE, how long the STDIN EOF may take to go out (as in the CLIs' relay)
-_EOF_WAIT = 10.0
+EOF_WAIT = 10.0
 
 
-def _log(message: str) -> None:
+def log_problem(message: str) -> None:
     LOG.warning("%s", message)
 
 
@@ -133,6 +133,20 @@ async def accept_data_channel(env: Environment, vchan_dir: str, own_domain: int,
         raise SetupFailed(f"{failure}: {err}", status) from err
 
 
+def take_messages(relay: Relay, order: CallerOrder,
+                  received: Callable[[Action, memoryview], None]) -> bool:
+    """Read what the channel has and hand each message to `received`; True when the call's
+    input is over: the service's EXIT_CODE came, and the STDIN EOF is queued."""
+    for action, payload in relay.read_actions():
+        received(action, payload)
+    if relay.failed is not None:
+        relay.channel_eof = True
+    elif order.exit_seen:
+        queue_eof_after_exit(relay, order)
+        return True
+    return False
+
+
 class ChannelCall(AsyncCall):
     """The caller's end of a connected data channel (a non-blocking socket it now owns).
 
@@ -152,7 +166,7 @@ class ChannelCall(AsyncCall):
         self._loop = loop
         self._channel = channel
         self._fd = channel.fileno()
-        self._relay = Relay(channel, own_version, _log, CallerStream)
+        self._relay = Relay(channel, own_version, log_problem, CallerStream)
         self._order = CallerOrder(has_input)
         self.stdout = asyncio.StreamReader(OUTPUT_LIMIT, loop=loop)
         self.stderr = asyncio.StreamReader(OUTPUT_LIMIT, loop=loop)
@@ -248,12 +262,7 @@ class ChannelCall(AsyncCall):
 
     def _readable(self) -> None:
         relay, order = self._relay, self._order
-        for action, payload in relay.read_actions():
-            self._received(action, payload)
-        if relay.failed is not None:
-            relay.channel_eof = True
-        elif order.exit_seen:
-            queue_eof_after_exit(relay, order)
+        if take_messages(relay, order, self._received):
             self._input_open = False
         if relay.version and not self._started.done():
             queue_opening(relay, order)
@@ -309,7 +318,7 @@ class ChannelCall(AsyncCall):
         if self._order.exit_seen and relay.outq and not relay.send_failed:
             # the STDIN EOF goes out unless the service side has closed the channel; a peer
             # that neither reads nor closes is given the relay's usual wait
-            self._eof_timer = self._loop.call_later(_EOF_WAIT, self._close)
+            self._eof_timer = self._loop.call_later(EOF_WAIT, self._close)
             self._flush()
             return
         relay.flush()

@@ -4,19 +4,25 @@
 A client's methods run its loop until they return, so calls in flight progress whenever
 any method of the same client runs. A client belongs to one thread; it must not be used
 from inside a running event loop (use the asyncio clients there).
+
+`Dom0Client.run` into a domain takes a shorter way when no other call of the client is in
+flight, with no loop to keep going: `blocking.run_in_domain`, the same messages without
+asyncio's cost (about half of this process's CPU per call).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ..system.defaults import DAEMON_SOCKET_DIR
 from ..system.environment import Environment
+from .blocking import run_in_domain
 from .calls import AsyncCall
-from .dom0 import AsyncDom0Client, service_command
+from .dom0 import DOM0_NAMES, AsyncDom0Client, service_command
 from .domain import DEFAULT_AGENT_SOCKET, AsyncDomainClient
 from .errors import CallResult
 
@@ -105,6 +111,15 @@ class Call:
 class _Client:
     def __init__(self) -> None:
         self._loop = _Loop()
+        #: the calls `start` returned, while their owner keeps them
+        self._calls: weakref.WeakSet[Call] = weakref.WeakSet()
+
+    def _in_flight(self) -> bool:
+        return any(not call._call.done for call in self._calls)
+
+    def _started(self, call: Call) -> Call:
+        self._calls.add(call)
+        return call
 
     def close(self) -> None:
         self._loop.close()
@@ -129,7 +144,11 @@ class Dom0Client(_Client):
 
     def run(self, domain: str, command: str, *, input: bytes | None = None,
             timeout: float | None = None) -> CallResult:
-        return self._loop.run(self.aio.run(domain, command, input=input, timeout=timeout))
+        aio = self.aio
+        if domain in DOM0_NAMES or self._in_flight():
+            return self._loop.run(aio.run(domain, command, input=input, timeout=timeout))
+        return run_in_domain(aio.env, aio.socket_dir, aio.vchan_dir, aio.own_domain,
+                             aio.connect_timeout, domain, command, input, timeout)
 
     def run_service(self, domain: str, service: str, argument: str = "", *,
                     input: bytes | None = None, timeout: float | None = None) -> CallResult:
@@ -137,7 +156,8 @@ class Dom0Client(_Client):
                         timeout=timeout)
 
     def start(self, domain: str, command: str, *, stdin: bool = True) -> Call:
-        return Call(self._loop, self._loop.run(self.aio.start(domain, command, stdin=stdin)))
+        return self._started(
+            Call(self._loop, self._loop.run(self.aio.start(domain, command, stdin=stdin))))
 
     def start_service(self, domain: str, service: str, argument: str = "", *,
                       stdin: bool = True) -> Call:
@@ -162,5 +182,6 @@ class DomainClient(_Client):
 
     def start(self, target: str, service: str, *, source: str | None = None,
               stdin: bool = True) -> Call:
-        return Call(self._loop,
-                    self._loop.run(self.aio.start(target, service, source=source, stdin=stdin)))
+        return self._started(Call(
+            self._loop,
+            self._loop.run(self.aio.start(target, service, source=source, stdin=stdin))))

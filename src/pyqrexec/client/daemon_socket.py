@@ -31,8 +31,10 @@ def _not_running(err: OSError, domain: str) -> OSError:
     return err
 
 
-def connect_daemon(socket_dir: str, domain: str) -> socket.socket:
-    """Connect `qrexec.<domain>` and do the HELLO exchange."""
+def connect_daemon(socket_dir: str, domain: str,
+                   timeout: float | None = None) -> socket.socket:
+    """Connect `qrexec.<domain>` and do the HELLO exchange, that within `timeout` seconds
+    (a full listen backlog is waited out in `connect`, as the kernel does)."""
     sock = sockets.unix_stream()
     try:
         sock.connect(os.path.join(socket_dir, f"qrexec.{domain}"))
@@ -40,6 +42,8 @@ def connect_daemon(socket_dir: str, domain: str) -> socket.socket:
         sock.close()
         raise _not_running(err, domain) from err
     try:
+        if timeout is not None:
+            sock.settimeout(timeout)
         if not isinstance(read_message(sock, DaemonSession(), NEED_DATA), Hello):
             raise EOFError("the daemon closed the connection before its HELLO")
         sock.sendall(hello(CLIENT_PROTOCOL_VERSION))
