@@ -33,8 +33,9 @@ from ..protocol.messages import ExecParams, hello, pack_connection_terminated
 from ..services.rpcconfig import ServiceConfig
 from ..services.session import MAX_PARKED, start_session_waiter
 from ..services.spawn import Failed, SpawnContext, service_config_for
+from ..system.child_exits import on_exit
 from ..system.environment import Environment
-from ..system.forking import fork_call, on_exit
+from ..system.forking import fork_call
 from ..system.spawner import Spawner, call_ended
 from ..transport import vchan
 from ..transport.aio import BackgroundTasks, ChannelWriter

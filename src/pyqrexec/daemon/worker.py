@@ -29,7 +29,8 @@ from ..protocol.errors import RemoteProtocolError
 from ..protocol.wire import hello, pack_exec
 from ..qubesd.client import QubesdError
 from ..qubesd.client_async import call_async
-from ..system.forking import fork_call, wait_exit
+from ..system.child_exits import wait_exit
+from ..system.forking import fork_call
 from ..transport.aio import open_unix
 from ..transport.feed import read_stream_message
 from .call_audit import CallAudit, read_traffic, write_traffic

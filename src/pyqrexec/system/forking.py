@@ -1,20 +1,21 @@
 """Per-call child processes of the asyncio daemons (agent handlers, dom0 service sides).
 
-Upstream forks a process per call; so do we: the child runs a plain blocking relay, which
-is faster than multiplexing every call's bytes through the parent's event loop, and a crash
-stays inside one call.
+Upstream forks a process per call; so do we (the agent through its call spawner, whose
+workers serve call after call, docs/architecture.md#the-call-spawner): the child runs a plain
+blocking relay, which is faster than multiplexing every call's bytes through the parent's
+event loop, and a crash stays inside one call. No asyncio here: the agent forks its spawner
+before it loads asyncio. The loop's side of a child's exit is `child_exits`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["fork_call", "on_exit", "wait_exit"]
+__all__ = ["fork_call"]
 
 
 def fork_call(
@@ -53,28 +54,3 @@ def fork_call(
     finally:
         sys.stderr.flush()
         os._exit(status & 0xFF)
-
-
-def on_exit(loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[int], None]) -> None:
-    """Call `callback(exit code)` from the loop once child `pid` has exited (it is reaped)."""
-    pidfd = os.pidfd_open(pid)
-
-    def exited() -> None:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        try:
-            _, wstatus = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(wstatus)
-        except ChildProcessError:
-            code = 0
-        callback(code)
-
-    loop.add_reader(pidfd, exited)
-
-
-async def wait_exit(pid: int) -> int:
-    """The exit code of child `pid` (negative: killed by that signal)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[int] = loop.create_future()
-    on_exit(loop, pid, done.set_result)
-    return await done
