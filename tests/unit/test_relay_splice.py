@@ -179,3 +179,40 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+
+
+def test_a_peer_that_closes_mid_splice_ends_the_call(splices: Splices) -> None:
+    """The caller's end goes away while spliced payloads are queued: the relay gives up
+    sending (EPIPE), sees the channel's end and returns -1, as on the plain path."""
+    chan, peer = socket.socketpair()
+    stdin, stdin_far = socket.socketpair()
+    stdout, stdout_far = socket.socketpair()
+    end = ServiceEnd(stdin=stdin, stdout=stdout, stderr=None, pidfd=None, reap=lambda: 0)
+    data = pattern(64 * MiB)
+
+    def service() -> None:
+        try:
+            stdout_far.sendall(data)
+        except OSError:  # the relay closed its end when the call ended
+            pass
+
+    def peer_side() -> None:
+        peer.sendall(hello(4))
+        got = 0
+        while got < 4 * MiB:
+            got += len(peer.recv(MiB))
+        peer.close()
+
+    threads = [threading.Thread(target=service), threading.Thread(target=peer_side)]
+    for t in threads:
+        t.start()
+    lines: list[str] = []
+    assert run_service(chan, 4, end, lines.append) == -1
+    chan.close()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    stdin_far.close()
+    stdout_far.close()
+    assert splices.calls
+    assert "vchan connection closed early" in lines
