@@ -190,7 +190,9 @@ class Source:
 class _Piped:
     """An output-queue item: `left` payload bytes waiting in a source's pipe, for splice()
     into the channel. The bytes go from the service's socket to the channel without being
-    copied through this process (measured on Linux 6.18: a third less CPU for the relay)."""
+    copied through this process. Measured on Linux 6.18, per GiB: a third less CPU for the
+    relay (0.12-0.17 s), of which the channel's reader pays back ~0.1 s, since it now
+    frees the service's pages; what counts is that the relay keeps up with the service."""
 
     __slots__ = ("fd", "left")
 
