@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -28,15 +29,32 @@ def burst(argv: list[str], env: dict[str, str], count: int,
           ) -> tuple[Counter[int], float, float, list[float]]:
     """(exit statuses, seconds until all ended, slowest call, latencies of `during` calls
     made one after the other while the burst runs)."""
-    t0 = time.perf_counter()
-    procs = [subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(count)]
     others: list[float] = []
-    while during is not None and any(p.poll() is None for p in procs):
-        t = time.perf_counter()
-        subprocess.run(during[0], env=during[1], check=True, timeout=HUNG)
-        others.append(time.perf_counter() - t)
+    over = threading.Event()
+
+    def other_calls() -> None:
+        # from the first call of the burst on: starting a thousand processes takes seconds
+        assert during is not None
+        while not over.is_set():
+            t = time.perf_counter()
+            subprocess.run(during[0], env=during[1], check=True, timeout=HUNG)
+            others.append(time.perf_counter() - t)
+
+    meanwhile = threading.Thread(target=other_calls) if during is not None else None
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    t0 = time.perf_counter()
+    procs = [start()]
+    if meanwhile is not None:
+        meanwhile.start()
+    procs += [start() for _ in range(count - 1)]
+    while any(p.poll() is None for p in procs) and time.perf_counter() < t0 + HUNG:
+        time.sleep(0.01)
+    over.set()
+    if meanwhile is not None:
+        meanwhile.join()
     statuses: Counter[int] = Counter()
     slowest = 0.0
     for p in procs:
