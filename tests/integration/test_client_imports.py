@@ -16,11 +16,12 @@ OURS = {
     "qrexec-client": {
         "pyqrexec", "pyqrexec.cli", "pyqrexec.cli.args", "pyqrexec.cli.qrexec_client",
         "pyqrexec.call", "pyqrexec.call.relay", "pyqrexec.client",
-        "pyqrexec.protocol.channel", "pyqrexec.protocol.control", "pyqrexec.transport.feed",
-        "pyqrexec.client.daemon_socket", "pyqrexec.protocol", "pyqrexec.protocol.cmdline",
+        # the client socket's rules alone, not every channel's (`protocol.channel`)
+        "pyqrexec.protocol.session", "pyqrexec.transport.feed",
+        "pyqrexec.client.daemon_socket", "pyqrexec.protocol",
         "pyqrexec.protocol.constants", "pyqrexec.protocol.data", "pyqrexec.protocol.errors",
-        "pyqrexec.protocol.framing", "pyqrexec.protocol.handshake", "pyqrexec.protocol.idents",
-        "pyqrexec.protocol.messages", "pyqrexec.protocol.records", "pyqrexec.protocol.wire",
+        "pyqrexec.protocol.framing", "pyqrexec.protocol.handshake",
+        "pyqrexec.protocol.records", "pyqrexec.protocol.wire",
         "pyqrexec.system", "pyqrexec.system.log", "pyqrexec.system.environment",
         "pyqrexec.system.defaults",
         "pyqrexec.transport", "pyqrexec.transport.unixsock", "pyqrexec.transport.vchan",
@@ -31,7 +32,9 @@ OURS = {
 OURS["qrexec-client-vm"] = (OURS["qrexec-client"] - {"pyqrexec.cli.qrexec_client",
                                                      "pyqrexec.client",
                                                      "pyqrexec.client.daemon_socket"}
-                            | {"pyqrexec.cli.qrexec_client_vm"})
+                            | {"pyqrexec.cli.qrexec_client_vm",
+                               # the trigger it sends its agent
+                               "pyqrexec.protocol.messages"})
 #: ... and the standard library's: C modules and `struct`; none of the Python modules that
 #: cost milliseconds (`socket` and `signal` build enums at import, `collections` pulls in a
 #: handful more): docs/architecture.md#code-shape

@@ -6,8 +6,9 @@ from __future__ import annotations
 import errno
 import os
 
-from ..protocol.channel import NEED_DATA, DaemonSession, Hello, PortAnswer
 from ..protocol.constants import CLIENT_PROTOCOL_VERSION
+from ..protocol.framing import NEED_DATA
+from ..protocol.session import DaemonSession, Hello, PortAnswer
 from ..protocol.wire import hello, pack_exec
 from ..transport import sockets
 from ..transport.feed import read_message

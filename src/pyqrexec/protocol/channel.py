@@ -24,18 +24,11 @@ from .control import (
     parse_connection_terminated,
     validate_trigger,
 )
-from .errors import LocalProtocolError, RemoteProtocolError
-from .framing import END_OF_STREAM, NEED_DATA, Message, MessageReader, Signal
+from .framing import END_OF_STREAM, NEED_DATA, Message, Signal
 from .handshake import check_client_hello, check_hello_header, negotiate_control, negotiate_data
-from .messages import ExecParams, Trigger4, parse_exec, parse_exec_params_only, parse_hello
+from .messages import ExecParams, Trigger4, parse_exec, parse_hello
 from .records import record
-from .sentinels import Sentinel
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import ClassVar
-
-    from .framing import HeaderCheck
+from .session import ChannelBase, DaemonSession, Hello, PortAnswer, Step, refuse_all
 
 __all__ = [
     "Event",
@@ -56,15 +49,6 @@ __all__ = [
     "NEED_DATA",
     "END_OF_STREAM",
 ]
-
-
-@record
-class Hello:
-    """The peer's HELLO arrived: the version the channel runs at from now on."""
-
-    version: int
-    #: what the peer announced
-    peer: int
 
 
 @record
@@ -125,50 +109,11 @@ class UnexpectedData:
     """Client -> daemon: bytes after the request, where nothing more may come."""
 
 
-@record
-class PortAnswer:
-    """Daemon -> client: where the data channel of a request with port 0 goes."""
-
-    domain: int
-    port: int
-
-
 Event = (Hello | ConnectionTerminated | ServiceRequest | Refusal | Exec | ServiceConnect
          | ServiceRefused | ClientRequest | UnexpectedData | PortAnswer | Trigger4)
 
 
-class _Channel:
-    """A message reader plus the rules of the message it expects next."""
-
-    def __init__(self, check: HeaderCheck) -> None:
-        self.reader = MessageReader(check)
-
-    @property
-    def wanted(self) -> int:
-        return self.reader.wanted
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of a message begun and not complete (0: at a message boundary)."""
-        return self.reader.buffered
-
-    def receive_data(self, data: bytes) -> None:
-        self.reader.receive_data(data)
-
-    def receive_eof(self) -> None:
-        self.reader.receive_eof()
-
-    def next_event(self) -> Event | Signal:
-        message = self.reader.next_message()
-        if isinstance(message, Signal):
-            return message
-        return self._handle(message)
-
-    def _handle(self, message: Message) -> Event:
-        raise NotImplementedError
-
-
-class _Control(_Channel):
+class _Control(ChannelBase):
     """daemon <-> agent: HELLO at min(own, peer) >= 2, then the side's messages."""
 
     def __init__(self, own_version: int) -> None:
@@ -221,41 +166,22 @@ class AgentControl(_Control):
         return Exec(message.msgtype, params)
 
 
-class _Step(Sentinel):
-    HELLO: ClassVar[_Step]
-    REQUEST: ClassVar[_Step]
-    RUNNING: ClassVar[_Step]
-    ANSWER: ClassVar[_Step]
-    DONE: ClassVar[_Step]
-
-
-_Step.HELLO = _Step("HELLO")
-_Step.REQUEST = _Step("REQUEST")
-_Step.RUNNING = _Step("RUNNING")
-_Step.ANSWER = _Step("ANSWER")
-_Step.DONE = _Step("DONE")
-
-
-def _refuse_all(msgtype: int, length: int) -> None:
-    raise RemoteProtocolError(f"message {msgtype:#x} where none may come")
-
-
-class ClientSession(_Channel):
+class ClientSession(ChannelBase):
     """The daemon's end of one client connection on its socket (Client socket): the client's HELLO
     (version >= 3), one request, then nothing (RUNNING). Any RemoteProtocolError: close
     the connection and forward nothing."""
 
     def __init__(self) -> None:
         super().__init__(check_hello_header)
-        self.step = _Step.HELLO
+        self.step = Step.HELLO
 
     @property
     def wanted(self) -> int:
         # RUNNING: one byte is enough to know that the client broke the rule
-        return 1 if self.step is _Step.RUNNING else self.reader.wanted
+        return 1 if self.step is Step.RUNNING else self.reader.wanted
 
     def next_event(self) -> Event | Signal:
-        if self.step is _Step.RUNNING:
+        if self.step is Step.RUNNING:
             if self.reader.eof:
                 return END_OF_STREAM
             if self.reader.buffered:
@@ -264,70 +190,30 @@ class ClientSession(_Channel):
         return super().next_event()
 
     def _handle(self, message: Message) -> Hello | ClientRequest:
-        if self.step is _Step.HELLO:
+        if self.step is Step.HELLO:
             peer = parse_hello(message.msgtype, message.payload)
             version = check_client_hello(peer)
-            self.step = _Step.REQUEST
+            self.step = Step.REQUEST
             self.reader.check_header = check_client_header
             return Hello(version, peer)
         request = ClientRequest(message.msgtype, parse_client_request(message.payload))
-        self.step = _Step.RUNNING
-        self.reader.check_header = _refuse_all
+        self.step = Step.RUNNING
+        self.reader.check_header = refuse_all
         return request
 
 
-class DaemonSession(_Channel):
-    """A client's end of a connection to a daemon's socket (Client socket): the daemon's
-    HELLO, then,
-    after a request with port 0 (`expect_answer`), the (domain, port) answer."""
-
-    def __init__(self) -> None:
-        super().__init__(check_hello_header)
-        self.step = _Step.HELLO
-        self._answer_type = 0
-
-    @classmethod
-    def answer_to(cls, msgtype: int) -> DaemonSession:
-        """A session past its HELLO waiting for the answer to a `msgtype` request."""
-        session = cls()
-        session.step = _Step.REQUEST
-        session.expect_answer(msgtype)
-        return session
-
-    def expect_answer(self, msgtype: int) -> None:
-        """A request of `msgtype` with port 0 went out: its answer comes next."""
-        if self.step is not _Step.REQUEST:
-            raise LocalProtocolError(f"no request can be answered in state {self.step}")
-        self._answer_type = msgtype
-        self.step = _Step.ANSWER
-        self.reader.check_header = self._check_answer
-
-    def _check_answer(self, msgtype: int, length: int) -> None:
-        if msgtype != self._answer_type or length != 8:
-            raise RemoteProtocolError(f"unexpected daemon answer type {msgtype:#x} len {length}")
-
-    def _handle(self, message: Message) -> Hello | PortAnswer:
-        if self.step is _Step.HELLO:
-            peer = parse_hello(message.msgtype, message.payload)
-            self.step = _Step.REQUEST
-            self.reader.check_header = _refuse_all
-            return Hello(check_client_hello(peer), peer)
-        self.step = _Step.DONE
-        return PortAnswer(*parse_exec_params_only(message.payload))
-
-
-class TriggerConnection(_Channel):
+class TriggerConnection(ChannelBase):
     """The agent's end of one trigger-socket connection (Trigger socket): one TRIGGER_SERVICE4."""
 
     def __init__(self) -> None:
         super().__init__(check_trigger_socket_header)
 
     def _handle(self, message: Message) -> Trigger4:
-        self.reader.check_header = _refuse_all
+        self.reader.check_header = refuse_all
         return Trigger4.parse(message.payload)
 
 
-class DataHello(_Channel):
+class DataHello(ChannelBase):
     """The HELLO that opens a data channel (Data channel), where nothing else is read: a service
     side that only reports a status consumes the caller's HELLO this way."""
 
@@ -337,5 +223,5 @@ class DataHello(_Channel):
 
     def _handle(self, message: Message) -> Hello:
         peer = parse_hello(message.msgtype, message.payload)
-        self.reader.check_header = _refuse_all
+        self.reader.check_header = refuse_all
         return Hello(negotiate_data(peer, self.own_version), peer)
