@@ -36,7 +36,11 @@ __all__ = [
     "connect_async",
 ]
 
-_RETRY_PAUSE = 0.01
+#: a connecting side's first pause while the listener is not there yet, doubling up to the
+#: most: the listener usually comes within a fraction of a millisecond (a client listens as
+#: soon as its daemon has answered, while the agent's call process connects), so a longer
+#: first pause cost a whole call's worth of time whenever the connecting side was quicker
+_RETRY_PAUSE_FIRST = 0.0001
 _RETRY_PAUSE_MAX = 0.1
 
 
@@ -134,7 +138,7 @@ def connect(
 ) -> socket.socket:
     """Client init: connect, retrying on ENOENT/ECONNREFUSED until `timeout` (None = forever)."""
     path = pair_path(directory, server, own, port, own, pair_dirs)
-    backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
+    backoff = Backoff(_RETRY_PAUSE_FIRST, _RETRY_PAUSE_MAX, timeout)
     while isinstance(sock := _attempt(path, backoff), float):
         time.sleep(sock)
     sock.setblocking(True)
@@ -150,7 +154,7 @@ async def connect_async(
     import asyncio
 
     path = pair_path(directory, server, own, port, own, pair_dirs)
-    backoff = Backoff(_RETRY_PAUSE / 10, _RETRY_PAUSE_MAX, timeout)
+    backoff = Backoff(_RETRY_PAUSE_FIRST, _RETRY_PAUSE_MAX, timeout)
     while isinstance(sock := _attempt(path, backoff), float):
         await asyncio.sleep(sock)
     tune(sock)
