@@ -546,6 +546,14 @@ def _poll_sources(
     return dict(ready)
 
 
+def _source_readable(src: Source, ready: dict[int, int]) -> bool:
+    """Whether to read `src` after this poll(). Never while views of its buffer wait to be
+    sent: a hang-up is reported on an fd polled only for writing too (a single socket's, both
+    a source and a sink), and reading then would overwrite the bytes still queued."""
+    return (bool(ready.get(src.fd, 0) & (_POLLIN | _POLLERR)) and not src.eof
+            and not src.stopped and src.inflight == 0)
+
+
 def _pump_source(relay: Relay, src: Source,
                  copy: Callable[[bytes], None] | None = None) -> bool:
     """Read what `src` has and queue it (EOF: the empty message); `copy` also gets the bytes.
@@ -709,8 +717,7 @@ class _Caller:
         if relay.outq and ready.get(relay.chfd, 0) & (_POLLOUT | _POLLERR):
             relay.flush()
         for s in self.sources:
-            readable = ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped
-            if readable and _pump_source(relay, s):
+            if _source_readable(s, ready) and _pump_source(relay, s):
                 # queued now: an exit code read below must not queue another
                 self.order.input_ended()
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
@@ -956,7 +963,7 @@ class _Service:
         if relay.outq and ready.get(relay.chfd, 0) & (_POLLOUT | _POLLERR):
             relay.flush()
         for s in self.sources:
-            if ready.get(s.fd, 0) & (_POLLIN | _POLLERR) and not s.eof and not s.stopped:
+            if _source_readable(s, ready):
                 _pump_source(relay, s, end.stderr_log if s is self.err_src else None)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
             for action, payload in relay.read_actions():
