@@ -9,7 +9,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["entry", "INTERRUPTED", "EXIT_STATUS", "program_name", "exit_table"]
+__all__ = ["entry", "INTERRUPTED", "EXIT_STATUS", "program_name", "exit_table", "client_log"]
 
 #: exit status after Ctrl-C, as a shell reports a command ended by SIGINT
 INTERRUPTED = 130
@@ -78,6 +78,18 @@ def program_name(main: Callable[..., int]) -> str:
 def exit_table(name: str) -> str:
     rows = (*EXIT_STATUS.get(name, ((0, "success"), (1, "error"))), *_COMMON)
     return "exit status:\n" + "".join(f"  {str(code):>4}  {text}\n" for code, text in rows)
+
+
+def client_log(program: str) -> Callable[[str], None]:
+    """A per-call client's `log(message)`: `system.log.Logger`, loaded at the first message.
+    A call that goes well logs nothing, and the module is ~0.1 ms of the client's start."""
+
+    def log(message: str) -> None:
+        from ..system.log import Logger
+
+        Logger(program)(message)
+
+    return log
 
 
 def entry(main: Callable[[], int], *, quick_exit: bool = False) -> None:

@@ -10,6 +10,7 @@ import sys
 
 from ..protocol.constants import DOM0_NAMES, EXIT_PROBLEM, IDENT_SIZE
 from ..system.defaults import DAEMON_SOCKET_DIR
+from . import client_log
 from .args import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
@@ -186,9 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _logger() -> Callable[[str], None]:
-    from ..system.log import Logger
-
-    return Logger("qrexec-client")
+    return client_log("qrexec-client")
 
 
 def _kill(domain: str, env: Environment) -> None:

@@ -10,6 +10,7 @@ import os
 import sys
 
 from ..system.defaults import AGENT_SOCKET
+from . import client_log
 from .args import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
@@ -163,10 +164,9 @@ def main(argv: list[str] | None = None) -> int:
 def _call(args: _Args, domain: int, port: int) -> int:
 
     from ..system.environment import Environment
-    from ..system.log import Logger
     from ..transport import vchan
 
-    log = Logger("qrexec-client-vm")
+    log = client_log("qrexec-client-vm")
     env = Environment.current()
     env.log_problems(log)
     listener, path = vchan.listen(env.vchan_socket_dir, env.vchan_domain, domain, port,
