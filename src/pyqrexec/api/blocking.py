@@ -58,7 +58,7 @@ def run_in_domain(env: Environment, socket_dir: str, vchan_dir: str, own_domain:
     except OSError as err:
         if isinstance(err, TimeoutError) and wait is not None and (
                 connect_timeout is None or wait < connect_timeout):
-            raise CallTimeout(f"the call took more than {timeout} s", b"", b"") from None
+            raise CallTimeout.after(timeout) from None
         raise SetupFailed(f"data vchan connection failed: {err}", EXIT_PROBLEM) from err
     return _relay(channel, env.max_protocol_version, input, deadline, timeout)
 
@@ -71,7 +71,7 @@ def _failing_as(what: str, timeout: float | None) -> Iterator[None]:
     except _NotRunning as err:
         raise DaemonNotRunning(str(err.strerror)) from err
     except TimeoutError:
-        raise CallTimeout(f"the call took more than {timeout} s", b"", b"") from None
+        raise CallTimeout.after(timeout) from None
     except (OSError, EOFError, ValueError, ProtocolError) as err:
         raise SetupFailed(f"{what}: {err}", EXIT_PROBLEM) from err
 
@@ -82,7 +82,7 @@ def _left(deadline: float | None, timeout: float | None) -> float | None:
         return None
     left = deadline - time.monotonic()
     if left <= 0:
-        raise CallTimeout(f"the call took more than {timeout} s", b"", b"")
+        raise CallTimeout.after(timeout)
     return left
 
 
@@ -128,8 +128,7 @@ class _Call:
             poller.register(relay.chfd, events)
             if not poller.poll(self._wait_ms(deadline)):
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise CallTimeout(f"the call took more than {timeout} s",
-                                      bytes(self.out), bytes(self.err))
+                    raise CallTimeout.after(timeout, bytes(self.out), bytes(self.err))
                 continue
             self._readable()
             self._feed()

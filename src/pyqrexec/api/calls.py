@@ -418,7 +418,7 @@ async def run_to_end(start: Awaitable[AsyncCall], input: bytes | None,
         async with asyncio.timeout_at(deadline):
             call = await start
     except TimeoutError:
-        raise CallTimeout(f"the call took more than {timeout} s", b"", b"") from None
+        raise CallTimeout.after(timeout) from None
     return await _collect(call, input, deadline, timeout)
 
 
@@ -446,8 +446,7 @@ async def _collect(call: AsyncCall, input: bytes | None, deadline: float | None,
             status = await call.wait()
     except TimeoutError:
         call.abort()
-        raise CallTimeout(f"the call took more than {timeout} s", bytes(out), bytes(err)) \
-            from None
+        raise CallTimeout.after(timeout, bytes(out), bytes(err)) from None
     except BaseException:
         call.abort()
         raise

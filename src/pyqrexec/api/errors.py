@@ -50,6 +50,12 @@ class CallTimeout(QrexecError, TimeoutError):
         self.stdout = stdout
         self.stderr = stderr
 
+    @classmethod
+    def after(cls, timeout: float | None, stdout: bytes = b"", stderr: bytes = b"",
+              ) -> CallTimeout:
+        """A `run` of `timeout` seconds ran out, with this much output so far."""
+        return cls(f"the call took more than {timeout} s", stdout, stderr)
+
 
 class CallAborted(QrexecError):
     """The call was aborted (`abort()`, a cancelled task, a timeout) before it ended."""

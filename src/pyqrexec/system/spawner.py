@@ -105,12 +105,6 @@ MAX_IDLE = 2
 MAX_CALLS = 500
 
 
-class _Worker:
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self.sock = sock
-
-
 class _SpawnerProcess:
     """The spawner's loop: calls from the parent, workers coming back idle, children's exits."""
 
@@ -120,9 +114,9 @@ class _SpawnerProcess:
         self.body = body
         self.log = log
         self.poller = select.poll()
-        #: every live worker by its socket's fd; the idle ones, most recently used last
-        self.workers: dict[int, _Worker] = {}
-        self.idle: list[_Worker] = []
+        #: every live worker's socket by its fd; the idle ones, most recently used last
+        self.workers: dict[int, socket.socket] = {}
+        self.idle: list[socket.socket] = []
         #: the parent's process name, which a worker takes while it handles a call
         self.name = b""
         #: where calls start: a call may change the directory (a root agent's shell command
@@ -141,8 +135,7 @@ class _SpawnerProcess:
         while True:
             for fd, _events in self.poller.poll():
                 if fd == wake_read:
-                    while _drained(wake_read):
-                        pass
+                    _drain(wake_read)
                     self._reap()
                 elif fd in self.workers:
                     self._worker_said(self.workers[fd])
@@ -162,7 +155,7 @@ class _SpawnerProcess:
             while self.idle:
                 worker = self.idle.pop()
                 try:
-                    socket.send_fds(worker.sock, [params], fds)
+                    socket.send_fds(worker, [params], fds)
                 except OSError:
                     self._forget(worker)  # it died waiting: its exit is reaped
                     continue
@@ -179,22 +172,21 @@ class _SpawnerProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         keep = [theirs.fileno(), *(call[1] if call is not None else ())]
         try:
-            pid = fork_call(lambda: self._work(theirs, call), self.log, keep=keep)
+            fork_call(lambda: self._work(theirs, call), self.log, keep=keep)
         except OSError as err:
             self.log(f"cannot fork a call process: {err}")
             ours.close()
             return
         finally:
             theirs.close()
-        worker = _Worker(pid, ours)
-        self.workers[ours.fileno()] = worker
+        self.workers[ours.fileno()] = ours
         self.poller.register(ours, select.POLLIN)
         if call is None:
-            self.idle.append(worker)
+            self.idle.append(ours)
 
-    def _worker_said(self, worker: _Worker) -> None:
+    def _worker_said(self, worker: socket.socket) -> None:
         try:
-            said = worker.sock.recv(16)
+            said = worker.recv(16)
         except OSError:
             said = b""
         if said == _IDLE and len(self.idle) < MAX_IDLE:
@@ -202,12 +194,12 @@ class _SpawnerProcess:
         else:
             self._forget(worker)  # gone, or one idle worker too many: EOF tells it to exit
 
-    def _forget(self, worker: _Worker) -> None:
+    def _forget(self, worker: socket.socket) -> None:
         if worker in self.idle:
             self.idle.remove(worker)
-        self.workers.pop(worker.sock.fileno(), None)
-        self.poller.unregister(worker.sock)
-        worker.sock.close()
+        self.workers.pop(worker.fileno(), None)
+        self.poller.unregister(worker)
+        worker.close()
 
     def _work(self, sock: socket.socket, call: tuple[bytes, list[int]] | None) -> int:
         """A worker's life: handle calls one at a time until the spawner has no more for it,
@@ -287,11 +279,13 @@ def _is_open(fd: int) -> bool:
     return True
 
 
-def _drained(fd: int) -> bool:
+def _drain(fd: int) -> None:
+    """Empty a non-blocking pipe."""
     try:
-        return bool(os.read(fd, 512))
+        while os.read(fd, 512):
+            pass
     except BlockingIOError:
-        return False
+        pass
 
 
 def _set_name(name: bytes) -> None:
@@ -305,9 +299,9 @@ def _set_name(name: bytes) -> None:
 def rename(name: bytes) -> bytes:
     """Set this process's name (comm); returns the previous one (b"" without /proc)."""
     try:
-        with open("/proc/self/comm", "r+b", buffering=0) as comm:
+        with open("/proc/self/comm", "rb") as comm:
             old = comm.read().rstrip(b"\n")
-            comm.write(name)
     except OSError:
         return b""
+    _set_name(name)
     return old
