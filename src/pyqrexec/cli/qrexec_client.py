@@ -168,19 +168,19 @@ def main(argv: list[str] | None = None) -> int:
             _err("qrexec-client: --use-stdin-socket: stdin is not a stream socket")
             return 2
     assert args.domain is not None and args.cmdline is not None
-    from ..system.environment import Environment
-
-    env = Environment.current()
-    if args.domain in DOM0_NAMES:
-        if args.connect is not None:
-            return _connect_dom0(args, env)
-        return _call_dom0(args, env)
-    if args.connect is not None:
-        status = _connect_vm(args)
-    else:
-        status = _call_vm(args, stdin_sock, env)
+    if args.domain not in DOM0_NAMES and args.connect is None:
+        status, env = _call_vm(args, stdin_sock)
         if args.no_exit_code and status != EXIT_PROBLEM:
             status = 0
+    else:
+        from ..system.environment import Environment
+
+        env = Environment.current()
+        if args.domain in DOM0_NAMES:
+            if args.connect is not None:
+                return _connect_dom0(args, env)
+            return _call_dom0(args, env)
+        status = _connect_vm(args)
     if args.kill:
         _kill(args.domain, env)
     return status
@@ -221,25 +221,48 @@ def _allocate(socket_dir: str, domain: str, msgtype: int, peer: int, payload: by
     """Connect DOMAIN's daemon and send one request with port 0
     (docs/reference/protocol.md#client-socket): the still open
     socket and the daemon's (domid, port) answer; None, after logging why, on failure."""
-    from ..client.daemon_socket import DaemonNotRunning, connect_daemon, request
+    sock = _send(socket_dir, domain, msgtype, peer, payload, log)
+    if sock is None:
+        return None
+    answer = _answer(sock, domain, msgtype, log)
+    if answer is None:
+        return None
+    return sock, answer[0], answer[1]
+
+
+def _send(socket_dir: str, domain: str, msgtype: int, peer: int, payload: bytes,
+          log: Callable[[str], None]) -> socket.socket | None:
+    """`_allocate`'s first half: the request goes out, its answer is not read yet."""
+    from ..client.daemon_socket import DaemonNotRunning, send_request
+
+    try:
+        return send_request(socket_dir, domain, msgtype, peer, payload)
+    except DaemonNotRunning as err:
+        log(str(err.strerror))
+    except OSError as err:
+        log(f"cannot talk to the qrexec daemon of {domain}: {err}")
+    return None
+
+
+def _answer(sock: socket.socket, domain: str, msgtype: int,
+            log: Callable[[str], None]) -> tuple[int, int] | None:
+    """`_allocate`'s second half: the daemon's HELLO, then its answer (the socket is closed
+    on failure)."""
+    from ..client.daemon_socket import read_answer, read_hello
     from ..protocol.errors import ProtocolError
 
     try:
-        sock = connect_daemon(socket_dir, domain)
-    except DaemonNotRunning as err:
-        log(str(err.strerror))
-        return None
+        session = read_hello(sock, msgtype)
     except (OSError, EOFError, ValueError, ProtocolError) as err:
+        sock.close()
         log(f"cannot talk to the qrexec daemon of {domain}: {err}")
         return None
     try:
-        answer = request(sock, msgtype, peer, 0, payload)
+        return read_answer(sock, session)
     except (OSError, EOFError, ValueError, ProtocolError) as err:
         sock.close()
         log(f"request to the qrexec daemon of {domain} failed: {err}")
         return None
-    assert answer is not None
-    return sock, answer[0], answer[1]
 
 
 def _connect_dom0(args: _Args, env: Environment) -> int:
@@ -305,22 +328,30 @@ def _connect_vm(args: _Args) -> int:
     return 0
 
 
-def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None,
-             env: Environment) -> int:
-
+def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
+             ) -> tuple[int, Environment]:
+    """The call's status, and the environment it ran in (for -k)."""
     from ..protocol.constants import MsgType
-    from ..transport import vchan
 
     log = _logger()
-    env.log_problems(log)
     assert args.domain is not None and args.cmdline is not None
     msgtype = MsgType.JUST_EXEC if args.just_exec else MsgType.EXEC_CMDLINE
-    got = _allocate(args.socket_dir, args.domain, msgtype, 0,
-                    os.fsencode(args.cmdline) + b"\0", log)
-    if got is None:
-        return EXIT_PROBLEM
-    sock, remote_domid, port = got
+    # the request goes out first: what this process loads from here on loads while the
+    # daemon, the agent and the handler work on the call (docs/architecture.md#a-calls-start)
+    sock = _send(args.socket_dir, args.domain, msgtype, 0, os.fsencode(args.cmdline) + b"\0",
+                 log)
+    from ..system.environment import Environment
+    from ..transport import vchan
+
+    env = Environment.current()
+    env.log_problems(log)
+    if sock is None:
+        return EXIT_PROBLEM, env
+    answer = _answer(sock, args.domain, msgtype, log)
+    if answer is None:
+        return EXIT_PROBLEM, env
     sock.close()
+    remote_domid, port = answer
     listener, path = vchan.listen(env.vchan_socket_dir, env.vchan_domain, remote_domid, port,
                                   pair_dirs=env.vchan_pair_dirs)
     proc = None
@@ -355,7 +386,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         log(f"data vchan connection failed: {err}")
         if proc is not None:
             proc.kill()
-        return EXIT_PROBLEM
+        return EXIT_PROBLEM, env
 
     if args.just_exec:
         local_in = None
@@ -372,13 +403,13 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         if proc is not None:
             proc.kill()
             proc.wait()
-        return EXIT_PROBLEM
+        return EXIT_PROBLEM, env
     status = result.exit_status
     if proc is not None:
         local = proc.wait()
         if status == 0:
             status = 128 - local if local < 0 else local
-    return status
+    return status, env
 
 
 def run() -> None:

@@ -7,18 +7,20 @@ import errno
 import os
 
 from ..protocol.constants import CLIENT_PROTOCOL_VERSION
-from ..protocol.framing import NEED_DATA
-from ..protocol.session import DaemonSession, Hello, PortAnswer
 from ..protocol.wire import hello, pack_exec
 from ..transport import sockets
-from ..transport.feed import read_message
 
+# The readers (`session`, `framing`, `feed`) are imported where they are used: a client sends
+# its request (`send_request`) before it loads them, so that loading them overlaps the
+# daemon's, the agent's and the handler's work on the call.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
 
+    from ..protocol.session import DaemonSession
+
 __all__ = ["DaemonNotRunning", "connect_daemon", "connect_daemon_async", "request",
-           "request_async"]
+           "request_async", "send_request", "read_hello", "read_answer"]
 
 
 class DaemonNotRunning(OSError):
@@ -32,21 +34,25 @@ def _not_running(err: OSError, domain: str) -> OSError:
     return err
 
 
-def connect_daemon(socket_dir: str, domain: str,
-                   timeout: float | None = None) -> socket.socket:
-    """Connect `qrexec.<domain>` and do the HELLO exchange, that within `timeout` seconds
-    (a full listen backlog is waited out in `connect`, as the kernel does)."""
+def _connect(socket_dir: str, domain: str) -> socket.socket:
     sock = sockets.unix_stream()
     try:
         sock.connect(os.path.join(socket_dir, f"qrexec.{domain}"))
     except OSError as err:
         sock.close()
         raise _not_running(err, domain) from err
+    return sock
+
+
+def connect_daemon(socket_dir: str, domain: str,
+                   timeout: float | None = None) -> socket.socket:
+    """Connect `qrexec.<domain>` and do the HELLO exchange, that within `timeout` seconds
+    (a full listen backlog is waited out in `connect`, as the kernel does)."""
+    sock = _connect(socket_dir, domain)
     try:
         if timeout is not None:
             sock.settimeout(timeout)
-        if not isinstance(read_message(sock, DaemonSession(), NEED_DATA), Hello):
-            raise EOFError("the daemon closed the connection before its HELLO")
+        read_hello(sock)
         sock.sendall(hello(CLIENT_PROTOCOL_VERSION))
     except BaseException:
         sock.close()
@@ -58,10 +64,56 @@ def request(
     sock: socket.socket, msgtype: int, domain: int, port: int, payload: bytes
 ) -> tuple[int, int] | None:
     """Send one request; with port 0 read the daemon's (domid, port) answer."""
+    from ..protocol.session import DaemonSession
+
     sock.sendall(pack_exec(msgtype, domain, port, payload))
     if port != 0:
         return None
-    answer = read_message(sock, DaemonSession.answer_to(msgtype), NEED_DATA)
+    return read_answer(sock, DaemonSession.answer_to(msgtype))
+
+
+def send_request(socket_dir: str, domain: str, msgtype: int, peer: int,
+                 payload: bytes) -> socket.socket:
+    """Connect `qrexec.<domain>` and send our HELLO and a request with port 0 at once;
+    `read_hello` and `read_answer` then read the daemon's side.
+
+    The daemon sends its HELLO first (docs/reference/protocol.md#client-socket), but nothing
+    we send depends on it, so we do not wait for it: the bytes on the socket are the same,
+    and the daemon reads them after its HELLO as it would have. A client saves the round
+    trip and loads the rest of its code while the daemon, the agent and the handler work."""
+    sock = _connect(socket_dir, domain)
+    try:
+        sock.sendall(hello(CLIENT_PROTOCOL_VERSION) + pack_exec(msgtype, peer, 0, payload))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # closed at once (a daemon with too many clients): read_hello says so
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def read_hello(sock: socket.socket, answer_to: int | None = None) -> DaemonSession:
+    """Read and check the daemon's HELLO: the session to read the rest with, which expects
+    the answer to an `answer_to` request if one went out."""
+    from ..protocol.framing import NEED_DATA
+    from ..protocol.session import DaemonSession, Hello
+    from ..transport.feed import read_message
+
+    session = DaemonSession()
+    if not isinstance(read_message(sock, session, NEED_DATA), Hello):
+        raise EOFError("the daemon closed the connection before its HELLO")
+    if answer_to is not None:
+        session.expect_answer(answer_to)
+    return session
+
+
+def read_answer(sock: socket.socket, session: DaemonSession) -> tuple[int, int]:
+    """The daemon's (domid, port) answer to the request the session expects one for."""
+    from ..protocol.framing import NEED_DATA
+    from ..protocol.session import PortAnswer
+    from ..transport.feed import read_message
+
+    answer = read_message(sock, session, NEED_DATA)
     if not isinstance(answer, PortAnswer):
         raise EOFError("the daemon closed the connection without an answer")
     return answer.domain, answer.port
@@ -88,6 +140,9 @@ async def connect_daemon_async(socket_dir: str, domain: str) -> socket.socket:
         if sock is not None:
             break
         await asyncio.sleep(backoff.next() or 0.05)
+    from ..protocol.framing import NEED_DATA
+    from ..protocol.session import DaemonSession, Hello
+
     try:
         if not isinstance(await read_message_async(loop, sock, DaemonSession(), NEED_DATA),
                           Hello):
@@ -103,6 +158,8 @@ async def request_async(sock: socket.socket, msgtype: int, payload: bytes) -> tu
     """`request` with port 0 for asyncio programs: the daemon's (domid, port) answer."""
     import asyncio
 
+    from ..protocol.framing import NEED_DATA
+    from ..protocol.session import DaemonSession, PortAnswer
     from ..transport.feed import read_message_async
 
     loop = asyncio.get_running_loop()
