@@ -147,17 +147,23 @@ def _connect(address: str, wait_for_listener: bool) -> socket.socket | None:
 
 
 class Backoff:
-    """Pauses that double from `first` to `most`, until an optional deadline."""
+    """Pauses of `first` for the first `hold` seconds, then doubling up to `most`, until an
+    optional deadline."""
 
-    def __init__(self, first: float, most: float, timeout: float | None = None) -> None:
+    def __init__(self, first: float, most: float, timeout: float | None = None, *,
+                 hold: float = 0.0) -> None:
         self.pause = first
         self.most = most
-        self.deadline = None if timeout is None else time.monotonic() + timeout
+        now = time.monotonic()
+        self.deadline = None if timeout is None else now + timeout
+        self.steady_until = now + hold
 
     def next(self) -> float | None:
         """The pause before the next attempt, or None when time is up."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
             return None
         pause = self.pause
-        self.pause = min(self.pause * 2, self.most)
+        if now >= self.steady_until:
+            self.pause = min(self.pause * 2, self.most)
         return pause

@@ -36,11 +36,13 @@ __all__ = [
     "connect_async",
 ]
 
-#: a connecting side's first pause while the listener is not there yet, doubling up to the
-#: most: the listener usually comes within a fraction of a millisecond (a client listens as
-#: soon as its daemon has answered, while the agent's call process connects), so a longer
-#: first pause cost a whole call's worth of time whenever the connecting side was quicker
+#: a connecting side's pause while the listener is not there yet, kept for the first
+#: `_RETRY_HOLD` seconds and doubling after that up to the most. The listener usually comes
+#: within a millisecond: a client sends its request before it loads the code that listens
+#: (docs/architecture.md#a-calls-start), while the agent's call process is quicker to
+#: connect; each millisecond a doubling pause overshot was a millisecond of the call's time.
 _RETRY_PAUSE_FIRST = 0.0001
+_RETRY_HOLD = 0.002
 _RETRY_PAUSE_MAX = 0.1
 
 
@@ -138,7 +140,7 @@ def connect(
 ) -> socket.socket:
     """Client init: connect, retrying on ENOENT/ECONNREFUSED until `timeout` (None = forever)."""
     path = pair_path(directory, server, own, port, own, pair_dirs)
-    backoff = Backoff(_RETRY_PAUSE_FIRST, _RETRY_PAUSE_MAX, timeout)
+    backoff = Backoff(_RETRY_PAUSE_FIRST, _RETRY_PAUSE_MAX, timeout, hold=_RETRY_HOLD)
     while isinstance(sock := _attempt(path, backoff), float):
         time.sleep(sock)
     sock.setblocking(True)
@@ -154,7 +156,7 @@ async def connect_async(
     import asyncio
 
     path = pair_path(directory, server, own, port, own, pair_dirs)
-    backoff = Backoff(_RETRY_PAUSE_FIRST, _RETRY_PAUSE_MAX, timeout)
+    backoff = Backoff(_RETRY_PAUSE_FIRST, _RETRY_PAUSE_MAX, timeout, hold=_RETRY_HOLD)
     while isinstance(sock := _attempt(path, backoff), float):
         await asyncio.sleep(sock)
     tune(sock)
