@@ -28,7 +28,6 @@ import fcntl
 import mmap
 import os
 import select
-import struct
 
 from ..protocol.constants import MAX_DATA_CHUNK_V3, MsgType
 from ..protocol.data import (
@@ -40,7 +39,7 @@ from ..protocol.data import (
     ServiceStream,
 )
 from ..protocol.errors import RemoteProtocolError
-from ..protocol.wire import HEADER, hello
+from ..protocol.wire import HEADER, exit_code_payload, hello
 from ..transport.sockets import SHUT_WR
 from ..transport.unixsock import tune
 from .traffic import Traffic
@@ -906,7 +905,6 @@ class _Service:
     def _run(self) -> int:
         relay, end = self.relay, self.end
         while True:
-            relay.flush()
             if relay.version:
                 for msgtype in self.order.opening():
                     relay.queue_message(msgtype)
@@ -916,7 +914,9 @@ class _Service:
                                                  self.order.client_eof)
             outputs_ended = all(s.eof for s in self.sources) and relay.version != 0
             if self.order.exit_code_due(outputs_ended, self.exited):
+                # the last EOFs go with EXIT_CODE: one send, one wake-up of the caller
                 break
+            relay.flush()
             if relay.channel_eof:
                 relay.log("vchan connection closed early")
                 _close_end(end, self.sinks)
@@ -928,7 +928,7 @@ class _Service:
         if status is None:
             status = end.reap()
         _close_end(end, self.sinks)
-        relay.queue_message(MsgType.DATA_EXIT_CODE, struct.pack("<i", status))
+        relay.queue_message(MsgType.DATA_EXIT_CODE, exit_code_payload(status))
         _flush_blocking(relay)
         return status
 
