@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ..call.domain_handler import HandlerContext, pack_call, run_handler
 from ..protocol.channel import (
@@ -30,6 +29,7 @@ from ..protocol.cmdline import parse_command, split_user
 from ..protocol.constants import VCHAN_BASE_PORT
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import ExecParams, hello, pack_connection_terminated
+from ..protocol.records import record
 from ..services.rpcconfig import ServiceConfig
 from ..services.session import MAX_PARKED, start_session_waiter
 from ..services.spawn import Failed, SpawnContext, service_config_for
@@ -48,7 +48,7 @@ __all__ = ["AgentOptions", "Agent"]
 _LOG = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@record
 class AgentOptions:
     agent_socket: str
     fork_server_socket: str | None
@@ -60,18 +60,20 @@ class AgentOptions:
     spawner: Spawner | None = None
 
 
-@dataclass(eq=False)
 class _Call:
     """An exec request from the daemon, possibly parked until the session is up."""
 
-    msgtype: int
-    domain: int
-    port: int
-    cmdline: bytes
-    config: ServiceConfig | None = None
-    #: set when the call waits for the user's session: the user it will run as
-    wait_user: str | None = None
-    source: bytes = b""
+    __slots__ = ("msgtype", "domain", "port", "cmdline", "config", "wait_user", "source")
+
+    def __init__(self, msgtype: int, domain: int, port: int, cmdline: bytes) -> None:
+        self.msgtype = msgtype
+        self.domain = domain
+        self.port = port
+        self.cmdline = cmdline
+        self.config: ServiceConfig | None = None
+        #: set when the call waits for the user's session: the user it will run as
+        self.wait_user: str | None = None
+        self.source = b""
 
 
 class Agent:

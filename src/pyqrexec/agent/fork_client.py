@@ -42,11 +42,11 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from ..protocol.cmdline import Command, parse_command, split_user
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import CmdInfo, pack_cmd_info
+from ..protocol.records import record
 from ..services.rpcconfig import DEFAULT_CONFIG, ServiceConfig
 from ..transport.aio import BackgroundTasks, connect_unix, drain_until_eof
 
@@ -66,7 +66,7 @@ _LOG = logging.getLogger(__name__)
 _NO_SERVER = (errno.ENOENT, errno.ECONNREFUSED)
 
 
-@dataclass(frozen=True)
+@record
 class Handover:
     """Where to send a request and the bytes to send."""
 

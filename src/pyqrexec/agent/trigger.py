@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from ..protocol.channel import NEED_DATA, TriggerConnection
 from ..protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -60,11 +59,13 @@ def downgrade(trigger: Trigger4, ident: bytes, version: int) -> bytes | None:
 _LOG = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
 class _Request:
-    sock: socket.socket
-    #: set once SERVICE_CONNECT arrived: the data channel to report when the socket closes
-    connected: tuple[int, int] | None = None
+    __slots__ = ("sock", "connected")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        #: set once SERVICE_CONNECT arrived: the data channel to report when the socket closes
+        self.connected: tuple[int, int] | None = None
 
 
 class TriggerSocket:

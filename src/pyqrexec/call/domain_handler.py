@@ -9,11 +9,11 @@ import os
 import pwd
 import socket
 from collections.abc import Callable
-from dataclasses import astuple, dataclass
 
 from ..protocol.cmdline import Command, parse_command, split_user, strip_nul
 from ..protocol.constants import EXIT_PROBLEM, MsgType
 from ..protocol.errors import RemoteProtocolError
+from ..protocol.records import astuple, record
 from ..services.rpcconfig import ServiceConfig
 from ..services.spawn import Detached, Executor, Failed, SpawnContext, start_command
 from ..system.environment import Environment
@@ -27,7 +27,7 @@ __all__ = ["HandlerContext", "run_handler", "own_user_name", "pack_call", "run_p
 DATA_CONNECT_TIMEOUT = 120.0
 
 
-@dataclass(frozen=True)
+@record
 class HandlerContext:
     #: the program's environment: vchans, service directories, what services inherit
     env: Environment

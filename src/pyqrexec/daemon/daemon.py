@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from ..protocol.channel import (
     END_OF_STREAM,
@@ -41,6 +40,7 @@ from ..protocol.messages import (
 from ..protocol.pending import Full, PendingTable
 from ..protocol.pending import PendingRequest as _Pending
 from ..protocol.ports import DEFAULT_SHARE, Busy, PortTable
+from ..protocol.records import record
 from ..system.environment import Environment
 from ..system.log import RepeatLimited
 from ..transport import vchan
@@ -63,7 +63,7 @@ class Fatal(Exception):
         self.status = status
 
 
-@dataclass(frozen=True)
+@record
 class DaemonOptions:
     domid: int
     name: str
@@ -81,18 +81,23 @@ class DaemonOptions:
     port_share: int = DEFAULT_SHARE
 
 
-@dataclass(eq=False)
 class PendingRequest(_Pending):
     """A trigger waiting for its policy answer (reference: Trigger validation, 8), and the
     task working on it."""
 
-    task: asyncio.Task[int] | None = None
+    __slots__ = ("task",)
+
+    def __init__(self, ident: bytes, request: ServiceRequest) -> None:
+        super().__init__(ident, request)
+        self.task: asyncio.Task[int] | None = None
 
 
-@dataclass(eq=False)
 class _Client:
-    writer: asyncio.StreamWriter
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    __slots__ = ("writer", "done")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.done = asyncio.Event()
 
 
 _LOG = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ rules"). Pure."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..protocol.records import record
 
 __all__ = ["ANSWER_LIMIT", "PolicyAnswer", "Malformed", "parse_answer", "request_text"]
 
@@ -18,7 +18,7 @@ class Malformed(ValueError):
     """The answer breaks the consumer rules."""
 
 
-@dataclass(frozen=True)
+@record
 class PolicyAnswer:
     allow: bool
     user: str | None = None

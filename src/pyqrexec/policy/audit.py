@@ -12,9 +12,10 @@ import posixpath
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any
+
+from ..protocol.records import record
 
 __all__ = [
     "AUDIT_FILE",
@@ -185,7 +186,7 @@ class ReportError(ValueError):
     """Not an end report we understand: ignored."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EndReport:
     call: str
     scope: str  # "call": the worker saw the call end; "connect": only its own part

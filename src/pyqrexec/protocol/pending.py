@@ -5,7 +5,6 @@ requests is the daemon's business."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .constants import MAX_CLIENTS
@@ -14,14 +13,17 @@ from .control import ServiceRequest
 __all__ = ["PendingRequest", "Full", "PendingTable"]
 
 
-@dataclass(eq=False)
 class PendingRequest:
     """A trigger waiting for its policy answer (reference: Trigger validation, 8)."""
 
-    ident: bytes
-    request: ServiceRequest
-    #: an allow went to the agent (SERVICE_CONNECT), or a client answered it (Legacy connect mode)
-    answered: bool = False
+    __slots__ = ("ident", "request", "answered")
+
+    def __init__(self, ident: bytes, request: ServiceRequest) -> None:
+        self.ident = ident
+        self.request = request
+        #: an allow went to the agent (SERVICE_CONNECT), or a client answered it (Legacy
+        #: connect mode)
+        self.answered = False
 
 
 P = TypeVar("P", bound=PendingRequest)

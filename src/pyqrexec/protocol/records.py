@@ -12,7 +12,7 @@ from __future__ import annotations
 #: on the clients' start-up path: no `typing` at run time (mypy takes it as true)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import TypeVar
+    from typing import Any, TypeVar
 
     from typing_extensions import dataclass_transform
 
@@ -23,7 +23,7 @@ else:
         return lambda f: f
 
 
-__all__ = ["record", "FrozenInstanceError"]
+__all__ = ["record", "astuple", "FrozenInstanceError"]
 
 
 class FrozenInstanceError(AttributeError):
@@ -53,6 +53,11 @@ def _init(names: tuple[str, ...], defaults: dict[str, object]):  # type: ignore[
 
 def _fields(self: object) -> tuple[object, ...]:
     return tuple(getattr(self, n) for n in type(self).__match_args__)  # type: ignore[attr-defined]
+
+
+def astuple(rec: object) -> tuple[Any, ...]:
+    """A record's fields in order (shallow, unlike `dataclasses.astuple`)."""
+    return _fields(rec)
 
 
 def _eq(self: object, other: object) -> bool:

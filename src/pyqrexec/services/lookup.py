@@ -11,10 +11,10 @@ import enum
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 from ..protocol.cmdline import ServiceCall
 from ..protocol.constants import EXIT_PROBLEM, EXIT_SERVICE_NOT_FOUND
+from ..protocol.records import record
 from .rpcconfig import DEFAULT_CONFIG, ParsedConfig, RpcConfigError, parse_rpc_config
 from .tcptarget import is_tcp_link
 
@@ -40,7 +40,7 @@ class ServiceKind(enum.Enum):
     OTHER = "other"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Entry:
     """A directory entry found by the search."""
 
@@ -50,7 +50,7 @@ class Entry:
     link_text: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LookupFailure:
     status: int
     message: str

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+
+from ..protocol.records import record
 
 __all__ = [
     "ServiceConfig",
@@ -20,7 +21,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceConfig:
     """Settings of one service; the defaults apply when no file exists."""
 
@@ -54,7 +55,7 @@ class RpcConfigError(Exception):
     """A configuration that makes the call fail with 125; `str()` is the log message."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ParsedConfig:
     config: ServiceConfig
     #: messages to log (unsupported keys, missing final newline); the file is still valid

@@ -15,10 +15,11 @@ import os
 import pwd
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ..protocol.cmdline import Command, ServiceCall
 from ..protocol.constants import EXIT_PROBLEM, EXIT_SERVICE_NOT_FOUND, RPC_REQUEST_COMMAND
+from ..protocol.records import record
 from ..system.environment import Environment
 from ..transport.unixsock import stdio_pair
 from .environment import (
@@ -65,7 +66,11 @@ def _ignore(message: str) -> None:
     pass
 
 
-@dataclass(frozen=True)
+#: no variables added (a read-only default shared by every context)
+_NO_VARIABLES: Mapping[bytes, bytes] = MappingProxyType({})
+
+
+@record
 class SpawnContext:
     executor: Executor
     service_path: Sequence[str]
@@ -87,10 +92,10 @@ class SpawnContext:
     setpriv: str = "setpriv"
     #: added to a shell command's environment after the `QREXEC*` filtering (dom0 service
     #: callers pass `QREXEC_REMOTE_DOMAIN`)
-    shell_env: Mapping[bytes, bytes] = field(default_factory=dict)
+    shell_env: Mapping[bytes, bytes] = _NO_VARIABLES
 
 
-@dataclass
+@record
 class Started:
     #: None for socket/TCP services
     pid: int | None
@@ -102,20 +107,20 @@ class Started:
     stderr: int | None
     #: the rpc-config settings applied (exit-on-client-eof and exit-on-service-eof are the
     #: relay's to honour)
-    config: ServiceConfig = field(default=DEFAULT_CONFIG)
+    config: ServiceConfig = DEFAULT_CONFIG
     #: the process leads a session of its own (a root agent's calls): the scheduler puts it
     #: in its own group, apart from the relay (relay.run_service `batch`)
     own_session: bool = False
 
 
-@dataclass
+@record
 class Detached:
     """Just-exec: the service was started (pid) or its socket written to and closed (None)."""
 
     pid: int | None
 
 
-@dataclass
+@record
 class Failed:
     #: 125 or 127
     status: int
@@ -257,16 +262,20 @@ def _start_connected(
 # --- executables ---------------------------------------------------------------------------
 
 
-@dataclass
 class _Stdio:
     """The child's descriptors 0-2 and the handler's ends of them."""
 
-    child: tuple[int, int, int]
-    stdin: socket.socket | None = None
-    stdout: socket.socket | None = None
-    stderr: int | None = None
-    #: ours to close once the child has them
-    to_close: list[int] = field(default_factory=list)
+    __slots__ = ("child", "stdin", "stdout", "stderr", "to_close")
+
+    def __init__(self, child: tuple[int, int, int], stdin: socket.socket | None = None,
+                 stdout: socket.socket | None = None, stderr: int | None = None,
+                 to_close: list[int] | None = None) -> None:
+        self.child = child
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        #: ours to close once the child has them
+        self.to_close = [] if to_close is None else to_close
 
     def close_child_ends(self) -> None:
         for fd in self.to_close:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from ..protocol.records import record
 
 __all__ = ["TcpTarget", "TcpTargetError", "DEV_TCP", "is_tcp_link", "tcp_target"]
 
@@ -11,7 +12,7 @@ DEV_TCP = b"/dev/tcp"
 _PORT = re.compile(rb"[1-9][0-9]{0,4}")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TcpTarget:
     #: numeric address text (checked when connecting: no name resolution)
     host: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyqrexec.protocol.records import FrozenInstanceError, record
+from pyqrexec.protocol.records import FrozenInstanceError, astuple, record
 
 
 @record
@@ -44,3 +44,26 @@ def test_match_by_position() -> None:
             assert (x, y, label) == (4, 5, b"")
         case _:
             pytest.fail("no match")
+
+
+@record
+class Settings:
+    """Properties and class methods stay, as the resident programs' option records use them."""
+
+    name: str
+    size: int = 1
+
+    @property
+    def double(self) -> int:
+        return 2 * self.size
+
+    @classmethod
+    def big(cls, name: str) -> Settings:
+        return cls(name, 100)
+
+
+def test_methods_defaults_and_astuple() -> None:
+    big = Settings.big("b")
+    assert big == Settings("b", 100) and big.double == 200
+    assert astuple(Settings("a")) == ("a", 1)
+    assert Settings(*astuple(big)) == big
