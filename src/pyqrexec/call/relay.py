@@ -3,9 +3,10 @@
 
 This is the hot path, so it is a plain poll() loop rather than asyncio: local input is read
 into one reused buffer per stream and sent as many 64 KiB messages with a single
-`sendmsg` (no copies); channel input is read in large `recv_into` calls and each payload is
-written straight from that buffer. Copies happen only when a local writer is slow, in which
-case the bytes that did not fit are queued (and reading the channel pauses past a limit).
+`sendmsg` (no copies); channel input is read in large `recv_into` calls and the payloads
+are written straight from that buffer, each run of them bound for one writer with a single
+`writev`. Copies happen only when a local writer is slow, in which case the bytes that did
+not fit are queued (and reading the channel pauses past a limit).
 A service's stdout, once it has proved to be bulk, does not pass through this process at
 all: it is spliced from its socket into a pipe and from the pipe into the channel (`_Piped`),
 only the 8-byte headers written from here; where splice() does not work, it is read as
@@ -80,6 +81,8 @@ _NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUP
 _POLLIN = select.POLLIN | select.POLLPRI
 _POLLOUT = select.POLLOUT
 _POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
+#: iovecs one writev takes (Linux's UIO_MAXIOV); a peer's tiny messages may make more
+_IOV_MAX = 1024
 
 
 def _unbacked(size: int) -> memoryview:
@@ -448,26 +451,58 @@ def _read_into(src: Source) -> int:
         return 0
 
 
-def _write_sink(sink: Sink, data: memoryview | bytes) -> None:
-    """Write now what the fd takes; queue the rest."""
+def _write_sink(sink: Sink, pieces: list[memoryview]) -> None:
+    """Write now what the fd takes of `pieces`, with as few writev calls as the iovec limit
+    allows; queue the rest (copied: the views go stale with the next read)."""
     if sink.closed:
         return
+    data: list[memoryview | bytes] = list(pieces)
     if sink.filter:
-        data = unsafe_filter(data)
-    if not sink.pending:
+        data = [unsafe_filter(piece) for piece in data]
+    start = 0
+    while start < len(data) and not sink.pending:
+        batch = data[start : start + _IOV_MAX]
         try:
-            n = os.write(sink.fd, data)
+            n = os.writev(sink.fd, batch)
         except (BlockingIOError, InterruptedError):
-            n = 0
+            break
         except OSError:
             _close_sink(sink)
             return
-        if n == len(data):
-            return
-        data = data[n:]
-    chunk = bytes(data)
-    sink.pending.append(chunk)
-    sink.pending_size += len(chunk)
+        for piece in batch:
+            if n < len(piece):
+                break
+            n -= len(piece)
+            start += 1
+        else:
+            continue  # all of it went: on to the next batch
+        data[start] = data[start][n:]
+        break
+    for piece in data[start:]:
+        chunk = bytes(piece)
+        sink.pending.append(chunk)
+        sink.pending_size += len(chunk)
+
+
+def _deliver(actions: list[tuple[Action, memoryview]], sink_of: Callable[[Action], Sink | None],
+             handle: Callable[[Action, memoryview], None]) -> None:
+    """Act on what the channel said, in order: each run of payloads bound for one sink
+    (`sink_of`) is written with one writev, the other actions go to `handle`. A 1 MiB read
+    holds 16 messages of 64 KiB: one write each woke the reader 16 times as often."""
+    run: list[memoryview] = []
+    run_sink: Sink | None = None
+    for action, payload in actions:
+        sink = sink_of(action)
+        if sink is None or sink is not run_sink:
+            if run_sink is not None:
+                _write_sink(run_sink, run)
+            run, run_sink = [], sink
+        if sink is None:
+            handle(action, payload)
+        else:
+            run.append(payload)
+    if run_sink is not None:
+        _write_sink(run_sink, run)
 
 
 def _drain_sink(sink: Sink) -> None:
@@ -720,8 +755,7 @@ class _Caller:
                 # queued now: an exit code read below must not queue another
                 self.order.input_ended()
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            for action, payload in relay.read_actions():
-                self._received(action, payload)
+            _deliver(relay.read_actions(), self._sink_of, self._received)
             if relay.failed is not None:
                 relay.channel_eof = True
                 return True
@@ -743,13 +777,15 @@ class _Caller:
             _use_single_socket(self.src, self.out_sock)
             self.single_socket = None
 
+    def _sink_of(self, action: Action) -> Sink | None:
+        """Where the payload of `action` is written (None: it is not output)."""
+        if action is Action.OUTPUT:
+            return self.out
+        return self.err if action is Action.ERROR else None
+
     def _received(self, action: Action, payload: memoryview) -> None:
-        if action is Action.OUTPUT and self.out is not None:
-            _write_sink(self.out, payload)
-        elif action is Action.OUTPUT_EOF and self.out is not None:
+        if action is Action.OUTPUT_EOF and self.out is not None:
             _end_sink(self.out)
-        elif action is Action.ERROR:
-            _write_sink(self.err, payload)
         elif action is Action.EXIT:
             self.order.exit_code(bytes(payload))
 
@@ -966,8 +1002,9 @@ class _Service:
             if _source_readable(s, ready):
                 _pump_source(relay, s, end.stderr_log if s is self.err_src else None)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            for action, payload in relay.read_actions():
-                self._received(action, payload)
+            actions = relay.read_actions()
+            relay.traffic.received += sum(len(p) for a, p in actions if a is Action.OUTPUT)
+            _deliver(actions, self._sink_of, self._received)
             return relay.failed is not None
         return False
 
@@ -981,14 +1018,11 @@ class _Service:
             inp.pending_size = 0
             _close_sink(inp)
 
+    def _sink_of(self, action: Action) -> Sink | None:
+        return self.inp if action is Action.OUTPUT else None
+
     def _received(self, action: Action, payload: memoryview) -> None:
-        if action is Action.OUTPUT:
-            self.relay.traffic.received += len(payload)
-        if self.inp is None:
-            return
-        if action is Action.OUTPUT:
-            _write_sink(self.inp, payload)
-        elif action is Action.OUTPUT_EOF:
+        if action is Action.OUTPUT_EOF and self.inp is not None:
             _end_sink(self.inp)
             self.order.client_eof = True
 
