@@ -1,8 +1,9 @@
-"""A service's bulk stdout through a real handler: spliced, and read plainly where splice()
-fails, with the same bytes at the caller either way.
+"""A service's bulk stdout through a real handler, and a caller's bulk stdin through the real
+`qrexec-client`: spliced, and read plainly where splice() fails, with the same bytes at the
+other end either way.
 
-The agent runs under `strace`, which records the handler's splice() calls (proof that the
-bytes took the spliced path) or makes each of them fail with EINVAL as a kernel or a
+The agent (or the client) runs under `strace`, which records its splice() calls (proof that
+the bytes took the spliced path) or makes each of them fail with EINVAL as a kernel or a
 system-call filter without splice would (the fallback). Only splice() stops the traced
 processes (`--seccomp-bpf`), so the calls run at nearly full speed.
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from .fixtures.processes import Domain, QrexecHost
+from .fixtures.processes import Domain, QrexecHost, program
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None,
                                 reason="needs strace (Debian package strace)")
@@ -73,4 +75,34 @@ def test_without_splice_the_output_is_read_and_exact(host: QrexecHost) -> None:
     out = _call_output(host, data)
     assert len(out) == len(data)
     assert hashlib.sha256(out).digest() == hashlib.sha256(data).digest()
+    assert _handler_splices(log) == [-1]  # one attempt, then plain reads
+
+
+def _traced_client(host: QrexecHost, log: Path, data: bytes, *strace: str) -> bytes:
+    """`qrexec-client -d work root:sha256sum` with `data` on its stdin, a pipe, under strace:
+    the checksum the service computed."""
+    argv = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=splice", *strace,
+            "-o", str(log), *program("qrexec-client"), f"--socket-dir={host.socket_dir}",
+            "-d", "work", "root:sha256sum"]
+    r = subprocess.run(argv, input=data, capture_output=True, timeout=240, env=host.env(0))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[0]
+
+
+def test_bulk_stdin_from_a_pipe_is_spliced_and_exact(host: QrexecHost, work: Domain) -> None:
+    """The caller's side: `qrexec-client`'s stdin, a pipe, goes into the channel by splice
+    past the first MiB, straight from that pipe."""
+    log = host.root / "client.trace"
+    data = _pattern(256 * MiB)
+    assert _traced_client(host, log, data) == hashlib.sha256(data).hexdigest().encode()
+    moved = _handler_splices(log)
+    assert all(n >= 0 for n in moved)
+    assert sum(moved) >= len(data) - 2 * MiB
+
+
+def test_without_splice_stdin_is_read_and_exact(host: QrexecHost, work: Domain) -> None:
+    log = host.root / "client.trace"
+    data = _pattern(64 * MiB)
+    digest = _traced_client(host, log, data, "-e", "inject=splice:error=EINVAL")
+    assert digest == hashlib.sha256(data).hexdigest().encode()
     assert _handler_splices(log) == [-1]  # one attempt, then plain reads
