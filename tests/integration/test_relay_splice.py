@@ -96,8 +96,13 @@ def test_bulk_stdin_from_a_pipe_is_spliced_and_exact(host: QrexecHost, work: Dom
     data = _pattern(256 * MiB)
     assert _traced_client(host, log, data) == hashlib.sha256(data).hexdigest().encode()
     moved = _handler_splices(log)
-    assert all(n >= 0 for n in moved)
-    assert sum(moved) >= len(data) - 2 * MiB
+    # a full channel makes a non-blocking splice fail with EAGAIN; it is tried again
+    assert set(_splice_errors(log)) <= {"EAGAIN"}
+    assert sum(n for n in moved if n > 0) >= len(data) - 2 * MiB
+
+
+def _splice_errors(log: Path) -> list[str]:
+    return re.findall(r"splice\(.*SPLICE_F_NONBLOCK\) = -1 (E[A-Z]+)", log.read_text())
 
 
 def test_without_splice_stdin_is_read_and_exact(host: QrexecHost, work: Domain) -> None:
