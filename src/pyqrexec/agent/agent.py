@@ -15,7 +15,7 @@ import signal
 import socket
 from collections.abc import Callable
 
-from ..call.domain_handler import HandlerContext, pack_call, run_handler
+from ..call.domain_handler import HandlerContext, load_call_modules, pack_call, run_handler
 from ..protocol.channel import (
     END_OF_STREAM,
     NEED_DATA,
@@ -302,6 +302,8 @@ class Agent:
             self.log(f"the call spawner exited with {code}; forking calls here")
             self.spawner.close()
             self.spawner = None
+            # what the spawner held for its workers, the forks from here need
+            load_call_modules()
 
     def _terminated(self, call: _Call) -> None:
         self._send_soon(pack_connection_terminated(call.domain, call.port))

@@ -9,6 +9,7 @@ import os
 import pwd
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..protocol.cmdline import Command, parse_command, split_user, strip_nul
 from ..protocol.constants import EXIT_PROBLEM, MsgType
@@ -18,10 +19,15 @@ from ..services.rpcconfig import ServiceConfig
 from ..services.spawn import Detached, Executor, Failed, SpawnContext, start_command
 from ..system.environment import Environment
 from ..transport import vchan
-from .relay import SingleSocket
-from .service_side import VM_FAILURE_EOFS, relay_started, send_hello, send_status_only
 
-__all__ = ["HandlerContext", "run_handler", "own_user_name", "pack_call", "run_packed_call"]
+# The relay and the service side are not imported here: only call processes run them, and the
+# agent, which imports this module for its context and packing, would hold them idle (~0.3
+# MiB). The call spawner loads them before it forks its workers (`load_call_modules`).
+if TYPE_CHECKING:
+    from .relay import SingleSocket
+
+__all__ = ["HandlerContext", "run_handler", "own_user_name", "pack_call", "run_packed_call",
+           "load_call_modules"]
 
 #: agent handler / client-vm data connect timeout (docs/reference/protocol.md#timeouts)
 DATA_CONNECT_TIMEOUT = 120.0
@@ -97,6 +103,9 @@ def run_handler(
 
 def _serve(msgtype: int, cmdline: bytes, ctx: HandlerContext, config: ServiceConfig | None,
            channel: socket.socket) -> int:
+    from .relay import SingleSocket  # lazy: call processes only, not the idle agent
+    from .service_side import send_hello  # lazy: call processes only, not the idle agent
+
     log = ctx.log
     just_exec = msgtype == MsgType.JUST_EXEC
     # HELLO before anything is started (docs/reference/protocol.md#dom0-to-vm step 6): a handler
@@ -138,6 +147,8 @@ def _serve(msgtype: int, cmdline: bytes, ctx: HandlerContext, config: ServiceCon
 def _run(command: Command, user_b: bytes, text: bytes, channel: socket.socket,
          spawn_ctx: SpawnContext, ctx: HandlerContext, config: ServiceConfig | None,
          single: SingleSocket, just_exec: bool) -> int:
+    from .service_side import relay_started  # lazy: call processes only, not the idle agent
+
     log = ctx.log
     result = start_command(command, os.fsdecode(user_b), spawn_ctx, config)
     if isinstance(result, Failed):
@@ -174,5 +185,16 @@ def run_packed_call(params: bytes, ctx: HandlerContext) -> int:
 def _send_status_only(
     channel: socket.socket, ctx: HandlerContext, status: int, just_exec: bool
 ) -> None:
+    from .service_side import (  # lazy: call processes only, not the idle agent
+        VM_FAILURE_EOFS,
+        send_status_only,
+    )
+
     send_status_only(channel, ctx.own_version, status, ctx.log,
                      () if just_exec else VM_FAILURE_EOFS)
+
+
+def load_call_modules() -> None:
+    """Import what serving a call takes beyond this module: the call spawner does it once,
+    before it forks workers, which then start each call with it loaded."""
+    from . import relay, service_side  # noqa: F401  # lazy: the spawner's, not the agent's

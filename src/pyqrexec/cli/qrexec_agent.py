@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from ..call.domain_handler import HandlerContext, own_user_name, run_packed_call
+from ..call.domain_handler import (
+    HandlerContext,
+    load_call_modules,
+    own_user_name,
+    run_packed_call,
+)
 from ..system import defaults
 from ..system.environment import Environment
 from ..system.log import setup
@@ -50,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     own_user = own_user_name()
     # forked before asyncio loads: the smaller the spawner, the cheaper each fork it makes
     ctx = HandlerContext.for_agent(env, env.max_protocol_version, own_user, log)
-    spawner = start_spawner(lambda params: run_packed_call(params, ctx), log)
+    spawner = start_spawner(lambda params: run_packed_call(params, ctx), log,
+                            preload=load_call_modules)
 
     import asyncio  # lazy: asyncio after without_tls()
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from ..call.domain_handler import HandlerContext, own_user_name
+from ..call.domain_handler import HandlerContext, load_call_modules, own_user_name
 from ..system.environment import Environment
 from ..system.log import setup
 from . import entry
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     setup(PROG)
+    # each connection is served by a fork of this process: load the call's modules once
+    load_call_modules()
     log = logging.getLogger(__name__).info
     env = Environment.current()
     env.log_problems(log)

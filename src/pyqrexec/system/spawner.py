@@ -77,13 +77,20 @@ def call_ended(pid: int, status: int) -> str:
     return f"call handled by pid {pid} ended with {status}"
 
 
-def start_spawner(body: Callable[[bytes], int], log: Callable[[str], None]) -> Spawner:
+def start_spawner(body: Callable[[bytes], int], log: Callable[[str], None],
+                  preload: Callable[[], None] | None = None) -> Spawner:
     """Fork a spawner whose call processes run `body(params)`; its return value is the call's
-    status."""
+    status. `preload` runs in the spawner before it forks any: what every call needs and
+    the parent does not (its imports), loaded once for all workers."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def spawner() -> int:
+        if preload is not None:
+            preload()
+        return _SpawnerProcess(theirs, body, log).serve()
+
     try:
-        pid = fork_call(lambda: _SpawnerProcess(theirs, body, log).serve(), log,
-                        keep=(theirs.fileno(),))
+        pid = fork_call(spawner, log, keep=(theirs.fileno(),))
     finally:
         theirs.close()
     ours.setblocking(False)
