@@ -35,31 +35,38 @@ def compile_package() -> None:
     compileall.compile_dir(str(Path(pyqrexec.__file__).parent), quiet=1)
 
 
-def _tree_hash() -> str:
+def _tree_hash(root: Path = ROOT) -> str:
     h = hashlib.sha256()
-    for path in sorted([ROOT / "pyproject.toml", *(ROOT / "scripts").glob("*"),
-                       *(ROOT / "src").rglob("*.py")]):
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    for path in sorted([root / "pyproject.toml", *(root / "scripts").glob("*"),
+                       *(root / "src").rglob("*.py")]):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def use_installed() -> Path:
-    """The bin directory of the installed scripts; re-executes this script under its Python
-    the first time (everything before this call runs twice)."""
+def installed(root: Path = ROOT) -> Path:
+    """The bin directory of source tree `root` installed by pip into its own virtual
+    environment of the benchmarks' interpreter (made once per tree content, compiled)."""
     base = Path(os.environ.get("BENCH_VENV_DIR", "/tmp/pyqrexec-bench"))
     python = os.environ.get("BENCH_PYTHON") or (
         "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
-    venv = base / f"{Path(python).name}-{_tree_hash()}"
+    venv = base / f"{Path(python).name}-{_tree_hash(root)}"
     bindir = venv / "bin"
-    if Path(sys.prefix) == venv:
-        return bindir
     if not (bindir / "qrexec-client").exists():
         # world-readable: the benchmarks run agents as `nobody` from the same install
         base.mkdir(mode=0o755, exist_ok=True)
         os.chmod(base, 0o755)
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(bindir / "python3"), "-m", "pip", "install", "-q", "--no-deps",
-                        str(ROOT)], check=True, stdout=subprocess.DEVNULL)
+                        str(root)], check=True, stdout=subprocess.DEVNULL)
+    return bindir
+
+
+def use_installed() -> Path:
+    """The bin directory of the installed scripts; re-executes this script under its Python
+    the first time (everything before this call runs twice)."""
+    bindir = installed()
+    if Path(sys.prefix) == bindir.parent:
+        return bindir
     sys.stdout.flush()
     os.execv(bindir / "python3", [str(bindir / "python3"), *sys.argv])
 
