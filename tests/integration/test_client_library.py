@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
+import struct
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -380,3 +383,47 @@ def test_vm_agent_not_there(world: World) -> None:
             pytest.raises(SetupFailed) as info:
         client.call("anotherVM", "test.Echo")
     assert info.value.returncode == 1
+
+
+def _fake_daemon(host: QrexecHost, name: str, answer: bytes) -> threading.Thread:
+    """`qrexec.<name>` in the host's socket directory: a daemon that, for one connection,
+    reads what the client sends (its HELLO and request come at once), then writes `answer`
+    and closes."""
+    path = host.socket_dir / f"qrexec.{name}"
+    path.unlink(missing_ok=True)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn, srv:
+            conn.settimeout(10)
+            conn.recv(4096)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(("answer", "says"), [
+    (b"", "cannot talk to the qrexec daemon of fake"),
+    (struct.pack("<III", 0x300, 4, 2), "cannot talk to the qrexec daemon of fake"),
+    (struct.pack("<III", 0x300, 4, 3), "request to the qrexec daemon of fake failed"),
+])
+def test_dom0_daemon_that_fails_the_request(host: QrexecHost, answer: bytes, says: str) -> None:
+    """A daemon that closes at once, answers with a HELLO below 3, or closes after its HELLO
+    without the port: the library and `qrexec-client` fail the same way, 125, saying where
+    it failed (the client now sends its request before it reads the daemon's HELLO)."""
+    from pyqrexec.api import SetupFailed
+
+    thread = _fake_daemon(host, "fake", answer)
+    with Dom0Client(**dom0_kw(host)) as dom0, pytest.raises(SetupFailed) as info:  # type: ignore[arg-type]
+        dom0.run("fake", "root:true", timeout=10)
+    thread.join(10)
+    assert info.value.returncode == 125 and says in str(info.value)
+    thread = _fake_daemon(host, "fake", answer)
+    r = host.client("-d", "fake", "root:true", timeout=20)
+    thread.join(10)
+    assert r.returncode == 125 and says.encode() in r.stderr

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from ..call.relay import Relay, caller_result, queue_opening
 from ..client.daemon_socket import DaemonNotRunning as _NotRunning
-from ..client.daemon_socket import connect_daemon, request
+from ..client.daemon_socket import read_answer, read_hello, send_request
 from ..protocol.constants import EXIT_PROBLEM, MsgType
 from ..protocol.data import Action, CallerOrder, CallerStream
 from ..protocol.errors import ProtocolError
@@ -40,16 +40,19 @@ def run_in_domain(env: Environment, socket_dir: str, vchan_dir: str, own_domain:
                   input: bytes | None, timeout: float | None) -> CallResult:
     """`AsyncDom0Client.run` for a domain other than dom0, blocking."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    # HELLO and request in one write, as qrexec-client (docs/architecture.md#a-calls-start)
     with _failing_as(f"cannot talk to the qrexec daemon of {domain}", timeout):
-        sock = connect_daemon(socket_dir, domain, timeout)
+        sock = send_request(socket_dir, domain, MsgType.EXEC_CMDLINE, 0,
+                            os.fsencode(command) + b"\0")
     try:
+        with _failing_as(f"cannot talk to the qrexec daemon of {domain}", timeout):
+            sock.settimeout(_left(deadline, timeout))
+            session = read_hello(sock, MsgType.EXEC_CMDLINE)
         with _failing_as(f"request to the qrexec daemon of {domain} failed", timeout):
             sock.settimeout(_left(deadline, timeout))
-            answer = request(sock, MsgType.EXEC_CMDLINE, 0, 0, os.fsencode(command) + b"\0")
+            remote, port = read_answer(sock, session)
     finally:
         sock.close()
-    assert answer is not None
-    remote, port = answer
     wait = _left(deadline, timeout)
     listener, path = vchan.listen(vchan_dir, own_domain, remote, port,
                                   pair_dirs=env.vchan_pair_dirs)
