@@ -41,11 +41,12 @@ def run_in_domain(env: Environment, socket_dir: str, vchan_dir: str, own_domain:
     """`AsyncDom0Client.run` for a domain other than dom0, blocking."""
     deadline = None if timeout is None else time.monotonic() + timeout
     # HELLO and request in one write, as qrexec-client (docs/architecture.md#a-calls-start)
-    with _failing_as(f"cannot talk to the qrexec daemon of {domain}", timeout):
+    talk = f"cannot talk to the qrexec daemon of {domain}"
+    with _failing_as(talk, timeout):
         sock = send_request(socket_dir, domain, MsgType.EXEC_CMDLINE, 0,
                             os.fsencode(command) + b"\0")
     try:
-        with _failing_as(f"cannot talk to the qrexec daemon of {domain}", timeout):
+        with _failing_as(talk, timeout):
             sock.settimeout(_left(deadline, timeout))
             session = read_hello(sock, MsgType.EXEC_CMDLINE)
         with _failing_as(f"request to the qrexec daemon of {domain} failed", timeout):

@@ -74,8 +74,9 @@ _WAKE_MS = 10_000
 #: bytes a batching relay moves before it turns to SCHED_BATCH (`_batch_scheduling`): a
 #: short call stays an interactive task, whose wake-ups are served at once on a busy host
 _BATCH_AFTER = 1 << 20
-#: bytes a service's stdout delivers by plain reads before the relay splices it (`_Piped`):
-#: splicing costs a system call more per message, which only bulk output pays back
+#: bytes a source (a service's stdout, a caller's piped stdin) delivers by plain reads before
+#: the relay splices it (`_Piped`): splicing costs a system call more per message, which
+#: only bulk data pays back
 _SPLICE_AFTER = 1 << 20
 _SPLICE_FLAGS = os.SPLICE_F_NONBLOCK
 #: splice() failing with these means "not for this fd or in this process": read as before
@@ -439,6 +440,7 @@ class Relay:
             self.log(f"data channel broken: {exc}")
         for warning in self.incoming.take_warnings():
             self.log(warning)
+        self.traffic.received += sum(len(p) for a, p in actions if a is Action.OUTPUT)
         return actions
 
 
@@ -1068,9 +1070,7 @@ class _Service:
             if _source_readable(s, ready):
                 _pump_source(relay, s, end.stderr_log if s is self.err_src else None)
         if ready.get(relay.chfd, 0) & (_POLLIN | _POLLERR) and not relay.channel_eof:
-            actions = relay.read_actions()
-            relay.traffic.received += sum(len(p) for a, p in actions if a is Action.OUTPUT)
-            _deliver(actions, self._sink_of, self._received)
+            _deliver(relay.read_actions(), self._sink_of, self._received)
             return relay.failed is not None
         return False
 

@@ -96,12 +96,11 @@ def read_hello(sock: socket.socket, answer_to: int | None = None) -> DaemonSessi
     """Read and check the daemon's HELLO: the session to read the rest with, which expects
     the answer to an `answer_to` request if one went out."""
     from ..protocol.framing import NEED_DATA
-    from ..protocol.session import DaemonSession, Hello
+    from ..protocol.session import DaemonSession
     from ..transport.feed import read_message
 
     session = DaemonSession()
-    if not isinstance(read_message(sock, session, NEED_DATA), Hello):
-        raise EOFError("the daemon closed the connection before its HELLO")
+    _hello(read_message(sock, session, NEED_DATA))
     if answer_to is not None:
         session.expect_answer(answer_to)
     return session
@@ -110,14 +109,26 @@ def read_hello(sock: socket.socket, answer_to: int | None = None) -> DaemonSessi
 def read_answer(sock: socket.socket, session: DaemonSession) -> tuple[int, int]:
     """The daemon's (domid, port) answer to the request the session expects one for."""
     from ..protocol.framing import NEED_DATA
-    from ..protocol.session import PortAnswer
     from ..transport.feed import read_message
 
-    answer = read_message(sock, session, NEED_DATA)
-    if not isinstance(answer, PortAnswer):
-        raise EOFError("the daemon closed the connection without an answer")
-    return answer.domain, answer.port
+    return _port(read_message(sock, session, NEED_DATA))
 
+
+def _hello(event: object) -> None:
+    """What the session read first must be the daemon's HELLO (else its end)."""
+    from ..protocol.session import Hello
+
+    if not isinstance(event, Hello):
+        raise EOFError("the daemon closed the connection before its HELLO")
+
+
+def _port(event: object) -> tuple[int, int]:
+    """The (domid, port) of the daemon's answer, which the session read next (else its end)."""
+    from ..protocol.session import PortAnswer
+
+    if not isinstance(event, PortAnswer):
+        raise EOFError("the daemon closed the connection without an answer")
+    return event.domain, event.port
 
 
 async def connect_daemon_async(socket_dir: str, domain: str) -> socket.socket:
@@ -141,12 +152,10 @@ async def connect_daemon_async(socket_dir: str, domain: str) -> socket.socket:
             break
         await asyncio.sleep(backoff.next() or 0.05)
     from ..protocol.framing import NEED_DATA
-    from ..protocol.session import DaemonSession, Hello
+    from ..protocol.session import DaemonSession
 
     try:
-        if not isinstance(await read_message_async(loop, sock, DaemonSession(), NEED_DATA),
-                          Hello):
-            raise EOFError("the daemon closed the connection before its HELLO")
+        _hello(await read_message_async(loop, sock, DaemonSession(), NEED_DATA))
         await loop.sock_sendall(sock, hello(CLIENT_PROTOCOL_VERSION))
     except BaseException:
         sock.close()
@@ -159,12 +168,10 @@ async def request_async(sock: socket.socket, msgtype: int, payload: bytes) -> tu
     import asyncio
 
     from ..protocol.framing import NEED_DATA
-    from ..protocol.session import DaemonSession, PortAnswer
+    from ..protocol.session import DaemonSession
     from ..transport.feed import read_message_async
 
     loop = asyncio.get_running_loop()
     await loop.sock_sendall(sock, pack_exec(msgtype, 0, 0, payload))
-    answer = await read_message_async(loop, sock, DaemonSession.answer_to(msgtype), NEED_DATA)
-    if not isinstance(answer, PortAnswer):
-        raise EOFError("the daemon closed the connection without an answer")
-    return answer.domain, answer.port
+    return _port(await read_message_async(loop, sock, DaemonSession.answer_to(msgtype),
+                                          NEED_DATA))
