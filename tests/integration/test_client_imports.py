@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from .fixtures.processes import QrexecHost, program
 from .fixtures.world import World
@@ -15,6 +16,8 @@ from .fixtures.world import World
 OURS = {
     "qrexec-client": {
         "pyqrexec", "pyqrexec.cli", "pyqrexec.cli.args", "pyqrexec.cli.qrexec_client",
+        # the launchers' finder of our compiled modules
+        "pyqrexec.cli.compiled",
         "pyqrexec.call", "pyqrexec.call.relay", "pyqrexec.client",
         # the client socket's rules alone, not every channel's (`protocol.channel`)
         "pyqrexec.protocol.session", "pyqrexec.transport.feed",
@@ -42,15 +45,16 @@ STDLIB = {"__future__", "_socket", "select", "struct", "_struct", "errno", "fcnt
           "time", "stat", "_stat", "_signal", "_collections"}
 FORBIDDEN = {"dataclasses", "typing", "re", "asyncio", "logging", "inspect", "ast", "socket",
              "signal", "selectors", "enum", "collections", "functools"}
-#: the programs run as the installed launchers run them (scripts/), not with `python -m`,
-#: whose own imports would hide ours
-LAUNCH = "from pyqrexec.cli.{} import run; run()"
+#: the programs run as the installed launchers run them, not with `python -m`, whose own
+#: imports would hide ours: the launcher's text itself is the code
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def launched(argv: list[str]) -> list[str]:
     """`argv` of a `python -m pyqrexec.cli.X ...` program, started as its launcher does."""
     m = argv.index("-m")
-    return [argv[0], "-c", LAUNCH.format(argv[m + 1].rsplit(".", 1)[1]), *argv[m + 2:]]
+    script = SCRIPTS / argv[m + 1].rsplit(".", 1)[1].replace("_", "-")
+    return [argv[0], "-c", script.read_text(), *argv[m + 2:]]
 
 
 def imported(stderr: bytes) -> set[str]:

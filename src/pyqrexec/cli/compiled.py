@@ -1,0 +1,133 @@
+"""How the two per-call clients load the rest of the package: straight from its compiled files.
+
+A normal import of one of our modules walks the import system's generic path: the finders on
+`sys.meta_path` in turn, a directory cache per package, several `stat` calls and path
+computations, all of it Python code in `importlib`. For the 25-odd modules of a call that is
+about half a millisecond of every `qrexec-client` run (docs/architecture.md#code-shape). The
+launchers (scripts/) put `PycFinder` first: for a submodule of the `pyqrexec` package already
+imported, it stats the one source file, reads its `__pycache__` file and, when that file is
+exactly what `importlib` would accept as up to date (same magic number, timestamp-based, same
+source mtime and size), hands its code to a `SourceFileLoader`. Anything else — no compiled
+file, a stale or hash-based one, `sys.pycache_prefix` — is left to the normal finders, which
+compile as usual. Nothing else changes: the modules get the same `__file__`, `__cached__`,
+loader class and spec as through `importlib`.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.machinery import ModuleSpec
+    from types import CodeType
+
+try:
+    # the import system's own frozen modules, loaded at every start (`importlib.machinery`
+    # would load them again under other names, at a cost)
+    from _frozen_importlib import ModuleSpec as _ModuleSpec
+    from _frozen_importlib_external import MAGIC_NUMBER, SourceFileLoader
+except ImportError:  # another implementation: the normal finders do everything
+    MAGIC_NUMBER = b""  # type: ignore[misc]
+    SourceFileLoader = object  # type: ignore[assignment,misc]
+
+__all__ = ["PycFinder", "install"]
+
+_PREFIX = "pyqrexec."
+_STAMP = 0xFFFFFFFF
+
+
+class _Loader(SourceFileLoader):
+    """A `SourceFileLoader` whose first `get_code` returns the code already read."""
+
+    def __init__(self, fullname: str, path: str, code: CodeType) -> None:
+        # what FileLoader.__init__ sets, without the call
+        self.name = fullname
+        self.path = path
+        self._code: CodeType | None = code
+
+    def get_code(self, fullname: str) -> CodeType | None:
+        code, self._code = self._code, None
+        if code is None:  # a second load (reload): the normal way
+            return super().get_code(fullname)
+        return code
+
+
+class PycFinder:
+    """Finds `pyqrexec.*` submodules by their up-to-date compiled files (see module doc)."""
+
+    def __init__(self, tag: str, magic: bytes) -> None:
+        self.tag = tag
+        self.magic = magic
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: object = None) -> ModuleSpec | None:
+        if not fullname.startswith(_PREFIX) or path is None or len(path) != 1:
+            return None
+        directory = path[0]
+        name = fullname.rpartition(".")[2]
+        # plain concatenation: `os.path.join` is Python code, and these are our own names
+        package = f"{directory}/{name}"
+        source = f"{package}/__init__.py"
+        try:
+            # a package directory wins over a module file, as with the normal finder
+            st = os.stat(source)
+        except OSError:
+            package = ""
+            source = f"{directory}/{name}.py"
+            try:
+                st = os.stat(source)
+            except OSError:
+                return None
+        base, stem = (package, "__init__") if package else (directory, name)
+        cached = f"{base}/__pycache__/{stem}.{self.tag}.pyc"
+        code = self._code(cached, st)
+        if code is None:
+            return None
+        # what `spec_from_file_location` makes of these, without its generic steps
+        spec: ModuleSpec = _ModuleSpec(fullname, _Loader(fullname, source, code),
+                                       origin=source, is_package=bool(package))
+        spec.has_location = True
+        spec.cached = cached
+        if package:
+            spec.submodule_search_locations = [package]
+        return spec
+
+    def _code(self, cached: str, st: os.stat_result) -> CodeType | None:
+        """The code in `cached` if it is the compiled form of a source with stat `st`."""
+        try:
+            # not `open()`: its buffered file object costs more than the read
+            fd = os.open(cached, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.read(fd, os.fstat(fd).st_size)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        # PEP 552 header: magic, flags (0: checked by timestamp), source mtime, source size
+        if (len(data) < 16 or data[:4] != self.magic or data[4:8] != b"\0\0\0\0"
+                or int.from_bytes(data[8:12], "little") != int(st.st_mtime) & _STAMP
+                or int.from_bytes(data[12:16], "little") != st.st_size & _STAMP):
+            return None
+        try:
+            code = marshal.loads(memoryview(data)[16:])
+        except (EOFError, ValueError, TypeError):
+            return None
+        return code if type(code) is _CODE else None
+
+
+#: `types.CodeType`, without loading `types` (nor calling `compile`, 0.5 ms on its first use)
+_CODE = type(PycFinder.find_spec.__code__)
+
+
+def install() -> None:
+    """Put a `PycFinder` first on `sys.meta_path`, where the interpreter allows it."""
+    tag = sys.implementation.cache_tag
+    if not MAGIC_NUMBER or tag is None or sys.pycache_prefix is not None:
+        return
+    sys.meta_path.insert(0, PycFinder(tag, MAGIC_NUMBER))

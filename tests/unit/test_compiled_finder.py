@@ -1,0 +1,147 @@
+"""The launchers' finder (`cli/compiled.py`) takes a module's compiled file only when
+`importlib` would take it as up to date, and gives the module what `importlib` would; anything
+else it leaves to the normal finders (returns None)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import py_compile
+import subprocess
+import sys
+from importlib.machinery import SourceFileLoader
+from pathlib import Path
+
+import pytest
+
+from pyqrexec.cli.compiled import PycFinder, install
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+TAG = sys.implementation.cache_tag
+
+
+def _finder() -> PycFinder:
+    return PycFinder(TAG, importlib.util.MAGIC_NUMBER)
+
+
+def _module(tmp_path: Path, text: str = "VALUE = 42\n", name: str = "mod",
+            **compile_kw: object) -> Path:
+    source = tmp_path / f"{name}.py"
+    source.write_text(text)
+    py_compile.compile(str(source), doraise=True, **compile_kw)  # type: ignore[arg-type]
+    return source
+
+
+def _cached(source: Path) -> Path:
+    return Path(importlib.util.cache_from_source(str(source)))
+
+
+def test_up_to_date_module_loads_as_through_importlib(tmp_path: Path) -> None:
+    source = _module(tmp_path)
+    spec = _finder().find_spec("pyqrexec.fake.mod", [str(tmp_path)])
+    assert spec is not None
+    assert spec.origin == str(source)
+    assert spec.cached == str(_cached(source))
+    assert spec.submodule_search_locations is None
+    assert isinstance(spec.loader, SourceFileLoader)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.VALUE == 42
+    assert module.__file__ == str(source)
+    assert module.__cached__ == str(_cached(source))
+    assert module.__package__ == "pyqrexec.fake"
+    # the loader answers as a source loader does: tracebacks and inspect read the source
+    assert spec.loader.get_source("pyqrexec.fake.mod") == "VALUE = 42\n"
+    # a second load (reload) compiles the normal way
+    assert spec.loader.get_code("pyqrexec.fake.mod") is not None
+
+
+def test_package_is_found_with_its_search_path(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    source = _module(package, name="__init__")
+    # a module file of the same name loses, as with the normal finder
+    _module(tmp_path, name="pkg")
+    spec = _finder().find_spec("pyqrexec.pkg", [str(tmp_path)])
+    assert spec is not None
+    assert spec.origin == str(source)
+    assert spec.submodule_search_locations == [str(package)]
+    assert spec.parent == "pyqrexec.pkg"
+
+
+def test_a_changed_source_is_left_to_importlib(tmp_path: Path) -> None:
+    source = _module(tmp_path)
+    source.write_text("VALUE = 43\n")  # same size, newer
+    st = source.stat()
+    os.utime(source, (st.st_atime, st.st_mtime + 10))
+    assert _finder().find_spec("pyqrexec.fake.mod", [str(tmp_path)]) is None
+    _module(tmp_path)
+    source.write_text("VALUE = 4242\n")  # other size, same second
+    os.utime(source, (st.st_atime, st.st_mtime))
+    assert _finder().find_spec("pyqrexec.fake.mod", [str(tmp_path)]) is None
+
+
+@pytest.mark.parametrize("mode", [py_compile.PycInvalidationMode.CHECKED_HASH,
+                                  py_compile.PycInvalidationMode.UNCHECKED_HASH])
+def test_hash_based_files_are_left_to_importlib(tmp_path: Path,
+                                                mode: py_compile.PycInvalidationMode) -> None:
+    _module(tmp_path, invalidation_mode=mode)
+    assert _finder().find_spec("pyqrexec.fake.mod", [str(tmp_path)]) is None
+
+
+@pytest.mark.parametrize("damage", ["magic", "short", "body", "not code"])
+def test_damaged_files_are_left_to_importlib(tmp_path: Path, damage: str) -> None:
+    cached = _cached(_module(tmp_path))
+    data = cached.read_bytes()
+    if damage == "magic":
+        data = b"\0\0\r\n" + data[4:]
+    elif damage == "short":
+        data = data[:12]
+    elif damage == "body":
+        data = data[:16] + b"\xff\xff"
+    else:
+        import marshal
+
+        data = data[:16] + marshal.dumps(("a", "tuple"))
+    cached.write_bytes(data)
+    assert _finder().find_spec("pyqrexec.fake.mod", [str(tmp_path)]) is None
+
+
+def test_other_names_and_missing_files_are_not_ours(tmp_path: Path) -> None:
+    source = _module(tmp_path)
+    finder = _finder()
+    assert finder.find_spec("other.mod", [str(tmp_path)]) is None
+    assert finder.find_spec("pyqrexec", None) is None
+    assert finder.find_spec("pyqrexec.fake.mod", [str(tmp_path), "/elsewhere"]) is None
+    assert finder.find_spec("pyqrexec.fake.absent", [str(tmp_path)]) is None
+    _cached(source).unlink()
+    assert finder.find_spec("pyqrexec.fake.mod", [str(tmp_path)]) is None
+
+
+def test_install_stands_aside_for_a_pycache_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    meta_path = list(sys.meta_path)
+    monkeypatch.setattr(sys, "meta_path", meta_path)
+    monkeypatch.setattr(sys, "pycache_prefix", "/var/cache/py")
+    install()
+    assert sys.meta_path == meta_path
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+    install()
+    assert isinstance(sys.meta_path[0], PycFinder)
+
+
+def test_launcher_loads_the_call_path_through_it(tmp_path: Path) -> None:
+    """A compiled copy of the package, started as the launchers start: the call path's
+    modules come from their compiled files."""
+    subprocess.run(["cp", "-r", str(SRC / "pyqrexec"), str(tmp_path)], check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tmp_path / "pyqrexec")],
+                   check=True)
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from pyqrexec.cli.compiled import install\n"
+            "install()\n"
+            "import pyqrexec.call.relay, pyqrexec.client.daemon_socket\n"
+            "print(sorted({type(m.__loader__).__name__ for n, m in sys.modules.items()"
+            " if n.startswith(('pyqrexec.call', 'pyqrexec.protocol', 'pyqrexec.client'))}))")
+    r = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path)], capture_output=True,
+                       text=True, check=True)
+    assert r.stdout.strip() == "['_Loader']", r.stderr
