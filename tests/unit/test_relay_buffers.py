@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import select
 import socket
+import threading
 
 from pyqrexec.call.relay import (
     Relay,
@@ -18,6 +19,7 @@ from pyqrexec.call.relay import (
     Sink,
     Source,
     _Caller,
+    _pump_source,
     _read_into,
     _Service,
 )
@@ -84,3 +86,62 @@ def test_caller_loop_leaves_a_buffer_in_flight_alone() -> None:
     caller._step({src.fd: select.POLLHUP})
     assert _sent(relay, peer)[:8 + len(FIRST)] == HEADER.pack(MsgType.DATA_STDIN,
                                                                len(FIRST)) + FIRST
+
+
+def test_a_short_call_stays_in_its_first_buffers() -> None:
+    """A call's few small messages fit the first buffers: no large mapping is made (nor its
+    module loaded); a read that fills a first buffer moves on to a large one, byte-exact."""
+    relay, peer = _relay(CallerStream)
+    assert relay.first_buffer and len(relay.incoming.reader.free_space()) < 1 << 17
+    peer.sendall(HEADER.pack(MsgType.DATA_STDOUT, 3) + b"abc")
+    select.select([relay.chfd], [], [], 5)
+    actions = relay.read_actions()
+    assert [bytes(p) for _a, p in actions] == [b"abc"] and relay.first_buffer
+    # now more than the first buffer holds, in messages of the largest size
+    payloads = [bytes([i]) * 65536 for i in range(40, 44)]
+    wire = b"".join(HEADER.pack(MsgType.DATA_STDOUT, len(p)) + p for p in payloads)
+    threading.Thread(target=peer.sendall, args=(wire,), daemon=True).start()
+    got: list[bytes] = []
+    while len(got) < len(payloads):
+        select.select([relay.chfd], [], [], 5)
+        got += [bytes(p) for _a, p in relay.read_actions()]
+    assert got == payloads
+    assert not relay.first_buffer
+    assert len(relay.incoming.reader.free_space()) >= (1 << 20) - 65536
+
+
+def _take_queued(relay: Relay) -> bytes:
+    """The payloads queued on the channel, taken off the queue (as if sent)."""
+    wire = b"".join(bytes(data) for data, _src, _last in relay.outq)
+    relay._drop_queue()
+    payloads = b""
+    while wire:
+        _msgtype, length = HEADER.unpack_from(wire)
+        payloads += wire[8 : 8 + length]
+        wire = wire[8 + length :]
+    return payloads
+
+
+def test_a_source_moves_to_a_large_buffer_once_a_read_fills_the_first() -> None:
+    relay, _peer = _relay(CallerStream)
+    relay._drop_queue()  # its HELLO
+    local, far = socket.socketpair()
+    src = Source(local.fileno(), MsgType.DATA_STDIN, sock=local)
+    first = src.buf
+    far.sendall(b"s" * 10)
+    select.select([src.fd], [], [], 5)
+    assert _pump_source(relay, src) is False
+    assert src.buf is first and _take_queued(relay) == b"s" * 10
+    sent = bytes(range(256)) * (2 * len(first) // 256)
+    far.sendall(sent)  # within the socket's buffer
+    got = b""
+    while src.buf is first:
+        select.select([src.fd], [], [], 5)
+        assert _pump_source(relay, src) is False
+        got += _take_queued(relay)
+    assert len(src.buf) == 16 * 65536
+    while len(got) < len(sent):
+        select.select([src.fd], [], [], 5)
+        assert _pump_source(relay, src) is False
+        got += _take_queued(relay)
+    assert got == sent

@@ -158,6 +158,9 @@ class DataChannel:
     def received(self, n: int) -> None:
         self.reader.received(n)
 
+    def use_buffer(self, buffer: memoryview) -> None:
+        self.reader.use_buffer(buffer)
+
     def actions(self) -> Iterator[tuple[Action, memoryview]]:
         """What each complete message means, in order. A message that breaks the channel's
         rules raises RemoteProtocolError once the messages before it have been taken."""

@@ -147,6 +147,16 @@ class MessageReader:
             self._pos, self._end = 0, left
         return self._view[self._end :]
 
+    def use_buffer(self, buffer: memoryview) -> None:
+        """Fixed capacity only: receive into `buffer` from now on (a larger one, say, once
+        the first filled up); the unread bytes move along. Views handed out before keep
+        the old buffer's memory, valid until the next `free_space()` as always."""
+        assert self._view is not None, "use_buffer() needs a fixed capacity"
+        left = self._end - self._pos
+        buffer[:left] = self._view[self._pos : self._end]
+        self._view = self._mem = buffer
+        self._pos, self._end = 0, left
+
     def received(self, n: int) -> None:
         """`n` bytes were written at the start of `free_space()`."""
         if self._eof:

@@ -166,3 +166,28 @@ def test_misuse() -> None:
     reader.receive_eof()
     with pytest.raises(LocalProtocolError):
         reader.receive_data(b"x")
+
+
+def test_use_buffer_moves_the_unread_bytes_along() -> None:
+    """A fixed-capacity reader switched to a larger buffer mid-message: the partial message
+    moves, the views handed out before keep their bytes, the next messages come whole."""
+    first = pack_header(MsgType.DATA_STDOUT, 5) + b"hello"
+    second = pack_header(MsgType.DATA_STDOUT, 20) + b"x" * 20
+    wire = first + second
+    reader = MessageReader(ANY, buffer=memoryview(bytearray(len(first) + 10)))
+    free = reader.free_space()
+    free[: len(free)] = wire[: len(free)]
+    reader.received(len(free))
+    found = reader.next_view()
+    assert not isinstance(found, type(NEED_DATA))
+    view = found[1]
+    assert reader.next_view() is NEED_DATA  # the second one's header and 2 of its bytes
+    reader.use_buffer(memoryview(bytearray(1000)))
+    assert bytes(view) == b"hello"
+    rest = wire[len(first) + 10 :]
+    reader.free_space()[: len(rest)] = rest
+    reader.received(len(rest))
+    found = reader.next_view()
+    assert not isinstance(found, type(NEED_DATA))
+    assert found[0] == MsgType.DATA_STDOUT and bytes(found[1]) == b"x" * 20
+    assert len(reader.free_space()) == 1000
