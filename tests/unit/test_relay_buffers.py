@@ -9,10 +9,14 @@ into the buffer the queue still points at. Each loop is handed that report direc
 
 from __future__ import annotations
 
+import mmap
 import select
 import socket
 import threading
 
+import pytest
+
+import pyqrexec.call.relay as relay_module
 from pyqrexec.call.relay import (
     Relay,
     ServiceEnd,
@@ -88,9 +92,12 @@ def test_caller_loop_leaves_a_buffer_in_flight_alone() -> None:
                                                                len(FIRST)) + FIRST
 
 
-def test_a_short_call_stays_in_its_first_buffers() -> None:
-    """A call's few small messages fit the first buffers: no large mapping is made (nor its
-    module loaded); a read that fills a first buffer moves on to a large one, byte-exact."""
+def test_a_short_call_stays_in_its_first_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After `lean_start()` (the one-call clients), a call's few small messages fit the
+    first buffers: no large mapping is made (nor its module loaded); a read that fills a
+    first buffer moves on to a large one, byte-exact."""
+    monkeypatch.setattr(relay_module, "_lean", False)
+    relay_module.lean_start()
     relay, peer = _relay(CallerStream)
     assert relay.first_buffer and len(relay.incoming.reader.free_space()) < 1 << 17
     peer.sendall(HEADER.pack(MsgType.DATA_STDOUT, 3) + b"abc")
@@ -122,7 +129,9 @@ def _take_queued(relay: Relay) -> bytes:
     return payloads
 
 
-def test_a_source_moves_to_a_large_buffer_once_a_read_fills_the_first() -> None:
+def test_a_source_moves_to_a_large_buffer_once_a_read_fills_the_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay_module, "_lean", True)
     relay, _peer = _relay(CallerStream)
     relay._drop_queue()  # its HELLO
     local, far = socket.socketpair()
@@ -145,3 +154,16 @@ def test_a_source_moves_to_a_large_buffer_once_a_read_fills_the_first() -> None:
         assert _pump_source(relay, src) is False
         got += _take_queued(relay)
     assert got == sent
+
+
+def test_without_lean_start_buffers_are_mapped_from_the_start() -> None:
+    """A process with many calls in flight (a call process, the client library) gets the
+    mapped buffers at once: their pages cost memory only once used."""
+    assert not relay_module._lean
+    relay, _peer = _relay(CallerStream)
+    assert not relay.first_buffer
+    assert len(relay.incoming.reader.free_space()) == 1 << 20
+    local, _far = socket.socketpair()
+    src = Source(local.fileno(), MsgType.DATA_STDIN, sock=local)
+    assert len(src.buf) == 16 * 65536
+    assert isinstance(src.buf.obj, mmap.mmap)

@@ -197,4 +197,6 @@ def _send_status_only(
 def load_call_modules() -> None:
     """Import what serving a call takes beyond this module: the call spawner does it once,
     before it forks workers, which then start each call with it loaded."""
+    import mmap  # noqa: F401  # lazy: the relay's buffers (`relay._unbacked`), loaded once
+
     from . import relay, service_side  # noqa: F401  # lazy: the spawner's, not the agent's

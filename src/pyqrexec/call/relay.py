@@ -63,6 +63,7 @@ else:
 __all__ = [
     "SingleSocket", "Source", "Sink", "Relay", "CallerResult", "caller_result",
     "queue_opening", "queue_eof_after_exit", "run_caller", "run_service", "unsafe_filter",
+    "lean_start",
 ]
 
 _HDR = HEADER
@@ -70,9 +71,7 @@ _RECV_SIZE = 1 << 20
 _READ_BATCH = 16
 #: what a source reads (or splices) at most at once
 _SOURCE_SIZE = _READ_BATCH * 65536
-#: the first buffer of a channel or a source: a plain bytearray that holds the largest
-#: message, which is all a short call needs; the first read that fills it brings the large
-#: mapped one (`_unbacked`), whose module alone costs a short call 0.15 ms of its start
+#: the first buffer of a channel or a source after `lean_start()`
 _FIRST_SIZE = HEADER_SIZE + MAX_DATA_CHUNK_V3
 _PENDING_LIMIT = 8 << 20
 _WAKE_MS = 10_000
@@ -100,13 +99,29 @@ def _unbacked(size: int) -> memoryview:
     """`size` writable bytes whose pages take memory only once bytes arrive in them: a
     bytearray is zeroed on creation, and a short call would pay for megabytes it never
     uses (the clients' and call processes' resident size)."""
-    import mmap  # lazy: 0.15 ms of every short call's start (`_FIRST_SIZE`)
+    import mmap  # lazy: 0.15 ms of every short call's start (`lean_start`)
 
     return memoryview(mmap.mmap(-1, size))
 
 
-def _first_buffer() -> memoryview:
-    return memoryview(bytearray(_FIRST_SIZE))
+#: channels and sources start with a small bytearray (`lean_start`)
+_lean = False
+
+
+def lean_start() -> None:
+    """For a program that makes one call and exits (qrexec-client, qrexec-client-vm): each
+    channel and source starts with a bytearray that holds the largest message, which is all
+    a short call needs, and moves to the mapped buffer once a read fills it; so a short call
+    does not load `mmap`. A process with many calls in flight (a call process, a program
+    using the client library) keeps the mapped buffers from the start: a bytearray's pages
+    are all touched, 64 KiB a buffer."""
+    global _lean
+    _lean = True
+
+
+def _first_buffer(size: int) -> memoryview:
+    """The buffer a channel (`size` = `_RECV_SIZE`) or a source (`_SOURCE_SIZE`) starts with."""
+    return memoryview(bytearray(_FIRST_SIZE)) if _lean else _unbacked(size)
 
 
 _SAFE_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n\r\b\a"
@@ -205,8 +220,8 @@ class Source:
         #: messages of this stream queued on the channel and not yet fully sent
         self.inflight = 0
         #: what plain reads go into: `_first_buffer()`, then `_unbacked(_SOURCE_SIZE)` once
-        #: a read filled it
-        self.buf = _first_buffer()
+        #: a read filled a smaller one
+        self.buf = _first_buffer(_SOURCE_SIZE)
         #: stop reading without sending EOF (e.g. exit code seen)
         self.stopped = False
         #: (read end, write end) of the pipe payloads are spliced through, once in use
@@ -273,9 +288,10 @@ class Relay:
         self.batch_after: int | None = _BATCH_AFTER if batch else None
         self.traffic = Traffic() if traffic is None else traffic
         #: what the peer sends and what it means (`protocol.data`)
-        self.incoming = DataChannel(stream_type, own_version, buffer=_first_buffer())
-        #: the channel is read into `_first_buffer()` until a read fills it
-        self.first_buffer = True
+        self.incoming = DataChannel(stream_type, own_version,
+                                    buffer=_first_buffer(_RECV_SIZE))
+        #: the channel is read into a small first buffer until a read fills it
+        self.first_buffer = _lean
         self.chfd = channel.fileno()
         channel.setblocking(False)
         self.log = log

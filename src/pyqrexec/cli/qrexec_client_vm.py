@@ -202,7 +202,7 @@ def _call(args: _Args, domain: int, port: int) -> int:
     except OSError as err:
         log(f"Data vchan connection failed: {err}")
         return 1
-    from ..call.relay import run_caller
+    from ..call.relay import lean_start, run_caller
 
     local_status: list[int] = []
 
@@ -217,6 +217,7 @@ def _call(args: _Args, domain: int, port: int) -> int:
             local_status.append(128 - code if code < 0 else code)
         return True
 
+    lean_start()  # one call, then exit
     result = run_caller(
         channel, env.max_protocol_version, local_in, local_out, log,
         in_sock=in_sock, out_sock=out_sock, prefix=args.prefix or b"",
