@@ -156,10 +156,11 @@ def test_a_source_moves_to_a_large_buffer_once_a_read_fills_the_first(
     assert got == sent
 
 
-def test_without_lean_start_buffers_are_mapped_from_the_start() -> None:
+def test_without_lean_start_buffers_are_mapped_from_the_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A process with many calls in flight (a call process, the client library) gets the
     mapped buffers at once: their pages cost memory only once used."""
-    assert not relay_module._lean
+    monkeypatch.setattr(relay_module, "_lean", False)
     relay, _peer = _relay(CallerStream)
     assert not relay.first_buffer
     assert len(relay.incoming.reader.free_space()) == 1 << 20
