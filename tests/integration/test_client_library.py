@@ -414,13 +414,20 @@ def _fake_daemon(host: QrexecHost, name: str, answer: bytes) -> threading.Thread
 ])
 def test_dom0_daemon_that_fails_the_request(host: QrexecHost, answer: bytes, says: str) -> None:
     """A daemon that closes at once, answers with a HELLO below 3, or closes after its HELLO
-    without the port: the library and `qrexec-client` fail the same way, 125, saying where
-    it failed (the client now sends its request before it reads the daemon's HELLO)."""
+    without the port: the library (loop-less and asyncio) and `qrexec-client` fail the same
+    way, 125, saying where it failed (each sends its request before it reads the daemon's
+    HELLO: this daemon answers only once it has read the request)."""
     from pyqrexec.api import SetupFailed
 
     thread = _fake_daemon(host, "fake", answer)
     with Dom0Client(**dom0_kw(host)) as dom0, pytest.raises(SetupFailed) as info:  # type: ignore[arg-type]
         dom0.run("fake", "root:true", timeout=10)
+    thread.join(10)
+    assert info.value.returncode == 125 and says in str(info.value)
+    thread = _fake_daemon(host, "fake", answer)
+    with pytest.raises(SetupFailed) as info:
+        asyncio.run(AsyncDom0Client(**dom0_kw(host)).run(  # type: ignore[arg-type]
+            "fake", "root:true", timeout=10))
     thread.join(10)
     assert info.value.returncode == 125 and says in str(info.value)
     thread = _fake_daemon(host, "fake", answer)

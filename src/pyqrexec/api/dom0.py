@@ -14,7 +14,7 @@ import os
 
 from ..call.dom0_local import exec_failure, prepare_dom0_service
 from ..client.daemon_socket import DaemonNotRunning as _NotRunning
-from ..client.daemon_socket import connect_daemon_async, request_async
+from ..client.daemon_socket import read_answer_async, read_hello_async, send_request_async
 from ..protocol.constants import DOM0_NAMES, EXIT_PROBLEM, MsgType
 from ..protocol.errors import ProtocolError
 from ..system.defaults import DAEMON_SOCKET_DIR
@@ -62,19 +62,27 @@ class AsyncDom0Client:
         fails before the call starts."""
         if domain in DOM0_NAMES:
             return await _start_local(command, stdin, self.env)
+        # HELLO and request in one write, as qrexec-client sends them
+        # (docs/reference/protocol.md#hello)
         try:
-            sock = await connect_daemon_async(self.socket_dir, domain)
+            sock = await send_request_async(self.socket_dir, domain, MsgType.EXEC_CMDLINE,
+                                            os.fsencode(command) + b"\0")
         except _NotRunning as err:
             raise DaemonNotRunning(str(err.strerror)) from err
-        except (OSError, EOFError, ValueError, ProtocolError) as err:
+        except OSError as err:
             raise SetupFailed(f"cannot talk to the qrexec daemon of {domain}: {err}",
                               EXIT_PROBLEM) from err
         try:
-            remote, port = await request_async(sock, MsgType.EXEC_CMDLINE,
-                                               os.fsencode(command) + b"\0")
-        except (OSError, EOFError, ValueError, ProtocolError) as err:
-            raise SetupFailed(f"request to the qrexec daemon of {domain} failed: {err}",
-                              EXIT_PROBLEM) from err
+            try:
+                session = await read_hello_async(sock, MsgType.EXEC_CMDLINE)
+            except (OSError, EOFError, ValueError, ProtocolError) as err:
+                raise SetupFailed(f"cannot talk to the qrexec daemon of {domain}: {err}",
+                                  EXIT_PROBLEM) from err
+            try:
+                remote, port = await read_answer_async(sock, session)
+            except (OSError, EOFError, ValueError, ProtocolError) as err:
+                raise SetupFailed(f"request to the qrexec daemon of {domain} failed: {err}",
+                                  EXIT_PROBLEM) from err
         finally:
             sock.close()
         channel = await accept_data_channel(self.env, self.vchan_dir, self.own_domain, remote,

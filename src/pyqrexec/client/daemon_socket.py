@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
     from ..protocol.session import DaemonSession
 
-__all__ = ["DaemonNotRunning", "connect_daemon", "connect_daemon_async", "request",
-           "request_async", "send_request", "read_hello", "read_answer"]
+__all__ = ["DaemonNotRunning", "connect_daemon", "request", "send_request", "read_hello",
+           "read_answer", "send_request_async", "read_hello_async", "read_answer_async"]
 
 
 class DaemonNotRunning(OSError):
@@ -131,13 +131,13 @@ def _port(event: object) -> tuple[int, int]:
     return event.domain, event.port
 
 
-async def connect_daemon_async(socket_dir: str, domain: str) -> socket.socket:
-    """`connect_daemon` for asyncio programs; the socket returned is non-blocking.
-
-    A full listen backlog is waited out (a busy daemon), a missing daemon is not."""
+async def send_request_async(socket_dir: str, domain: str, msgtype: int,
+                             payload: bytes) -> socket.socket:
+    """`send_request` (port 0, no peer) for asyncio programs; the socket returned is
+    non-blocking. A full listen backlog is waited out (a busy daemon), a missing daemon is
+    not."""
     import asyncio
 
-    from ..transport.feed import read_message_async
     from ..transport.unixsock import Backoff, try_connect
 
     loop = asyncio.get_running_loop()
@@ -151,27 +151,37 @@ async def connect_daemon_async(socket_dir: str, domain: str) -> socket.socket:
         if sock is not None:
             break
         await asyncio.sleep(backoff.next() or 0.05)
-    from ..protocol.framing import NEED_DATA
-    from ..protocol.session import DaemonSession
-
     try:
-        _hello(await read_message_async(loop, sock, DaemonSession(), NEED_DATA))
-        await loop.sock_sendall(sock, hello(CLIENT_PROTOCOL_VERSION))
+        await loop.sock_sendall(sock, hello(CLIENT_PROTOCOL_VERSION)
+                                + pack_exec(msgtype, 0, 0, payload))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # closed at once (a daemon with too many clients): read_hello_async says so
     except BaseException:
         sock.close()
         raise
     return sock
 
 
-async def request_async(sock: socket.socket, msgtype: int, payload: bytes) -> tuple[int, int]:
-    """`request` with port 0 for asyncio programs: the daemon's (domid, port) answer."""
+async def read_hello_async(sock: socket.socket, answer_to: int) -> DaemonSession:
+    """`read_hello` for asyncio programs, after `send_request_async`."""
     import asyncio
 
     from ..protocol.framing import NEED_DATA
     from ..protocol.session import DaemonSession
     from ..transport.feed import read_message_async
 
-    loop = asyncio.get_running_loop()
-    await loop.sock_sendall(sock, pack_exec(msgtype, 0, 0, payload))
-    return _port(await read_message_async(loop, sock, DaemonSession.answer_to(msgtype),
+    session = DaemonSession()
+    _hello(await read_message_async(asyncio.get_running_loop(), sock, session, NEED_DATA))
+    session.expect_answer(answer_to)
+    return session
+
+
+async def read_answer_async(sock: socket.socket, session: DaemonSession) -> tuple[int, int]:
+    """`read_answer` for asyncio programs."""
+    import asyncio
+
+    from ..protocol.framing import NEED_DATA
+    from ..transport.feed import read_message_async
+
+    return _port(await read_message_async(asyncio.get_running_loop(), sock, session,
                                           NEED_DATA))
