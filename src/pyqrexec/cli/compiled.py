@@ -4,13 +4,14 @@ A normal import of one of our modules walks the import system's generic path: th
 `sys.meta_path` in turn, a directory cache per package, several `stat` calls and path
 computations, all of it Python code in `importlib`. For the 25-odd modules of a call that is
 about half a millisecond of every `qrexec-client` run (docs/architecture.md#code-shape). The
-launchers (scripts/) put `PycFinder` first: for a submodule of the `pyqrexec` package already
-imported, it stats the one source file, reads its `__pycache__` file and, when that file is
-exactly what `importlib` would accept as up to date (same magic number, timestamp-based, same
-source mtime and size), hands its code to a `SourceFileLoader`. Anything else — no compiled
-file, a stale or hash-based one, `sys.pycache_prefix` — is left to the normal finders, which
-compile as usual. Nothing else changes: the modules get the same `__file__`, `__cached__`,
-loader class and spec as through `importlib`.
+launchers (scripts/, and qrexec-host's: host/launchers.py) put `PycFinder` first: for a
+submodule of the `pyqrexec` package already imported, it stats the one source file, reads its
+`__pycache__` file and, when that file is exactly what `importlib` would accept as up to date
+(same magic number, timestamp-based, same source mtime and size), hands its code to a
+`SourceFileLoader`. Anything else — no compiled file, a stale, hash-based or damaged one,
+`sys.pycache_prefix` — is left to the normal finders, which compile as usual. Nothing else
+changes: the modules get the same `__file__`, `__cached__`, loader class and spec as through
+`importlib`.
 """
 
 from __future__ import annotations
