@@ -6,8 +6,12 @@ between runs than most changes move a call.
 Each tree is installed into its own environment (as every benchmark installs this one) and
 runs its own host: a VM whose agent is `nobody`, its daemon, its client. The trees' calls are
 timed in alternating rounds, with the floor of `call_latency.py` measured in the same rounds
-(`python3 -c pass` + 5 x fork+exec of `true`, the interpreter the trees use). Per tree: the
-best and the median round, and the best against the floor.
+(`python3 -c pass` + 5 x fork+exec of `true`, the interpreter the trees use); the trees take
+turns going first. Per tree: the best and the median round, and the best against the floor;
+for each tree after the first, the rounds paired with the first tree's: the median of their
+differences, its quartiles, and in how many rounds it was the faster (a sign test: 15 of
+20 or more is unlikely by chance, p < 0.05), which a drifting machine blurs far less than
+two bests or two medians.
 
   git worktree add --detach /tmp/before HEAD~3     # or any copy of a tree
   python3 bench/compare_trees.py /tmp/before .     # [--calls N] [--rounds R]
@@ -63,7 +67,9 @@ def main() -> None:
         for _ in range(args.rounds):
             true.append(fork_exec_true(args.calls))
             py.append(timed([python, "-c", "pass"], max(args.calls // 2, 10)))
-            for i, (_proc, info) in enumerate(hosts):
+            first = len(true) % len(hosts)
+            for i in [*range(first, len(hosts)), *range(first)]:
+                info = hosts[i][1]
                 calls[i].append(timed(info["argv"], args.calls, env=info["env"]))
     finally:
         for proc, _info in hosts:
@@ -77,6 +83,12 @@ def main() -> None:
         best, median = min(times) * 1e3, statistics.median(times) * 1e3
         print(f"  {str(tree):40} best {best:6.2f} ms ({best / floor:4.2f}x)"
               f"   median {median:6.2f} ms")
+    for tree, times in zip(trees[1:], calls[1:], strict=True):
+        diffs = sorted((t - t0) * 1e3 for t, t0 in zip(times, calls[0], strict=True))
+        q1, mid, q3 = statistics.quantiles(diffs, n=4) if len(diffs) > 1 else diffs * 3
+        faster = sum(d < 0 for d in diffs)
+        print(f"  {str(tree):40} - first: median {mid:+6.2f} ms (quartiles {q1:+.2f}"
+              f" .. {q3:+.2f}), faster in {faster} of {len(diffs)} rounds")
 
 
 if __name__ == "__main__":
