@@ -113,7 +113,11 @@ class AskDialog:
         completion.set_minimum_key_length(0)
         self.entry.set_completion(completion)
         target_row = len(rows) + 1
-        grid.attach(Gtk.Label(label="Target:", xalign=1), 0, target_row, 1, 1)
+        # Alt+T back to the target from the Remember chooser or a button
+        target_name = Gtk.Label.new_with_mnemonic("_Target:")
+        target_name.set_xalign(1)
+        target_name.set_mnemonic_widget(self.entry)
+        grid.attach(target_name, 0, target_row, 1, 1)
         grid.attach(self.combo, 1, target_row, 1, 1)
 
         # remembering the answer, when the policy daemon offers it (docs/policy-agent.md)
