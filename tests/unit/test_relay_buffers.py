@@ -14,9 +14,6 @@ import select
 import socket
 import threading
 
-import pytest
-
-import pyqrexec.call.relay as relay_module
 from pyqrexec.call.relay import (
     Relay,
     ServiceEnd,
@@ -34,10 +31,11 @@ from pyqrexec.protocol.messages import HEADER, hello
 FIRST, SECOND = b"A" * 100, b"B" * 100
 
 
-def _relay(stream: type[CallerStream] | type[ServiceStream]) -> tuple[Relay, socket.socket]:
+def _relay(stream: type[CallerStream] | type[ServiceStream],
+           lean: bool = False) -> tuple[Relay, socket.socket]:
     """A relay whose peer's HELLO has arrived, and that peer's end of the channel."""
     chan, peer = socket.socketpair()
-    relay = Relay(chan, 4, lambda message: None, stream)
+    relay = Relay(chan, 4, lambda message: None, stream, lean=lean)
     peer.sendall(hello(4))
     select.select([chan], [], [], 5)
     assert relay.read_actions() == [] and relay.version == 4
@@ -92,13 +90,11 @@ def test_caller_loop_leaves_a_buffer_in_flight_alone() -> None:
                                                                len(FIRST)) + FIRST
 
 
-def test_a_short_call_stays_in_its_first_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """After `lean_start()` (the one-call clients), a call's few small messages fit the
-    first buffers: no large mapping is made (nor its module loaded); a read that fills a
-    first buffer moves on to a large one, byte-exact."""
-    monkeypatch.setattr(relay_module, "_lean", False)
-    relay_module.lean_start()
-    relay, peer = _relay(CallerStream)
+def test_a_short_call_stays_in_its_first_buffers() -> None:
+    """In a lean relay (the one-call clients'), a call's few small messages fit the first
+    buffers: no large mapping is made (nor its module loaded); a read that fills a first
+    buffer moves on to a large one, byte-exact."""
+    relay, peer = _relay(CallerStream, lean=True)
     assert relay.first_buffer and len(relay.incoming.reader.free_space()) < 1 << 17
     peer.sendall(HEADER.pack(MsgType.DATA_STDOUT, 3) + b"abc")
     select.select([relay.chfd], [], [], 5)
@@ -129,13 +125,11 @@ def _take_queued(relay: Relay) -> bytes:
     return payloads
 
 
-def test_a_source_moves_to_a_large_buffer_once_a_read_fills_the_first(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(relay_module, "_lean", True)
-    relay, _peer = _relay(CallerStream)
+def test_a_source_moves_to_a_large_buffer_once_a_read_fills_the_first() -> None:
+    relay, _peer = _relay(CallerStream, lean=True)
     relay._drop_queue()  # its HELLO
     local, far = socket.socketpair()
-    src = Source(local.fileno(), MsgType.DATA_STDIN, sock=local)
+    src = Source(local.fileno(), MsgType.DATA_STDIN, sock=local, lean=True)
     first = src.buf
     far.sendall(b"s" * 10)
     select.select([src.fd], [], [], 5)
@@ -156,11 +150,9 @@ def test_a_source_moves_to_a_large_buffer_once_a_read_fills_the_first(
     assert got == sent
 
 
-def test_without_lean_start_buffers_are_mapped_from_the_start(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_lean_buffers_are_mapped_from_the_start() -> None:
     """A process with many calls in flight (a call process, the client library) gets the
     mapped buffers at once: their pages cost memory only once used."""
-    monkeypatch.setattr(relay_module, "_lean", False)
     relay, _peer = _relay(CallerStream)
     assert not relay.first_buffer
     assert len(relay.incoming.reader.free_space()) == 1 << 20

@@ -63,7 +63,6 @@ else:
 __all__ = [
     "SingleSocket", "Source", "Sink", "Relay", "CallerResult", "caller_result",
     "queue_opening", "queue_eof_after_exit", "run_caller", "run_service", "unsafe_filter",
-    "lean_start",
 ]
 
 _HDR = HEADER
@@ -71,7 +70,7 @@ _RECV_SIZE = 1 << 20
 _READ_BATCH = 16
 #: what a source reads (or splices) at most at once
 _SOURCE_SIZE = _READ_BATCH * 65536
-#: the first buffer of a channel or a source after `lean_start()`
+#: the first buffer of a lean channel or source (`_first_buffer`)
 _FIRST_SIZE = HEADER_SIZE + MAX_DATA_CHUNK_V3
 _PENDING_LIMIT = 8 << 20
 _WAKE_MS = 10_000
@@ -99,29 +98,20 @@ def _unbacked(size: int) -> memoryview:
     """`size` writable bytes whose pages take memory only once bytes arrive in them: a
     bytearray is zeroed on creation, and a short call would pay for megabytes it never
     uses (the clients' and call processes' resident size)."""
-    import mmap  # lazy: 0.15 ms of every short call's start (`lean_start`)
+    import mmap  # lazy: 0.15 ms of every short call's start (`_first_buffer`)
 
     return memoryview(mmap.mmap(-1, size))
 
 
-#: channels and sources start with a small bytearray (`lean_start`)
-_lean = False
+def _first_buffer(size: int, lean: bool) -> memoryview:
+    """The buffer a channel (`size` = `_RECV_SIZE`) or a source (`_SOURCE_SIZE`) starts with.
 
-
-def lean_start() -> None:
-    """For a program that makes one call and exits (qrexec-client, qrexec-client-vm): each
-    channel and source starts with a bytearray that holds the largest message, which is all
-    a short call needs, and moves to the mapped buffer once a read fills it; so a short call
-    does not load `mmap`. A process with many calls in flight (a call process, a program
-    using the client library) keeps the mapped buffers from the start: a bytearray's pages
-    are all touched, 64 KiB a buffer."""
-    global _lean
-    _lean = True
-
-
-def _first_buffer(size: int) -> memoryview:
-    """The buffer a channel (`size` = `_RECV_SIZE`) or a source (`_SOURCE_SIZE`) starts with."""
-    return memoryview(bytearray(_FIRST_SIZE)) if _lean else _unbacked(size)
+    `lean`, in a program that makes one call and exits (`run_caller`'s `one_call`): a
+    bytearray that holds the largest message, which is all a short call needs; the first
+    read that fills it moves on to the mapped buffer, so a short call does not load `mmap`.
+    A process with many calls in flight (a call process, the client library) gets the
+    mapped buffer at once: a bytearray's pages are all touched, 64 KiB a buffer."""
+    return memoryview(bytearray(_FIRST_SIZE)) if lean else _unbacked(size)
 
 
 _SAFE_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n\r\b\a"
@@ -211,7 +201,8 @@ class Source:
     __slots__ = ("fd", "msgtype", "sock", "eof", "inflight", "buf", "stopped", "pipe",
                  "splice_after", "direct")
 
-    def __init__(self, fd: int, msgtype: int, sock: socket.socket | None = None) -> None:
+    def __init__(self, fd: int, msgtype: int, sock: socket.socket | None = None, *,
+                 lean: bool = False) -> None:
         self.fd = fd
         self.msgtype = msgtype
         #: the socket object owning `fd`, if any (kept alive; used for shutdown)
@@ -221,7 +212,7 @@ class Source:
         self.inflight = 0
         #: what plain reads go into: `_first_buffer()`, then `_unbacked(_SOURCE_SIZE)` once
         #: a read filled a smaller one
-        self.buf = _first_buffer(_SOURCE_SIZE)
+        self.buf = _first_buffer(_SOURCE_SIZE, lean)
         #: stop reading without sending EOF (e.g. exit code seen)
         self.stopped = False
         #: (read end, write end) of the pipe payloads are spliced through, once in use
@@ -282,16 +273,16 @@ class Relay:
     def __init__(self, channel: socket.socket, own_version: int, log: Callable[[str], None],
                  stream_type: type[CallerStream] | type[ServiceStream],
                  hello_sent: bool = False, traffic: Traffic | None = None,
-                 batch: bool = False):
+                 batch: bool = False, lean: bool = False):
         self.channel = channel
         #: bytes still to move before SCHED_BATCH; None: not (or already) batching
         self.batch_after: int | None = _BATCH_AFTER if batch else None
         self.traffic = Traffic() if traffic is None else traffic
         #: what the peer sends and what it means (`protocol.data`)
         self.incoming = DataChannel(stream_type, own_version,
-                                    buffer=_first_buffer(_RECV_SIZE))
+                                    buffer=_first_buffer(_RECV_SIZE, lean))
         #: the channel is read into a small first buffer until a read fills it
-        self.first_buffer = _lean
+        self.first_buffer = lean
         self.chfd = channel.fileno()
         channel.setblocking(False)
         self.log = log
@@ -752,18 +743,20 @@ def run_caller(
     local_wait_fd: int | None = None,
     stop_input_on_exit: bool = True,
     single_socket: SingleSocket | None = None,
-    batch: bool = False,
+    one_call: bool = False,
 ) -> CallerResult:
     """Caller side of docs/reference/protocol.md#end-of-a-call until the call is over; returns the
-    remote status. `batch`: this process is a client that only relays from now on, and may
-    run as SCHED_BATCH once the call moves bulk data (`_batch_scheduling`); never for a
-    relay run inside a program that does other work (a test, a library user)."""
-    relay = Relay(channel, own_version, log, CallerStream, batch=batch)
+    remote status. `one_call`: this process is a client that makes this one call and only
+    relays from now on (qrexec-client, qrexec-client-vm): it may run as SCHED_BATCH once the
+    call moves bulk data (`_batch_scheduling`), and its channel and stdin start with small
+    buffers (`_first_buffer`); never for a relay run inside a program that does other work
+    (a test, a library user)."""
+    relay = Relay(channel, own_version, log, CallerStream, batch=one_call, lean=one_call)
     src: Source | None = None
     if local_in is not None:
         _set_nonblocking(local_in)
         _grow_pipe(local_in)
-        src = Source(local_in, MsgType.DATA_STDIN, sock=in_sock)
+        src = Source(local_in, MsgType.DATA_STDIN, sock=in_sock, lean=one_call)
         if in_sock is None and _is_pipe(local_in):
             src.direct = True
             src.splice_after = _SPLICE_AFTER

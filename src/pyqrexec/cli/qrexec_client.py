@@ -378,7 +378,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
         in_sock, out_sock = stdin_sock
         local_in, local_out = in_sock.fileno(), out_sock.fileno()
     # imported while the agent forks the handler that connects: the wait hides their cost
-    from ..call.relay import lean_start, run_caller
+    from ..call.relay import run_caller
 
     try:
         channel = vchan.accept_one(listener, path, args.timeout or None)
@@ -390,14 +390,13 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
 
     if args.just_exec:
         local_in = None
-    lean_start()  # one call, then exit
     result = run_caller(
         channel, env.max_protocol_version, local_in, local_out, log,
         in_sock=in_sock, out_sock=out_sock, prefix=args.prefix or b"",
         filter_stdout=args.filter_stdout, filter_stderr=args.filter_stderr,
         local_done=(lambda: proc.poll() is not None) if proc is not None else None,
         local_wait_fd=pidfd,
-        batch=True,
+        one_call=True,
     )
     channel.close()
     if result.no_hello:

@@ -202,7 +202,7 @@ def _call(args: _Args, domain: int, port: int) -> int:
     except OSError as err:
         log(f"Data vchan connection failed: {err}")
         return 1
-    from ..call.relay import lean_start, run_caller
+    from ..call.relay import run_caller
 
     local_status: list[int] = []
 
@@ -217,14 +217,13 @@ def _call(args: _Args, domain: int, port: int) -> int:
             local_status.append(128 - code if code < 0 else code)
         return True
 
-    lean_start()  # one call, then exit
     result = run_caller(
         channel, env.max_protocol_version, local_in, local_out, log,
         in_sock=in_sock, out_sock=out_sock, prefix=args.prefix or b"",
         filter_stdout=filter_stdout, filter_stderr=filter_stderr,
         local_done=local_done if child is not None else None, local_wait_fd=pidfd,
         single_socket=single,
-        batch=True,
+        one_call=True,
     )
     channel.close()
     status = result.exit_status
