@@ -83,13 +83,18 @@ def send_request(socket_dir: str, domain: str, msgtype: int, peer: int,
     trip and loads the rest of its code while the daemon, the agent and the handler work."""
     sock = _connect(socket_dir, domain)
     try:
-        sock.sendall(hello(CLIENT_PROTOCOL_VERSION) + pack_exec(msgtype, peer, 0, payload))
+        sock.sendall(_opening(msgtype, peer, payload))
     except (BrokenPipeError, ConnectionResetError):
         pass  # closed at once (a daemon with too many clients): read_hello says so
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _opening(msgtype: int, peer: int, payload: bytes) -> bytes:
+    """What a client sends at once: its HELLO and a request with port 0."""
+    return hello(CLIENT_PROTOCOL_VERSION) + pack_exec(msgtype, peer, 0, payload)
 
 
 def read_hello(sock: socket.socket, answer_to: int | None = None) -> DaemonSession:
@@ -152,8 +157,7 @@ async def send_request_async(socket_dir: str, domain: str, msgtype: int,
             break
         await asyncio.sleep(backoff.next() or 0.05)
     try:
-        await loop.sock_sendall(sock, hello(CLIENT_PROTOCOL_VERSION)
-                                + pack_exec(msgtype, 0, 0, payload))
+        await loop.sock_sendall(sock, _opening(msgtype, 0, payload))
     except (BrokenPipeError, ConnectionResetError):
         pass  # closed at once (a daemon with too many clients): read_hello_async says so
     except BaseException:
