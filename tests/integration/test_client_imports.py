@@ -41,7 +41,7 @@ OURS["qrexec-client-vm"] = (OURS["qrexec-client"] - {"pyqrexec.cli.qrexec_client
 #: ... and the standard library's: C modules and `struct`; none of the Python modules that
 #: cost milliseconds (`socket` and `signal` build enums at import, `collections` pulls in a
 #: handful more): docs/architecture.md#code-shape
-STDLIB = {"__future__", "_socket", "select", "struct", "_struct", "errno", "fcntl", "mmap",
+STDLIB = {"__future__", "gc", "_socket", "select", "struct", "_struct", "errno", "fcntl", "mmap",
           "time", "stat", "_stat", "_signal", "_collections"}
 FORBIDDEN = {"dataclasses", "typing", "re", "asyncio", "logging", "inspect", "ast", "socket",
              "signal", "selectors", "enum", "collections", "functools"}
@@ -102,3 +102,43 @@ def test_qrexec_client_vm_imports_only_its_list(host: QrexecHost, world: World) 
                        env=world.call_env("work", {"PYTHONPROFILEIMPORTTIME": "1"}))
     assert r.returncode == 0, r.stderr
     check("qrexec-client-vm", imported(r.stderr), baseline(host))
+
+
+#: run before a launcher's text: reports, at the client's exit, whether the collector runs,
+#: how many objects were set aside, and the set-aside count at each collection
+_GC_PROBE = """\
+import gc, os
+_seen = []
+gc.callbacks.append(lambda phase, info: phase == "start" and _seen.append(gc.get_freeze_count()))
+_exit = os._exit
+def _report(status):
+    os.write(2, f"gc-probe {gc.isenabled()} {gc.get_freeze_count()} {_seen}\\n".encode())
+    _exit(status)
+os._exit = _report
+"""
+
+
+def gc_report(stderr: bytes) -> tuple[bool, int, list[int]]:
+    line = next(x for x in stderr.decode().splitlines() if x.startswith("gc-probe "))
+    enabled, frozen, seen = line.split(" ", 3)[1:]
+    return enabled == "True", int(frozen), eval(seen)
+
+
+def test_clients_collect_garbage_only_once_the_call_is_set_up(host: QrexecHost,
+                                                               world: World) -> None:
+    """The launchers hold the collector while the client starts; the relay runs with it, the
+    start-up's objects set aside (pyqrexec.cli.start_up_over)."""
+    world.service("anotherVM", "test.Many", "#!/bin/sh\nhead -c 3000000 /dev/zero\n")
+    client = launched([*program("qrexec-client"), f"--socket-dir={host.socket_dir}", "-d",
+                       "anotherVM", "DEFAULT:QUBESRPC test.Many dom0"])
+    client_vm = launched(world.call_argv("work", "anotherVM", "test.Many"))
+    for argv, env in ((client, host.env(0)), (client_vm, world.call_env("work", {}))):
+        argv[2] = _GC_PROBE + argv[2]
+        r = subprocess.run(argv, input=b"", capture_output=True, timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        assert len(r.stdout) == 3000000
+        enabled, frozen, seen = gc_report(r.stderr)
+        assert enabled
+        assert frozen > 1000  # the modules' functions, classes, ...
+        # no collection before start-up was over; after it, only the young objects are seen
+        assert all(n == frozen for n in seen), seen

@@ -9,7 +9,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["entry", "INTERRUPTED", "EXIT_STATUS", "program_name", "exit_table", "client_log"]
+__all__ = ["entry", "start_up_over", "INTERRUPTED", "EXIT_STATUS", "program_name", "exit_table",
+           "client_log"]
 
 #: exit status after Ctrl-C, as a shell reports a command ended by SIGINT
 INTERRUPTED = 130
@@ -90,6 +91,22 @@ def client_log(program: str) -> Callable[[str], None]:
         Logger(program)(message)
 
     return log
+
+
+def start_up_over() -> None:
+    """Called by the per-call clients once their call is set up, just before the relay.
+
+    Their launchers (scripts/, host/launchers.py) hold the cyclic garbage collector while the
+    client starts: what start-up makes — modules, classes, functions — lives until exit, and
+    each collection would scan it all again (three or four of them, ~0.15 ms of a call). Here
+    those objects are set aside for good (`gc.freeze`) and collection resumes for what the
+    relay allocates, so a long call cannot pile up cycles. Nothing to do when the collector
+    runs already (a client started some other way)."""
+    import gc
+
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def entry(main: Callable[[], int], *, quick_exit: bool = False) -> None:

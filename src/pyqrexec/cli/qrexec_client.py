@@ -10,7 +10,7 @@ import sys
 
 from ..protocol.constants import DOM0_NAMES, EXIT_PROBLEM, IDENT_SIZE
 from ..system.defaults import DAEMON_SOCKET_DIR
-from . import client_log
+from . import client_log, start_up_over
 from .args import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
@@ -390,6 +390,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
 
     if args.just_exec:
         local_in = None
+    start_up_over()
     result = run_caller(
         channel, env.max_protocol_version, local_in, local_out, log,
         in_sock=in_sock, out_sock=out_sock, prefix=args.prefix or b"",

@@ -10,7 +10,7 @@ import os
 import sys
 
 from ..system.defaults import AGENT_SOCKET
-from . import client_log
+from . import client_log, start_up_over
 from .args import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
 
 #: on a client's start-up path: importing `typing` would cost ~3 ms (mypy takes it as true)
@@ -217,6 +217,7 @@ def _call(args: _Args, domain: int, port: int) -> int:
             local_status.append(128 - code if code < 0 else code)
         return True
 
+    start_up_over()
     result = run_caller(
         channel, env.max_protocol_version, local_in, local_out, log,
         in_sock=in_sock, out_sock=out_sock, prefix=args.prefix or b"",

@@ -32,6 +32,9 @@ DOMAIN_PROGRAMS = ("qrexec-client-vm", "qubes-policy", "qubes-policy-editor",
                    "qubes-policy-lint")
 
 
+#: the programs that make one call and exit: they hold the garbage collector while they
+#: start (pyqrexec.cli.start_up_over), as their installed launchers do (scripts/)
+_PER_CALL = frozenset({"qrexec-client", "qrexec-client-vm"})
 #: what the kernel reads of a `#!` line (BINPRM_BUF_SIZE), with room for ` -P`
 _SHEBANG_MAX = 250
 
@@ -44,13 +47,15 @@ def launcher_text(name: str, *args: str, env: Mapping[str, str] | None = None) -
         return _shell_launcher(name, *args, env=env)
     module = f"pyqrexec.cli.{name.replace('-', '_')}"
     lines = [f"#!{python} -P",
-             f"# {name}: pyqrexec's program, written by qrexec-host",
-             "import os",
-             "import sys",
-             f"sources = {source_dir()!r}",
-             "sys.path.insert(0, sources)",
-             'old = os.environ.get("PYTHONPATH")',
-             'os.environ["PYTHONPATH"] = f"{sources}:{old}" if old else sources']
+             f"# {name}: pyqrexec's program, written by qrexec-host"]
+    if name in _PER_CALL:
+        lines += ["import gc", "gc.disable()"]
+    lines += ["import os",
+              "import sys",
+              f"sources = {source_dir()!r}",
+              "sys.path.insert(0, sources)",
+              'old = os.environ.get("PYTHONPATH")',
+              'os.environ["PYTHONPATH"] = f"{sources}:{old}" if old else sources']
     lines += [f"os.environ[{k!r}] = {v!r}" for k, v in sorted((env or {}).items())]
     if args:
         lines.append(f"sys.argv[1:1] = {list(args)!r}")
