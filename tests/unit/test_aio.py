@@ -32,19 +32,74 @@ def test_backlog_counts_posted_messages_until_the_kernel_takes_them() -> None:
         errors: list[OSError] = []
         for m in messages:
             writer.post(m, errors.append)
-        # counted at once, before any task ran
-        assert writer.backlog == 200_000
+        # what the kernel did not take at once is counted at once, before any task ran
+        peer.setblocking(False)
+        taken = peer.recv(200_000)
+        assert 0 < len(taken) < 200_000
+        assert writer.backlog == 200_000 - len(taken)
         await asyncio.sleep(0.05)
-        assert 0 < writer.backlog < 200_000
+        assert 0 < writer.backlog < 200_000 - len(taken)
         waiting = asyncio.ensure_future(writer.ready())
         await asyncio.sleep(0.05)
         assert not waiting.done()
         loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(None, _drain, peer, 200_000)
+        peer.setblocking(True)
+        data = await loop.run_in_executor(None, _drain, peer, 200_000 - len(taken))
         await asyncio.wait_for(waiting, 5)
         assert writer.backlog == 0
-        assert data == b"".join(messages)
+        assert taken + data == b"".join(messages)
         assert errors == []
+        ours.close()
+        peer.close()
+
+    asyncio.run(main())
+
+
+def test_a_post_with_nothing_queued_goes_out_at_once() -> None:
+    async def main() -> None:
+        ours, peer = _pair()
+        writer = ChannelWriter(asyncio.get_running_loop(), ours)
+        errors: list[OSError] = []
+        writer.post(b"header", errors.append)
+        # no task, no loop round: the bytes are in the peer's socket already
+        assert writer.backlog == 0
+        assert len(writer.posted) == 0
+        peer.setblocking(False)
+        assert peer.recv(100) == b"header"
+        peer.close()
+        writer.post(b"lost", errors.append)
+        assert len(errors) == 1 and writer.backlog == 0
+        ours.close()
+
+    asyncio.run(main())
+
+
+def test_when_ready_calls_back_once_the_channel_takes_a_header() -> None:
+    async def main() -> None:
+        ours, peer = _pair()
+        writer = ChannelWriter(asyncio.get_running_loop(), ours)
+        called: list[str] = []
+        writer.when_ready(lambda: called.append("at once"))
+        assert called == ["at once"]
+        errors: list[OSError] = []
+        for _ in range(100):
+            writer.post(b"x" * 1000, errors.append)
+        writer.when_ready(lambda: called.append("later"))
+        await asyncio.sleep(0.05)
+        assert called == ["at once"]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _drain, peer, 100_000)
+        for _ in range(100):
+            if len(called) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert called == ["at once", "later"]
+        writer.post(b"x" * 100_000, errors.append)
+        writer.when_ready(lambda: called.append("closed"))
+        writer.close()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert called[-1] == "closed"
         ours.close()
         peer.close()
 

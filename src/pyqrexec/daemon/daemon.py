@@ -20,13 +20,11 @@ from ..protocol.channel import (
     END_OF_STREAM,
     NEED_DATA,
     ClientRequest,
-    ClientSession,
     ConnectionTerminated,
     DaemonControl,
     Hello,
-    UnexpectedData,
 )
-from ..protocol.constants import CLIENT_PROTOCOL_VERSION, MAX_CLIENTS, VCHAN_BASE_PORT, MsgType
+from ..protocol.constants import MAX_CLIENTS, VCHAN_BASE_PORT, MsgType
 from ..protocol.control import Refusal, ServiceRequest
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.handshake import IncompatibleVersion
@@ -45,7 +43,8 @@ from ..system.environment import Environment
 from ..system.log import RepeatLimited
 from ..transport import vchan
 from ..transport.aio import ChannelWriter
-from ..transport.feed import read_message_async, read_stream_message
+from ..transport.feed import read_message_async
+from .client_socket import Client, ClientSocket
 
 __all__ = ["DaemonOptions", "Daemon", "Fatal", "PendingRequest"]
 
@@ -92,14 +91,6 @@ class PendingRequest(_Pending):
         self.task: asyncio.Task[int] | None = None
 
 
-class _Client:
-    __slots__ = ("writer", "done")
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.done = asyncio.Event()
-
-
 _LOG = logging.getLogger(__name__)
 
 #: runs a call request; returns the worker status (0 = success)
@@ -113,20 +104,18 @@ class Daemon:
         self.log: Callable[[str], None] = _LOG.info
         self.worker = worker
         self.loop = asyncio.get_running_loop()
-        self.ports: PortTable[_Client] = PortTable(opts.domid, opts.port_share)
+        self.ports: PortTable[Client] = PortTable(opts.domid, opts.port_share)
         #: when a request of ours last got a data port from each target daemon (worker.py:
         #: a request without one waits while others get theirs); one entry per target
         self.port_granted: dict[str, float] = {}
         #: for lines a hostile domain can make us repeat at will
         self.log_repeated = RepeatLimited(_LOG.info, self.loop.call_later)
-        self.clients: set[_Client] = set()
         self.requests: PendingTable[PendingRequest] = PendingTable(MAX_CLIENTS)
         self.control: socket.socket | None = None
         #: the control channel's state (what the agent may send next), None between agents
         self.channel: DaemonControl | None = None
         self.writer: ChannelWriter | None = None
-        self.server: asyncio.AbstractServer | None = None
-        self._paths: list[str] = []
+        self.client_socket = ClientSocket(self)
 
     # -- control channel ----------------------------------------------------------------
     async def connect_agent(self, timeout: float | None) -> None:
@@ -157,7 +146,7 @@ class Daemon:
 
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
         """Serve until the agent breaks the protocol (Fatal) or the task is cancelled."""
-        await self.start_socket()
+        self.start_socket()
         if ready is not None:
             ready()
         while True:
@@ -172,13 +161,12 @@ class Daemon:
                 # status 3 is for the first connection only; a failed reconnect is 1
                 # (docs/reference/protocol.md#control-channel-lifecycle)
                 raise Fatal(1, f"cannot reconnect to the agent: {err}") from err
-            await self.start_socket()
+            self.start_socket()
             self.log("qrexec-agent has reconnected")
 
     def _agent_gone(self) -> None:
         self.stop_socket()
-        for client in list(self.clients):
-            client.writer.close()
+        self.client_socket.close_all()
         for req in self.requests.drop_pending():
             if req.task is not None:
                 req.task.cancel()
@@ -218,7 +206,7 @@ class Daemon:
     def _release(self, peer: int, port: int) -> None:
         released, client = self.ports.release(peer, port)
         if released and client is not None:
-            client.writer.close()
+            client.close()
 
     async def send_to_agent(self, data: bytes) -> None:
         if self.writer is None:
@@ -278,7 +266,7 @@ class Daemon:
         await self.send_to_agent(pack_exec(MsgType.SERVICE_CONNECT, domain, port, req.ident))
         return port
 
-    def allocate(self, peer: int, waiter: _Client | None) -> int | None:
+    def allocate(self, peer: int, waiter: Client | None) -> int | None:
         """A data port for a channel with `peer`; None (logged) when it gets none."""
         port = self.ports.allocate(peer, waiter)
         if port is Busy.SHARE:
@@ -304,61 +292,19 @@ class Daemon:
             await self.writer.ready()
 
     # -- client socket ------------------------------------------------------------------
-    async def start_socket(self) -> None:
+    def start_socket(self) -> None:
         d = self.opts.socket_dir
-        main = os.path.join(d, f"qrexec.{self.opts.domid}")
         links = [os.path.join(d, f"qrexec.{self.opts.name}")]
         if self.opts.uuid:
             links.append(os.path.join(d, f"qrexec.uuid:{self.opts.uuid}"))
-        for p in [main, *links]:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
-        old = os.umask(0)
-        try:
-            self.server = await asyncio.start_unix_server(self._client, path=main, backlog=5)
-        finally:
-            os.umask(old)
-        for link in links:
-            os.symlink(f"qrexec.{self.opts.domid}", link)
-        self._paths = [main, *links]
+        self.client_socket.open(os.path.join(d, f"qrexec.{self.opts.domid}"), links)
 
     def stop_socket(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        for p in self._paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
-        self._paths = []
+        self.client_socket.close()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.clients) >= MAX_CLIENTS:
-            self.log_repeated("too many clients, refusing a connection")
-            writer.close()
-            return
-        client = _Client(writer)
-        self.clients.add(client)
-        try:
-            await self._client_session(client, reader, writer)
-        except (EOFError, OSError, asyncio.IncompleteReadError, RemoteProtocolError) as err:
-            if str(err):
-                self.log(f"client connection closed: {err}")
-        finally:
-            self.clients.discard(client)
-            self.ports.forget_waiter(client)
-            writer.close()
-
-    async def _client_session(self, client: _Client, reader: asyncio.StreamReader,
-                              writer: asyncio.StreamWriter) -> None:
-        session = ClientSession()
-        writer.write(hello(CLIENT_PROTOCOL_VERSION))
-        await writer.drain()
-        if not isinstance(await read_stream_message(reader, session, NEED_DATA), Hello):
-            raise EOFError("closed before its HELLO")
-        await self._control_ready()
-        request = await read_stream_message(reader, session, NEED_DATA)
-        if not isinstance(request, ClientRequest):
-            raise EOFError("closed before its request")
+    def client_request(self, client: Client, request: ClientRequest) -> None:
+        """A client's request arrived (docs/reference/protocol.md#client-socket): answer a
+        port-0 request with its port, hand the request to the agent."""
         params = request.params
         if request.msgtype == MsgType.SERVICE_CONNECT:
             req = self.requests.by_client_ident(request.ident)
@@ -371,20 +317,20 @@ class Daemon:
         if port == 0:
             allocated = self.allocate(params.connect_domain, client)
             if allocated is None:
+                client.close()
                 return
             port = allocated
-            try:
-                writer.write(pack_header(request.msgtype, 8)
-                             + pack_exec_params(self.opts.domid, port))
-                await writer.drain()
-            except OSError:
+            if not client.send(pack_header(request.msgtype, 8)
+                                + pack_exec_params(self.opts.domid, port)):
                 self.ports.release(params.connect_domain, port)
-                raise
+                return
+        if self.writer is None:
+            client.close("no agent connected")
+            return
         payload = request.for_agent(self.opts.default_user.encode())
-        await self.send_to_agent(pack_exec(request.msgtype, params.connect_domain, port, payload))
+        self.writer.post(pack_exec(request.msgtype, params.connect_domain, port, payload),
+                         lambda err: client.close(str(err)))
         # RUNNING: nothing more may come; EOF (or a release) ends the connection
-        if isinstance(await read_stream_message(reader, session, NEED_DATA), UnexpectedData):
-            self.log("Unexpected data received from client")
 
 
 async def run_daemon(daemon: Daemon, ready: Callable[[], None] | None) -> int:

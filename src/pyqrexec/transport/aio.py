@@ -93,7 +93,19 @@ class ChannelWriter:
 
     def post(self, data: bytes, on_error: Callable[[OSError], None]) -> None:
         """Send `data` without waiting for it; it counts in the backlog from now on (the
-        task may start only after the caller has read much more)."""
+        task may start only after the caller has read much more). With nothing queued
+        before it, it goes to the kernel at once, without a task (the usual case)."""
+        if self.backlog == 0 and not self._lock.locked() and not self.closed:
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as err:
+                on_error(err)
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
         self.backlog += len(data)
 
         async def run() -> None:
@@ -120,6 +132,16 @@ class ChannelWriter:
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
             await waiter
+
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        """`ready()` for callback code: `callback` runs from the loop once the channel takes a
+        header or the writer is closed (at once when it does already)."""
+        if self.backlog <= 0 or self.closed:
+            callback()
+            return
+        waiter = self.loop.create_future()
+        waiter.add_done_callback(lambda _: callback())
+        self._waiters.append(waiter)
 
     def close(self) -> None:
         """The channel is gone: nobody may wait for it any more."""
