@@ -145,3 +145,20 @@ def test_launcher_loads_the_call_path_through_it(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path)], capture_output=True,
                        text=True, check=True)
     assert r.stdout.strip() == "['_Loader']", r.stderr
+
+
+@pytest.mark.parametrize("name", ["qrexec-client", "qrexec-client-vm"])
+def test_launcher_imports_nothing_from_its_own_directory(tmp_path: Path, name: str) -> None:
+    """A bin directory is no place to import from: a `pyqrexec` planted beside the launcher
+    is not the one that runs (and the directory is not listed at the first import)."""
+    launcher = tmp_path / name
+    launcher.write_text(f"#!{sys.executable}\n"
+                        + (SRC.parent / "scripts" / name).read_text().split("\n", 1)[1])
+    launcher.chmod(0o755)
+    planted = tmp_path / "pyqrexec"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("raise SystemExit('the planted package ran')\n")
+    r = subprocess.run([str(launcher), "--version"], capture_output=True, text=True,
+                       cwd="/", env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{name} (pyqrexec) "), r.stdout
