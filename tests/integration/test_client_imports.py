@@ -17,7 +17,7 @@ OURS = {
     "qrexec-client": {
         "pyqrexec", "pyqrexec.cli", "pyqrexec.cli.args", "pyqrexec.cli.qrexec_client",
         # the launchers' finder of our compiled modules
-        "pyqrexec.cli.compiled",
+        "pyqrexec.compiled",
         "pyqrexec.call", "pyqrexec.call.relay", "pyqrexec.client",
         # the client socket's rules alone, not every channel's (`protocol.channel`)
         "pyqrexec.protocol.session", "pyqrexec.transport.feed",

@@ -1,4 +1,4 @@
-"""The launchers' finder (`cli/compiled.py`) takes a module's compiled file only when
+"""The launchers' finder (`compiled.py`) takes a module's compiled file only when
 `importlib` would take it as up to date, and gives the module what `importlib` would; anything
 else it leaves to the normal finders (returns None)."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pyqrexec.cli.compiled import PycFinder, install
+from pyqrexec.compiled import PycFinder, install
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 TAG = sys.implementation.cache_tag
@@ -137,7 +137,7 @@ def test_launcher_loads_the_call_path_through_it(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(tmp_path / "pyqrexec")],
                    check=True)
     code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
-            "from pyqrexec.cli.compiled import install\n"
+            "from pyqrexec.compiled import install\n"
             "install()\n"
             "import pyqrexec.call.relay, pyqrexec.client.daemon_socket\n"
             "print(sorted({type(m.__loader__).__name__ for n, m in sys.modules.items()"

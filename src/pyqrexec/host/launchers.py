@@ -59,7 +59,7 @@ def launcher_text(name: str, *args: str, env: Mapping[str, str] | None = None) -
     lines += [f"os.environ[{k!r}] = {v!r}" for k, v in sorted((env or {}).items())]
     if args:
         lines.append(f"sys.argv[1:1] = {list(args)!r}")
-    lines += ["from pyqrexec.cli.compiled import install",
+    lines += ["from pyqrexec.compiled import install",
               "install()",
               f"from {module} import run",
               "run()"]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..cli import EXIT_STATUS
+from ..cli.exit_status import EXIT_STATUS
 from ..host.sandbox import source_dir
 
 __all__ = ["PROGRAMS", "module_of", "help_text", "roff", "write_pages", "main"]
