@@ -69,11 +69,12 @@ def entry(main: Callable[[], int], *, quick_exit: bool = False) -> None:
     asks_help = args[:1] in (["-h"], ["--help"])
     if asks_help:
         from .exit_status import NO_OWN_HELP, exit_table  # lazy: only for --help
-    if asks_help and name in NO_OWN_HELP and len(args) == 1:
-        module = sys.modules.get(main.__module__)
-        print(f"usage: {name} {NO_OWN_HELP[name]}\n\n{(module.__doc__ or '').strip()}\n")
-        print(exit_table(name), end="")
-        sys.exit(0)
+
+        if name in NO_OWN_HELP and len(args) == 1:
+            module = sys.modules.get(main.__module__)
+            print(f"usage: {name} {NO_OWN_HELP[name]}\n\n{(module.__doc__ or '').strip()}\n")
+            print(exit_table(name), end="")
+            sys.exit(0)
     try:
         status = main()
         if asks_help:  # whatever status upstream gives its help (qrexec-daemon: 1)

@@ -26,14 +26,13 @@ from ..protocol.constants import CLIENT_PROTOCOL_VERSION, MAX_CLIENTS
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import hello
 from ..protocol.session import Step
+from ..transport.feed import read_message_nowait
 
 if TYPE_CHECKING:
     from .daemon import Daemon
 
 __all__ = ["Client", "ClientSocket"]
 
-#: the most one read of a client socket asks for
-_CHUNK = 1 << 16
 #: how long accepting pauses after an error other than "none waiting" (EMFILE, say)
 _ACCEPT_PAUSE = 0.1
 #: connections the kernel queues before the daemon accepts them (upstream's backlog)
@@ -162,30 +161,21 @@ class Client:
         return True
 
     def _readable(self) -> None:
-        session = self.session
         try:
             while not self.closed:
-                if session.step is Step.REQUEST and not self._control_ready():
+                if self.session.step is Step.REQUEST and not self._control_ready():
                     return
-                event = session.next_event()
-                if event is not NEED_DATA:
-                    self._event(event)
-                    continue
-                try:
-                    data = self.sock.recv(min(session.wanted, _CHUNK))
-                except BlockingIOError:
+                event = read_message_nowait(self.sock, self.session, NEED_DATA)
+                if event is NEED_DATA:
                     return
-                if data:
-                    session.receive_data(data)
-                else:
-                    session.receive_eof()
+                self._event(event)
         except (RemoteProtocolError, OSError) as err:
             self.close(str(err))
 
     def _control_ready(self) -> bool:
         """Whether the request may be read now; if not, reading resumes once it may."""
         writer = self.daemon.writer
-        if writer is None or writer.backlog <= 0 or writer.closed:
+        if writer is None or writer.takes_header:
             return True
         self.owner.loop.remove_reader(self.fd)
         writer.when_ready(self._resume)

@@ -285,12 +285,6 @@ class Daemon:
         self.writer.post(pack_service_refused(ident),
                          lambda err: self.log(f"cannot send SERVICE_REFUSED: {err}"))
 
-    async def _control_ready(self) -> None:
-        """docs/reference/protocol.md#flow-control: client sockets are not read while the control
-        channel cannot take a header."""
-        if self.writer is not None:
-            await self.writer.ready()
-
     # -- client socket ------------------------------------------------------------------
     def start_socket(self) -> None:
         d = self.opts.socket_dir

@@ -133,10 +133,15 @@ class ChannelWriter:
             self._waiters.append(waiter)
             await waiter
 
+    @property
+    def takes_header(self) -> bool:
+        """Nothing waits to be sent (or the writer is closed): what `ready()` waits for."""
+        return self.backlog <= 0 or self.closed
+
     def when_ready(self, callback: Callable[[], None]) -> None:
         """`ready()` for callback code: `callback` runs from the loop once the channel takes a
         header or the writer is closed (at once when it does already)."""
-        if self.backlog <= 0 or self.closed:
+        if self.takes_header:
             callback()
             return
         waiter = self.loop.create_future()

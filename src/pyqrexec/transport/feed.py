@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
         def next_event(self) -> M: ...
 
-__all__ = ["read_message", "read_message_async", "read_stream_message"]
+__all__ = ["read_message", "read_message_nowait", "read_message_async", "read_stream_message"]
 
 #: the most one read asks for (a message's payload may be larger)
 _CHUNK = 1 << 16
@@ -49,6 +49,18 @@ def read_message(sock: socket.socket, reader: Feedable[M], need_data: object) ->
     """
     while (message := reader.next_event()) is need_data:
         _feed(reader, sock.recv(min(reader.wanted, _CHUNK)))
+    return message
+
+
+def read_message_nowait(sock: socket.socket, reader: Feedable[M], need_data: object) -> M:
+    """`read_message` for a non-blocking socket served from a readiness callback: the
+    reader's next message, or `need_data` when the socket holds nothing more for now."""
+    while (message := reader.next_event()) is need_data:
+        try:
+            data = sock.recv(min(reader.wanted, _CHUNK))
+        except BlockingIOError:
+            return message
+        _feed(reader, data)
     return message
 
 
