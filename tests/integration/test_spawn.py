@@ -24,6 +24,7 @@ from pyqrexec.services.spawn import (
     Failed,
     SpawnContext,
     Started,
+    prepare_command,
     start_command,
 )
 from pyqrexec.system.environment import Environment
@@ -547,3 +548,61 @@ def test_session_waiter_missing(services: Path) -> None:
     assert start_session_waiter([str(services)], "alice", b"work", os.environb) is None
     messages: list[str] = []
     assert run_session_waiter([str(services)], b"dom0", messages.append, os.environb) is None
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def _children() -> set[int]:
+    """This process's children (other tests' may be among them)."""
+    with open(f"/proc/self/task/{os.getpid()}/children") as f:
+        return {int(pid) for pid in f.read().split()}
+
+
+def test_prepared_service_starts_nothing_until_start(services: Path, tmp_path: Path) -> None:
+    """A call handler prepares before its data channel is up (docs/architecture.md#a-calls-start):
+    the service runs only at `start`, and a discarded preparation leaves nothing open."""
+    marker = tmp_path / "ran"
+    add(services, "test.Mark", f"#!/bin/sh\ntouch {marker}\necho done\n")
+    ctx = context(services)
+    before = _open_fds()
+    children = _children()
+    prepared = prepare_command(parse_command(b"QUBESRPC test.Mark work"), "root", ctx)
+    assert _children() == children
+    assert not marker.exists()
+    out, _err, status = finish(prepared.start())
+    assert (out, status) == (b"done\n", 0)
+    assert marker.exists()
+    assert _open_fds() == before
+
+    for command in (b"QUBESRPC test.Mark work", b"true"):
+        prepared = prepare_command(parse_command(command), "root", ctx)
+        assert _open_fds() != before  # the child's streams, opened ahead
+        prepared.discard()
+        assert _open_fds() == before
+    marker.unlink()
+    assert not marker.exists()
+
+
+def test_prepared_socket_service_is_connected_only_at_start(services: Path) -> None:
+    """Connecting a socket service is its start: a preparation does not connect."""
+    path = services / "test.Sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    listener.setblocking(False)
+    try:
+        prepared = prepare_command(parse_command(b"QUBESRPC test.Sock work"), "root",
+                                   context(services))
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+        started = prepared.start()
+        assert isinstance(started, Started) and started.pid is None
+        conn, _ = listener.accept()
+        conn.setblocking(True)
+        assert conn.recv(100) == b"test.Sock work\0"
+        conn.close()
+        started.stdin.close()
+    finally:
+        listener.close()

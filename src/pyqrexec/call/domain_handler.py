@@ -16,7 +16,7 @@ from ..protocol.constants import EXIT_PROBLEM, MsgType
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.records import astuple, record
 from ..services.rpcconfig import ServiceConfig
-from ..services.spawn import Detached, Executor, Failed, SpawnContext, start_command
+from ..services.spawn import Detached, Executor, Failed, Prepared, SpawnContext, prepare_command
 from ..system.environment import Environment
 from ..transport import vchan
 
@@ -86,36 +86,57 @@ def run_handler(
     `cmdline` is `USER:COMMAND` for an agent handler, `COMMAND` alone when `ctx.fork_server`.
     """
     log = ctx.log
+    # Everything short of starting is done before connecting: the caller is still loading
+    # its relay when it starts listening, and this work would otherwise follow the connect
+    # on the call's path (docs/architecture.md#a-calls-start).
+    call = _prepare(msgtype, cmdline, ctx, config)
     try:
-        env = ctx.env
-        channel = vchan.connect(env.vchan_socket_dir, domain, env.vchan_domain, port,
-                                DATA_CONNECT_TIMEOUT, pair_dirs=env.vchan_pair_dirs)
-    except OSError as err:
-        log(f"Data vchan connection failed: {err}")
-        return 1
-    # the channel is closed on every way out: a call process may serve another call
-    # (docs/architecture.md#the-call-spawner)
-    try:
-        return _serve(msgtype, cmdline, ctx, config, channel)
+        try:
+            env = ctx.env
+            channel = vchan.connect(env.vchan_socket_dir, domain, env.vchan_domain, port,
+                                    DATA_CONNECT_TIMEOUT, pair_dirs=env.vchan_pair_dirs)
+        except OSError as err:
+            log(f"Data vchan connection failed: {err}")
+            return 1
+        # the channel is closed on every way out: a call process may serve another call
+        # (docs/architecture.md#the-call-spawner)
+        try:
+            return _serve(call, ctx, channel)
+        finally:
+            channel.close()
     finally:
-        channel.close()
+        call.discard()
 
 
-def _serve(msgtype: int, cmdline: bytes, ctx: HandlerContext, config: ServiceConfig | None,
-           channel: socket.socket) -> int:
+class _Call:
+    """One call made ready to start: its parsed command, or why it cannot run."""
+
+    __slots__ = ("text", "just_exec", "command", "prepared", "single", "problem")
+
+    def __init__(self, text: bytes, just_exec: bool) -> None:
+        self.text = text
+        self.just_exec = just_exec
+        self.command: Command | None = None
+        self.prepared: Prepared | None = None
+        self.single: SingleSocket | None = None
+        #: (status, log line) reported instead of starting anything
+        self.problem: tuple[int, str] | None = None
+
+    def discard(self) -> None:
+        if self.prepared is not None:
+            self.prepared.discard()
+        if self.single is not None:
+            self.single.close()
+
+
+def _prepare(msgtype: int, cmdline: bytes, ctx: HandlerContext,
+             config: ServiceConfig | None) -> _Call:
+    """The call's command parsed and its start prepared (`spawn.prepare_command`); nothing is
+    started or connected."""
     from .relay import SingleSocket  # lazy: call processes only, not the idle agent
-    from .service_side import send_hello  # lazy: call processes only, not the idle agent
 
-    log = ctx.log
-    just_exec = msgtype == MsgType.JUST_EXEC
-    # HELLO before anything is started (docs/reference/protocol.md#dom0-to-vm step 6): a handler
-    # that dies later leaves its caller a channel closed early, whatever the service got to do
-    try:
-        send_hello(channel, ctx.own_version)
-    except OSError as err:
-        log(f"data channel: {err}")
-        return 1
     text = strip_nul(cmdline)
+    call = _Call(text, msgtype == MsgType.JUST_EXEC)
     try:
         if ctx.fork_server:
             user_b, command_b = os.fsencode(ctx.own_user or ""), text
@@ -123,46 +144,60 @@ def _serve(msgtype: int, cmdline: bytes, ctx: HandlerContext, config: ServiceCon
             user_b, command_b = split_user(text)
         command: Command = parse_command(command_b)
     except RemoteProtocolError as err:
-        log(f"cannot parse command {text!r}: {err}")
-        _send_status_only(channel, ctx, EXIT_PROBLEM, just_exec)
-        return EXIT_PROBLEM
+        call.problem = (EXIT_PROBLEM, f"cannot parse command {text!r}: {err}")
+        return call
     spawn_ctx = SpawnContext(
         executor=ctx.executor,
         service_path=ctx.service_path,
         env=ctx.env,
         rpc_config_path=ctx.rpc_config_path,
         handler_pid=os.getpid(),
-        just_exec=just_exec,
+        just_exec=call.just_exec,
         own_user=ctx.own_user,
-        log=log,
+        log=ctx.log,
     )
-    # before the service exists: it may ask for single-socket mode at once
-    single = SingleSocket()
     try:
-        return _run(command, user_b, text, channel, spawn_ctx, ctx, config, single, just_exec)
-    finally:
-        single.close()
+        call.prepared = prepare_command(command, os.fsdecode(user_b), spawn_ctx, config)
+    except OSError as err:
+        call.problem = (EXIT_PROBLEM, f"cannot set up the service's streams: {err.strerror}")
+        return call
+    # before the service exists: it may ask for single-socket mode at once
+    call.single = SingleSocket()
+    call.command = command
+    return call
 
 
-def _run(command: Command, user_b: bytes, text: bytes, channel: socket.socket,
-         spawn_ctx: SpawnContext, ctx: HandlerContext, config: ServiceConfig | None,
-         single: SingleSocket, just_exec: bool) -> int:
-    from .service_side import relay_started  # lazy: call processes only, not the idle agent
+def _serve(call: _Call, ctx: HandlerContext, channel: socket.socket) -> int:
+    from .service_side import relay_started, send_hello  # lazy: call processes only
 
     log = ctx.log
-    result = start_command(command, os.fsdecode(user_b), spawn_ctx, config)
+    # HELLO before anything is started (docs/reference/protocol.md#dom0-to-vm step 6): a handler
+    # that dies later leaves its caller a channel closed early, whatever the service got to do
+    try:
+        send_hello(channel, ctx.own_version)
+    except OSError as err:
+        log(f"data channel: {err}")
+        return 1
+    if call.prepared is None or call.single is None or call.command is None:
+        assert call.problem is not None
+        status, message = call.problem
+        log(message)
+        _send_status_only(channel, ctx, status, call.just_exec)
+        return status
+    result = call.prepared.start()
     if isinstance(result, Failed):
         log(result.message)
-        log(f"failed to spawn process (exited {result.status}): {os.fsdecode(text)}")
-        _send_status_only(channel, ctx, result.status, just_exec)
+        log(f"failed to spawn process (exited {result.status}): {os.fsdecode(call.text)}")
+        _send_status_only(channel, ctx, result.status, call.just_exec)
         return result.status
     if isinstance(result, Detached):
         if result.pid is not None:
-            log(f"executed (nowait): {os.fsdecode(text)} (pid {result.pid})")
+            log(f"executed (nowait): {os.fsdecode(call.text)} (pid {result.pid})")
         _send_status_only(channel, ctx, 0, True)
         channel.close()
         return 0
-    status = relay_started(channel, result, command, text, ctx.own_version, ctx.log, single)
+    status = relay_started(channel, result, call.command, call.text, ctx.own_version, log,
+                           call.single)
     return 1 if status < 0 else status
 
 

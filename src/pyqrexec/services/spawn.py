@@ -6,6 +6,10 @@ result is either the streams of a started service, a detached start (just-exec),
 detected before anything was started (the relay logs `Failed.message` and reports the status).
 Failures of the started program itself (execve error, token count, user checks) are reported,
 as upstream does, as the exit status of a real process so the relay handles a single case.
+
+`prepare_command` does all of it but the start (`Prepared.start`): a call handler prepares
+while it waits for its caller's data channel, and starts only once it is up. Socket and TCP
+services, which connecting starts, are in `connected`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 from ..protocol.cmdline import Command, ServiceCall
-from ..protocol.constants import EXIT_PROBLEM, EXIT_SERVICE_NOT_FOUND, RPC_REQUEST_COMMAND
+from ..protocol.constants import EXIT_PROBLEM, EXIT_SERVICE_NOT_FOUND
 from ..protocol.records import record
 from ..system.environment import Environment
 from ..transport.unixsock import stdio_pair
@@ -31,10 +35,9 @@ from .environment import (
     valid_token_count,
 )
 from .launch import DEVNULL, find_program, launch
-from .lookup import Entry, LookupFailure, ServiceKind, find_service, load_service_config
+from .lookup import LookupFailure, ServiceKind, find_service, load_service_config
 from .rpcconfig import DEFAULT_CONFIG, ServiceConfig
 from .syslogcopy import open_syslog_writer
-from .tcptarget import TcpTargetError, tcp_target
 
 __all__ = [
     "Executor",
@@ -43,8 +46,9 @@ __all__ = [
     "Detached",
     "Failed",
     "service_config_for",
+    "Prepared",
+    "prepare_command",
     "start_command",
-    "service_header",
 ]
 
 
@@ -149,114 +153,76 @@ def service_config_for(command: Command, ctx: SpawnContext) -> ServiceConfig | F
     return loaded.config
 
 
-def service_header(command: Command) -> bytes:
-    """What a socket or TCP service reads first: the text after `QUBESRPC `, then NUL."""
-    return command.text[len(RPC_REQUEST_COMMAND) + 1 :] + b"\0"
+class Prepared:
+    """What `start_command` will do for one command, decided and set up with nothing started
+    yet: a call handler prepares while its caller is still getting ready to accept the data
+    channel, and starts once that channel is up (docs/architecture.md#a-calls-start)."""
+
+    __slots__ = ("_start", "_stdio")
+
+    def __init__(self, start: Callable[[], Result], stdio: _Stdio | None = None) -> None:
+        self._start = start
+        #: the child's streams opened ahead, ours to close until the start takes them
+        self._stdio = stdio
+
+    def start(self) -> Result:
+        """Start it (once): the same result `start_command` gives."""
+        self._stdio = None
+        start, self._start = self._start, _started_twice
+        return start()
+
+    def discard(self) -> None:
+        """Drop what was set up ahead, when it will not be started."""
+        if self._stdio is not None:
+            self._stdio.close_all()
+            self._stdio = None
+
+
+def _started_twice() -> Result:
+    raise RuntimeError("a prepared command starts once")
+
+
+def _done(result: Result) -> Prepared:
+    return Prepared(lambda: result)
+
+
+def prepare_command(
+    command: Command, user: str, ctx: SpawnContext, config: ServiceConfig | None = None
+) -> Prepared:
+    """`start_command` up to the start: configuration, lookup, checks, environment and the
+    child's streams. Raises `OSError` when those streams cannot be opened."""
+    call = command.service
+    if call is None:
+        return _prepare_shell_command(command.text, user, ctx)
+    if config is None:
+        loaded = service_config_for(command, ctx)
+        if isinstance(loaded, Failed):
+            return _done(loaded)
+        config = loaded
+    if config.force_user is not None and ctx.executor is not Executor.DOM0:
+        user = config.force_user
+    found = find_service(call, ctx.service_path)
+    if isinstance(found, LookupFailure):
+        return _done(Failed(found.status, found.message))
+    if found.kind is ServiceKind.EXECUTABLE:
+        for key in config.socket_only_keys:
+            ctx.log(f"ignoring {key} for executable service {os.fsdecode(found.path)}")
+        return _prepare_service(found.path, call, user, ctx)
+    if ctx.executables_only:
+        return _done(Failed(
+            EXIT_PROBLEM, f"{found.kind.value} services not supported for dom0 -> dom0 calls"
+        ))
+    from .connected import start_connected  # lazy: socket and TCP services are the rare kind
+
+    # connecting is starting: a socket service sees the call at once
+    return Prepared(lambda: start_connected(command, call, found, config, ctx))
 
 
 def start_command(
     command: Command, user: str, ctx: SpawnContext, config: ServiceConfig | None = None
 ) -> Result:
     """Start what `command` asks for as `user`; `config` when the caller already loaded it."""
-    call = command.service
-    if call is None:
-        return _start_shell_command(command.text, user, ctx)
-    if config is None:
-        loaded = service_config_for(command, ctx)
-        if isinstance(loaded, Failed):
-            return loaded
-        config = loaded
-    if config.force_user is not None and ctx.executor is not Executor.DOM0:
-        user = config.force_user
-    found = find_service(call, ctx.service_path)
-    if isinstance(found, LookupFailure):
-        return Failed(found.status, found.message)
-    if found.kind is ServiceKind.EXECUTABLE:
-        for key in config.socket_only_keys:
-            ctx.log(f"ignoring {key} for executable service {os.fsdecode(found.path)}")
-        return _start_service(found.path, call, user, ctx)
-    if ctx.executables_only:
-        return Failed(
-            EXIT_PROBLEM, f"{found.kind.value} services not supported for dom0 -> dom0 calls"
-        )
-    return _start_connected(command, call, found, config, ctx)
-
-
-# --- socket and TCP services -------------------------------------------------------------
-
-
-def _connect_unix(path: bytes) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        if len(path) < 108:
-            sock.connect(path)
-            return sock
-        # sun_path holds 108 bytes: reach longer paths through a short private symlink
-        import tempfile  # lazy: rare; ~0.7 MiB (shutil, bz2, lzma) in every idle agent
-
-        directory = tempfile.mkdtemp(prefix="qrexec-", dir="/tmp")
-        link = os.path.join(os.fsencode(directory), b"s")
-        try:
-            os.symlink(path, link)
-            sock.connect(link)
-        finally:
-            if os.path.lexists(link):
-                os.unlink(link)
-            os.rmdir(directory)
-        return sock
-    except OSError:
-        sock.close()
-        raise
-
-
-def _connect_tcp(link_text: bytes, argument: bytes | None) -> socket.socket:
-    target = tcp_target(link_text, argument)
-    family = socket.AF_INET6 if target.ipv6_only else socket.AF_UNSPEC
-    try:
-        infos = socket.getaddrinfo(
-            target.host,
-            target.port,
-            family,
-            socket.SOCK_STREAM,
-            0,
-            socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-        )
-    except socket.gaierror as err:
-        raise TcpTargetError(f"Invalid host {target.host!r}: {err.strerror}") from err
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.connect(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _start_connected(
-    command: Command, call: ServiceCall, found: Entry, config: ServiceConfig, ctx: SpawnContext
-) -> Result:
-    try:
-        if found.kind is ServiceKind.TCP:
-            assert found.link_text is not None
-            sock = _connect_tcp(found.link_text, call.argument)
-        else:
-            sock = _connect_unix(found.path)
-    except TcpTargetError as err:
-        return Failed(EXIT_PROBLEM, f"{os.fsdecode(found.path)}: {err}")
-    except OSError as err:
-        return Failed(EXIT_PROBLEM, f"Failed to connect to {os.fsdecode(found.path)}: {err}")
-    try:
-        if not config.skip_service_descriptor:
-            sock.sendall(service_header(command))
-    except OSError as err:
-        sock.close()
-        return Failed(EXIT_PROBLEM, f"Failed to write to {os.fsdecode(found.path)}: {err}")
-    if ctx.just_exec:
-        sock.close()
-        return Detached(None)
-    return Started(None, sock, sock, None, config)
+    return prepare_command(command, user, ctx, config).start()
 
 
 # --- executables ---------------------------------------------------------------------------
@@ -402,22 +368,35 @@ def _switch_user_prefix(entry: pwd.struct_passwd, ctx: SpawnContext) -> list[byt
     ]
 
 
-def _start_service(path: bytes, call: ServiceCall, user: str, ctx: SpawnContext) -> Result:
-    stdio = _open_stdio(ctx, log_tag(call))
+def _with_stdio(ctx: SpawnContext, tag: str | None,
+                then: Callable[[_Stdio], Result]) -> Prepared:
+    """`then`, given the child's streams: opened now, or at the start for just-exec, whose
+    stderr writer is a `logger` process (nothing runs before the start)."""
+    stdio = None if ctx.just_exec else _open_stdio(ctx, tag)
+    return Prepared(lambda: then(stdio if stdio is not None else _open_stdio(ctx, tag)), stdio)
+
+
+def _prepare_exit(status: int, message: str, ctx: SpawnContext, tag: str | None) -> Prepared:
+    return _with_stdio(ctx, tag, lambda stdio: _exit_with(status, message, stdio, ctx))
+
+
+def _prepare_service(path: bytes, call: ServiceCall, user: str, ctx: SpawnContext) -> Prepared:
+    tag = log_tag(call)
     if not valid_token_count(call):
-        return _exit_with(EXIT_PROBLEM, "invalid number of arguments", stdio, ctx)
+        return _prepare_exit(EXIT_PROBLEM, "invalid number of arguments", ctx, tag)
     problem = _user_problem(user, ctx)
     if problem is not None:
-        return _exit_with(EXIT_PROBLEM, problem, stdio, ctx)
+        return _prepare_exit(EXIT_PROBLEM, problem, ctx, tag)
     argv = service_argv(path, call)
     if ctx.executor is not Executor.ROOT_AGENT:
         env = service_environment(_base_env(ctx), call, ctx.handler_pid)
-        return _exec(path, argv, env, stdio, ctx)
+        return _with_stdio(ctx, tag, lambda stdio: _exec(path, argv, env, stdio, ctx))
     entry = _passwd(user)
     assert entry is not None
     env = service_environment(_base_env(ctx), call, ctx.handler_pid, _login_variables(entry))
     full = _switch_user_prefix(entry, ctx) + login_wrapper_argv(argv, call)
-    return _exec(full[0], full, env, stdio, ctx, setsid=True)
+    return _with_stdio(ctx, tag,
+                       lambda stdio: _exec(full[0], full, env, stdio, ctx, setsid=True))
 
 
 def _enter_home(entry: pwd.struct_passwd, ctx: SpawnContext) -> None:
@@ -430,11 +409,10 @@ def _enter_home(entry: pwd.struct_passwd, ctx: SpawnContext) -> None:
         ctx.log(f"cannot enter home directory {entry.pw_dir}: {err.strerror}")
 
 
-def _start_shell_command(text: bytes, user: str, ctx: SpawnContext) -> Result:
-    stdio = _open_stdio(ctx, None)
+def _prepare_shell_command(text: bytes, user: str, ctx: SpawnContext) -> Prepared:
     problem = _user_problem(user, ctx)
     if problem is not None:
-        return _exit_with(EXIT_PROBLEM, problem, stdio, ctx)
+        return _prepare_exit(EXIT_PROBLEM, problem, ctx, None)
     env = inherited_environment(_base_env(ctx))
     env.update(ctx.shell_env)
     if ctx.handler_pid is not None:
@@ -446,16 +424,23 @@ def _start_shell_command(text: bytes, user: str, ctx: SpawnContext) -> Result:
         assert entry is not None
         env.update(_login_variables(entry))
         shell = os.fsencode(entry.pw_shell or "/bin/sh")
-        _enter_home(entry, ctx)
         prefix = _switch_user_prefix(entry, ctx)
         if prefix:
             # setpriv cannot set argv0, so the shell is asked for a login shell with -l
             argv = [*prefix, shell, b"-l", b"-c", text]
-            return _exec(argv[0], argv, env, stdio, ctx, setsid=True)
-        argv = [b"-" + os.path.basename(shell), b"-c", text]
-        return _exec(shell, argv, env, stdio, ctx, setsid=True)
+            path = argv[0]
+        else:
+            argv = [b"-" + os.path.basename(shell), b"-c", text]
+            path = shell
+
+        def start_login(stdio: _Stdio) -> Result:
+            _enter_home(entry, ctx)
+            return _exec(path, argv, env, stdio, ctx, setsid=True)
+
+        return _with_stdio(ctx, None, start_login)
     if ctx.executor is Executor.FORK_SERVER:
         shell = env.get(b"SHELL") or b"/bin/sh"
-        return _exec(shell, [os.path.basename(shell), b"-c", text], env, stdio, ctx)
-    shell = b"/bin/bash" if ctx.executor is Executor.DOM0 else b"/bin/sh"
-    return _exec(shell, [os.path.basename(shell), b"-c", text], env, stdio, ctx)
+    else:
+        shell = b"/bin/bash" if ctx.executor is Executor.DOM0 else b"/bin/sh"
+    argv = [os.path.basename(shell), b"-c", text]
+    return _with_stdio(ctx, None, lambda stdio: _exec(shell, argv, env, stdio, ctx))
