@@ -65,6 +65,22 @@ def test_a_worker_forked_ahead_serves_call_after_call(host: QrexecHost, work: Do
     assert {name for _, name in calls} == {process_name(work.agent.pid) + b"\n"}
 
 
+def test_only_the_spawner_waits_its_turn(host: QrexecHost, work: Domain) -> None:
+    """The spawner is SCHED_BATCH: woken by the agent, it waits until the agent sleeps,
+    instead of preempting it and pushing the worker it wakes onto the caller's CPU
+    (docs/architecture.md#the-call-spawner). Its workers, and the services they start, are
+    scheduled as usual."""
+    assert work.agent is not None
+    spawner = _spawner(work.agent.pid)
+    assert os.sched_getscheduler(spawner) == os.SCHED_BATCH
+    handler, rest = _call(host, "echo $PPID; chrt -p $$")
+    assert os.sched_getscheduler(handler) == os.SCHED_OTHER
+    assert b"SCHED_OTHER" in rest, rest
+    for worker in _idle(spawner, 2):
+        assert os.sched_getscheduler(worker) == os.SCHED_OTHER
+    assert os.sched_getscheduler(work.agent.pid) == os.SCHED_OTHER
+
+
 def test_an_idle_worker_holds_nothing_of_the_agent(host: QrexecHost, work: Domain) -> None:
     assert work.agent is not None
     _call(host)

@@ -132,6 +132,10 @@ class _SpawnerProcess:
 
     def serve(self) -> int:
         self.name = rename(SPAWNER_NAME)
+        # Woken by the agent's hand-over, a SCHED_BATCH spawner waits for the agent to sleep
+        # instead of preempting it; the worker it then wakes lands on a CPU about to idle
+        # rather than behind the caller (docs/architecture.md#the-call-spawner).
+        _batch(True)
         # SIGCHLD wakes the poll through the wakeup fd; the handler itself does nothing
         wake_read, wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         signal.set_wakeup_fd(wake_write)
@@ -213,6 +217,7 @@ class _SpawnerProcess:
         the worker has served `MAX_CALLS`, or a call left something behind. Each call's
         passed fd stays open until that call has ended."""
         status = 0
+        _batch(False)  # a worker, and what it starts, are scheduled as usual
         for served in range(MAX_CALLS):
             if call is None:
                 _set_name(SPARE_NAME)
@@ -275,6 +280,13 @@ class _SpawnerProcess:
             code = os.waitstatus_to_exitcode(status)
             if code < 0:
                 self.log(f"call process {pid} killed by signal {-code}")
+
+
+def _batch(on: bool) -> None:
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH if on else os.SCHED_OTHER, os.sched_param(0))
+    except OSError:
+        pass
 
 
 def _is_open(fd: int) -> bool:
