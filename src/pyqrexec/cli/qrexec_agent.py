@@ -13,7 +13,7 @@ from ..call.domain_handler import (
 )
 from ..system import defaults
 from ..system.environment import Environment
-from ..system.log import setup
+from ..system.log import Logger, setup
 from ..system.spawner import start_spawner
 from . import entry
 from .args import GetoptError, getopt
@@ -53,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("pyqrexec.agent").info
     env.log_problems(log)
     own_user = own_user_name()
+    # The call processes write their lines themselves, in the format `setup` gives the rest:
+    # logging's record machinery costs ~25 µs a line here, and a call logs three.
+    call_log = Logger("qrexec-agent")
     # forked before asyncio loads: the smaller the spawner, the cheaper each fork it makes
-    ctx = HandlerContext.for_agent(env, env.max_protocol_version, own_user, log)
-    spawner = start_spawner(lambda params: run_packed_call(params, ctx), log,
+    ctx = HandlerContext.for_agent(env, env.max_protocol_version, own_user, call_log)
+    spawner = start_spawner(lambda params: run_packed_call(params, ctx), call_log,
                             preload=load_call_modules)
 
     import asyncio  # lazy: asyncio after without_tls()
