@@ -51,3 +51,12 @@ def test_the_agent_leaves_the_relay_to_its_call_processes() -> None:
     hands calls over (docs/architecture.md#the-call-spawner)."""
     imports = "import pyqrexec.cli.qrexec_agent, pyqrexec.agent.agent"
     assert _loaded(imports, ("pyqrexec.call.relay", "pyqrexec.call.service_side", "mmap")) == []
+
+
+def test_the_daemon_leaves_json_to_the_audit_trail_writers() -> None:
+    """qrexec-daemon loads `policy.audit` for the end-of-call report and its names only;
+    `json` (150 KiB resident in each daemon) is imported where a record is written or read,
+    which the daemon never does (issue 12, goal 4)."""
+    imports = ("import pyqrexec.cli.qrexec_daemon, pyqrexec.daemon.daemon, pyqrexec.daemon.worker\n"
+               "import pyqrexec.daemon.call_audit")
+    assert _loaded(imports, ("json", "json.encoder")) == []

@@ -7,15 +7,16 @@ can end a line or forge another record.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from json.encoder import encode_basestring_ascii
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..protocol.records import record
+
+if TYPE_CHECKING:
+    from json import JSONEncoder
 
 __all__ = [
     "AUDIT_FILE",
@@ -133,11 +134,12 @@ def parse_time(text: str) -> float:
     return value.timestamp()
 
 
-_encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+# `json` is imported where a record is written or read: every domain's qrexec-daemon loads
+# this module for its end-of-call report and names only, and `json` would cost each 150 KiB.
 
 
-def _text(value: str | None) -> str:
-    return "null" if value is None else encode_basestring_ascii(value)
+def _text(value: str | None, escape: Callable[[str], str]) -> str:
+    return "null" if value is None else escape(value)
 
 
 def decision_fields(
@@ -148,26 +150,43 @@ def decision_fields(
     """A decision record's fields after `time`, `event` and `call` (`DECISION_FIELDS`), as
     `encode` would give them: one format string instead of a dict through the JSON encoder,
     since a decision's record is on the policy daemon's hot path."""
+    from json.encoder import encode_basestring_ascii as esc  # lazy: see `_text`
+
     return (
-        f'"source":{_text(source)},'
-        f'"requested_source":{_text(requested_source)},'
-        f'"intended_target":{_text(intended_target)},"target":{_text(target)},'
-        f'"target_uuid":{_text(target_uuid)},"service":{_text(service)},'
-        f'"argument":{_text(argument)},"decision":"{"allow" if allowed else "deny"}",'
-        f'"rule":{_text(rule)},"grant":{_text(grant)},"asked":{"true" if asked else "false"},'
-        f'"answer":{_text(answer)},"reason":{_text(reason)}'
+        f'"source":{_text(source, esc)},'
+        f'"requested_source":{_text(requested_source, esc)},'
+        f'"intended_target":{_text(intended_target, esc)},"target":{_text(target, esc)},'
+        f'"target_uuid":{_text(target_uuid, esc)},"service":{_text(service, esc)},'
+        f'"argument":{_text(argument, esc)},"decision":"{"allow" if allowed else "deny"}",'
+        f'"rule":{_text(rule, esc)},"grant":{_text(grant, esc)},'
+        f'"asked":{"true" if asked else "false"},'
+        f'"answer":{_text(answer, esc)},"reason":{_text(reason, esc)}'
     )
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
     """One record as one line. `ensure_ascii` escapes every control character (newline,
     U+2028 …) and every non-ASCII one; a byte string is never given here."""
-    return _encoder.encode(record).encode("ascii") + b"\n"
+    return _record_encoder().encode(record).encode("ascii") + b"\n"
+
+
+def _record_encoder() -> JSONEncoder:
+    global _encoder
+    if _encoder is None:
+        from json import JSONEncoder  # lazy: see `_text`
+
+        _encoder = JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+    return _encoder
+
+
+_encoder: JSONEncoder | None = None
 
 
 def parse_records(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
     """The records of a log; a line that is not a whole JSON object (the last one of a file
     being written, say) is skipped."""
+    import json  # lazy: see `_text`
+
     for line in lines:
         if not line.endswith(b"\n"):
             continue
