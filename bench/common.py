@@ -13,6 +13,7 @@ from __future__ import annotations
 import compileall
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -58,7 +59,24 @@ def installed(root: Path = ROOT) -> Path:
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(bindir / "python3"), "-m", "pip", "install", "-q", "--no-deps",
                         str(root)], check=True, stdout=subprocess.DEVNULL)
+        _prune(base, venv)
+    os.utime(venv)  # its time says when it was last used
     return bindir
+
+
+#: environments kept in the cache: one is made per tree content (~30 MiB each), and a
+#: session of measuring changes leaves dozens
+KEPT_ENVIRONMENTS = 12
+
+
+def _prune(base: Path, new: Path) -> None:
+    """Remove all but the `KEPT_ENVIRONMENTS` most recently used environments under `base`
+    (never `new`, nor one used in the last hour: another benchmark may be running it)."""
+    envs = sorted((p for p in base.iterdir() if (p / "pyvenv.cfg").exists() and p != new),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in envs[KEPT_ENVIRONMENTS - 1:]:
+        if time.time() - old.stat().st_mtime > 3600:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def use_installed() -> Path:
