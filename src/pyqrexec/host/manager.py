@@ -292,17 +292,23 @@ class Manager:
         daemon_log = self.paths.log_dir / f"qrexec.{d.name}.log"
         d.daemon = await self.spawner.start_daemon(d, daemon_log)
         d.watchers.append(asyncio.ensure_future(self._watch(d, d.daemon, "daemon")))
-        await self._wait_started(d, agent_log, daemon_log)
+        await self._wait_started(d, home / "run" / "qrexec-agent", agent_log, daemon_log)
         d.state = "Running"
         self.log(f"{d.name} started (domid {domid})")
 
-    async def _wait_started(self, d: Domain, agent_log: Path, daemon_log: Path) -> None:
-        """Until `d`'s daemon has made its sockets; a start that fails says why, with the
-        last lines of its logs (a disposable's logs go with it)."""
+    async def _wait_started(self, d: Domain, trigger: Path, agent_log: Path,
+                            daemon_log: Path) -> None:
+        """Until `d`'s daemon has made its sockets and its agent its trigger socket
+        (`trigger`, which the agent makes after the daemon's HELLO: a program that the start
+        lets run in `d`, say a forced command's relay, calls through it at once); a start
+        that fails says why, with the last lines of its logs (a disposable's logs go with
+        it)."""
         socket_dir = self.paths.socket_dir
-        if all([await wait_path(socket_dir / f"qrexec.{name}", START_TIMEOUT,
-                                [d.daemon, d.agent])
-                for name in (d.name, f"uuid:{d.cfg.uuid}")]):
+        procs = [d.daemon, d.agent]
+        if (all([await wait_path(socket_dir / f"qrexec.{name}", START_TIMEOUT, procs)
+                 for name in (d.name, f"uuid:{d.cfg.uuid}")])
+                # the domain's own directory: seen, never followed
+                and await wait_path(trigger, START_TIMEOUT, procs, exists=os.path.lexists)):
             return
         for log in (agent_log, daemon_log):
             with contextlib.suppress(OSError):

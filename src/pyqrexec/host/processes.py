@@ -73,11 +73,13 @@ async def _copy_lines(stream: asyncio.StreamReader, log: Path,
 
 
 async def wait_path(path: Path, timeout: float,
-                    procs: list[asyncio.subprocess.Process | None]) -> bool:
-    """True once `path` exists; False on timeout or when one of `procs` ends first."""
+                    procs: list[asyncio.subprocess.Process | None],
+                    exists: Callable[[Path], bool] = Path.exists) -> bool:
+    """True once `path` exists (by `exists`); False on timeout or when one of `procs` ends
+    first."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not path.exists():
+    while not exists(path):
         if loop.time() > deadline or any(p is not None and p.returncode is not None
                                          for p in procs):
             return False
