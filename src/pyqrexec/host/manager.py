@@ -273,7 +273,7 @@ class Manager:
     # -- starting and stopping one domain ----------------------------------------------------
     async def _start(self, d: Domain) -> None:
         """A domid, its directories, the agent and the daemon (host/spawning.py); running once
-        the daemon's sockets are there."""
+        the daemon's sockets and the agent's trigger socket are there."""
         domid = self.next_domid
         self.next_domid += 1
         d.domid = domid
