@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 
 import pytest
 
@@ -185,6 +186,46 @@ def test_agent_restart_under_running_daemon(host: QrexecHost, work: Domain) -> N
     wait_for(lambda: "reconnected" in work.daemon_log.read_text(), 20, "daemon reconnect")
     assert work.daemon is not None and work.daemon.poll() is None
     assert host.client("-d", "work", "root:echo two").stdout == b"two\n"
+
+
+def test_daemon_restart_under_running_agent(host: QrexecHost, work: Domain) -> None:
+    """The daemon's end of the control channel is the agent's EOF: the agent keeps running,
+    listens again, and serves the next daemon's calls (docs/reference/protocol.md)."""
+    from .fixtures.processes import wait_for
+
+    assert host.client("-d", "work", "root:echo one").stdout == b"one\n"
+    work.stop_daemon()
+    wait_for(lambda: "waiting for a new daemon" in work.agent_log.read_text(), 20,
+             "the agent to see the daemon gone")
+    assert work.agent is not None and work.agent.poll() is None
+    work.start_daemon()
+    assert host.client("-d", "work", "root:echo two").stdout == b"two\n"
+    assert work.agent.poll() is None
+
+
+def test_agent_ends_on_a_malformed_control_message(host: QrexecHost) -> None:
+    """A message the control channel's rules refuse ends the agent (status 1, logged);
+    a daemon that only goes away does not (test_daemon_restart_under_running_agent)."""
+    from pyqrexec.protocol.constants import VCHAN_BASE_PORT
+    from pyqrexec.protocol.messages import hello
+    from pyqrexec.transport import vchan
+
+    from .fixtures.processes import wait_for
+
+    dom = host.domain("lone", 9)
+    agent = dom.start_agent()
+    sock = vchan.connect(str(host.vchan_dir), dom.domid, 0, VCHAN_BASE_PORT, 20,
+                         pair_dirs=False)
+    try:
+        assert sock.recv(12) == hello(4)
+        sock.sendall(hello(4))
+        # a message type no daemon sends (docs/reference/protocol.md#refusals)
+        sock.sendall(struct.pack("<II", 0x123, 0))
+        wait_for(lambda: agent.poll() is not None, 20, "the agent to end")
+    finally:
+        sock.close()
+    assert agent.returncode == 1
+    assert "fatal error from daemon" in dom.agent_log.read_text()
 
 
 def test_many_sequential_calls_reuse_ports(host: QrexecHost) -> None:

@@ -39,7 +39,7 @@ from ..system.forking import fork_call
 from ..system.spawner import Spawner, call_ended
 from ..transport import vchan
 from ..transport.aio import BackgroundTasks, ChannelWriter
-from ..transport.feed import read_message_async
+from ..transport.feed import read_message_async, read_message_nowait
 from .fork_client import Handover, hand_over, prepare_handover, watch_until_eof
 from .trigger import TriggerSocket
 
@@ -178,25 +178,52 @@ class Agent:
             self.log(f"cannot notify the service manager: {err}")
 
     async def _serve_control(self, conn: socket.socket, channel: AgentControl) -> None:
-        while True:
-            # EOF or an error, even inside a message, ends this daemon's channel
-            # (reference: Refusals)
+        """Read the daemon's messages until the channel ends: EOF or an error, even inside a
+        message, ends it (reference: Refusals); a protocol error other than an early EOF is
+        raised. Read from a reader callback rather than a task awaiting each read, as the
+        daemon serves its client socket (docs/architecture.md#a-calls-start): the start of
+        every call passes here."""
+        done: asyncio.Future[None] = self.loop.create_future()
+        fd = conn.fileno()
+
+        def finish(err: BaseException | None = None) -> None:
+            self.loop.remove_reader(fd)
+            if not done.done():
+                if err is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(err)
+
+        def readable() -> None:
             try:
-                event = await read_message_async(self.loop, conn, channel, NEED_DATA)
+                while not done.done():
+                    event = read_message_nowait(conn, channel, NEED_DATA)
+                    if event is NEED_DATA:
+                        return
+                    if event is END_OF_STREAM:
+                        finish()
+                        return
+                    self._control_event(event)
             except OSError:
-                return
-            except RemoteProtocolError:
-                if channel.reader.eof:
-                    return
-                raise
-            if event is END_OF_STREAM:
-                return
-            if isinstance(event, Exec):
-                self._start_handler(event.msgtype, event.params)
-            elif isinstance(event, ServiceConnect) and self.trigger is not None:
-                self.trigger.connect(event.ident, event.domain, event.port)
-            elif isinstance(event, ServiceRefused) and self.trigger is not None:
-                self.trigger.refused(event.ident)
+                finish()
+            except RemoteProtocolError as err:
+                finish(None if channel.reader.eof else err)
+            except Exception as err:  # ends the agent, as an error in its read loop did
+                finish(err)
+
+        self.loop.add_reader(fd, readable)
+        try:
+            await done
+        finally:
+            self.loop.remove_reader(fd)
+
+    def _control_event(self, event: object) -> None:
+        if isinstance(event, Exec):
+            self._start_handler(event.msgtype, event.params)
+        elif isinstance(event, ServiceConnect) and self.trigger is not None:
+            self.trigger.connect(event.ident, event.domain, event.port)
+        elif isinstance(event, ServiceRefused) and self.trigger is not None:
+            self.trigger.refused(event.ident)
 
     def _start_handler(self, msgtype: int, params: ExecParams) -> None:
         call = _Call(msgtype, params.connect_domain, params.connect_port, params.cmdline)
