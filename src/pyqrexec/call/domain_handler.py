@@ -158,11 +158,12 @@ def _prepare(msgtype: int, cmdline: bytes, ctx: HandlerContext,
     )
     try:
         call.prepared = prepare_command(command, os.fsdecode(user_b), spawn_ctx, config)
+        # before the service exists: it may ask for single-socket mode at once
+        call.single = SingleSocket()
     except OSError as err:
+        # reported after the HELLO: the caller sees a failed call, not a connect timeout
         call.problem = (EXIT_PROBLEM, f"cannot set up the service's streams: {err.strerror}")
         return call
-    # before the service exists: it may ask for single-socket mode at once
-    call.single = SingleSocket()
     call.command = command
     return call
 
