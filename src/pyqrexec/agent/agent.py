@@ -196,7 +196,7 @@ class Agent:
 
         def readable() -> None:
             try:
-                while not done.done():
+                while True:
                     event = read_message_nowait(conn, channel, NEED_DATA)
                     if event is NEED_DATA:
                         return

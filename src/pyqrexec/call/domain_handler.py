@@ -179,12 +179,12 @@ def _serve(call: _Call, ctx: HandlerContext, channel: socket.socket) -> int:
     except OSError as err:
         log(f"data channel: {err}")
         return 1
-    if call.prepared is None or call.single is None or call.command is None:
-        assert call.problem is not None
+    if call.problem is not None:
         status, message = call.problem
         log(message)
         _send_status_only(channel, ctx, status, call.just_exec)
         return status
+    assert call.prepared is not None and call.single is not None and call.command is not None
     result = call.prepared.start()
     if isinstance(result, Failed):
         log(result.message)

@@ -135,7 +135,7 @@ class _SpawnerProcess:
         # Woken by the agent's hand-over, a SCHED_BATCH spawner waits for the agent to sleep
         # instead of preempting it; the worker it then wakes lands on a CPU about to idle
         # rather than behind the caller (docs/architecture.md#the-call-spawner).
-        _batch(True)
+        _scheduled(os.SCHED_BATCH)
         # SIGCHLD wakes the poll through the wakeup fd; the handler itself does nothing
         wake_read, wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         signal.set_wakeup_fd(wake_write)
@@ -217,7 +217,7 @@ class _SpawnerProcess:
         the worker has served `MAX_CALLS`, or a call left something behind. Each call's
         passed fd stays open until that call has ended."""
         status = 0
-        _batch(False)  # a worker, and what it starts, are scheduled as usual
+        _scheduled(os.SCHED_OTHER)  # a worker, and what it starts, are scheduled as usual
         for served in range(MAX_CALLS):
             if call is None:
                 _set_name(SPARE_NAME)
@@ -263,11 +263,9 @@ class _SpawnerProcess:
             return False
         try:
             os.chdir(self.cwd)
-            if os.sched_getscheduler(0) != os.SCHED_OTHER:
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         except OSError:
             return False
-        return True
+        return _scheduled(os.SCHED_OTHER)
 
     def _reap(self) -> None:
         while True:
@@ -282,11 +280,14 @@ class _SpawnerProcess:
                 self.log(f"call process {pid} killed by signal {-code}")
 
 
-def _batch(on: bool) -> None:
+def _scheduled(policy: int) -> bool:
+    """Whether this process runs under `policy` (set now if it did not)."""
     try:
-        os.sched_setscheduler(0, os.SCHED_BATCH if on else os.SCHED_OTHER, os.sched_param(0))
+        if os.sched_getscheduler(0) != policy:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _is_open(fd: int) -> bool:

@@ -144,8 +144,9 @@ class ChannelWriter:
         if self.takes_header:
             callback()
             return
+        # woken at every send's end, not only the last one's: check again, as ready() loops
         waiter = self.loop.create_future()
-        waiter.add_done_callback(lambda _: callback())
+        waiter.add_done_callback(lambda _: self.when_ready(callback))
         self._waiters.append(waiter)
 
     def close(self) -> None:
