@@ -5,7 +5,8 @@ A normal import of one of our modules walks the import system's generic path: th
 computations, all of it Python code in `importlib`. For the 25-odd modules of a call that is
 about half a millisecond of every `qrexec-client` run (docs/architecture.md#code-shape). The
 launchers (scripts/, and qrexec-host's: host/launchers.py) put `PycFinder` first: for a
-submodule of the `pyqrexec` package already imported, it stats the one source file, reads its
+submodule of the `pyqrexec` package already imported, it stats the one source file (which of
+our names are packages it knows: `PACKAGES`, kept true by the unit tests), reads its
 `__pycache__` file and, when that file is exactly what `importlib` would accept as up to date
 (same magic number, timestamp-based, same source mtime and size), hands its code to a
 `SourceFileLoader`. Anything else — no compiled file, a stale, hash-based or damaged one,
@@ -39,6 +40,13 @@ __all__ = ["PycFinder", "install"]
 
 _PREFIX = "pyqrexec."
 _STAMP = 0xFFFFFFFF
+#: our subpackages (tests/unit/test_compiled_finder.py checks the list against the tree).
+#: Knowing them spares every module a failed `stat` of `NAME/__init__.py` and the OSError
+#: raised for it. A package missing here is found by the normal finders, only slower.
+PACKAGES = frozenset(f"pyqrexec.{name}" for name in (
+    "agent", "api", "call", "cli", "client", "daemon", "host", "policy", "policy_agent",
+    "policy_daemon", "protocol", "qubesd", "remote", "services", "system", "tools",
+    "transport"))
 
 
 class _Loader(SourceFileLoader):
@@ -60,9 +68,10 @@ class _Loader(SourceFileLoader):
 class PycFinder:
     """Finds `pyqrexec.*` submodules by their up-to-date compiled files (see module doc)."""
 
-    def __init__(self, tag: str, magic: bytes) -> None:
+    def __init__(self, tag: str, magic: bytes, packages: frozenset[str] = PACKAGES) -> None:
         self.tag = tag
         self.magic = magic
+        self.packages = packages
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
                   target: object = None) -> ModuleSpec | None:
@@ -71,18 +80,12 @@ class PycFinder:
         directory = path[0]
         name = fullname.rpartition(".")[2]
         # plain concatenation: `os.path.join` is Python code, and these are our own names
-        package = f"{directory}/{name}"
-        source = f"{package}/__init__.py"
+        package = f"{directory}/{name}" if fullname in self.packages else ""
+        source = f"{package}/__init__.py" if package else f"{directory}/{name}.py"
         try:
-            # a package directory wins over a module file, as with the normal finder
             st = os.stat(source)
         except OSError:
-            package = ""
-            source = f"{directory}/{name}.py"
-            try:
-                st = os.stat(source)
-            except OSError:
-                return None
+            return None
         base, stem = (package, "__init__") if package else (directory, name)
         cached = f"{base}/__pycache__/{stem}.{self.tag}.pyc"
         code = self._code(cached, st)

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from pyqrexec.compiled import PycFinder, install
+from pyqrexec.compiled import PACKAGES, PycFinder, install
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 TAG = sys.implementation.cache_tag
 
 
-def _finder() -> PycFinder:
-    return PycFinder(TAG, importlib.util.MAGIC_NUMBER)
+def _finder(packages: frozenset[str] = frozenset()) -> PycFinder:
+    return PycFinder(TAG, importlib.util.MAGIC_NUMBER, packages)
 
 
 def _module(tmp_path: Path, text: str = "VALUE = 42\n", name: str = "mod",
@@ -63,11 +63,28 @@ def test_package_is_found_with_its_search_path(tmp_path: Path) -> None:
     source = _module(package, name="__init__")
     # a module file of the same name loses, as with the normal finder
     _module(tmp_path, name="pkg")
-    spec = _finder().find_spec("pyqrexec.pkg", [str(tmp_path)])
+    spec = _finder(frozenset({"pyqrexec.pkg"})).find_spec("pyqrexec.pkg", [str(tmp_path)])
     assert spec is not None
     assert spec.origin == str(source)
     assert spec.submodule_search_locations == [str(package)]
     assert spec.parent == "pyqrexec.pkg"
+
+
+def test_a_package_it_does_not_know_is_left_to_importlib(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    _module(tmp_path / "pkg", name="__init__")
+    assert _finder().find_spec("pyqrexec.pkg", [str(tmp_path)]) is None
+
+
+def test_it_knows_exactly_our_packages() -> None:
+    """`PACKAGES` is what spares each module a failed stat: it must name every subpackage,
+    and no module may share a name with a package (which the normal finder would take)."""
+    root = SRC / "pyqrexec"
+    packages = {f"pyqrexec.{d.name}" for d in root.iterdir() if (d / "__init__.py").is_file()}
+    assert packages == PACKAGES
+    for directory in [root, *(root / p.split(".")[1] for p in packages)]:
+        modules = {f.stem for f in directory.glob("*.py")}
+        assert not modules & {d.name for d in directory.iterdir() if d.is_dir()}
 
 
 def test_a_changed_source_is_left_to_importlib(tmp_path: Path) -> None:
