@@ -179,3 +179,96 @@ def test_launcher_imports_nothing_from_its_own_directory(tmp_path: Path, name: s
                        cwd="/", env={**os.environ, "PYTHONPATH": str(SRC)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{name} (pyqrexec) "), r.stdout
+
+
+@pytest.fixture
+def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`pyqrexec.fake`, a package in `tmp_path` whose modules `load` may take."""
+    import types
+
+    package = types.ModuleType("pyqrexec.fake")
+    package.__path__ = [str(tmp_path)]
+    monkeypatch.setitem(sys.modules, "pyqrexec.fake", package)
+    monkeypatch.setattr("pyqrexec.compiled._finder", _finder())
+    return tmp_path
+
+
+def test_load_makes_the_module_importlib_would(fake_package: Path) -> None:
+    import pyqrexec.compiled as compiled
+
+    source = _module(fake_package, "VALUE = 42\nNAME = __name__\n")
+    try:
+        compiled.load(["pyqrexec.fake.mod"])
+        module = sys.modules["pyqrexec.fake.mod"]
+        assert module.VALUE == 42 and module.NAME == "pyqrexec.fake.mod"
+        assert sys.modules["pyqrexec.fake"].mod is module  # type: ignore[attr-defined]
+        assert module.__file__ == str(source)
+        assert module.__cached__ == str(_cached(source))
+        assert module.__package__ == "pyqrexec.fake"
+        assert module.__spec__.name == "pyqrexec.fake.mod"
+        assert isinstance(module.__loader__, SourceFileLoader)
+        assert not hasattr(module, "__path__")
+        # loaded once: a second load, or an import, takes it as it is
+        compiled.load(["pyqrexec.fake.mod"])
+        assert importlib.import_module("pyqrexec.fake.mod") is module
+        assert importlib.reload(module) is module
+    finally:
+        sys.modules.pop("pyqrexec.fake.mod", None)
+
+
+def test_load_leaves_nothing_of_a_module_that_fails(fake_package: Path) -> None:
+    import pyqrexec.compiled as compiled
+
+    _module(fake_package, "raise ValueError('no')\n")
+    with pytest.raises(ValueError, match="no"):
+        compiled.load(["pyqrexec.fake.mod"])
+    assert "pyqrexec.fake.mod" not in sys.modules
+    assert not hasattr(sys.modules["pyqrexec.fake"], "mod")
+
+
+def test_load_imports_the_normal_way_what_it_cannot_take(fake_package: Path) -> None:
+    """No compiled file (or a package not loaded, or not ours): the normal import."""
+    import pyqrexec.compiled as compiled
+
+    (fake_package / "plain.py").write_text("VALUE = 7\n")
+    sys.path.insert(0, str(fake_package))
+    try:
+        compiled.load(["pyqrexec.fake.plain", "plain"])
+        assert sys.modules["pyqrexec.fake.plain"].VALUE == 7
+        assert sys.modules["plain"].VALUE == 7
+    finally:
+        sys.path.remove(str(fake_package))
+        for name in ("pyqrexec.fake.plain", "plain"):
+            sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("program", ["qrexec_client", "qrexec_client_vm"])
+def test_a_clients_steps_need_no_import_of_ours_in_between(tmp_path: Path, program: str) -> None:
+    """Each client names what it loads at each step in an order `load` takes whole: a module
+    of ours imported through `importlib` meanwhile (listed too late, or not at all) would
+    cost the generic steps `load` is there to skip."""
+    subprocess.run(["cp", "-r", str(SRC / "pyqrexec"), str(tmp_path)], check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tmp_path / "pyqrexec")],
+                   check=True)
+    module = f"pyqrexec.cli.{program}"
+    steps = ("SENDING", "LISTENING", "RELAYING") if program == "qrexec_client" else (
+        "SENDING", "CALLING")
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from pyqrexec import compiled\n"
+            "asked = []\n"
+            "find_spec = compiled.PycFinder.find_spec\n"
+            "def spy(self, name, path=None, target=None):\n"
+            "    asked.append(name)\n"
+            "    return find_spec(self, name, path, target)\n"
+            "compiled.PycFinder.find_spec = spy\n"
+            f"compiled.install({module!r})\n"
+            f"m = sys.modules[{module!r}]\n"
+            f"for step in {steps!r}:\n"
+            "    compiled.load(getattr(m, step))\n"
+            "print(' '.join(n for n in asked if n.startswith('pyqrexec')))\n"
+            "print(' '.join(sorted(n for n in sys.modules if n.startswith('pyqrexec'))))")
+    r = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path)], capture_output=True,
+                       text=True, check=True)
+    through_importlib, loaded = r.stdout.split("\n")[:2]
+    assert through_importlib == ""
+    assert len(loaded.split()) > 20

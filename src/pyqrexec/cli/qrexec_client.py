@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..compiled import load
 from ..protocol.constants import DOM0_NAMES, EXIT_PROBLEM, IDENT_SIZE
 from ..system.defaults import DAEMON_SOCKET_DIR
 from . import client_log, start_up_over
@@ -20,6 +21,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..system.environment import Environment
+
+#: what a call loads at each of its steps (`compiled.load`): to send its request, then, once
+#: it went out, to read the answer and listen, then its relay
+SENDING = ("pyqrexec.client", "pyqrexec.protocol.errors", "pyqrexec.protocol.wire",
+           "pyqrexec.transport", "pyqrexec.transport.sockets", "pyqrexec.client.daemon_socket")
+LISTENING = ("pyqrexec.protocol.handshake", "pyqrexec.system.environment",
+             "pyqrexec.transport.unixsock", "pyqrexec.transport.vchan",
+             "pyqrexec.protocol.records", "pyqrexec.protocol.sentinels",
+             "pyqrexec.protocol.framing", "pyqrexec.protocol.session", "pyqrexec.transport.feed")
+RELAYING = ("pyqrexec.call", "pyqrexec.protocol.data", "pyqrexec.call.traffic",
+            "pyqrexec.call.relay")
 
 USAGE = f"""\
 usage: qrexec-client [options] -d DOMAIN [-l LOCAL_CMD | -c REQID,SRCNAME,SRCID | -e] USER:CMDLINE
@@ -233,6 +245,7 @@ def _allocate(socket_dir: str, domain: str, msgtype: int, peer: int, payload: by
 def _send(socket_dir: str, domain: str, msgtype: int, peer: int, payload: bytes,
           log: Callable[[str], None]) -> socket.socket | None:
     """`_allocate`'s first half: the request goes out, its answer is not read yet."""
+    load(SENDING)
     from ..client.daemon_socket import DaemonNotRunning, send_request
 
     try:
@@ -340,6 +353,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
     # daemon, the agent and the handler work on the call (docs/architecture.md#a-calls-start)
     sock = _send(args.socket_dir, args.domain, msgtype, 0, os.fsencode(args.cmdline) + b"\0",
                  log)
+    load(LISTENING)
     from ..system.environment import Environment
     from ..transport import vchan
 
@@ -382,6 +396,7 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
             in_sock, out_sock = stdin_sock
             local_in, local_out = in_sock.fileno(), out_sock.fileno()
         # imported while the agent forks the handler that connects: the wait hides their cost
+        load(RELAYING)
         from ..call.relay import run_caller
     finally:
         sock.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..compiled import load
 from ..system.defaults import AGENT_SOCKET
 from . import client_log, start_up_over
 from .args import NOT_A_NUMBER, GetoptError, UsageError, c_number, getopt, once
@@ -37,6 +38,17 @@ _LONG = [
     "no-filter-escape-chars-stdout", "no-filter-escape-chars-stderr", "agent-socket=",
     "prefix-data=", "use-stdin-socket", "source-qube=",
 ]
+
+
+#: what a call loads at each of its steps (`compiled.load`): to send its trigger, then,
+#: once it went out, to listen and relay
+SENDING = ("pyqrexec.protocol", "pyqrexec.protocol.errors", "pyqrexec.protocol.constants",
+           "pyqrexec.protocol.records", "pyqrexec.protocol.wire", "pyqrexec.protocol.messages",
+           "pyqrexec.transport", "pyqrexec.transport.sockets")
+CALLING = ("pyqrexec.call", "pyqrexec.protocol.sentinels", "pyqrexec.protocol.framing",
+           "pyqrexec.protocol.handshake", "pyqrexec.protocol.data",
+           "pyqrexec.transport.unixsock", "pyqrexec.call.traffic", "pyqrexec.call.relay",
+           "pyqrexec.system.environment", "pyqrexec.system.log", "pyqrexec.transport.vchan")
 
 
 def _parse_size(text: str) -> int:
@@ -118,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         args.saved = {"SAVED_FD_0": os.dup(0), "SAVED_FD_1": os.dup(1)}
         if "PASS_LOCAL_STDERR" in os.environ:
             args.saved["SAVED_FD_2"] = os.dup(2)
+    load(SENDING)
     from ..protocol.errors import LocalProtocolError
     from ..protocol.messages import client_trigger
     from ..transport.sockets import unix_stream
@@ -133,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         agent.sendall(request)
         # what the call needs next is imported while the policy decides and the target's
         # handler starts: the wait hides their cost
-        from ..call import relay  # noqa: F401
-        from ..system import environment, log  # noqa: F401
-        from ..transport import vchan  # noqa: F401
+        load(CALLING)
 
         answer = b""
         while len(answer) < 8:

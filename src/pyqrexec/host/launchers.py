@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..compiled import STARTS
 from ..system.programs import program
 from .sandbox import source_dir
 
@@ -60,7 +61,7 @@ def launcher_text(name: str, *args: str, env: Mapping[str, str] | None = None) -
     if args:
         lines.append(f"sys.argv[1:1] = {list(args)!r}")
     lines += ["from pyqrexec.compiled import install",
-              "install()",
+              f"install({module!r})" if module in STARTS else "install()",
               f"from {module} import run",
               "run()"]
     return "\n".join(lines) + "\n"
