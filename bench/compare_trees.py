@@ -15,6 +15,9 @@ two bests or two medians.
 
   git worktree add --detach /tmp/before HEAD~3     # or any copy of a tree
   python3 bench/compare_trees.py /tmp/before .     # [--calls N] [--rounds R]
+
+`--command USER:COMMAND` times that call instead of `nobody:true` (with `root:...` the VM's
+agent runs as root); the floor printed stays that of `nobody:true`.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ _SERVE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from world import BenchHost
+user, command = sys.argv[2].split(":", 1)
 with BenchHost() as host:
-    host.vm("work", 1)
+    host.vm("work", 1, root=user == "root")
     print(json.dumps({"env": dict(host.env(0)),
-                      "argv": host.client_argv("-d", "work", "nobody:true")}), flush=True)
+                      "argv": host.client_argv("-d", "work", sys.argv[2])}), flush=True)
     sys.stdin.read()
 """
 
@@ -46,13 +50,15 @@ def main() -> None:
     parser.add_argument("trees", nargs="+", type=Path)
     parser.add_argument("--calls", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--command", default="nobody:true",
+                        help="USER:COMMAND to call (root: the agent runs as root)")
     args = parser.parse_args()
     trees = [t.resolve() for t in args.trees]
     hosts = []
     for tree in trees:
         python = installed(tree) / "python3"
         # the tree's own world.py: its host is started the way its benchmarks start one
-        proc = subprocess.Popen([str(python), "-c", _SERVE, str(tree / "bench")],
+        proc = subprocess.Popen([str(python), "-c", _SERVE, str(tree / "bench"), args.command],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 cwd="/")
         assert proc.stdout is not None
@@ -77,7 +83,8 @@ def main() -> None:
             proc.stdin.close()
             proc.wait(60)
     floor = (min(py) + 5 * min(true)) * 1e3
-    print(f"dom0 -> VM, {args.calls} calls per round, {args.rounds} rounds alternated ({load()})")
+    print(f"dom0 -> VM `{args.command}`, {args.calls} calls per round, {args.rounds} rounds"
+          f" alternated ({load()})")
     print(f"  floor = python3 -c pass + 5 x true: {floor:6.2f} ms")
     for tree, times in zip(trees, calls, strict=True):
         best, median = min(times) * 1e3, statistics.median(times) * 1e3

@@ -280,7 +280,9 @@ class Agent:
     def _launch(self, call: _Call) -> None:
         handover = prepare_handover(self.opts.fork_server_socket, call.msgtype, call.domain,
                                     call.port, call.cmdline, call.config, self.opts.own_user)
-        if handover is not None:
+        # no fork server for the user, the usual case: the call starts now, not after a task
+        # whose connect would only fail (ENOENT) a turn of the loop later
+        if handover is not None and os.path.exists(handover.path):
             self.background.start(self._hand_over(call, handover))
         else:
             self._fork_handler(call)
