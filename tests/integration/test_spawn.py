@@ -186,6 +186,9 @@ def test_descriptors_closed_and_signals_default(services: Path) -> None:
     ignored = int(ignored_hex, 16)
     assert not ignored & (1 << (signal.SIGPIPE - 1)), "SIGPIPE ignored"
     assert not ignored & (1 << (signal.SIGCHLD - 1)), "SIGCHLD ignored"
+    # and SIGXFSZ, which Python ignores too: a service over its file size limit dies of it
+    assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
+    assert not ignored & (1 << (signal.SIGXFSZ - 1)), "SIGXFSZ ignored"
 
 
 def test_not_found_is_failed_127(services: Path) -> None:
