@@ -84,10 +84,6 @@ class PycFinder:
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
                   target: object = None) -> ModuleSpec | None:
-        return self.spec(fullname, path)
-
-    def spec(self, fullname: str, path: Sequence[str] | None) -> ModuleSpec | None:
-        """`find_spec`, as `load` calls it."""
         if not fullname.startswith(_PREFIX) or path is None or len(path) != 1:
             return None
         directory = path[0]
@@ -180,7 +176,7 @@ def load(names: Sequence[str]) -> None:
         parent, _, child = name.rpartition(".")
         package = modules.get(parent)
         spec = (None if _finder is None or package is None
-                else _finder.spec(name, getattr(package, "__path__", None)))
+                else _finder.find_spec(name, getattr(package, "__path__", None)))
         if spec is None:
             __import__(name)
             continue

@@ -365,41 +365,40 @@ def _call_vm(args: _Args, stdin_sock: tuple[socket.socket, socket.socket] | None
     if answer is None:
         return EXIT_PROBLEM, env
     remote_domid, port = answer
-    # the daemon's socket is closed only once the listener is up and the relay loaded: its
+    listener, path = vchan.listen(env.vchan_socket_dir, env.vchan_domain, remote_domid, port,
+                                  pair_dirs=env.vchan_pair_dirs)
+    proc = None
+    local_in: int | None = 0
+    local_out: int | None = 1
+    in_sock = out_sock = None
+    pidfd = None
+    if args.local_cmd is not None:
+        import subprocess
+
+        from ..transport.unixsock import stdio_pair
+
+        prog_in_ours, prog_in_theirs = stdio_pair()
+        prog_out_ours, prog_out_theirs = stdio_pair()
+        local_env = dict(env.variables, QREXEC_REMOTE_DOMAIN=args.domain)
+        proc = subprocess.Popen(["/bin/bash", "-c", args.local_cmd],
+                                stdin=prog_in_theirs.fileno(),
+                                stdout=prog_out_theirs.fileno(), env=local_env)
+        prog_in_theirs.close()
+        prog_out_theirs.close()
+        in_sock, out_sock = prog_out_ours, prog_in_ours
+        local_in, local_out = prog_out_ours.fileno(), prog_in_ours.fileno()
+        pidfd = os.pidfd_open(proc.pid)
+    elif stdin_sock is not None:
+        in_sock, out_sock = stdin_sock
+        local_in, local_out = in_sock.fileno(), out_sock.fileno()
+    # imported while the agent forks the handler that connects: the wait hides their cost
+    load(RELAYING)
+    from ..call.relay import run_caller
+
+    # the daemon's socket is closed only now, with the listener up and the relay loaded: its
     # end wakes the daemon, which on a busy CPU would run first and hold both back, and
     # with them the handler waiting to connect (docs/architecture.md#a-calls-start)
-    try:
-        listener, path = vchan.listen(env.vchan_socket_dir, env.vchan_domain, remote_domid, port,
-                                      pair_dirs=env.vchan_pair_dirs)
-        proc = None
-        local_in: int | None = 0
-        local_out: int | None = 1
-        in_sock = out_sock = None
-        pidfd = None
-        if args.local_cmd is not None:
-            import subprocess
-
-            from ..transport.unixsock import stdio_pair
-
-            prog_in_ours, prog_in_theirs = stdio_pair()
-            prog_out_ours, prog_out_theirs = stdio_pair()
-            local_env = dict(env.variables, QREXEC_REMOTE_DOMAIN=args.domain)
-            proc = subprocess.Popen(["/bin/bash", "-c", args.local_cmd],
-                                    stdin=prog_in_theirs.fileno(),
-                                    stdout=prog_out_theirs.fileno(), env=local_env)
-            prog_in_theirs.close()
-            prog_out_theirs.close()
-            in_sock, out_sock = prog_out_ours, prog_in_ours
-            local_in, local_out = prog_out_ours.fileno(), prog_in_ours.fileno()
-            pidfd = os.pidfd_open(proc.pid)
-        elif stdin_sock is not None:
-            in_sock, out_sock = stdin_sock
-            local_in, local_out = in_sock.fileno(), out_sock.fileno()
-        # imported while the agent forks the handler that connects: the wait hides their cost
-        load(RELAYING)
-        from ..call.relay import run_caller
-    finally:
-        sock.close()
+    sock.close()
 
     try:
         channel = vchan.accept_one(listener, path, args.timeout or None)

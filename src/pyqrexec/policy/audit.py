@@ -7,6 +7,7 @@ can end a line or forge another record.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import time
@@ -170,16 +171,11 @@ def encode(record: Mapping[str, Any]) -> bytes:
     return _record_encoder().encode(record).encode("ascii") + b"\n"
 
 
+@functools.cache
 def _record_encoder() -> JSONEncoder:
-    global _encoder
-    if _encoder is None:
-        from json import JSONEncoder  # lazy: see `_text`
+    from json import JSONEncoder  # lazy: see `_text`
 
-        _encoder = JSONEncoder(ensure_ascii=True, separators=(",", ":"))
-    return _encoder
-
-
-_encoder: JSONEncoder | None = None
+    return JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 
 
 def parse_records(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
