@@ -3,25 +3,45 @@
 
 Goal: per call <= floor = (`python3 -c pass` with the interpreter the installed scripts use)
 + 5 x (fork+exec of `true`), with the agent unprivileged (`nobody:true`: `/bin/sh -c`) and
-as root (`root:true`: root's login shell, whose own cost is measured in the same run and added
-to that agent's floor: any agent, C's too, runs it). Figures are the best of ROUNDS rounds,
-measured alternately so that load on a shared machine hits all alike.
-Usage: bench/call_latency.py [N [ROUNDS]]   (defaults 100, 5)
+as root (`root:true`: root's login shell, which any agent, C's too, runs: its cost joins
+that agent's floor). Figures are the best of ROUNDS rounds, measured alternately so that
+load on a shared machine hits all alike.
+
+The root agent's floor is measured twice. Apart: the login shell timed back to back with
+itself, added to the floor. In order: in each of PAIRS rounds, `python3 -c pass`, five
+`true`, then the login shell, one after the other as a call runs them, paired with one call
+(each goes first in every other round). A ~100 ms login shell drifts between rounds by more
+than a call adds to it; the median of the paired differences and its quartiles show what
+the call adds.
+Usage: bench/call_latency.py [N [ROUNDS [PAIRS]]]   (defaults 100, 5, 100)
 """
 
 from __future__ import annotations
 
 import pwd
+import statistics
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 
-from common import fork_exec_true, load, python_start, timed, use_installed
+from common import fork_exec_true, load, paired, python_start, timed, use_installed
 from world import BenchHost
+
+
+def _in_turn(steps: list[Callable[[], object]]) -> float:
+    """Seconds for `steps` run one after the other."""
+    t0 = time.perf_counter()
+    for step in steps:
+        step()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
     bindir = use_installed()
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 100
     with BenchHost() as host:
         host.vm("work", 1)
         host.vm("rootvm", 2, root=True)
@@ -42,9 +62,21 @@ def main() -> None:
                                       cwd=root_pw.pw_dir))
             figures["user"].append(timed(user, n, env=env))
             figures["root"].append(timed(root, n, env=env))
+        call_steps: list[Callable[[], object]] = [
+            lambda: subprocess.run(root, env=env, check=True)]
+        floor_steps: list[Callable[[], object]] = [
+            lambda: subprocess.run([sys.executable, "-c", "pass"], check=True),
+            lambda: fork_exec_true(5),
+            lambda: subprocess.run(login, env=login_env, cwd=root_pw.pw_dir, check=True)]
+        in_order: dict[str, list[float]] = {"call": [], "floor": []}
+        for i in range(pairs):
+            order = ("call", "floor") if i % 2 else ("floor", "call")
+            for kind in order:
+                in_order[kind].append(_in_turn(call_steps if kind == "call" else floor_steps))
     best = {k: min(v) * 1e3 for k, v in figures.items()}
     floor = best["py"] + 5 * best["true"]
     root_floor = floor + best["sh"]
+    call_mid, floor_mid = (statistics.median(in_order[k]) * 1e3 for k in ("call", "floor"))
     print(f"dom0 -> VM: {n} sequential `qrexec-client -d VM USER:true`, best of {rounds} rounds"
           f" ({load()})")
     print(f"  installed scripts:        {bindir}")
@@ -55,7 +87,11 @@ def main() -> None:
           " of the floor (goal <= 1)")
     print(f"  root's login shell alone: {best['sh']:8.2f} ms   (root's shell -l -c true)")
     print(f"  agent as root:            {best['root']:8.2f} ms   {best['root'] / root_floor:5.2f}x"
-          " of floor + login shell (goal <= 1)")
+          " of floor + login shell apart (goal <= 1)")
+    print(f"  root, {pairs} rounds in order: call median {call_mid:.2f} ms, floor in order"
+          f" (py, 5 x true, login shell) median {floor_mid:.2f} ms:"
+          f" {call_mid / floor_mid:6.3f}x (goal <= 1)")
+    print(f"    call - floor in order:  {paired(in_order['call'], in_order['floor'])}")
 
 
 if __name__ == "__main__":

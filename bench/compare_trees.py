@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import fork_exec_true, installed, load, timed
+from common import fork_exec_true, installed, load, paired, timed
 
 _SERVE = """
 import json, sys
@@ -91,11 +91,7 @@ def main() -> None:
         print(f"  {str(tree):40} best {best:6.2f} ms ({best / floor:4.2f}x)"
               f"   median {median:6.2f} ms")
     for tree, times in zip(trees[1:], calls[1:], strict=True):
-        diffs = sorted((t - t0) * 1e3 for t, t0 in zip(times, calls[0], strict=True))
-        q1, mid, q3 = statistics.quantiles(diffs, n=4) if len(diffs) > 1 else diffs * 3
-        faster = sum(d < 0 for d in diffs)
-        print(f"  {str(tree):40} - first: median {mid:+6.2f} ms (quartiles {q1:+.2f}"
-              f" .. {q3:+.2f}), faster in {faster} of {len(diffs)} rounds")
+        print(f"  {str(tree):40} - first: {paired(times, calls[0])}")
 
 
 if __name__ == "__main__":
