@@ -29,11 +29,9 @@ from common import fork_exec_true, load, paired, python_start, timed, use_instal
 from world import BenchHost
 
 
-def _in_turn(steps: list[Callable[[], object]]) -> float:
-    """Seconds for `steps` run one after the other."""
+def _seconds(run: Callable[[], object]) -> float:
     t0 = time.perf_counter()
-    for step in steps:
-        step()
+    run()
     return time.perf_counter() - t0
 
 
@@ -62,17 +60,20 @@ def main() -> None:
                                       cwd=root_pw.pw_dir))
             figures["user"].append(timed(user, n, env=env))
             figures["root"].append(timed(root, n, env=env))
-        call_steps: list[Callable[[], object]] = [
-            lambda: subprocess.run(root, env=env, check=True)]
-        floor_steps: list[Callable[[], object]] = [
-            lambda: subprocess.run([sys.executable, "-c", "pass"], check=True),
-            lambda: fork_exec_true(5),
-            lambda: subprocess.run(login, env=login_env, cwd=root_pw.pw_dir, check=True)]
+
+        def call() -> None:
+            subprocess.run(root, env=env, check=True)
+
+        def floor_in_order() -> None:
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            fork_exec_true(5)
+            subprocess.run(login, env=login_env, cwd=root_pw.pw_dir, check=True)
+
+        runs = {"call": call, "floor": floor_in_order}
         in_order: dict[str, list[float]] = {"call": [], "floor": []}
         for i in range(pairs):
-            order = ("call", "floor") if i % 2 else ("floor", "call")
-            for kind in order:
-                in_order[kind].append(_in_turn(call_steps if kind == "call" else floor_steps))
+            for kind in ("call", "floor") if i % 2 else ("floor", "call"):
+                in_order[kind].append(_seconds(runs[kind]))
     best = {k: min(v) * 1e3 for k, v in figures.items()}
     floor = best["py"] + 5 * best["true"]
     root_floor = floor + best["sh"]
