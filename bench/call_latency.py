@@ -73,17 +73,19 @@ def main() -> None:
         def call() -> None:
             subprocess.run(root, env=env, check=True)
 
-        def floor_in_order() -> None:
-            subprocess.run([sys.executable, "-c", "pass"], check=True)
+        def after_the_interpreter() -> None:
             fork_exec_true(5)
             subprocess.run(login, env=login_env, cwd=root_pw.pw_dir, check=True)
+
+        def floor_in_order() -> None:
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            after_the_interpreter()
 
         def floor_interpreter_alive() -> None:
             pid = os.posix_spawn(sys.executable, [sys.executable, "-c", _PASS_THEN_STOP],
                                  os.environ)
             os.waitpid(pid, os.WUNTRACED)
-            fork_exec_true(5)
-            subprocess.run(login, env=login_env, cwd=root_pw.pw_dir, check=True)
+            after_the_interpreter()
             os.kill(pid, signal.SIGCONT)
             os.waitpid(pid, 0)
 
@@ -91,7 +93,8 @@ def main() -> None:
         kinds = list(runs)
         in_order: dict[str, list[float]] = {k: [] for k in kinds}
         for i in range(pairs):
-            for kind in kinds[i % 3:] + kinds[:i % 3]:
+            first = i % len(kinds)
+            for kind in kinds[first:] + kinds[:first]:
                 in_order[kind].append(_seconds(runs[kind]))
     best = {k: min(v) * 1e3 for k, v in figures.items()}
     floor = best["py"] + 5 * best["true"]
@@ -117,6 +120,7 @@ def main() -> None:
     print(f"    floor, python3 alive to the end: median {mid['alive']:7.2f} ms"
           f"   {mid['call'] / mid['alive']:6.3f}x (goal <= 1)")
     print(f"      call - floor:    {paired(in_order['call'], in_order['alive'])}")
+
 
 if __name__ == "__main__":
     main()
