@@ -30,6 +30,7 @@ from ..protocol.messages import (
 )
 from ..transport.aio import BackgroundTasks, drain_until_eof
 from ..transport.feed import read_message_async
+from ..transport.unixsock import listen_unix
 
 __all__ = ["TriggerSocket", "downgrade"]
 
@@ -89,15 +90,9 @@ class TriggerSocket:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0)
-        try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old)
-        sock.listen(5)
+        # every program of the domain may call; the socket appears only once it listens, so a
+        # qrexec-client-vm started with the agent finds it missing or working, never refusing
+        sock = listen_unix(self.path, mode=0o777, backlog=5)
         sock.setblocking(False)
         self.listener = sock
         self._task = self.loop.create_task(self._accept_loop())

@@ -27,6 +27,7 @@ from ..protocol.errors import RemoteProtocolError
 from ..protocol.messages import hello
 from ..protocol.session import Step
 from ..transport.feed import read_message_nowait
+from ..transport.unixsock import listen_unix
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -51,20 +52,11 @@ class ClientSocket:
 
     def open(self, path: str, links: list[str]) -> None:
         """Listen at `path` (mode 0777, as upstream's) with symbolic links `links` to it;
-        whatever stood at those paths is replaced."""
-        for p in [path, *links]:
+        whatever stood at those paths is replaced. `path` appears only once it listens."""
+        for p in links:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0)
-        try:
-            sock.bind(path)
-            sock.listen(_BACKLOG)
-        except OSError:
-            sock.close()
-            raise
-        finally:
-            os.umask(old)
+        sock = listen_unix(path, mode=0o777, backlog=_BACKLOG)
         sock.setblocking(False)
         self.listener = sock
         self.loop.add_reader(sock.fileno(), self._accept)
