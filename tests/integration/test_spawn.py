@@ -28,6 +28,7 @@ from pyqrexec.services.spawn import (
     start_command,
 )
 from pyqrexec.system.environment import Environment
+from tests.descriptors import open_fds, open_fds_settled
 
 ENV_SERVICE = """#!/bin/sh
 printf 'argv='; printf '%s|' "$0" "$@"; echo
@@ -553,10 +554,6 @@ def test_session_waiter_missing(services: Path) -> None:
     assert run_session_waiter([str(services)], b"dom0", messages.append, os.environb) is None
 
 
-def _open_fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
-
-
 def _children() -> set[int]:
     """This process's children (other tests' may be among them)."""
     with open(f"/proc/self/task/{os.getpid()}/children") as f:
@@ -569,7 +566,7 @@ def test_prepared_service_starts_nothing_until_start(services: Path, tmp_path: P
     marker = tmp_path / "ran"
     add(services, "test.Mark", f"#!/bin/sh\ntouch {marker}\necho done\n")
     ctx = context(services)
-    before = _open_fds()
+    before = open_fds_settled()
     children = _children()
     prepared = prepare_command(parse_command(b"QUBESRPC test.Mark work"), "root", ctx)
     assert _children() == children
@@ -577,13 +574,13 @@ def test_prepared_service_starts_nothing_until_start(services: Path, tmp_path: P
     out, _err, status = finish(prepared.start())
     assert (out, status) == (b"done\n", 0)
     assert marker.exists()
-    assert _open_fds() == before
+    assert open_fds() == before
 
     for command in (b"QUBESRPC test.Mark work", b"true"):
         prepared = prepare_command(parse_command(command), "root", ctx)
-        assert _open_fds() != before  # the child's streams, opened ahead
+        assert open_fds() != before  # the child's streams, opened ahead
         prepared.discard()
-        assert _open_fds() == before
+        assert open_fds() == before
     marker.unlink()
     assert not marker.exists()
 

@@ -24,6 +24,7 @@ import pytest
 from pyqrexec.call.relay import ServiceEnd, run_caller, run_service
 from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.messages import HEADER, hello, pack_header
+from tests.descriptors import open_fds, open_fds_settled
 
 STDIN, STDOUT = MsgType.DATA_STDIN, MsgType.DATA_STDOUT
 STDERR, EXIT = MsgType.DATA_STDERR, MsgType.DATA_EXIT_CODE
@@ -189,14 +190,12 @@ def test_refused_splice_falls_back_to_reading(refusals: list[int]) -> None:
 
 
 def test_pipes_are_closed_after_the_call(splices: Splices) -> None:
-    before = fd_count()
+    before = open_fds_settled()
     relay_output(pattern(8 * MiB))
     assert splices.calls
-    assert fd_count() == before
+    assert open_fds() == before
 
 
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 
