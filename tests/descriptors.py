@@ -1,19 +1,33 @@
-"""This process's open descriptors, for tests that check a call leaves none behind."""
+"""This process's open descriptors, for tests that check a call leaves none behind.
+
+The suite runs many tests in one process, and what earlier tests left (a thread that closes
+its socket later, garbage the collector closes) may close descriptors while the code under
+test runs. So a check looks only for descriptors that are there after and were not before:
+a number that is new, or that now refers to something else."""
 
 from __future__ import annotations
 
-import gc
 import os
 
 
-def open_fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+def open_fds() -> dict[int, str]:
+    """Each open descriptor and what it refers to, without the one that reads the list (it
+    takes the lowest free number, which moves whenever another descriptor is closed)."""
+    probe = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        found = {}
+        for name in os.listdir(probe):
+            fd = int(name)
+            if fd != probe:
+                try:
+                    found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+                except FileNotFoundError:  # closed meanwhile by another thread
+                    pass
+        return found
+    finally:
+        os.close(probe)
 
 
-def open_fds_settled() -> set[int]:
-    """`open_fds()` once earlier tests' garbage is gone. The suite runs many tests in one
-    process: a socket of theirs that the collector closes while the code under test runs is
-    not that code's doing. Use it only for the "before" set: a descriptor the code under test
-    leaves to the collector is still its leak."""
-    gc.collect()
-    return open_fds()
+def opened_since(before: dict[int, str]) -> dict[int, str]:
+    """The descriptors open now that were not open, as the same thing, in `before`."""
+    return {fd: what for fd, what in open_fds().items() if before.get(fd) != what}

@@ -19,7 +19,7 @@ from pyqrexec.protocol.constants import MsgType
 from pyqrexec.protocol.wire import HEADER, hello
 from pyqrexec.system.environment import Environment
 from pyqrexec.transport import vchan
-from tests.descriptors import open_fds, open_fds_settled
+from tests.descriptors import open_fds, opened_since
 
 
 def _context(tmp_path: Path, logged: list[str]) -> HandlerContext:
@@ -44,13 +44,13 @@ def test_caller_that_never_listens_gets_nothing_started(
     monkeypatch.setattr(domain_handler, "DATA_CONNECT_TIMEOUT", 0.3)
     logged: list[str] = []
     ctx = _context(tmp_path, logged)
-    before = open_fds_settled()
+    before = open_fds()
     cmdline = f"{ctx.own_user}:{command.format(marker=marker)}".encode() + b"\0"
     assert run_handler(MsgType.EXEC_CMDLINE, 0, 513, cmdline, ctx) == 1
     assert any("Data vchan connection failed" in line for line in logged)
     assert not marker.exists()
     # no descriptor of the call is left, and SIGUSR1 is given back
-    assert open_fds() == before
+    assert opened_since(before) == {}
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
 
 
@@ -75,7 +75,7 @@ def test_service_starts_after_hello_once_the_caller_listens(tmp_path: Path) -> N
                 received += chunk
             seen["received"] = received
 
-    before = open_fds_settled()
+    before = open_fds()
     thread = threading.Thread(target=caller)
     thread.start()
     try:
@@ -88,4 +88,4 @@ def test_service_starts_after_hello_once_the_caller_listens(tmp_path: Path) -> N
     assert marker.exists()
     received = seen["received"]
     assert isinstance(received, bytes) and b"done\n" in received
-    assert open_fds() == before
+    assert opened_since(before) == {}

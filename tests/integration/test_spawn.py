@@ -28,7 +28,7 @@ from pyqrexec.services.spawn import (
     start_command,
 )
 from pyqrexec.system.environment import Environment
-from tests.descriptors import open_fds, open_fds_settled
+from tests.descriptors import open_fds, opened_since
 
 ENV_SERVICE = """#!/bin/sh
 printf 'argv='; printf '%s|' "$0" "$@"; echo
@@ -566,7 +566,7 @@ def test_prepared_service_starts_nothing_until_start(services: Path, tmp_path: P
     marker = tmp_path / "ran"
     add(services, "test.Mark", f"#!/bin/sh\ntouch {marker}\necho done\n")
     ctx = context(services)
-    before = open_fds_settled()
+    before = open_fds()
     children = _children()
     prepared = prepare_command(parse_command(b"QUBESRPC test.Mark work"), "root", ctx)
     assert _children() == children
@@ -574,13 +574,13 @@ def test_prepared_service_starts_nothing_until_start(services: Path, tmp_path: P
     out, _err, status = finish(prepared.start())
     assert (out, status) == (b"done\n", 0)
     assert marker.exists()
-    assert open_fds() == before
+    assert opened_since(before) == {}
 
     for command in (b"QUBESRPC test.Mark work", b"true"):
         prepared = prepare_command(parse_command(command), "root", ctx)
-        assert open_fds() != before  # the child's streams, opened ahead
+        assert opened_since(before)  # the child's streams, opened ahead
         prepared.discard()
-        assert open_fds() == before
+        assert opened_since(before) == {}
     marker.unlink()
     assert not marker.exists()
 
