@@ -10,19 +10,21 @@ from __future__ import annotations
 import os
 
 
-def open_fds() -> dict[int, str]:
-    """Each open descriptor and what it refers to, without the one that reads the list (it
-    takes the lowest free number, which moves whenever another descriptor is closed)."""
-    probe = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def open_fds(pid: int | None = None) -> dict[int, str]:
+    """Each open descriptor of process `pid` (this one by default) and what it refers to.
+    One closed while the list is read is left out, and so is the descriptor that reads this
+    process's list (it takes the lowest free number, which moves whenever another is closed)."""
+    probe = os.open(f"/proc/{pid or 'self'}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         found = {}
         for name in os.listdir(probe):
             fd = int(name)
-            if fd != probe:
-                try:
-                    found[fd] = os.readlink(f"/proc/self/fd/{fd}")
-                except FileNotFoundError:  # closed meanwhile by another thread
-                    pass
+            if pid is None and fd == probe:
+                continue
+            try:
+                found[fd] = os.readlink(name, dir_fd=probe)
+            except FileNotFoundError:  # closed meanwhile
+                pass
         return found
     finally:
         os.close(probe)
