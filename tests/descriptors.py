@@ -1,4 +1,4 @@
-"""This process's open descriptors, for tests that check a call leaves none behind.
+"""A process's open descriptors, for tests that check a call leaves none behind.
 
 The suite runs many tests in one process, and what earlier tests left (a thread that closes
 its socket later, garbage the collector closes) may close descriptors while the code under
